@@ -1,0 +1,1 @@
+"""Model classes. Importing this package registers the shoestring GPT with the Auto classes."""
