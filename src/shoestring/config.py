@@ -26,8 +26,14 @@ class ConfigError(ValueError):
     """A config key or value that cannot be used; the message says what to do instead."""
 
 
-def opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[Any, ...] | None = None) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
     """A dataclass field with the metadata the validator and ``--help`` read."""
     meta = {"help": help, "min": min, "max": max, "choices": choices}
     if isinstance(default, (list, dict)):
@@ -37,9 +43,11 @@ def opt(default: Any, help: str, *, min: float | None = None, max: float | None 
 
 @dataclass
 class ModelConfig:
-    """Shape and attention switches of the shoestring GPT (DeepSeek field names where they exist)."""
+    """Shape and attention switches of the shoestring GPT (DeepSeek field names)."""
 
-    vocab_size: int = opt(16000, "vocabulary size (set from the tokenizer when data is prepared)", min=2)
+    vocab_size: int = opt(
+        16000, "vocabulary size (set from the tokenizer when data is prepared)", min=2
+    )
     d_model: int = opt(256, "residual width (HF: hidden_size)", min=8)
     n_layers: int = opt(4, "number of transformer blocks (HF: num_hidden_layers)", min=1)
     n_heads: int = opt(4, "attention heads (HF: num_attention_heads)", min=1)
@@ -48,8 +56,10 @@ class ModelConfig:
     q_lora_rank: int = opt(0, "rank of the low-rank query projection; 0 = full projection", min=0)
     kv_lora_rank: int = opt(0, "rank of the shared low-rank key/value projection; 0 = full", min=0)
     qk_rope_head_dim: int = opt(
-        0, "decoupled RoPE dims per head added to q/k (DeepSeek style); 0 = rotate the whole head",
-        min=0)
+        0,
+        "decoupled RoPE dims per head added to q/k (DeepSeek style); 0 = rotate the whole head",
+        min=0,
+    )
     v_head_dim: int = opt(0, "value dims per head; 0 = d_model / n_heads", min=0)
     position: str = opt("learned", "position encoding", choices=("learned", "rope"))
     rope_theta: float = opt(10000.0, "RoPE base frequency", min=1.0)
@@ -92,12 +102,16 @@ class TrainConfig:
     keep_checkpoints: int = opt(2, "step checkpoints kept besides best/last", min=1)
     seed: int = opt(1337, "random seed (model init, data order, dropout)", min=0)
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto (cuda if present, else cpu)")
-    dtype: str = opt("auto", "compute dtype; auto = bf16 autocast on CUDA with bf16, else fp32",
-                     choices=("auto", "fp32", "bf16"))
+    dtype: str = opt(
+        "auto",
+        "compute dtype; auto = bf16 autocast on CUDA with bf16, else fp32",
+        choices=("auto", "fp32", "bf16"),
+    )
     compile: str = opt("off", "torch.compile the model", choices=("auto", "on", "off"))
     threads: int = opt(0, "torch intra-op threads; 0 = physical cores", min=0)
-    flush_denormal: str = opt("auto", "flush denormal floats to zero on CPU",
-                              choices=("auto", "on", "off"))
+    flush_denormal: str = opt(
+        "auto", "flush denormal floats to zero on CPU", choices=("auto", "on", "off")
+    )
     deterministic: bool = opt(False, "deterministic algorithms (bitwise-repeatable on CPU)")
     trainer: str = opt("plain", "training algorithm", choices=("plain", "hybrid"))
     report_to: str = opt("none", "extra metric sinks", choices=("none", "tensorboard"))
@@ -122,14 +136,17 @@ class RunConfig:
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"train.seq_len={self.train.seq_len} is longer than model.max_seq_len="
-                f"{self.model.max_seq_len}; raise model.max_seq_len or lower train.seq_len")
+                f"{self.model.max_seq_len}; raise model.max_seq_len or lower train.seq_len"
+            )
         return self
 
 
 def check_model_shape(m: ModelConfig) -> None:
     """Cross-field rules of the model shape, with the fix in the message."""
     if m.d_model % m.n_heads:
-        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}")
+        raise ConfigError(
+            f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}"
+        )
     head_dim = m.d_model // m.n_heads
     if m.position == "rope" and m.qk_rope_head_dim == 0 and head_dim % 2:
         raise ConfigError(f"RoPE needs an even head dim; d_model/n_heads = {head_dim}")
@@ -140,6 +157,7 @@ def check_model_shape(m: ModelConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- validation
+
 
 def _field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
@@ -210,10 +228,10 @@ def validate(cfg: Any, prefix: str = "") -> None:
             allowed = ", ".join(map(str, meta["choices"]))
             raise ConfigError(f"{where}={value!r} is not allowed; choose one of: {allowed}")
         lo, hi = meta.get("min"), meta.get("max")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
-                rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-                raise ConfigError(f"{where}={value!r} is out of range; allowed range is {rng}")
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if is_number and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{where}={value!r} is out of range; allowed range is {rng}")
 
 
 def apply_dict(cfg: Any, values: dict[str, Any], prefix: str = "") -> Any:
@@ -222,8 +240,7 @@ def apply_dict(cfg: Any, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}'; "
-                              f"{_suggest(key, list(names), prefix)}")
+            raise ConfigError(f"unknown config key '{where}'; {_suggest(key, list(names), prefix)}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -272,8 +289,10 @@ def apply_override(cfg: Any, key: str, value: Any) -> None:
         if i == len(parts) - 1:
             current = getattr(target, part)
             if dataclasses.is_dataclass(current):
-                raise ConfigError(f"'{key}' is a section; set one of its fields, e.g. "
-                                  f"{key}.{dataclasses.fields(current)[0].name}=...")
+                raise ConfigError(
+                    f"'{key}' is a section; set one of its fields, e.g. "
+                    f"{key}.{dataclasses.fields(current)[0].name}=..."
+                )
             setattr(target, part, _coerce(value, _field_type(type(target), part), key))
         else:
             target = getattr(target, part)
@@ -307,6 +326,7 @@ def describe(cfg: Any) -> list[tuple[str, Any, str]]:
 
 # ----------------------------------------------------------------------------- files and presets
 
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML config file into a dict, with the file named in any error."""
     p = Path(path)
@@ -332,13 +352,13 @@ def _preset_root() -> Any:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.name[:-5] for p in _preset_root().iterdir()
-                  if p.name.endswith(".json"))
+    return sorted(p.name[:-5] for p in _preset_root().iterdir() if p.name.endswith(".json"))
 
 
 def list_variants() -> list[str]:
-    return sorted(p.name[:-5] for p in (_preset_root() / "variants").iterdir()
-                  if p.name.endswith(".json"))
+    return sorted(
+        p.name[:-5] for p in (_preset_root() / "variants").iterdir() if p.name.endswith(".json")
+    )
 
 
 def _load_named(kind: str, name: str, names: list[str], root: Any) -> dict[str, Any]:
@@ -367,9 +387,13 @@ def preset_description(name: str, variant: bool = False) -> str:
     return json.loads((root / f"{name}.json").read_text(encoding="utf-8")).get("description", "")
 
 
-def build_run_config(preset: str | None = None, variant: str | None = None,
-                     config_file: str | None = None, overrides: list[str] | None = None,
-                     base: dict[str, Any] | None = None) -> RunConfig:
+def build_run_config(
+    preset: str | None = None,
+    variant: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
     """Layer defaults < base < preset < variant < file < overrides, then resolve and validate."""
     cfg = RunConfig()
     if base:

@@ -1,0 +1,1 @@
+"""shoestring.runs"""

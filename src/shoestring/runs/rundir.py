@@ -1,0 +1,229 @@
+"""The run directory: the one place every command writes what it was asked and what happened.
+
+Layout (documented in docs/run-directory.md)::
+
+    runs/<name>/
+      config.json      the fully resolved config
+      summary.json     status, timings, throughput, metrics, device/dtype, versions, host, system
+      metrics.jsonl    one JSON object per logged step or evaluation
+      log.txt          the human log
+      model/           HF save_pretrained output (+ tokenizer)
+      checkpoints/     resumable state
+
+Every JSON file is written to a temporary name and renamed, so a killed process never leaves a
+half-written file behind; ``summary.json`` says ``running`` until the command ends.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour shapes the numbers a run reports."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in (
+        "shoestring",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "numpy",
+        "safetensors",
+        "peft",
+        "optuna",
+    ):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict[str, Any]:
+    import psutil
+
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": cpu_model_name(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 2),
+    }
+
+
+def unique_run_dir(out: str | Path, name: str) -> Path:
+    """``out/name``, or ``out/name-2`` ... when it exists, so a run never overwrites another."""
+    base = Path(out) / name
+    if not base.exists():
+        return base
+    i = 2
+    while (Path(out) / f"{name}-{i}").exists():
+        i += 1
+    return Path(out) / f"{name}-{i}"
+
+
+class RunDir:
+    """Writer for one run directory; only the process that owns the run (rank 0) creates one."""
+
+    def __init__(self, path: str | Path, kind: str, *, echo: bool = True) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.echo = echo
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.path / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.summary: dict[str, Any] = {}
+        if (self.path / "summary.json").exists():
+            try:
+                self.summary = read_json(self.path / "summary.json")
+            except (OSError, json.JSONDecodeError):
+                self.summary = {}
+
+    # -- files
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "config.json", config)
+
+    def log(self, message: str) -> None:
+        """One human-readable line to log.txt (timestamped) and, if echo, to stderr."""
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        self._log.write(f"[{stamp}] {message}\n")
+        self._log.flush()
+        if self.echo:
+            print(message, file=sys.stderr, flush=True)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl and flush it (a crash keeps what was logged)."""
+        self._metrics.write(json.dumps(record, default=_json_default) + "\n")
+        self._metrics.flush()
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """On resume, drop metric lines logged after the checkpoint so no step appears twice."""
+        self._metrics.close()
+        path = self.path / "metrics.jsonl"
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by the kill
+                if rec.get("step", 0) <= step:
+                    kept.append(line)
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
+        self._metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def update_summary(self, **fields: Any) -> None:
+        """Merge fields into summary.json and rewrite it atomically."""
+        self.summary.update(fields)
+        self.summary.setdefault("schema_version", SCHEMA_VERSION)
+        self.summary.setdefault("kind", self.kind)
+        atomic_write_json(self.path / "summary.json", self.summary)
+
+    def start(self, config: dict[str, Any], **fields: Any) -> None:
+        """Write config.json and a ``running`` summary with versions and host."""
+        self.write_config(config)
+        self.update_summary(
+            status="running",
+            started_at=now_iso(),
+            versions=library_versions(),
+            host=host_info(),
+            **fields,
+        )
+
+    def finish(self, status: str, **fields: Any) -> None:
+        assert status in STATUSES, status
+        self.update_summary(status=status, finished_at=now_iso(), **fields)
+
+    def close(self) -> None:
+        for f in (self._log, self._metrics):
+            if not f.closed:
+                f.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl, skipping a last line cut short by a kill."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    out = []
+    if not p.exists():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -1,0 +1,100 @@
+"""``shoestring train``: build a config from presets/files/overrides and run the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shoestring.config import (
+    RunConfig,
+    apply_dict,
+    apply_override,
+    build_run_config,
+    describe,
+    list_presets,
+    list_variants,
+    parse_override,
+)
+from shoestring.errors import UserError
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pretrain a GPT on prepared data (single process or under torchrun)",
+        description="Pretrain the shoestring GPT. Config layers: defaults < --preset < --variant "
+        "< --config FILE < --set key=value. Run under `torchrun --nproc_per_node=N` for DDP.",
+    )
+    p.add_argument("--preset", help=f"model/config preset: {', '.join(list_presets())}")
+    p.add_argument("--variant", help=f"attention variant: {', '.join(list_variants())}")
+    p.add_argument("--config", help="JSON or YAML config file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set model.d_model=384 (repeatable)",
+    )
+    p.add_argument("--data", help="prepared data directory (same as --set data.path=...)")
+    p.add_argument("--steps", type=int, help="same as --set train.max_steps=N")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--trainer", choices=("plain", "hybrid"))
+    p.add_argument("--report-to", choices=("none", "tensorboard"))
+    p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--name", help="run directory name (default: preset[-variant])")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    p.set_defaults(func=run_cli)
+
+
+def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag, key in (
+        ("data", "data.path"),
+        ("steps", "train.max_steps"),
+        ("device", "train.device"),
+        ("dtype", "train.dtype"),
+        ("trainer", "train.trainer"),
+        ("report_to", "train.report_to"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    return out
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """The config a run was started with, plus any overrides (e.g. more steps)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = RunConfig()
+    apply_dict(cfg, json.loads(path.read_text(encoding="utf-8")))
+    for text in overrides:
+        apply_override(cfg, *parse_override(text))
+    return cfg.resolved()
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.help_config:
+        for key, default, help_text in describe(RunConfig()):
+            print(f"{key:28s} {default!s:>12}  {help_text}")
+        return 0
+    from shoestring.train.loop import train
+
+    overrides = _shortcut_overrides(args) + list(args.overrides)
+    if args.resume:
+        cfg = resume_config(args.resume, overrides)
+    else:
+        cfg = build_run_config(args.preset, args.variant, args.config, overrides)
+    if cfg.train.trainer == "hybrid":
+        raise UserError("train.trainer=hybrid is not available yet; use plain")
+    try:
+        run = train(cfg, out=args.out, name=args.name, resume_dir=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(run)
+    return 0
