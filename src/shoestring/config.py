@@ -206,7 +206,32 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+# Names people bring from nanoGPT, Hugging Face and TRL, mapped to ours for suggestions.
+ALIASES = {
+    "learning_rate": "lr",
+    "n_embd": "d_model",
+    "hidden_size": "d_model",
+    "n_layer": "n_layers",
+    "num_hidden_layers": "n_layers",
+    "num_layers": "n_layers",
+    "n_head": "n_heads",
+    "num_attention_heads": "n_heads",
+    "intermediate_size": "d_ff",
+    "block_size": "seq_len",
+    "max_position_embeddings": "max_seq_len",
+    "gradient_accumulation_steps": "grad_accum",
+    "per_device_train_batch_size": "batch_size",
+    "warmup": "warmup_steps",
+    "steps": "max_steps",
+    "max_grad_norm": "grad_clip",
+    "bias": "attention_bias",
+    "num_threads": "threads",
+}
+
+
 def _suggest(key: str, valid: list[str], prefix: str = "") -> str:
+    if ALIASES.get(key) in valid:
+        return f"did you mean '{prefix}{ALIASES[key]}'?"
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if close:
         return f"did you mean '{prefix}{close[0]}'?"
@@ -283,7 +308,12 @@ def apply_override(cfg: Any, key: str, value: Any) -> None:
     for i, part in enumerate(parts):
         names = {f.name for f in dataclasses.fields(target)}
         if part not in names:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            alias = ".".join(parts[:i] + [ALIASES.get(part, part)])
+            close = (
+                [alias]
+                if alias in valid
+                else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            )
             hint = f"did you mean '{close[0]}'?" if close else "run with --help-config to list keys"
             raise ConfigError(f"unknown config key '{key}'; {hint}")
         if i == len(parts) - 1:

@@ -217,8 +217,18 @@ class Trainer:
             self.cfg.model.vocab_size = vocab
         t = self.cfg.train
         self.stream = WindowStream(self.data.train, t.seq_len, t.seed)
-        self.val = validation_batches(self.data.val, t.seq_len, t.batch_size, t.eval_batches)
-        self.val_mine = self.val[self.dist.rank :: self.dist.world_size]
+        # the validation set is defined by the global batch, so a DDP run and a single process
+        # at equal global batch evaluate exactly the same sequences; each rank takes a slice
+        world, rank = self.dist.world_size, self.dist.rank
+        self.val = validation_batches(
+            self.data.val, t.seq_len, t.batch_size * world, t.eval_batches
+        )
+        self.val_mine = []
+        for x, y in self.val:
+            per = -(-x.shape[0] // world)
+            lo, hi = rank * per, (rank + 1) * per
+            if x[lo:hi].shape[0]:
+                self.val_mine.append((x[lo:hi], y[lo:hi]))
 
     def _build_model(self) -> None:
         from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
@@ -392,8 +402,8 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         self.model.save_pretrained(tmp, safe_serialization=True)
-        tok_dir = Path(self.cfg.data.path) / "tokenizer"
-        if tok_dir.is_dir():
+        tok_dir = self.data.tokenizer_dir
+        if tok_dir is not None and tok_dir.is_dir():
             for f in tok_dir.iterdir():
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)

@@ -1,0 +1,305 @@
+"""Training loop: run directory, exact resume after SIGKILL, OOM back-off, NaN stop, DDP, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from shoestring.config import build_run_config
+from shoestring.runs.rundir import read_metrics
+
+TINY = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=128",
+    "train.seq_len=32",
+    "train.batch_size=8",
+    "train.lr=3e-3",
+    "train.warmup_steps=5",
+    "train.threads=1",
+    "train.deterministic=true",
+    "train.dtype=fp32",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from shoestring.data import text
+
+    out = tmp_path_factory.mktemp("data") / "synthetic"
+    text.run(None, out, vocab_size=300, synthetic=1500, quiet=True)
+    return out
+
+
+def _cfg(data: Path, *extra: str):
+    return build_run_config(overrides=[f"data.path={data}", *TINY, *extra])
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _cli(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "shoestring", *args]
+
+
+def _cli_train_args(data: Path, out: Path, name: str, *extra: str) -> list[str]:
+    args = ["train", "--data", str(data), "--out", str(out), "--name", name]
+    for o in (*TINY, *extra):
+        args += ["--set", o]
+    return _cli(*args)
+
+
+def test_train_writes_run_directory_and_lowers_loss(prepared: Path, tmp_path: Path) -> None:
+    from shoestring.train.loop import train
+
+    cfg = _cfg(prepared, "train.max_steps=40", "train.eval_every=20", "train.save_every=20")
+    run = train(cfg, out=tmp_path, name="r", echo=False, progress=False)
+    for name in ("config.json", "summary.json", "metrics.jsonl", "log.txt"):
+        assert (run / name).is_file(), name
+    assert (run / "model" / "model.safetensors").is_file()
+    assert (run / "model" / "tokenizer.json").is_file()
+    assert (run / "checkpoints" / "step_40" / "state.pt").is_file()
+    assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+    s = _summary(run)
+    assert s["status"] == "finished"
+    assert s["runtime"]["device"] == "cpu" and s["runtime"]["dtype"] == "fp32"
+    assert s["final_val_loss"] < s["initial_val_loss"] - 0.5
+    assert s["tokens_per_second"] > 0 and s["system"]["peak_rss_mb"] > 0
+    assert "torch" in s["versions"]
+    cfg_written = json.loads((run / "config.json").read_text())
+    assert cfg_written["train"]["max_steps"] == 40 and cfg_written["model"]["vocab_size"] == 300
+    steps = [m["step"] for m in read_metrics(run) if "loss" in m]
+    assert steps == list(range(1, 41))
+
+
+def test_saved_model_loads_with_auto_class_and_cache_matches(
+    prepared: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import shoestring.models  # noqa: F401 - registers the Auto classes
+    from shoestring.train.loop import train
+
+    run = train(
+        _cfg(prepared, "train.max_steps=10", "model.position=rope"),
+        out=tmp_path,
+        name="r",
+        echo=False,
+        progress=False,
+    )
+    model = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    ids = tok("Question: Sam has 3 apples.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)
+        b = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path) -> None:
+    extra = (
+        "train.max_steps=120",
+        "train.save_every=10",
+        "train.eval_every=40",
+        "train.keep_checkpoints=20",
+    )
+    ref = subprocess.run(
+        _cli_train_args(prepared, tmp_path, "ref", *extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    proc = subprocess.Popen(
+        _cli_train_args(prepared, tmp_path, "killed", *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts / "step_30").exists():
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpts / "step_30").exists(), "run ended before it could be killed"
+    assert _summary(tmp_path / "killed")["status"] == "running"  # what a kill leaves behind
+
+    res = subprocess.run(
+        _cli("train", "--resume", str(tmp_path / "killed")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = _summary(tmp_path / "ref"), _summary(tmp_path / "killed")
+    assert b["status"] == "finished" and b["steps"] == 120
+    assert a["final_train_loss"] == b["final_train_loss"]
+    assert a["final_val_loss"] == b["final_val_loss"]
+    la = [m["loss"] for m in read_metrics(tmp_path / "ref") if "loss" in m]
+    lb = [m["loss"] for m in read_metrics(tmp_path / "killed") if "loss" in m]
+    assert la == lb  # every step identical, none logged twice
+
+
+def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoestring.models.gpt import ShoestringGPTForCausalLM
+    from shoestring.train.loop import train
+
+    real_forward = ShoestringGPTForCausalLM.forward
+    calls = {"oom": 0}
+
+    def forward(self, input_ids=None, **kw):
+        if self.training and input_ids is not None and input_ids.shape[0] > 2:
+            calls["oom"] += 1
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory. Tried to allocate 2 GiB")
+        return real_forward(self, input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", forward)
+    run = train(
+        _cfg(prepared, "train.max_steps=6", "train.batch_size=8"),
+        out=tmp_path,
+        name="oom",
+        echo=False,
+        progress=False,
+    )
+    monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", real_forward)
+    s = _summary(run)
+    assert s["status"] == "finished"
+    assert (s["micro_batch"], s["grad_accum"]) == (2, 4)
+    assert [e["micro_batch_to"] for e in s["oom_events"]] == [4, 2]
+    assert s["tokens"] == 6 * 8 * 32  # tokens per step unchanged
+    # the same steps at micro-batch 2 x 4 accumulation from the start give the same losses
+    ref = train(
+        _cfg(prepared, "train.max_steps=6", "train.batch_size=2", "train.grad_accum=4"),
+        out=tmp_path,
+        name="ref",
+        echo=False,
+        progress=False,
+    )
+    la = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    lb = [m["loss"] for m in read_metrics(ref) if "loss" in m]
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoestring.models.gpt import ShoestringGPTForCausalLM
+    from shoestring.train.loop import NonFiniteLossError, train
+
+    real_forward = ShoestringGPTForCausalLM.forward
+    count = {"n": 0}
+
+    def forward(self, *a, **kw):
+        out = real_forward(self, *a, **kw)
+        if self.training:
+            count["n"] += 1
+            if count["n"] > 7:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", forward)
+    with pytest.raises(NonFiniteLossError, match="nan at step 7"):
+        train(
+            _cfg(prepared, "train.max_steps=20", "train.save_every=5"),
+            out=tmp_path,
+            name="n",
+            echo=False,
+            progress=False,
+        )
+    run = tmp_path / "n"
+    s = _summary(run)
+    assert s["status"] == "failed" and "step_5" in s["error"]
+    assert s["steps"] == 7
+    from shoestring.train.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(run / "checkpoints").name == "step_5"
+    state = torch.load(run / "checkpoints" / "step_5" / "state.pt", weights_only=True)
+    assert state["train_state"]["step"] == 5
+    assert not (run / "model").exists()
+
+
+def test_ctrl_c_saves_and_marks_interrupted(prepared: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _cli_train_args(
+            prepared, tmp_path, "int", "train.max_steps=100000", "train.save_every=100000"
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = tmp_path / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or metrics.stat().st_size < 500):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    s = _summary(tmp_path / "int")
+    assert s["status"] == "interrupted"
+    ckpt = tmp_path / "int" / "checkpoints" / f"step_{s['steps']}"
+    assert (ckpt / "state.pt").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(prepared: Path, tmp_path: Path) -> None:
+    common = ("train.max_steps=8", "train.eval_every=8", "train.warmup_steps=2")
+    single = subprocess.run(
+        _cli_train_args(prepared, tmp_path, "single", *common, "train.batch_size=8"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = _cli_train_args(prepared, tmp_path, "ddp", *common, "train.batch_size=4")[3:]
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "shoestring",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = _summary(tmp_path / "single"), _summary(tmp_path / "ddp")
+    assert b["world_size"] == 2 and b["status"] == "finished"
+    assert b["tokens"] == a["tokens"]
+    la = [m["loss"] for m in read_metrics(tmp_path / "single") if "loss" in m]
+    lb = [m["loss"] for m in read_metrics(tmp_path / "ddp") if "loss" in m]
+    assert la == pytest.approx(lb, rel=1e-4)
+    assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-4)
+
+
+def test_cuda_request_without_cuda_is_an_error(prepared: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    res = subprocess.run(
+        _cli_train_args(prepared, tmp_path, "c", "train.device=cuda"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    assert "CUDA is not available" in res.stderr and "Traceback" not in res.stderr
