@@ -1,0 +1,834 @@
+"""The shoestring GPT: a nanoGPT-style decoder packaged as a Hugging Face causal LM.
+
+Why a ``transformers`` ``PreTrainedModel`` instead of a bare ``nn.Module``: a run's ``model/``
+directory must load with ``AutoModelForCausalLM.from_pretrained``, generate with
+``model.generate`` (KV cache, left padding, sampling) and wrap with ``peft`` exactly like a
+Qwen2 or Llama checkpoint, so every downstream command treats "our" model and "their" model the
+same way. The attention switches use DeepSeek's field names (``q_lora_rank``, ``kv_lora_rank``,
+``qk_rope_head_dim``, ``v_head_dim``) so a reader who knows DeepSeek-V2 knows what they do; the
+plain multi-head baseline lives in the same class so comparisons change one switch at a time.
+
+Every variant calls ``torch.nn.functional.scaled_dot_product_attention``. The training path
+(no cache, no padding mask) builds no mask tensor and uses ``is_causal=True`` so the fused
+kernels are eligible; masks are only built when padding or a multi-token cached step needs one.
+
+Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` and
+``AutoModelForCausalLM`` (model type ``shoestring_gpt``), so ``from_pretrained`` needs no
+``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from shoestring.config import ConfigError, ModelConfig
+
+try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
+    from transformers import initialization as _init
+except ImportError:  # pragma: no cover - transformers 4.x
+    _init = nn.init  # type: ignore[assignment]
+
+try:  # transformers >= 4.53: lets ``gradient_checkpointing_enable()`` wrap our blocks
+    from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
+except ImportError:  # pragma: no cover - older transformers
+    _BlockBase = nn.Module  # type: ignore[assignment,misc]
+
+try:
+    from transformers.cache_utils import Cache, DynamicCache
+except ImportError:  # pragma: no cover - very old transformers
+    Cache = DynamicCache = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "ShoestringGPTConfig",
+    "ShoestringGPTModel",
+    "ShoestringGPTForCausalLM",
+    "num_parameters_breakdown",
+    "register_auto_classes",
+]
+
+MODEL_TYPE = "shoestring_gpt"
+IGNORE_INDEX = -100
+
+# The ModelConfig fields the HF config mirrors one to one (same names, same meanings).
+_MODEL_FIELDS = (
+    "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "q_lora_rank",
+    "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "position", "rope_theta", "rope_scaling",
+    "attention_bias", "norm", "norm_eps", "mlp", "tie_word_embeddings", "dropout",
+    "initializer_range",
+)  # fmt: skip
+
+
+# ============================================================================ config
+
+
+class ShoestringGPTConfig(PretrainedConfig):
+    """HF config of the shoestring GPT; field names and meanings are those of ``ModelConfig``.
+
+    ``attribute_map`` exposes the HF standard names (``hidden_size`` ...) so generic tooling
+    (``peft``, caches, ``bench``) that reads those names works without knowing our names.
+    ``rope_scaling`` is a plain float (linear position interpolation factor, 1.0 = none), not
+    the HF dict: it shadows the base class's ``rope_scaling`` property on purpose.
+    """
+
+    model_type = MODEL_TYPE
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "intermediate_size": "d_ff",
+        "max_position_embeddings": "max_seq_len",
+    }
+
+    # Field declarations. transformers 5 turns config classes into dataclasses, and the
+    # generated ``__eq__``/``fields()`` only see annotated names, so every field is declared
+    # here (defaults identical to ``__init__``'s; a test checks). ``rope_scaling`` being a class
+    # attribute also shadows the base class's deprecated ``rope_scaling`` -> ``rope_parameters``
+    # property, so assigning our float never reaches that setter.
+    vocab_size: int = 16000
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 1024
+    max_seq_len: int = 128
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: float = 1.0
+    attention_bias: bool = False
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    dropout: float = 0.0
+    initializer_range: float = 0.02
+    use_cache: bool = True
+
+    def __init__(
+        self,
+        vocab_size: int = 16000,
+        d_model: int = 256,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        d_ff: int = 1024,
+        max_seq_len: int = 128,
+        q_lora_rank: int = 0,
+        kv_lora_rank: int = 0,
+        qk_rope_head_dim: int = 0,
+        v_head_dim: int = 0,
+        position: str = "learned",
+        rope_theta: float = 10000.0,
+        rope_scaling: float | None = 1.0,
+        attention_bias: bool = False,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        mlp: str = "gelu",
+        tie_word_embeddings: bool = True,
+        dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.vocab_size = int(vocab_size)
+        self.d_model = int(d_model)
+        self.n_layers = int(n_layers)
+        self.n_heads = int(n_heads)
+        self.d_ff = int(d_ff)
+        self.max_seq_len = int(max_seq_len)
+        self.q_lora_rank = int(q_lora_rank)
+        self.kv_lora_rank = int(kv_lora_rank)
+        self.qk_rope_head_dim = int(qk_rope_head_dim)
+        self.v_head_dim = int(v_head_dim)
+        self.position = str(position)
+        self.rope_theta = float(rope_theta)
+        self.rope_scaling = _rope_factor(rope_scaling)
+        self.attention_bias = bool(attention_bias)
+        self.norm = str(norm)
+        self.norm_eps = float(norm_eps)
+        self.mlp = str(mlp)
+        self.dropout = float(dropout)
+        self.initializer_range = float(initializer_range)
+        self.use_cache = bool(use_cache)
+        super().__init__(tie_word_embeddings=bool(tie_word_embeddings), **kwargs)
+        self.validate_shape()
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def head_dim(self) -> int:
+        """Per-head width of the content ("nope") part of q/k: d_model // n_heads."""
+        return self.d_model // self.n_heads
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Per-head width of q and k as SDPA sees them (content + decoupled RoPE dims)."""
+        return self.head_dim + self.qk_rope_head_dim
+
+    @property
+    def value_head_dim(self) -> int:
+        """Per-head width of v (``v_head_dim`` or the default head dim when it is 0)."""
+        return self.v_head_dim or self.head_dim
+
+    def validate_shape(self) -> None:
+        """Cross-field rules, checked at construction so a bad checkpoint fails loudly early."""
+        if self.position not in ("learned", "rope"):
+            raise ConfigError(f"position={self.position!r} is not allowed; choose learned or rope")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ConfigError(f"norm={self.norm!r} is not allowed; choose layernorm or rmsnorm")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ConfigError(f"mlp={self.mlp!r} is not allowed; choose gelu or swiglu")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 = off)")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.qk_rope_head_dim and self.position != "rope":
+            raise ConfigError(
+                f"qk_rope_head_dim={self.qk_rope_head_dim} needs position='rope' "
+                f"(got position={self.position!r}); set position=rope or qk_rope_head_dim=0"
+            )
+        if self.qk_rope_head_dim % 2:
+            raise ConfigError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even")
+        if self.position == "rope" and self.qk_rope_head_dim == 0 and self.head_dim % 2:
+            raise ConfigError(
+                f"RoPE on the whole head needs an even head dim; d_model/n_heads = {self.head_dim}"
+            )
+        if self.position == "learned" and self.max_seq_len < 1:
+            raise ConfigError(
+                "position='learned' needs max_seq_len >= 1 (the size of the position table); "
+                "resolve the run config (max_seq_len=0 means train.seq_len) or pass max_seq_len"
+            )
+        if self.rope_scaling <= 0:
+            raise ConfigError(f"rope_scaling={self.rope_scaling} must be > 0 (1.0 = no scaling)")
+        if not 0.0 <= self.dropout <= 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1]")
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, **kw: Any) -> ShoestringGPTConfig:
+        """Build the HF config from a shoestring ``ModelConfig`` (``kw`` overrides/extends it).
+
+        ``max_seq_len == 0`` in a ``ModelConfig`` means "use train.seq_len"; resolve the run
+        config first (``build_run_config`` does) or pass ``max_seq_len=`` here.
+        """
+        values: dict[str, Any] = {name: getattr(cfg, name) for name in _MODEL_FIELDS}
+        values.update(kw)
+        return cls(**values)
+
+    def to_model_config(self) -> ModelConfig:
+        """The shoestring ``ModelConfig`` with this config's values (for run directories)."""
+        return ModelConfig(**{name: getattr(self, name) for name in _MODEL_FIELDS})
+
+
+def _rope_factor(value: Any) -> float:
+    """Accept a float, None, or an HF-style ``{"type": "linear", "factor": f}`` dict."""
+    if value is None:
+        return 1.0
+    if isinstance(value, dict):
+        kind = value.get("rope_type", value.get("type", "linear"))
+        if kind not in ("linear", "default"):
+            raise ConfigError(f"rope_scaling type {kind!r} is not supported; only linear")
+        return float(value.get("factor", 1.0))
+    return float(value)
+
+
+# ============================================================================ layers
+
+
+class ShoestringRMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` that casts its weight to the input dtype.
+
+    Under bf16 autocast the low-rank latents reach their norm in bf16 while the weight is fp32;
+    torch then refuses the fused kernel and falls back to a slow composite. Casting the (tiny)
+    weight keeps the fused kernel, which accumulates in fp32 internally anyway.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight is not None and weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
+def _make_norm(config: ShoestringGPTConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return ShoestringRMSNorm(dim, eps=config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, h, T, d] by cos/sin [b, 1, T, d] (HF "rotate_half" convention)."""
+    cos = cos.to(x.dtype)
+    sin = sin.to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+class ShoestringAttention(nn.Module):
+    """Causal self-attention with the DeepSeek-style switches; see ``docs/variants.md``.
+
+    Layout of the projections (H heads, d = head_dim, r = qk_rope_head_dim, dv = v head dim):
+
+    * queries: ``q_proj`` (d_model -> H*(d+r)), or low rank ``q_a_proj`` (d_model -> q_lora_rank)
+      -> ``q_a_norm`` -> ``q_b_proj`` (-> H*(d+r)).
+    * keys/values: ``k_proj`` (d_model -> H*d + r) and ``v_proj`` (d_model -> H*dv), or shared
+      low rank ``kv_a_proj`` (d_model -> kv_lora_rank + r) -> ``kv_a_norm`` on the latent ->
+      ``kv_b_proj`` (-> H*(d+dv)) giving per-head k_nope and v.
+    * the extra ``r`` key dims are one RoPE key shared by all heads (DeepSeek's decoupled RoPE),
+      taken from the same matmul as the keys / the latent so no extra kernel launch is needed.
+    * ``o_proj``: H*dv -> d_model.
+
+    The KV cache stores the per-head keys (RoPE already applied) and values, i.e. the low-rank
+    variants save parameters and FLOPs but not KV-cache memory (no latent caching/absorption).
+    """
+
+    def __init__(self, config: ShoestringGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.rope_dim = config.qk_rope_head_dim
+        self.qk_head_dim = config.qk_head_dim
+        self.v_head_dim = config.value_head_dim
+        self.q_lora_rank = config.q_lora_rank
+        self.kv_lora_rank = config.kv_lora_rank
+        self.dropout = config.dropout
+        if config.position != "rope":
+            self.rope_mode = "none"
+        else:
+            self.rope_mode = "decoupled" if self.rope_dim else "full"
+        d, h, bias = config.d_model, config.n_heads, config.attention_bias
+
+        if self.q_lora_rank:
+            self.q_a_proj = nn.Linear(d, self.q_lora_rank, bias=bias)
+            self.q_a_norm = _make_norm(config, self.q_lora_rank)
+            self.q_b_proj = nn.Linear(self.q_lora_rank, h * self.qk_head_dim, bias=bias)
+        else:
+            self.q_proj = nn.Linear(d, h * self.qk_head_dim, bias=bias)
+
+        if self.kv_lora_rank:
+            self.kv_a_proj = nn.Linear(d, self.kv_lora_rank + self.rope_dim, bias=bias)
+            self.kv_a_norm = _make_norm(config, self.kv_lora_rank)
+            self.kv_b_proj = nn.Linear(
+                self.kv_lora_rank, h * (self.head_dim + self.v_head_dim), bias=bias
+            )
+        else:
+            self.k_proj = nn.Linear(d, h * self.head_dim + self.rope_dim, bias=bias)
+            self.v_proj = nn.Linear(d, h * self.v_head_dim, bias=bias)
+
+        self.o_proj = nn.Linear(h * self.v_head_dim, d, bias=bias)
+        self.o_proj._shoestring_residual = True  # scaled init (nanoGPT's c_proj rule)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        past_key_values: Any = None,
+    ) -> torch.Tensor:
+        bsz, q_len, _ = x.shape
+        h = self.n_heads
+
+        if self.q_lora_rank:
+            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
+        else:
+            q = self.q_proj(x)
+        q = q.view(bsz, q_len, h, self.qk_head_dim).transpose(1, 2)
+
+        k_rope = None
+        if self.kv_lora_rank:
+            latent = self.kv_a_proj(x)
+            if self.rope_dim:
+                latent, k_rope = latent.split([self.kv_lora_rank, self.rope_dim], dim=-1)
+            kv = self.kv_b_proj(self.kv_a_norm(latent))
+            kv = kv.view(bsz, q_len, h, self.head_dim + self.v_head_dim).transpose(1, 2)
+            k, v = kv.split([self.head_dim, self.v_head_dim], dim=-1)
+        else:
+            k = self.k_proj(x)
+            if self.rope_dim:
+                k, k_rope = k.split([h * self.head_dim, self.rope_dim], dim=-1)
+            k = k.view(bsz, q_len, h, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(bsz, q_len, h, self.v_head_dim).transpose(1, 2)
+
+        if self.rope_mode == "full":
+            assert rope is not None
+            cos, sin = rope
+            q = _apply_rope(q, cos, sin)
+            k = _apply_rope(k, cos, sin)
+        elif self.rope_mode == "decoupled":
+            assert rope is not None and k_rope is not None
+            cos, sin = rope
+            q_nope, q_pe = q.split([self.head_dim, self.rope_dim], dim=-1)
+            q = torch.cat((q_nope, _apply_rope(q_pe, cos, sin)), dim=-1)
+            k_pe = _apply_rope(k_rope.view(bsz, 1, q_len, self.rope_dim), cos, sin)
+            k = torch.cat((k, k_pe.expand(bsz, h, q_len, self.rope_dim)), dim=-1)
+
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )
+        y = y.transpose(1, 2).reshape(bsz, q_len, h * self.v_head_dim)
+        return self.o_proj(y)
+
+
+class ShoestringMLP(nn.Module):
+    """GELU MLP (``fc`` -> GELU -> ``proj``, nanoGPT) or SwiGLU (``gate/up/down_proj``, Llama)."""
+
+    def __init__(self, config: ShoestringGPTConfig) -> None:
+        super().__init__()
+        self.kind = config.mlp
+        if self.kind == "swiglu":
+            self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+            self.down_proj._shoestring_residual = True
+        else:
+            self.fc = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.act = nn.GELU()
+            self.proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+            self.proj._shoestring_residual = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.proj(self.act(self.fc(x)))
+
+
+class ShoestringBlock(_BlockBase):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) (Llama names)."""
+
+    def __init__(self, config: ShoestringGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = _make_norm(config, config.d_model)
+        self.self_attn = ShoestringAttention(config, layer_idx)
+        self.post_attention_layernorm = _make_norm(config, config.d_model)
+        self.mlp = ShoestringMLP(config)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = True,
+        past_key_values: Any = None,
+    ) -> torch.Tensor:
+        a = self.self_attn(
+            self.input_layernorm(hidden_states), rope, attn_mask, is_causal, past_key_values
+        )
+        hidden_states = hidden_states + self.resid_dropout(a)
+        m = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + self.resid_dropout(m)
+
+
+# ============================================================================ models
+
+
+class ShoestringGPTPreTrainedModel(PreTrainedModel):
+    """Shared HF plumbing: config class, init rule, SDPA-only attention."""
+
+    config_class = ShoestringGPTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ShoestringBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range); residual output projections get the nanoGPT scaling
+        std / sqrt(2 * n_layers) so the residual stream's variance does not grow with depth."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "_shoestring_residual", False):
+                std = std / math.sqrt(2 * self.config.n_layers)
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            _init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            if module.weight is not None:
+                _init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                _init.zeros_(module.bias)
+
+
+class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
+    """The decoder stack without the LM head (``AutoModel``): embeddings, blocks, final norm."""
+
+    def __init__(self, config: ShoestringGPTConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_positions = (
+            nn.Embedding(config.max_seq_len, config.d_model)
+            if config.position == "learned"
+            else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(ShoestringBlock(config, i) for i in range(config.n_layers))
+        self.norm = _make_norm(config, config.d_model)
+        self.rope_dim = (
+            (config.qk_rope_head_dim or config.head_dim) if config.position == "rope" else 0
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    # ------------------------------------------------------------------ helpers
+    def _rope_cos_sin(
+        self, position_ids: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [b, 1, T, rope_dim] in fp32, computed per call (tiny; nothing to keep in
+        sync with checkpoints, devices or meta-device loading)."""
+        d = self.rope_dim
+        inv_freq = 1.0 / (
+            self.config.rope_theta
+            ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+        )
+        pos = position_ids.to(device=device, dtype=torch.float32)
+        if self.config.rope_scaling != 1.0:
+            pos = pos / self.config.rope_scaling  # linear position interpolation
+        freqs = pos[..., None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos(), emb.sin()
+
+    @staticmethod
+    def _build_mask(
+        attention_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) for SDPA; ``None, True`` on the training fast path."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask, False  # caller built the full mask already
+        if attention_mask is None:
+            if past_len == 0:
+                return None, q_len > 1
+            if q_len == 1:
+                return None, False  # one new token sees the whole cache
+        kv_len = past_len + q_len
+        if attention_mask is not None and attention_mask.shape[-1] != kv_len:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions but the cache "
+                f"plus input hold {kv_len}; pass the mask of the whole sequence so far"
+            )
+        q_idx = torch.arange(past_len, kv_len, device=device)[:, None]
+        k_idx = torch.arange(kv_len, device=device)[None, :]
+        mask = k_idx <= q_idx  # [T, kv_len]
+        if attention_mask is not None:
+            keep = attention_mask[:, None, None, -kv_len:].to(device=device, dtype=torch.bool)
+            # A padded query row would see no key at all (softmax of all -inf = NaN, which
+            # then leaks through 0 * NaN); letting every query see itself keeps it finite.
+            mask = (mask & keep) | (k_idx == q_idx)
+        else:
+            mask = mask[None, None]  # broadcast over batch and heads
+        return mask, False
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        bsz, q_len = hidden.shape[:2]
+        device = hidden.device
+
+        if use_cache is None:
+            # A plain forward (training, eval, scoring) builds no cache; generate() passes
+            # use_cache explicitly, and a caller that hands in a cache clearly wants it used.
+            use_cache = past_key_values is not None
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            if DynamicCache is None:  # pragma: no cover
+                raise RuntimeError("this transformers version has no DynamicCache")
+            past_key_values = DynamicCache()
+        if past_key_values is not None and not isinstance(past_key_values, Cache):
+            raise TypeError(
+                "past_key_values must be a transformers Cache (e.g. DynamicCache), "
+                f"got {type(past_key_values).__name__}; legacy tuples are not supported"
+            )
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        # A 2D mask of all ones carries no information; dropping it keeps the fused path.
+        if (
+            attention_mask is not None
+            and attention_mask.dim() == 2
+            and not torch.compiler.is_compiling()
+            and bool(attention_mask.all())
+        ):
+            attention_mask = None
+
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            pos = attention_mask.long().cumsum(-1) - 1
+            position_ids = pos.masked_fill(attention_mask == 0, 0)[:, -q_len:]
+
+        if self.embed_positions is not None:
+            if position_ids is None:
+                if past_len + q_len > self.config.max_seq_len:
+                    raise ValueError(
+                        f"sequence of {past_len + q_len} tokens is longer than max_seq_len="
+                        f"{self.config.max_seq_len} (learned positions cannot extrapolate)"
+                    )
+                hidden = hidden + self.embed_positions.weight[past_len : past_len + q_len]
+            else:
+                hidden = hidden + self.embed_positions(position_ids)
+        rope = None
+        if self.rope_dim:
+            if position_ids is None:
+                position_ids = torch.arange(past_len, past_len + q_len, device=device)[None]
+            rope = self._rope_cos_sin(position_ids, device)
+
+        attn_mask, is_causal = self._build_mask(attention_mask, q_len, past_len, device)
+        hidden = self.drop(hidden)
+
+        all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+        for block in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            hidden = block(
+                hidden,
+                rope=rope,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                past_key_values=past_key_values,
+            )
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
+
+
+class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
+    """Decoder + LM head (``AutoModelForCausalLM``); the head is tied to the token embedding
+    when ``tie_word_embeddings`` (nanoGPT's weight tying), which safetensors saves once."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ShoestringGPTConfig) -> None:
+        super().__init__(config)
+        self.model = ShoestringGPTModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        targets: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple[Any, ...]:
+        """Run the model; the loss uses ``labels`` (HF: shifted here) or ``targets`` (nanoGPT:
+        already aligned with ``input_ids``, as the trainer's x/y windows are). Both ignore -100.
+
+        ``logits_to_keep`` (generation sets 1) computes the head only for the last positions;
+        with a loss the head runs on every position and the returned logits are sliced.
+        ``num_items_in_batch`` (HF Trainer, gradient accumulation) turns the mean into
+        sum / num_items_in_batch.
+        """
+        if labels is not None and targets is not None:
+            raise ValueError("pass labels (shifted inside) or targets (pre-aligned), not both")
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
+        want_loss = labels is not None or targets is not None
+        if not want_loss:
+            hidden = _keep_last(hidden, logits_to_keep)
+        logits = self.lm_head(hidden)
+
+        loss = None
+        if want_loss:
+            if labels is not None:
+                # Shift the labels, not the logits: no copy of the [B, T, V] tensor.
+                targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            loss = lm_loss(logits, targets, num_items_in_batch)
+            logits = _keep_last(logits, logits_to_keep)
+        result = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+        )
+        return result.to_tuple() if return_dict is False else result
+
+
+def _keep_last(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(logits_to_keep, int):
+        return x if logits_to_keep == 0 else x[:, -logits_to_keep:]
+    return x[:, logits_to_keep]
+
+
+def lm_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token cross-entropy over positions whose target is not -100.
+
+    Upcasts to fp32 only when the logits are not fp32 already (under bf16 autocast
+    ``cross_entropy`` computes in fp32 anyway), so the fp32 path makes no extra copy.
+    """
+    flat = logits.reshape(-1, logits.size(-1))
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    flat_t = targets.reshape(-1).to(flat.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat, flat_t, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(flat, flat_t, ignore_index=IGNORE_INDEX, reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+# ============================================================================ analysis
+
+
+def _unique_count(params: Any, seen: set[int]) -> int:
+    n = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def num_parameters_breakdown(model: nn.Module) -> dict[str, Any]:
+    """Parameter counts by role, each tensor counted once (a tied head is not counted twice).
+
+    Returns ``total``, ``embedding`` (token + learned position tables), ``lm_head`` (0 when
+    tied), ``non_embedding`` (total - embedding - lm_head; the scaling-law N), ``attention``,
+    ``mlp``, ``norm`` (everything else: layer norms), ``layers`` and ``per_layer`` (list of
+    ``{"attention", "mlp", "other"}``). Works for any HF decoder whose layers expose
+    ``self_attn``/``mlp`` (Llama, Qwen2 ...); ``peft`` wrappers are unwrapped.
+    """
+    base = model
+    if hasattr(base, "get_base_model"):  # peft PeftModel
+        base = base.get_base_model()
+    total = _unique_count(base.parameters(), set())
+
+    seen: set[int] = set()
+    embedding = 0
+    inp = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    if inp is not None:
+        embedding += _unique_count(inp.parameters(), seen)
+    decoder = (
+        getattr(base, base.base_model_prefix, base) if hasattr(base, "base_model_prefix") else base
+    )
+    pos = getattr(decoder, "embed_positions", None)
+    if isinstance(pos, nn.Module):
+        embedding += _unique_count(pos.parameters(), seen)
+    lm_head = 0
+    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if out is not None:
+        lm_head = _unique_count(out.parameters(), seen)
+
+    per_layer: list[dict[str, int]] = []
+    layers = getattr(decoder, "layers", None)
+    for layer in layers if layers is not None else []:
+        attn_mod = getattr(layer, "self_attn", None)
+        mlp_mod = getattr(layer, "mlp", None)
+        a = _unique_count(attn_mod.parameters(), seen) if attn_mod is not None else 0
+        m = _unique_count(mlp_mod.parameters(), seen) if mlp_mod is not None else 0
+        o = _unique_count(layer.parameters(), seen)
+        per_layer.append({"attention": a, "mlp": m, "other": o})
+    attention = sum(x["attention"] for x in per_layer)
+    mlp = sum(x["mlp"] for x in per_layer)
+    return {
+        "total": total,
+        "embedding": embedding,
+        "lm_head": lm_head,
+        "non_embedding": total - embedding - lm_head,
+        "attention": attention,
+        "mlp": mlp,
+        "norm": total - embedding - lm_head - attention - mlp,
+        "layers": len(per_layer),
+        "per_layer": per_layer,
+    }
+
+
+# ============================================================================ registration
+
+
+def register_auto_classes() -> None:
+    """Register with the HF Auto classes (idempotent; runs at import of this module)."""
+    AutoConfig.register(MODEL_TYPE, ShoestringGPTConfig, exist_ok=True)
+    AutoModel.register(ShoestringGPTConfig, ShoestringGPTModel, exist_ok=True)
+    AutoModelForCausalLM.register(ShoestringGPTConfig, ShoestringGPTForCausalLM, exist_ok=True)
+
+
+register_auto_classes()
