@@ -18,18 +18,33 @@ from shoestring.errors import UserError
 
 # A tiny model that learns the synthetic corpus visibly in a few minutes on 2 CPU cores.
 QUICKSTART_MODEL = {
-    "d_model": 192, "n_layers": 4, "n_heads": 4, "d_ff": 768, "position": "rope",
-    "norm": "rmsnorm", "mlp": "gelu",
+    "d_model": 192,
+    "n_layers": 4,
+    "n_heads": 4,
+    "d_ff": 768,
+    "position": "rope",
+    "norm": "rmsnorm",
+    "mlp": "gelu",
 }
 QUICKSTART_TRAIN = {
-    "seq_len": 128, "batch_size": 16, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.1,
-    "eval_every": 100, "eval_batches": 8, "log_every": 10, "save_every": 100,
+    "seq_len": 128,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "warmup_steps": 30,
+    "weight_decay": 0.1,
+    "eval_every": 100,
+    "eval_batches": 8,
+    "log_every": 10,
+    "save_every": 100,
 }
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="end-to-end demo on built-in synthetic data (no download)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "quickstart",
+        help="end-to-end demo on built-in synthetic data (no download)",
+        description=__doc__,
+    )
     p.add_argument("--out", default="quickstart", help="directory for data and the run")
     p.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
     p.add_argument("--problems", type=int, default=12000, help="synthetic training problems")
@@ -40,13 +55,26 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    run(Path(args.out), steps=args.steps, n_problems=args.problems, vocab_size=args.vocab_size,
-        device=args.device, seed=args.seed)
+    run(
+        Path(args.out),
+        steps=args.steps,
+        n_problems=args.problems,
+        vocab_size=args.vocab_size,
+        device=args.device,
+        seed=args.seed,
+    )
     return 0
 
 
-def run(out: Path, steps: int = 400, n_problems: int = 12000, vocab_size: int = 1024,
-        device: str = "auto", seed: int = 0, echo: bool = True) -> Path:
+def run(
+    out: Path,
+    steps: int = 400,
+    n_problems: int = 12000,
+    vocab_size: int = 1024,
+    device: str = "auto",
+    seed: int = 0,
+    echo: bool = True,
+) -> Path:
     from shoestring.data import synthetic, text
     from shoestring.eval.generation import SamplingConfig, generate_batch
     from shoestring.models.loading import load_model_and_tokenizer
@@ -64,13 +92,20 @@ def run(out: Path, steps: int = 400, n_problems: int = 12000, vocab_size: int = 
 
     say(f"[2/4] training a {vocab_size}-token BPE tokenizer and writing token shards")
     data_dir = out / "data"
-    text.run(str(corpus / "train.jsonl"), data_dir, vocab_size=vocab_size, seed=seed,
-             val_fraction=0.05)
+    text.run(
+        str(corpus / "train.jsonl"), data_dir, vocab_size=vocab_size, seed=seed, val_fraction=0.05
+    )
 
     say(f"[3/4] pretraining a tiny GPT for {steps} steps")
-    cfg = build_run_config(base={"model": QUICKSTART_MODEL, "train": QUICKSTART_TRAIN},
-                           overrides=[f"data.path={data_dir}", f"train.max_steps={steps}",
-                                      f"train.device={device}", f"train.seed={seed}"])
+    cfg = build_run_config(
+        base={"model": QUICKSTART_MODEL, "train": QUICKSTART_TRAIN},
+        overrides=[
+            f"data.path={data_dir}",
+            f"train.max_steps={steps}",
+            f"train.device={device}",
+            f"train.seed={seed}",
+        ],
+    )
     run_dir = train(cfg, out=out / "runs", name="quickstart", echo=echo)
     summary = json.loads((run_dir / "summary.json").read_text())
 
@@ -78,8 +113,9 @@ def run(out: Path, steps: int = 400, n_problems: int = 12000, vocab_size: int = 
     model, tokenizer, _ = load_model_and_tokenizer(run_dir, device=device, dtype="fp32")
     tests = [json.loads(line) for line in (corpus / "test.jsonl").read_text().splitlines()[:3]]
     prompts = [f"Question: {p['question']}\nAnswer:" for p in tests]
-    results = generate_batch(model, tokenizer, prompts,
-                             SamplingConfig(max_new_tokens=80, stop_strings=["Question:"]))
+    results = generate_batch(
+        model, tokenizer, prompts, SamplingConfig(max_new_tokens=80, stop_strings=["Question:"])
+    )
     for prob, res in zip(tests, results, strict=True):
         say("-" * 72)
         say(f"Question: {prob['question']}\nAnswer:{res.text.rstrip()}")
@@ -87,9 +123,11 @@ def run(out: Path, steps: int = 400, n_problems: int = 12000, vocab_size: int = 
     say("-" * 72)
 
     v0, v1 = summary["initial_val_loss"], summary["final_val_loss"]
-    say(f"validation loss {v0:.3f} -> {v1:.3f} (ln vocab = {math.log(cfg.model.vocab_size):.3f}); "
+    say(
+        f"validation loss {v0:.3f} -> {v1:.3f} (ln vocab = {math.log(cfg.model.vocab_size):.3f}); "
         f"{summary['tokens_per_second']:,.0f} training tokens/s on {summary['runtime']['device']} "
-        f"({summary['runtime']['dtype']})")
+        f"({summary['runtime']['dtype']})"
+    )
     say(f"done in {time.perf_counter() - t_start:.0f} s. Run directory: {run_dir}")
     say(f"next: shoestring generate {run_dir} --prompt 'Question: ...'")
     return run_dir
