@@ -36,6 +36,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from shoestring.config import ConfigError, ModelConfig
+from shoestring.models.fused_ce import chunked_linear_cross_entropy
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init
@@ -388,6 +389,11 @@ class ShoestringAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
 
+        out_dtype = q.dtype
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q_len > 1:
+            # CPU flash attention is ~1.6x slower in bf16 than fp32 (fwd+bwd, measured on
+            # AVX512-BF16); attention is a small share of the FLOPs, so run it in fp32.
+            q, k, v = q.float(), k.float(), v.float()
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -396,7 +402,7 @@ class ShoestringAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
         )
-        y = y.transpose(1, 2).reshape(bsz, q_len, h * self.v_head_dim)
+        y = y.to(out_dtype).transpose(1, 2).reshape(bsz, q_len, h * self.v_head_dim)
         return self.o_proj(y)
 
 
@@ -684,6 +690,7 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple[Any, ...]:
         """Run the model; the loss uses ``labels`` (HF: shifted here) or ``targets`` (nanoGPT:
@@ -692,7 +699,10 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
         ``logits_to_keep`` (generation sets 1) computes the head only for the last positions;
         with a loss the head runs on every position and the returned logits are sliced.
         ``num_items_in_batch`` (HF Trainer, gradient accumulation) turns the mean into
-        sum / num_items_in_batch.
+        sum / num_items_in_batch. ``return_logits=False`` with ``targets`` (the trainer's path)
+        computes head and loss chunk by chunk without materialising the logits
+        (``fused_ce.chunked_linear_cross_entropy``: same loss and gradients, less time and
+        memory) and returns ``logits=None``.
         """
         if labels is not None and targets is not None:
             raise ValueError("pass labels (shifted inside) or targets (pre-aligned), not both")
@@ -706,6 +716,15 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden = out.last_hidden_state
+        if not return_logits and targets is not None and num_items_in_batch is None:
+            loss = chunked_linear_cross_entropy(hidden, self.lm_head.weight, targets)
+            result = CausalLMOutputWithPast(
+                loss=loss,
+                logits=None,
+                past_key_values=out.past_key_values,
+                hidden_states=out.hidden_states,
+            )
+            return result.to_tuple() if return_dict is False else result
         want_loss = labels is not None or targets is not None
         if not want_loss:
             hidden = _keep_last(hidden, logits_to_keep)

@@ -257,7 +257,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         with self.rt.autocast():
-            return model(input_ids=x, targets=y).loss
+            return model(input_ids=x, targets=y, return_logits=False).loss
 
     def _train_step(self, step: int) -> tuple[float, float]:
         """One optimizer step -> (mean loss, grad norm); on OOM retry with half the micro-batch."""
