@@ -22,6 +22,7 @@ COMMANDS: list[str] = [
     "shoestring.data.prepare",
     "shoestring.train.command",
     "shoestring.eval.generate",
+    "shoestring.eval.bench",
     "shoestring.models.import_cli",
 ]
 

@@ -390,7 +390,7 @@ class ShoestringAttention(nn.Module):
             k, v = past_key_values.update(k, v, self.layer_idx)
 
         out_dtype = q.dtype
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q_len > 1:
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
             # CPU flash attention is ~1.6x slower in bf16 than fp32 (fwd+bwd, measured on
             # AVX512-BF16); attention is a small share of the FLOPs, so run it in fp32.
             q, k, v = q.float(), k.float(), v.float()

@@ -1,0 +1,234 @@
+"""Load any causal LM the commands accept: a shoestring run directory, a Hugging Face model
+directory (Llama, Qwen2, GPT-2, the shoestring GPT ...), or a Hub name when online.
+
+Every downstream command (``generate``, ``bench``, ``grpo``) goes through
+:func:`load_model_and_tokenizer`, so the rules live in one place:
+
+* a run directory means its ``model/`` subdirectory (weights and tokenizer are saved together);
+* ``shoestring.models`` is imported first, so the shoestring GPT is registered with the Auto
+  classes before ``from_pretrained`` looks it up;
+* ``dtype="auto"`` picks bf16 only where the host computes it fast (CUDA with bf16, or a CPU
+  advertising ``avx512_bf16``/``amx_bf16``), otherwise fp32;
+* asking for a device that is not there raises :class:`DeviceUnavailableError` - never a silent
+  fallback, because a benchmark that quietly ran on the CPU reports the wrong numbers;
+* ``trust_remote_code`` stays off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoestring.errors import DeviceUnavailableError, UserError
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty where it does not exist, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def host_supports_fast_bf16(device: torch.device | str = "cpu", cpuinfo: str | None = None) -> bool:
+    """Whether bf16 is a speed-up here rather than an emulation: CUDA with bf16 support, or a
+    CPU with native bf16 dot products (AVX512-BF16 or AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = CUDA if present, else CPU; an explicit device must exist.
+
+    Raises:
+        DeviceUnavailableError: the device was asked for and is not there.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = (
+                "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            )
+            raise DeviceUnavailableError(
+                f"--device {device} was asked for but no CUDA device is available (torch "
+                f"{torch.__version__}, {build}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceUnavailableError(
+                f"--device {device} does not exist; this host has {count} CUDA device(s)"
+            )
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceUnavailableError(
+                f"--device {device} was asked for but MPS is not available"
+            )
+    elif dev.type != "cpu":
+        raise UserError(f"unsupported device '{device}'; use cpu, cuda, cuda:N, mps or auto")
+    return dev
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu"
+) -> torch.dtype:
+    """``auto`` = bf16 where the host computes it fast, else fp32; names: fp32, bf16, fp16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).strip().lower()
+    device = torch.device(device)
+    if name == "auto":
+        return torch.bfloat16 if host_supports_fast_bf16(device) else torch.float32
+    if name not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype '{dtype}'; use auto, fp32, bf16 or fp16")
+    want = DTYPE_NAMES[name]
+    if want == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(
+            f"--dtype bf16 is not supported by {torch.cuda.get_device_name(device)}; "
+            "use fp16 or fp32"
+        )
+    return want
+
+
+def resolve_model_path(path: str | Path) -> tuple[str, str]:
+    """Where the weights are and what ``path`` was: ``(location, 'run' | 'hf' | 'hub')``.
+
+    A shoestring run directory holds the HF model in ``model/``; a plain HF directory holds
+    ``config.json`` itself; anything else that looks like ``org/name`` is tried on the Hub.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "model" / "config.json").is_file():
+            return str(p / "model"), "run"
+        if (p / "config.json").is_file():
+            return str(p), "hf"
+        raise UserError(
+            f"{p} is neither a shoestring run directory (no model/config.json) nor a Hugging "
+            "Face model directory (no config.json); a run that has not finished its first save "
+            "has no model yet"
+        )
+    if p.exists():
+        raise UserError(f"{p} is a file; pass a run directory or a model directory")
+    text = str(path)
+    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+        return text, "hub"
+    raise UserError(
+        f"{path} does not exist (expected a run directory, a model directory or a "
+        "Hugging Face Hub name like Qwen/Qwen2.5-0.5B)"
+    )
+
+
+def _load_tokenizer(location: str, kind: str, run_dir: Path | None, trust_remote_code: bool) -> Any:
+    """The tokenizer saved with the model; a bare ``tokenizer.json`` also works."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    candidates = [location] + ([str(run_dir)] if run_dir is not None else [])
+    errors = []
+    for loc in candidates:
+        try:
+            return AutoTokenizer.from_pretrained(loc, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            errors.append(f"{loc}: {exc}")
+        tok_file = Path(loc) / "tokenizer.json"
+        if kind != "hub" and tok_file.is_file():
+            return PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
+    raise UserError(
+        "could not load a tokenizer saved with the model ("
+        + "; ".join(errors)[:500]
+        + "); save it next to the weights with tokenizer.save_pretrained(model_dir)"
+    )
+
+
+def load_model_and_tokenizer(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a causal LM and its tokenizer, ready for inference (``eval()``, on ``device``).
+
+    Returns ``(model, tokenizer, info)``; ``info`` records what actually happened:
+    ``load_seconds``, ``dtype`` (``fp32``/``bf16``/``fp16``), ``device``, ``n_params``,
+    ``path`` (where the weights came from), ``source`` (``run``/``hf``/``hub``) and
+    ``model_type``.
+
+    Raises:
+        DeviceUnavailableError: ``device`` is not available on this host.
+        UserError: the path holds no model, or the model/tokenizer cannot be loaded.
+    """
+    import shoestring.models  # noqa: F401  registers the shoestring GPT with the Auto classes
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    location, kind = resolve_model_path(path)
+    run_dir = Path(path).expanduser() if kind == "run" else None
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        hint = ""
+        if kind == "hub":
+            hint = (
+                " (Hub names need network access and HF_HUB_OFFLINE unset, or the model in "
+                "the local cache)"
+            )
+        elif "trust_remote_code" in str(exc):
+            hint = " (this model ships its own code; pass --trust-remote-code if you trust it)"
+        raise UserError(f"could not load a causal LM from {location}{hint}: {exc}") from exc
+    model.to(dev)
+    model.eval()
+    tokenizer = _load_tokenizer(location, kind, run_dir, trust_remote_code)
+    info = {
+        "load_seconds": time.perf_counter() - t0,
+        "dtype": SHORT_NAMES.get(torch_dtype, str(torch_dtype)),
+        "device": str(dev),
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+        "path": location,
+        "source": kind,
+        "model_type": getattr(model.config, "model_type", type(model).__name__),
+    }
+    return model, tokenizer, info
+
+
+__all__ = [
+    "cpu_flags",
+    "host_supports_fast_bf16",
+    "load_model_and_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_path",
+]

@@ -1,0 +1,571 @@
+"""The generation engine against ``model.generate`` on tiny random Llama and GPT-2 models.
+
+Batched greedy decoding must equal one-at-a-time decoding and HF's own greedy search token for
+token, whatever stops rows early (EOS, stop strings) and with the batch compacted; sampling must
+be reproducible from its seed. Models and tokenizer are built locally - nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from shoestring.config import ConfigError
+from shoestring.errors import DeviceUnavailableError, UserError
+from shoestring.eval.generation import (
+    IncrementalText,
+    SamplingConfig,
+    auto_batch_size,
+    estimate_row_bytes,
+    generate_all,
+    generate_batch,
+    select_cache_rows,
+    trim_cache_left,
+)
+from shoestring.models.loading import (
+    host_supports_fast_bf16,
+    load_model_and_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
+
+PROMPTS = [
+    "Question: what is 2+2?\nAnswer:",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog.",
+    "a b c d e",
+    "x",
+]
+EOS = 2
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: BPE with no merges splits text into characters."""
+    chars = list(string.ascii_letters + string.digits + " .,:;?!\n+-*/=()$")
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+def make_llama(vocab: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_gpt2(vocab: int) -> GPT2LMHeadModel:
+    torch.manual_seed(1)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        initializer_range=0.3,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model(request: pytest.FixtureRequest, tok: PreTrainedTokenizerFast) -> torch.nn.Module:
+    return make_llama(len(tok)) if request.param == "llama" else make_gpt2(len(tok))
+
+
+def hf_greedy(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerFast,
+    prompt: str,
+    n: int,
+    eos: list[int] | None = None,
+) -> list[int]:
+    """What the original study did: ``model.generate`` one prompt at a time, no padding."""
+    ids = tok(prompt, return_tensors="pt").input_ids
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=n,
+        pad_token_id=0,
+        eos_token_id=eos if eos is not None else EOS,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def truncate_at(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in stop_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+# ----------------------------------------------------------------------------- greedy equality
+
+
+def test_batched_greedy_equals_hf_and_single(model, tok):
+    cfg = SamplingConfig(max_new_tokens=16)
+    batched = generate_batch(model, tok, PROMPTS, cfg)
+    assert [r.index for r in batched] == list(range(len(PROMPTS)))
+    for prompt, res in zip(PROMPTS, batched, strict=True):
+        single = generate_batch(model, tok, [prompt], cfg)[0]
+        reference = hf_greedy(model, tok, prompt, 16)
+        assert res.token_ids == single.token_ids == reference
+        assert res.n_tokens == len(res.token_ids)
+        assert res.prompt_tokens == len(tok(prompt).input_ids)
+        assert res.text == tok.decode(res.token_ids, skip_special_tokens=True)
+        assert res.finish_reason == ("eos" if reference[-1] == EOS else "length")
+
+
+def test_eos_stops_rows_at_different_times_with_compaction(model, tok):
+    free = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=24, eos_token_ids=[]))
+    # EOS ids taken from what the rows generate, so rows end at different steps.
+    eos = {free[0].token_ids[3], free[2].token_ids[9]}
+    expected = [truncate_at(r.token_ids, eos) for r in free]
+    assert len({len(e) for e in expected}) > 1, "rows should finish at different steps"
+    for compact in (True, False):
+        cfg = SamplingConfig(max_new_tokens=24, eos_token_ids=sorted(eos), compact=compact)
+        got = generate_batch(model, tok, PROMPTS, cfg)
+        assert [r.token_ids for r in got] == expected
+        for r, e in zip(got, expected, strict=True):
+            assert r.finish_reason == ("eos" if e[-1] in eos else "length")
+    for prompt, e in zip(PROMPTS, expected, strict=True):
+        assert hf_greedy(model, tok, prompt, 24, eos=sorted(eos)) == e
+
+
+def test_stop_strings(model, tok):
+    free = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=20, eos_token_ids=[]))
+    stop = free[1].text[5:7]
+    assert len(stop) == 2
+    cfg = SamplingConfig(max_new_tokens=20, eos_token_ids=[], stop_strings=[stop])
+    got = generate_batch(model, tok, PROMPTS, cfg)
+    for full, res in zip(free, got, strict=True):
+        pos = full.text.find(stop)
+        if pos < 0:
+            assert res.token_ids == full.token_ids and res.finish_reason == "length"
+            continue
+        assert res.finish_reason == "stop" and res.stop_string == stop
+        assert res.text == full.text[:pos]
+        # Generation stops at the token that completes the stop string, not later.
+        assert res.token_ids == full.token_ids[: len(res.token_ids)]
+        assert stop in tok.decode(res.token_ids) and stop not in tok.decode(res.token_ids[:-1])
+    kept = generate_batch(
+        model,
+        tok,
+        PROMPTS[1:2],
+        SamplingConfig(
+            max_new_tokens=20, eos_token_ids=[], stop_strings=[stop], keep_stop_string=True
+        ),
+    )[0]
+    assert kept.text.endswith(stop)
+
+
+def test_streaming_matches_final_text(tok):
+    model = make_llama(len(tok))
+    pieces: dict[int, list[str]] = {}
+    cfg = SamplingConfig(max_new_tokens=20, eos_token_ids=[], stop_strings=["zz", "Q"])
+    res = generate_batch(
+        model, tok, PROMPTS, cfg, on_text=lambda i, t: pieces.setdefault(i, []).append(t)
+    )
+    for i, r in enumerate(res):
+        assert "".join(pieces.get(i, [])) == r.text
+
+
+def test_token_id_prompts_and_min_new_tokens(tok):
+    model = make_llama(len(tok))
+    ids = [tok(p).input_ids for p in PROMPTS]
+    assert [r.token_ids for r in generate_batch(model, tok, ids, SamplingConfig(8))] == [
+        r.token_ids for r in generate_batch(model, tok, PROMPTS, SamplingConfig(8))
+    ]
+    free = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, eos_token_ids=[]))
+    eos = free[0].token_ids[0]
+    res = generate_batch(
+        model,
+        tok,
+        PROMPTS[:1],
+        SamplingConfig(max_new_tokens=12, eos_token_ids=[eos], min_new_tokens=12),
+    )[0]
+    assert res.n_tokens == 12 and eos not in res.token_ids and res.finish_reason == "length"
+    ignored = generate_batch(
+        model,
+        tok,
+        PROMPTS[:1],
+        SamplingConfig(max_new_tokens=12, eos_token_ids=[eos], ignore_eos=True),
+    )[0]
+    assert ignored.token_ids == free[0].token_ids
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sampling_reproducible_and_topk1_is_greedy(model, tok):
+    cfg = SamplingConfig(
+        max_new_tokens=16, do_sample=True, temperature=1.0, seed=7, eos_token_ids=[]
+    )
+    a = generate_batch(model, tok, PROMPTS, cfg)
+    b = generate_batch(model, tok, PROMPTS, cfg)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    cfg.seed = 8
+    c = generate_batch(model, tok, PROMPTS, cfg)
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+    greedy = generate_batch(model, tok, PROMPTS, SamplingConfig(16, eos_token_ids=[]))
+    top1 = generate_batch(
+        model, tok, PROMPTS, SamplingConfig(16, do_sample=True, top_k=1, seed=3, eos_token_ids=[])
+    )
+    assert [r.token_ids for r in top1] == [r.token_ids for r in greedy]
+    tiny_p = generate_batch(
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(16, do_sample=True, top_p=1e-6, seed=3, eos_token_ids=[]),
+    )
+    assert [r.token_ids for r in tiny_p] == [r.token_ids for r in greedy]
+    zero_t = generate_batch(
+        model, tok, PROMPTS, SamplingConfig(16, do_sample=True, temperature=0.0, eos_token_ids=[])
+    )
+    assert [r.token_ids for r in zero_t] == [r.token_ids for r in greedy]
+
+
+def test_num_return_sequences_share_prefill(tok):
+    model = make_llama(len(tok))
+    greedy = generate_batch(model, tok, PROMPTS[:2], SamplingConfig(10, eos_token_ids=[]))
+    rep = generate_batch(
+        model, tok, PROMPTS[:2], SamplingConfig(10, eos_token_ids=[], num_return_sequences=3)
+    )
+    assert [r.token_ids for r in rep] == [greedy[0].token_ids] * 3 + [greedy[1].token_ids] * 3
+    sampled = generate_batch(
+        model,
+        tok,
+        PROMPTS[:2],
+        SamplingConfig(10, do_sample=True, seed=1, eos_token_ids=[], num_return_sequences=3),
+    )
+    assert len(sampled) == 6 and len({tuple(r.token_ids) for r in sampled[:3]}) > 1
+
+
+# ----------------------------------------------------------------------------- generate_all
+
+
+def test_generate_all_order_callback_and_batches(model, tok):
+    prompts = PROMPTS * 3
+    expected = [
+        r.token_ids
+        for r in generate_batch(model, tok, prompts, SamplingConfig(8, eos_token_ids=[]))
+    ]
+    seen: list[int] = []
+    res = generate_all(
+        model,
+        tok,
+        prompts,
+        SamplingConfig(8, eos_token_ids=[], batch_size=4),
+        callback=lambda i, r: seen.append(i),
+        progress=False,
+    )
+    assert [r.token_ids for r in res] == expected
+    assert [r.index for r in res] == list(range(len(prompts)))
+    assert sorted(seen) == list(range(len(prompts)))
+    auto = generate_all(model, tok, prompts, SamplingConfig(8, eos_token_ids=[]), progress=False)
+    assert [r.token_ids for r in auto] == expected
+
+
+def test_auto_batch_size_is_capped_and_memory_bound(tok):
+    model = make_llama(len(tok))
+    cfg = SamplingConfig(max_new_tokens=64)
+    assert auto_batch_size(model, 32, cfg) == 64  # plenty of RAM: the CPU cap applies
+    assert auto_batch_size(model, 32, SamplingConfig(max_batch_size=5)) == 5
+    per_row = estimate_row_bytes(model.config, 32, 64, 4)
+    assert auto_batch_size(model, 32, cfg, free_bytes=per_row * 6) == 3  # half of free memory
+    assert auto_batch_size(model, 32, cfg, free_bytes=1) == 1
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingConfig(top_p=1.5).check()
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        SamplingConfig(max_new_tokens=4, min_new_tokens=5).check()
+    with pytest.raises(ConfigError, match="stop_strings"):
+        SamplingConfig(stop_strings=[""]).check()
+
+
+# ----------------------------------------------------------------------------- cache helpers
+
+
+def test_cache_select_and_trim(tok):
+    model = make_llama(len(tok))
+    ids = torch.tensor([tok("abcdef").input_ids] * 3)
+    out = model(input_ids=ids, use_cache=True)
+    cache = out.past_key_values
+    k0 = cache.layers[0].keys.clone()
+    assert select_cache_rows(cache, torch.tensor([0, 2])) is cache
+    assert cache.layers[0].keys.shape[0] == 2
+    torch.testing.assert_close(cache.layers[0].keys, k0[[0, 2]])
+    assert trim_cache_left(cache, 2)
+    assert cache.get_seq_length() == 4
+    legacy = ((torch.zeros(3, 2, 5, 4), torch.ones(3, 2, 5, 4)),)
+    assert select_cache_rows(legacy, torch.tensor([1]))[0][0].shape[0] == 1
+    assert select_cache_rows(object(), torch.tensor([0])) is None
+
+
+def test_incremental_text_equals_full_decode(tok):
+    text = "Hello, world! 12 + 30 = 42\nok"
+    ids = tok(text).input_ids
+    inc = IncrementalText(tok)
+    for i in range(1, len(ids) + 1):
+        inc.update(ids[:i])
+    assert inc.text == tok.decode(ids) == text
+
+
+def test_bf16_autocast_runs(tok):
+    model = make_llama(len(tok))
+    res = generate_batch(model, tok, PROMPTS, SamplingConfig(6, dtype="bf16", eos_token_ids=[]))
+    assert all(r.n_tokens == 6 for r in res)
+    with pytest.raises(ConfigError, match="fp32"):
+        generate_batch(model.to(torch.bfloat16), tok, PROMPTS, SamplingConfig(4, dtype="fp32"))
+
+
+# ----------------------------------------------------------------------------- loading + CLI
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory, tok) -> str:
+    root = tmp_path_factory.mktemp("models")
+    model = make_llama(len(tok))
+    run_model = root / "run" / "model"
+    model.save_pretrained(run_model)
+    tok.save_pretrained(run_model)
+    model.save_pretrained(root / "hf")
+    tok.save_pretrained(root / "hf")
+    return str(root)
+
+
+def test_load_run_dir_and_hf_dir(saved_model, tok):
+    m1, t1, info = load_model_and_tokenizer(f"{saved_model}/run", dtype="fp32")
+    assert info["source"] == "run" and info["path"].endswith("model")
+    assert info["dtype"] == "fp32" and info["device"] == "cpu"
+    assert info["n_params"] == sum(p.numel() for p in m1.parameters())
+    assert info["load_seconds"] > 0 and not m1.training
+    reference = make_llama(len(tok))
+    assert (
+        generate_batch(m1, t1, PROMPTS, SamplingConfig(8))[0].token_ids
+        == generate_batch(reference, tok, PROMPTS, SamplingConfig(8))[0].token_ids
+    )
+    m2, _t2, info2 = load_model_and_tokenizer(f"{saved_model}/hf", dtype="bf16")
+    assert info2["source"] == "hf" and info2["dtype"] == "bf16"
+    assert next(m2.parameters()).dtype == torch.bfloat16
+
+
+def test_loading_errors(tmp_path, saved_model):
+    with pytest.raises(UserError, match="neither"):
+        resolve_model_path(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "nope" / "x" / "y"))
+    assert resolve_model_path("Qwen/Qwen2.5-0.5B") == ("Qwen/Qwen2.5-0.5B", "hub")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="cuda"):
+            resolve_device("cuda")
+        with pytest.raises(DeviceUnavailableError):
+            load_model_and_tokenizer(f"{saved_model}/hf", device="cuda")
+    with pytest.raises(UserError, match="dtype"):
+        resolve_dtype("int3")
+
+
+def test_auto_dtype_follows_cpu_flags():
+    assert host_supports_fast_bf16("cpu", cpuinfo="flags\t\t: fpu avx2 avx512_bf16\n")
+    assert host_supports_fast_bf16("cpu", cpuinfo="flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not host_supports_fast_bf16("cpu", cpuinfo="flags\t\t: fpu avx2 avx512f\n")
+    expected = torch.bfloat16 if host_supports_fast_bf16("cpu") else torch.float32
+    assert resolve_dtype("auto", "cpu") == expected
+
+
+def _cli(argv: list[str]) -> int:
+    from shoestring.eval import generate
+
+    parser = argparse.ArgumentParser()
+    generate.add_cli(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_streams_one_prompt_and_batches_several(saved_model, tok, capsys):
+    assert (
+        _cli(
+            [
+                "generate",
+                f"{saved_model}/run",
+                "--prompt",
+                "Hi",
+                "--max-new-tokens",
+                "8",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr()
+    expected = generate_batch(make_llama(len(tok)), tok, ["Hi"], SamplingConfig(8))[0].text
+    assert out.out == "Hi" + expected + "\n"
+    assert "tokens/s" in out.err and "loaded" in out.err
+    assert (
+        _cli(
+            [
+                "generate",
+                f"{saved_model}/hf",
+                "--prompt",
+                "a",
+                "--prompt",
+                "bcd",
+                "--max-new-tokens",
+                "4",
+                "--temperature",
+                "0.8",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "=== [0]" in out and "=== [1]" in out
+    with pytest.raises(UserError, match="--prompt"):
+        _cli(["generate", f"{saved_model}/hf"])
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def test_grouped_prefill_equals_single_padded_prefill(model, tok, monkeypatch):
+    from shoestring.eval import generation
+
+    assert generation.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=1) == [
+        [1, 2],
+        [3],
+        [4, 0],
+    ]
+    assert generation.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=100) == [
+        [1, 2],
+        [3, 4, 0],
+    ]
+    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[])
+    monkeypatch.setattr(generation, "PREFILL_GROUP_MIN_TOKENS", 1)
+    grouped = generate_batch(model, tok, PROMPTS, cfg)
+    plain = generate_batch(
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(max_new_tokens=12, eos_token_ids=[], group_prefill=False, preallocate=False),
+    )
+    assert [r.token_ids for r in grouped] == [r.token_ids for r in plain]
+    for prompt, res in zip(PROMPTS, grouped, strict=True):
+        assert res.token_ids == hf_greedy(model, tok, prompt, 12, eos=[])
+
+
+def test_bf16_cpu_fp32_attention_is_scoped(tok):
+    model = make_llama(len(tok)).to(torch.bfloat16)
+    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[])
+    fast = generate_batch(model, tok, PROMPTS, cfg)
+    assert model.config._attn_implementation == "sdpa"  # restored after the call
+    assert all(r.n_tokens == 6 for r in fast)
+    plain = generate_batch(
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(max_new_tokens=6, eos_token_ids=[], cpu_fp32_attention=False),
+    )
+    assert all(r.n_tokens == 6 for r in plain)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"},
+        {
+            "position": "rope",
+            "kv_lora_rank": 16,
+            "q_lora_rank": 16,
+            "qk_rope_head_dim": 4,
+            "v_head_dim": 8,
+        },
+    ],
+    ids=["learned", "rope-swiglu", "mla"],
+)
+def test_shoestring_gpt_greedy_equals_hf(tok, variant):
+    gpt = pytest.importorskip("shoestring.models.gpt")
+    torch.manual_seed(0)
+    cfg = gpt.ShoestringGPTConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        max_seq_len=256,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        **variant,
+    )
+    model = gpt.ShoestringGPTForCausalLM(cfg).eval()
+    res = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, eos_token_ids=[]))
+    for prompt, r in zip(PROMPTS, res, strict=True):
+        assert r.token_ids == hf_greedy(model, tok, prompt, 12, eos=[])
+
+
+def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatch):
+    from shoestring.eval import generation
+
+    model = make_llama(len(tok))
+    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5)
+    expected = [r.token_ids for r in generate_batch(model, tok, PROMPTS, cfg)]
+    real = generation.generate_batch
+    sizes: list[int] = []
+
+    def flaky(model, tokenizer, prompts, cfg=None, **kw):
+        sizes.append(len(prompts))
+        if len(prompts) > 2:
+            raise RuntimeError("CPU out of memory (simulated)")
+        return real(model, tokenizer, prompts, cfg, **kw)
+
+    monkeypatch.setattr(generation, "generate_batch", flaky)
+    seen: list[int] = []
+    res = generate_all(
+        model, tok, PROMPTS, cfg, progress=False, callback=lambda i, r: seen.append(i)
+    )
+    assert [r.token_ids for r in res] == expected
+    assert sizes[:3] == [5, 2, 2] and max(sizes[1:]) <= 2
+    assert sorted(seen) == list(range(len(PROMPTS)))
