@@ -302,4 +302,4 @@ def test_cuda_request_without_cuda_is_an_error(prepared: Path, tmp_path: Path) -
         timeout=120,
     )
     assert res.returncode == 2
-    assert "CUDA is not available" in res.stderr and "Traceback" not in res.stderr
+    assert "no CUDA device is available" in res.stderr and "Traceback" not in res.stderr

@@ -7,9 +7,9 @@ command can record it in its summary.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,58 +17,70 @@ import torch
 from shoestring.errors import DeviceUnavailableError, UserError
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """ISA flags of this CPU from /proc/cpuinfo (empty where the file does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty where it does not exist, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
-    flags = cpu_flags()
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+def host_supports_fast_bf16(device: torch.device | str = "cpu", cpuinfo: str | None = None) -> bool:
+    """Whether bf16 is a speed-up here rather than an emulation: CUDA with bf16 support, or a
+    CPU with native bf16 dot products (AVX512-BF16 or AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+    return False
 
 
-def resolve_device(name: str) -> torch.device:
-    """Turn 'auto'/'cpu'/'cuda[:N]'/'mps' into a device that exists here, or raise."""
-    name = (name or "auto").strip().lower()
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = CUDA if present, else CPU; an explicit device must exist.
+
+    Raises:
+        DeviceUnavailableError: the device was asked for and is not there.
+    """
+    name = str(device).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                f"device '{name}' was requested but CUDA is not available on this host "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use --device cpu "
-                "or install a CUDA build of torch. shoestring does not fall back silently."
-            )
+    try:
         dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(
-                f"device '{name}' does not exist; this host has {torch.cuda.device_count()} GPU(s)"
+    except RuntimeError:
+        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = (
+                "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
             )
-        return dev
-    if name == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise DeviceUnavailableError("device 'mps' was requested but MPS is not available")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UserError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps")
+            raise DeviceUnavailableError(
+                f"--device {device} was asked for but no CUDA device is available (torch "
+                f"{torch.__version__}, {build}); use --device cpu. shoestring does not fall "
+                "back to another device silently"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceUnavailableError(
+                f"--device {device} does not exist; this host has {count} CUDA device(s)"
+            )
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceUnavailableError(
+                f"--device {device} was asked for but MPS is not available"
+            )
+    elif dev.type != "cpu":
+        raise UserError(f"unsupported device '{device}'; use cpu, cuda, cuda:N, mps or auto")
+    return dev
 
 
 def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_has_fast_bf16()
-    return False
+    return host_supports_fast_bf16(device)
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from shoestring.errors import DeviceUnavailableError, UserError
+from shoestring.errors import UserError
+from shoestring.runtime import cpu_flags, host_supports_fast_bf16, resolve_device  # noqa: F401
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -35,67 +36,6 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 }
 SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """CPU feature flags from ``/proc/cpuinfo`` (empty where it does not exist, e.g. macOS)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def host_supports_fast_bf16(device: torch.device | str = "cpu", cpuinfo: str | None = None) -> bool:
-    """Whether bf16 is a speed-up here rather than an emulation: CUDA with bf16 support, or a
-    CPU with native bf16 dot products (AVX512-BF16 or AMX)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
-    return False
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` = CUDA if present, else CPU; an explicit device must exist.
-
-    Raises:
-        DeviceUnavailableError: the device was asked for and is not there.
-    """
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N, mps or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = (
-                "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
-            )
-            raise DeviceUnavailableError(
-                f"--device {device} was asked for but no CUDA device is available (torch "
-                f"{torch.__version__}, {build}); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise DeviceUnavailableError(
-                f"--device {device} does not exist; this host has {count} CUDA device(s)"
-            )
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceUnavailableError(
-                f"--device {device} was asked for but MPS is not available"
-            )
-    elif dev.type != "cpu":
-        raise UserError(f"unsupported device '{device}'; use cpu, cuda, cuda:N, mps or auto")
-    return dev
 
 
 def resolve_dtype(
