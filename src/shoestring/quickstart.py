@@ -46,7 +46,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     p.add_argument("--out", default="quickstart", help="directory for data and the run")
-    p.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--eval-problems", type=int, default=100, help="held-out problems to answer")
     p.add_argument("--problems", type=int, default=12000, help="synthetic training problems")
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--device", default="auto")
@@ -62,22 +63,27 @@ def run_cli(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         device=args.device,
         seed=args.seed,
+        n_eval=args.eval_problems,
     )
     return 0
 
 
 def run(
     out: Path,
-    steps: int = 400,
+    steps: int = 1000,
     n_problems: int = 12000,
     vocab_size: int = 1024,
     device: str = "auto",
     seed: int = 0,
     echo: bool = True,
+    n_eval: int = 100,
 ) -> Path:
     from shoestring.data import synthetic, text
-    from shoestring.eval.generation import SamplingConfig, generate_batch
+    from shoestring.eval.answers import extract_strict, is_correct, parse_gold
+    from shoestring.eval.generation import SamplingConfig, generate_all
+    from shoestring.eval.stats import format_accuracy
     from shoestring.models.loading import load_model_and_tokenizer
+    from shoestring.runs.rundir import atomic_write_json
     from shoestring.train.loop import train
 
     if steps < 1:
@@ -88,7 +94,7 @@ def run(
 
     say(f"[1/4] generating {n_problems} synthetic math problems (+ held-out test set)")
     corpus = out / "corpus"
-    synthetic.write_corpus(corpus, n_train=n_problems, n_test=200, seed=seed)
+    synthetic.write_corpus(corpus, n_train=n_problems, n_test=max(n_eval, 1), seed=seed)
 
     say(f"[2/4] training a {vocab_size}-token BPE tokenizer and writing token shards")
     data_dir = out / "data"
@@ -109,18 +115,48 @@ def run(
     run_dir = train(cfg, out=out / "runs", name="quickstart", echo=echo)
     summary = json.loads((run_dir / "summary.json").read_text())
 
-    say("[4/4] sampling completions of held-out problems (greedy)")
+    say(f"[4/4] answering {n_eval} held-out problems (greedy, batched KV-cache decoding)")
     model, tokenizer, _ = load_model_and_tokenizer(run_dir, device=device, dtype="fp32")
-    tests = [json.loads(line) for line in (corpus / "test.jsonl").read_text().splitlines()[:3]]
+    lines = (corpus / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    tests = [json.loads(line) for line in lines[:n_eval]]
     prompts = [f"Question: {p['question']}\nAnswer:" for p in tests]
-    results = generate_batch(
-        model, tokenizer, prompts, SamplingConfig(max_new_tokens=80, stop_strings=["Question:"])
+    results = generate_all(
+        model,
+        tokenizer,
+        prompts,
+        SamplingConfig(max_new_tokens=160, stop_strings=["Question:"]),
+        progress=echo,
+        desc="answer",
     )
-    for prob, res in zip(tests, results, strict=True):
+    correct = [
+        is_correct(extract_strict(r.text), parse_gold(p["answer"]))
+        for p, r in zip(tests, results, strict=True)
+    ]
+    for prob, res in list(zip(tests, results, strict=True))[:3]:
         say("-" * 72)
         say(f"Question: {prob['question']}\nAnswer:{res.text.rstrip()}")
-        say(f"(reference: #### {prob['answer'].split('####')[-1].strip()})")
+        say(f"(reference: #### {parse_gold(prob['answer'])})")
     say("-" * 72)
+    accuracy = format_accuracy(sum(correct), len(correct))
+    say(f"exact-answer accuracy on held-out problems (#### line): {accuracy}")
+    atomic_write_json(
+        run_dir / "quickstart_eval.json",
+        {
+            "n": len(correct),
+            "correct": sum(correct),
+            "accuracy": accuracy,
+            "extractor": "strict",
+            "problems": [
+                {
+                    "question": p["question"],
+                    "gold": parse_gold(p["answer"]),
+                    "response": r.text,
+                    "correct": c,
+                }
+                for p, r, c in zip(tests, results, correct, strict=True)
+            ],
+        },
+    )
 
     v0, v1 = summary["initial_val_loss"], summary["final_val_loss"]
     say(
