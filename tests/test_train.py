@@ -303,3 +303,27 @@ def test_cuda_request_without_cuda_is_an_error(prepared: Path, tmp_path: Path) -
     )
     assert res.returncode == 2
     assert "no CUDA device is available" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_tensorboard_scalars_are_written(prepared: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from shoestring.train.loop import train
+
+    run = train(
+        _cfg(prepared, "train.max_steps=4", "train.report_to=tensorboard"),
+        out=tmp_path,
+        name="tb",
+        echo=False,
+        progress=False,
+    )
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_help_config_lists_every_key() -> None:
+    res = subprocess.run(
+        _cli("train", "--help-config"), capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0
+    for key in ("model.q_lora_rank", "train.flush_denormal", "data.path"):
+        assert key in res.stdout
