@@ -45,6 +45,14 @@ def _cfg(data: Path, *extra: str):
     return build_run_config(overrides=[f"data.path={data}", *TINY, *extra])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
@@ -272,7 +280,7 @@ def test_ddp_two_processes_match_single_process(prepared: Path, tmp_path: Path) 
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29517",
+            f"--master_port={_free_port()}",
             "-m",
             "shoestring",
             *args,
