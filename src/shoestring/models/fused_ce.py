@@ -37,9 +37,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(compute_dtype)
         grad_hidden = torch.empty(hidden.shape, dtype=compute_dtype, device=hidden.device)
         grad_weight = (
-            torch.zeros(weight.shape, dtype=acc, device=weight.device)
-            if need_weight_grad
-            else None
+            torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight_grad else None
         )
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         rows = torch.arange(min(chunk, n), device=hidden.device)
