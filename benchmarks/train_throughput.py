@@ -69,7 +69,12 @@ def make_step(
     autocast: str | None,
     use_targets: bool,
     clip: float = 1.0,
+    compiled: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    params = list(model.parameters())
+    if compiled:
+        model = torch.compile(model)
+
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         ctx = (
             torch.autocast("cpu", dtype=torch.bfloat16)
@@ -83,7 +88,7 @@ def make_step(
                 logits = model(input_ids=x).logits
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
@@ -100,6 +105,7 @@ def main() -> None:
     ap.add_argument("--steps-per-round", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="0 = physical cores")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument(
         "--no-llama-like",
         action="store_true",
@@ -145,12 +151,16 @@ def main() -> None:
     settings: list[Setting] = []
 
     def add(
-        name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, dtype: str, use_targets: bool
+        name: str,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        dtype: str,
+        use_targets: bool,
+        compiled: bool = False,
     ) -> None:
         fpt = flops_per_token(model, m.n_layers, m.d_model, seq, m.vocab_size)
-        settings.append(
-            Setting(name, model, opt, make_step(model, opt, dtype, use_targets), dtype, fpt, [])
-        )
+        step = make_step(model, opt, dtype, use_targets, compiled=compiled)
+        settings.append(Setting(name, model, opt, step, dtype, fpt, []))
 
     hp = {"lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 0.1}
     sm = shoestring_model()
@@ -188,6 +198,18 @@ def main() -> None:
             rt.dtype,
             True,
         )
+    if not args.no_compile:
+        # train.compile=auto turns torch.compile on when more than 10 minutes of eager training
+        # are left (measured after 3 steps); this row is the default for such long runs.
+        sc = shoestring_model()
+        add(
+            f"shoestring defaults, long run ({rt.dtype} + compile)",
+            sc,
+            build_optimizer(sc, cfg, torch.device("cpu")),
+            rt.dtype,
+            True,
+            compiled=True,
+        )
     # HF defaults: fp32 weights, SDPA attention (the library default), torch's default AdamW.
     # The equal-settings HF model already is exactly that, so it is reused as the peer.
     hf_default = settings[1]
@@ -195,9 +217,12 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, m.vocab_size, (batch, seq), generator=g)
     y = torch.randint(0, m.vocab_size, (batch, seq), generator=g)
+    warmup_seconds = {}
     for s in settings:
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             s.step(x, y)
+        warmup_seconds[s.name] = time.perf_counter() - t0
     peak_samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for _ in range(args.rounds):
         peak_samples["fp32"].append(measure_matmul_peak(torch.float32, repeats=2))
@@ -215,7 +240,7 @@ def main() -> None:
         f"bf16 {peaks['bf16']:.0f} GFLOP/s (1024x1024 matmul, best sample between rounds)"
     )
     print(
-        f"\n{'setting':40s} {'params':>8s} {'GFLOP/tok':>9s} {'step s':>8s} {'tokens/s':>10s} "
+        f"\n{'setting':48s} {'params':>8s} {'GFLOP/tok':>9s} {'step s':>8s} {'tokens/s':>10s} "
         f"{'GFLOP/s':>8s} {'MFU':>6s}"
     )
     rate = {}
@@ -226,13 +251,19 @@ def main() -> None:
         gflops = tps * s.flops_per_token / 1e9
         n = sum(p.numel() for p in s.model.parameters())
         print(
-            f"{s.name:40s} {n / 1e6:7.2f}M {s.flops_per_token / 1e9:9.3f} {med:8.3f} "
+            f"{s.name:48s} {n / 1e6:7.2f}M {s.flops_per_token / 1e9:9.3f} {med:8.3f} "
             f"{tps:10.0f} {gflops:8.1f} {gflops / peaks[s.dtype]:6.1%}"
         )
     eq = rate[settings[0].name] / rate[settings[1].name]
     de = rate[settings[2].name] / rate[hf_default.name]
     print(f"\nratio at equal settings (fp32, no compile): shoestring / HF Llama = {eq:.2f}x")
     print(f"ratio at defaults: shoestring ({rt.dtype}) / HF Llama (fp32) = {de:.2f}x")
+    for s in settings:
+        if "compile" in s.name:
+            print(
+                f"ratio at long-run defaults (torch.compile, {warmup_seconds[s.name]:.0f} s of "
+                f"compile and warm-up first): {rate[s.name] / rate[hf_default.name]:.2f}x"
+            )
     if not args.no_llama_like:
         ll_ratio = rate[settings[3].name] / rate[hf_default.name]
         print(

@@ -335,3 +335,49 @@ def test_help_config_lists_every_key() -> None:
     assert res.returncode == 0
     for key in ("model.q_lora_rank", "train.flush_denormal", "data.path"):
         assert key in res.stdout
+
+
+def test_auto_compile_decides_from_measured_step_time(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoestring.train.loop import Trainer, train
+
+    run = train(
+        _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
+        out=tmp_path,
+        name="short",
+        echo=False,
+        progress=False,
+    )
+    info = _summary(run)["compile"]
+    assert info["used"] is False and "would not pay off" in info["reason"]
+    assert info["eager_step_seconds"] > 0
+
+    # a run long enough to pay for compiling switches on; a compile failure falls back to eager
+    monkeypatch.setattr(Trainer, "AUTO_COMPILE_MIN_SECONDS", 0.0)
+
+    def broken_compile(model, *a, **k):
+        def fail(*args, **kwargs):
+            raise RuntimeError("simulated: inductor needs a C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    run = train(
+        _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
+        out=tmp_path,
+        name="long",
+        echo=False,
+        progress=False,
+    )
+    s = _summary(run)
+    assert s["status"] == "finished" and s["steps"] == 6
+    assert s["compile"]["used"] is False and "C++ compiler" in s["compile"]["failed"]
+    ref = train(
+        _cfg(prepared, "train.max_steps=6", "train.compile=off"),
+        out=tmp_path,
+        name="ref",
+        echo=False,
+        progress=False,
+    )
+    assert _summary(ref)["final_train_loss"] == s["final_train_loss"]  # fallback lost nothing

@@ -107,7 +107,11 @@ class TrainConfig:
         "compute dtype; auto = bf16 autocast on CUDA with bf16, else fp32",
         choices=("auto", "fp32", "bf16"),
     )
-    compile: str = opt("off", "torch.compile the model", choices=("auto", "on", "off"))
+    compile: str = opt(
+        "auto",
+        "torch.compile the model; auto = after 3 eager steps, if >10 min of training is left",
+        choices=("auto", "on", "off"),
+    )
     threads: int = opt(0, "torch intra-op threads; 0 = physical cores", min=0)
     flush_denormal: str = opt(
         "auto", "flush denormal floats to zero on CPU", choices=("auto", "on", "off")
