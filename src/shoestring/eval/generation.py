@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 
 from shoestring.config import ConfigError, opt, validate
+from shoestring.errors import UserError
 
 FinishReason = Literal["eos", "stop", "length"]
 Prompt = str | Sequence[int]
@@ -873,7 +874,7 @@ def _decode(
     if n > 1:
         repeated = repeat_cache_rows(cache, n)
         if repeated is None:
-            raise NotImplementedError(
+            raise UserError(
                 f"num_return_sequences>1 needs a cache that can be repeated ({type(cache)}); "
                 "repeat the prompts instead"
             )
