@@ -416,11 +416,6 @@ def load_variant(name: str) -> dict[str, Any]:
     return _load_named("variant", name, list_variants(), _preset_root() / "variants")
 
 
-def preset_description(name: str, variant: bool = False) -> str:
-    root = _preset_root() / "variants" if variant else _preset_root()
-    return json.loads((root / f"{name}.json").read_text(encoding="utf-8")).get("description", "")
-
-
 def build_run_config(
     preset: str | None = None,
     variant: str | None = None,

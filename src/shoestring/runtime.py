@@ -16,6 +16,16 @@ import torch
 
 from shoestring.errors import DeviceUnavailableError, UserError
 
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """CPU feature flags from ``/proc/cpuinfo`` (empty where it does not exist, e.g. macOS)."""
@@ -79,17 +89,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def bf16_supported(device: torch.device) -> bool:
-    return host_supports_fast_bf16(device)
+def resolve_torch_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu"
+) -> torch.dtype:
+    """``auto`` = bf16 where the host computes it fast, else fp32; names: fp32, bf16, fp16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).strip().lower()
+    device = torch.device(device)
+    if name == "auto":
+        return torch.bfloat16 if host_supports_fast_bf16(device) else torch.float32
+    if name not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype '{dtype}'; use auto, fp32, bf16 or fp16")
+    want = DTYPE_NAMES[name]
+    if want == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(
+            f"--dtype bf16 is not supported by {torch.cuda.get_device_name(device)}; "
+            "use fp16 or fp32"
+        )
+    return want
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the device runs bf16 fast, else 'fp32'; explicit bf16 is honoured."""
-    if name == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    if name not in ("fp32", "bf16"):
+    """Training dtype as a name: 'auto' -> 'bf16' where the device runs bf16 fast, else 'fp32'."""
+    if name not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown dtype '{name}'; use auto, fp32 or bf16")
-    return name
+    return SHORT_NAMES[resolve_torch_dtype(name, device)]
 
 
 def physical_cores() -> int:

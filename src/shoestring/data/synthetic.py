@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from shoestring.runs.rundir import atomic_open
 
 __all__ = [
     "LEVELS",
@@ -970,16 +970,9 @@ def write_jsonl(problems: Iterable[dict[str, Any]], path: str | Path) -> Path:
     later command would read as a (shorter) data set.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for p in problems:
-                f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        for p in problems:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
     return path
 
 

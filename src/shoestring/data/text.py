@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from shoestring.errors import UserError
+from shoestring.runs.rundir import atomic_write_text
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -500,12 +501,6 @@ def _save_hf_tokenizer(tok: Tokenizer, eos: str, source_dir: Path | None, out: P
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
@@ -703,7 +698,7 @@ def run(
     timings["encode"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    _atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
+    atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
     _save_hf_tokenizer(tok, eos, tok_source_dir, out / "tokenizer")
     timings["save"] = time.perf_counter() - t3
     meta: dict[str, Any] = {
@@ -734,7 +729,7 @@ def run(
         "on_decode_error": on_decode_error,
         **report.as_meta(),
     }
-    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     if not quiet:
         print(format_summary(meta, out))
     return meta

@@ -24,7 +24,6 @@ different setting is an error that suggests a new ``--out``, never a silent mix.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -34,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -783,7 +782,7 @@ class _Bench:
         """Load (only when problems are missing), generate the missing problems, score."""
         import torch
 
-        from shoestring.models.loading import load_model_and_tokenizer
+        from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
         from shoestring.runs.monitor import SystemMonitor
 
         c = self.cfg
@@ -819,7 +818,7 @@ class _Bench:
                 torch.cuda.reset_peak_memory_stats()
             monitor.start()
             try:
-                with _quiet_loading(not self.progress):
+                with quiet_hf_progress(not self.progress):
                     model, tokenizer, info = load_model_and_tokenizer(
                         spec.path,
                         device=rt.device,
@@ -1082,23 +1081,6 @@ class _Bench:
             self.out / "report.md",
             render_report(self.rundir.summary, self.by_model, self.cfg.examples),
         )
-
-
-@contextlib.contextmanager
-def _quiet_loading(quiet: bool) -> Iterator[None]:
-    """Hide transformers' weight-loading bar when progress bars are off (logs stay clean)."""
-    if not quiet:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -37,6 +37,7 @@ import torch
 
 from shoestring.config import ConfigError, opt, validate
 from shoestring.errors import UserError
+from shoestring.runtime import DTYPE_NAMES
 
 FinishReason = Literal["eos", "stop", "length"]
 Prompt = str | Sequence[int]
@@ -50,15 +51,6 @@ MEMORY_FRACTION = {"cpu": 0.5, "cuda": 0.8, "mps": 0.5}
 # group's longest prompt, or while the group holds fewer tokens than the minimum.
 PREFILL_GROUP_RATIO = 0.8
 PREFILL_GROUP_MIN_TOKENS = 256
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 
 @dataclass
@@ -237,7 +229,7 @@ def _compute_dtype(model: torch.nn.Module, dtype: str) -> Iterator[None]:
     re-casts every weight on every step; autocast is the fallback for an fp32 model.
     """
     weights = model_dtype(model)
-    want = None if dtype == "auto" else _DTYPES[dtype]
+    want = None if dtype == "auto" else DTYPE_NAMES[dtype]
     if want is None or want == weights:
         yield
         return
@@ -1057,7 +1049,9 @@ def auto_batch_size(
     cap = cfg.max_batch_size or DEFAULT_MAX_BATCH[dev]
     free = available_memory(device) if free_bytes is None else free_bytes
     dtype = (
-        _DTYPES.get(cfg.dtype, model_dtype(model)) if cfg.dtype != "auto" else model_dtype(model)
+        DTYPE_NAMES.get(cfg.dtype, model_dtype(model))
+        if cfg.dtype != "auto"
+        else model_dtype(model)
     )
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     per_row = estimate_row_bytes(

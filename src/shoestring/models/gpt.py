@@ -699,7 +699,7 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
         ``logits_to_keep`` (generation sets 1) computes the head only for the last positions;
         with a loss the head runs on every position and the returned logits are sliced.
         ``num_items_in_batch`` (HF Trainer, gradient accumulation) turns the mean into
-        sum / num_items_in_batch. ``return_logits=False`` with ``targets`` (the trainer's path)
+        sum / num_items_in_batch. ``return_logits=False`` with a loss (the trainer's path)
         computes head and loss chunk by chunk without materialising the logits
         (``fused_ce.chunked_linear_cross_entropy``: same loss and gradients, less time and
         memory) and returns ``logits=None``.
@@ -716,25 +716,16 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden = out.last_hidden_state
-        if not return_logits and targets is not None and num_items_in_batch is None:
+        if labels is not None:
+            # Shift the labels, not the logits: no copy of the [B, T, V] tensor.
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        loss = logits = None
+        if targets is None:
+            logits = self.lm_head(_keep_last(hidden, logits_to_keep))
+        elif not return_logits and num_items_in_batch is None:
             loss = chunked_linear_cross_entropy(hidden, self.lm_head.weight, targets)
-            result = CausalLMOutputWithPast(
-                loss=loss,
-                logits=None,
-                past_key_values=out.past_key_values,
-                hidden_states=out.hidden_states,
-            )
-            return result.to_tuple() if return_dict is False else result
-        want_loss = labels is not None or targets is not None
-        if not want_loss:
-            hidden = _keep_last(hidden, logits_to_keep)
-        logits = self.lm_head(hidden)
-
-        loss = None
-        if want_loss:
-            if labels is not None:
-                # Shift the labels, not the logits: no copy of the [B, T, V] tensor.
-                targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        else:
+            logits = self.lm_head(hidden)
             loss = lm_loss(logits, targets, num_items_in_batch)
             logits = _keep_last(logits, logits_to_keep)
         result = CausalLMOutputWithPast(

@@ -26,13 +26,11 @@ rows of wq and wk permuted within each head, exactly as HF's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 
 from shoestring.errors import UserError
+from shoestring.models.loading import quiet_hf_progress
 
 if TYPE_CHECKING:  # transformers is imported lazily: the CLI starts faster without it
     from transformers import LlamaConfig
@@ -412,20 +411,6 @@ def _convert_tokenizer(sp_model: Path, workdir: Path, vocab_size: int) -> str:
     )
 
 
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' per-shard progress bar: the CLI prints its own summary."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def convert_llama2c(
     model_path: str | Path,
     tokenizer_path: str | Path,
@@ -467,7 +452,7 @@ def convert_llama2c(
             model.tie_weights()
         model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
         model.eval()
-        with _quiet_progress():
+        with quiet_hf_progress():
             model.save_pretrained(str(work), safe_serialization=True)
         check = _convert_tokenizer(tokenizer_path, work, header.vocab_size)
         files = []

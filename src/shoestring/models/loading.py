@@ -16,47 +16,43 @@ Every downstream command (``generate``, ``bench``, ``grpo``) goes through
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shoestring.errors import UserError
-from shoestring.runtime import cpu_flags, host_supports_fast_bf16, resolve_device  # noqa: F401
+from shoestring.runtime import (  # noqa: F401 - re-exported for callers of loading
+    DTYPE_NAMES,
+    SHORT_NAMES,
+    cpu_flags,
+    host_supports_fast_bf16,
+    resolve_device,
+)
+from shoestring.runtime import resolve_torch_dtype as resolve_dtype
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def resolve_dtype(
-    dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu"
-) -> torch.dtype:
-    """``auto`` = bf16 where the host computes it fast, else fp32; names: fp32, bf16, fp16."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).strip().lower()
-    device = torch.device(device)
-    if name == "auto":
-        return torch.bfloat16 if host_supports_fast_bf16(device) else torch.float32
-    if name not in DTYPE_NAMES:
-        raise UserError(f"unknown dtype '{dtype}'; use auto, fp32, bf16 or fp16")
-    want = DTYPE_NAMES[name]
-    if want == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(
-            f"--dtype bf16 is not supported by {torch.cuda.get_device_name(device)}; "
-            "use fp16 or fp32"
-        )
-    return want
+@contextlib.contextmanager
+def quiet_hf_progress(quiet: bool = True) -> Iterator[None]:
+    """Hide transformers' per-shard loading/saving bar while the caller prints its own."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_model_path(path: str | Path) -> tuple[str, str]:

@@ -8,7 +8,6 @@ peak of the resident set (not the change in RSS that earlier reports called "mem
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psutil
@@ -26,7 +25,6 @@ class SystemMonitor:
         self._sys_cpu: list[float] = []
         self.peak_rss = 0
         self.min_available = None
-        self.start_time = 0.0
         self.n_cpus = psutil.cpu_count(logical=True) or 1
 
     def _rss(self) -> int:
@@ -59,7 +57,6 @@ class SystemMonitor:
                 continue
 
     def start(self) -> SystemMonitor:
-        self.start_time = time.time()
         self._sample()
         self._thread = threading.Thread(target=self._run, name="shoestring-monitor", daemon=True)
         self._thread.start()

@@ -66,9 +66,6 @@ class WindowStream:
         data = torch.from_numpy(rows)
         return data[:, :-1], data[:, 1:]
 
-    def epoch_of(self, position: int) -> float:
-        return position / self.n_windows
-
 
 def step_micro_batches(
     stream: WindowStream, step: int, global_batch: int, rank: int, world_size: int, micro_batch: int

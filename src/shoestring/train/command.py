@@ -8,10 +8,10 @@ from pathlib import Path
 
 from shoestring.config import (
     RunConfig,
-    apply_dict,
     apply_override,
     build_run_config,
     describe,
+    from_dict,
     list_presets,
     list_variants,
     parse_override,
@@ -71,8 +71,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    cfg = RunConfig()
-    apply_dict(cfg, json.loads(path.read_text(encoding="utf-8")))
+    cfg = from_dict(RunConfig, json.loads(path.read_text(encoding="utf-8")))
     for text in overrides:
         apply_override(cfg, *parse_override(text))
     return cfg.resolved()

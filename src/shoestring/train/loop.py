@@ -29,7 +29,7 @@ from tqdm import tqdm
 from shoestring.config import RunConfig, to_dict
 from shoestring.errors import UserError
 from shoestring.runs.monitor import SystemMonitor
-from shoestring.runs.rundir import RunDir, atomic_write_json, unique_run_dir
+from shoestring.runs.rundir import RunDir, unique_run_dir
 from shoestring.runtime import Runtime, physical_cores, setup_runtime
 from shoestring.train.batches import WindowStream, step_micro_batches, validation_batches
 from shoestring.train.checkpoint import (
@@ -692,7 +692,3 @@ def train(
     finally:
         if trainer.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_json(path, obj)
