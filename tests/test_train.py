@@ -381,3 +381,25 @@ def test_auto_compile_decides_from_measured_step_time(
         progress=False,
     )
     assert _summary(ref)["final_train_loss"] == s["final_train_loss"]  # fallback lost nothing
+
+
+def test_on_eval_callback_sees_every_evaluation_and_can_stop_the_run(
+    prepared: Path, tmp_path: Path
+) -> None:
+    from shoestring.train.loop import StopTraining, train
+
+    seen: list[tuple[int, float]] = []
+
+    def on_eval(step: int, val: float) -> None:
+        seen.append((step, val))
+        if step >= 4:
+            raise StopTraining("val loss not improving fast enough (test)")
+
+    cfg = _cfg(prepared, "train.max_steps=20", "train.eval_every=2", "train.eval_batches=1")
+    with pytest.raises(StopTraining):
+        train(cfg, out=tmp_path, name="pruned", echo=False, progress=False, on_eval=on_eval)
+    assert [s for s, _ in seen] == [2, 4]
+    s = _summary(tmp_path / "pruned")
+    assert s["status"] == "pruned" and s["steps"] == 4
+    assert "not improving" in s["error"]
+    assert (tmp_path / "pruned" / "checkpoints" / "step_4" / "state.pt").exists()

@@ -24,6 +24,10 @@ COMMANDS: list[str] = [
     "shoestring.eval.generate",
     "shoestring.eval.bench",
     "shoestring.models.import_cli",
+    "shoestring.analyze.command",
+    "shoestring.search.command",
+    "shoestring.rl.command",
+    "shoestring.runs.compare",
 ]
 
 

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ from shoestring.train.checkpoint import (
 
 class NonFiniteLossError(UserError):
     """The loss became NaN/inf; the run stops with the last good checkpoint intact."""
+
+
+class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by an ``on_eval`` callback to end a run early (a pruned search trial).
+
+    The run ends with status ``pruned``, keeps its checkpoint and metrics, and ``train()``
+    re-raises this exception so the caller knows the run did not finish.
+    """
 
 
 def is_oom_error(exc: BaseException) -> bool:
@@ -161,8 +170,10 @@ class Trainer:
         resume: bool = False,
         echo: bool = True,
         progress: bool = True,
+        on_eval: Callable[[int, float], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_eval = on_eval
         self.resume = resume
         self.dist = init_distributed(cfg.train.device)
         t = cfg.train
@@ -580,8 +591,14 @@ class Trainer:
                     if val < ts.best_val_loss:
                         ts.best_val_loss, ts.best_step = val, ts.step
                         self._save_best(val)
+                    if self.on_eval is not None:
+                        self.on_eval(ts.step, val)
                 if ts.step % t.save_every == 0 or ts.step == t.max_steps:
                     self._save()
+        except StopTraining as exc:
+            status, error = "pruned", str(exc) or "stopped early by the on_eval callback"
+            self.log(f"stopped at step {self.state.step}: {error}")
+            self._save()
         except KeyboardInterrupt:
             status = "interrupted"
             self.log(f"interrupted at step {self.state.step}; saving a checkpoint")
@@ -605,6 +622,8 @@ class Trainer:
             if status == "finished":
                 self._write_model()
             self._finish(status, error, monitor, time.perf_counter() - wall0)
+        if status == "pruned":
+            raise StopTraining(error)
         if status == "failed":
             raise NonFiniteLossError(error or "training failed")
         if status == "interrupted":
@@ -675,8 +694,13 @@ def train(
     resume_dir: str | Path | None = None,
     echo: bool = True,
     progress: bool = True,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> Path:
-    """Train (or resume) a run and return its directory."""
+    """Train (or resume) a run and return its directory.
+
+    ``on_eval(step, val_loss)`` is called after every evaluation; raising ``StopTraining`` from
+    it ends the run with status ``pruned`` (used by ``search --prune``).
+    """
     if resume_dir is not None:
         path = Path(resume_dir)
     else:
@@ -686,7 +710,9 @@ def train(
             path = Path(out) / base  # every rank must agree on the path
         else:
             path = unique_run_dir(out, base)
-    trainer = Trainer(cfg, path, resume=resume_dir is not None, echo=echo, progress=progress)
+    trainer = Trainer(
+        cfg, path, resume=resume_dir is not None, echo=echo, progress=progress, on_eval=on_eval
+    )
     try:
         return trainer.run()
     finally:
