@@ -1,0 +1,167 @@
+"""The report as data: sections of paragraphs, tables, images and findings, then rendered.
+
+Why an intermediate form: ``compare`` writes the same report three ways (report.md,
+report.html, ``--format json``). Building it once as plain data and rendering it three times
+keeps the three from drifting apart: a number is formatted in one place, and a table in the
+HTML is the table in the Markdown.
+
+Inline text uses two Markdown marks only, ``**bold**`` and ```code```; the HTML renderer
+converts exactly those (after escaping), so a run name with ``<`` in it cannot break the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Block",
+    "Bullets",
+    "Finding",
+    "Image",
+    "Para",
+    "Report",
+    "Section",
+    "Table",
+    "fmt",
+    "fmt_int",
+    "render_markdown",
+    "report_to_dict",
+]
+
+
+@dataclass
+class Para:
+    text: str
+    kind: Literal["para"] = "para"
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+    kind: Literal["bullets"] = "bullets"
+
+
+@dataclass
+class Table:
+    """``align`` per column: "l" or "r" (numbers right-aligned)."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    align: list[str] = field(default_factory=list)
+    caption: str = ""
+    kind: Literal["table"] = "table"
+
+    def aligns(self) -> list[str]:
+        return self.align + ["l"] * (len(self.headers) - len(self.align))
+
+
+@dataclass
+class Image:
+    """A PNG written next to the report; ``file`` is relative to the report directory."""
+
+    file: str
+    alt: str
+    caption: str = ""
+    kind: Literal["image"] = "image"
+
+
+Block = Para | Bullets | Table | Image
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    anchor: str = ""
+
+
+@dataclass
+class Finding:
+    """One rule's verdict. ``severity``: warning (the data contradicts a claim or a run is not
+    a result), caution (a difference that cannot be trusted), info (context)."""
+
+    rule: str
+    severity: Literal["warning", "caution", "info"]
+    text: str
+    runs: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    title: str
+    generated_at: str
+    intro: list[str]
+    findings: list[Finding]
+    sections: list[Section]
+    runs: list[dict[str, Any]]
+
+
+def fmt(x: Any, spec: str = ".1f", unit: str = "") -> str:
+    """A number for a table cell; None and non-numbers print as a dash."""
+    if x is None or isinstance(x, bool):
+        return "-" if x is None else str(x)
+    if isinstance(x, (int, float)):
+        if x != x:  # NaN
+            return "nan"
+        return f"{x:{spec}}{unit}"
+    return str(x)
+
+
+def fmt_int(x: Any) -> str:
+    return "-" if x is None else f"{int(x):,}"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(t: Table) -> list[str]:
+    lines = []
+    if t.caption:
+        lines += [t.caption, ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
+    lines.append("|" + "|".join("---:" if a == "r" else "---" for a in t.aligns()) + "|")
+    for row in t.rows:
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    return lines
+
+
+_SEVERITY_MARK = {"warning": "WARNING", "caution": "CAUTION", "info": "note"}
+
+
+def render_markdown(report: Report) -> str:
+    """report.md: GitHub-flavoured Markdown with the PNGs referenced by relative path."""
+    lines = [f"# {report.title}", ""]
+    for p in report.intro:
+        lines += [p, ""]
+    lines += ["## Findings", ""]
+    if not report.findings:
+        lines += ["No rule fired: nothing contradicts the names, and no difference was tested.", ""]
+    for f in report.findings:
+        lines.append(f"- **{_SEVERITY_MARK[f.severity]}** ({f.rule}): {f.text}")
+    lines.append("")
+    for s in report.sections:
+        lines += [f"## {s.title}", ""]
+        for b in s.blocks:
+            if isinstance(b, Para):
+                lines += [b.text, ""]
+            elif isinstance(b, Bullets):
+                lines += [f"- {i}" for i in b.items] + [""]
+            elif isinstance(b, Table):
+                lines += _md_table(b) + [""]
+            elif isinstance(b, Image):
+                lines += [f"![{b.alt}]({b.file})", ""]
+                if b.caption:
+                    lines += [f"*{b.caption}*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    """The whole report as JSON-ready data (``--format json`` and report.json)."""
+    d = asdict(report)
+    d["kind"] = "compare_report"
+    d["schema_version"] = 1
+    d["images"] = [b.file for s in report.sections for b in s.blocks if isinstance(b, Image)]
+    return d
