@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -127,22 +126,7 @@ def compare(
         atomic_write_text(out_path / "report.md", render_markdown(report))
         atomic_write_text(out_path / "report.html", render_html(report, out_path))
         atomic_write_text(out_path / "report.json", json.dumps(data, indent=2, default=str) + "\n")
-        _readable(out_path, ["report.md", "report.html", "report.json", *data["images"]])
     return report, data
-
-
-def _readable(out: Path, names: list[str]) -> None:
-    """Give the report files the usual permissions (0666 less the umask).
-
-    Why: the atomic writer's temporary files are created 0600, which suits run state but not a
-    report meant to be served or shared with the rest of a team.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    for name in names:
-        p = out / name
-        if p.is_file():
-            p.chmod(0o666 & ~mask)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,23 +26,38 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 SCHEMA_VERSION = 1
+
+
+def _file_mode() -> int:
+    """0666 less the process umask: what ``open()`` would give (mkstemp alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[TextIO]:
-    """A text file that appears at ``path`` only when the block finishes (temp + fsync + rename).
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """A file that appears at ``path`` only when the block finishes (temp + fsync + rename).
 
     A killed or failing writer leaves the old file (or none), never a half-written one.
+    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"`` (bytes: PNGs, tensors).
     """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, _FILE_MODE)
+        encoding = "utf-8" if mode == "w" else None
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -57,6 +72,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
     with atomic_open(path) as f:
         f.write(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def _json_default(obj: Any) -> Any:
