@@ -1,0 +1,274 @@
+"""shoestring GRPO vs TRL's GRPOTrainer: seconds per optimizer step on the same model, prompts
+and settings, measured in one process and interleaved (round 1: A then B, round 2: B then A).
+
+Both trainers get the same randomly initialised Qwen2-shaped model (built here from a config:
+no download), the same BPE tokenizer trained here on the synthetic math corpus, the same
+plain-text prompts, the same reward (correctness), and the same settings: generations per
+prompt, completion length, batch, gradient accumulation, beta, loss type, precision, device,
+threads, steps. The first step of every run is dropped (allocator warm-up). A step is a whole
+optimizer step, generation included, for both.
+
+    flock /tmp/shoestring-cpu.lock python benchmarks/grpo_vs_trl.py --steps 4 --rounds 2
+
+TRL is a benchmark dependency only (it is pinned in constraints.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tokenizer(out: Path, vocab_size: int) -> Any:
+    """A byte-level BPE trained on synthetic problems (seconds; nothing downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from shoestring.data.synthetic import generate_problems, problems_to_text
+
+    docs = list(problems_to_text(generate_problems(2000, seed=1)))
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|pad|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(docs, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<|pad|>", eos_token="<|endoftext|>"
+    )
+    tok.save_pretrained(out)
+    return tok
+
+
+def build_model(out: Path, tok: Any, args: argparse.Namespace) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+
+
+def prompts(n: int) -> list[dict[str, str]]:
+    from shoestring.data.synthetic import generate_problems
+
+    return [
+        {
+            "prompt": f"Question: {p['question']}\nAnswer:",
+            "question": p["question"],
+            "answer": p["answer"],
+        }
+        for p in generate_problems(n, level=2, seed=7)
+    ]
+
+
+def run_shoestring(model_dir: Path, work: Path, args: argparse.Namespace, tag: str) -> list[float]:
+    from shoestring.rl.config import grpo_config
+    from shoestring.rl.grpo import train_grpo
+    from shoestring.runs.rundir import read_metrics
+
+    rows = prompts(args.prompts)
+    data = work / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = grpo_config(
+        overrides=[
+            f"model_name_or_path={model_dir}",
+            f"dataset=gsm8k:{data}",
+            "prompt_format=plain",
+            "stop_strings=[]",
+            f"num_generations={args.num_generations}",
+            f"per_device_train_batch_size={args.batch}",
+            f"gradient_accumulation_steps={args.grad_accum}",
+            f"max_completion_length={args.max_completion_length}",
+            "max_prompt_length=null",
+            f"max_steps={args.steps}",
+            f"beta={args.beta}",
+            f"loss_type={args.loss_type}",
+            "temperature=1.0",
+            "learning_rate=1e-5",
+            'rewards=["correctness"]',
+            f"dtype={args.dtype}",
+            "device=cpu",
+            f"threads={args.threads}",
+            "save_steps=100000",
+            "log_completions_steps=0",
+            "seed=0",
+        ]
+    )
+    run = train_grpo(cfg, out=work / "shoestring", name=tag, echo=False, progress=False)
+    recs = [r for r in read_metrics(run) if "step_seconds" in r]
+    return [r["step_seconds"] for r in recs]
+
+
+def run_trl(model_dir: Path, work: Path, args: argparse.Namespace, tag: str) -> list[float]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from shoestring.rl.rewards import correctness
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    def correctness_reward(prompts: list, completions: list, **kw: Any) -> list:
+        return correctness(prompts, completions, answer=kw["answer"])
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = GRPOConfig(
+        output_dir=str(work / "trl" / tag),
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=args.grad_accum,
+        max_completion_length=args.max_completion_length,
+        max_steps=args.steps,
+        beta=args.beta,
+        loss_type=args.loss_type,
+        temperature=1.0,
+        learning_rate=1e-5,
+        bf16=args.dtype == "bf16",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[correctness_reward],
+        args=cfg,
+        train_dataset=Dataset.from_list(prompts(args.prompts)),
+        processing_class=tok,
+        callbacks=[Timer()],
+    )
+    trainer.train()
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (first dropped)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16, help="completions per micro-batch (TRL)")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-completion-length", type=int, default=64)
+    p.add_argument("--beta", type=float, default=0.0)
+    p.add_argument("--loss-type", default="dapo")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--intermediate", type=int, default=704)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--keep", action="store_true", help="keep the temporary model and run dirs")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl_"))
+    try:
+        return _run(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
+    model_dir = work / "model"
+    tok = build_tokenizer(model_dir, args.vocab)
+    build_model(model_dir, tok, args)
+    print(
+        f"model: Qwen2 random init, hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}; "
+        f"{args.num_generations} generations, batch {args.batch} completions, accumulation "
+        f"{args.grad_accum}, completion <= {args.max_completion_length} tokens, beta {args.beta}, "
+        f"loss {args.loss_type}, {args.dtype}, CPU, {args.threads} threads, {args.steps} steps/run",
+        flush=True,
+    )
+    res: dict[str, list[float]] = {"shoestring": [], "trl": []}
+    runners = {"shoestring": run_shoestring, "trl": run_trl}
+    for rnd in range(args.rounds):
+        order = ["shoestring", "trl"] if rnd % 2 == 0 else ["trl", "shoestring"]
+        for name in order:
+            t = runners[name](model_dir, work, args, f"r{rnd}")
+            res[name] += t[1:]
+            print(
+                f"round {rnd + 1} {name:10s} s/step: "
+                + ", ".join(f"{x:.2f}" for x in t)
+                + " (first dropped)",
+                flush=True,
+            )
+    sh, tr = statistics.median(res["shoestring"]), statistics.median(res["trl"])
+    print(
+        f"median s/step  shoestring {sh:.3f}   TRL GRPOTrainer {tr:.3f}   ratio TRL/shoestring "
+        f"{tr / sh:.2f}x"
+    )
+    # a step disturbed by another process is only ever slower: on a shared machine the
+    # fastest step of each trainer is the least disturbed figure
+    shm, trm = min(res["shoestring"]), min(res["trl"])
+    print(
+        f"fastest s/step shoestring {shm:.3f}   TRL GRPOTrainer {trm:.3f}   ratio "
+        f"TRL/shoestring {trm / shm:.2f}x  ({len(res['shoestring'])} + {len(res['trl'])} steps)"
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "seconds": res,
+                    "median": {"shoestring": sh, "trl": tr},
+                    "ratio": tr / sh,
+                    "fastest": {"shoestring": shm, "trl": trm},
+                    "ratio_fastest": trm / shm,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

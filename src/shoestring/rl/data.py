@@ -1,0 +1,158 @@
+"""Prompts for GRPO: GSM8K JSONL or the synthetic math corpus by difficulty level.
+
+A task is a list of dicts with ``question`` and ``answer`` (gold text ending ``#### N``) plus
+any extra columns, which reach user reward functions as keyword arguments (TRL passes dataset
+columns the same way).
+
+Synthetic train and test splits must never share a question, whatever sizes are asked for, or
+a held-out accuracy would reward memorising training prompts. A problem's split is therefore a
+function of its question text alone (a stable hash bucket), not of its position in a stream:
+``train`` and ``test`` drawn with any ``n`` and any seed are disjoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from shoestring.errors import UserError
+from shoestring.rl.config import parse_slice
+
+DEFAULT_SYNTHETIC_SIZE = 5000
+TEST_BUCKETS = 10  # 1 in 10 synthetic questions belongs to the test split
+SPLITS = ("train", "test")
+PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def synthetic_split_of(question: str) -> str:
+    """``'test'`` for one question in ``TEST_BUCKETS`` (stable across runs and machines)."""
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return "test" if digest[0] % TEST_BUCKETS == 0 else "train"
+
+
+def _gsm8k_dir() -> Path:
+    env = os.environ.get("SHOESTRING_SHARED")
+    candidates = [Path(env) / "data" / "gsm8k"] if env else []
+    candidates += [Path("shared/data/gsm8k"), Path("../shared/data/gsm8k")]
+    for c in candidates:
+        if (c / "train.jsonl").is_file():
+            return c
+    raise UserError(
+        "dataset 'gsm8k' looks for shared/data/gsm8k/train.jsonl (or $SHOESTRING_SHARED/data/"
+        "gsm8k) and found none; pass dataset=gsm8k:PATH with a GSM8K JSONL file or directory"
+    )
+
+
+def _synthetic(level: int | None, split: str, seed: int, n: int | None, exclude: set[str]) -> list:
+    from shoestring.data.synthetic import iter_problems
+
+    want = n or DEFAULT_SYNTHETIC_SIZE
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    # the test split keeps 1/TEST_BUCKETS of the stream; bound the stream so a tiny problem
+    # space ends with a clear error instead of looping
+    stream_seed = seed if split == "train" else seed + 7919
+    for p in iter_problems(want * TEST_BUCKETS * 40 + 1000, level, stream_seed):
+        q = p["question"]
+        if q in seen or q in exclude or synthetic_split_of(q) != split:
+            continue
+        seen.add(q)
+        out.append(p)
+        if len(out) == want:
+            return out
+    raise UserError(
+        f"could only draw {len(out)} distinct synthetic level-{level} {split} problems of "
+        f"{want}; ask for fewer (dataset_size)"
+    )
+
+
+def load_task(
+    spec: str,
+    split: str = "train",
+    slice: str | None = None,  # noqa: A002 - the config field's name
+    seed: int = 0,
+    n: int | None = None,
+    exclude: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Problems for ``spec`` (``synthetic:LEVEL`` | ``gsm8k`` | ``gsm8k:PATH``).
+
+    ``slice`` ('START:END') selects rows after loading, then ``n`` keeps the first N (for
+    synthetic data ``n`` is the number generated, default 5000). ``exclude`` drops questions
+    (e.g. a pretraining corpus) so a held-out set is really held out.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split={split!r}; use one of {', '.join(SPLITS)}")
+    excluded = set(exclude)
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        level: int | None
+        if arg in ("", "mixed", "all"):
+            level = None
+        else:
+            try:
+                level = int(arg)
+            except ValueError:
+                raise UserError(f"dataset={spec!r}: use synthetic:1, :2, :3 or :mixed") from None
+            if level not in (1, 2, 3):
+                raise UserError(f"dataset={spec!r}: synthetic levels are 1, 2 and 3")
+        rows = _synthetic(level, split, seed, n, excluded)
+        if slice is not None:
+            a, b = parse_slice(slice)
+            rows = rows[a:b]
+        return rows
+    if kind == "gsm8k":
+        from shoestring.data.gsm8k import load_gsm8k
+
+        target = Path(arg) if arg else _gsm8k_dir()
+        problems = load_gsm8k(target, split=split)
+        rows = [
+            {"question": p.question, "answer": p.answer, "idx": p.idx}
+            for p in problems
+            if p.question not in excluded
+        ]
+        if slice is not None:
+            a, b = parse_slice(slice)
+            rows = rows[a:b]
+        if n:
+            rows = rows[:n]
+        if not rows:
+            raise UserError(f"dataset={spec!r} slice={slice!r} selects no problems")
+        return rows
+    raise UserError(f"unknown dataset {spec!r}; use synthetic:LEVEL, gsm8k or gsm8k:PATH")
+
+
+def default_eval_spec(train_spec: str) -> str:
+    """The held-out family of a training dataset (its test split is taken by the caller)."""
+    return train_spec
+
+
+def build_prompt(question: str, tokenizer: Any, prompt_format: str = "auto") -> str:
+    """The prompt text for one question.
+
+    ``chat`` (or ``auto`` with a chat template) wraps the question in the model's chat template
+    with the bench's step-by-step instruction asking for a final ``#### N`` line; ``plain`` is
+    the ``Question: ...\\nAnswer:`` layout the synthetic corpus and shoestring pretraining use.
+    """
+    from shoestring.data.gsm8k import CHAT_COT_INSTRUCTION, has_chat_template
+
+    use_chat = prompt_format == "chat" or (prompt_format == "auto" and has_chat_template(tokenizer))
+    if use_chat:
+        if not has_chat_template(tokenizer):
+            raise UserError(
+                "prompt_format=chat needs a tokenizer with a chat template; use prompt_format=plain"
+            )
+        messages = [{"role": "user", "content": CHAT_COT_INSTRUCTION + question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return PLAIN_TEMPLATE.format(question=question)
+
+
+def uses_chat(tokenizer: Any, prompt_format: str) -> bool:
+    from shoestring.data.gsm8k import has_chat_template
+
+    return prompt_format == "chat" or (prompt_format == "auto" and has_chat_template(tokenizer))
+
+
+__all__ = ["build_prompt", "load_task", "synthetic_split_of", "uses_chat"]
