@@ -122,12 +122,67 @@ class TrainConfig:
 
 
 @dataclass
+class HybridConfig:
+    """``train.trainer=hybrid``: when to predict weight updates instead of computing them.
+
+    Phases: warmup (plain steps) -> full (plain steps that also fit the predictor and score it)
+    -> predict (predicted updates, no backward) -> correct (plain steps that score the
+    predictions) -> predict again or back to full. See docs/hybrid.md.
+    """
+
+    warmup_steps: int = opt(50, "plain steps before the predictor is fitted at all", min=0)
+    min_full_steps: int = opt(
+        20, "least full steps before a predict phase, and after every rollback", min=1
+    )
+    max_predict_steps: int = opt(8, "longest run of predicted steps before correcting", min=1)
+    correct_steps: int = opt(2, "real steps after each predict phase that score it", min=1)
+    confidence_threshold: float = opt(
+        0.6, "running confidence needed to enter (or stay in) predict", min=0.0, max=1.0
+    )
+    divergence_sigma: float = opt(
+        2.5, "a monitored loss this many std above its EMA is a divergence", min=0.0
+    )
+    predictor: str = opt(
+        "coast", "update predictor (docs/hybrid.md)", choices=("coast", "linear", "lowrank")
+    )
+    monitor_every: int = opt(
+        4, "forward pass (loss check) every N predicted steps; 0 = never", min=0
+    )
+    score_full_steps: int = opt(
+        4,
+        "last full steps of each minimum span that are scored (a scored step costs a "
+        "predictor call and two weight copies); every full step past the minimum is scored",
+        min=1,
+    )
+    confidence_ema: float = opt(
+        0.5, "weight of the newest per-step score in the running confidence", min=0.01, max=1.0
+    )
+    linear_beta: float = opt(
+        0.8, "linear predictor: EMA factor of the per-parameter velocity", min=0.0, max=0.999
+    )
+    history: int = opt(
+        8, "lowrank predictor: updates kept (memory = history x parameters)", min=2, max=64
+    )
+    rank: int = opt(2, "lowrank predictor: directions used (<= history)", min=1, max=64)
+    norm_jump: float = opt(
+        3.0,
+        "a predicted step that moves the weight norm this many times the mean real step's "
+        "change is a divergence",
+        min=1.0,
+    )
+    loss_window: int = opt(
+        32, "real-step losses in the trend that predicts the loss at correct steps", min=4
+    )
+
+
+@dataclass
 class RunConfig:
     """Everything ``shoestring train`` needs; written to ``config.json`` in the run directory."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     preset: str = ""
     variant: str = ""
 
@@ -137,6 +192,11 @@ class RunConfig:
             self.model.max_seq_len = self.train.seq_len
         validate(self)
         check_model_shape(self.model)
+        if self.hybrid.rank > self.hybrid.history:
+            raise ConfigError(
+                f"hybrid.rank={self.hybrid.rank} is larger than hybrid.history="
+                f"{self.hybrid.history}; lower hybrid.rank or raise hybrid.history"
+            )
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"train.seq_len={self.train.seq_len} is longer than model.max_seq_len="

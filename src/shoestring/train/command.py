@@ -82,15 +82,13 @@ def run_cli(args: argparse.Namespace) -> int:
         for key, default, help_text in describe(RunConfig()):
             print(f"{key:28s} {default!s:>12}  {help_text}")
         return 0
-    from shoestring.train.loop import train
+    from shoestring.train.loop import train  # dispatches train.trainer=plain|hybrid
 
     overrides = _shortcut_overrides(args) + list(args.overrides)
     if args.resume:
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = build_run_config(args.preset, args.variant, args.config, overrides)
-    if cfg.train.trainer == "hybrid":
-        raise UserError("train.trainer=hybrid is not available yet; use plain")
     try:
         run = train(cfg, out=args.out, name=args.name, resume_dir=args.resume)
     except KeyboardInterrupt:

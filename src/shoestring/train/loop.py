@@ -192,6 +192,33 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.tb = None
 
+    # ------------------------------------------------------------------ subclass hooks
+    # A trainer that changes what one step does (train/hybrid.py) overrides ``_train_step`` and
+    # these hooks; the defaults keep the plain loop's behaviour exactly.
+    def _step_tokens(self, tokens_per_step: int) -> int:
+        """Tokens the step just taken trained on (a skipped backward trains on none)."""
+        return tokens_per_step
+
+    def _after_step(self, step: int, seconds: float) -> dict[str, Any]:
+        """Called after every step with its measured time; returns extra metrics fields."""
+        return {}
+
+    def _log_step_due(self, step: int) -> bool:
+        """Whether the step that just finished (``step`` = steps done) gets a metrics record."""
+        t = self.cfg.train
+        return step % t.log_every == 0 or step == t.max_steps
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Extra checkpoint state (tensors and plain Python values only)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``_extra_state`` saved (called on resume with the whole state dict)."""
+
+    def _summary_extra(self) -> dict[str, Any]:
+        """Extra summary.json fields written when the run ends."""
+        return {}
+
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
         if self.rundir is not None:
@@ -426,6 +453,7 @@ class Trainer:
         if not self.dist.is_main or self.rundir is None:
             return
         state = _state_dict(self.state, self.optimizer, self.scheduler, self.global_batch)
+        state.update(self._extra_state())
         name = tag or f"step_{self.state.step}"
         save_checkpoint(self.rundir.checkpoints_dir / name, self.model, state)
         if tag is None:
@@ -451,6 +479,7 @@ class Trainer:
         set_rng_state(state["rng"])
         ts = TrainState(**state["train_state"])
         self.state = ts
+        self._load_extra_state(state)
         self.log(
             f"resumed from {ckpt} at step {ts.step} "
             f"(data position {state['data_position']} sequences)"
@@ -550,14 +579,16 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 ts.step = step + 1
                 ts.train_seconds += dt
-                ts.tokens_seen += tokens_per_step
+                step_tokens = self._step_tokens(tokens_per_step)
+                ts.tokens_seen += step_tokens
                 ts.last_train_loss = loss
                 step_times.append(dt)
                 self._maybe_auto_compile(step_times)
-                window_tokens += tokens_per_step
+                extra = self._after_step(step, dt)
+                window_tokens += step_tokens
                 window_time += dt
                 bar.update(1)
-                if ts.step % t.log_every == 0 or ts.step == t.max_steps:
+                if self._log_step_due(ts.step):
                     tps = window_tokens / max(window_time, 1e-9)
                     self.metric(
                         {
@@ -570,6 +601,7 @@ class Trainer:
                             "train_seconds": ts.train_seconds,
                             "micro_batch": ts.micro_batch,
                             "grad_accum": ts.grad_accum,
+                            **extra,
                         }
                     )
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
@@ -674,6 +706,7 @@ class Trainer:
             "compile": {k: v for k, v in self.compile_info.items() if k != "decided"},
             "system": system,
             "error": error,
+            **self._summary_extra(),
         }
         self.rundir.finish(status, **summary)
         self.log(
@@ -710,7 +743,12 @@ def train(
             path = Path(out) / base  # every rank must agree on the path
         else:
             path = unique_run_dir(out, base)
-    trainer = Trainer(
+    trainer_cls: type[Trainer] = Trainer
+    if cfg.train.trainer == "hybrid":
+        from shoestring.train.hybrid import HybridTrainer
+
+        trainer_cls = HybridTrainer
+    trainer = trainer_cls(
         cfg, path, resume=resume_dir is not None, echo=echo, progress=progress, on_eval=on_eval
     )
     try:
