@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from shoestring.cli import add_set_option, shortcut_overrides
 from shoestring.config import read_config_file
 from shoestring.errors import UserError
 
@@ -29,14 +29,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="same as --set max_steps=N")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set num_generations=8 (repeatable)",
-    )
+    add_set_option(p, "num_generations=8")
     p.add_argument("--out", default="runs", help="parent directory of run directories")
     p.add_argument("--name", help="run directory name (default grpo-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -48,20 +41,18 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     progressive.add_cli(sub)
 
 
+SHORTCUT_FLAGS = (
+    ("model", "model_name_or_path"),
+    ("dataset", "dataset"),
+    ("lora_rank", "lora_rank"),
+    ("steps", "max_steps"),
+    ("device", "device"),
+    ("dtype", "dtype"),
+)
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = []
-    for flag, key in (
-        ("model", "model_name_or_path"),
-        ("dataset", "dataset"),
-        ("lora_rank", "lora_rank"),
-        ("steps", "max_steps"),
-        ("device", "device"),
-        ("dtype", "dtype"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            out.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    return out + list(args.overrides)
+    return shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
 
 
 def run_cli(args: argparse.Namespace) -> int:

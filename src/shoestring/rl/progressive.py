@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoestring.cli import add_set_option
 from shoestring.config import (
     ConfigError,
     apply_dict,
@@ -823,15 +824,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "--stages", metavar="STAGES.yaml", help="stages file, or a bundled example's name"
     )
     p.add_argument("--model", help="starting model (overrides the file's 'model')")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set threshold=3 --set validation.n=100 "
-        "--set grpo.max_steps=5 (repeatable)",
-    )
+    add_set_option(p, "threshold=3 --set validation.n=100 --set grpo.max_steps=5")
     p.add_argument("--out", default="runs", help="parent directory of the run directory")
     p.add_argument("--name", help="run directory name (default: the stages file's name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted progressive run")

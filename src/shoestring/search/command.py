@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoestring.cli import add_set_option
 from shoestring.config import list_variants
 from shoestring.errors import UserError
 from shoestring.search.spec import (
@@ -47,14 +48,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
     p.add_argument("--data", help="prepared data directory (from `shoestring prepare`)")
     p.add_argument("--out", help="study directory (default: ./study, or the --join directory)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for every trial, e.g. --set train.max_steps=100 (repeatable)",
-    )
+    add_set_option(p, "train.max_steps=100")
     p.add_argument(
         "--choice",
         action="append",

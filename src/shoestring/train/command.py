@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from shoestring.cli import add_set_option, shortcut_overrides
 from shoestring.config import (
     RunConfig,
     apply_override,
@@ -29,14 +30,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help=f"model/config preset: {', '.join(list_presets())}")
     p.add_argument("--variant", help=f"attention variant: {', '.join(list_variants())}")
     p.add_argument("--config", help="JSON or YAML config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, e.g. --set model.d_model=384 (repeatable)",
-    )
+    add_set_option(p, "model.d_model=384")
     p.add_argument("--data", help="prepared data directory (same as --set data.path=...)")
     p.add_argument("--steps", type=int, help="same as --set train.max_steps=N")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
@@ -50,20 +44,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cli)
 
 
-def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
-    out = []
-    for flag, key in (
-        ("data", "data.path"),
-        ("steps", "train.max_steps"),
-        ("device", "train.device"),
-        ("dtype", "train.dtype"),
-        ("trainer", "train.trainer"),
-        ("report_to", "train.report_to"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            out.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    return out
+SHORTCUT_FLAGS = (
+    ("data", "data.path"),
+    ("steps", "train.max_steps"),
+    ("device", "train.device"),
+    ("dtype", "train.dtype"),
+    ("trainer", "train.trainer"),
+    ("report_to", "train.report_to"),
+)
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
@@ -84,7 +72,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     from shoestring.train.loop import train  # dispatches train.trainer=plain|hybrid
 
-    overrides = _shortcut_overrides(args) + list(args.overrides)
+    overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
     if args.resume:
         cfg = resume_config(args.resume, overrides)
     else:
