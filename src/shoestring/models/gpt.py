@@ -19,6 +19,7 @@ Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -390,18 +391,21 @@ class ShoestringAttention(nn.Module):
             k, v = past_key_values.update(k, v, self.layer_idx)
 
         out_dtype = q.dtype
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if fp32_attention:
             # CPU flash attention is ~1.6x slower in bf16 than fp32 (fwd+bwd, measured on
             # AVX512-BF16); attention is a small share of the FLOPs, so run it in fp32.
+            # Autocast must be off around the call: it would cast fp32 inputs back to bf16.
             q, k, v = q.float(), k.float(), v.float()
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )
+        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=is_causal,
+            )
         y = y.to(out_dtype).transpose(1, 2).reshape(bsz, q_len, h * self.v_head_dim)
         return self.o_proj(y)
 
