@@ -1,10 +1,210 @@
-"""PLACEHOLDER - being written; replace this whole file."""
+"""``shoestring analyze``: what a configuration costs, computed exactly and measured here.
+
+``analyze [TARGET ...]`` (presets, ``preset+variant``, config files or run directories; default:
+the four CPU-cache-study presets) prints one summary table and writes an ``analysis`` run
+directory. ``analyze --probe`` measures and caches the host facts other commands use for MFU.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
+
+from shoestring.errors import UserError
+
+__all__ = ["add_cli", "parse_count", "run_cli"]
+
+
+def parse_count(text: str) -> float:
+    """'1e9', '300M', '2.5B', '50k', '1,000,000' -> a number of tokens."""
+    m = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", text)
+    if not m:
+        raise UserError(f"--tokens {text!r} is not a count; use e.g. 300M, 2.5B or 1e9")
+    value = float(m.group(1).replace(",", "").replace("_", ""))
+    mult = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}[m.group(2).lower()]
+    return value * mult
+
+
+def _parse_projected(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(
+                f"--projected {item!r} must look like CONFIG=TOKENS_PER_S, "
+                "e.g. --projected wiki_cache_optimized=20000"
+            ) from None
+    return out
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    for name in ['analyze']:
-        sub.add_parser(name, help="(in development)")
+    from shoestring.analyze.analysis import CACHE_STUDY_PRESETS
+
+    p = sub.add_parser(
+        "analyze",
+        help="parameters, FLOPs, memory, cache fit and measured speed of configs on this host",
+        description="Compute exactly (and check against counted values) what each config costs "
+        "- parameters, FLOPs per token, memory, cache fit against this host's caches - and "
+        "measure its training throughput, GFLOP/s and MFU here. TARGETs are presets, "
+        "PRESET+VARIANT, config files or run directories; default: "
+        + ", ".join(CACHE_STUDY_PRESETS)
+        + ".",
+    )
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="what to analyse")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override applied to every target, e.g. --set train.threads=1",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="measure across values of one or two fields (repeat the flag for two), e.g. "
+        "--sweep train.batch_size=8,16,32 --sweep train.threads=1,2; prints the best",
+    )
+    p.add_argument(
+        "--projected",
+        action="append",
+        default=[],
+        metavar="CONFIG=TOKENS_PER_S",
+        help="a projected throughput to set against the measurement (repeatable)",
+    )
+    p.add_argument("--tokens", help="estimate time to train on this many tokens (e.g. 300M)")
+    p.add_argument("--data", help="estimate time to train on a prepared dataset (its train split)")
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs of --data (default 1)")
+    p.add_argument("--device", help="same as --set train.device=...")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), help="same as --set train.dtype=")
+    p.add_argument("--threads", type=int, help="same as --set train.threads=N")
+    p.add_argument("--warmup", type=int, help="warm-up steps per config (default 2)")
+    p.add_argument("--steps", type=int, help="most timed steps per config (default 5)")
+    p.add_argument(
+        "--seconds", type=float, help="stop timing a config after this long, >= 3 steps (15)"
+    )
+    p.add_argument("--no-measure", action="store_true", help="formulas and counts only, no timing")
+    p.add_argument("--quick", action="store_true", help="short measurement and probe (tests)")
+    p.add_argument(
+        "--probe", action="store_true", help="measure and cache this host's facts, then exit"
+    )
+    p.add_argument("--out", default="runs", help="parent directory of the analysis directory")
+    p.add_argument("--name", help="analysis directory name (default: analysis)")
+    p.add_argument("--json", action="store_true", help="print analysis.json instead of the table")
+    p.set_defaults(func=run_cli)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    import torch
+
+    from shoestring.analyze.probe import cache_path, load_probe
+    from shoestring.runtime import setup_runtime
+
+    rt = setup_runtime(args.device or "auto", "auto", args.threads or 0)
+    probe = load_probe(refresh=True, device=rt.device, quick=args.quick)
+    assert probe is not None
+    torch.set_num_threads(rt.threads)
+    if args.json:
+        print(json.dumps(probe, indent=2))
+        return 0
+    c, mm = probe["caches"], probe["matmul_gflops"]
+    print(
+        f"host       {probe['cpu']['model']} ({probe['cpu']['physical_cores']} cores, "
+        f"{probe['cpu']['logical_cores']} threads), torch {probe['torch']}"
+    )
+    print(f"isa        {', '.join(probe['cpu']['isa']) or '-'}")
+    print(
+        "caches     "
+        + ", ".join(f"{k} {c[k] // 1024} KiB" for k in ("L1d", "L1i", "L2", "L3") if c.get(k))
+        + f" (from {c['source']})"
+    )
+    print(
+        f"matmul     fp32 {mm['fp32']:,.0f} GFLOP/s, bf16 {mm['bf16']:,.0f} GFLOP/s "
+        f"({probe['matmul_note']})"
+    )
+    bw = probe["memory_bandwidth_gbs"]
+    print(f"memory     {bw:,.1f} GB/s ({probe['memory_bandwidth_note']})")
+    if probe.get("cuda"):
+        g = probe["cuda"]
+        print(
+            f"cuda       {g['name']}, {g['memory_gb']} GB, bf16 "
+            f"{g['matmul_gflops']['bf16']:,.0f} GFLOP/s, fp32 {g['matmul_gflops']['fp32']:,.0f}"
+        )
+    print(f"cached in  {cache_path()} (key: {probe['key']})")
+    if probe["host_cpu_percent_before"] > 25:
+        print(
+            f"warning: the host was {probe['host_cpu_percent_before']:.0f}% busy when probed; "
+            "the peaks are low - run `shoestring analyze --probe` again on an idle machine",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.probe:
+        return _run_probe(args)
+    from shoestring.analyze.analysis import CACHE_STUDY_PRESETS, AnalysisSpec, run
+    from shoestring.analyze.measure import MeasureSettings
+    from shoestring.analyze.report import host_line, summary_table
+    from shoestring.runs.rundir import read_json
+
+    settings = MeasureSettings.quick() if args.quick else MeasureSettings()
+    for flag in ("warmup", "steps", "seconds"):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 0 or (flag == "steps" and value < 1):
+                raise UserError(f"--{flag} {value} is out of range; use a positive number")
+            setattr(settings, flag, value)
+    settings.min_steps = min(settings.min_steps, settings.steps)
+    overrides = []
+    for flag, key in (
+        ("device", "train.device"),
+        ("dtype", "train.dtype"),
+        ("threads", "train.threads"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    spec = AnalysisSpec(
+        targets=list(args.targets) or list(CACHE_STUDY_PRESETS),
+        overrides=overrides + list(args.overrides),
+        sweep=list(args.sweep),
+        projected=_parse_projected(args.projected),
+        tokens=parse_count(args.tokens) if args.tokens else None,
+        data=args.data,
+        epochs=args.epochs,
+        measure=not args.no_measure,
+        quick=args.quick,
+        settings=settings,
+    )
+    try:
+        path = run(spec, out=args.out, name=args.name)
+    except KeyboardInterrupt:
+        return 130
+    analysis = read_json(path / "analysis.json")
+    if args.json:
+        print(json.dumps(analysis, indent=2))
+    else:
+        print(host_line(analysis["host"]))
+        print(summary_table(analysis["configs"]))
+        for row in analysis["configs"]:
+            if not row["flops"]["within_tolerance"]:
+                print(
+                    f"warning: {row['label']}: analytic FLOPs differ from the counted ones by "
+                    f"{row['flops']['train_rel_error']:+.2%} (tolerance "
+                    f"{row['flops']['tolerance']:.0%})",
+                    file=sys.stderr,
+                )
+        summary = read_json(path / "summary.json")
+        if summary.get("best") and spec.sweep:
+            for base, b in summary["best"].items():
+                print(f"best for {base}: {b['sweep']} at {b['tokens_per_second']:,.0f} tokens/s")
+        print(path)
+    return 0

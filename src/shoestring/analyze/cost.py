@@ -1,0 +1,326 @@
+"""What a configuration costs, computed from its shape: parameters, FLOPs, memory, cache fit.
+
+Why closed-form formulas next to counted values: the tables people choose model shapes from are
+hand-computed and were wrong in the study this project grew from (embeddings left out,
+attention doubled). Every formula here is written from the model's definition
+(:mod:`shoestring.models.gpt`) and checked against the real model: parameters against
+``num_parameters_breakdown`` of a built model, FLOPs against ``FlopCounterMode``
+(:mod:`shoestring.analyze.count`), activation bytes against the tensors autograd really saves.
+
+FLOP conventions (stated once, used everywhere):
+
+* a multiply-add is 2 FLOPs; only matrix products are counted (``FlopCounterMode`` counts
+  exactly those): the linear layers, the LM head (``d_model x vocab``, counted whether or not it
+  is tied to the embedding, because the head's matmul runs either way) and the two attention
+  products ``Q K^T`` and ``P V``. Norms, activations, softmax, RoPE, bias adds and the embedding
+  lookup are not counted (they are O(d) per token, <1% here);
+* training = forward + backward = 3 x forward (the backward of a matmul is two matmuls);
+* attention: "full" counts every (query, key) pair - what a dense kernel computes and what
+  ``FlopCounterMode`` sees under the MATH backend; "causal" counts only the pairs a causal mask
+  keeps, on average (T + 1) / 2 keys per query;
+* Kaplan's ``6N`` uses the non-embedding parameter count N and leaves out both the head and
+  attention; it is shown so a user sees how far it is off for small vocabulary-heavy models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shoestring.config import ModelConfig, RunConfig
+
+__all__ = [
+    "CACHE_LEVELS",
+    "Shape",
+    "activation_bytes_estimate",
+    "cache_fit",
+    "flops_per_token",
+    "memory_estimate",
+    "param_counts",
+]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The derived sizes of a model config that every formula needs (one place, one meaning)."""
+
+    vocab: int
+    d: int
+    layers: int
+    heads: int
+    d_ff: int
+    head_dim: int  # content dims of q/k per head
+    rope_dim: int  # decoupled RoPE dims per head (0 = none or RoPE on the whole head)
+    v_dim: int  # value dims per head
+    q_rank: int
+    kv_rank: int
+    bias: bool
+    norm_params: int  # parameters per normalised dim: 2 (LayerNorm) or 1 (RMSNorm)
+    mlp_mats: int  # 2 (GELU) or 3 (SwiGLU)
+    learned_pos: int  # rows of the learned position table (0 with RoPE)
+    tied: bool
+
+    @classmethod
+    def of(cls, m: ModelConfig) -> Shape:
+        head_dim = m.d_model // m.n_heads
+        return cls(
+            vocab=m.vocab_size,
+            d=m.d_model,
+            layers=m.n_layers,
+            heads=m.n_heads,
+            d_ff=m.d_ff,
+            head_dim=head_dim,
+            rope_dim=m.qk_rope_head_dim,
+            v_dim=m.v_head_dim or head_dim,
+            q_rank=m.q_lora_rank,
+            kv_rank=m.kv_lora_rank,
+            bias=m.attention_bias,
+            norm_params=2 if m.norm == "layernorm" else 1,
+            mlp_mats=3 if m.mlp == "swiglu" else 2,
+            learned_pos=m.max_seq_len if m.position == "learned" else 0,
+            tied=m.tie_word_embeddings,
+        )
+
+    @property
+    def qk_dim(self) -> int:
+        """Per-head width of q and k as attention sees them (content + decoupled RoPE)."""
+        return self.head_dim + self.rope_dim
+
+    def attention_matrices(self) -> list[tuple[int, int]]:
+        """(in, out) of every attention projection, in the model's layout (gpt.py)."""
+        d, h = self.d, self.heads
+        mats: list[tuple[int, int]] = []
+        if self.q_rank:
+            mats += [(d, self.q_rank), (self.q_rank, h * self.qk_dim)]
+        else:
+            mats.append((d, h * self.qk_dim))
+        if self.kv_rank:
+            mats.append((d, self.kv_rank + self.rope_dim))
+            mats.append((self.kv_rank, h * (self.head_dim + self.v_dim)))
+        else:
+            mats += [(d, h * self.head_dim + self.rope_dim), (d, h * self.v_dim)]
+        mats.append((h * self.v_dim, d))
+        return mats
+
+    def mlp_matrices(self) -> list[tuple[int, int]]:
+        if self.mlp_mats == 3:
+            return [(self.d, self.d_ff), (self.d, self.d_ff), (self.d_ff, self.d)]
+        return [(self.d, self.d_ff), (self.d_ff, self.d)]
+
+
+def param_counts(m: ModelConfig) -> dict[str, Any]:
+    """Parameters from the config alone, split as ``num_parameters_breakdown`` splits them.
+
+    ``embedding`` = token table + learned position table; ``lm_head`` = 0 when tied (the one
+    matrix is counted once, as the embedding); ``non_embedding`` = total - embedding - lm_head.
+    ``per_layer`` = {"attention" (projections, their biases and the low-rank latent norms),
+    "mlp", "other" (the two block norms)}; ``attention_matmul``/``mlp_matmul`` are the weight
+    matrices alone (what the FLOP formula multiplies by).
+    """
+    s = Shape.of(m)
+    att_mats = sum(i * o for i, o in s.attention_matrices())
+    att_bias = sum(o for _, o in s.attention_matrices()) if s.bias else 0
+    att_norms = s.norm_params * (s.q_rank + s.kv_rank)
+    attention = att_mats + att_bias + att_norms
+    mlp = sum(i * o for i, o in s.mlp_matrices())
+    other = 2 * s.norm_params * s.d
+    layer = attention + mlp + other
+    embedding = s.vocab * s.d + s.learned_pos * s.d
+    lm_head = 0 if s.tied else s.vocab * s.d
+    final_norm = s.norm_params * s.d
+    non_embedding = s.layers * layer + final_norm
+    return {
+        "total": embedding + lm_head + non_embedding,
+        "embedding": embedding,
+        "lm_head": lm_head,
+        "non_embedding": non_embedding,
+        "attention": s.layers * attention,
+        "mlp": s.layers * mlp,
+        "norm": s.layers * other + final_norm,
+        "layers": s.layers,
+        "per_layer": {"attention": attention, "mlp": mlp, "other": other, "total": layer},
+        "attention_matmul": att_mats,
+        "mlp_matmul": mlp,
+        "head_matmul": s.vocab * s.d,
+    }
+
+
+def flops_per_token(m: ModelConfig, seq_len: int) -> dict[str, Any]:
+    """Analytic FLOPs per token (conventions in the module docstring) at sequence length T.
+
+    Returns forward and training (3x) figures for: ``six_n`` (Kaplan, non-embedding N),
+    ``matmul`` (all weight matmuls incl. the head, no attention), and the two attention
+    accountings ``full`` / ``causal`` added to ``matmul``; plus the pieces.
+    """
+    s = Shape.of(m)
+    p = param_counts(m)
+    t = seq_len
+    weights = s.layers * (p["attention_matmul"] + p["mlp_matmul"]) + p["head_matmul"]
+    fwd_matmul = 2 * weights
+    # per layer per token: Q K^T is 2 * T * H * qk_dim, P V is 2 * T * H * v_dim (full)
+    att_full = 2 * t * s.heads * (s.qk_dim + s.v_dim) * s.layers
+    att_causal = att_full * (t + 1) / (2 * t)
+    fwd = {
+        "matmul": fwd_matmul,
+        "attention_full": att_full,
+        "attention_causal": att_causal,
+        "full": fwd_matmul + att_full,
+        "causal": fwd_matmul + att_causal,
+        "head": 2 * p["head_matmul"],
+    }
+    return {
+        "seq_len": t,
+        "matmul_weights": weights,
+        "forward": fwd,
+        "train": {k: 3 * v for k, v in fwd.items()},
+        "six_n": 6 * p["non_embedding"],
+        "six_n_note": "6 x non-embedding parameters (Kaplan): no LM head, no attention",
+    }
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _compute_bytes(dtype: str) -> int:
+    return 2 if dtype == "bf16" else 4
+
+
+def activation_bytes_estimate(
+    m: ModelConfig, seq_len: int, micro_batch: int, dtype: str
+) -> dict[str, Any]:
+    """Bytes autograd keeps for the backward of one micro-batch, from the model's layout.
+
+    Per layer and token (c = bytes of the compute dtype; norms and softmax statistics stay
+    fp32): the norm inputs (fp32) and statistics, the inputs of every linear layer (under bf16
+    autocast each linear casts its input separately, so q/k/v each keep a copy; in fp32 they
+    share one), q, k and v and the output of attention plus its log-sum-exp, the low-rank
+    latents and their norms, and the MLP's pre- and post-activation. Per micro-batch: the token
+    ids, the final norm's input, the chunked head's hidden gradient (c per element) and its
+    fp32 weight gradient (vocab x d_model), and under autocast the bf16 copies of every weight
+    matrix. Dropout masks (dropout > 0) are not included.
+    """
+    s = Shape.of(m)
+    bf16 = dtype == "bf16"
+    c = _compute_bytes(dtype)
+    rms = s.norm_params == 1
+    stats = 4 if rms else 8  # LayerNorm keeps mean + rstd, RMSNorm rstd
+    # RMSNorm (a composite op) also keeps its normalised output for the weight gradient
+    block_norm = 4 * s.d + stats + (4 * s.d if rms else 0)
+    d, h = s.d, s.heads
+    # inputs read by the first projections: q (or q_a), k/kv_a, v (absent with low-rank kv)
+    readers = 1 + 1 + (0 if s.kv_rank else 1)
+    per_tok = block_norm  # input norm: input + statistics
+    per_tok += (readers if bf16 else 1) * c * d  # normed input(s) kept by the linear layers
+    if s.q_rank:  # latent: norm input + statistics (+ RMS output) + q_b input
+        per_tok += c * s.q_rank + stats + (c * s.q_rank if rms else 0) + c * s.q_rank
+    if s.kv_rank:  # the kv_a output also holds the shared RoPE key
+        per_tok += c * (s.kv_rank + s.rope_dim) + stats + (c * s.kv_rank if rms else 0)
+        per_tok += c * s.kv_rank
+    # q, k and v kept by attention. With low-rank kv, k and v are views of the one kv_b
+    # output (k gets its own buffer only when the RoPE key is concatenated onto it).
+    if s.kv_rank:
+        kv_store = h * (s.head_dim + s.v_dim) + (h * s.qk_dim if s.rope_dim else 0)
+    else:
+        kv_store = h * s.qk_dim + h * s.v_dim
+    per_tok += c * (h * s.qk_dim + kv_store)
+    per_tok += 4 * h  # log-sum-exp per head
+    per_tok += c * h * s.v_dim  # attention output = o_proj input
+    if s.rope_dim:  # q/k built by cat are laid out per head, so the output is copied for o_proj
+        per_tok += c * h * s.v_dim
+    per_tok += block_norm  # post-attention norm
+    mlp_readers = 2 if s.mlp_mats == 3 else 1
+    per_tok += (mlp_readers if bf16 else 1) * c * d
+    per_tok += (4 if s.mlp_mats == 3 else 2) * c * s.d_ff
+    tokens = seq_len * micro_batch
+    layers = per_tok * s.layers * tokens
+    head = (8 + block_norm + c * d) * tokens + 4 * s.vocab * d
+    rope_width = (s.rope_dim or s.head_dim) if m.position == "rope" else 0
+    rope = 2 * 4 * seq_len * rope_width  # cos and sin, shared by all layers
+    weight_copies = 0
+    if bf16:
+        p = param_counts(m)
+        weight_copies = 2 * s.layers * (p["attention_matmul"] + p["mlp_matmul"])
+    total = layers + head + rope + weight_copies
+    return {
+        "bytes": total,
+        "per_token_per_layer": per_tok,
+        "layers": layers,
+        "head": head,
+        "rope": rope,
+        "weight_copies": weight_copies,
+        "note": "autograd saved tensors; dropout masks not included",
+    }
+
+
+def memory_estimate(cfg: RunConfig, dtype: str) -> dict[str, Any]:
+    """Training memory: fp32 weights, gradients, AdamW state (2 fp32 moments), activations.
+
+    Parameters stay fp32 under bf16 autocast (it casts per op), so weights, gradients and the
+    optimizer state are 4 bytes per parameter whatever the compute dtype.
+    """
+    p = param_counts(cfg.model)["total"]
+    t = cfg.train
+    act = activation_bytes_estimate(cfg.model, t.seq_len, t.batch_size, dtype)
+    weights, grads, optim = 4 * p, 4 * p, 8 * p
+    tokens_per_micro = t.seq_len * t.batch_size
+    return {
+        "weights_bytes": weights,
+        "gradients_bytes": grads,
+        "optimizer_bytes": optim,
+        "activations_bytes": act["bytes"],
+        "activations": act,
+        "total_bytes": weights + grads + optim + act["bytes"],
+        "tokens_per_micro_batch": tokens_per_micro,
+        "activation_bytes_per_token": act["bytes"] / tokens_per_micro,
+        "batch_input_bytes": 2 * 8 * tokens_per_micro,  # int64 inputs + targets
+    }
+
+
+# ----------------------------------------------------------------------------- cache fit
+
+CACHE_LEVELS = ("L1d", "L2", "L3")
+
+
+def working_sets(cfg: RunConfig) -> dict[str, int]:
+    """The working sets the CPU-cache study reasoned about, in bytes (fp32, one sequence).
+
+    ``activation_block`` = d_model x seq x 4, ``mlp_block`` = d_ff x seq x 4 (one sequence's
+    hidden states and MLP activations), ``layer_weights`` = one block's parameters x 4,
+    ``layer_weights_bf16`` = the same in bf16 (what the matmuls read under autocast),
+    ``micro_batch_activations`` = d_model x seq x batch x 4 (what a matmul really streams).
+    """
+    m, t = cfg.model, cfg.train
+    layer = param_counts(m)["per_layer"]["total"]
+    return {
+        "activation_block": m.d_model * t.seq_len * 4,
+        "mlp_block": m.d_ff * t.seq_len * 4,
+        "layer_weights": layer * 4,
+        "layer_weights_bf16": layer * 2,
+        "micro_batch_activations": m.d_model * t.seq_len * t.batch_size * 4,
+    }
+
+
+def fits_in(size: int, caches: dict[str, int | None]) -> str:
+    """The smallest cache level that holds ``size`` bytes ('L1d', 'L2', 'L3') or 'DRAM'."""
+    for level in CACHE_LEVELS:
+        cap = caches.get(level)
+        if cap and size <= cap:
+            return level
+    return "DRAM"
+
+
+def cache_fit(cfg: RunConfig, caches: dict[str, int | None]) -> dict[str, Any]:
+    """Each working set with its size and the level it fits in on this host (per-core L1d/L2,
+    shared L3, as the OS reports them)."""
+    sets = working_sets(cfg)
+    return {
+        name: {
+            "bytes": size,
+            "fits": fits_in(size, caches),
+            **{
+                f"fraction_of_{lvl}": (round(size / caches[lvl], 3) if caches.get(lvl) else None)
+                for lvl in CACHE_LEVELS
+            },
+        }
+        for name, size in sets.items()
+    }
