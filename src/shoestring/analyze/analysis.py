@@ -254,7 +254,11 @@ def analyze_config(
         memory["peak_rss_over_baseline_bytes"] = meas["peak_rss_over_baseline_bytes"]
         memory["cuda_peak_allocated_bytes"] = meas["cuda_peak_allocated_bytes"]
         if meas["runtime"]["dtype"] != dtype_guess:  # re-estimate for the dtype that ran
-            memory.update(cost.memory_estimate(cfg, meas["runtime"]["dtype"]))
+            memory.update(
+                cost.memory_estimate(
+                    cfg, meas["runtime"]["dtype"], str(meas["runtime"].get("device", "cpu"))
+                )
+            )
     return row
 
 

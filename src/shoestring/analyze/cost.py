@@ -186,7 +186,7 @@ def _compute_bytes(dtype: str) -> int:
 
 
 def activation_bytes_estimate(
-    m: ModelConfig, seq_len: int, micro_batch: int, dtype: str
+    m: ModelConfig, seq_len: int, micro_batch: int, dtype: str, device: str = "cpu"
 ) -> dict[str, Any]:
     """Bytes autograd keeps for the backward of one micro-batch, from the model's layout.
 
@@ -218,15 +218,23 @@ def activation_bytes_estimate(
         per_tok += c * s.kv_rank
     # q, k and v kept by attention. With low-rank kv, k and v are views of the one kv_b
     # output (k gets its own buffer only when the RoPE key is concatenated onto it).
-    if s.kv_rank:
-        kv_store = h * (s.head_dim + s.v_dim) + (h * s.qk_dim if s.rope_dim else 0)
+    # Under bf16 on a CPU the model runs attention in fp32 (models/gpt.py): SDPA keeps fp32
+    # copies of q, k, v and its fp32 output, and o_proj keeps the bf16 cast of that output.
+    fp32_attention = bf16 and device == "cpu"
+    if fp32_attention:
+        per_tok += 4 * (h * s.qk_dim + h * s.qk_dim + h * s.v_dim)  # q, k, v
+        per_tok += 4 * h  # log-sum-exp per head
+        per_tok += 4 * h * s.v_dim + c * h * s.v_dim  # fp32 output + o_proj's bf16 input
     else:
-        kv_store = h * s.qk_dim + h * s.v_dim
-    per_tok += c * (h * s.qk_dim + kv_store)
-    per_tok += 4 * h  # log-sum-exp per head
-    per_tok += c * h * s.v_dim  # attention output = o_proj input
-    if s.rope_dim:  # q/k built by cat are laid out per head, so the output is copied for o_proj
-        per_tok += c * h * s.v_dim
+        if s.kv_rank:
+            kv_store = h * (s.head_dim + s.v_dim) + (h * s.qk_dim if s.rope_dim else 0)
+        else:
+            kv_store = h * s.qk_dim + h * s.v_dim
+        per_tok += c * (h * s.qk_dim + kv_store)
+        per_tok += 4 * h  # log-sum-exp per head
+        per_tok += c * h * s.v_dim  # attention output = o_proj input
+        if s.rope_dim:  # q/k built by cat are laid out per head: the output is copied for o_proj
+            per_tok += c * h * s.v_dim
     per_tok += block_norm  # post-attention norm
     mlp_readers = 2 if s.mlp_mats == 3 else 1
     per_tok += (mlp_readers if bf16 else 1) * c * d
@@ -252,7 +260,7 @@ def activation_bytes_estimate(
     }
 
 
-def memory_estimate(cfg: RunConfig, dtype: str) -> dict[str, Any]:
+def memory_estimate(cfg: RunConfig, dtype: str, device: str = "cpu") -> dict[str, Any]:
     """Training memory: fp32 weights, gradients, AdamW state (2 fp32 moments), activations.
 
     Parameters stay fp32 under bf16 autocast (it casts per op), so weights, gradients and the
@@ -260,7 +268,8 @@ def memory_estimate(cfg: RunConfig, dtype: str) -> dict[str, Any]:
     """
     p = param_counts(cfg.model)["total"]
     t = cfg.train
-    act = activation_bytes_estimate(cfg.model, t.seq_len, t.batch_size, dtype)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    act = activation_bytes_estimate(cfg.model, t.seq_len, t.batch_size, dtype, device_type)
     weights, grads, optim = 4 * p, 4 * p, 8 * p
     tokens_per_micro = t.seq_len * t.batch_size
     return {
