@@ -199,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument(
+        "--model",
+        help="an existing HF model directory (e.g. a shoestring run's model/) instead of the "
+        "random Qwen2: a trained model's completions end at different lengths, which a random "
+        "one's never do",
+    )
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary model and run dirs")
     args = p.parse_args(argv)
@@ -217,11 +223,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:
-    model_dir = work / "model"
-    tok = build_tokenizer(model_dir, args.vocab)
-    build_model(model_dir, tok, args)
+    if args.model:
+        model_dir = Path(args.model)
+        if (model_dir / "model" / "config.json").is_file():
+            model_dir = model_dir / "model"  # a shoestring run directory
+        described = f"{model_dir} (trained)"
+    else:
+        model_dir = work / "model"
+        tok = build_tokenizer(model_dir, args.vocab)
+        build_model(model_dir, tok, args)
+        described = (
+            f"Qwen2 random init, hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}"
+        )
     print(
-        f"model: Qwen2 random init, hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}; "
+        f"model: {described}; "
         f"{args.num_generations} generations, batch {args.batch} completions, accumulation "
         f"{args.grad_accum}, completion <= {args.max_completion_length} tokens, beta {args.beta}, "
         f"loss {args.loss_type}, {args.dtype}, CPU, {args.threads} threads, {args.steps} steps/run",

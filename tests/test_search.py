@@ -173,12 +173,15 @@ def test_killed_sweep_resumes_and_runs_each_grid_point_exactly_once(
 def test_two_workers_share_a_sqlite_study_without_duplicate_points(
     prepared: Path, tmp_path: Path
 ) -> None:
-    spec = _spec(prepared, ["baseline", "rope_only"], seeds=2)
+    # trials of 200 steps (1-2 s each), so that the second worker - a spawned process
+    # that takes seconds to import torch - starts before the first has done them all
+    spec = _spec(prepared, ["baseline", "rope_only"], seeds=3)
+    spec.overrides += ["train.max_steps=200", "train.eval_every=200"]
     out = search(spec, tmp_path / "study", workers=2, threads=1, heartbeat=2, isolate=False,
                  echo=False, progress=False)  # fmt: skip
     points = _finished_points(out)
-    assert len(points) == 4 and set(points.values()) == {1}, points
-    assert sum(v == "finished" for v in _run_dirs(out).values()) == 4
+    assert len(points) == 6 and set(points.values()) == {1}, points
+    assert sum(v == "finished" for v in _run_dirs(out).values()) == 6
     res = json.loads((out / "results.json").read_text())
     assert {r["worker"] for r in res["trials"]} == {"w0", "w1"}  # both took part
     assert (out / "worker-0.log").exists() and (out / "worker-1.log").exists()
