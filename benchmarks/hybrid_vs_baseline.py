@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from shoestring.cli import add_set_option
 from shoestring.config import RunConfig, build_run_config
 from shoestring.runs.rundir import atomic_write_json, host_info, now_iso, read_metrics
 from shoestring.train.loop import Trainer, train
@@ -351,14 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--target", type=float, help="target val loss (default: baseline final)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every arm (repeatable)",
-    )
+    add_set_option(p, "train.lr=1e-3")
     p.add_argument(
         "--hybrid",
         action="append",

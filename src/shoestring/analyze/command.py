@@ -12,6 +12,7 @@ import json
 import re
 import sys
 
+from shoestring.cli import add_set_option
 from shoestring.errors import UserError
 
 __all__ = ["add_cli", "parse_count", "run_cli"]
@@ -57,14 +58,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         + ".",
     )
     p.add_argument("targets", nargs="*", metavar="TARGET", help="what to analyse")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override applied to every target, e.g. --set train.threads=1",
-    )
+    add_set_option(p, "train.threads=1")
     p.add_argument(
         "--sweep",
         action="append",
