@@ -21,8 +21,7 @@ evaluations; (2) validation loss at equal training wall time; (3) at equal train
 evaluation time is recorded separately (``eval_seconds``) and excluded. Every run is a normal
 run directory under ``OUT/runs``; ``OUT/hybrid_benchmark.json`` holds the table.
 
-    flock /tmp/shoestring-cpu.lock python benchmarks/hybrid_vs_baseline.py \\
-        --data /tmp/shoestring-work/wt2 --out /tmp/shoestring-work/issue7/bench
+    python benchmarks/hybrid_vs_baseline.py --data data/wt2 --out runs/hybrid_benchmark
 """
 
 from __future__ import annotations
@@ -341,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", default="/tmp/shoestring-work/wt2")
-    p.add_argument("--out", default="/tmp/shoestring-work/issue7/bench")
+    p.add_argument("--data", default="data/wt2", help="prepared data (shoestring prepare)")
+    p.add_argument("--out", default="runs/hybrid_benchmark")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=200, help="baseline steps")

@@ -23,6 +23,7 @@ decay) is proportional to the learning rate and the schedule moves during a run.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +74,7 @@ def _safe_lr(lr: float) -> float:
 # ----------------------------------------------------------------------------- base
 
 
-class UpdatePredictor:
+class UpdatePredictor(abc.ABC):
     """Interface: observe real updates, predict the next ones, save/restore state."""
 
     name = "base"
@@ -89,22 +90,22 @@ class UpdatePredictor:
         self.numel = sum(p.numel() for p in self.params)
         self.device = self.params[0].device if self.params else torch.device("cpu")
 
+    @abc.abstractmethod
     def ready(self) -> bool:
         """Whether ``predict`` can say anything yet (enough real updates seen)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def observe(self, delta: torch.Tensor, lr: float) -> None:
         """A real update ``delta`` (flat) was just made with learning rate ``lr``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def predict(self, ahead: int, lr: float) -> torch.Tensor:
         """The update (flat) for the step ``ahead`` steps after the last observed real one."""
-        raise NotImplementedError
 
-    def after_predicted_step(self) -> None:
+    def after_predicted_step(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Called after a predicted update was applied (coasting advances its moments)."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Forget the history (kept for API symmetry; rollbacks keep real-update history)."""
 
     def memory_bytes(self) -> int:
@@ -192,7 +193,7 @@ class CoastingPredictor(UpdatePredictor):
         return out
 
     @torch.no_grad()
-    def after_predicted_step(self) -> None:
+    def after_predicted_step(self) -> None:  # noqa: B027 - optional hook, default no-op
         for group, _p, st in self._groups():
             if "exp_avg" not in st:
                 continue
@@ -235,7 +236,7 @@ class LinearPredictor(UpdatePredictor):
         correction = 1.0 - self.beta**self.count if self.count else 1.0
         return self.velocity * (lr / correction)
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - optional hook, default no-op
         self.velocity.zero_()
         self.count = 0
 
@@ -327,7 +328,7 @@ class LowRankPredictor(UpdatePredictor):
         full[order] = w  # weights per ring slot: no K x N gather
         return (full.to(self.buffer.dtype).to(self.device) * lr) @ self.buffer
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - optional hook, default no-op
         self.buffer.zero_()
         self.gram.zero_()
         self.count = 0
