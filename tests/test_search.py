@@ -136,7 +136,10 @@ def test_killed_sweep_resumes_and_runs_each_grid_point_exactly_once(
     prepared: Path, tmp_path: Path
 ) -> None:
     study = tmp_path / "study"
-    proc = subprocess.Popen(_cli(study, prepared))
+    # trials of 200 steps (1-2 s each): with 3-step trials the whole sweep could end between
+    # two polls, before a moment with one trial finished and the next one running was seen
+    longer = ["train.max_steps=200", "train.eval_every=200"]
+    proc = subprocess.Popen(_cli(study, prepared) + [a for o in longer for a in ("--set", o)])
     deadline = time.time() + 180  # generous: CI hosts can be slow
     try:
         # kill -9 once one trial has finished and the next one is running
@@ -158,6 +161,7 @@ def test_killed_sweep_resumes_and_runs_each_grid_point_exactly_once(
 
     # the same study, resumed (here in-process; `shoestring search` with the same arguments)
     spec = _spec(prepared, ["baseline", "rope_only"], seeds=2)
+    spec.overrides += longer
     search(spec, study, heartbeat=1, isolate=False, echo=False, progress=False)
     points = _finished_points(study)
     assert len(points) == 4 and set(points.values()) == {1}, points
