@@ -12,7 +12,6 @@ import string
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -21,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from _helpers import char_tokenizer
 from shoestring.config import ConfigError
 from shoestring.errors import DeviceUnavailableError, UserError
 from shoestring.eval.generation import (
@@ -52,14 +52,8 @@ EOS = 2
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer: BPE with no merges splits text into characters."""
-    chars = list(string.ascii_letters + string.digits + " .,:;?!\n+-*/=()$")
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    """Character-level tokenizer over the characters these prompts use."""
+    return char_tokenizer(string.ascii_letters + string.digits + " .,:;?!\n+-*/=()$")
 
 
 @pytest.fixture(scope="module")

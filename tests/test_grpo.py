@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import string
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from _helpers import char_tokenizer
 from shoestring.config import ConfigError
 from shoestring.rl import grpo as G
 from shoestring.rl.config import grpo_config, list_grpo_presets, load_grpo_preset
@@ -32,13 +31,7 @@ from shoestring.rl.grpo import (
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
-    chars = list(string.ascii_letters + string.digits + " .,:;?!\n+-*/=()$#'<>%")
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return char_tokenizer()
 
 
 def _llama(vocab: int, seed: int = 0) -> LlamaForCausalLM:

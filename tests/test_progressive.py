@@ -8,15 +8,14 @@ one) has to notice. One test runs the real GRPO trainer end to end on a tiny mod
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from _helpers import char_tokenizer
 from shoestring.config import ConfigError
 from shoestring.rl.curriculum_eval import (
     EvalResult,
@@ -40,13 +39,7 @@ PROBLEMS = [
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
-    chars = list(string.ascii_letters + string.digits + " .,:;?!\n+-*/=()$#'<>%")
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return char_tokenizer()
 
 
 @pytest.fixture(scope="module")
