@@ -752,7 +752,12 @@ def train(
         cfg, path, resume=resume_dir is not None, echo=echo, progress=progress, on_eval=on_eval
     )
     try:
-        return trainer.run()
+        path = trainer.run()
+        if trainer.dist.enabled and dist.is_initialized():
+            # leave together: a rank that tears gloo down while rank 0 is still writing model/
+            # can abort ("terminate called without an active exception", exit -6)
+            dist.barrier()
+        return path
     finally:
         if trainer.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
