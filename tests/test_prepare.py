@@ -239,6 +239,30 @@ def test_tokenizer_reuse_and_hf_directory(tmp_path: Path) -> None:
         _prep(other, tmp_path / "x", tokenizer=tmp_path / "nowhere")
 
 
+def test_split_digits_gives_one_token_per_digit(tmp_path: Path) -> None:
+    """Plain BPE merges frequent digit runs; --split-digits never does, and the text (spaces
+    included) still round-trips through the HF tokenizer."""
+    out = str(tmp_path / "d")
+    argv = ["prepare", "--synthetic", "60", "--vocab-size", "400", "--split-digits", "--quiet"]
+    assert _cli([*argv, "--out", out]) == 0
+    data = load_prepared(tmp_path / "d")
+    assert data.meta["split_digits"] is True
+    hf = data.load_tokenizer()
+    text = "Tom buys 12 * 34 = <<12*34=408>>408 apples for $1,250."
+    ids = hf(text)["input_ids"]
+    pieces = [hf.decode([i]) for i in ids]
+    digits = [p.strip() for p in pieces if any(c.isdigit() for c in p)]
+    assert digits and all(len(d) == 1 for d in digits), pieces
+    assert hf.decode(ids) == text
+
+    merged = _prep(_write_text(tmp_path / "c.txt", _docs(60)), tmp_path / "m", vocab_size=400)
+    assert merged["split_digits"] is False
+    plain = load_prepared(tmp_path / "m").load_tokenizer()
+    assert any(
+        sum(c.isdigit() for c in plain.decode([i])) > 1 for i in plain(text)["input_ids"]
+    ), "plain BPE was expected to merge digits on this corpus"
+
+
 def test_load_prepared_reports_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_prepared(tmp_path / "none")

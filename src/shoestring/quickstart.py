@@ -50,6 +50,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-problems", type=int, default=100, help="held-out problems to answer")
     p.add_argument("--problems", type=int, default=12000, help="synthetic training problems")
     p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument(
+        "--split-digits",
+        action="store_true",
+        help="one token per digit (as Llama and Qwen): slower to learn in 1000 steps, but "
+        "arithmetic is then the same skill for every number, which GRPO can improve (docs/grpo.md)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_cli)
@@ -61,6 +67,7 @@ def run_cli(args: argparse.Namespace) -> int:
         steps=args.steps,
         n_problems=args.problems,
         vocab_size=args.vocab_size,
+        split_digits=args.split_digits,
         device=args.device,
         seed=args.seed,
         n_eval=args.eval_problems,
@@ -73,6 +80,7 @@ def run(
     steps: int = 1000,
     n_problems: int = 12000,
     vocab_size: int = 1024,
+    split_digits: bool = False,
     device: str = "auto",
     seed: int = 0,
     echo: bool = True,
@@ -99,7 +107,12 @@ def run(
     say(f"[2/4] training a {vocab_size}-token BPE tokenizer and writing token shards")
     data_dir = out / "data"
     text.run(
-        str(corpus / "train.jsonl"), data_dir, vocab_size=vocab_size, seed=seed, val_fraction=0.05
+        str(corpus / "train.jsonl"),
+        data_dir,
+        vocab_size=vocab_size,
+        seed=seed,
+        val_fraction=0.05,
+        split_digits=split_digits,
     )
 
     say(f"[3/4] pretraining a tiny GPT for {steps} steps")

@@ -88,6 +88,12 @@ def add_cli(subparsers: Any) -> None:
         help="minimum pair frequency for a BPE merge (default: 2)",
     )
     p.add_argument(
+        "--split-digits",
+        action="store_true",
+        help="make every digit its own token, as Llama and Qwen do (arithmetic then uses the "
+        "same token for a digit in every number; plain BPE chunks digits arbitrarily)",
+    )
+    p.add_argument(
         "--synthetic",
         type=int,
         metavar="N",
@@ -120,5 +126,6 @@ def main(args: argparse.Namespace) -> int:
         min_frequency=args.min_frequency,
         synthetic=args.synthetic,
         quiet=args.quiet,
+        split_digits=args.split_digits,
     )
     return 0

@@ -407,12 +407,20 @@ def iter_documents(
 
 
 def train_tokenizer(
-    docs: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None
+    docs: Iterable[str],
+    vocab_size: int,
+    min_frequency: int = 2,
+    length: int | None = None,
+    split_digits: bool = False,
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer with ``<|endoftext|>`` as its only special token.
 
     ``docs`` may be a generator; the ``tokenizers`` trainer pulls from it, so the corpus is
-    never materialised. The special token gets id 0.
+    never materialised. The special token gets id 0. ``split_digits`` makes every digit its own
+    token (as the Llama and Qwen tokenizers do): plain BPE merges digits into chunks that depend
+    on the corpus ("374" -> "37" + "4", "243" -> "24" + "3"), so the same place value is a
+    different token from number to number and arithmetic becomes a lookup table a small model
+    cannot generalise.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -423,7 +431,12 @@ def train_tokenizer(
             f"256 byte tokens + 1 special token = {minimum} at least"
         )
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -602,6 +615,7 @@ def run(
     min_frequency: int = 2,
     synthetic: int | None = None,
     quiet: bool = False,
+    split_digits: bool = False,
 ) -> dict[str, Any]:
     """Prepare ``source`` into ``out``: tokenizer, ``train.bin``, ``val.bin``, ``meta.json``.
 
@@ -667,7 +681,9 @@ def run(
     else:
         train_docs = (d for i, d in enumerate(docs()) if not is_val[i])
         with _progress(train_docs, quiet, "tokenizer", total=n_docs - n_val) as bar:
-            tok = train_tokenizer(bar, vocab_size, min_frequency, length=n_docs - n_val)
+            tok = train_tokenizer(
+                bar, vocab_size, min_frequency, length=n_docs - n_val, split_digits=split_digits
+            )
         eos, tok_source_dir = EOS_TOKEN, None
     timings["tokenizer"] = time.perf_counter() - t1
     actual_vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -726,6 +742,7 @@ def run(
         "tokenizer_dir": "tokenizer",
         "tokenizer_source": "trained" if existing is None else os.path.abspath(existing[1]),
         "min_frequency": min_frequency if existing is None else None,
+        "split_digits": split_digits if existing is None else None,
         "on_decode_error": on_decode_error,
         **report.as_meta(),
     }
