@@ -258,9 +258,9 @@ def test_split_digits_gives_one_token_per_digit(tmp_path: Path) -> None:
     merged = _prep(_write_text(tmp_path / "c.txt", _docs(60)), tmp_path / "m", vocab_size=400)
     assert merged["split_digits"] is False
     plain = load_prepared(tmp_path / "m").load_tokenizer()
-    assert any(
-        sum(c.isdigit() for c in plain.decode([i])) > 1 for i in plain(text)["input_ids"]
-    ), "plain BPE was expected to merge digits on this corpus"
+    assert any(sum(c.isdigit() for c in plain.decode([i])) > 1 for i in plain(text)["input_ids"]), (
+        "plain BPE was expected to merge digits on this corpus"
+    )
 
 
 def test_load_prepared_reports_missing_and_corrupt_files(tmp_path: Path) -> None:
