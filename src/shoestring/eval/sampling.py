@@ -1,0 +1,78 @@
+"""Choosing the next token: greedy, or an exact sample after temperature, top-k and top-p.
+
+Why not ``torch.multinomial``? On a CPU it draws one exponential variate per vocabulary entry
+(the "exponential race"), single-threaded: 42 ms per decode step for 16 rows of Qwen2's
+151,936-token vocabulary on a 2-core EPYC, more than the forward pass of a small model and a
+tenth of a Qwen2.5-0.5B step. :func:`sample_categorical` draws one uniform number per row and
+inverts the cumulative distribution instead (1.8 ms there, 0.13 ms at 2,048 tokens). It is exact,
+not an approximation: the cumulative sums run in float64, over blocks of the vocabulary and then
+inside the chosen block, so even a token of probability 1e-12 keeps its share (a single fp32
+cumsum over 150k entries would round every probability to a multiple of ~6e-8). A token of
+probability zero - masked by top-k/top-p - is never returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Vocabulary entries per block of the two-level inverse CDF: the float64 work is one cumsum
+# over ``V / BLOCK`` block masses and one over ``BLOCK`` entries per row.
+SAMPLE_BLOCK = 1024
+
+
+def _last_positive(x: torch.Tensor) -> torch.Tensor:
+    """Index of the last entry > 0 along the last dim ([..., 1]); rows are assumed to have one."""
+    n = x.shape[-1]
+    return n - 1 - (x.flip(-1) > 0).to(torch.int8).argmax(-1, keepdim=True)
+
+
+def sample_categorical(
+    probs: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One index per row of ``probs`` [B, V] (non-negative, any positive row sum), drawn with
+    probability proportional to its entry. Uses one ``torch.rand`` draw per row from
+    ``generator``, so a seeded generator gives the same tokens whatever the thread count."""
+    rows, vocab = probs.shape
+    u = torch.rand((rows, 1), generator=generator, dtype=torch.float64, device=probs.device)
+    if vocab <= SAMPLE_BLOCK:
+        cdf = probs.to(torch.float64).cumsum(-1)
+        idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+        return torch.minimum(idx, _last_positive(probs)).squeeze(1)
+    nb = -(-vocab // SAMPLE_BLOCK)
+    if nb * SAMPLE_BLOCK != vocab:
+        probs = F.pad(probs, (0, nb * SAMPLE_BLOCK - vocab))
+    blocks = probs.view(rows, nb, SAMPLE_BLOCK)
+    mass = blocks.sum(-1, dtype=torch.float64)  # [B, nb]
+    cdf = mass.cumsum(-1)
+    x = u * cdf[:, -1:]
+    # the block holding x; the guard matters only if x rounded up to the total
+    b = torch.minimum(torch.searchsorted(cdf, x, right=True), _last_positive(mass))
+    below = torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(x))
+    inner = blocks.gather(1, b[..., None].expand(rows, 1, SAMPLE_BLOCK)).squeeze(1)
+    icdf = inner.to(torch.float64).cumsum(-1)
+    j = torch.minimum(torch.searchsorted(icdf, x - below, right=True), _last_positive(inner))
+    return (b * SAMPLE_BLOCK + j).squeeze(1)
+
+
+def choose_next_tokens(
+    logits: torch.Tensor, cfg: Any, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Next token per row: argmax, or a sample after temperature, top-k and top-p (the order
+    ``model.generate`` applies them in). ``cfg`` is a ``SamplingConfig``."""
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / cfg.temperature
+    vocab = logits.shape[-1]
+    if 0 < cfg.top_k < vocab:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum <= (1.0 - cfg.top_p)
+        remove[:, -1] = False  # always keep the most likely token
+        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
+    return sample_categorical(logits.softmax(dim=-1), generator)
