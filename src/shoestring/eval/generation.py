@@ -37,6 +37,8 @@ import torch
 
 from shoestring.config import ConfigError, opt, validate
 from shoestring.errors import UserError
+from shoestring.eval.lean_decode import LeanDecoder
+from shoestring.eval.sampling import choose_next_tokens
 from shoestring.runtime import DTYPE_NAMES
 
 FinishReason = Literal["eos", "stop", "length"]
@@ -86,6 +88,9 @@ class SamplingConfig:
     preallocate: bool = opt(True, "reserve the KV cache once instead of growing it every step")
     group_prefill: bool = opt(True, "prefill prompts of similar length together (less padding)")
     cpu_fp32_attention: bool = opt(True, "bf16/fp16 model on CPU: fp32 KV cache and attention")
+    lean_decode: bool = opt(
+        True, "Llama/Qwen2/Mistral: decode steps skip the transformers forward's overhead"
+    )
 
     def check(self) -> SamplingConfig:
         """Validate ranges and cross-field rules; returns self so calls can chain."""
@@ -570,31 +575,6 @@ def _cpu_fp32_attention(model: Any, enabled: bool) -> Iterator[torch.dtype | Non
         config._attn_implementation = "sdpa"
 
 
-# ----------------------------------------------------------------------------- token choice
-
-
-def _choose(
-    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Next token per row: argmax, or a sample after temperature, top-k and top-p (the order
-    ``model.generate`` applies them in)."""
-    if cfg.greedy:
-        return logits.argmax(dim=-1)
-    logits = logits / cfg.temperature
-    vocab = logits.shape[-1]
-    if 0 < cfg.top_k < vocab:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum <= (1.0 - cfg.top_p)
-        remove[:, -1] = False  # always keep the most likely token
-        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
 # ----------------------------------------------------------------------------- incremental text
 
 
@@ -860,6 +840,11 @@ def _decode(
 
     lengths = [len(x) for x in ids_list]
     logits, cache, mask = _prefill(model, params, ids_list, cfg, pad, device, store_dtype)
+    lean = (
+        LeanDecoder.build(model)
+        if cfg.lean_decode and DynamicCache is not None and isinstance(cache, DynamicCache)
+        else None
+    )
     next_pos = torch.tensor(lengths, dtype=torch.long, device=device)
 
     # Samples of one prompt share its prefill: repeat the cache rows instead of re-reading.
@@ -922,7 +907,7 @@ def _decode(
     while True:
         if eos_tensor is not None and step < cfg.min_new_tokens:
             logits[:, eos_tensor] = float("-inf")
-        next_tokens = _choose(logits, cfg, generator)
+        next_tokens = choose_next_tokens(logits, cfg, generator)
         step += 1
         finished: list[int] = []
         for b, tok in enumerate(next_tokens.tolist()):
@@ -975,9 +960,12 @@ def _decode(
                     mask = mask[:, lead:]
 
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        logits, cache = _forward(
-            model, params, next_tokens[:, None], mask, next_pos[:, None], cache
-        )
+        if lean is not None:
+            logits = lean.step(next_tokens, mask, next_pos, cache)
+        else:
+            logits, cache = _forward(
+                model, params, next_tokens[:, None], mask, next_pos[:, None], cache
+            )
         next_pos = next_pos + 1
 
     return [r for r in results if r is not None]

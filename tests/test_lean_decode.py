@@ -1,0 +1,267 @@
+"""The lean decode step against the transformers forward, and the exact sampler.
+
+:class:`LeanDecoder` must give the logits the transformers forward gives, step after step, for
+every family it accepts (Llama, Qwen2 with q/k/v biases, Mistral), with left padding, grouped
+query heads, RoPE scaling, bf16 weights with the CPU's fp32 cache, bf16 autocast, and peft LoRA
+layers (adapters on and disabled); it must refuse what it cannot reproduce. The sampler must
+draw from the distribution it is given and never a masked token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from _helpers import char_tokenizer
+from shoestring.eval.generation import (
+    SamplingConfig,
+    _cpu_fp32_attention,
+    generate_batch,
+    make_cache,
+)
+from shoestring.eval.lean_decode import LeanDecoder
+from shoestring.eval.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
+
+VOCAB = 61
+
+
+def _common(**kw: object) -> dict:
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    base.update(kw)
+    return base
+
+
+def make(family: str, **kw: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**_common(**kw)))
+    elif family == "llama_bias_rope":
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                **_common(
+                    attention_bias=True,
+                    mlp_bias=True,
+                    rope_scaling={"rope_type": "linear", "factor": 2.0},
+                    num_key_value_heads=1,
+                    **kw,
+                )
+            )
+        )
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**_common(tie_word_embeddings=True, **kw)))
+    elif family == "mistral":
+        model = MistralForCausalLM(MistralConfig(**_common(sliding_window=None, **kw)))
+    else:
+        raise ValueError(family)
+    for p in model.parameters():  # biases are zero-initialised: make them count
+        if p.dim() == 1:
+            p.data.normal_(0, 0.3)
+    return model.eval()
+
+
+def _prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, store=None):
+    cache = make_cache(model, 16, store)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+    )
+    return out.logits[:, -1].float(), cache
+
+
+def compare_steps(model: torch.nn.Module, steps: int = 6, store=None, atol: float = 1e-5):
+    """Decode ``steps`` tokens twice from the same left-padded prefill - transformers forward
+    and lean step, each with its own cache - and compare logits at every step."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (3, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    mask[2, :5] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    lean = LeanDecoder.build(model)
+    assert lean is not None
+    with torch.inference_mode():
+        ref_logits, ref_cache = _prefill(model, ids, mask, store)
+        _, lean_cache = _prefill(model, ids, mask, store)
+        pos = mask.sum(-1)
+        nxt = ref_logits.argmax(-1)
+        worst = 0.0
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
+            ref = (
+                model(
+                    input_ids=nxt[:, None],
+                    attention_mask=mask,
+                    position_ids=pos[:, None],
+                    past_key_values=ref_cache,
+                    use_cache=True,
+                )
+                .logits[:, -1]
+                .float()
+            )
+            got = lean.step(nxt, mask, pos, lean_cache)
+            assert got.dtype == torch.float32 and got.shape == ref.shape
+            worst = max(worst, float((got - ref).abs().max()))
+            nxt = ref.argmax(-1)
+            pos = pos + 1
+    assert worst <= atol, f"lean step differs from the transformers forward by {worst}"
+    return worst
+
+
+@pytest.mark.parametrize("family", ["llama", "llama_bias_rope", "qwen2", "mistral"])
+def test_lean_step_equals_transformers_forward(family: str) -> None:
+    compare_steps(make(family))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fused_and_separate_projections_agree(fuse: bool) -> None:
+    model = make("qwen2")
+    lean = LeanDecoder.build(model, fuse=fuse)
+    assert lean is not None and lean.fused is fuse
+    compare_steps(model)
+
+
+def test_bf16_weights_with_fp32_cache() -> None:
+    """The CPU engine keeps a bf16 model's cache in fp32 and attends in fp32."""
+    model = make("qwen2").to(torch.bfloat16)
+    with _cpu_fp32_attention(model, True) as store:
+        assert store == torch.float32
+        compare_steps(model, store=store, atol=0.05)
+
+
+def test_bf16_autocast() -> None:
+    model = make("llama")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compare_steps(model, atol=0.05)
+
+
+def test_lora_layers_are_run_as_modules() -> None:
+    peft = pytest.importorskip("peft")
+    model = make("qwen2")
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    pm = peft.get_peft_model(model, cfg)
+    for name, p in pm.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapters change the output
+            p.data.normal_(0, 0.3)
+    base = pm.get_base_model().eval()
+    lean = LeanDecoder.build(base)
+    assert lean is not None and lean.layers[0].qkv.weight is None  # LoRA parts not fused
+    compare_steps(base)
+    with pm.disable_adapter():
+        compare_steps(base)
+
+
+def test_refuses_what_it_cannot_reproduce() -> None:
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
+    assert LeanDecoder.build(gpt2) is None
+    sliding = Qwen2ForCausalLM(
+        Qwen2Config(**_common(use_sliding_window=True, sliding_window=4, max_window_layers=0))
+    )
+    assert LeanDecoder.build(sliding) is None
+    gelu = LlamaForCausalLM(LlamaConfig(**_common(hidden_act="gelu")))
+    assert LeanDecoder.build(gelu) is None
+    hooked = make("llama")
+    hooked.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert LeanDecoder.build(hooked) is None
+
+
+def test_generation_engine_same_tokens_with_and_without_lean_step() -> None:
+    tok = char_tokenizer()
+    model = make("qwen2", vocab_size=len(tok))
+    prompts = ["Question: 2+2?", "Hi", "a b c d e f g h"]
+    outs = []
+    for lean in (True, False):
+        cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[], lean_decode=lean)
+        outs.append([r.token_ids for r in generate_batch(model, tok, prompts, cfg)])
+    assert outs[0] == outs[1]
+    sampled = []
+    for lean in (True, False):
+        cfg = SamplingConfig(
+            max_new_tokens=12,
+            do_sample=True,
+            seed=5,
+            eos_token_ids=[],
+            num_return_sequences=2,
+            lean_decode=lean,
+        )
+        sampled.append([r.token_ids for r in generate_batch(model, tok, prompts, cfg)])
+    assert sampled[0] == sampled[1]
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+@pytest.mark.parametrize("vocab", [5, SAMPLE_BLOCK * 2 + 17])
+def test_sampler_follows_the_distribution(vocab: int) -> None:
+    """Frequencies of 20,000 draws within 4.5 standard errors of the probabilities; tokens of
+    probability zero never drawn (in the padded tail of the last block too)."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.zeros(vocab)
+    hot = [0, 2, vocab - 3] if vocab > 5 else [0, 2, 3]
+    if vocab > 5:
+        hot += [SAMPLE_BLOCK - 1, SAMPLE_BLOCK]  # both sides of a block boundary
+    weights = torch.tensor([0.05, 0.4, 0.3, 0.15, 0.1][: len(hot)])
+    probs[hot] = weights / weights.sum()
+    n = 20_000
+    draws = sample_categorical(probs.repeat(n, 1), g)
+    counts = torch.bincount(draws, minlength=vocab).double()
+    assert counts.sum() == n
+    zero = torch.ones(vocab, dtype=torch.bool)
+    zero[hot] = False
+    assert counts[zero].sum() == 0
+    p = probs[hot].double()
+    se = (p * (1 - p) / n).sqrt()
+    assert ((counts[hot] / n - p).abs() <= 4.5 * se).all()
+
+
+def test_sampler_unnormalised_rows_and_tiny_probabilities() -> None:
+    g = torch.Generator().manual_seed(3)
+    probs = torch.full((20_000, 2 * SAMPLE_BLOCK), 1e-9)
+    probs[:, 7] = 3.0  # rows sum to ~3.000002: only the ratio matters
+    draws = sample_categorical(probs, g)
+    share = float((draws == 7).double().mean())
+    assert share > 0.999
+    # the 2047 tiny tokens hold 2047e-9/3 of the mass: never drawn in 20,000 rows (p ~ 1.4e-2)
+    assert int((draws != 7).sum()) <= 2
+
+
+def test_sampler_is_seeded_and_top_k_1_is_greedy() -> None:
+    logits = torch.randn(8, 3000, generator=torch.Generator().manual_seed(0))
+    cfg = SamplingConfig(do_sample=True, temperature=0.8, top_p=0.9)
+    a = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(11))
+    b = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(11))
+    assert torch.equal(a, b)
+    k1 = SamplingConfig(do_sample=True, top_k=1)
+    assert torch.equal(
+        choose_next_tokens(logits, k1, torch.Generator().manual_seed(2)), logits.argmax(-1)
+    )
+    # top-p keeps only the nucleus: every draw lies inside it
+    p = logits.div(0.8).softmax(-1)
+    sorted_p, order = p.sort(-1, descending=True)
+    inside = (sorted_p.cumsum(-1) - sorted_p) < 0.9
+    for seed in range(20):
+        t = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(seed))
+        rank = (order == t[:, None]).float().argmax(-1)
+        assert inside.gather(1, rank[:, None]).all()
