@@ -456,12 +456,15 @@ class GRPOTrainer:
                 f"reference ({mb:,.1f} MB more memory); use lora_rank>0 to avoid the copy"
             )
         self._setup_retention()
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            weight_decay=cfg.weight_decay,
-        )
+        opt_kwargs: dict[str, Any] = {
+            "lr": cfg.learning_rate,
+            "betas": (cfg.adam_beta1, cfg.adam_beta2),
+            "weight_decay": cfg.weight_decay,
+        }
+        try:  # one fused kernel for all parameters (CPU and CUDA); the loop where unsupported
+            self.optimizer = torch.optim.AdamW(self.params, fused=True, **opt_kwargs)
+        except (RuntimeError, TypeError):
+            self.optimizer = torch.optim.AdamW(self.params, **opt_kwargs)
         # rewards
         self.reward_names = list(cfg.rewards)
         self.reward_fns = [R.load_reward(n) for n in self.reward_names]
@@ -503,7 +506,12 @@ class GRPOTrainer:
             self.total_steps = max(1, math.ceil(cfg.num_train_epochs * gens_per_epoch)) * (
                 cfg.num_iterations
             )
-        self.gen_dtype = "bf16" if self.runtime.dtype == "bf16" else "auto"
+        # Sampling on a CPU runs in the weights' dtype (bf16 for LoRA's frozen base, fp32 for a
+        # full fine-tune): bf16 autocast would re-cast every fp32 weight at every decode step,
+        # which measured 1.3-1.45x slower than plain fp32 decoding on a 2-core AVX512-BF16 host
+        # (16 rows; 3M-, 4M- and 121M-parameter models). Training still runs under autocast.
+        cpu = self.device.type == "cpu"
+        self.gen_dtype = "bf16" if self.runtime.dtype == "bf16" and not cpu else "auto"
 
     def _setup_retention(self) -> None:
         """theta_ref for the retention penalty (only what the penalty compares is kept)."""
