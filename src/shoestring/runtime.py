@@ -157,7 +157,7 @@ def setup_runtime(
 ) -> Runtime:
     """Apply thread count, denormal flushing and determinism; return what is in force."""
     dev = resolve_device(device)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and dev.index is not None:  # plain "cuda" keeps the current device
         torch.cuda.set_device(dev)
     n_threads = threads or physical_cores()
     torch.set_num_threads(n_threads)
