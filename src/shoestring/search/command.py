@@ -18,6 +18,7 @@ from typing import Any
 from shoestring.cli import add_set_option
 from shoestring.config import list_variants
 from shoestring.errors import UserError
+from shoestring.search.location import DEFAULT_HEARTBEAT, redact, sqlite_url
 from shoestring.search.spec import (
     SIZES,
     StudySpec,
@@ -26,7 +27,6 @@ from shoestring.search.spec import (
     parse_list,
     parse_range,
 )
-from shoestring.search.storage import DEFAULT_HEARTBEAT, redact, sqlite_url
 
 SPEC_ATTR = "shoestring_spec"
 

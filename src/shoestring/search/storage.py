@@ -9,41 +9,19 @@ only the trial it was running.
 
 from __future__ import annotations
 
-import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from shoestring.errors import UserError
-
-DB_NAME = "study.db"
-DEFAULT_HEARTBEAT = 30.0  # seconds between heartbeats of a running trial
-CRASH_RETRIES = 3  # re-queues of a trial whose worker died, before it counts as failed
-
-
-def sqlite_url(study_dir: str | Path) -> str:
-    return f"sqlite:///{Path(study_dir).resolve() / DB_NAME}"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and summary.json."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def driver_url(url: str) -> str:
-    """``postgresql://`` with the driver that is installed (SQLAlchemy 2.1 defaults to psycopg 3,
-    shoestring's ``postgres`` extra installs psycopg2)."""
-    m = re.match(r"^(postgresql|postgres)://", url)
-    if not m:
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + url[m.end() :]
-    return "postgresql://" + url[m.end() :]
+from shoestring.search.location import (
+    CRASH_RETRIES,
+    DEFAULT_HEARTBEAT,
+    driver_url,
+    redact,
+)
 
 
 def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> RDBStorage:
