@@ -2,15 +2,21 @@
 and settings, measured in one process and interleaved (round 1: A then B, round 2: B then A).
 
 Both trainers get the same randomly initialised Qwen2-shaped model (built here from a config:
-no download), the same BPE tokenizer trained here on the synthetic math corpus, the same
-plain-text prompts, the same reward (correctness), and the same settings: generations per
-prompt, completion length, batch, gradient accumulation, beta, loss type, precision, device,
-threads, steps. The first step of every run is dropped (allocator warm-up). A step is a whole
-optimizer step, generation included, for both.
+no download) or the same trained ``--model``, the same BPE tokenizer, the same prompt text, the
+same reward (correctness), and the same settings: generations per prompt, completion length,
+batch, gradient accumulation, beta, loss type, precision, device, threads, steps. The first
+step of every run is dropped (allocator warm-up). A step is a whole optimizer step, generation
+included, for both; the split into generation and the rest is printed for both.
 
-    flock /tmp/shoestring-cpu.lock python benchmarks/grpo_vs_trl.py --steps 4 --rounds 2
+Prompts (``--prompt-source``): ``auto`` (default) takes GSM8K train questions in a ChatML
+template with the step-by-step instruction - what a Qwen2.5-Instruct GRPO run on GSM8K sees,
+96-256 tokens - when GSM8K is found (shared/data/gsm8k or $SHOESTRING_SHARED), else the
+synthetic level-2 problems as ``Question: ...\\nAnswer:`` (28-44 tokens), and says which.
 
-TRL is a benchmark dependency only (it is pinned in constraints.txt).
+    python benchmarks/grpo_vs_trl.py --steps 8 --rounds 4
+    python benchmarks/grpo_vs_trl.py --prompt-source synthetic --dtype bf16
+
+TRL is a benchmark dependency only (``pip install -c constraints.txt -e ".[bench]"``).
 """
 
 from __future__ import annotations
@@ -30,26 +36,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tokenizer(out: Path, vocab_size: int) -> Any:
-    """A byte-level BPE trained on synthetic problems (seconds; nothing downloaded)."""
+# Qwen2.5-Instruct's ChatML layout (no system prompt), so --chat prompts are as long as the ones
+# a user's Qwen2.5-0.5B-Instruct GRPO run on GSM8K sees.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(out: Path, vocab_size: int, rows: list[dict[str, str]]) -> Any:
+    """A byte-level BPE trained on synthetic problems and the benchmark's own questions
+    (seconds; nothing downloaded), with a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from shoestring.data.synthetic import generate_problems, problems_to_text
 
     docs = list(problems_to_text(generate_problems(2000, seed=1)))
+    docs += [r["question"] + "\n" + r["answer"] for r in rows]
     tk = Tokenizer(models.BPE(unk_token=None))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|pad|>", "<|endoftext|>"],
+        special_tokens=["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tk.train_from_iterator(docs, trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token="<|pad|>", eos_token="<|endoftext|>"
     )
+    tok.chat_template = CHATML_TEMPLATE
     tok.save_pretrained(out)
     return tok
 
@@ -75,32 +92,45 @@ def build_model(out: Path, tok: Any, args: argparse.Namespace) -> None:
     Qwen2ForCausalLM(cfg).save_pretrained(out)
 
 
-def prompts(n: int) -> list[dict[str, str]]:
-    from shoestring.data.synthetic import generate_problems
+def load_questions(source: str, n: int) -> list[dict[str, str]]:
+    """``synthetic``: level-2 synthetic problems (~50-token prompts); ``gsm8k`` or
+    ``gsm8k:PATH``: the first ``n`` GSM8K train problems (shared/data/gsm8k by default)."""
+    if source == "synthetic":
+        from shoestring.data.synthetic import generate_problems
 
-    return [
-        {
-            "prompt": f"Question: {p['question']}\nAnswer:",
-            "question": p["question"],
-            "answer": p["answer"],
-        }
-        for p in generate_problems(n, level=2, seed=7)
-    ]
+        return [
+            {"question": p["question"], "answer": p["answer"]}
+            for p in generate_problems(n, level=2, seed=7)
+        ]
+    from shoestring.rl.data import load_task
+
+    return [{"question": r["question"], "answer": r["answer"]} for r in load_task(source, n=n)]
 
 
-def run_shoestring(model_dir: Path, work: Path, args: argparse.Namespace, tag: str) -> list[float]:
+def render_prompts(rows: list[dict[str, str]], tok: Any, chat: bool) -> list[dict[str, str]]:
+    """The exact prompt text both trainers get: shoestring's own GRPO prompt (``chat``: the
+    tokenizer's chat template around the bench's step-by-step instruction; otherwise
+    ``Question: ...\nAnswer:``). TRL receives it as a plain string, so it adds nothing."""
+    from shoestring.rl.data import build_prompt
+
+    fmt = "chat" if chat else "plain"
+    return [dict(r, prompt=build_prompt(r["question"], tok, fmt)) for r in rows]
+
+
+def run_shoestring(
+    model_dir: Path, work: Path, args: argparse.Namespace, tag: str, rows: list[dict[str, str]]
+) -> tuple[list[float], list[float]]:
     from shoestring.rl.config import grpo_config
     from shoestring.rl.grpo import train_grpo
     from shoestring.runs.rundir import read_metrics
 
-    rows = prompts(args.prompts)
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     cfg = grpo_config(
         overrides=[
             f"model_name_or_path={model_dir}",
             f"dataset=gsm8k:{data}",
-            "prompt_format=plain",
+            f"prompt_format={'chat' if args.chat else 'plain'}",
             "stop_strings=[]",
             f"num_generations={args.num_generations}",
             f"per_device_train_batch_size={args.batch}",
@@ -123,10 +153,12 @@ def run_shoestring(model_dir: Path, work: Path, args: argparse.Namespace, tag: s
     )
     run = train_grpo(cfg, out=work / "shoestring", name=tag, echo=False, progress=False)
     recs = [r for r in read_metrics(run) if "step_seconds" in r]
-    return [r["step_seconds"] for r in recs]
+    return [r["step_seconds"] for r in recs], [r["time_generation"] for r in recs]
 
 
-def run_trl(model_dir: Path, work: Path, args: argparse.Namespace, tag: str) -> list[float]:
+def run_trl(
+    model_dir: Path, work: Path, args: argparse.Namespace, tag: str, rows: list[dict[str, str]]
+) -> tuple[list[float], list[float]]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -135,13 +167,17 @@ def run_trl(model_dir: Path, work: Path, args: argparse.Namespace, tag: str) -> 
     from shoestring.rl.rewards import correctness
 
     times: list[float] = []
+    gen_times: list[float] = []
+    gen_now = [0.0]
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a: Any, **k: Any) -> None:
             self.t0 = time.perf_counter()
+            gen_now[0] = 0.0
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
             times.append(time.perf_counter() - self.t0)
+            gen_times.append(gen_now[0])
 
     def correctness_reward(prompts: list, completions: list, **kw: Any) -> list:
         return correctness(prompts, completions, answer=kw["answer"])
@@ -172,12 +208,25 @@ def run_trl(model_dir: Path, work: Path, args: argparse.Namespace, tag: str) -> 
         model=model,
         reward_funcs=[correctness_reward],
         args=cfg,
-        train_dataset=Dataset.from_list(prompts(args.prompts)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         callbacks=[Timer()],
     )
+    # time TRL's generation call (its name in trl 1.x); the rest of the step is scoring and
+    # the training forward/backward, as in shoestring's split
+    generate = getattr(trainer, "_generate_single_turn", None)
+    if generate is not None:
+
+        def timed_generate(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return generate(*a, **k)
+            finally:
+                gen_now[0] += time.perf_counter() - t0
+
+        trainer._generate_single_turn = timed_generate
     trainer.train()
-    return times
+    return times, gen_times if generate is not None else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompts", type=int, default=256)
+    p.add_argument(
+        "--prompt-source",
+        default="auto",
+        help="auto (gsm8k with --chat where GSM8K is found, else synthetic) | synthetic "
+        "(level-2 problems, 28-44-token prompts) | gsm8k | gsm8k:PATH (GSM8K train questions)",
+    )
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap every question in a ChatML template with the step-by-step instruction, as a "
+        "chat model (Qwen2.5-Instruct) is prompted (default: on for GSM8K); a --model's "
+        "tokenizer needs a template",
+    )
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--intermediate", type=int, default=704)
     p.add_argument("--layers", type=int, default=4)
@@ -222,19 +285,45 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def resolve_prompt_source(args: argparse.Namespace) -> str:
+    """``auto`` -> ``gsm8k`` where GSM8K is found, else ``synthetic``; ``--chat`` defaults to
+    on for GSM8K (a chat model's prompt) and off for synthetic problems."""
+    source = args.prompt_source
+    if source == "auto":
+        from shoestring.errors import UserError
+        from shoestring.rl.data import load_task
+
+        try:
+            load_task("gsm8k", n=1)
+            source = "gsm8k"
+        except UserError:
+            source = "synthetic"
+            print("GSM8K not found (shared/data/gsm8k, $SHOESTRING_SHARED): synthetic prompts")
+    if args.chat is None:
+        args.chat = source.startswith("gsm8k") and not args.model
+    return source
+
+
 def _run(args: argparse.Namespace, work: Path) -> int:
+    args.prompt_source = resolve_prompt_source(args)
+    questions = load_questions(args.prompt_source, args.prompts)
     if args.model:
+        from shoestring.models.loading import load_model_and_tokenizer
+
         model_dir = Path(args.model)
         if (model_dir / "model" / "config.json").is_file():
             model_dir = model_dir / "model"  # a shoestring run directory
         described = f"{model_dir} (trained)"
+        _, tok, _ = load_model_and_tokenizer(model_dir, device="cpu")
     else:
         model_dir = work / "model"
-        tok = build_tokenizer(model_dir, args.vocab)
+        tok = build_tokenizer(model_dir, args.vocab, questions)
         build_model(model_dir, tok, args)
         described = (
             f"Qwen2 random init, hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}"
         )
+    rows = render_prompts(questions, tok, args.chat)
+    lengths = sorted(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows)
     print(
         f"model: {described}; "
         f"{args.num_generations} generations, batch {args.batch} completions, accumulation "
@@ -242,13 +331,20 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         f"loss {args.loss_type}, {args.dtype}, CPU, {args.threads} threads, {args.steps} steps/run",
         flush=True,
     )
+    print(
+        f"prompts: {len(rows)} {args.prompt_source} questions{' (chat)' if args.chat else ''}"
+        f", {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]})",
+        flush=True,
+    )
     res: dict[str, list[float]] = {"shoestring": [], "trl": []}
+    gen: dict[str, list[float]] = {"shoestring": [], "trl": []}
     runners = {"shoestring": run_shoestring, "trl": run_trl}
     for rnd in range(args.rounds):
         order = ["shoestring", "trl"] if rnd % 2 == 0 else ["trl", "shoestring"]
         for name in order:
-            t = runners[name](model_dir, work, args, f"r{rnd}")
+            t, g = runners[name](model_dir, work, args, f"r{rnd}", rows)
             res[name] += t[1:]
+            gen[name] += g[1:]
             print(
                 f"round {rnd + 1} {name:10s} s/step: "
                 + ", ".join(f"{x:.2f}" for x in t)
@@ -267,6 +363,20 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         f"fastest s/step shoestring {shm:.3f}   TRL GRPOTrainer {trm:.3f}   ratio "
         f"TRL/shoestring {trm / shm:.2f}x  ({len(res['shoestring'])} + {len(res['trl'])} steps)"
     )
+    split = {}
+    for name in ("shoestring", "trl"):
+        if len(gen[name]) == len(res[name]) and gen[name]:
+            g_med = statistics.median(gen[name])
+            rest = statistics.median([a - b for a, b in zip(res[name], gen[name], strict=True)])
+            split[name] = {"generation": g_med, "rest": rest}
+    if len(split) == 2:
+        a, b = split["shoestring"], split["trl"]
+        print(
+            f"median split   generation: shoestring {a['generation']:.3f}, TRL "
+            f"{b['generation']:.3f} ({b['generation'] / a['generation']:.2f}x); scoring + "
+            f"training: shoestring {a['rest']:.3f}, TRL {b['rest']:.3f} "
+            f"({b['rest'] / a['rest']:.2f}x)"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -277,6 +387,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                     "ratio": tr / sh,
                     "fastest": {"shoestring": shm, "trl": trm},
                     "ratio_fastest": trm / shm,
+                    "generation_seconds": gen,
+                    "median_split": split,
                 },
                 indent=2,
             ),
