@@ -1,10 +1,11 @@
-"""The lean decode step against the transformers forward, and the exact sampler.
+"""The lean decode step against the models' own forward, and the exact sampler.
 
-:class:`LeanDecoder` must give the logits the transformers forward gives, step after step, for
-every family it accepts (Llama, Qwen2 with q/k/v biases, Mistral), with left padding, grouped
-query heads, RoPE scaling, bf16 weights with the CPU's fp32 cache, bf16 autocast, and peft LoRA
-layers (adapters on and disabled); it must refuse what it cannot reproduce. The sampler must
-draw from the distribution it is given and never a masked token.
+:class:`LeanDecoder` must give the logits the model's forward gives, step after step, for every
+family it accepts (Llama, Qwen2 with q/k/v biases, Mistral, the shoestring GPT's plain
+variants), with left padding, grouped query heads, RoPE scaling, bf16 weights with the CPU's
+fp32 cache, bf16 autocast, and peft LoRA layers (adapters on and disabled); it must refuse what
+it cannot reproduce. The sampler must draw from the distribution it is given and never a masked
+token.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shoestring.eval.generation import (
 )
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.eval.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
+from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 
 VOCAB = 61
 
@@ -53,6 +55,15 @@ def _common(**kw: object) -> dict:
     return base
 
 
+_GPT_BASE = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=64)
+GPT = {  # the shoestring GPT's plain variants (presets/variants) plus norm/MLP switches
+    "gpt_baseline": _GPT_BASE,
+    "gpt_rope": {**_GPT_BASE, "position": "rope", "rope_scaling": 2.0},
+    "gpt_bias_vdim": {**_GPT_BASE, "attention_bias": True, "v_head_dim": 12},
+    "gpt_llama_like": {**_GPT_BASE, "position": "rope", "norm": "rmsnorm", "mlp": "swiglu"},
+}
+
+
 def make(family: str, **kw: object) -> torch.nn.Module:
     torch.manual_seed(0)
     if family == "llama":
@@ -73,6 +84,8 @@ def make(family: str, **kw: object) -> torch.nn.Module:
         model = Qwen2ForCausalLM(Qwen2Config(**_common(tie_word_embeddings=True, **kw)))
     elif family == "mistral":
         model = MistralForCausalLM(MistralConfig(**_common(sliding_window=None, **kw)))
+    elif family.startswith("gpt"):
+        model = ShoestringGPTForCausalLM(ShoestringGPTConfig(**{**GPT[family], **kw}))
     else:
         raise ValueError(family)
     for p in model.parameters():  # biases are zero-initialised: make them count
@@ -129,9 +142,17 @@ def compare_steps(model: torch.nn.Module, steps: int = 6, store=None, atol: floa
     return worst
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_bias_rope", "qwen2", "mistral"])
-def test_lean_step_equals_transformers_forward(family: str) -> None:
+@pytest.mark.parametrize("family", ["llama", "llama_bias_rope", "qwen2", "mistral", *sorted(GPT)])
+def test_lean_step_equals_the_models_forward(family: str) -> None:
     compare_steps(make(family))
+
+
+@pytest.mark.parametrize("family", ["gpt_rope", "gpt_llama_like"])
+def test_gpt_under_bf16(family: str) -> None:
+    """bf16 autocast and bf16 weights: the GPT attends in fp32 on a CPU, as its forward does."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compare_steps(make(family), atol=0.05)
+    compare_steps(make(family).to(torch.bfloat16), atol=0.05)
 
 
 @pytest.mark.parametrize("fuse", [True, False])
@@ -185,11 +206,16 @@ def test_refuses_what_it_cannot_reproduce() -> None:
     hooked = make("llama")
     hooked.model.layers[0].mlp.register_forward_hook(lambda *a: None)
     assert LeanDecoder.build(hooked) is None
+    low_rank = make("gpt_baseline", q_lora_rank=8, kv_lora_rank=8)
+    assert LeanDecoder.build(low_rank) is None
+    decoupled = make("gpt_rope", qk_rope_head_dim=4)
+    assert LeanDecoder.build(decoupled) is None
 
 
-def test_generation_engine_same_tokens_with_and_without_lean_step() -> None:
+@pytest.mark.parametrize("family", ["qwen2", "gpt_baseline"])
+def test_generation_engine_same_tokens_with_and_without_lean_step(family: str) -> None:
     tok = char_tokenizer()
-    model = make("qwen2", vocab_size=len(tok))
+    model = make(family, vocab_size=len(tok))
     prompts = ["Question: 2+2?", "Hi", "a b c d e f g h"]
     outs = []
     for lean in (True, False):

@@ -1,4 +1,5 @@
-"""A lean one-token decode step for Llama-family models (Llama, Qwen2, Mistral).
+"""A lean one-token decode step for Llama-family models (Llama, Qwen2, Mistral) and the
+shoestring GPT's plain variants.
 
 Why: a decode step of a small model on a CPU is mostly overhead, not arithmetic. For a 3.3M-
 parameter Qwen2 (hidden 256, 4 layers) and 16 rows, the transformers forward takes ~2.8 ms a
@@ -8,17 +9,20 @@ small models spend most of their time there.
 
 :class:`LeanDecoder` runs the same arithmetic with less around it: the model's own weights
 (q/k/v and gate/up concatenated into one product each when the copy is small), one attention
-mask per step for all layers, the model's own rotary module, and the engine's KV cache updated
-through its public ``update``. Anything it does not recognise - another architecture,
-sliding-window layers, hooks, wrapped embeddings - makes :meth:`LeanDecoder.build` return
-``None`` and the engine uses the transformers forward; a linear layer it cannot read (peft
-LoRA, quantised) is called as its own module. The tests check its logits against the
-transformers forward for each supported family, with and without biases, grouped heads, RoPE
-scaling, bf16 with the CPU's fp32 cache, autocast, and peft LoRA layers.
+mask per step for all layers, the model's own rotary embedding, and the engine's KV cache
+updated through its public ``update``. Anything it does not recognise - another architecture,
+sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks, wrapped
+embeddings - makes :meth:`LeanDecoder.build` return ``None`` and the engine uses the model's
+own forward; a linear layer it cannot read (peft LoRA, quantised) is called as its own module.
+The tests check its logits against the model's forward for each supported family and variant,
+with and without biases, grouped heads, RoPE scaling, bf16 with the CPU's fp32 cache, autocast,
+and peft LoRA layers.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,10 +31,14 @@ from torch import nn
 
 # Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
 # x + down(silu(gate) * up) of rmsnorm(x), with HF's rotate-half RoPE.
-SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+LLAMA_FAMILY = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+SHOESTRING_GPT = "ShoestringGPTForCausalLM"
+SUPPORTED = LLAMA_FAMILY | {SHOESTRING_GPT}
 # Concatenating q/k/v (and gate/up) costs a copy of those weights per generation call; above
 # this size the products are large enough that one fused launch saves nothing measurable.
 FUSE_MAX_BYTES = 128 * 2**20
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _plain_linear(m: Any) -> bool:
@@ -42,7 +50,7 @@ class _Proj:
 
     Fused (one concatenated weight) when every part is a plain ``nn.Linear`` and the copy is
     allowed; otherwise each part is called as its own module (peft LoRA layers, quantised
-    layers), which is exactly what the transformers forward does."""
+    layers), which is exactly what the model's forward does."""
 
     def __init__(self, mods: list[Any], fuse: bool) -> None:
         self.mods = mods
@@ -68,6 +76,12 @@ class _Proj:
             return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
         return [m(x) for m in self.mods]
 
+    def fused(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The whole concatenated output, where the parts are fused (else ``None``)."""
+        if self.weight is None or len(self.sizes) == 1:
+            return None
+        return F.linear(x, self.weight, self.bias)
+
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' LlamaRMSNorm: fp32 statistics, weight applied in the input dtype. In fp32
@@ -86,42 +100,31 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _hooked(m: Any) -> bool:
+    return bool(
+        getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks
+    )
+
+
+# ----------------------------------------------------------------------------- Llama family
+
 _RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
 
 
-def _norm_params(m: Any) -> tuple[torch.Tensor, float] | None:
-    """(weight, eps) of a transformers RMSNorm this module can replace, else ``None``."""
+def _llama_norm(m: Any) -> Norm | None:
+    """A transformers RMSNorm as a function, or ``None`` if this module is something else."""
     weight = getattr(m, "weight", None)
     eps = getattr(m, "variance_epsilon", None)
     if not isinstance(weight, torch.Tensor) or not isinstance(eps, float):
         return None
-    if m._forward_hooks or m._forward_pre_hooks or type(m).__name__ not in _RMS_NORMS:
+    if type(m).__name__ not in _RMS_NORMS:
         return None
-    return weight, eps
+    return lambda x: _rms_norm(x, weight, eps)
 
 
-class _Layer:
-    def __init__(self, layer: Any, fuse: bool) -> None:
-        attn, mlp = layer.self_attn, layer.mlp
-        n1 = _norm_params(layer.input_layernorm)
-        n2 = _norm_params(layer.post_attention_layernorm)
-        assert n1 is not None and n2 is not None  # checked by _supported
-        self.n1, self.n2 = n1, n2
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse)
-        self.o = _Proj([attn.o_proj], False)
-        self.gate_up = _Proj([mlp.gate_proj, mlp.up_proj], fuse)
-        self.down = _Proj([mlp.down_proj], False)
-        self.scaling = float(attn.scaling)
-
-
-def _supported(model: Any) -> str | None:
-    """``None`` when the lean step reproduces this model's forward, else the reason not."""
-    if type(model).__name__ not in SUPPORTED:
-        return f"architecture {type(model).__name__}"
-    cfg = getattr(model, "config", None)
-    inner = getattr(model, "model", None)
-    if cfg is None or inner is None or not hasattr(inner, "layers"):
-        return "no decoder layers"
+def _llama_unsupported(model: Any) -> str | None:
+    cfg = model.config
+    inner = model.model
     if getattr(cfg, "hidden_act", None) != "silu":
         return f"activation {getattr(cfg, 'hidden_act', None)}"
     if (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
@@ -136,34 +139,114 @@ def _supported(model: Any) -> str | None:
         "shoestring_cpu_fp32_sdpa",
     ):
         return f"attention implementation {cfg._attn_implementation}"
-    for m in model.modules():
-        if getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks:
-            return "module hooks (offloading, instrumentation, input grads)"
-    if type(inner.embed_tokens) is not nn.Embedding or not _plain_linear(model.lm_head):
-        return "wrapped embedding or output layer"
-    if _norm_params(inner.norm) is None:
+    if _llama_norm(inner.norm) is None:
         return "final norm"
     for layer in inner.layers:
-        attn = layer.self_attn
-        if getattr(attn, "sliding_window", None):
+        if getattr(layer.self_attn, "sliding_window", None):
             return "sliding-window attention"
-        if _norm_params(layer.input_layernorm) is None:
+        if _llama_norm(layer.input_layernorm) is None:
             return "layer norm"
-        if _norm_params(layer.post_attention_layernorm) is None:
+        if _llama_norm(layer.post_attention_layernorm) is None:
             return "layer norm"
-        if not hasattr(layer.mlp, "gate_proj"):
+        if not all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
             return "MLP layout"
     return None
 
 
-def _fused_bytes(inner: Any) -> int:
-    total = 0
+# ----------------------------------------------------------------------------- shoestring GPT
+
+
+def _gpt_norm(m: Any) -> Norm | None:
+    if type(m) is nn.LayerNorm:
+        return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+    if type(m).__name__ == "ShoestringRMSNorm":
+        weight, shape, eps = m.weight, m.normalized_shape, m.eps
+
+        def rms(x: torch.Tensor) -> torch.Tensor:
+            w = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
+            return F.rms_norm(x, shape, w, eps)
+
+        return rms
+    return None
+
+
+def _gpt_unsupported(model: Any) -> str | None:
+    cfg = model.config
+    if cfg.q_lora_rank or cfg.kv_lora_rank:
+        return "low-rank q/kv projections"
+    if cfg.qk_rope_head_dim:
+        return "decoupled RoPE"
+    inner = model.model
+    if _gpt_norm(inner.norm) is None:
+        return "final norm"
     for layer in inner.layers:
+        if _gpt_norm(layer.input_layernorm) is None:
+            return "layer norm"
+        if _gpt_norm(layer.post_attention_layernorm) is None:
+            return "layer norm"
+        mlp = layer.mlp
+        if mlp.kind == "gelu" and (
+            type(mlp.act) is not nn.GELU or getattr(mlp.act, "approximate", "none") != "none"
+        ):
+            return "GELU variant"
+    return None
+
+
+def _supported(model: Any) -> str | None:
+    """``None`` when the lean step reproduces this model's forward, else the reason not."""
+    name = type(model).__name__
+    if name not in SUPPORTED:
+        return f"architecture {name}"
+    cfg = getattr(model, "config", None)
+    inner = getattr(model, "model", None)
+    if cfg is None or inner is None or not hasattr(inner, "layers"):
+        return "no decoder layers"
+    if any(_hooked(m) for m in model.modules()):
+        return "module hooks (offloading, instrumentation, input grads)"
+    if type(inner.embed_tokens) is not nn.Embedding or not _plain_linear(model.lm_head):
+        return "wrapped embedding or output layer"
+    return _gpt_unsupported(model) if name == SHOESTRING_GPT else _llama_unsupported(model)
+
+
+def _fused_bytes(model: Any) -> int:
+    total = 0
+    for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
-        for mods in ((a.q_proj, a.k_proj, a.v_proj), (m.gate_proj, m.up_proj)):
+        groups = [(a.q_proj, a.k_proj, a.v_proj)]
+        if hasattr(m, "gate_proj"):
+            groups.append((m.gate_proj, m.up_proj))
+        for mods in groups:
             if all(_plain_linear(x) for x in mods):
                 total += sum(x.weight.numel() * x.weight.element_size() for x in mods)
     return total
+
+
+class _Layer:
+    def __init__(self, layer: Any, gpt: bool, fuse: bool) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        make_norm = _gpt_norm if gpt else _llama_norm
+        n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
+        assert n1 is not None and n2 is not None  # checked by _supported
+        self.norm1, self.norm2 = n1, n2
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse)
+        self.o = _Proj([attn.o_proj], False)
+        self.swiglu = hasattr(mlp, "gate_proj") and (not gpt or mlp.kind == "swiglu")
+        if self.swiglu:
+            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse)
+            self.down = _Proj([mlp.down_proj], False)
+        else:  # the GPT's GELU MLP: fc -> GELU -> proj
+            self.up = _Proj([mlp.fc], False)
+            self.down = _Proj([mlp.proj], False)
+        if gpt:
+            self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
+        else:
+            self.scaling = float(attn.scaling)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.up(x)
+            return self.down(F.silu(gate) * up)[0]
+        return self.down(F.gelu(self.up(x)[0]))[0]
 
 
 class LeanDecoder:
@@ -172,27 +255,51 @@ class LeanDecoder:
 
     def __init__(self, model: Any, fuse: bool) -> None:
         self.model = model
+        self.gpt = type(model).__name__ == SHOESTRING_GPT
         inner = model.model
         self.inner = inner
         cfg = model.config
-        attn0 = inner.layers[0].self_attn
-        self.n_heads = int(cfg.num_attention_heads)
-        self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
-        self.head_dim = int(attn0.head_dim)
-        self.layers = [_Layer(layer, fuse) for layer in inner.layers]
-        norm = _norm_params(inner.norm)
+        if self.gpt:
+            self.n_heads = self.n_kv = int(cfg.n_heads)
+            self.head_dim, self.v_head_dim = int(cfg.head_dim), int(cfg.value_head_dim)
+            self.rope = cfg.position == "rope"
+            norm = _gpt_norm(inner.norm)
+        else:
+            attn0 = inner.layers[0].self_attn
+            self.n_heads = int(cfg.num_attention_heads)
+            self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+            self.head_dim = self.v_head_dim = int(attn0.head_dim)
+            self.rope = True
+            norm = _llama_norm(inner.norm)
         assert norm is not None
-        self.norm_w, self.norm_eps = norm
+        self.final_norm = norm
+        self.layers = [_Layer(layer, self.gpt, fuse) for layer in inner.layers]
         self.fused = fuse
 
     @classmethod
     def build(cls, model: Any, fuse: bool | None = None) -> LeanDecoder | None:
-        """A decoder for ``model``, or ``None`` where only the transformers forward is right."""
+        """A decoder for ``model``, or ``None`` where only the model's own forward is right."""
         if _supported(model) is not None:
             return None
         if fuse is None:
-            fuse = _fused_bytes(model.model) <= FUSE_MAX_BYTES
+            fuse = _fused_bytes(model) <= FUSE_MAX_BYTES
         return cls(model, fuse)
+
+    def _embed(
+        self, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Hidden states [B, 1, D] and cos/sin [B, 1, 1, d] (``None`` without RoPE)."""
+        h = F.embedding(input_ids[:, None], self.inner.embed_tokens.weight)
+        pos = positions[:, None]
+        if not self.gpt:
+            cos, sin = self.inner.rotary_emb(h, pos)  # [B, 1, d] in h's dtype
+            return h, (cos[:, None], sin[:, None])
+        if self.inner.embed_positions is not None:
+            h = h + F.embedding(pos, self.inner.embed_positions.weight)
+        if not self.rope:
+            return h, None
+        cos, sin = self.inner._rope_cos_sin(pos, h.device)  # fp32 [B, 1, 1, d]
+        return h, (cos, sin)
 
     def step(
         self,
@@ -205,47 +312,67 @@ class LeanDecoder:
         [B]; ``mask`` [B, T] covers the cache plus this token (1 = attend). Appends this
         token's keys and values to ``cache`` (a transformers ``Cache``)."""
         b = input_ids.shape[0]
-        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
-        h = F.embedding(input_ids[:, None], self.inner.embed_tokens.weight)  # [B, 1, D]
-        cos, sin = self.inner.rotary_emb(h, positions[:, None])  # [B, 1, d]
-        cos, sin = cos[:, None], sin[:, None]  # [B, 1, 1, d]: broadcast over heads
+        hq, hkv, d, dv = self.n_heads, self.n_kv, self.head_dim, self.v_head_dim
+        h, rope = self._embed(input_ids, positions)
         attn_mask = mask[:, None, None, :].bool()  # [B, 1, 1, T], shared by every layer
         for i, layer in enumerate(self.layers):
-            x = _rms_norm(h, *layer.n1)
-            # [B, 1, heads, d]: RoPE on q and k (dtypes promoted as transformers does); one
-            # rotation for both where they are adjacent columns of one fused product
-            if layer.qkv.weight is not None:
-                y = F.linear(x, layer.qkv.weight, layer.qkv.bias)
+            x = layer.norm1(h)
+            # q/k as [B, 1, heads, d]; RoPE on both with one rotation where they are adjacent
+            # columns of the fused product (dtypes as the model's own forward gets them)
+            y = layer.qkv.fused(x)
+            if y is not None:
                 qk = y[..., : (hq + hkv) * d].view(b, 1, hq + hkv, d)
-                qk = qk * cos + _rotate_half(qk) * sin
-                q, k = qk.split([hq, hkv], dim=2)
                 v = y[..., (hq + hkv) * d :]
+                if rope is not None:
+                    qk = self._rotate(qk, rope)
+                q, k = qk.split([hq, hkv], dim=2)
             else:
                 q, k, v = layer.qkv(x)
-                q = q.view(b, 1, hq, d)
-                k = k.view(b, 1, hkv, d)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+                q, k = q.view(b, 1, hq, d), k.view(b, 1, hkv, d)
+                if rope is not None:
+                    q, k = self._rotate(q, rope), self._rotate(k, rope)
             keys, values = cache.update(
-                k.transpose(1, 2), v.view(b, 1, hkv, d).transpose(1, 2), i
+                k.transpose(1, 2), v.view(b, 1, hkv, dv).transpose(1, 2), i
             )  # [B, hkv, T, d]
-            # attention of the one new query over the cache; in the cache's dtype (fp32 for the
-            # CPU's fp32 cache of a bf16 model, as the engine's registered attention does)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2).to(keys.dtype),
+            out = self._attend(q.transpose(1, 2), keys, values, attn_mask, layer.scaling)
+            h = h + layer.o(out.transpose(1, 2).reshape(b, 1, hq * dv).to(x.dtype))[0]
+            h = h + layer.mlp(layer.norm2(h))
+        h = self.final_norm(h)
+        head = self.model.lm_head
+        return F.linear(h[:, -1], head.weight, head.bias).float()
+
+    def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        cos, sin = rope
+        if self.gpt:  # the GPT casts cos/sin to the activations' dtype first
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return x * cos + _rotate_half(x) * sin
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        attn_mask: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """Attention of the one new query [B, hq, 1, d] over the cache, in the cache's dtype
+        (fp32 for the CPU's fp32 cache of a bf16 model, as the engine's registered attention
+        does); the GPT upcasts bf16 attention on a CPU to fp32, as its forward does."""
+        upcast = self.gpt and q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if upcast:
+            q, keys, values = q.float(), keys.float(), values.float()
+        else:
+            q = q.to(keys.dtype)
+        ctx = torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext()
+        with ctx:
+            return F.scaled_dot_product_attention(
+                q,
                 keys,
                 values,
                 attn_mask=attn_mask,
-                scale=layer.scaling,
-                enable_gqa=hkv != hq,
+                scale=scale,
+                enable_gqa=keys.shape[1] != q.shape[1],
             )
-            out = out.transpose(1, 2).reshape(b, 1, hq * d).to(x.dtype)
-            h = h + layer.o(out)[0]
-            x = _rms_norm(h, *layer.n2)
-            gate, up = layer.gate_up(x)
-            h = h + layer.down(F.silu(gate) * up)[0]
-        h = _rms_norm(h, self.norm_w, self.norm_eps)
-        return F.linear(h[:, -1], self.model.lm_head.weight, self.model.lm_head.bias).float()
 
 
 __all__ = ["FUSE_MAX_BYTES", "SUPPORTED", "LeanDecoder"]
