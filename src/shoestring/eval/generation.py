@@ -353,12 +353,21 @@ if DynamicLayer is not None:
             self._views()
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep rows ``indices``; only the filled positions are copied (the reserve past
+            them is allocated, not copied: early in a batch it is most of the buffer)."""
             if self._kbuf is None or self._vbuf is None:
                 return
             idx = indices.to(self._kbuf.device)
-            self._kbuf = self._kbuf.index_select(0, idx)
-            self._vbuf = self._vbuf.index_select(0, idx)
+            self._kbuf = self._select(self._kbuf, idx)
+            self._vbuf = self._select(self._vbuf, idx)
             self._views()
+
+        def _select(self, buf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            if 2 * self._len >= buf.shape[2]:
+                return buf.index_select(0, idx)
+            out = buf.new_empty((idx.numel(), *buf.shape[1:]))
+            torch.index_select(buf[:, :, : self._len], 0, idx, out=out[:, :, : self._len])
+            return out
 
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             self.batch_select_indices(beam_idx)
