@@ -1,0 +1,46 @@
+"""The GRPO benchmark scripts run end to end on tiny shapes (they are user-facing commands;
+these keep them from rotting). Timings are printed, never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_SHAPE = ["--hidden", "32", "--intermediate", "64", "--layers", "1", "--heads", "2"]
+TINY_SHAPE += ["--kv-heads", "1", "--vocab", "600"]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_grpo_step_time_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("grpo_step_time")
+    args = ["--steps", "1", "--dataset", "synthetic", "--threads", "1", *TINY_SHAPE]
+    args += ["--set", "max_completion_length=8", "--set", "per_device_train_batch_size=8"]
+    args += ["--set", "gradient_accumulation_steps=1"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "step 1:" in out and "peak resident memory" in out
+
+
+def test_grpo_vs_trl_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("trl")
+    bench = _load("grpo_vs_trl")
+    args = ["--steps", "2", "--rounds", "1", "--prompt-source", "synthetic", "--threads", "1"]
+    args += ["--prompts", "16", "--max-completion-length", "8", *TINY_SHAPE]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "ratio TRL/shoestring" in out and "median split" in out
