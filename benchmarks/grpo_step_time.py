@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from grpo_vs_trl import build_tokenizer, load_questions
+    from grpo_vs_trl import build_model, build_tokenizer, load_questions
     from shoestring.rl.config import grpo_config
     from shoestring.rl.grpo import train_grpo
     from shoestring.runs.rundir import read_metrics
@@ -64,24 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = load_questions(args.dataset, 256)
         t0 = time.perf_counter()
         tok = build_tokenizer(work / "model", args.vocab, rows)
-        torch.manual_seed(0)
-        cfg = Qwen2Config(
-            vocab_size=args.vocab,  # the real vocabulary size: it sets the head's cost
-            hidden_size=args.hidden,
-            intermediate_size=args.intermediate,
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.heads,
-            num_key_value_heads=args.kv_heads,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=tok.eos_token_id,
-        )
-        model = Qwen2ForCausalLM(cfg)
-        n_params = sum(x.numel() for x in model.parameters())
-        model.save_pretrained(work / "model")
-        del model
+        n_params = build_model(work / "model", tok, args, vocab_size=args.vocab)
         print(
             f"model: Qwen2 shape, random weights, {n_params / 1e6:.1f}M parameters (vocab "
             f"{args.vocab}; the tokenizer has {len(tok)} entries); built in "

@@ -71,13 +71,18 @@ def build_tokenizer(out: Path, vocab_size: int, rows: list[dict[str, str]]) -> A
     return tok
 
 
-def build_model(out: Path, tok: Any, args: argparse.Namespace) -> None:
+def build_model(
+    out: Path, tok: Any, args: argparse.Namespace, vocab_size: int | None = None
+) -> int:
+    """A randomly initialised Qwen2 of ``args``' shape saved to ``out``; its vocabulary is the
+    tokenizer's unless ``vocab_size`` sets a real model's (the head's cost depends on it).
+    Returns the parameter count."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     cfg = Qwen2Config(
-        vocab_size=len(tok),
+        vocab_size=vocab_size or len(tok),
         hidden_size=args.hidden,
         intermediate_size=args.intermediate,
         num_hidden_layers=args.layers,
@@ -89,7 +94,9 @@ def build_model(out: Path, tok: Any, args: argparse.Namespace) -> None:
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.eos_token_id,
     )
-    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    model = Qwen2ForCausalLM(cfg)
+    model.save_pretrained(out)
+    return sum(p.numel() for p in model.parameters())
 
 
 def load_questions(source: str, n: int) -> list[dict[str, str]]:
