@@ -32,6 +32,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from grpo_vs_trl import add_shape_options  # noqa: E402 - a sibling script, found via sys.path
+
+#: Qwen2.5-0.5B-Instruct's shape (494M parameters with tied embeddings)
+QWEN25_05B = {
+    "hidden": 896,
+    "intermediate": 4864,
+    "layers": 24,
+    "heads": 14,
+    "kv_heads": 2,
+    "vocab": 151936,
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -41,12 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     p.add_argument("--lora-rank", type=int, default=16, help="0 = full fine-tune")
     p.add_argument("--dataset", default="gsm8k", help="gsm8k or gsm8k:PATH (questions)")
-    p.add_argument("--hidden", type=int, default=896)
-    p.add_argument("--intermediate", type=int, default=4864)
-    p.add_argument("--layers", type=int, default=24)
-    p.add_argument("--heads", type=int, default=14)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=151936)
+    add_shape_options(p, **QWEN25_05B)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GRPO field")
     p.add_argument("--keep", action="store_true", help="keep the model and run directory")
     args = p.parse_args(argv)

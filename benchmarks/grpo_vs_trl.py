@@ -99,6 +99,24 @@ def build_model(
     return sum(p.numel() for p in model.parameters())
 
 
+#: the benchmark's default model shape (random weights)
+SMALL_QWEN2 = {
+    "hidden": 256,
+    "intermediate": 704,
+    "layers": 4,
+    "heads": 4,
+    "kv_heads": 2,
+    "vocab": 2048,
+}
+
+
+def add_shape_options(p: argparse.ArgumentParser, **defaults: int) -> None:
+    """--hidden, --intermediate, --layers, --heads, --kv-heads, --vocab of the Qwen2 that
+    :func:`build_model` builds, with these defaults."""
+    for name, value in defaults.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=value)
+
+
 def load_questions(source: str, n: int) -> list[dict[str, str]]:
     """``synthetic``: level-2 synthetic problems (~50-token prompts); ``gsm8k`` or
     ``gsm8k:PATH``: the first ``n`` GSM8K train problems (shared/data/gsm8k by default)."""
@@ -263,12 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "chat model (Qwen2.5-Instruct) is prompted (default: on for GSM8K); a --model's "
         "tokenizer needs a template",
     )
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--intermediate", type=int, default=704)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=2048)
+    add_shape_options(p, **SMALL_QWEN2)
     p.add_argument(
         "--model",
         help="an existing HF model directory (e.g. a shoestring run's model/) instead of the "

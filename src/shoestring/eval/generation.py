@@ -89,7 +89,7 @@ class SamplingConfig:
     group_prefill: bool = opt(True, "prefill prompts of similar length together (less padding)")
     cpu_fp32_attention: bool = opt(True, "bf16/fp16 model on CPU: fp32 KV cache and attention")
     lean_decode: bool = opt(
-        True, "Llama/Qwen2/Mistral: decode steps skip the transformers forward's overhead"
+        True, "Llama/Qwen2/Mistral/shoestring GPT: decode steps skip the forward's overhead"
     )
 
     def check(self) -> SamplingConfig:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shoestring.models.gpt import _apply_rope, _rotate_half
+
 # Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
 # x + down(silu(gate) * up) of rmsnorm(x), with HF's rotate-half RoPE.
 LLAMA_FAMILY = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
@@ -83,23 +85,6 @@ class _Proj:
         return F.linear(x, self.weight, self.bias)
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm: fp32 statistics, weight applied in the input dtype. In fp32
-    that is exactly torch's fused ``rms_norm`` (one kernel instead of seven); otherwise it is
-    done op for op, so the lean step gives the same numbers."""
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _hooked(m: Any) -> bool:
     return bool(
         getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks
@@ -112,14 +97,11 @@ _RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
 
 
 def _llama_norm(m: Any) -> Norm | None:
-    """A transformers RMSNorm as a function, or ``None`` if this module is something else."""
-    weight = getattr(m, "weight", None)
-    eps = getattr(m, "variance_epsilon", None)
-    if not isinstance(weight, torch.Tensor) or not isinstance(eps, float):
-        return None
+    """A transformers RMSNorm's own ``forward`` (called without module dispatch), or ``None``
+    if this module is something else."""
     if type(m).__name__ not in _RMS_NORMS:
         return None
-    return lambda x: _rms_norm(x, weight, eps)
+    return m.forward
 
 
 def _llama_unsupported(model: Any) -> str | None:
@@ -157,16 +139,9 @@ def _llama_unsupported(model: Any) -> str | None:
 
 
 def _gpt_norm(m: Any) -> Norm | None:
-    if type(m) is nn.LayerNorm:
-        return lambda x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
-    if type(m).__name__ == "ShoestringRMSNorm":
-        weight, shape, eps = m.weight, m.normalized_shape, m.eps
-
-        def rms(x: torch.Tensor) -> torch.Tensor:
-            w = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
-            return F.rms_norm(x, shape, w, eps)
-
-        return rms
+    """The GPT's LayerNorm or ShoestringRMSNorm ``forward``, or ``None`` for anything else."""
+    if type(m) is nn.LayerNorm or type(m).__name__ == "ShoestringRMSNorm":
+        return m.forward
     return None
 
 
@@ -230,7 +205,7 @@ class _Layer:
         self.norm1, self.norm2 = n1, n2
         self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse)
         self.o = _Proj([attn.o_proj], False)
-        self.swiglu = hasattr(mlp, "gate_proj") and (not gpt or mlp.kind == "swiglu")
+        self.swiglu = not gpt or mlp.kind == "swiglu"
         if self.swiglu:
             self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse)
             self.down = _Proj([mlp.down_proj], False)
@@ -343,9 +318,9 @@ class LeanDecoder:
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
-        if self.gpt:  # the GPT casts cos/sin to the activations' dtype first
-            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        return x * cos + _rotate_half(x) * sin
+        if self.gpt:  # the GPT's own rotation (cos/sin cast to the activations' dtype)
+            return _apply_rope(x, cos, sin)
+        return x * cos + _rotate_half(x) * sin  # transformers': dtypes promoted
 
     def _attend(
         self,

@@ -90,11 +90,16 @@ def build_optimizer(
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    kwargs: dict[str, Any] = {"lr": cfg.train.lr, "betas": (cfg.train.beta1, cfg.train.beta2)}
+    return adamw(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+
+
+def adamw(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW as one fused kernel for all parameters (CPU and CUDA); the per-tensor loop where
+    this torch or device has no fused kernel."""
     try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
 
 
 @dataclass
