@@ -1,9 +1,10 @@
-"""The GRPO benchmark scripts run end to end on tiny shapes (they are user-facing commands;
-these keep them from rotting). Timings are printed, never asserted."""
+"""The GRPO and decode-step benchmark scripts run end to end on tiny shapes (they are user-
+facing commands; these keep them from rotting). Timings are printed, never asserted."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -44,3 +45,12 @@ def test_grpo_vs_trl_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "ratio TRL/shoestring" in out and "median split" in out
+
+
+def test_decode_step_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("decode_step")
+    assert bench.main(["--threads", "1", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sampling 16 x") == 3 and out.count("decode step,") == 2
+    diffs = [float(x) for x in re.findall(r"max \|logit diff\| ([0-9.e+-]+)\)", out)]
+    assert len(diffs) == 2 and max(diffs) < 1e-4  # lean step and forward agree (fp32)

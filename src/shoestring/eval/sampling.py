@@ -2,9 +2,10 @@
 
 Why not ``torch.multinomial``? On a CPU it draws one exponential variate per vocabulary entry
 (the "exponential race"), single-threaded: 42 ms per decode step for 16 rows of Qwen2's
-151,936-token vocabulary on a 2-core Xeon, more than the forward pass of a small model and a
-tenth of a Qwen2.5-0.5B step. :func:`sample_categorical` draws one uniform number per row and
-inverts the cumulative distribution instead (1.8 ms there, 0.13 ms at 2,048 tokens). It is exact,
+151,936-token vocabulary on a 2-core Xeon, more than the forward pass of a small model.
+:func:`sample_categorical` draws one uniform number per row and inverts the cumulative
+distribution instead: 3.9 ms there (11x), 0.14 ms at 2,048 tokens (4x), measured interleaved by
+``benchmarks/decode_step.py``. It is exact,
 not an approximation: the cumulative sums run in float64, over blocks of the vocabulary and then
 inside the chosen block, so even a token of probability 1e-12 keeps its share (a single fp32
 cumsum over 150k entries would round every probability to a multiple of ~6e-8). A token of

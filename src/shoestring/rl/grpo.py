@@ -506,8 +506,8 @@ class GRPOTrainer:
             )
         # Sampling on a CPU runs in the weights' dtype (bf16 for LoRA's frozen base, fp32 for a
         # full fine-tune): bf16 autocast would re-cast every fp32 weight at every decode step,
-        # which measured 1.3-1.45x slower than plain fp32 decoding on a 2-core Xeon with AMX
-        # (16 rows; 3M-, 4M- and 121M-parameter models). Training still runs under autocast.
+        # which measured 1.5x slower than plain fp32 decoding on a 2-core Xeon with AMX (16
+        # rows, benchmarks/decode_step.py). Training still runs under autocast.
         cpu = self.device.type == "cpu"
         self.gen_dtype = "bf16" if self.runtime.dtype == "bf16" and not cpu else "auto"
 
