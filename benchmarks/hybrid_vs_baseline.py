@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from shoestring.cli import add_set_option
+from shoestring.cli_options import add_set_option
 from shoestring.config import RunConfig, build_run_config
 from shoestring.runs.rundir import atomic_write_json, host_info, now_iso, read_metrics
 from shoestring.train.loop import Trainer, train

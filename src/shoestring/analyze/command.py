@@ -12,7 +12,7 @@ import json
 import re
 import sys
 
-from shoestring.cli import add_set_option
+from shoestring.cli_options import add_set_option
 from shoestring.errors import UserError
 
 __all__ = ["add_cli", "parse_count", "run_cli"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shoestring.cli import add_set_option, shortcut_overrides
+from shoestring.cli_options import add_set_option, shortcut_overrides
 from shoestring.config import read_config_file
 from shoestring.errors import UserError
 

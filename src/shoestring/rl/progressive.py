@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli import add_set_option
+from shoestring.cli_options import add_set_option
 from shoestring.config import (
     ConfigError,
     apply_dict,

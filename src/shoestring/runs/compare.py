@@ -26,12 +26,12 @@ from typing import Any
 from shoestring.errors import UserError
 from shoestring.runs.findings import all_findings
 from shoestring.runs.html import render_html
-from shoestring.runs.kinds import RunInfo, load_runs
+from shoestring.runs.kinds import RunInfo, load_run, load_runs
 from shoestring.runs.report import Report, render_markdown, report_to_dict
 from shoestring.runs.rundir import atomic_write_text, now_iso, read_json
 from shoestring.runs.sections import SectionContext, build_sections, run_record
 
-__all__ = ["add_cli", "build_report", "compare", "run"]
+__all__ = ["add_cli", "build_report", "compare", "run", "write_run_report"]
 
 
 def _intro(runs: list[RunInfo]) -> list[str]:
@@ -127,6 +127,20 @@ def compare(
         atomic_write_text(out_path / "report.html", render_html(report, out_path))
         atomic_write_text(out_path / "report.json", json.dumps(data, indent=2, default=str) + "\n")
     return report, data
+
+
+def write_run_report(run_dir: str | Path, title: str | None = None) -> Path:
+    """A command's own ``report.md``: the sections ``compare`` renders, for this one directory.
+
+    Every command writes its report through here, so a run's report and a comparison that
+    includes the run show the same tables built by the same code.
+    """
+    path = Path(run_dir)
+    runs = [load_run(path)]
+    report = build_report(runs, None, title)
+    target = path / "report.md"
+    atomic_write_text(target, render_markdown(report))
+    return target
 
 
 def run(args: argparse.Namespace) -> int:

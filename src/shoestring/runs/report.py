@@ -25,6 +25,8 @@ __all__ = [
     "Table",
     "fmt",
     "fmt_int",
+    "fmt_mib",
+    "fmt_millions",
     "render_markdown",
     "report_to_dict",
 ]
@@ -111,6 +113,16 @@ def fmt(x: Any, spec: str = ".1f", unit: str = "") -> str:
 
 def fmt_int(x: Any) -> str:
     return "-" if x is None else f"{int(x):,}"
+
+
+def fmt_mib(b: Any) -> str:
+    """Bytes as MiB with thousands separators ("1,234.5"); None prints as a dash."""
+    return "-" if b is None else f"{float(b) / 2**20:,.1f}"
+
+
+def fmt_millions(n: Any) -> str:
+    """A count in millions ("12.35M"), for parameter counts; None prints as a dash."""
+    return "-" if n is None else f"{float(n) / 1e6:.2f}M"
 
 
 def _md_cell(text: str) -> str:

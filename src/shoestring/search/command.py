@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli import add_set_option
+from shoestring.cli_options import add_set_option
 from shoestring.config import list_variants
 from shoestring.errors import UserError
 from shoestring.search.location import DEFAULT_HEARTBEAT, redact, sqlite_url

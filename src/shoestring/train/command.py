@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shoestring.cli import add_set_option, shortcut_overrides
+from shoestring.cli_options import add_set_option, shortcut_overrides
 from shoestring.config import (
     RunConfig,
     apply_override,

@@ -1,0 +1,126 @@
+"""One run lifecycle for every command: start, monitor, signals, status and summary.
+
+Why one context manager: before it, train, bench, grpo, progressive, analyze and search each
+wrote their own SIGTERM handler, monitor thread and status bookkeeping, and each got a
+different corner wrong. :class:`RunLifecycle` owns all of it::
+
+    rundir = RunDir(path, "bench")
+    with RunLifecycle(rundir, config=to_dict(cfg), summary=lambda: {"steps": state.step}) as life:
+        ...                     # the command's work
+        life.fields["extra"] = 1  # merged into summary.json at the end
+
+On entry it writes ``config.json`` and a ``running`` summary (versions, host), starts the
+:class:`~shoestring.runs.monitor.SystemMonitor` thread and turns SIGTERM into
+``KeyboardInterrupt`` (only where no handler was installed, and only in the main thread). On
+exit it decides the status - ``finished``; ``interrupted`` on Ctrl-C or SIGTERM; ``failed``
+on any other exception, with its message - unless the body chose one with
+:meth:`RunLifecycle.set_status`, restores the signal handler, stops the monitor, and writes
+the final summary (``summary()`` is called then, so it sees the end state). Exceptions are
+never swallowed: the caller still sees them. With ``rundir=None`` (a DDP rank other than 0)
+only the signal handling applies.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
+
+from shoestring.runs.monitor import SystemMonitor
+from shoestring.runs.rundir import STATUSES, RunDir
+
+__all__ = ["RunLifecycle", "raise_keyboard_interrupt"]
+
+
+def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: stop the way Ctrl-C does, so the same cleanup runs."""
+    raise KeyboardInterrupt
+
+
+class RunLifecycle:
+    """Context manager that owns a run directory's status from ``running`` to the end."""
+
+    def __init__(
+        self,
+        rundir: RunDir | None,
+        *,
+        config: dict[str, Any] | None = None,
+        start_fields: dict[str, Any] | None = None,
+        summary: Callable[[], dict[str, Any]] | None = None,
+        monitor_interval: float = 0.5,
+        close: bool = True,
+    ) -> None:
+        self.rundir = rundir
+        self.config = config
+        self.start_fields = start_fields or {}
+        self.summary = summary
+        self.monitor_interval = monitor_interval
+        self.close_on_exit = close
+        self.fields: dict[str, Any] = {}
+        self.status: str | None = None
+        self.error: str | None = None
+        self.monitor: SystemMonitor | None = None
+        self._prev_handler: Any = None
+        self._installed = False
+        self._t0 = 0.0
+
+    # -- the body's say
+    def set_status(self, status: str, error: str | None = None) -> None:
+        """Choose the final status (e.g. ``pruned``, or ``failed`` for a handled error)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+        self.status, self.error = status, error
+
+    @property
+    def wall_seconds(self) -> float:
+        """Seconds since the lifecycle started."""
+        return time.perf_counter() - self._t0
+
+    # -- context manager
+    def __enter__(self) -> RunLifecycle:
+        self._t0 = time.perf_counter()
+        if self.rundir is not None:
+            if self.config is not None:
+                self.rundir.start(self.config, **self.start_fields)
+            else:
+                self.rundir.update_summary(status="running", **self.start_fields)
+            self.monitor = SystemMonitor(self.monitor_interval).start()
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev in (signal.SIG_DFL, None):
+                self._prev_handler, self._installed = prev, True
+                signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._prev_handler or signal.SIG_DFL)
+            self._installed = False
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.status = self.status or "interrupted"
+        elif exc is not None and self.status in (None, "finished"):
+            self.status, self.error = "failed", self.error or f"{exc_type.__name__}: {exc}"
+        status = self.status or "finished"
+        if self.rundir is None:
+            return
+        fields: dict[str, Any] = {}
+        if self.summary is not None:
+            try:
+                fields.update(self.summary())
+            except Exception as summary_exc:  # noqa: BLE001 - never mask the run's own error
+                fields["summary_error"] = f"{type(summary_exc).__name__}: {summary_exc}"
+        fields.update(self.fields)
+        fields["system"] = self.monitor.stop() if self.monitor is not None else {}
+        fields.setdefault("session_wall_seconds", round(self.wall_seconds, 3))
+        fields["error"] = self.error
+        self.rundir.finish(status, **fields)
+        if self.close_on_exit:
+            self.rundir.close()

@@ -1,0 +1,1 @@
+"""Small helpers several packages share (memory probes, schedules); one definition each."""
