@@ -90,7 +90,7 @@ class Decoder:
     """Prefill 16 rows once, then time decode steps from copies of that state."""
 
     def __init__(self, model: torch.nn.Module, rows: int = 16, prompt: int = 60) -> None:
-        from shoestring.eval.generation import _forward_params
+        from shoestring.eval.generation import forward_params as _forward_params
 
         self.model, self.rows, self.prompt = model, rows, prompt
         self.params = _forward_params(model)
@@ -100,7 +100,8 @@ class Decoder:
 
     def run(self, lean: bool, steps: int = 32) -> tuple[float, torch.Tensor]:
         """Seconds per token over ``steps`` decode steps, and the last logits."""
-        from shoestring.eval.generation import _forward, make_cache
+        from shoestring.eval.generation import make_cache
+        from shoestring.eval.generation.model_io import forward_last_logits as _forward
         from shoestring.eval.lean_decode import LeanDecoder
 
         with torch.inference_mode():

@@ -404,7 +404,7 @@ def test_auto_dtype_follows_cpu_flags():
 
 
 def _cli(argv: list[str]) -> int:
-    from shoestring.eval import generate
+    from shoestring.eval import cli as generate
 
     parser = argparse.ArgumentParser()
     generate.add_cli(parser.add_subparsers())
@@ -463,19 +463,19 @@ def test_cli_streams_one_prompt_and_batches_several(saved_model, tok, capsys):
 
 
 def test_grouped_prefill_equals_single_padded_prefill(model, tok, monkeypatch):
-    from shoestring.eval import generation
+    from shoestring.eval.generation import prefill
 
-    assert generation.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=1) == [
+    assert prefill.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=1) == [
         [1, 2],
         [3],
         [4, 0],
     ]
-    assert generation.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=100) == [
+    assert prefill.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=100) == [
         [1, 2],
         [3, 4, 0],
     ]
     cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[])
-    monkeypatch.setattr(generation, "PREFILL_GROUP_MIN_TOKENS", 1)
+    monkeypatch.setattr(prefill, "PREFILL_GROUP_MIN_TOKENS", 1)
     grouped = generate_batch(model, tok, PROMPTS, cfg)
     plain = generate_batch(
         model,
@@ -541,12 +541,12 @@ def test_shoestring_gpt_greedy_equals_hf(tok, variant):
 
 
 def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatch):
-    from shoestring.eval import generation
+    from shoestring.eval.generation import driver
 
     model = make_llama(len(tok))
     cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5)
     expected = [r.token_ids for r in generate_batch(model, tok, PROMPTS, cfg)]
-    real = generation.generate_batch
+    real = driver.generate_batch
     sizes: list[int] = []
 
     def flaky(model, tokenizer, prompts, cfg=None, **kw):
@@ -555,7 +555,7 @@ def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatc
             raise RuntimeError("CPU out of memory (simulated)")
         return real(model, tokenizer, prompts, cfg, **kw)
 
-    monkeypatch.setattr(generation, "generate_batch", flaky)
+    monkeypatch.setattr(driver, "generate_batch", flaky)
     seen: list[int] = []
     res = generate_all(
         model, tok, PROMPTS, cfg, progress=False, callback=lambda i, r: seen.append(i)

@@ -24,12 +24,8 @@ from transformers import (
 )
 
 from _helpers import char_tokenizer
-from shoestring.eval.generation import (
-    SamplingConfig,
-    _cpu_fp32_attention,
-    generate_batch,
-    make_cache,
-)
+from shoestring.eval.generation import SamplingConfig, generate_batch, make_cache
+from shoestring.eval.generation.cpu_attention import cpu_fp32_attention
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.eval.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
@@ -166,7 +162,7 @@ def test_fused_and_separate_projections_agree(fuse: bool) -> None:
 def test_bf16_weights_with_fp32_cache() -> None:
     """The CPU engine keeps a bf16 model's cache in fp32 and attends in fp32."""
     model = make("qwen2").to(torch.bfloat16)
-    with _cpu_fp32_attention(model, True) as store:
+    with cpu_fp32_attention(model, True) as store:
         assert store == torch.float32
         compare_steps(model, store=store, atol=0.05)
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shoestring.models.gpt import _apply_rope, _rotate_half
+from shoestring.models.rope import apply_rope as _apply_rope
+from shoestring.models.rope import rotate_half as _rotate_half
 
 # Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
 # x + down(silu(gate) * up) of rmsnorm(x), with HF's rotate-half RoPE.

@@ -1,0 +1,110 @@
+"""Any number of prompts through the engine: :func:`generate_all` sorts them by length, cuts
+them into batches that fit in memory, halves a batch that runs out of memory, delivers each
+output through a callback as it finishes, and returns the results in input order.
+
+Why a driver apart from the decode loop: a benchmark of a thousand prompts needs resumability
+(outputs delivered one by one), a progress bar and memory back-off, none of which a single
+batch should know about.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
+from shoestring.eval.generation.decode import generate_batch
+from shoestring.eval.generation.model_io import model_device
+from shoestring.eval.generation.prefill import encode_prompts
+from shoestring.eval.generation.sizing import auto_batch_size
+from shoestring.util.memory import is_oom_error
+
+__all__ = ["generate_all"]
+
+
+def generate_all(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    cfg: SamplingConfig | None = None,
+    *,
+    callback: Callable[[int, GenerationResult], None] | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[GenerationResult]:
+    """Generate for any number of prompts; results come back in input order.
+
+    Prompts are sorted longest first (little padding per batch, and the batch most likely to
+    run out of memory runs first) and split into batches of ``cfg.batch_size`` rows, or an
+    auto size per batch from the model shape and free memory. ``callback(i, result)`` fires as
+    output ``i`` finishes (``i = prompt * num_return_sequences + sample``), so a benchmark can
+    append it to a JSONL file and resume by passing only the prompts still missing. An
+    out-of-memory batch is retried at half the size, keeping the outputs already delivered.
+    """
+    cfg = (cfg or SamplingConfig()).check()
+    n = cfg.num_return_sequences
+    ids_list = encode_prompts(tokenizer, prompts, cfg.add_special_tokens)
+    order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
+    results: list[GenerationResult | None] = [None] * (len(ids_list) * n)
+    device = model_device(model)
+    # One generator for the whole call, so a seed gives the same samples batch after batch.
+    generator = None if cfg.greedy else torch.Generator(device=device).manual_seed(cfg.seed)
+    sticky_cap: int | None = None  # lowered after an out-of-memory batch
+    bar = tqdm(
+        total=len(results),
+        desc=desc,
+        unit="seq",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+
+    start = 0
+    while start < len(order):
+        # Size this batch from its longest prompt (the first, since prompts are sorted).
+        rows_fit = cfg.batch_size or auto_batch_size(model, len(ids_list[order[start]]), cfg)
+        prompts_per_batch = max(1, rows_fit // n)  # a prompt brings n rows (its samples)
+        if sticky_cap is not None:
+            prompts_per_batch = min(prompts_per_batch, sticky_cap)
+        chunk = order[start : start + prompts_per_batch]
+
+        def deliver(local: int, res: GenerationResult, chunk: list[int] = chunk) -> None:
+            """Map the batch's output index to the caller's and hand the result over once."""
+            out = chunk[local // n] * n + local % n
+            if results[out] is not None:
+                return
+            res.index = out
+            results[out] = res
+            bar.update(1)
+            if callback is not None:
+                callback(out, res)
+
+        try:
+            generate_batch(
+                model,
+                tokenizer,
+                [ids_list[i] for i in chunk],
+                cfg,
+                on_result=deliver,
+                generator=generator,
+            )
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+            if not is_oom_error(exc) or len(chunk) == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            sticky_cap = max(1, len(chunk) // 2)
+            # Prompts whose every sample already arrived are done; retry the rest.
+            pending = [i for i in chunk if any(results[i * n + k] is None for k in range(n))]
+            order[start : start + len(chunk)] = pending
+            continue
+        start += len(chunk)
+    bar.close()
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:  # pragma: no cover - would be an engine bug
+        raise RuntimeError(f"generation lost outputs {missing[:10]}")
+    return [r for r in results if r is not None]
