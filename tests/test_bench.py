@@ -22,15 +22,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from shoestring.config import ConfigError
 from shoestring.errors import UserError
-from shoestring.eval import bench
-from shoestring.eval.bench import (
-    BenchConfig,
-    compare_models,
-    read_problem_records,
-    render_report,
-    run_bench,
-    score_response,
-)
+from shoestring.eval import cli
+from shoestring.eval.bench.config import BenchConfig
+from shoestring.eval.bench.metrics import compare_models
+from shoestring.eval.bench.records import read_problem_records
+from shoestring.eval.bench.runner import run_bench
+from shoestring.eval.protocols import get_protocol
+from shoestring.runs.compare import write_run_report
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}"
@@ -81,7 +79,7 @@ def run_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shoestring run directory: a tiny GPT trained three steps on synthetic math."""
     from shoestring.config import build_run_config
     from shoestring.data import text
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     root = tmp_path_factory.mktemp("run")
     text.run(None, root / "data", vocab_size=300, synthetic=300, quiet=True)
@@ -298,7 +296,7 @@ def test_malformed_data_line_reported_with_file_and_line(
     lines = data.read_text().splitlines()
     bad.write_text("\n".join([lines[0], lines[1], "{not json", lines[2]]) + "\n")
     parser = argparse.ArgumentParser()
-    bench.add_cli(parser.add_subparsers())
+    cli.add_cli(parser.add_subparsers())
     args = parser.parse_args(
         [
             "bench",
@@ -369,7 +367,7 @@ def _fake(correct: list[bool]) -> dict[int, dict[str, Any]]:
     return {i: {"idx": i, "correct": {"strict": c, "flexible": c}} for i, c in enumerate(correct)}
 
 
-def test_mcnemar_statement_and_report_on_fifty_problems() -> None:
+def test_mcnemar_statement_and_report_on_fifty_problems(tmp_path: Path) -> None:
     a = [i % 5 == 0 for i in range(50)]  # 10/50
     b = [i % 5 in (0, 1) for i in range(50)]  # 20/50: 10 discordant pairs, all for b
     c = [i % 5 in (0, 2) for i in range(50)]  # vs B: 10 discordant pairs, split 10/10
@@ -387,12 +385,14 @@ def test_mcnemar_statement_and_report_on_fifty_problems() -> None:
         "comparisons": list(comps.values()),
         "models": [{**r, "protocol": "chat-cot", "metrics": {"accuracy": {}}} for r in results],
     }
-    report = render_report(summary, {k: {} for k in by_model})
+    (tmp_path / "summary.json").write_text(json.dumps({"kind": "bench", **summary}))
+    report = write_run_report(tmp_path).read_text()
     assert "not significant at n=50" in report and "B better, significant at n=50" in report
 
 
-def test_score_response_uses_every_extractor() -> None:
-    extracted, correct = score_response("So 3 + 4 = 7.\n#### 7", "7")
+def test_protocol_score_uses_every_extractor() -> None:
+    scored = get_protocol("plain").score("So 3 + 4 = 7.\n#### 7", "7")
+    extracted, correct = scored.extracted, scored.correct
     assert extracted == {"strict": "7", "flexible": "7", "answer-is": None, "boxed": None}
     assert correct == {"strict": True, "flexible": True, "answer-is": False, "boxed": False}
 

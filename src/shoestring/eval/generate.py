@@ -7,77 +7,51 @@ print in the order given. ``--temperature 0`` (the default) is greedy decoding.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass, field
 
+from shoestring.errors import UserError
 from shoestring.eval.generation import (
     GenerationResult,
     SamplingConfig,
     generate_all,
     generate_batch,
 )
+from shoestring.models.loading import load_model_and_tokenizer
+
+__all__ = ["GenerateConfig", "run"]
 
 
-def add_cli(subparsers: Any) -> None:
-    """Register ``generate`` on the top-level parser."""
-    p = subparsers.add_parser(
-        "generate",
-        help="generate text from a run directory or any Hugging Face causal LM",
-        description="Generate text with shoestring's batched KV-cache engine. One prompt "
-        "streams to the terminal; several run batched. Temperature 0 = greedy.",
-    )
-    p.add_argument(
-        "model",
-        metavar="RUN_OR_MODEL_DIR",
-        help="shoestring run directory, HF model directory, or Hub name (online)",
-    )
-    p.add_argument(
-        "--prompt",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="prompt text; repeat for several prompts (batched)",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens per prompt at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely; 0 = all")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument(
-        "--stop",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="stop a sequence when its text contains TEXT (repeatable)",
-    )
-    p.add_argument("--batch-size", type=int, default=0, help="rows per batch; 0 = auto")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="weights dtype; auto = bf16 where the host computes it fast, else fp32",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow models that ship their own Python code (off by default)",
-    )
-    p.set_defaults(func=run)
+@dataclass
+class GenerateConfig:
+    """What ``generate`` was asked (the command-line wiring is in :mod:`shoestring.eval.cli`)."""
+
+    model: str
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 100
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
 
 
-def _config(args: argparse.Namespace) -> SamplingConfig:
+def _sampling(cfg: GenerateConfig) -> SamplingConfig:
+    """The engine's settings; temperature 0 means greedy (the engine's temperature is unused)."""
     return SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature > 0,
-        temperature=args.temperature if args.temperature > 0 else 1.0,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_strings=list(args.stop),
-        batch_size=args.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=cfg.temperature > 0,
+        temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        stop_strings=list(cfg.stop),
+        batch_size=cfg.batch_size,
     ).check()
 
 
@@ -99,16 +73,13 @@ def _summary(results: list[GenerationResult], seconds: float) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: GenerateConfig) -> int:
     """Load the model, generate, print; returns the exit code."""
-    from shoestring.errors import UserError
-    from shoestring.models.loading import load_model_and_tokenizer
-
-    if not args.prompt:
+    if not cfg.prompts:
         raise UserError("give at least one --prompt TEXT")
-    cfg = _config(args)
+    sampling = _sampling(cfg)
     model, tokenizer, info = load_model_and_tokenizer(
-        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
     print(
         f"loaded {info['path']} ({info['model_type']}, {_count(info['n_params'])} params) "
@@ -117,21 +88,23 @@ def run(args: argparse.Namespace) -> int:
     )
 
     t0 = time.perf_counter()
-    if len(args.prompt) == 1:
+    if len(cfg.prompts) == 1:
+        # one prompt: stream its tokens to the terminal as they are produced
         out = sys.stdout
-        out.write(args.prompt[0])
+        out.write(cfg.prompts[0])
         out.flush()
 
         def stream(_i: int, text: str) -> None:
             out.write(text)
             out.flush()
 
-        results = generate_batch(model, tokenizer, args.prompt, cfg, on_text=stream)
+        results = generate_batch(model, tokenizer, cfg.prompts, sampling, on_text=stream)
         out.write("\n")
         out.flush()
     else:
-        results = generate_all(model, tokenizer, args.prompt, cfg, progress=True)
-        for i, (prompt, res) in enumerate(zip(args.prompt, results, strict=True)):
+        # several: batched, printed in the order given once all are done
+        results = generate_all(model, tokenizer, cfg.prompts, sampling, progress=True)
+        for i, (prompt, res) in enumerate(zip(cfg.prompts, results, strict=True)):
             print(f"=== [{i}] finish={res.finish_reason} tokens={res.n_tokens}")
             print(prompt + res.text)
     print(_summary(results, time.perf_counter() - t0), file=sys.stderr)
