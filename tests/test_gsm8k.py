@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 
 from shoestring.data.gsm8k import (
-    ADD_SPECIAL_TOKENS,
     LM_EVAL_FEWSHOT,
-    PROTOCOLS,
-    STOP_STRINGS,
-    Problem,
-    build_prompt,
-    default_protocol,
     lm_eval_fewshot_indices,
     load_gsm8k,
     read_gsm8k_jsonl,
@@ -141,71 +135,6 @@ def test_real_files(shared_dir: Path) -> None:
 
 # --- prompts ----------------------------------------------------------------------------------
 
-PROBLEM = Problem(
-    idx=0,
-    question="Tom has 3 apples and buys 2 more. How many apples does he have?",
-    answer="3 + 2 = <<3+2=5>>5\n#### 5",
-    gold="5",
-)
-
-EXPECTED_LM_EVAL_PROMPT = """\
-Question: Jen and Tyler are gymnasts practicing flips. Jen is practicing the triple-flip \
-while Tyler is practicing the double-flip. Jen did sixteen triple-flips during practice. \
-Tyler flipped in the air half the number of times Jen did. How many double-flips did Tyler do?
-Answer: Jen did 16 triple-flips, so she did 16 * 3 = <<16*3=48>>48 flips.
-Tyler did half the number of flips, so he did 48 / 2 = <<48/2=24>>24 flips.
-A double flip has two flips, so Tyler did 24 / 2 = <<24/2=12>>12 double-flips.
-#### 12
-
-Question: Four people in a law firm are planning a party. Mary will buy a platter of pasta \
-for $20 and a loaf of bread for $2. Elle and Andrea will split the cost for buying 4 cans of \
-soda which cost $1.50 each, and chicken wings for $10. Joe will buy a cake that costs $5. How \
-much more will Mary spend than the rest of the firm put together?
-Answer: Mary will spend $20 + $2 = $<<20+2=22>>22.
-Elle and Andrea will spend $1.5 x 4 = $<<1.5*4=6>>6 for the soda.
-Elle and Andrea will spend $6 + $10 = $<<6+10=16>>16 for the soda and chicken wings.
-Elle, Andrea, and Joe together will spend $16 + $5 = $<<16+5=21>>21.
-So, Mary will spend $22 - $21 = $<<22-21=1>>1 more than all of them combined.
-#### 1
-
-Question: A charcoal grill burns fifteen coals to ash every twenty minutes of grilling. The \
-grill ran for long enough to burn three bags of coals. Each bag of coal contains 60 coals. How \
-long did the grill run?
-Answer: The grill burned 3 * 60 = <<3*60=180>>180 coals.
-It takes 20 minutes to burn 15 coals, so the grill ran for 180 / 15 * 20 = \
-<<180/15*20=240>>240 minutes.
-#### 240
-
-Question: A bear is preparing to hibernate for the winter and needs to gain 1000 pounds. At \
-the end of summer, the bear feasts on berries and small woodland animals. During autumn, it \
-devours acorns and salmon. It gained a fifth of the weight it needed from berries during \
-summer, and during autumn, it gained twice that amount from acorns. Salmon made up half of the \
-remaining weight it had needed to gain. How many pounds did it gain eating small animals?
-Answer: The bear gained 1 / 5 * 1000 = <<1/5*1000=200>>200 pounds from berries.
-It gained 2 * 200 = <<2*200=400>>400 pounds from acorns.
-It still needed 1000 - 200 - 400 = <<1000-200-400=400>>400 pounds.
-Thus, it gained 400 / 2 = <<400/2=200>>200 pounds from salmon.
-Therefore, the bear gained 400 - 200 = <<400-200=200>>200 pounds from small animals.
-#### 200
-
-Question: Brendan can cut 8 yards of grass per day, he bought a lawnmower and it helped him \
-to cut more yards by Fifty percent per day. How many yards will Brendan be able to cut after a \
-week?
-Answer: The additional yard Brendan can cut after buying the lawnmower is 8 x 0.50 = \
-<<8*0.50=4>>4 yards.
-So, the total yards he can cut with the lawnmower is 8 + 4 = <<8+4=12>>12.
-Therefore, the total number of yards he can cut in a week is 12 x 7 = <<12*7=84>>84 yards.
-#### 84
-
-Question: Tom has 3 apples and buys 2 more. How many apples does he have?
-Answer:"""
-
-
-def test_lm_eval_5shot_prompt_exact() -> None:
-    assert build_prompt(PROBLEM, "lm-eval-5shot") == EXPECTED_LM_EVAL_PROMPT
-    assert STOP_STRINGS["lm-eval-5shot"] == ("Question:", "</s>", "<|im_end|>")
-    assert ADD_SPECIAL_TOKENS["lm-eval-5shot"] is False
-
 
 def test_lm_eval_fewshot_is_lm_evals_first_draw() -> None:
     # lm-eval: random.Random(1234).sample(train, 5), one draw per evaluated document
@@ -219,61 +148,3 @@ def test_embedded_shots_match_train_file(shared_dir: Path) -> None:
     for shot in LM_EVAL_FEWSHOT:
         row = json.loads(lines[shot.idx])
         assert (row["question"], row["answer"]) == (shot.question, shot.answer)
-
-
-def test_custom_fewshot() -> None:
-    shot = Problem(idx=9, question="Q1?", answer="A1\n#### 1", gold="1")
-    assert build_prompt(PROBLEM, "lm-eval-5shot", fewshot=[shot]) == (
-        f"Question: Q1?\nAnswer: A1\n#### 1\n\nQuestion: {PROBLEM.question}\nAnswer:"
-    )
-
-
-def test_plain_prompt() -> None:
-    assert build_prompt(PROBLEM, "plain") == (
-        f"Question: {PROBLEM.question}\nAnswer: Let's think step by step."
-    )
-
-
-class _ChatTok:
-    chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
-
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        assert tokenize is False and add_generation_prompt is True
-        return "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + "<|assistant|>"
-
-
-class _PlainTok:
-    chat_template = None
-
-
-def test_chat_cot_and_default_protocol() -> None:
-    prompt = build_prompt(PROBLEM, "chat-cot", tokenizer=_ChatTok())
-    assert prompt.startswith("<|user|>") and prompt.endswith("<|assistant|>")
-    assert PROBLEM.question in prompt and "#### N" in prompt
-    assert default_protocol(_ChatTok()) == "chat-cot"
-    assert default_protocol(_PlainTok()) == "plain"
-    with pytest.raises(UserError, match="no(ne)? chat template|has none"):
-        build_prompt(PROBLEM, "chat-cot", tokenizer=_PlainTok())
-    with pytest.raises(UserError, match="unknown prompt protocol"):
-        build_prompt(PROBLEM, "nope")
-    assert set(STOP_STRINGS) == set(PROTOCOLS) == set(ADD_SPECIAL_TOKENS)
-
-
-def test_chat_cot_with_a_real_transformers_tokenizer() -> None:
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
-        unk_token="[UNK]",
-    )
-    assert default_protocol(tok) == "plain"
-    tok.chat_template = (
-        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    )
-    prompt = build_prompt(PROBLEM, "chat-cot", tokenizer=tok)
-    assert isinstance(prompt, str)
-    assert prompt.startswith("<|user|>Solve the following math word problem.")
-    assert prompt.endswith(f"{PROBLEM.question}\n<|assistant|>")

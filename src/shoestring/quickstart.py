@@ -15,6 +15,13 @@ from pathlib import Path
 
 from shoestring.config import build_run_config
 from shoestring.errors import UserError
+from shoestring.eval.answers import parse_gold
+from shoestring.eval.protocols import get_protocol
+from shoestring.eval.stats import format_accuracy
+from shoestring.runs.rundir import atomic_write_json
+
+#: The corpus teaches "Question: ...\nAnswer: ... #### N"; GRPO on this model resolves the same.
+QUICKSTART_PROTOCOL = "qa"
 
 # A tiny model that learns the synthetic corpus visibly in a few minutes on 2 CPU cores.
 QUICKSTART_MODEL = {
@@ -75,6 +82,12 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_jsonl_problems(path: Path) -> list[dict[str, str]]:
+    """The synthetic corpus's held-out problems (one JSON object per line, written by us)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def run(
     out: Path,
     steps: int = 1000,
@@ -86,13 +99,11 @@ def run(
     echo: bool = True,
     n_eval: int = 100,
 ) -> Path:
+    # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.data import synthetic, text
-    from shoestring.eval.answers import extract_strict, is_correct, parse_gold
-    from shoestring.eval.generation import SamplingConfig, generate_all
-    from shoestring.eval.stats import format_accuracy
+    from shoestring.eval.scoring import accuracy_summary, score_model
     from shoestring.models.loading import load_model_and_tokenizer
-    from shoestring.runs.rundir import atomic_write_json
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     if steps < 1:
         raise UserError("--steps must be at least 1")
@@ -129,45 +140,35 @@ def run(
     summary = json.loads((run_dir / "summary.json").read_text())
 
     say(f"[4/4] answering {n_eval} held-out problems (greedy, batched KV-cache decoding)")
+    tests = read_jsonl_problems(corpus / "test.jsonl")[:n_eval]
     model, tokenizer, _ = load_model_and_tokenizer(run_dir, device=device, dtype="fp32")
-    lines = (corpus / "test.jsonl").read_text(encoding="utf-8").splitlines()
-    tests = [json.loads(line) for line in lines[:n_eval]]
-    prompts = [f"Question: {p['question']}\nAnswer:" for p in tests]
-    results = generate_all(
+    protocol = get_protocol(QUICKSTART_PROTOCOL)
+    scores = score_model(
         model,
         tokenizer,
-        prompts,
-        SamplingConfig(max_new_tokens=160, stop_strings=["Question:"]),
+        [p["question"] for p in tests],
+        [parse_gold(p["answer"]) for p in tests],
+        protocol,
+        max_new_tokens=160,
         progress=echo,
         desc="answer",
     )
-    correct = [
-        is_correct(extract_strict(r.text), parse_gold(p["answer"]))
-        for p, r in zip(tests, results, strict=True)
-    ]
-    for prob, res in list(zip(tests, results, strict=True))[:3]:
+    for item in scores[:3]:
         say("-" * 72)
-        say(f"Question: {prob['question']}\nAnswer:{res.text.rstrip()}")
-        say(f"(reference: #### {parse_gold(prob['answer'])})")
+        say(f"{protocol.prompt(item.question)}{item.result.text.rstrip()}")
+        say(f"(reference: #### {item.gold})")
     say("-" * 72)
-    accuracy = format_accuracy(sum(correct), len(correct))
-    say(f"exact-answer accuracy on held-out problems (#### line): {accuracy}")
+    verdicts = [s.ok for s in scores]
+    accuracy = format_accuracy(sum(verdicts), len(verdicts))
+    say(f"exact-answer accuracy on held-out problems ({protocol.name} protocol): {accuracy}")
     atomic_write_json(
         run_dir / "quickstart_eval.json",
         {
-            "n": len(correct),
-            "correct": sum(correct),
-            "accuracy": accuracy,
-            "extractor": "strict",
-            "problems": [
-                {
-                    "question": p["question"],
-                    "gold": parse_gold(p["answer"]),
-                    "response": r.text,
-                    "correct": c,
-                }
-                for p, r, c in zip(tests, results, correct, strict=True)
-            ],
+            **accuracy_summary(verdicts),
+            "accuracy": accuracy,  # the text with its 95% interval, as printed
+            "protocol": protocol.to_dict(),
+            "protocol_key": protocol.key(),
+            "problems": [s.record() for s in scores],
         },
     )
 

@@ -22,33 +22,15 @@ The name ``openai/gsm8k`` (or ``gsm8k``), when no such local path exists, loads 
 configuration through the optional ``datasets`` package; that needs the package and a
 reachable hub and fails with a clear message otherwise.
 
-Prompt protocols (:data:`PROTOCOLS`)
-------------------------------------
-``lm-eval-5shot``
-    lm-evaluation-harness's ``gsm8k`` task (lm_eval/tasks/gsm8k/gsm8k.yaml, version 3):
-    ``doc_to_text`` "Question: {{question}}\\nAnswer:", ``doc_to_target`` the full answer
-    (worked solution with ``<<...>>`` annotations and ``#### N``), ``target_delimiter`` " ",
-    ``fewshot_delimiter`` "\\n\\n", five shots from the train split, stop strings
-    "Question:", "</s>", "<|im_end|>". So each shot renders as
-    "Question: {q}\\nAnswer: {a}\\n\\n" and the prompt ends "Question: {q}\\nAnswer:".
-
-    Which shots: lm-eval's default sampler draws ``random.Random(1234).sample(train, 5)``
-    **once per evaluated document, from one shared generator**, so test document 0 gets the
-    first draw, document 1 the second, and so on. We embed the first draw: train lines
-    6374, 3610, 957, 61, 742 (0-based), in that order (:data:`LM_EVAL_FEWSHOT`). Our prompt
-    therefore equals lm-eval's byte for byte for the first evaluated problem; for the other
-    problems lm-eval uses different shots while we keep these five fixed (fixed shots make
-    per-problem comparisons between models and runs paired). To reproduce lm-eval's
-    per-document shots exactly, pass ``fewshot=`` from :func:`lm_eval_fewshot_indices`.
-    lm-eval's HF backend also encodes the prompt without special tokens (no BOS) unless
-    ``add_bos_token=True``; :data:`ADD_SPECIAL_TOKENS` records that per protocol.
-``chat-cot``
-    Zero-shot chain of thought through the model's own chat template
-    (``apply_chat_template(..., add_generation_prompt=True)``); the instruction asks for a
-    final line "#### N". Only a user turn is sent: some templates reject a system role and
-    others insert their own default system prompt, which we keep.
-``plain``
-    "Question: {q}\\nAnswer: Let's think step by step." for base models without a template.
+Prompts
+-------
+How a problem is asked and judged lives in :mod:`shoestring.eval.protocols` (protocols as
+data). This module holds the data those protocols need: :data:`LM_EVAL_FEWSHOT`, the five
+shots of lm-evaluation-harness's first few-shot draw (lm-eval's default sampler draws
+``random.Random(1234).sample(train, 5)`` once per evaluated document from one shared generator;
+we embed the first draw, train lines 6374, 3610, 957, 61, 742, so every problem gets the same
+shots and per-problem comparisons stay paired), and :func:`lm_eval_fewshot_indices`, which
+replays lm-eval's per-document draws.
 """
 
 from __future__ import annotations
@@ -65,17 +47,10 @@ from shoestring.errors import UserError
 from shoestring.eval.answers import AnswerFormatError, parse_gold
 
 __all__ = [
-    "ADD_SPECIAL_TOKENS",
-    "CHAT_COT_INSTRUCTION",
     "HUB_NAMES",
     "LM_EVAL_FEWSHOT",
     "LM_EVAL_FEWSHOT_SEED",
-    "PROTOCOLS",
-    "STOP_STRINGS",
     "Problem",
-    "build_prompt",
-    "default_protocol",
-    "has_chat_template",
     "lm_eval_fewshot_indices",
     "load_gsm8k",
     "read_gsm8k_jsonl",
@@ -85,25 +60,6 @@ __all__ = [
 log = logging.getLogger("shoestring.data.gsm8k")
 
 HUB_NAMES = ("openai/gsm8k", "gsm8k")
-PROTOCOLS = ("lm-eval-5shot", "chat-cot", "plain")
-
-#: Strings that end a generation, per protocol (lm-eval's ``until`` for lm-eval-5shot).
-STOP_STRINGS: dict[str, tuple[str, ...]] = {
-    "lm-eval-5shot": ("Question:", "</s>", "<|im_end|>"),
-    "chat-cot": ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"),
-    "plain": ("Question:", "</s>", "<|im_end|>"),
-}
-
-#: Whether to let the tokenizer add special tokens (BOS) when encoding the prompt.
-#: lm-eval-5shot: False, as lm-eval's HF backend does by default (``add_bos_token=False``).
-#: chat-cot: False, because the rendered chat template already contains them as text.
-#: plain: True, the tokenizer's own default (what the model saw in pretraining).
-ADD_SPECIAL_TOKENS: dict[str, bool] = {"lm-eval-5shot": False, "chat-cot": False, "plain": True}
-
-CHAT_COT_INSTRUCTION = (
-    "Solve the following math word problem. Reason step by step, then give the final "
-    'numeric answer on its own last line in the form "#### N".\n\n'
-)
 
 LM_EVAL_FEWSHOT_SEED = 1234
 
@@ -382,45 +338,3 @@ def lm_eval_fewshot_indices(
     rnd = random.Random(seed)
     population = range(n_train)
     return [rnd.sample(population, k) for _ in range(n_docs)]
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    """True when a tokenizer carries a chat template (so ``chat-cot`` can be used)."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def default_protocol(tokenizer: Any) -> str:
-    """``chat-cot`` for tokenizers with a chat template, else ``plain``."""
-    return "chat-cot" if has_chat_template(tokenizer) else "plain"
-
-
-def _lm_eval_prompt(problem: Problem, fewshot: Sequence[Problem]) -> str:
-    shots = "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in fewshot)
-    return f"{shots}Question: {problem.question}\nAnswer:"
-
-
-def build_prompt(
-    problem: Problem,
-    protocol: str,
-    tokenizer: Any = None,
-    fewshot: Sequence[Problem] | None = None,
-) -> str:
-    """The prompt text for one problem under a named protocol (see the module docstring).
-
-    ``fewshot`` replaces the five embedded shots of ``lm-eval-5shot`` (any number is
-    allowed); ``tokenizer`` is required for ``chat-cot``. Encode the result with
-    ``add_special_tokens=ADD_SPECIAL_TOKENS[protocol]``.
-    """
-    if protocol == "lm-eval-5shot":
-        return _lm_eval_prompt(problem, LM_EVAL_FEWSHOT if fewshot is None else fewshot)
-    if protocol == "plain":
-        return f"Question: {problem.question}\nAnswer: Let's think step by step."
-    if protocol == "chat-cot":
-        if tokenizer is None or not has_chat_template(tokenizer):
-            raise UserError(
-                "protocol 'chat-cot' needs a tokenizer with a chat template; this model has "
-                "none. Use --protocol plain (zero-shot) or lm-eval-5shot (few-shot)."
-            )
-        messages = [{"role": "user", "content": CHAT_COT_INSTRUCTION + problem.question}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    raise UserError(f"unknown prompt protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
