@@ -134,12 +134,18 @@ def load_questions(source: str, n: int) -> list[dict[str, str]]:
 
 def render_prompts(rows: list[dict[str, str]], tok: Any, chat: bool) -> list[dict[str, str]]:
     """The exact prompt text both trainers get: shoestring's own GRPO prompt (``chat``: the
-    tokenizer's chat template around the bench's step-by-step instruction; otherwise
-    ``Question: ...\nAnswer:``). TRL receives it as a plain string, so it adds nothing."""
-    from shoestring.rl.data import build_prompt
+    chat-cot protocol, the tokenizer's chat template around the bench's step-by-step
+    instruction; otherwise the qa protocol, ``Question: ...\nAnswer:``). TRL receives it as a
+    plain string, so it adds nothing."""
+    from shoestring.eval.protocols import get_protocol
 
-    fmt = "chat" if chat else "plain"
-    return [dict(r, prompt=build_prompt(r["question"], tok, fmt)) for r in rows]
+    protocol = get_protocol(_protocol_name(chat))
+    return [dict(r, prompt=protocol.prompt(r["question"], tok)) for r in rows]
+
+
+def _protocol_name(chat: bool) -> str:
+    """The scoring protocol of a run with (chat-cot) or without (qa) the chat template."""
+    return "chat-cot" if chat else "qa"
 
 
 def run_shoestring(
@@ -155,7 +161,7 @@ def run_shoestring(
         overrides=[
             f"model_name_or_path={model_dir}",
             f"dataset=gsm8k:{data}",
-            f"prompt_format={'chat' if args.chat else 'plain'}",
+            f"protocol={_protocol_name(args.chat)}",
             "stop_strings=[]",
             f"num_generations={args.num_generations}",
             f"per_device_train_batch_size={args.batch}",
@@ -189,7 +195,10 @@ def run_trl(
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from shoestring.rl.rewards import correctness
+    from shoestring.eval.protocols import get_protocol
+    from shoestring.rl.rewards import builtin_rewards
+
+    correctness = builtin_rewards(get_protocol(_protocol_name(args.chat)))["correctness"]
 
     times: list[float] = []
     gen_times: list[float] = []

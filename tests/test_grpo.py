@@ -14,18 +14,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from _helpers import char_tokenizer
 from shoestring.config import ConfigError
-from shoestring.rl import grpo as G
+from shoestring.rl import rollout as G
 from shoestring.rl.config import grpo_config, list_grpo_presets, load_grpo_preset
 from shoestring.rl.data import load_task
-from shoestring.rl.grpo import (
-    GRPOTrainer,
-    aggregate_loss,
-    completion_logps,
-    compute_advantages,
-    grouped_completion_logps,
-    per_token_loss,
-    train_grpo,
-)
+from shoestring.rl.grpo import train_grpo
+from shoestring.rl.logprobs import completion_logps, grouped_completion_logps
+from shoestring.rl.loss import aggregate_loss, compute_advantages, per_token_loss
+from shoestring.rl.trainer import GRPOTrainer
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -386,3 +381,29 @@ def test_synthetic_splits_are_disjoint() -> None:
     assert len(train) == 300 and len(test) == 60
     assert not {r["question"] for r in train} & {r["question"] for r in test}
     assert load_task("synthetic:2", "train", n=10, seed=0) == train[:10]
+
+
+def test_heldout_eval_scores_through_the_protocol(tiny_model, tmp_path) -> None:
+    # a tokenizer without a chat template: auto = qa, the synthetic corpus's own layout
+    cfg = grpo_config(overrides=_cfg(tiny_model, "max_steps=1", "eval_problems=3"))
+    run = tmp_path / "ev"
+    GRPOTrainer(cfg, run, echo=False, progress=False).run()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["protocol"]["name"] == "qa" and summary["protocol_key"].startswith("qa@")
+    for tag in ("before", "after"):
+        ev = summary[f"eval_{tag}"]
+        assert set(ev) >= {"correct", "n", "accuracy", "ci_low", "ci_high"} and ev["n"] == 3
+        lines = [json.loads(x) for x in (run / f"eval_{tag}.jsonl").read_text().splitlines()]
+        assert len(lines) == 3 and {"question", "gold", "response", "correct"} <= set(lines[0])
+        assert sum(x["correct"] for x in lines) == ev["correct"]
+    assert "eval_mcnemar" in summary
+
+
+def test_old_prompt_format_maps_onto_a_protocol() -> None:
+    from shoestring.rl.config import config_from_dict
+
+    assert config_from_dict({"prompt_format": "plain"}).protocol == "qa"
+    assert config_from_dict({"prompt_format": "chat"}).protocol == "chat-cot"
+    assert grpo_config(base={"prompt_format": "auto"}).protocol == "auto"
+    with pytest.raises(ConfigError, match="protocol"):
+        grpo_config(overrides=["protocol=nope"])

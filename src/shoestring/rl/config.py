@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -33,10 +34,11 @@ from shoestring.config import (
     parse_override,
     validate,
 )
+from shoestring.eval.protocols import PROTOCOLS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
-PROMPT_FORMATS = ("auto", "chat", "plain")
+PROTOCOL_CHOICES = ("auto", *PROTOCOLS)
 
 
 @dataclass
@@ -54,13 +56,14 @@ class GRPOConfig:
         "problems to draw (synthetic: generated, default 5000; gsm8k: first N after slice)",
         min=0,
     )
-    prompt_format: str = opt(
+    protocol: str = opt(
         "auto",
-        "auto = the tokenizer's chat template when it has one, else 'Question: ...\\nAnswer:'",
-        choices=PROMPT_FORMATS,
+        "scoring protocol of prompts, rewards and held-out accuracy (shoestring.eval.protocols): "
+        "auto = chat-cot with a chat template, else qa ('Question: ...\\nAnswer:', '#### N')",
+        choices=PROTOCOL_CHOICES,
     )
-    stop_strings: list[str] = opt(
-        ["Question:"], "a completion ends at any of these (plain prompts: the next question)"
+    stop_strings: list[str] | None = opt(
+        None, "a completion ends at any of these (None = the protocol's stop strings)"
     )
     trust_remote_code: bool = opt(False, "allow models that ship their own code (TRL name)")
 
@@ -187,6 +190,14 @@ class GRPOConfig:
     def prompts_per_step(self) -> int:
         return self.completions_per_step // self.num_generations
 
+    def total_steps(self, n_prompts: int) -> int:
+        """Optimizer steps of a run over ``n_prompts`` prompts: ``max_steps``, or
+        ``num_train_epochs`` passes of generation batches, each used ``num_iterations`` times."""
+        if self.max_steps > 0:
+            return self.max_steps
+        gens_per_epoch = n_prompts / self.prompts_per_step
+        return max(1, math.ceil(self.num_train_epochs * gens_per_epoch)) * self.num_iterations
+
     def resolved(self) -> GRPOConfig:
         """Validate ranges and the cross-field rules TRL enforces, with the fix in the message."""
         validate(self)
@@ -273,7 +284,7 @@ def grpo_config(
     """
     cfg = GRPOConfig()
     if base:
-        apply_dict(cfg, dict(base))
+        apply_dict(cfg, _upgrade(base))
     if preset:
         apply_dict(cfg, load_grpo_preset(preset))
         cfg.preset = preset
@@ -284,11 +295,26 @@ def grpo_config(
 
 def config_from_dict(values: dict[str, Any]) -> GRPOConfig:
     """Rebuild a config from a run's ``config.json`` (validated)."""
-    return apply_dict(GRPOConfig(), values).resolved()
+    return apply_dict(GRPOConfig(), _upgrade(values)).resolved()
+
+
+#: ``prompt_format`` (before scoring protocols) -> the protocol that prompts the same way.
+OLD_PROMPT_FORMATS = {"auto": "auto", "chat": "chat-cot", "plain": "qa"}
+
+
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """Runs written before scoring protocols stored ``prompt_format``; it maps onto the protocol
+    that prompts the same way (chat -> chat-cot, plain -> qa), so those runs still resume."""
+    values = dict(values)
+    if "prompt_format" in values:
+        old = values.pop("prompt_format")
+        values.setdefault("protocol", OLD_PROMPT_FORMATS.get(old, old))
+    return values
 
 
 __all__ = [
     "LOSS_TYPES",
+    "PROTOCOL_CHOICES",
     "SCALE_REWARDS",
     "GRPOConfig",
     "config_from_dict",

@@ -1,4 +1,5 @@
-"""Prompts for GRPO: GSM8K JSONL or the synthetic math corpus by difficulty level.
+"""Prompts for GRPO: GSM8K JSONL or the synthetic math corpus by difficulty level, encoded
+under the run's scoring protocol, and the order in which training visits them.
 
 A task is a list of dicts with ``question`` and ``answer`` (gold text ending ``#### N``) plus
 any extra columns, which reach user reward functions as keyword arguments (TRL passes dataset
@@ -14,17 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoestring.data.gsm8k import load_gsm8k
+from shoestring.data.synthetic import iter_problems
 from shoestring.errors import UserError
+from shoestring.eval.protocols import Protocol
 from shoestring.rl.config import parse_slice
 
 DEFAULT_SYNTHETIC_SIZE = 5000
 TEST_BUCKETS = 10  # 1 in 10 synthetic questions belongs to the test split
 SPLITS = ("train", "test")
-PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 
 
 def synthetic_split_of(question: str) -> str:
@@ -47,8 +52,6 @@ def _gsm8k_dir() -> Path:
 
 
 def _synthetic(level: int | None, split: str, seed: int, n: int | None, exclude: set[str]) -> list:
-    from shoestring.data.synthetic import iter_problems
-
     want = n or DEFAULT_SYNTHETIC_SIZE
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -104,8 +107,6 @@ def load_task(
             rows = rows[a:b]
         return rows
     if kind == "gsm8k":
-        from shoestring.data.gsm8k import load_gsm8k
-
         target = Path(arg) if arg else _gsm8k_dir()
         problems = load_gsm8k(target, split=split)
         rows = [
@@ -124,35 +125,61 @@ def load_task(
     raise UserError(f"unknown dataset {spec!r}; use synthetic:LEVEL, gsm8k or gsm8k:PATH")
 
 
-def default_eval_spec(train_spec: str) -> str:
-    """The held-out family of a training dataset (its test split is taken by the caller)."""
-    return train_spec
+@dataclass
+class PromptSet:
+    """The training prompts of a run: the problems, their text under the protocol, their ids.
 
-
-def build_prompt(question: str, tokenizer: Any, prompt_format: str = "auto") -> str:
-    """The prompt text for one question.
-
-    ``chat`` (or ``auto`` with a chat template) wraps the question in the model's chat template
-    with the bench's step-by-step instruction asking for a final ``#### N`` line; ``plain`` is
-    the ``Question: ...\\nAnswer:`` layout the synthetic corpus and shoestring pretraining use.
+    ``ids`` keep only the last ``max_prompt_length`` tokens of a longer prompt; ``cut`` counts
+    those prompts so the trainer can warn. ``columns`` are the dataset columns a reward
+    function receives as keyword arguments.
     """
-    from shoestring.data.gsm8k import CHAT_COT_INSTRUCTION, has_chat_template
 
-    use_chat = prompt_format == "chat" or (prompt_format == "auto" and has_chat_template(tokenizer))
-    if use_chat:
-        if not has_chat_template(tokenizer):
-            raise UserError(
-                "prompt_format=chat needs a tokenizer with a chat template; use prompt_format=plain"
-            )
-        messages = [{"role": "user", "content": CHAT_COT_INSTRUCTION + question}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(question=question)
+    rows: list[dict[str, Any]]
+    texts: list[str]
+    ids: list[list[int]]
+    columns: list[str]
+    cut: int
+
+    @classmethod
+    def encode(
+        cls,
+        rows: list[dict[str, Any]],
+        tokenizer: Any,
+        protocol: Protocol,
+        max_prompt_length: int | None,
+    ) -> PromptSet:
+        """Prompt each question as ``protocol`` asks it and tokenize it as the protocol says
+        (BOS for a plain layout, none for a chat template, which carries its own)."""
+        texts = [protocol.prompt(r["question"], tokenizer) for r in rows]
+        enc = tokenizer(texts, add_special_tokens=protocol.add_special_tokens)["input_ids"]
+        limit = max_prompt_length
+        ids = [list(x)[-limit:] if limit else list(x) for x in enc]
+        cut = sum(1 for x in enc if limit and len(x) > limit)
+        columns = sorted({k for r in rows for k in r if k != "ops"})
+        return cls(rows, texts, ids, columns, cut)
+
+    def cut_warning(self, limit: int | None) -> str:
+        """What the run's warnings say when ``cut`` prompts lost their start."""
+        return (
+            f"{self.cut} of {len(self.ids)} prompts are longer than max_prompt_length={limit} "
+            f"and keep only their last {limit} tokens (the start of the question is lost)"
+        )
 
 
-def uses_chat(tokenizer: Any, prompt_format: str) -> bool:
-    from shoestring.data.gsm8k import has_chat_template
+def prompt_indices(gen_index: int, n: int, per_step: int, seed: int) -> list[int]:
+    """The prompts of generation batch ``gen_index``: consecutive slices of per-epoch shuffles
+    of ``n`` prompts (seeded by the epoch), so the order is a function of the index alone and
+    a resumed run draws exactly the prompts the interrupted one would have."""
+    out: list[int] = []
+    pos = gen_index * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(pos, n)
+        perm = list(range(n))
+        random.Random(seed * 1000 + epoch).shuffle(perm)
+        take = min(per_step - len(out), n - offset)
+        out.extend(perm[offset : offset + take])
+        pos += take
+    return out
 
-    return prompt_format == "chat" or (prompt_format == "auto" and has_chat_template(tokenizer))
 
-
-__all__ = ["build_prompt", "load_task", "synthetic_split_of", "uses_chat"]
+__all__ = ["PromptSet", "load_task", "prompt_indices", "synthetic_split_of"]

@@ -1,13 +1,18 @@
 """Reward functions for GRPO: correctness, format, and user functions with TRL's signature.
 
-Why the bench's normaliser: a reward that disagrees with the benchmark teaches the model to
-please the reward, not to answer. ``correctness`` therefore extracts the final answer with the
-same extractors and compares with the same :func:`shoestring.eval.answers.is_correct` as
-``shoestring bench`` ("1,234" == "1234.00", "$5" == "5", fractions exact).
+Why the run's scoring protocol judges: a reward that disagrees with the benchmark teaches the
+model to please the reward, not to answer. The built-in ``correctness`` and ``format`` rewards
+are therefore made for a :class:`~shoestring.eval.protocols.Protocol` by
+:func:`builtin_rewards`, and read the answer with the protocol's primary extractor - the one
+``shoestring bench``, GRPO's held-out evaluation and progressive's stage gates use for that
+protocol - and compare it with the same :func:`shoestring.eval.answers.is_correct` ("1,234" ==
+"1234.00", fractions exact). For ``qa`` and ``chat-cot`` that extractor is lm-eval's strict
+``#### N``: "the answer is 5" or a boxed 5 earns nothing, because the benchmark would not count
+it either.
 
 The seed project's rewards counted keywords, which a model satisfies without solving anything;
-here ``format`` (is a final-answer line present?) is only a small shaping term next to
-correctness.
+here ``format`` (does the primary extractor find an answer?) is only a small shaping term next
+to correctness.
 
 Every reward has TRL's signature: ``fn(prompts, completions, **kwargs) -> list[float | None]``
 where ``kwargs`` hold ``completion_ids`` and every dataset column (one value per completion).
@@ -19,48 +24,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoestring.errors import UserError
-from shoestring.eval.answers import (
-    AnswerFormatError,
-    extract_answer_is,
-    extract_boxed,
-    extract_strict,
-    is_correct,
-    normalize_number,
-    parse_gold,
-)
+from shoestring.eval.answers import AnswerFormatError, is_correct, normalize_number, parse_gold
+from shoestring.eval.protocols import Protocol
 
 RewardFn = Callable[..., list]
 
-# Extractors are tried in order (see extract_final). The bare last number (lm-eval's flexible
-# filter) is deliberately not used: rewarding any trailing number rewards guessing.
-
-
-_HASH_LINE = re.compile(r"####[ \t]*([^\n]*)")
-
-
-def extract_hash_line(completion: str) -> str | None:
-    """The number on the first ``####`` line through the full normaliser ("#### $1,234.00",
-    "#### \u22123"), where lm-eval's strict regex only accepts bare digits."""
-    m = _HASH_LINE.search(completion)
-    return normalize_number(m.group(1)) if m else None
-
-
-def extract_final(completion: str) -> str | None:
-    """The completion's final answer, canonical (None when it states none).
-
-    Order: lm-eval's strict ``#### N``, the same line read by the bench's normaliser, a boxed
-    answer, "the answer is N".
-    """
-    for fn in (extract_strict, extract_hash_line, extract_boxed, extract_answer_is):
-        pred = fn(completion)
-        if pred is not None:
-            return pred
-    return None
+BUILTIN_NAMES = ("correctness", "format")
+DEFAULT_WEIGHTS: dict[str, float] = {"correctness": 1.0, "format": 0.1}
 
 
 def _gold(answer: Any) -> str | None:
@@ -74,41 +48,40 @@ def _gold(answer: Any) -> str | None:
         return normalize_number(text)
 
 
-def correctness(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list:
-    """1.0 when the completion's final answer equals the gold ``#### N``, else 0.0.
+def builtin_rewards(protocol: Protocol) -> dict[str, RewardFn]:
+    """The built-in rewards judged by ``protocol``'s primary extractor, by name."""
 
-    Needs the ``answer`` column; a row without a gold answer gets ``None`` (not scorable).
-    """
-    answers = kwargs.get("answer")
-    if answers is None:
-        raise UserError("the correctness reward needs an 'answer' column in the dataset")
-    out: list[float | None] = []
-    for completion, answer in zip(completions, answers, strict=True):
-        gold = _gold(answer)
-        if gold is None:
-            out.append(None)
-            continue
-        out.append(1.0 if is_correct(extract_final(completion), gold) else 0.0)
-    return out
+    def correctness(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list:
+        """1.0 when the completion's answer (the protocol's extractor) equals the gold
+        ``#### N``, else 0.0; ``None`` (not scorable) for a row without a gold answer."""
+        answers = kwargs.get("answer")
+        if answers is None:
+            raise UserError("the correctness reward needs an 'answer' column in the dataset")
+        out: list[float | None] = []
+        for completion, answer in zip(completions, answers, strict=True):
+            gold = _gold(answer)
+            if gold is None:
+                out.append(None)
+                continue
+            out.append(1.0 if is_correct(protocol.extract(completion), gold) else 0.0)
+        return out
 
+    def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list:
+        """1.0 when the protocol's extractor finds a final answer in the completion, else 0.0.
+        Meant as a small shaping weight next to correctness."""
+        return [1.0 if protocol.extract(c) is not None else 0.0 for c in completions]
 
-def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list:
-    """1.0 when the completion states a final answer (a ``#### N`` line, a boxed number or
-    "the answer is N"), else 0.0. Meant as a small shaping weight next to correctness."""
-    return [1.0 if extract_final(c) is not None else 0.0 for c in completions]
-
-
-BUILTIN: dict[str, RewardFn] = {"correctness": correctness, "format": format_reward}
-DEFAULT_WEIGHTS: dict[str, float] = {"correctness": 1.0, "format": 0.1}
+    return {"correctness": correctness, "format": format_reward}
 
 
-def load_reward(name: str) -> RewardFn:
-    """A built-in reward by name, or a user function from ``module:function``."""
-    if name in BUILTIN:
-        return BUILTIN[name]
+def load_reward(name: str, protocol: Protocol) -> RewardFn:
+    """A built-in reward by name (judged by ``protocol``), or a user function from
+    ``module:function``."""
+    if name in BUILTIN_NAMES:
+        return builtin_rewards(protocol)[name]
     if ":" not in name:
         raise UserError(
-            f"unknown reward {name!r}; use one of {', '.join(BUILTIN)} or module:function "
+            f"unknown reward {name!r}; use one of {', '.join(BUILTIN_NAMES)} or module:function "
             "(a Python function with TRL's reward signature)"
         )
     module_name, _, attr = name.partition(":")
@@ -172,10 +145,8 @@ def score(
 
 
 __all__ = [
-    "BUILTIN",
-    "correctness",
-    "extract_final",
-    "format_reward",
+    "BUILTIN_NAMES",
+    "builtin_rewards",
     "load_reward",
     "reward_label",
     "reward_weights",

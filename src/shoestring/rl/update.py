@@ -1,0 +1,69 @@
+"""The gradient of one GRPO optimizer step: the policy loss over a rollout, micro-batch by
+micro-batch, plus the retention penalty.
+
+Why apart from the trainer: this is the part of a step that must match TRL number for number
+(how micro-batches add up under each ``loss_type``, which tokens the entropy, KL and clip
+statistics count), while the trainer around it only schedules, times and records steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoestring.rl.config import GRPOConfig
+from shoestring.rl.loss import aggregate_loss, per_token_loss
+from shoestring.rl.policy import Policy
+from shoestring.rl.rollout import Rollout, micro_slices
+
+__all__ = ["backward_rollout"]
+
+
+def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, Any]:
+    """Accumulate the step's gradients in ``policy``'s trained parameters (the caller zeroes
+    them before and steps the optimizer after) and return the step's loss statistics:
+    ``loss`` (retention included), ``kl``, ``entropy``, ``clip_fraction``, ``retention``."""
+    model = policy.model
+    step_tokens = float(r.completion_mask.sum())  # dapo divides by the whole step's tokens
+    slices = micro_slices(r.size, cfg.per_device_train_batch_size)
+    tot_loss = kl_sum = ent_sum = clip_sum = n_tok = n_gen = 0.0
+    for s in slices:
+        mask = r.completion_mask[s]
+        logps, ent = r.logps(model, s, cfg, policy.autocast(), want_entropy=True)
+        # on-policy (num_iterations == 1) the old log-probs are the current ones, detached
+        old = logps.detach() if r.old_logps is None else r.old_logps[s]
+        ref = None if r.ref_logps is None else r.ref_logps[s]
+        tl, clipped, kl = per_token_loss(
+            logps, old, r.advantages[s], cfg.epsilon_low, cfg.upper_epsilon, cfg.beta, ref
+        )
+        loss = aggregate_loss(
+            tl,
+            mask,
+            cfg.loss_type,
+            max_completion_length=cfg.max_completion_length,
+            accumulation_steps=len(slices),
+            step_tokens=step_tokens,
+        )
+        loss.backward()
+        tot_loss += float(loss.detach())
+        m = mask.float()
+        n_tok += float(m.sum())
+        clip_sum += float((clipped.float() * m).sum())
+        if ent is not None:  # over every generated token, masked from the loss or not
+            gm = r.gen_mask[s].float()
+            ent_sum += float((ent * gm).sum())
+            n_gen += float(gm.sum())
+        if kl is not None:
+            kl_sum += float((kl.detach() * m).sum())
+    ret = policy.retention_term()
+    retention = None
+    if ret is not None:
+        ret.backward()
+        retention = float(ret.detach())
+        tot_loss += retention
+    return {
+        "loss": tot_loss,
+        "kl": (kl_sum / max(n_tok, 1.0)) if cfg.beta > 0 else None,
+        "entropy": ent_sum / max(n_gen, 1.0),
+        "clip_fraction": clip_sum / max(n_tok, 1.0),
+        "retention": retention,
+    }
