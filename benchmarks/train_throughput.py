@@ -33,7 +33,7 @@ from shoestring.analyze.probe import measure_matmul_peak
 from shoestring.config import build_run_config
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 from shoestring.runtime import setup_runtime
-from shoestring.train.loop import build_optimizer
+from shoestring.train.optimizer import build_optimizer
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 
 from shoestring.config import HybridConfig, build_run_config
 from shoestring.runs.rundir import read_metrics
-from shoestring.train.hybrid import PHASES, HybridController
+from shoestring.train.hybrid_controller import PHASES, HybridController
 from shoestring.train.predictors import (
     CoastingPredictor,
     LinearPredictor,
@@ -278,7 +278,7 @@ def _cfg(data: Path, *extra: str):
 def test_hybrid_run_directory_statistics_add_up(
     prepared: Path, tmp_path: Path, predictor: str
 ) -> None:
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     cfg = _cfg(
         prepared, "train.max_steps=40", "train.eval_every=20", f"hybrid.predictor={predictor}"
@@ -315,7 +315,7 @@ def test_hybrid_run_directory_statistics_add_up(
 
 
 def test_hybrid_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     extra = (
         "train.max_steps=24",

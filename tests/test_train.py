@@ -69,7 +69,7 @@ def _cli_train_args(data: Path, out: Path, name: str, *extra: str) -> list[str]:
 
 
 def test_train_writes_run_directory_and_lowers_loss(prepared: Path, tmp_path: Path) -> None:
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     cfg = _cfg(prepared, "train.max_steps=40", "train.eval_every=20", "train.save_every=20")
     run = train(cfg, out=tmp_path, name="r", echo=False, progress=False)
@@ -96,8 +96,8 @@ def test_saved_model_loads_with_auto_class_and_cache_matches(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import shoestring.models  # noqa: F401 - registers the Auto classes
-    from shoestring.train.loop import train
+    import shoestring.models.gpt  # noqa: F401 - registers the Auto classes
+    from shoestring.train.entry import train
 
     run = train(
         _cfg(prepared, "train.max_steps=10", "model.position=rope"),
@@ -166,7 +166,7 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shoestring.models.gpt import ShoestringGPTForCausalLM
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     real_forward = ShoestringGPTForCausalLM.forward
     calls = {"oom": 0}
@@ -208,7 +208,8 @@ def test_nan_loss_stops_with_last_good_checkpoint(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shoestring.models.gpt import ShoestringGPTForCausalLM
-    from shoestring.train.loop import NonFiniteLossError, train
+    from shoestring.train.entry import train
+    from shoestring.train.step import NonFiniteLossError
 
     real_forward = ShoestringGPTForCausalLM.forward
     count = {"n": 0}
@@ -323,7 +324,7 @@ def test_cuda_request_without_cuda_is_an_error(prepared: Path, tmp_path: Path) -
 
 def test_tensorboard_scalars_are_written(prepared: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     run = train(
         _cfg(prepared, "train.max_steps=4", "train.report_to=tensorboard"),
@@ -348,7 +349,8 @@ def test_help_config_lists_every_key() -> None:
 def test_auto_compile_decides_from_measured_step_time(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shoestring.train.loop import Trainer, train
+    from shoestring.train.entry import train
+    from shoestring.train.trainer import Trainer
 
     run = train(
         _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
@@ -394,7 +396,8 @@ def test_auto_compile_decides_from_measured_step_time(
 def test_on_eval_callback_sees_every_evaluation_and_can_stop_the_run(
     prepared: Path, tmp_path: Path
 ) -> None:
-    from shoestring.train.loop import StopTraining, train
+    from shoestring.train.entry import train
+    from shoestring.train.trainer import StopTraining
 
     seen: list[tuple[int, float]] = []
 

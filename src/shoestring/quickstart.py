@@ -12,16 +12,21 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shoestring.config import build_run_config
 from shoestring.errors import UserError
 from shoestring.eval.answers import parse_gold
-from shoestring.eval.protocols import get_protocol
+from shoestring.eval.protocols import Protocol, get_protocol
 from shoestring.eval.stats import format_accuracy
 from shoestring.runs.rundir import atomic_write_json
 
+if TYPE_CHECKING:  # the scoring module imports torch; only its type is needed here
+    from shoestring.eval.scoring import ProblemScore
+
 #: The corpus teaches "Question: ...\nAnswer: ... #### N"; GRPO on this model resolves the same.
 QUICKSTART_PROTOCOL = "qa"
+QUICKSTART_MAX_NEW_TOKENS = 160
 
 # A tiny model that learns the synthetic corpus visibly in a few minutes on 2 CPU cores.
 QUICKSTART_MODEL = {
@@ -88,6 +93,31 @@ def read_jsonl_problems(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def score_held_out(
+    model_dir: Path,
+    problems: list[dict[str, str]],
+    protocol: Protocol,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[ProblemScore]:
+    """Quickstart's answers to held-out problems: greedy, fp32, through the one scoring path."""
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.eval.scoring import score_model
+    from shoestring.models.loading import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(model_dir, device=device, dtype="fp32")
+    return score_model(
+        model,
+        tokenizer,
+        [p["question"] for p in problems],
+        [parse_gold(p["answer"]) for p in problems],
+        protocol,
+        max_new_tokens=QUICKSTART_MAX_NEW_TOKENS,
+        progress=progress,
+        desc="answer",
+    )
+
+
 def run(
     out: Path,
     steps: int = 1000,
@@ -101,8 +131,7 @@ def run(
 ) -> Path:
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.data import synthetic, text
-    from shoestring.eval.scoring import accuracy_summary, score_model
-    from shoestring.models.loading import load_model_and_tokenizer
+    from shoestring.eval.scoring import accuracy_summary
     from shoestring.train.entry import train
 
     if steps < 1:
@@ -141,18 +170,8 @@ def run(
 
     say(f"[4/4] answering {n_eval} held-out problems (greedy, batched KV-cache decoding)")
     tests = read_jsonl_problems(corpus / "test.jsonl")[:n_eval]
-    model, tokenizer, _ = load_model_and_tokenizer(run_dir, device=device, dtype="fp32")
     protocol = get_protocol(QUICKSTART_PROTOCOL)
-    scores = score_model(
-        model,
-        tokenizer,
-        [p["question"] for p in tests],
-        [parse_gold(p["answer"]) for p in tests],
-        protocol,
-        max_new_tokens=160,
-        progress=echo,
-        desc="answer",
-    )
+    scores = score_held_out(run_dir, tests, protocol, device=device, progress=echo)
     for item in scores[:3]:
         say("-" * 72)
         say(f"{protocol.prompt(item.question)}{item.result.text.rstrip()}")

@@ -4,7 +4,8 @@ A checkpoint is a directory ``checkpoints/step_N/`` holding ``model.safetensors`
 and ``state.pt`` (everything else, plain tensors and Python scalars only, so it loads with
 ``torch.load(weights_only=True)``). It is written to a hidden temporary directory and renamed
 into place, so a run killed at any moment - even with SIGKILL during a save - leaves every
-``step_N`` directory complete, and ``--resume`` continues from the newest one.
+``step_N`` directory complete, and ``--resume`` continues from the newest one. The final
+``model/`` directory (HF format, loadable by ``from_pretrained``) is written the same way.
 """
 
 from __future__ import annotations
@@ -145,3 +146,22 @@ def prune_checkpoints(checkpoints_dir: str | Path, keep: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(".old_*") if root.is_dir() else []:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def write_model_dir(model: Any, final: Path, tokenizer_dir: Path | None) -> None:
+    """``model/`` = final weights as an HF directory with the tokenizer, written then renamed.
+
+    Written to a hidden sibling first, so a reader never sees a half-written ``model/``.
+    ``model`` is a transformers ``PreTrainedModel`` (``save_pretrained``).
+    """
+    tmp = final.parent / ".model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer_dir is not None and tokenizer_dir.is_dir():
+        for f in tokenizer_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)

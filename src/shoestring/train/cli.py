@@ -1,4 +1,12 @@
-"""``shoestring train``: build a config from presets/files/overrides and run the trainer."""
+"""``shoestring train``: the command's flags and config layering; the training is ``entry.train``.
+
+Kept light on purpose: ``shoestring --help`` imports every command's wiring, so this module
+imports only the config and option helpers, and the handler defers torch (through
+:mod:`shoestring.train.entry`) until a run really starts. Config layers, lowest first:
+defaults < ``--preset`` < ``--variant`` < ``--config FILE`` < ``--set key=value`` (the
+shortcut flags ``--data``, ``--steps`` ... are ``--set`` overrides placed before the explicit
+ones). ``--resume RUN_DIR`` starts from that run's ``config.json`` instead of the presets.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ from shoestring.config import (
     parse_override,
 )
 from shoestring.errors import UserError
+
+__all__ = ["SHORTCUT_FLAGS", "add_cli", "resume_config", "run_cli"]
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +54,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cli)
 
 
+# shortcut flag (argparse dest) -> the config key it overrides
 SHORTCUT_FLAGS = (
     ("data", "data.path"),
     ("steps", "train.max_steps"),
@@ -66,17 +77,19 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Build the config from the flags, train, print the run directory (130 on Ctrl-C)."""
     if args.help_config:
         for key, default, help_text in describe(RunConfig()):
             print(f"{key:28s} {default!s:>12}  {help_text}")
         return 0
-    from shoestring.train.loop import train  # dispatches train.trainer=plain|hybrid
-
     overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
     if args.resume:
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = build_run_config(args.preset, args.variant, args.config, overrides)
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.train.entry import train
+
     try:
         run = train(cfg, out=args.out, name=args.name, resume_dir=args.resume)
     except KeyboardInterrupt:

@@ -1,0 +1,279 @@
+"""The pretraining loop: one ``Trainer`` per run, single process or one rank of a DDP run.
+
+The loop is deliberately plain (nanoGPT's shape): AdamW with decay on matrices only, linear
+warmup then cosine decay, gradient clipping and accumulation, evaluation on a fixed validation
+set, and checkpoints that hold everything needed to continue bit-for-bit (the pieces are
+:class:`~shoestring.train.step.StepTrainer`'s). What the loop adds is the behaviour a long
+unattended run needs: it records what really ran, it stops with a clear message and an intact
+checkpoint when the loss goes non-finite, and Ctrl-C (or SIGTERM) saves before exit. The run
+directory's status, monitor thread and signal handling are
+:class:`~shoestring.runs.lifecycle.RunLifecycle`'s; :func:`shoestring.train.entry.train` picks
+this class or the hybrid subclass and runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from shoestring.config import to_dict
+from shoestring.runs.lifecycle import RunLifecycle
+from shoestring.train.checkpoint import latest_checkpoint
+from shoestring.train.state import TrainState, summary_fields
+from shoestring.train.step import NonFiniteLossError, StepTrainer
+
+__all__ = ["StopTraining", "Trainer"]
+
+
+class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by an ``on_eval`` callback to end a run early (a pruned search trial).
+
+    The run ends with status ``pruned``, keeps its checkpoint and metrics, and ``train()``
+    re-raises this exception so the caller knows the run did not finish.
+    """
+
+
+class Trainer(StepTrainer):
+    """One training run; ``run()`` returns the run directory (on every rank)."""
+
+    AUTO_COMPILE_MIN_SECONDS = 600.0  # eager time left above which compiling pays off
+
+    # ------------------------------------------------------------------ subclass hooks
+    # A trainer that changes what one step does (train/hybrid.py) overrides ``_train_step`` and
+    # these hooks; the defaults keep the plain loop's behaviour exactly.
+    def _step_tokens(self, tokens_per_step: int) -> int:
+        """Tokens the step just taken trained on (a skipped backward trains on none)."""
+        return tokens_per_step
+
+    def _after_step(self, step: int, seconds: float) -> dict[str, Any]:
+        """Called after every step with its measured time; returns extra metrics fields."""
+        return {}
+
+    def _log_step_due(self, step: int) -> bool:
+        """Whether the step that just finished (``step`` = steps done) gets a metrics record."""
+        t = self.cfg.train
+        return step % t.log_every == 0 or step == t.max_steps
+
+    def _summary_extra(self) -> dict[str, Any]:
+        """Extra summary.json fields written when the run ends."""
+        return {}
+
+    def _maybe_auto_compile(self, step_times: list[float]) -> None:
+        """``compile=auto``: after a few measured eager steps, compile if enough time is left."""
+        steps_left = self.cfg.train.max_steps - self.state.step
+        if self.compile.decide(
+            step_times, steps_left, self.state.step, self.AUTO_COMPILE_MIN_SECONDS
+        ):
+            self.train_model = torch.compile(self.model)
+            self.log(
+                f"torch.compile on from step {self.state.step} ({self.compile.info['reason']})"
+            )
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> Path:
+        """Train to ``max_steps`` (or resume to it); re-raises how a run that did not finish
+        ended: ``StopTraining`` (pruned), ``KeyboardInterrupt`` (Ctrl-C or SIGTERM, after a
+        checkpoint), ``NonFiniteLossError`` or the original error (failed)."""
+        cfg, t = self.cfg, self.cfg.train
+        self._load_data()
+        self._build_model()
+        self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
+        self.state = TrainState(micro_batch=t.batch_size, grad_accum=t.grad_accum)
+        if self.resume:
+            self._restore()
+        tokens_per_step = self.global_batch * t.seq_len
+        life = RunLifecycle(
+            self.rundir,
+            config=to_dict(cfg),
+            start_fields={
+                "run_name": self.run_path.name,
+                "trainer": t.trainer,
+                "runtime": self.rt.to_dict(),
+                "world_size": self.dist.world_size,
+                "n_params": self.n_params,
+                "data": self._data_summary(),
+                "tokens_per_step": tokens_per_step,
+            },
+            summary=lambda: self._summary(life),
+            monitor_interval=0.5,
+            close=False,  # the closing log line comes after the final summary
+        )
+        try:
+            with life:
+                self._open_tensorboard()
+                self.log(
+                    f"{'resuming' if self.resume else 'training'} {self.n_params / 1e6:.2f}M "
+                    f"params on {self.rt.device} ({self.rt.dtype}, {self.rt.threads} threads, "
+                    f"world {self.dist.world_size}); {tokens_per_step} tokens/step, "
+                    f"{t.max_steps} steps -> {self.run_path}"
+                )
+                self._run_handled(life, tokens_per_step)
+                self._write_model()  # reached only when every step ran
+        finally:
+            self._close(life.status or "finished")
+        return self.run_path
+
+    def _run_handled(self, life: RunLifecycle, tokens_per_step: int) -> None:
+        """The step loop, with each way of ending early recorded and re-raised."""
+        try:
+            self._loop(tokens_per_step)
+        except StopTraining as exc:
+            error = str(exc) or "stopped early by the on_eval callback"
+            life.set_status("pruned", error)
+            self.log(f"stopped at step {self.state.step}: {error}")
+            self._save()
+            raise StopTraining(error) from None
+        except KeyboardInterrupt:
+            self.log(f"interrupted at step {self.state.step}; saving a checkpoint")
+            self._save()
+            raise  # the lifecycle records "interrupted"
+        except NonFiniteLossError as exc:
+            last = latest_checkpoint(self.run_path / "checkpoints")
+            error = (
+                str(exc)
+                + (
+                    f"; the last good checkpoint is {last}"
+                    if last
+                    else "; no checkpoint was written before it"
+                )
+                + "; lower train.lr, raise train.warmup_steps or keep train.grad_clip > 0"
+            )
+            life.set_status("failed", error)
+            self.log(f"stopped: {error}")
+            raise NonFiniteLossError(error) from None
+        except BaseException as exc:
+            self.log(f"failed: {type(exc).__name__}: {exc}")
+            raise  # the lifecycle records "failed" with this message
+
+    def _loop(self, tokens_per_step: int) -> None:
+        """Evaluate at step 0 (if not resumed past it), then step, log, evaluate and save."""
+        t, ts = self.cfg.train, self.state
+        bar = tqdm(
+            total=t.max_steps,
+            initial=ts.step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0.5 if sys.stderr.isatty() else 10.0,
+        )
+        try:
+            # the untrained model's loss is the baseline every curve starts from
+            if ts.initial_val_loss is None:
+                ts.initial_val_loss = val = self._timed_evaluate()
+                self.metric({"step": 0, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+                self.log(
+                    f"step 0: val loss {val:.4f} (ln vocab = "
+                    f"{math.log(self.cfg.model.vocab_size):.4f})"
+                )
+            window_tokens, window_time = 0, 0.0  # throughput since the last metrics record
+            step_times: list[float] = []
+            while ts.step < t.max_steps:
+                # 1. one optimizer step, timed to the device's completion
+                step = ts.step
+                t0 = time.perf_counter()
+                loss, gnorm = self._train_step(step)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                # 2. count it: steps, training time, tokens (a predicted step trains on none)
+                ts.step = step + 1
+                ts.train_seconds += dt
+                step_tokens = self._step_tokens(tokens_per_step)
+                ts.tokens_seen += step_tokens
+                ts.last_train_loss = loss
+                step_times.append(dt)
+                # 3. compile=auto decides from the measured eager steps; hooks add fields
+                self._maybe_auto_compile(step_times)
+                extra = self._after_step(step, dt)
+                window_tokens += step_tokens
+                window_time += dt
+                bar.update(1)
+                # 4. a metrics record every log_every steps, throughput over the window
+                if self._log_step_due(ts.step):
+                    tps = window_tokens / max(window_time, 1e-9)
+                    self.metric(
+                        {
+                            "step": ts.step,
+                            "loss": loss,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "grad_norm": gnorm,
+                            "tokens_per_second": tps,
+                            "tokens": ts.tokens_seen,
+                            "train_seconds": ts.train_seconds,
+                            "micro_batch": ts.micro_batch,
+                            "grad_accum": ts.grad_accum,
+                            **extra,
+                        }
+                    )
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    window_tokens, window_time = 0, 0.0
+                # 5. evaluate every eval_every steps: best checkpoint, on_eval may prune
+                if ts.step % t.eval_every == 0 or ts.step == t.max_steps:
+                    self._eval_step(loss)
+                # 6. a resumable checkpoint every save_every steps and at the end
+                if ts.step % t.save_every == 0 or ts.step == t.max_steps:
+                    self._save()
+        finally:
+            bar.close()
+
+    def _eval_step(self, train_loss: float) -> None:
+        """Evaluate, record, keep the best weights, and give ``on_eval`` its say."""
+        ts = self.state
+        val = self._timed_evaluate()
+        self.metric(
+            {
+                "step": ts.step,
+                "val_loss": val,
+                "val_ppl": math.exp(min(val, 50)),
+                "train_seconds": ts.train_seconds,
+            }
+        )
+        self.log(f"step {ts.step}: train loss {train_loss:.4f}, val loss {val:.4f}")
+        if val < ts.best_val_loss:
+            ts.best_val_loss, ts.best_step = val, ts.step
+            self._save_best(val)
+        if self.on_eval is not None:
+            self.on_eval(ts.step, val)
+
+    def _open_tensorboard(self) -> None:
+        if self.rundir is not None and self.cfg.train.report_to == "tensorboard":
+            # deferred: tensorboard is optional and slow to import
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_path / "tensorboard"))
+
+    def _data_summary(self) -> dict[str, Any]:
+        m = self.data.meta
+        return {
+            "path": str(Path(self.cfg.data.path).resolve()),
+            "train_tokens": m.get("train_tokens"),
+            "val_tokens": m.get("val_tokens"),
+            "vocab_size": m.get("vocab_size"),
+            "tokenizer_sha256": m.get("tokenizer_sha256"),
+            "val_sequences": sum(x.shape[0] for x, _ in self.val),
+            "split": m.get("split", "document"),
+        }
+
+    def _summary(self, life: RunLifecycle) -> dict[str, Any]:
+        """summary.json's end-of-run fields (the lifecycle adds status, system and error)."""
+        fields = summary_fields(self.state, self.cfg.train, self.compile.info, life.wall_seconds)
+        return {**fields, **self._summary_extra()}
+
+    def _close(self, status: str) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.rundir is None:
+            return
+        ts = self.state
+        self.log(
+            f"{status}: {ts.step} steps, val loss {ts.initial_val_loss} -> "
+            f"{ts.last_val_loss}; run directory {self.run_path}"
+        )
+        self.rundir.close()
