@@ -16,7 +16,7 @@ import pytest
 from shoestring.cli import main as cli_main
 from shoestring.errors import UserError
 from shoestring.runs.compare import compare
-from shoestring.runs.findings import speed_words_in
+from shoestring.runs.findings.naming import speed_words_in
 from shoestring.runs.kinds import detect_kind, load_runs
 from shoestring.runs.rundir import RunDir, atomic_write_json
 
@@ -109,8 +109,12 @@ def make_bench(
     models: dict[str, list[bool]],
     source: str = "gsm.jsonl",
     with_problems: bool = True,
+    protocol: Any = "plain",
+    protocol_key: str | None = None,
+    status: str = "finished",
 ) -> Path:
-    """A bench directory with per-problem results (``models``: label -> correct per problem)."""
+    """A bench directory with per-problem results (``models``: label -> correct per problem);
+    ``protocol``/``protocol_key`` are recorded per model (an older bench: a bare name)."""
     from shoestring.eval.stats import format_accuracy, wilson_interval
 
     path = root / name
@@ -124,7 +128,20 @@ def make_bench(
             (path / pf).parent.mkdir(parents=True, exist_ok=True)
             (path / pf).write_text(
                 "".join(
-                    json.dumps({"idx": i, "correct": {"flexible": c}, "settings_hash": "h"}) + "\n"
+                    json.dumps(
+                        {
+                            "idx": i,
+                            "correct": {"flexible": c},
+                            "settings_hash": "h",
+                            "question": f"What is {i} + 1?",
+                            "gold": str(i + 1),
+                            "response": f"The answer is {i + 1 if c else i}.",
+                            "extracted": {"flexible": str(i + 1 if c else i)},
+                            "tokens": 6,
+                            "finish_reason": "eos",
+                        }
+                    )
+                    + "\n"
                     for i, c in enumerate(correct)
                 )
             )
@@ -132,7 +149,8 @@ def make_bench(
             {
                 "label": label,
                 "model": label,
-                "protocol": "plain",
+                "protocol": protocol,
+                **({"protocol_key": protocol_key} if protocol_key else {}),
                 "primary_extractor": "flexible",
                 "complete": True,
                 "settings_hash": "h",
@@ -154,11 +172,12 @@ def make_bench(
                 },
             }
         )
-    rd.finish(
-        "finished",
+    (rd.finish if status != "running" else rd.update_summary)(
+        status=status,
         models=entries,
         comparisons=[],
         data={"source": source, "n_selected": len(next(iter(models.values())))},
+        error="RuntimeError: out of memory" if status == "failed" else None,
     )
     rd.close()
     return path
@@ -244,6 +263,57 @@ def test_noise_rule_unpaired_and_significant(tmp_path: Path) -> None:
     c = make_bench(tmp_path, "c", {"weak": _fifty(5), "strong": _fifty(40)})
     [g] = _findings(compare([c], None)[1], "noise")
     assert g["severity"] == "info" and "significant" in g["text"]
+
+
+# ----------------------------------------------------------------------------- protocol rule
+
+
+def test_protocol_rule_flags_accuracies_under_different_protocols(tmp_path: Path) -> None:
+    a = make_bench(
+        tmp_path, "bench-qa", {"m-qa": _fifty(10)}, protocol={"name": "qa"}, protocol_key="qa@1"
+    )
+    b = make_bench(
+        tmp_path,
+        "bench-cot",
+        {"m-cot": _fifty(10, flip=30)},
+        protocol={"name": "chat-cot"},
+        protocol_key="chat-cot@2",
+    )
+    rep = tmp_path / "rep"
+    _, data = compare([a, b], rep)
+    [f] = _findings(data, "protocol")
+    assert f["severity"] == "warning" and "not comparable" in f["text"]
+    assert "qa@1: `bench-qa:m-qa`" in f["text"] and "chat-cot@2: `bench-cot:m-cot`" in f["text"]
+    assert _findings(data, "noise") == []  # the pair is not tested as if comparable
+    md = (rep / "report.md").read_text()
+    assert "| m-qa | qa (flexible) |" in md  # the protocol is shown in the accuracy table
+    assert "scored under different protocols (qa@1 vs chat-cot@2): not comparable" in md
+    # one recorded, one not (an older run dir): flagged as well
+    old = make_bench(tmp_path, "bench-old", {"m-old": _fifty(10)}, protocol=None)
+    [g] = _findings(compare([a, old], None)[1], "protocol")
+    assert "not recorded: `bench-old:m-old`" in g["text"]
+
+
+def test_protocol_rule_silent_under_one_protocol(tmp_path: Path) -> None:
+    a = make_bench(tmp_path, "a", {"m1": _fifty(10)}, protocol={"name": "qa"}, protocol_key="qa@1")
+    b = make_bench(tmp_path, "b", {"m2": _fifty(11)}, protocol={"name": "qa"}, protocol_key="qa@1")
+    _, data = compare([a, b], None)
+    assert _findings(data, "protocol") == []
+    [f] = _findings(data, "noise")  # the same protocol: the pair is tested
+    assert "McNemar" in f["text"]
+    assert [m["protocol_key"] for r in data["runs"] for m in r["models"]] == ["qa@1", "qa@1"]
+
+
+def test_protocol_rule_covers_grpo_and_progressive(tmp_path: Path) -> None:
+    grpo, prog = _make_other_kinds(tmp_path)[1:3]
+    assert _findings(compare([grpo, prog], None)[1], "protocol") == []  # neither recorded one
+    summary = json.loads((grpo / "summary.json").read_text())
+    summary.update(protocol={"name": "qa"}, protocol_key="qa@de7c6963")
+    atomic_write_json(grpo / "summary.json", summary)
+    rep = tmp_path / "rep"
+    [f] = _findings(compare([grpo, prog], rep)[1], "protocol")
+    assert "qa@de7c6963: `grpo1`" in f["text"] and "not recorded: `prog`" in f["text"]
+    assert "| 0.500 | qa |" in (rep / "report.md").read_text()  # GRPO table's protocol column
 
 
 def test_val_loss_noise_with_seeds(tmp_path: Path) -> None:
@@ -523,7 +593,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny real training runs of different sizes on synthetic text."""
     from shoestring.config import build_run_config
     from shoestring.data import text
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     root = tmp_path_factory.mktemp("cmp")
     text.run(None, root / "data", vocab_size=300, synthetic=300, quiet=True)
@@ -665,3 +735,32 @@ def test_hybrid_benchmark_brings_its_runs(tmp_path: Path) -> None:
     assert "Hybrid vs baseline benchmark" in md and "1.080 [0.950, 1.210] (n=3)" in md
     noise = " ".join(f["text"] for f in _findings(data, "noise"))
     assert "includes 1.0: no speed-up beyond seed noise" in noise
+
+
+# ----------------------------------------------------------------------------- a run's own report
+
+
+def test_write_run_report_for_each_kind(tmp_path: Path) -> None:
+    from shoestring.runs.compare import write_run_report
+
+    bench = make_bench(tmp_path, "bench", {"weak": _fifty(5), "strong": _fifty(40)})
+    dirs = [make_train_run(tmp_path, "tr"), bench, *_make_other_kinds(tmp_path)]
+    for d in dirs:
+        md = write_run_report(d).read_text()
+        assert md.startswith("# shoestring ") and "## Findings" in md, d
+    md = (bench / "report.md").read_text()
+    # what bench's own report showed: comparison table, extractors, examples per model
+    assert "| weak | plain (flexible) | 10.0% [4.3, 21.4] (n=50) | 100.0 |" in md
+    assert "Accuracy by extractor" in md and "## Examples: strong" in md
+    assert "**incorrect** - problem 40, gold 41, flexible extracted '40'" in md
+    assert "```text\nThe answer is 40.\n```" in md
+    prog = (tmp_path / "prog" / "report.md").read_text()
+    assert "vs best (points)" in prog and "Rollbacks: 1." in prog
+    # a run that is still running or failed still gets a report that says so
+    running = make_bench(tmp_path, "b-run", {"m": _fifty(3)}, status="running")
+    failed = make_bench(tmp_path, "b-fail", {"m": _fifty(3)}, status="failed")
+    assert "Status **running" in write_run_report(running).read_text()
+    text = write_run_report(failed).read_text()
+    assert "Status **failed" in text and "**Error:** RuntimeError: out of memory" in text
+    tr = make_train_run(tmp_path, "tr-run", status="running", val=(5.0, 4.2))
+    assert "**running (step 10 of 20)**" in write_run_report(tr).read_text()

@@ -19,15 +19,14 @@ from shoestring.errors import UserError
 # command name -> module holding add_cli(); order is the order shown in --help
 COMMANDS: list[str] = [
     "shoestring.quickstart",
-    "shoestring.data.prepare",
-    "shoestring.train.command",
-    "shoestring.eval.generate",
-    "shoestring.eval.bench",
-    "shoestring.models.import_cli",
-    "shoestring.analyze.command",
-    "shoestring.search.command",
-    "shoestring.rl.command",
-    "shoestring.runs.compare",
+    "shoestring.data.cli",
+    "shoestring.train.cli",
+    "shoestring.eval.cli",
+    "shoestring.models.cli",
+    "shoestring.analyze.cli",
+    "shoestring.search.cli",
+    "shoestring.rl.cli",
+    "shoestring.runs.cli",
 ]
 
 

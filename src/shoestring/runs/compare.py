@@ -8,10 +8,13 @@ a tool catches (a variant named "extreme fast" that measured slowest, a 2-proble
     shoestring compare runs/a runs/b runs/c --out reports/abc [--title ...] [--format json]
 
 It detects each directory's kind from its files (:mod:`shoestring.runs.kinds`), builds one
-report (:mod:`shoestring.runs.sections`, findings by :mod:`shoestring.runs.findings`) and writes
+report (one section per kind, :mod:`shoestring.runs.sections`; findings by the rules of
+:mod:`shoestring.runs.findings`, from the numbers of :mod:`shoestring.runs.measures`) and writes
 it three ways into ``--out``: ``report.md``, a self-contained ``report.html`` and
 ``report.json``, plus the PNG plots. The report directory is not a run directory (it has no
-summary.json), and compare refuses to write into one.
+summary.json), and compare refuses to write into one. The CLI wiring is
+:mod:`shoestring.runs.cli`; :func:`write_run_report` gives a command its own report.md from the
+same sections.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from shoestring.runs.html import render_html
 from shoestring.runs.kinds import RunInfo, load_run, load_runs
 from shoestring.runs.report import Report, render_markdown, report_to_dict
 from shoestring.runs.rundir import atomic_write_text, now_iso, read_json
-from shoestring.runs.sections import SectionContext, build_sections, run_record
+from shoestring.runs.sections import build_sections, run_record
+from shoestring.runs.sections.common import SectionContext
 
-__all__ = ["add_cli", "build_report", "compare", "run", "write_run_report"]
+__all__ = ["build_report", "compare", "run", "write_run_report"]
 
 
 def _intro(runs: list[RunInfo]) -> list[str]:
@@ -62,9 +66,14 @@ def _intro(runs: list[RunInfo]) -> list[str]:
     return lines
 
 
-def build_report(runs: list[RunInfo], out: Path | None, title: str | None = None) -> Report:
-    """The report over loaded runs; plots are drawn into ``out`` (none when it is None)."""
-    ctx = SectionContext(out)
+def build_report(
+    runs: list[RunInfo], out: Path | None, title: str | None = None, own_dir: Path | None = None
+) -> Report:
+    """The report over loaded runs; plots are drawn into ``out`` (none when it is None).
+
+    ``own_dir``: the run directory whose own report.md this is (its sections may then show the
+    PNGs the command drew there)."""
+    ctx = SectionContext(out, own_dir)
     sections = build_sections(runs, ctx)
     return Report(
         title=title
@@ -133,17 +142,20 @@ def write_run_report(run_dir: str | Path, title: str | None = None) -> Path:
     """A command's own ``report.md``: the sections ``compare`` renders, for this one directory.
 
     Every command writes its report through here, so a run's report and a comparison that
-    includes the run show the same tables built by the same code.
+    includes the run show the same tables built by the same code. A run that is still
+    ``running`` or ended ``failed``/``interrupted`` gets a report too: its sections and the
+    status finding say what state it is in, and its numbers are not shown as results.
     """
     path = Path(run_dir)
-    runs = [load_run(path)]
-    report = build_report(runs, None, title)
+    run = load_run(path)
+    report = build_report([run], None, title or f"shoestring {run.kind}: {run.label}", path)
     target = path / "report.md"
     atomic_write_text(target, render_markdown(report))
     return target
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command (wired by :mod:`shoestring.runs.cli`): write the report, print findings."""
     if args.out is None and args.format != "json":
         raise UserError(
             "give --out REPORT_DIR for report.md/report.html (or --format json to "
@@ -166,29 +178,3 @@ def run(args: argparse.Namespace) -> int:
         + ")"
     )
     return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="report over run directories: tables, plots, findings (md, html, json)",
-        description="Compare run directories (train, hybrid, bench, grpo, progressive, study, "
-        "analysis, hybrid benchmark): writes report.md, a self-contained report.html, "
-        "report.json and PNG plots into --out. Each directory's kind is detected from its "
-        "files; a directory holding run directories stands for them.",
-    )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories to compare")
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="REPORT_DIR",
-        help="report directory (created; not a run directory)",
-    )
-    p.add_argument("--title", default=None, help="report title (default: the run names)")
-    p.add_argument(
-        "--format",
-        choices=("text", "json"),
-        default="text",
-        help="stdout: findings and paths (text) or the whole report as JSON",
-    )
-    p.set_defaults(func=run)

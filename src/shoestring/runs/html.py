@@ -14,7 +14,7 @@ import html
 import re
 from pathlib import Path
 
-from shoestring.runs.report import Bullets, Image, Para, Report, Table
+from shoestring.runs.report import Bullets, Code, Image, Para, Report, Table
 
 __all__ = ["render_html"]
 
@@ -53,6 +53,8 @@ ul.findings li.info { border-color: #1f77b4; background: #f2f7fc; }
 li.warning .tag { color: #c62828; } li.caution .tag { color: #a86300; }
 li.info .tag { color: #1f5f94; }
 .meta { color: #555; font-size: 0.9em; }
+pre { font: 0.85em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f6f6f6;
+  padding: 6px 8px; border-radius: 4px; white-space: pre-wrap; overflow-wrap: anywhere; }
 nav { font-size: 0.9em; } nav a { margin-right: 10px; white-space: nowrap; }
 @media (max-width: 600px) {
   body { font-size: 14px; padding: 8px 10px 30px; }
@@ -132,6 +134,8 @@ def render_html(report: Report, base: Path) -> str:
                 out.append(f"<p>{inline(b.text)}</p>")
             elif isinstance(b, Bullets):
                 out.append("<ul>" + "".join(f"<li>{inline(x)}</li>" for x in b.items) + "</ul>")
+            elif isinstance(b, Code):
+                out.append(f"<pre>{html.escape(b.shown(), quote=False)}</pre>")
             elif isinstance(b, Table):
                 out.append(_table(b))
             elif isinstance(b, Image):

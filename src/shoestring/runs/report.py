@@ -17,6 +17,7 @@ from typing import Any, Literal
 __all__ = [
     "Block",
     "Bullets",
+    "Code",
     "Finding",
     "Image",
     "Para",
@@ -24,9 +25,11 @@ __all__ = [
     "Section",
     "Table",
     "fmt",
+    "fmt_duration",
     "fmt_int",
     "fmt_mib",
     "fmt_millions",
+    "fmt_size",
     "render_markdown",
     "report_to_dict",
 ]
@@ -42,6 +45,22 @@ class Para:
 class Bullets:
     items: list[str]
     kind: Literal["bullets"] = "bullets"
+
+
+@dataclass
+class Code:
+    """Verbatim text (a model's response, a question), cut at ``limit`` characters."""
+
+    text: str
+    limit: int = 700
+    kind: Literal["code"] = "code"
+
+    def shown(self) -> str:
+        """The text as shown: cut with a note of how much was left out."""
+        t = self.text
+        return (
+            t if len(t) <= self.limit else t[: self.limit] + f" [... {len(t) - self.limit} chars]"
+        )
 
 
 @dataclass
@@ -68,7 +87,7 @@ class Image:
     kind: Literal["image"] = "image"
 
 
-Block = Para | Bullets | Table | Image
+Block = Para | Bullets | Code | Table | Image
 
 
 @dataclass
@@ -125,6 +144,23 @@ def fmt_millions(n: Any) -> str:
     return "-" if n is None else f"{float(n) / 1e6:.2f}M"
 
 
+def fmt_size(b: Any) -> str:
+    """A cache or buffer size: "1.5 MiB" from a MiB up, else "48 KiB"; None prints as a dash."""
+    if b is None:
+        return "-"
+    return f"{float(b) / 2**20:.1f} MiB" if b >= 2**20 else f"{float(b) / 2**10:.0f} KiB"
+
+
+def fmt_duration(s: Any) -> str:
+    """Seconds in the unit a person reads them in: s, min, h or d; None prints as a dash."""
+    if s is None:
+        return "-"
+    for limit, div, unit in ((120, 1, "s"), (7200, 60, "min"), (2 * 86400, 3600, "h")):
+        if s < limit:
+            return f"{s / div:.0f} s" if unit == "s" else f"{s / div:.1f} {unit}"
+    return f"{s / 86400:.1f} d"
+
+
 def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -161,6 +197,9 @@ def render_markdown(report: Report) -> str:
                 lines += [b.text, ""]
             elif isinstance(b, Bullets):
                 lines += [f"- {i}" for i in b.items] + [""]
+            elif isinstance(b, Code):
+                # a fence inside the text would end the block early: break it up
+                lines += ["```text", b.shown().replace("```", "` ` `"), "```", ""]
             elif isinstance(b, Table):
                 lines += _md_table(b) + [""]
             elif isinstance(b, Image):
