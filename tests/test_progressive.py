@@ -17,18 +17,15 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from _helpers import char_tokenizer
 from shoestring.config import ConfigError
-from shoestring.rl.curriculum_eval import (
-    EvalResult,
-    ValidationConfig,
-    ValidationEvaluator,
-    eval_result,
-)
-from shoestring.rl.progressive import (
+from shoestring.rl.curriculum_eval import EvalResult, ValidationEvaluator, eval_result
+from shoestring.rl.progressive import run_progressive
+from shoestring.rl.progressive_config import (
     ProgressiveConfig,
+    ValidationConfig,
     load_stages_file,
-    run_progressive,
     stage_grpo_config,
 )
+from shoestring.rl.trainer import GRPOTrainer
 from shoestring.runs.rundir import read_json, read_metrics
 
 # Eight fixed problems a tiny model can memorise: the validation set of the "real" tests.
@@ -196,6 +193,9 @@ def test_failing_stage_is_rolled_back_and_retried_with_lower_lr(memorised_model,
     assert failed["drop_points"] == pytest.approx(100.0)
     assert failed["p_vs_start"] == pytest.approx(2 * 0.5**8)  # McNemar: 8 discordant pairs
     assert s["rollbacks"] == 1
+    # the protocol every model was scored under: auto -> qa for a tokenizer without a template
+    assert s["protocol"]["name"] == "qa" and s["protocol_key"].startswith("qa@")
+    assert s["validation"]["protocol"] == "auto"
     # the retry started from the pre-stage model (stage 1's), not the broken one, at lr x0.1
     assert trainer.calls[1]["lr"] == pytest.approx(1e-4)
     assert trainer.calls[2]["lr"] == pytest.approx(1e-5)
@@ -209,7 +209,7 @@ def test_failing_stage_is_rolled_back_and_retried_with_lower_lr(memorised_model,
     assert all(c["retention_penalty"] == 0.01 for c in trainer.calls)
     assert all(c["retention_reference"] == str(memorised_model) for c in trainer.calls)
     # the table, the plot, per-problem evals and the metrics events exist
-    table = (run / "summary.md").read_text()
+    table = (run / "report.md").read_text()
     assert "02-hard | 1" not in table and "| 02-hard | 0 | rolled_back |" in table
     assert "0.0% [0.0, 32.4] (0/8)" in table
     assert (run / "progressive.png").stat().st_size > 5000
@@ -231,7 +231,7 @@ def test_stop_on_regression_keeps_the_pre_stage_model(memorised_model, tmp_path)
     assert s["stopped_at"] == "02-hard" and s["rollbacks"] == 1 and s["stages_completed"] == 1
     assert s["best_model_dir"] == str(run / "stages" / "01-easy" / "model")
     assert len(trainer.calls) == 2  # stage 3 never ran
-    assert "Stopped at 02-hard" in (run / "summary.md").read_text()
+    assert "Stopped at 02-hard" in (run / "report.md").read_text()
     # resuming with a retry allowed retries the stopped stage at a lower lr, then goes on
     evaluator.script.update({"02-hard-retry1": 61, "03-harder": 62})
     cfg2 = _cfg(memorised_model, on_regression="retry", max_retries=1)
@@ -325,6 +325,30 @@ def test_real_evaluator_scores_and_records(memorised_model, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["pred"] == r["gold"] for r in rows)
     assert ev.fingerprint == _real_evaluator().fingerprint
+    assert res.extra["protocol"]["name"] == "qa"
+
+
+def test_stage_gate_verdicts_are_the_scoring_paths(memorised_model):
+    """A stage gate judges exactly as score_model does under the protocol GRPO resolves (the
+    held-out evaluation's path): same problems, same per-problem verdicts."""
+    from shoestring.eval.protocols import resolve_protocol
+    from shoestring.eval.scoring import score_model
+    from shoestring.models.loading import load_model_and_tokenizer
+
+    model, tok, _ = load_model_and_tokenizer(memorised_model, device="cpu", dtype="fp32")
+    broken = [dict(p, answer=p["answer"] + "1") for p in PROBLEMS[:4]] + PROBLEMS[4:]
+    protocol = resolve_protocol("auto", tok, fallback="qa")
+    golds = [p["answer"].split()[-1] for p in broken]
+    direct = score_model(
+        model, tok, [p["question"] for p in broken], golds, protocol,
+        max_new_tokens=12, progress=False,
+    )  # fmt: skip
+    ev = ValidationEvaluator(
+        ValidationConfig(n=len(broken), max_new_tokens=12), problems=broken, progress=False
+    )
+    res = ev(memorised_model, "m")
+    assert res.per_problem == [s.ok for s in direct] == [False] * 4 + [True] * 4
+    assert res.extra["protocol_key"] == protocol.key()
 
 
 def test_stages_file_errors_name_the_problem(memorised_model, tmp_path):
@@ -362,11 +386,9 @@ def test_layering_and_bundled_example(memorised_model):
 
 def test_real_grpo_end_to_end(tmp_path, monkeypatch):
     """Two stages of the real GRPO trainer on a tiny shoestring GPT, real validation."""
-    grpo = pytest.importorskip("shoestring.rl.grpo")
-    assert hasattr(grpo, "train_grpo")
     from shoestring.config import build_run_config
     from shoestring.data import text
-    from shoestring.train.loop import train
+    from shoestring.train.entry import train
 
     text.run(None, tmp_path / "data", vocab_size=300, synthetic=300, quiet=True)
     tcfg = build_run_config(
@@ -413,7 +435,7 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
     from shoestring.cli import main
 
     # Ctrl-C during stage 2's second step (after its step-1 checkpoint), then --resume
-    real_step = grpo.GRPOTrainer.train_step
+    real_step = GRPOTrainer.train_step
     interrupted: list[str] = []
 
     def step_once_interrupted(self: Any) -> Any:
@@ -422,7 +444,7 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_step(self)
 
-    monkeypatch.setattr(grpo.GRPOTrainer, "train_step", step_once_interrupted)
+    monkeypatch.setattr(GRPOTrainer, "train_step", step_once_interrupted)
     out = ["--out", str(tmp_path / "out"), "--name", "p"]
     assert main(["progressive", "--stages", str(stages), *out]) == 130
     run = tmp_path / "out" / "p"
@@ -442,3 +464,17 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
     # stage 2 resumed its own GRPO run from the step-1 checkpoint instead of starting over
     log = (run / "stages" / "02-two" / "log.txt").read_text()
     assert "resuming" in log and not (run / "stages" / "02-two-2").exists()
+
+
+def test_cli_layers_preset_then_file_then_set(tmp_path):
+    """grpo and progressive layer the same way: preset < config file < --set."""
+    from shoestring.cli import build_parser
+    from shoestring.rl.cli import grpo_cli_config
+
+    f = tmp_path / "g.yaml"
+    f.write_text("learning_rate: 2.0e-5\ntemperature: 0.5\n")
+    argv = ["grpo", "--preset", "cpu", "--config", str(f), "--set", "temperature=0.7"]
+    cfg = grpo_cli_config(build_parser().parse_args([*argv, "--steps", "3"]))
+    assert cfg.learning_rate == pytest.approx(2e-5)  # the file over the preset
+    assert cfg.temperature == pytest.approx(0.7)  # --set over the file
+    assert cfg.num_generations == 8 and cfg.preset == "cpu" and cfg.max_steps == 3

@@ -2,10 +2,12 @@
 
 Why a separate module: the curriculum's whole promise is that a stage which makes the model
 worse is noticed and undone. That only works if every model is measured the same way - the
-same problems, the same prompt, greedy decoding, the same answer extractor - so this module
-loads the problems once, fingerprints them (a resumed run refuses a different set) and scores
-any model directory against them with the shared batched generation engine and the bench's
-answer normaliser. Accuracy always comes with its 95% Wilson interval and n.
+same problems, the same protocol (prompt, stop strings, answer extractor), greedy decoding - so
+this module loads the problems once, fingerprints them (a resumed run refuses a different set)
+and scores any model directory against them through the one scoring path,
+:func:`shoestring.eval.scoring.score_model`. A stage gate and GRPO's held-out evaluation
+therefore give the same per-problem verdicts for the same model, problems and protocol.
+Accuracy always comes with its 95% Wilson interval and n.
 
 The progressive runner only needs a callable ``evaluator(model_dir, label) -> EvalResult``; this
 :class:`ValidationEvaluator` is the real one, and tests pass scripted ones.
@@ -21,49 +23,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoestring.config import opt, validate
+from shoestring.config import validate
 from shoestring.errors import UserError
-from shoestring.eval.answers import EXTRACTORS, AnswerFormatError, is_correct, parse_gold
-from shoestring.eval.stats import wilson_interval
+from shoestring.eval.answers import AnswerFormatError, parse_gold
+from shoestring.eval.protocols import resolve_protocol
+from shoestring.eval.scoring import accuracy_summary, score_model
+from shoestring.models.loading import load_model_and_tokenizer
+from shoestring.rl.data import load_task
+from shoestring.rl.progressive_config import ValidationConfig
+from shoestring.runs.rundir import atomic_open
 
 __all__ = [
     "EvalResult",
     "Evaluator",
-    "ValidationConfig",
     "ValidationEvaluator",
     "eval_result",
+    "load_validation_problems",
     "problems_fingerprint",
 ]
 
 
 @dataclass
-class ValidationConfig:
-    """Which problems every stage is validated on, and how they are answered."""
-
-    dataset: str = opt(
-        "synthetic:1", "task spec like GRPO's dataset: synthetic:LEVEL | gsm8k | gsm8k:PATH"
-    )
-    split: str = opt(
-        "test", "split to draw from (the stages train on 'train')", choices=("train", "test")
-    )
-    n: int = opt(200, "number of validation problems (fixed for the whole run)", min=1)
-    seed: int = opt(1234, "seed that picks/generates the validation problems", min=0)
-    max_new_tokens: int = opt(160, "tokens generated per answer at most", min=1)
-    extractor: str = opt(
-        "strict", "which answer extractor decides correctness", choices=tuple(EXTRACTORS)
-    )
-    batch_size: int = opt(0, "rows per forward pass; 0 = auto", min=0)
-    device: str = opt("auto", "device for validation: cpu, cuda, cuda:N, mps or auto")
-    dtype: str = opt(
-        "fp32",
-        "weights dtype for validation; fp32 = greedy decoding that matches model.generate",
-        choices=("auto", "fp32", "bf16", "fp16"),
-    )
-
-
-@dataclass
 class EvalResult:
-    """One model measured on the validation set (the contract's eval shape plus extras)."""
+    """One model measured on the validation set (the contract's eval shape plus extras).
+
+    ``extra`` carries what the real evaluator knows beyond the counts: the protocol the model
+    was scored under (``protocol``: ``Protocol.to_dict()``, ``protocol_key``).
+    """
 
     correct: int
     n: int
@@ -95,18 +81,19 @@ def eval_result(
 ) -> EvalResult:
     """Build an :class:`EvalResult` from a count (with ``n``) or a per-problem list."""
     per_problem = None
-    if not isinstance(correct, int):
-        per_problem = [bool(c) for c in correct]
-        correct, n = sum(per_problem), len(per_problem)
-    if n is None:
-        raise ValueError("n is required with a count of correct answers")
-    lo, hi = wilson_interval(correct, n)
+    if isinstance(correct, int):
+        if n is None:
+            raise ValueError("n is required with a count of correct answers")
+        verdicts = [True] * correct + [False] * (n - correct)
+    else:
+        per_problem = verdicts = [bool(c) for c in correct]
+    acc = accuracy_summary(verdicts)
     return EvalResult(
-        correct=correct,
-        n=n,
-        accuracy=correct / n if n else 0.0,
-        ci_low=lo,
-        ci_high=hi,
+        correct=acc["correct"],
+        n=acc["n"],
+        accuracy=acc["accuracy"] or 0.0,
+        ci_low=acc["ci_low"],
+        ci_high=acc["ci_high"],
         per_problem=per_problem,
         seconds=seconds,
     )
@@ -122,8 +109,6 @@ def problems_fingerprint(problems: Sequence[dict[str, Any]]) -> str:
 
 def load_validation_problems(cfg: ValidationConfig) -> list[dict[str, Any]]:
     """The validation problems through GRPO's own task loader (same specs, same split rules)."""
-    from shoestring.rl.data import load_task
-
     problems = load_task(cfg.dataset, split=cfg.split, seed=cfg.seed, n=cfg.n)
     if len(problems) < cfg.n:
         raise UserError(
@@ -133,27 +118,13 @@ def load_validation_problems(cfg: ValidationConfig) -> list[dict[str, Any]]:
     return list(problems)[: cfg.n]
 
 
-def _prompt_builder(
-    tokenizer: Any, prompt_format: str, stop_strings: Sequence[str] | None
-) -> tuple[Callable[[dict[str, Any]], str], list[str], bool]:
-    """How GRPO prompts a problem (``shoestring.rl.data.build_prompt``), so validation asks
-    exactly what training asked: ``(build, stop strings, add_special_tokens)``.
-
-    Chat prompts already carry the template's special tokens; plain ``Question: ...`` prompts
-    get the tokenizer's BOS like the pretraining documents did.
-    """
-    from shoestring.rl.data import build_prompt, uses_chat
-
-    chat = uses_chat(tokenizer, prompt_format)
-    stops = list(stop_strings) if stop_strings is not None else ([] if chat else ["Question:"])
-    return (lambda p: build_prompt(p["question"], tokenizer, prompt_format)), stops, not chat
-
-
 class ValidationEvaluator:
     """Scores model directories on one fixed set of problems (greedy, batched KV cache).
 
-    ``records_dir``, when given, receives one JSONL file per evaluated model with each
-    problem's response, extracted answer and correctness, so a reader can check any number.
+    The protocol is resolved per model from its tokenizer (``auto``: ``chat-cot`` with a chat
+    template, else ``qa``), exactly as a GRPO stage resolves its own. ``records_dir``, when
+    given, receives one JSONL file per evaluated model with each problem's response, every
+    extractor's answer and the verdict, so a reader can check any number.
     """
 
     def __init__(
@@ -163,13 +134,9 @@ class ValidationEvaluator:
         records_dir: Path | None = None,
         progress: bool = True,
         problems: Sequence[dict[str, Any]] | None = None,
-        prompt_format: str = "auto",
-        stop_strings: Sequence[str] | None = None,
     ) -> None:
         validate(cfg)
         self.cfg = cfg
-        self.prompt_format = prompt_format
-        self.stop_strings = None if stop_strings is None else list(stop_strings)
         self.progress = progress
         self.records_dir = records_dir
         self.problems = list(problems) if problems is not None else load_validation_problems(cfg)
@@ -180,53 +147,28 @@ class ValidationEvaluator:
         self.fingerprint = problems_fingerprint(self.problems)
 
     def __call__(self, model_dir: Path, label: str) -> EvalResult:
-        import torch
-
-        from shoestring.eval.generation import SamplingConfig, generate_all
-        from shoestring.models.loading import load_model_and_tokenizer
-
         t0 = time.perf_counter()
         model, tokenizer, _ = load_model_and_tokenizer(
             model_dir, device=self.cfg.device, dtype=self.cfg.dtype
         )
-        build, stops, add_special = _prompt_builder(
-            tokenizer, self.prompt_format, self.stop_strings
-        )
-        prompts = [build(p) for p in self.problems]
-        sampling = SamplingConfig(
+        # fallback qa: the corpus layout GRPO trains a template-less model on
+        protocol = resolve_protocol(self.cfg.protocol, tokenizer, fallback="qa")
+        scores = score_model(
+            model,
+            tokenizer,
+            [p["question"] for p in self.problems],
+            self.golds,
+            protocol,
             max_new_tokens=self.cfg.max_new_tokens,
-            stop_strings=stops,
             batch_size=self.cfg.batch_size,
-            add_special_tokens=add_special,
+            progress=self.progress,
+            desc=f"validate {label}",
         )
-        with torch.no_grad():
-            results = generate_all(
-                model,
-                tokenizer,
-                prompts,
-                sampling,
-                progress=self.progress,
-                desc=f"validate {label}",
-            )
-        extract = EXTRACTORS[self.cfg.extractor]
-        preds = [extract(r.text) for r in results]
-        correct = [is_correct(p, g) for p, g in zip(preds, self.golds, strict=True)]
         del model
-        out = eval_result(correct, seconds=time.perf_counter() - t0)
+        out = eval_result([s.ok for s in scores], seconds=time.perf_counter() - t0)
+        out.extra = {"protocol": protocol.to_dict(), "protocol_key": protocol.key()}
         if self.records_dir is not None:
-            from shoestring.runs.rundir import atomic_open
-
             with atomic_open(self.records_dir / f"{label}.jsonl") as f:
-                for i, (prob, res, pred, ok) in enumerate(
-                    zip(self.problems, results, preds, correct, strict=True)
-                ):
-                    rec = {
-                        "index": i,
-                        "question": prob["question"],
-                        "gold": self.golds[i],
-                        "response": res.text,
-                        "pred": pred,
-                        "correct": ok,
-                    }
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                for s in scores:
+                    f.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
         return out

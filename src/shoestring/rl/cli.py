@@ -1,0 +1,160 @@
+"""The command-line wiring of ``shoestring grpo`` and ``shoestring progressive``.
+
+Why a light module: ``shoestring --help`` imports every command's ``add_cli``; this one imports
+only config dataclasses and argparse, and each handler defers the trainer (torch, transformers,
+peft) until the command actually runs. Both commands layer their settings the same way, lowest
+first: defaults < preset < config file < ``--set key=value`` (the shortcut flags such as
+``--steps`` are ``--set`` in disguise). On ``--resume`` the run's own ``config.json`` takes the
+place of preset and file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from shoestring.cli_options import add_set_option, shortcut_overrides
+from shoestring.config import describe, read_config_file
+from shoestring.errors import UserError
+from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets, load_grpo_preset
+from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file, resume_config
+
+__all__ = ["add_cli", "grpo_cli_config", "run_grpo_cli", "run_progressive_cli"]
+
+LAYERS = "Config layers: defaults < --preset < --config FILE < --set key=value."
+
+# (argparse destination, GRPOConfig field) of grpo's shortcut flags
+SHORTCUT_FLAGS = (
+    ("model", "model_name_or_path"),
+    ("dataset", "dataset"),
+    ("lora_rank", "lora_rank"),
+    ("steps", "max_steps"),
+    ("device", "device"),
+    ("dtype", "dtype"),
+)
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``grpo`` and ``progressive``."""
+    _add_grpo(sub)
+    _add_progressive(sub)
+
+
+def _print_fields(cfg: Any, key_width: int, default_width: int) -> None:
+    for key, default, help_text in describe(cfg):
+        print(f"{key:{key_width}s} {default!s:>{default_width}}  {help_text}")
+
+
+# ----------------------------------------------------------------------------- grpo
+
+
+def _add_grpo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grpo",
+        help="GRPO reinforcement learning on math problems (TRL GRPOConfig names)",
+        description="GRPO on GSM8K or synthetic math with the batched KV-cache engine. "
+        f"{LAYERS} Field names and meanings follow TRL's GRPOConfig; `--help-config` lists "
+        "them.",
+    )
+    p.add_argument("--model", help="model dir, shoestring run dir or Hub name")
+    p.add_argument("--preset", help=f"GRPO preset: {', '.join(list_grpo_presets())}")
+    p.add_argument("--config", help="JSON or YAML file of GRPOConfig fields (over the preset)")
+    p.add_argument("--dataset", help="synthetic:LEVEL, gsm8k or gsm8k:PATH")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (0 = full fine-tune)")
+    p.add_argument("--steps", type=int, help="same as --set max_steps=N")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
+    add_set_option(p, "num_generations=8")
+    p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--name", help="run directory name (default grpo-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--help-config", action="store_true", help="list every field and exit")
+    p.set_defaults(func=run_grpo_cli)
+
+
+def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
+    """The GRPOConfig the flags describe: preset < --config file < --set (and shortcuts)."""
+    overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
+    if args.resume:
+        cfg_path = Path(args.resume) / "config.json"
+        if not cfg_path.is_file():
+            raise UserError(f"{args.resume} is not a GRPO run directory (no config.json)")
+        return grpo_config(base=read_config_file(cfg_path), overrides=overrides)
+    # The layers are merged here, lowest first, and handed over as one base dict: the file
+    # must override the preset it refines, not the other way round.
+    base: dict[str, Any] = {}
+    if args.preset:
+        base.update(load_grpo_preset(args.preset), preset=args.preset)
+    if args.config:
+        base.update(read_config_file(args.config))
+    return grpo_config(None, overrides, base=base or None)
+
+
+def run_grpo_cli(args: argparse.Namespace) -> int:
+    """``shoestring grpo``: build the config, train, print the run directory."""
+    if args.help_config:
+        _print_fields(GRPOConfig(), 30, 14)
+        return 0
+    cfg = grpo_cli_config(args)
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.rl.grpo import train_grpo
+
+    try:
+        run = train_grpo(cfg, out=args.out, name=args.name, resume_dir=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(run)
+    return 0
+
+
+# ----------------------------------------------------------------------------- progressive
+
+
+def _add_progressive(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "progressive",
+        help="GRPO curriculum with validation after every stage and automatic rollback",
+        description=(
+            "Run GRPO stages in order, each from the best model so far. The base model and "
+            "every stage are validated on one fixed set (greedy, one scoring protocol, accuracy "
+            "with a 95% CI); a stage that falls more than `threshold` points below the best is "
+            "rolled back and retried with a lower learning rate or the curriculum stops "
+            "(on_regression). Config layers: defaults < --stages FILE (a bundled example or "
+            "your own) < --model < --set key=value."
+        ),
+    )
+    p.add_argument(
+        "--stages", metavar="STAGES.yaml", help="stages file, or a bundled example's name"
+    )
+    p.add_argument("--model", help="starting model (overrides the file's 'model')")
+    add_set_option(p, "threshold=3 --set validation.n=100 --set grpo.max_steps=5")
+    p.add_argument("--out", default="runs", help="parent directory of the run directory")
+    p.add_argument("--name", help="run directory name (default: the stages file's name)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted progressive run")
+    p.add_argument("--help-config", action="store_true", help="list the settings and exit")
+    p.set_defaults(func=run_progressive_cli)
+
+
+def run_progressive_cli(args: argparse.Namespace) -> int:
+    """``shoestring progressive``: read the curriculum, run or resume it, print the run dir."""
+    if args.help_config:
+        _print_fields(ProgressiveConfig(), 26, 12)
+        return 0
+    overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
+    if args.resume:
+        cfg = resume_config(args.resume, overrides)
+    elif args.stages:
+        cfg = load_stages_file(args.stages, overrides)
+    else:
+        raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")
+    name = args.name or (Path(args.stages).stem if args.stages else None)
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.rl.progressive import run_progressive
+
+    try:
+        path = run_progressive(cfg, out=args.out, name=name, resume_dir=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(path)
+    return 0
