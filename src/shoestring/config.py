@@ -1,5 +1,9 @@
 """Dataclass configs, presets, dotted overrides and validation.
 
+This module is one idea: how a configuration comes to be - the typed fields (``opt``), the
+training run's config dataclasses, the one preset loader, the layering and its validation - so
+that every command builds its config the same way.
+
 Configs work like TRL's dataclass configs: every option is a typed dataclass field with a
 default, a help text and (where it has one) an allowed range or set of choices. A config is
 built in layers - defaults, then a preset, then a variant, then a config file, then
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -429,8 +435,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text) or {}
         else:
             data = json.loads(text)
@@ -441,39 +445,47 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _preset_root() -> Any:
-    return resources.files("shoestring") / "presets"
+def preset_names(group: str = "") -> list[str]:
+    """Names of the JSON presets in ``presets/<group>`` (sizes and seed configs for ``""``,
+    ``variants``, ``grpo``, ``search``): the one preset loader every command uses."""
+    root = resources.files("shoestring") / "presets"
+    if group:
+        root = root / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
 
 
-def list_presets() -> list[str]:
-    return sorted(p.name[:-5] for p in _preset_root().iterdir() if p.name.endswith(".json"))
-
-
-def list_variants() -> list[str]:
-    return sorted(
-        p.name[:-5] for p in (_preset_root() / "variants").iterdir() if p.name.endswith(".json")
-    )
-
-
-def _load_named(kind: str, name: str, names: list[str], root: Any) -> dict[str, Any]:
+def load_named_preset(group: str, name: str, what: str = "preset") -> dict[str, Any]:
+    """The preset ``presets/<group>/<name>.json`` as a dict, ``description``/``notes`` dropped;
+    an unknown name gets the nearest one suggested and the list of names."""
+    names = preset_names(group)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown {kind} '{name}'; {hint}available: {', '.join(names)}")
-    data = json.loads((root / f"{name}.json").read_text(encoding="utf-8"))
+        raise ConfigError(f"unknown {what} '{name}'; {hint}available: {', '.join(names)}")
+    root = resources.files("shoestring") / "presets"
+    path = (root / group if group else root) / f"{name}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
     data.pop("description", None)
     data.pop("notes", None)
     return data
 
 
+def list_presets() -> list[str]:
+    return preset_names()
+
+
+def list_variants() -> list[str]:
+    return preset_names("variants")
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """A named preset (model size or a seed configuration) as a nested dict of overrides."""
-    return _load_named("preset", name, list_presets(), _preset_root())
+    return load_named_preset("", name, "preset")
 
 
 def load_variant(name: str) -> dict[str, Any]:
     """A named attention variant: a dict of model switches, composed on top of a size."""
-    return _load_named("variant", name, list_variants(), _preset_root() / "variants")
+    return load_named_preset("variants", name, "variant")
 
 
 def build_run_config(

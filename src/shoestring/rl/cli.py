@@ -17,7 +17,7 @@ from typing import Any
 from shoestring.cli_options import add_set_option, shortcut_overrides
 from shoestring.config import describe, read_config_file
 from shoestring.errors import UserError
-from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets, load_grpo_preset
+from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets
 from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file, resume_config
 
 __all__ = ["add_cli", "grpo_cli_config", "run_grpo_cli", "run_progressive_cli"]
@@ -81,14 +81,8 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
         if not cfg_path.is_file():
             raise UserError(f"{args.resume} is not a GRPO run directory (no config.json)")
         return grpo_config(base=read_config_file(cfg_path), overrides=overrides)
-    # The layers are merged here, lowest first, and handed over as one base dict: the file
-    # must override the preset it refines, not the other way round.
-    base: dict[str, Any] = {}
-    if args.preset:
-        base.update(load_grpo_preset(args.preset), preset=args.preset)
-    if args.config:
-        base.update(read_config_file(args.config))
-    return grpo_config(None, overrides, base=base or None)
+    base = read_config_file(args.config) if args.config else None
+    return grpo_config(args.preset, overrides, base=base)
 
 
 def run_grpo_cli(args: argparse.Namespace) -> int:

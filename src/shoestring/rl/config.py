@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from shoestring.config import (
@@ -30,8 +28,10 @@ from shoestring.config import (
     _coerce,
     _field_type,
     apply_dict,
+    load_named_preset,
     opt,
     parse_override,
+    preset_names,
     validate,
 )
 from shoestring.eval.protocols import PROTOCOLS
@@ -238,25 +238,13 @@ def parse_slice(text: str) -> tuple[int | None, int | None]:
 # ----------------------------------------------------------------------------- presets
 
 
-def _preset_root() -> Any:
-    return resources.files("shoestring") / "presets" / "grpo"
-
-
 def list_grpo_presets() -> list[str]:
-    return sorted(p.name[:-5] for p in _preset_root().iterdir() if p.name.endswith(".json"))
+    return preset_names("grpo")
 
 
 def load_grpo_preset(name: str) -> dict[str, Any]:
     """A named GRPO preset as a flat dict of fields (``description``/``notes`` dropped)."""
-    names = list_grpo_presets()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown GRPO preset '{name}'; {hint}available: {', '.join(names)}")
-    data = json.loads((_preset_root() / f"{name}.json").read_text(encoding="utf-8"))
-    data.pop("description", None)
-    data.pop("notes", None)
-    return data
+    return load_named_preset("grpo", name, "GRPO preset")
 
 
 def apply_grpo_override(cfg: GRPOConfig, text: str) -> None:
@@ -277,17 +265,18 @@ def grpo_config(
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, Any] | None = None,
 ) -> GRPOConfig:
-    """Layer defaults < ``base`` < preset < overrides, then validate.
+    """Layer defaults < preset < ``base`` < overrides, then validate: every command's order.
 
-    ``base`` is a dict of fields (e.g. a stage of ``shoestring progressive`` or a config file);
-    ``overrides`` are ``key=value`` strings whose value is parsed as JSON when it is JSON.
+    ``base`` is a dict of fields (a config file, or a run's config.json on resume) that refines
+    the preset; ``overrides`` are ``key=value`` strings whose value is parsed as JSON when it
+    is JSON.
     """
     cfg = GRPOConfig()
-    if base:
-        apply_dict(cfg, _upgrade(base))
     if preset:
         apply_dict(cfg, load_grpo_preset(preset))
         cfg.preset = preset
+    if base:
+        apply_dict(cfg, _upgrade(base))
     for text in overrides:
         apply_grpo_override(cfg, text)
     return cfg.resolved()
