@@ -98,7 +98,7 @@ def test_convert_refuses_to_clobber_and_bad_tokenizers(tmp_path: Path, shared_di
 def test_cli_prints_what_it_wrote(tmp_path: Path, shared_dir: Path, capsys) -> None:
     import argparse
 
-    from shoestring.models import import_cli
+    from shoestring.models import cli as import_cli
 
     parser = argparse.ArgumentParser(prog="shoestring")
     import_cli.add_cli(parser.add_subparsers(dest="command"))

@@ -17,15 +17,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import shoestring.models  # noqa: F401 - registers the Auto classes
 from shoestring.config import ConfigError, build_run_config, list_variants
 from shoestring.models import gpt as gpt_mod
 from shoestring.models.gpt import (
     ShoestringGPTConfig,
     ShoestringGPTForCausalLM,
     lm_loss,
-    num_parameters_breakdown,
 )
+from shoestring.models.param_count import num_parameters_breakdown
 
 SIZES = ["tiny", "small", "medium", "large"]
 VARIANTS = [

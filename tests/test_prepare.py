@@ -15,15 +15,13 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from shoestring.data import prepare, synthetic
-from shoestring.data.text import (
-    EOS_TOKEN,
-    InputReport,
-    _dtype_for,
-    iter_documents,
-    load_prepared,
-    run,
-)
+from shoestring.data import cli as prepare_cli
+from shoestring.data import synthetic
+from shoestring.data.documents import iter_documents
+from shoestring.data.input_report import InputReport
+from shoestring.data.prepared import load_prepared
+from shoestring.data.shards import EOS_TOKEN, dtype_for
+from shoestring.data.text import run
 from shoestring.errors import UserError
 
 VOCAB = 300
@@ -282,13 +280,13 @@ def test_load_prepared_reports_missing_and_corrupt_files(tmp_path: Path) -> None
 
 
 def test_dtype_follows_vocab_size() -> None:
-    assert _dtype_for(16000) == np.uint16 and _dtype_for(65535) == np.uint16
-    assert _dtype_for(70000) == np.uint32
+    assert dtype_for(16000) == np.uint16 and dtype_for(65535) == np.uint16
+    assert dtype_for(70000) == np.uint32
 
 
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="shoestring")
-    prepare.add_cli(parser.add_subparsers(dest="command"))
+    prepare_cli.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 

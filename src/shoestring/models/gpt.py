@@ -1,25 +1,22 @@
-"""The shoestring GPT: a nanoGPT-style decoder packaged as a Hugging Face causal LM.
+"""This module is one idea: the shoestring GPT model definition (config, decoder, LM head).
 
-Why a ``transformers`` ``PreTrainedModel`` instead of a bare ``nn.Module``: a run's ``model/``
-directory must load with ``AutoModelForCausalLM.from_pretrained``, generate with
-``model.generate`` (KV cache, left padding, sampling) and wrap with ``peft`` exactly like a
-Qwen2 or Llama checkpoint, so every downstream command treats "our" model and "their" model the
-same way. The attention switches use DeepSeek's field names (``q_lora_rank``, ``kv_lora_rank``,
-``qk_rope_head_dim``, ``v_head_dim``) so a reader who knows DeepSeek-V2 knows what they do; the
-plain multi-head baseline lives in the same class so comparisons change one switch at a time.
+A nanoGPT-style decoder packaged as a Hugging Face causal LM. Why a ``transformers``
+``PreTrainedModel`` instead of a bare ``nn.Module``: a run's ``model/`` directory must load with
+``AutoModelForCausalLM.from_pretrained``, generate with ``model.generate`` (KV cache, left
+padding, sampling) and wrap with ``peft`` exactly like a Qwen2 or Llama checkpoint, so every
+downstream command treats "our" model and "their" model the same way.
 
-Every variant calls ``torch.nn.functional.scaled_dot_product_attention``. The training path
-(no cache, no padding mask) builds no mask tensor and uses ``is_causal=True`` so the fused
-kernels are eligible; masks are only built when padding or a multi-token cached step needs one.
+The pieces live next door: attention and its variants (MHA, low-rank q/kv, decoupled RoPE) in
+``attention.py``, RoPE and its scaling in ``rope.py``, norms and the MLP in ``layers.py``,
+parameter counts in ``param_count.py``, the chunked loss in ``fused_ce.py``.
 
 Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` and
 ``AutoModelForCausalLM`` (model type ``shoestring_gpt``), so ``from_pretrained`` needs no
-``trust_remote_code``.
+``trust_remote_code``; ``shoestring.models.loading`` imports it for that reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -37,7 +34,10 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from shoestring.config import ConfigError, ModelConfig
-from shoestring.models.fused_ce import chunked_linear_cross_entropy
+from shoestring.models.attention import ShoestringAttention, sdpa_mask
+from shoestring.models.fused_ce import IGNORE_INDEX, chunked_linear_cross_entropy
+from shoestring.models.layers import ShoestringMLP, make_norm
+from shoestring.models.rope import rope_cos_sin, rope_factor
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init
@@ -58,12 +58,12 @@ __all__ = [
     "ShoestringGPTConfig",
     "ShoestringGPTModel",
     "ShoestringGPTForCausalLM",
-    "num_parameters_breakdown",
+    "lm_loss",
     "register_auto_classes",
 ]
 
 MODEL_TYPE = "shoestring_gpt"
-IGNORE_INDEX = -100
+
 
 # The ModelConfig fields the HF config mirrors one to one (same names, same meanings).
 _MODEL_FIELDS = (
@@ -159,7 +159,7 @@ class ShoestringGPTConfig(PretrainedConfig):
         self.v_head_dim = int(v_head_dim)
         self.position = str(position)
         self.rope_theta = float(rope_theta)
-        self.rope_scaling = _rope_factor(rope_scaling)
+        self.rope_scaling = rope_factor(rope_scaling)
         self.attention_bias = bool(attention_bias)
         self.norm = str(norm)
         self.norm_eps = float(norm_eps)
@@ -239,198 +239,7 @@ class ShoestringGPTConfig(PretrainedConfig):
         return ModelConfig(**{name: getattr(self, name) for name in _MODEL_FIELDS})
 
 
-def _rope_factor(value: Any) -> float:
-    """Accept a float, None, or an HF-style ``{"type": "linear", "factor": f}`` dict."""
-    if value is None:
-        return 1.0
-    if isinstance(value, dict):
-        kind = value.get("rope_type", value.get("type", "linear"))
-        if kind not in ("linear", "default"):
-            raise ConfigError(f"rope_scaling type {kind!r} is not supported; only linear")
-        return float(value.get("factor", 1.0))
-    return float(value)
-
-
 # ============================================================================ layers
-
-
-class ShoestringRMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` that casts its weight to the input dtype.
-
-    Under bf16 autocast the low-rank latents reach their norm in bf16 while the weight is fp32;
-    torch then refuses the fused kernel and falls back to a slow composite. Casting the (tiny)
-    weight keeps the fused kernel, which accumulates in fp32 internally anyway.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if weight is not None and weight.dtype != x.dtype:
-            weight = weight.to(x.dtype)
-        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
-
-
-def _make_norm(config: ShoestringGPTConfig, dim: int) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return ShoestringRMSNorm(dim, eps=config.norm_eps)
-    return nn.LayerNorm(dim, eps=config.norm_eps)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, h, T, d] by cos/sin [b, 1, T, d] (HF "rotate_half" convention)."""
-    cos = cos.to(x.dtype)
-    sin = sin.to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
-
-
-class ShoestringAttention(nn.Module):
-    """Causal self-attention with the DeepSeek-style switches; see ``docs/variants.md``.
-
-    Layout of the projections (H heads, d = head_dim, r = qk_rope_head_dim, dv = v head dim):
-
-    * queries: ``q_proj`` (d_model -> H*(d+r)), or low rank ``q_a_proj`` (d_model -> q_lora_rank)
-      -> ``q_a_norm`` -> ``q_b_proj`` (-> H*(d+r)).
-    * keys/values: ``k_proj`` (d_model -> H*d + r) and ``v_proj`` (d_model -> H*dv), or shared
-      low rank ``kv_a_proj`` (d_model -> kv_lora_rank + r) -> ``kv_a_norm`` on the latent ->
-      ``kv_b_proj`` (-> H*(d+dv)) giving per-head k_nope and v.
-    * the extra ``r`` key dims are one RoPE key shared by all heads (DeepSeek's decoupled RoPE),
-      taken from the same matmul as the keys / the latent so no extra kernel launch is needed.
-    * ``o_proj``: H*dv -> d_model.
-
-    The KV cache stores the per-head keys (RoPE already applied) and values, i.e. the low-rank
-    variants save parameters and FLOPs but not KV-cache memory (no latent caching/absorption).
-    """
-
-    def __init__(self, config: ShoestringGPTConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_heads = config.n_heads
-        self.head_dim = config.head_dim
-        self.rope_dim = config.qk_rope_head_dim
-        self.qk_head_dim = config.qk_head_dim
-        self.v_head_dim = config.value_head_dim
-        self.q_lora_rank = config.q_lora_rank
-        self.kv_lora_rank = config.kv_lora_rank
-        self.dropout = config.dropout
-        if config.position != "rope":
-            self.rope_mode = "none"
-        else:
-            self.rope_mode = "decoupled" if self.rope_dim else "full"
-        d, h, bias = config.d_model, config.n_heads, config.attention_bias
-
-        if self.q_lora_rank:
-            self.q_a_proj = nn.Linear(d, self.q_lora_rank, bias=bias)
-            self.q_a_norm = _make_norm(config, self.q_lora_rank)
-            self.q_b_proj = nn.Linear(self.q_lora_rank, h * self.qk_head_dim, bias=bias)
-        else:
-            self.q_proj = nn.Linear(d, h * self.qk_head_dim, bias=bias)
-
-        if self.kv_lora_rank:
-            self.kv_a_proj = nn.Linear(d, self.kv_lora_rank + self.rope_dim, bias=bias)
-            self.kv_a_norm = _make_norm(config, self.kv_lora_rank)
-            self.kv_b_proj = nn.Linear(
-                self.kv_lora_rank, h * (self.head_dim + self.v_head_dim), bias=bias
-            )
-        else:
-            self.k_proj = nn.Linear(d, h * self.head_dim + self.rope_dim, bias=bias)
-            self.v_proj = nn.Linear(d, h * self.v_head_dim, bias=bias)
-
-        self.o_proj = nn.Linear(h * self.v_head_dim, d, bias=bias)
-        self.o_proj._shoestring_residual = True  # scaled init (nanoGPT's c_proj rule)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        attn_mask: torch.Tensor | None,
-        is_causal: bool,
-        past_key_values: Any = None,
-    ) -> torch.Tensor:
-        bsz, q_len, _ = x.shape
-        h = self.n_heads
-
-        if self.q_lora_rank:
-            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
-        else:
-            q = self.q_proj(x)
-        q = q.view(bsz, q_len, h, self.qk_head_dim).transpose(1, 2)
-
-        k_rope = None
-        if self.kv_lora_rank:
-            latent = self.kv_a_proj(x)
-            if self.rope_dim:
-                latent, k_rope = latent.split([self.kv_lora_rank, self.rope_dim], dim=-1)
-            kv = self.kv_b_proj(self.kv_a_norm(latent))
-            kv = kv.view(bsz, q_len, h, self.head_dim + self.v_head_dim).transpose(1, 2)
-            k, v = kv.split([self.head_dim, self.v_head_dim], dim=-1)
-        else:
-            k = self.k_proj(x)
-            if self.rope_dim:
-                k, k_rope = k.split([h * self.head_dim, self.rope_dim], dim=-1)
-            k = k.view(bsz, q_len, h, self.head_dim).transpose(1, 2)
-            v = self.v_proj(x).view(bsz, q_len, h, self.v_head_dim).transpose(1, 2)
-
-        if self.rope_mode == "full":
-            assert rope is not None
-            cos, sin = rope
-            q = _apply_rope(q, cos, sin)
-            k = _apply_rope(k, cos, sin)
-        elif self.rope_mode == "decoupled":
-            assert rope is not None and k_rope is not None
-            cos, sin = rope
-            q_nope, q_pe = q.split([self.head_dim, self.rope_dim], dim=-1)
-            q = torch.cat((q_nope, _apply_rope(q_pe, cos, sin)), dim=-1)
-            k_pe = _apply_rope(k_rope.view(bsz, 1, q_len, self.rope_dim), cos, sin)
-            k = torch.cat((k, k_pe.expand(bsz, h, q_len, self.rope_dim)), dim=-1)
-
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
-
-        out_dtype = q.dtype
-        fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu"
-        if fp32_attention:
-            # CPU flash attention is ~1.6x slower in bf16 than fp32 (fwd+bwd, measured on
-            # AVX512-BF16); attention is a small share of the FLOPs, so run it in fp32.
-            # Autocast must be off around the call: it would cast fp32 inputs back to bf16.
-            q, k, v = q.float(), k.float(), v.float()
-        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=attn_mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=is_causal,
-            )
-        y = y.to(out_dtype).transpose(1, 2).reshape(bsz, q_len, h * self.v_head_dim)
-        return self.o_proj(y)
-
-
-class ShoestringMLP(nn.Module):
-    """GELU MLP (``fc`` -> GELU -> ``proj``, nanoGPT) or SwiGLU (``gate/up/down_proj``, Llama)."""
-
-    def __init__(self, config: ShoestringGPTConfig) -> None:
-        super().__init__()
-        self.kind = config.mlp
-        if self.kind == "swiglu":
-            self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
-            self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
-            self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
-            self.down_proj._shoestring_residual = True
-        else:
-            self.fc = nn.Linear(config.d_model, config.d_ff, bias=False)
-            self.act = nn.GELU()
-            self.proj = nn.Linear(config.d_ff, config.d_model, bias=False)
-            self.proj._shoestring_residual = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.proj(self.act(self.fc(x)))
 
 
 class ShoestringBlock(_BlockBase):
@@ -438,9 +247,9 @@ class ShoestringBlock(_BlockBase):
 
     def __init__(self, config: ShoestringGPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = _make_norm(config, config.d_model)
+        self.input_layernorm = make_norm(config, config.d_model)
         self.self_attn = ShoestringAttention(config, layer_idx)
-        self.post_attention_layernorm = _make_norm(config, config.d_model)
+        self.post_attention_layernorm = make_norm(config, config.d_model)
         self.mlp = ShoestringMLP(config)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -506,7 +315,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         )
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(ShoestringBlock(config, i) for i in range(config.n_layers))
-        self.norm = _make_norm(config, config.d_model)
+        self.norm = make_norm(config, config.d_model)
         self.rope_dim = (
             (config.qk_rope_head_dim or config.head_dim) if config.position == "rope" else 0
         )
@@ -519,53 +328,17 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    # ------------------------------------------------------------------ helpers
     def _rope_cos_sin(
         self, position_ids: torch.Tensor, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [b, 1, T, rope_dim] in fp32, computed per call (tiny; nothing to keep in
-        sync with checkpoints, devices or meta-device loading)."""
-        d = self.rope_dim
-        inv_freq = 1.0 / (
-            self.config.rope_theta
-            ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+        """cos/sin [b, 1, T, rope_dim] for this model's RoPE settings (see ``rope.py``)."""
+        return rope_cos_sin(
+            position_ids,
+            self.rope_dim,
+            self.config.rope_theta,
+            self.config.rope_scaling,
+            device,
         )
-        pos = position_ids.to(device=device, dtype=torch.float32)
-        if self.config.rope_scaling != 1.0:
-            pos = pos / self.config.rope_scaling  # linear position interpolation
-        freqs = pos[..., None] * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return emb.cos(), emb.sin()
-
-    @staticmethod
-    def _build_mask(
-        attention_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
-    ) -> tuple[torch.Tensor | None, bool]:
-        """(attn_mask, is_causal) for SDPA; ``None, True`` on the training fast path."""
-        if attention_mask is not None and attention_mask.dim() == 4:
-            return attention_mask, False  # caller built the full mask already
-        if attention_mask is None:
-            if past_len == 0:
-                return None, q_len > 1
-            if q_len == 1:
-                return None, False  # one new token sees the whole cache
-        kv_len = past_len + q_len
-        if attention_mask is not None and attention_mask.shape[-1] != kv_len:
-            raise ValueError(
-                f"attention_mask covers {attention_mask.shape[-1]} positions but the cache "
-                f"plus input hold {kv_len}; pass the mask of the whole sequence so far"
-            )
-        q_idx = torch.arange(past_len, kv_len, device=device)[:, None]
-        k_idx = torch.arange(kv_len, device=device)[None, :]
-        mask = k_idx <= q_idx  # [T, kv_len]
-        if attention_mask is not None:
-            keep = attention_mask[:, None, None, -kv_len:].to(device=device, dtype=torch.bool)
-            # A padded query row would see no key at all (softmax of all -inf = NaN, which
-            # then leaks through 0 * NaN); letting every query see itself keeps it finite.
-            mask = (mask & keep) | (k_idx == q_idx)
-        else:
-            mask = mask[None, None]  # broadcast over batch and heads
-        return mask, False
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -632,7 +405,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
                 position_ids = torch.arange(past_len, past_len + q_len, device=device)[None]
             rope = self._rope_cos_sin(position_ids, device)
 
-        attn_mask, is_causal = self._build_mask(attention_mask, q_len, past_len, device)
+        attn_mask, is_causal = sdpa_mask(attention_mask, q_len, past_len, device)
         hidden = self.drop(hidden)
 
         all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
@@ -770,70 +543,6 @@ def lm_loss(
 
 
 # ============================================================================ analysis
-
-
-def _unique_count(params: Any, seen: set[int]) -> int:
-    n = 0
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
-
-
-def num_parameters_breakdown(model: nn.Module) -> dict[str, Any]:
-    """Parameter counts by role, each tensor counted once (a tied head is not counted twice).
-
-    Returns ``total``, ``embedding`` (token + learned position tables), ``lm_head`` (0 when
-    tied), ``non_embedding`` (total - embedding - lm_head; the scaling-law N), ``attention``,
-    ``mlp``, ``norm`` (everything else: layer norms), ``layers`` and ``per_layer`` (list of
-    ``{"attention", "mlp", "other"}``). Works for any HF decoder whose layers expose
-    ``self_attn``/``mlp`` (Llama, Qwen2 ...); ``peft`` wrappers are unwrapped.
-    """
-    base = model
-    if hasattr(base, "get_base_model"):  # peft PeftModel
-        base = base.get_base_model()
-    total = _unique_count(base.parameters(), set())
-
-    seen: set[int] = set()
-    embedding = 0
-    inp = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
-    if inp is not None:
-        embedding += _unique_count(inp.parameters(), seen)
-    decoder = (
-        getattr(base, base.base_model_prefix, base) if hasattr(base, "base_model_prefix") else base
-    )
-    pos = getattr(decoder, "embed_positions", None)
-    if isinstance(pos, nn.Module):
-        embedding += _unique_count(pos.parameters(), seen)
-    lm_head = 0
-    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if out is not None:
-        lm_head = _unique_count(out.parameters(), seen)
-
-    per_layer: list[dict[str, int]] = []
-    layers = getattr(decoder, "layers", None)
-    for layer in layers if layers is not None else []:
-        attn_mod = getattr(layer, "self_attn", None)
-        mlp_mod = getattr(layer, "mlp", None)
-        a = _unique_count(attn_mod.parameters(), seen) if attn_mod is not None else 0
-        m = _unique_count(mlp_mod.parameters(), seen) if mlp_mod is not None else 0
-        o = _unique_count(layer.parameters(), seen)
-        per_layer.append({"attention": a, "mlp": m, "other": o})
-    attention = sum(x["attention"] for x in per_layer)
-    mlp = sum(x["mlp"] for x in per_layer)
-    return {
-        "total": total,
-        "embedding": embedding,
-        "lm_head": lm_head,
-        "non_embedding": total - embedding - lm_head,
-        "attention": attention,
-        "mlp": mlp,
-        "norm": total - embedding - lm_head - attention - mlp,
-        "layers": len(per_layer),
-        "per_layer": per_layer,
-    }
-
 
 # ============================================================================ registration
 

@@ -1,4 +1,5 @@
-"""Import llama2.c checkpoints (karpathy/llama2.c ``.bin``) as Hugging Face Llama models.
+"""This module is one idea: importing llama2.c checkpoints (karpathy/llama2.c ``.bin``) as
+Hugging Face Llama models (header, weights, RoPE permutation, tokenizer, output directory).
 
 Why: llama2.c's tiny TinyStories models (stories260K, 15M, 42M, 110M) are real pretrained
 models small enough to test a whole pipeline on a laptop. Converted to a ``LlamaForCausalLM``
@@ -33,16 +34,22 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import sentencepiece as spm
 import torch
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import Regex, normalizers, pre_tokenizers
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizerFast,  # v5: an alias of LlamaTokenizer
+)
 
 from shoestring.errors import UserError
 from shoestring.models.loading import quiet_hf_progress
-
-if TYPE_CHECKING:  # transformers is imported lazily: the CLI starts faster without it
-    from transformers import LlamaConfig
 
 __all__ = [
     "ConversionReport",
@@ -273,8 +280,6 @@ def load_llama2c_state_dict(path: str | Path) -> tuple[Llama2cHeader, dict[str, 
 
 def llama2c_config(h: Llama2cHeader) -> LlamaConfig:
     """The HF LlamaConfig equivalent to a llama2.c header (llama2.c's fixed eps and theta)."""
-    from transformers import LlamaConfig
-
     return LlamaConfig(
         vocab_size=h.vocab_size,
         hidden_size=h.dim,
@@ -328,8 +333,6 @@ def _convert_tokenizer(sp_model: Path, workdir: Path, vocab_size: int) -> str:
     Returns a one-line result of comparing it with sentencepiece on probe strings.
     """
     try:
-        import sentencepiece as spm
-
         sp = spm.SentencePieceProcessor(model_file=str(sp_model))
     except Exception as exc:
         hint = ""
@@ -344,10 +347,6 @@ def _convert_tokenizer(sp_model: Path, workdir: Path, vocab_size: int) -> str:
             f"tokenizer {sp_model} has {sp.get_piece_size()} pieces but the model's vocab is "
             f"{vocab_size}: they do not belong together"
         )
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import Regex, normalizers, pre_tokenizers
-    from transformers import LlamaTokenizerFast  # v5: an alias of LlamaTokenizer
-
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(sp_model.read_bytes())
     spec = proto.normalizer_spec
@@ -394,8 +393,6 @@ def _convert_tokenizer(sp_model: Path, workdir: Path, vocab_size: int) -> str:
     cfg.pop("is_local", None)  # an artefact of where it was built, not of the tokenizer
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(workdir))  # check what users will load
     mismatches = [
         s for s in _TOKENIZER_PROBES if tok.encode(s) != [tok.bos_token_id, *sp.encode(s)]
@@ -424,8 +421,6 @@ def convert_llama2c(
     place when complete, so an interrupted import never leaves a half-written model. An
     existing non-empty ``out_dir`` is an error unless ``overwrite=True``.
     """
-    from transformers import GenerationConfig, LlamaForCausalLM
-
     model_path, tokenizer_path, out_dir = Path(model_path), Path(tokenizer_path), Path(out_dir)
     if not model_path.is_file():
         raise UserError(f"llama2.c checkpoint not found: {model_path}")

@@ -5,8 +5,8 @@ Every downstream command (``generate``, ``bench``, ``grpo``) goes through
 :func:`load_model_and_tokenizer`, so the rules live in one place:
 
 * a run directory means its ``model/`` subdirectory (weights and tokenizer are saved together);
-* ``shoestring.models`` is imported first, so the shoestring GPT is registered with the Auto
-  classes before ``from_pretrained`` looks it up;
+* ``shoestring.models.gpt`` is imported by this module, so the shoestring GPT is registered
+  with the Auto classes before ``from_pretrained`` looks it up;
 * ``dtype="auto"`` picks bf16 only where the host computes it fast (CUDA with bf16, or a CPU
   advertising ``avx512_bf16``/``amx_bf16``), otherwise fp32;
 * asking for a device that is not there raises :class:`DeviceUnavailableError` - never a silent
@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
+import shoestring.models.gpt  # noqa: F401 - importing it registers the GPT with the Auto classes
 from shoestring.errors import UserError
 from shoestring.runtime import (  # noqa: F401 - re-exported for callers of loading
     DTYPE_NAMES,
@@ -44,8 +47,6 @@ def quiet_hf_progress(quiet: bool = True) -> Iterator[None]:
     if not quiet:
         yield
         return
-    from transformers.utils import logging as hf_logging
-
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -85,8 +86,6 @@ def resolve_model_path(path: str | Path) -> tuple[str, str]:
 
 def _load_tokenizer(location: str, kind: str, run_dir: Path | None, trust_remote_code: bool) -> Any:
     """The tokenizer saved with the model; a bare ``tokenizer.json`` also works."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     candidates = [location] + ([str(run_dir)] if run_dir is not None else [])
     errors = []
     for loc in candidates:
@@ -121,15 +120,11 @@ def load_model_and_tokenizer(
         DeviceUnavailableError: ``device`` is not available on this host.
         UserError: the path holds no model, or the model/tokenizer cannot be loaded.
     """
-    import shoestring.models  # noqa: F401  registers the shoestring GPT with the Auto classes
-
     t0 = time.perf_counter()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     location, kind = resolve_model_path(path)
     run_dir = Path(path).expanduser() if kind == "run" else None
-
-    from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(

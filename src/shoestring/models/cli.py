@@ -1,8 +1,10 @@
-"""``shoestring import``: bring outside checkpoints in as Hugging Face model directories.
+"""``shoestring import``: command-line wiring that brings outside checkpoints in as Hugging
+Face model directories (the API is :func:`shoestring.models.llama2c.convert_llama2c`).
 
 Why a separate command: every other command reads HF model directories (DESIGN.md, "Models
 are Hugging Face models"); importers are the one place foreign formats are allowed, so the
-rest of the code never needs to know about them. Today: ``import llama2c``.
+rest of the code never needs to know about them. Today: ``import llama2c``. This module
+imports nothing heavy, so ``shoestring --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def add_cli(subparsers: Any) -> None:
 
 def run_llama2c(args: argparse.Namespace) -> int:
     """Convert and print what was written."""
+    # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.models.llama2c import convert_llama2c
 
     report = convert_llama2c(args.model, args.tokenizer, args.out, overwrite=args.overwrite)

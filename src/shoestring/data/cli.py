@@ -1,7 +1,8 @@
 """``shoestring prepare``: the command-line face of :func:`shoestring.data.text.run`.
 
 Kept thin on purpose: everything the command does is callable (and tested) from Python, the
-CLI only maps flags to arguments.
+CLI only maps flags to arguments. This module imports nothing heavy (no tokenizers, numpy or
+transformers), so ``shoestring --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def add_cli(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``prepare`` from parsed arguments; errors reach the user as ``UserError``."""
+    # deferred: tokenizers and transformers are heavy; shoestring --help must not load them
     from shoestring.data.text import run
 
     if args.input is None and args.synthetic is None:
