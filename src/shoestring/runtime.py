@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from shoestring.errors import DeviceUnavailableError, UserError
@@ -118,8 +119,6 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 
 
 def physical_cores() -> int:
-    import psutil
-
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 

@@ -167,7 +167,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult | None:
     """
     if len(a) < 2 or len(b) < 2:
         return None
-    from scipy.stats import t as t_dist
+    from scipy.stats import t as t_dist  # deferred: scipy is slow to import; only Welch needs it
 
     ma, va = mean_std(a)
     mb, vb = mean_std(b)

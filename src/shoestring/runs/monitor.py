@@ -86,7 +86,7 @@ class SystemMonitor:
             "cpu_percent_note": "process CPU time as % of all host cores",
         }
         try:
-            import torch
+            import torch  # deferred: compare and other light commands use no torch
 
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -27,6 +28,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 SCHEMA_VERSION = 1
 
@@ -105,8 +108,6 @@ def now_iso() -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour shapes the numbers a run reports."""
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for name in (
         "shoestring",
@@ -137,8 +138,6 @@ def cpu_model_name() -> str:
 
 
 def host_info() -> dict[str, Any]:
-    import psutil
-
     return {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
