@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from shoestring.analyze import cost, count, probe
-from shoestring.analyze.analysis import expand_sweep, parse_sweep, resolve_targets, speed_ratios
-from shoestring.analyze.command import parse_count
+from shoestring.analyze.cli import parse_count
+from shoestring.analyze.row import speed_ratios
+from shoestring.analyze.spec import expand_sweep, parse_sweep, resolve_targets
 from shoestring.cli import main
 from shoestring.config import RunConfig, build_run_config, to_dict
 from shoestring.errors import UserError
-from shoestring.models.gpt import num_parameters_breakdown
+from shoestring.models.param_count import num_parameters_breakdown
 
 TINY = [
     "model.vocab_size=300",
@@ -232,7 +233,7 @@ def test_analyze_quick_end_to_end_writes_the_analysis_directory(
     assert mini[0]["projected_tokens_per_second"] == 1000.0
     assert mini[0]["measured_over_projected"] == pytest.approx(mini[0]["tokens_per_second"] / 1000)
     assert rows[0]["model"]["attention_bias"] is True  # the file's value is used
-    md = (d / "analysis.md").read_text()
+    md = (d / "report.md").read_text()
     for section in ("## Parameters", "## FLOPs per token", "## Memory", "## Cache fit",
                     "## Measured training throughput", "## Sweep: best setting"):  # fmt: skip
         assert section in md

@@ -20,12 +20,14 @@ from optuna.trial import TrialState
 
 from shoestring.errors import UserError
 from shoestring.search import grid
-from shoestring.search.command import join, open_study, search
+from shoestring.search.attempt import SIMULATE_OOM_ENV
 from shoestring.search.location import sqlite_url
 from shoestring.search.results import summarize
 from shoestring.search.spec import StudySpec, derived_seed, parse_range, trial_config
 from shoestring.search.storage import AskTellGridSampler, open_storage
-from shoestring.search.sweep import SIMULATE_OOM_ENV, WorkerOptions, execute_trial
+from shoestring.search.study import join, open_study
+from shoestring.search.study import run as search
+from shoestring.search.trial import WorkerOptions, execute_trial
 
 TINY = [
     "model.d_model=32",

@@ -20,14 +20,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from shoestring.config import RunConfig
+from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 
 __all__ = ["build_model", "count_flops_per_token", "measure_saved_activations", "saved_bytes"]
 
 
 def build_model(cfg: RunConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The model ``shoestring train`` builds for this config (same class, same init seed)."""
-    from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
-
     torch.manual_seed(cfg.train.seed)
     hf_cfg = ShoestringGPTConfig.from_model_config(cfg.model)
     return ShoestringGPTForCausalLM(hf_cfg).to(device)

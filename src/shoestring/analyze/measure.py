@@ -1,7 +1,7 @@
 """Measured training throughput: the step ``shoestring train`` runs, timed on this host.
 
 The step is assembled from the trainer's own pieces - the same model class and init, the
-trainer's optimizer (:func:`shoestring.train.loop.build_optimizer`, fused AdamW with decay on
+trainer's optimizer (:func:`shoestring.train.optimizer.build_optimizer`, fused AdamW with decay on
 matrices), its learning-rate schedule, the runtime's autocast (:func:`setup_runtime`), the
 chunked linear + cross-entropy head, gradient accumulation and clipping - so the tokens/s
 reported here is the speed ``train`` gets with that config, minus data loading (random token
@@ -20,40 +20,26 @@ import contextlib
 import ctypes
 import gc
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from shoestring.analyze.count import build_model, saved_bytes
+from shoestring.analyze.spec import MeasureSettings
 from shoestring.config import RunConfig
 from shoestring.errors import UserError
 from shoestring.runtime import Runtime, setup_runtime
+from shoestring.train.optimizer import build_optimizer
+from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from shoestring.util.schedule import lr_multiplier
 
-__all__ = ["MeasureSettings", "measure_training", "peak_rss_bytes", "reset_peak_rss"]
+__all__ = ["measure_training"]
 
 #: (max - min) / median of the timed steps above which a measurement is flagged as disturbed.
 NOISY_SPREAD = 0.25
-
-
-@dataclass
-class MeasureSettings:
-    """How long to measure: ``warmup`` steps, then up to ``steps`` timed steps, stopping early
-    (after at least ``min_steps``) once ``seconds`` of timed steps have passed."""
-
-    warmup: int = 2
-    steps: int = 5
-    min_steps: int = 3
-    seconds: float = 15.0
-
-    @classmethod
-    def quick(cls) -> MeasureSettings:
-        return cls(warmup=1, steps=2, min_steps=2, seconds=2.0)
 
 
 def _trim_heap() -> None:
@@ -61,43 +47,6 @@ def _trim_heap() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.MULTILINE)
-    return int(m.group(1)) * 1024 if m else None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int | None:
-    """Peak resident set since the last reset (VmHWM), or ru_maxrss where /proc is absent."""
-    hwm = _status_kb("VmHWM")
-    if hwm is not None:
-        return hwm
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except (ImportError, OSError):
-        return None
-
-
-def _current_rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def _runtime_for(cfg: RunConfig) -> Runtime:
@@ -115,14 +64,12 @@ def measure_training(
     ``on_step(phase, index, seconds)`` is called after every step ("warmup" or "timed"), for
     progress bars. Raises UserError when the loss is not finite (a broken config).
     """
-    from shoestring.train.loop import build_optimizer, lr_at
-
     settings = settings or MeasureSettings()
     rt = _runtime_for(cfg)
     dev = rt.torch_device
     t = cfg.train
     _trim_heap()
-    rss_before = _current_rss()
+    rss_before = current_rss_bytes()
     peak_reset = reset_peak_rss()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -130,7 +77,11 @@ def measure_training(
     model = build_model(cfg, dev)
     model.train()
     optimizer = build_optimizer(model, cfg, dev)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
+    # the trainer's schedule: linear warm-up, cosine decay to min_lr_ratio
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_multiplier(s, t.max_steps, t.warmup_steps, "cosine", t.min_lr_ratio),
+    )
     train_model: torch.nn.Module = model
     compiled = t.compile == "on"
     if compiled:

@@ -13,6 +13,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
 __all__ = ["plot_throughput"]
 
 
@@ -27,11 +32,6 @@ def plot_throughput(
     ]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     xs = [p[1] for p in pts]
     ys = [p[2] for p in pts]

@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
+
+from shoestring.runs.rundir import atomic_write_json, cpu_model_name
+from shoestring.runtime import cpu_flags
 
 __all__ = [
     "ISA_FLAGS",
@@ -211,18 +215,12 @@ def read_cache_sizes(root: str | Path = SYSFS_CPU, fallback: bool = True) -> dic
 # ----------------------------------------------------------------------------- the probe
 
 
-def _cpu_model() -> str:
-    from shoestring.runs.rundir import cpu_model_name
-
-    return cpu_model_name()
-
-
 def probe_key(threads: int | None = None, device: str = "cpu") -> str:
     """Cache key: the measured peak depends on the CPU, the torch build, threads and device."""
     threads = threads or torch.get_num_threads()
     dev = torch.device(device)
     where = "cpu" if dev.type == "cpu" else f"{dev.type}:{torch.cuda.get_device_name(dev)}"
-    return f"{_cpu_model()} | torch {torch.__version__} | {threads} threads | {where}"
+    return f"{cpu_model_name()} | torch {torch.__version__} | {threads} threads | {where}"
 
 
 def cache_path() -> Path:
@@ -232,10 +230,6 @@ def cache_path() -> Path:
 
 def run_probe(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     """Measure this host now (seconds; ``quick`` = smaller matmuls and buffers, for tests)."""
-    import psutil
-
-    from shoestring.runtime import cpu_flags
-
     # Other processes steal cores from the measurement; record how busy the host was so a
     # low peak can be recognised (and re-probed with --probe) instead of trusted.
     busy = psutil.cpu_percent(interval=0.5)
@@ -254,7 +248,7 @@ def run_probe(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
         "quick": quick,
         "torch": torch.__version__,
         "cpu": {
-            "model": _cpu_model(),
+            "model": cpu_model_name(),
             "physical_cores": psutil.cpu_count(logical=False),
             "logical_cores": psutil.cpu_count(logical=True),
             "isa": [f for f in ISA_FLAGS if f in flags],
@@ -310,8 +304,6 @@ def load_probe(
     A quick probe (tests) is never taken for a full one: a full request measures again and
     replaces it. Writes are atomic, so concurrent commands never read half a file.
     """
-    from shoestring.runs.rundir import atomic_write_json
-
     path = cache_path()
     key = probe_key(device=device)
     data = _read_cache_file(path)

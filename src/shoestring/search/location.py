@@ -4,6 +4,7 @@ CLI's defaults, log lines) does not import Optuna."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -27,8 +28,6 @@ def driver_url(url: str) -> str:
     m = re.match(r"^(postgresql|postgres)://", url)
     if not m:
         return url
-    import importlib.util
-
     if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
         return "postgresql+psycopg2://" + url[m.end() :]
     return "postgresql://" + url[m.end() :]

@@ -15,6 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
 
 def family(variant: str) -> str:
     """``lora_medium`` -> ``lora``; ``rope_only`` -> ``rope``; ``baseline`` -> ``baseline``."""
@@ -40,11 +46,6 @@ def make_plots(
     rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], out_dir: Path
 ) -> dict[str, str]:
     """Write the plots into ``out_dir`` and return {name: path}; nothing to plot -> {}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     done = _finished(rows)
     if not done:
         return {}
@@ -138,8 +139,6 @@ def _legend(
     markers: dict[str, str],
     extra: str | None = None,
 ) -> None:
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], color=colors[v], marker="o", ls="", label=v) for v in variants]
     handles += [
         Line2D([], [], color="gray", marker=markers[s], ls="", label=f"size {s}") for s in sizes
@@ -150,8 +149,6 @@ def _legend(
 
 
 def _save(fig: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -1,4 +1,4 @@
-"""Turn a study into results.json, results.csv and a ranked summary table.
+"""Turn a study into results.json, results.csv and the ranked summary table it prints.
 
 Rows come from the storage (each trial's result row is a trial user attribute), not from the
 trial directories, so a study whose workers ran on other machines still reports every trial.
@@ -20,10 +20,21 @@ from typing import Any
 import optuna
 
 from shoestring.eval.stats import format_p, mean_std, welch_t_test
+from shoestring.runs.report import fmt
 from shoestring.runs.rundir import atomic_write_json, atomic_write_text
 from shoestring.search import grid
-from shoestring.search.spec import StudySpec
-from shoestring.search.sweep import ROW_ATTR
+from shoestring.search.worker import ROW_ATTR
+
+__all__ = [
+    "CSV_FIELDS",
+    "format_success",
+    "format_table",
+    "success",
+    "summarize",
+    "trial_rows",
+    "validation_check",
+    "write_results",
+]
 
 CSV_FIELDS = [
     "trial",
@@ -172,6 +183,7 @@ def _compare_to_baseline(
 
 
 def success(rows: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """How many trials finished, failed or were pruned, and what the OOM retries saved."""
     total = len(rows)
     done = sum(1 for r in rows if r["status"] == "finished")
     return {
@@ -200,16 +212,8 @@ def validation_check(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
-    """The summary as a Markdown table, best configuration first."""
+    """The summary as a Markdown table, best configuration first (printed at the end)."""
     lines = [
         "| rank | size | variant | params | n | val loss mean +- std | val acc | vs baseline |",
         "|---:|---|---|---:|---:|---|---:|---|",
@@ -230,13 +234,14 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
         if e.get("delta_vs_baseline") is not None and e["variant"] != "baseline":
             note = f"{e['delta_vs_baseline']:+.4f}, {note}"
         lines.append(
-            f"| {_fmt(e['rank'])} | {e['size']} | {name} | {params} | {e['n']} | {loss} | "
+            f"| {fmt(e['rank'], 'd')} | {e['size']} | {name} | {params} | {e['n']} | {loss} | "
             f"{'-' if acc is None else f'{100 * acc:.1f}%'} | {note} |"
         )
     return "\n".join(lines)
 
 
 def format_success(s: dict[str, Any]) -> str:
+    """The success rate as the one line logged at the end of a study."""
     if not s["total"]:
         return f"success rate ({s['mode']} mode): no trials"
     return (
@@ -249,7 +254,7 @@ def format_success(s: dict[str, Any]) -> str:
 def write_results(
     study_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]], meta: dict[str, Any]
 ) -> dict[str, str]:
-    """results.json ({"trials", "summary", ...}), results.csv and summary.md in ``study_dir``."""
+    """results.json ({"trials", "summary", ...}) and results.csv in ``study_dir``."""
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(study_dir / "results.json", {"trials": rows, "summary": summary, **meta})
     buf = io.StringIO()
@@ -264,26 +269,7 @@ def write_results(
             }
         )
     atomic_write_text(study_dir / "results.csv", buf.getvalue())
-    table = format_table(summary)
-    atomic_write_text(study_dir / "summary.md", table + "\n")
     return {
         "results_json": str(study_dir / "results.json"),
         "results_csv": str(study_dir / "results.csv"),
-        "summary_md": str(study_dir / "summary.md"),
     }
-
-
-def spec_of(study: optuna.Study) -> StudySpec:
-    from shoestring.errors import UserError
-
-    data = study.user_attrs.get("shoestring_spec")
-    if data is None:
-        raise UserError(
-            f"study '{study.study_name}' was not created by shoestring search (no spec stored); "
-            "start it with `shoestring search --sizes ... --variants ... --out DIR`"
-        )
-    return StudySpec.from_json(data)
-
-
-def load_rows(path: str | Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))["trials"]

@@ -7,6 +7,7 @@ and a resumed sweep can refuse to mix two different grids in one study.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -25,9 +26,11 @@ from shoestring.config import (
 )
 
 SIZES = ("tiny", "small", "medium", "large")
+SPEC_ATTR = "shoestring_spec"  # study user attribute holding the spec (StudySpec.to_json)
 
 
 def list_modes() -> list[str]:
+    """The search mode presets shipped in ``presets/search``."""
     root = resources.files("shoestring") / "presets" / "search"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
 
@@ -45,8 +48,6 @@ def load_mode(name: str) -> dict[str, Any]:
 
 def parse_list(text: str, allowed: list[str], what: str) -> list[str]:
     """``"a,b"`` or ``"all"`` -> names, each checked against ``allowed`` (with a suggestion)."""
-    import difflib
-
     if text.strip() == "all":
         return list(allowed)
     names = [t.strip() for t in text.split(",") if t.strip()]

@@ -9,6 +9,7 @@ only the trial it was running.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import Any
 
@@ -36,8 +37,6 @@ def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> RDBStorage:
     if url.startswith("sqlite"):
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
     elif url.startswith(("postgresql", "postgres")):
-        import importlib.util
-
         if not (importlib.util.find_spec("psycopg2") or importlib.util.find_spec("psycopg")):
             raise UserError(
                 "a PostgreSQL storage needs psycopg2: pip install 'shoestring[postgres]'"

@@ -1,8 +1,10 @@
-"""``shoestring analyze``: what a configuration costs, computed exactly and measured here.
+"""``shoestring analyze``'s command line: the argument parser and the handler, nothing heavy.
 
 ``analyze [TARGET ...]`` (presets, ``preset+variant``, config files or run directories; default:
 the four CPU-cache-study presets) prints one summary table and writes an ``analysis`` run
-directory. ``analyze --probe`` measures and caches the host facts other commands use for MFU.
+directory (:func:`shoestring.analyze.analysis.run`). ``analyze --probe`` measures and caches the
+host facts other commands use for MFU. This module imports no torch, so ``shoestring --help``
+stays fast; the handler imports the measuring code when it runs.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import json
 import re
 import sys
 
+from shoestring.analyze.spec import CACHE_STUDY_PRESETS, AnalysisSpec, MeasureSettings
+from shoestring.analyze.table import host_line, summary_table
 from shoestring.cli_options import add_set_option
 from shoestring.errors import UserError
+from shoestring.runs.rundir import read_json
 
 __all__ = ["add_cli", "parse_count", "run_cli"]
 
@@ -45,8 +50,6 @@ def _parse_projected(items: list[str]) -> dict[str, float]:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    from shoestring.analyze.analysis import CACHE_STUDY_PRESETS
-
     p = sub.add_parser(
         "analyze",
         help="parameters, FLOPs, memory, cache fit and measured speed of configs on this host",
@@ -97,6 +100,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
+    """``analyze --probe``: measure this host again, cache it and print what was found."""
+    # deferred: torch is heavy; shoestring --help must not load it
     import torch
 
     from shoestring.analyze.probe import cache_path, load_probe
@@ -143,12 +148,11 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """The ``analyze`` handler: build an :class:`AnalysisSpec` from the flags, run it, print."""
     if args.probe:
         return _run_probe(args)
-    from shoestring.analyze.analysis import CACHE_STUDY_PRESETS, AnalysisSpec, run
-    from shoestring.analyze.measure import MeasureSettings
-    from shoestring.analyze.report import host_line, summary_table
-    from shoestring.runs.rundir import read_json
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.analyze.analysis import run
 
     settings = MeasureSettings.quick() if args.quick else MeasureSettings()
     for flag in ("warmup", "steps", "seconds"):

@@ -1,0 +1,346 @@
+"""A study, start to finish: ``shoestring search``'s API (:func:`run`, :func:`join`).
+
+The study directory holds the SQLite storage (by default), one ordinary ``train`` run directory
+per trial under ``trials/``, ``results.json``/``results.csv``, ``report.md`` (the one report
+system's sections for a study), the plots under ``plots/`` and a ``summary.json`` of kind
+``study``, kept by :class:`~shoestring.runs.lifecycle.RunLifecycle`. Running the same command
+again resumes the study; :func:`join` adds a worker (here or on another machine) to an existing
+study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from shoestring.config import RunConfig
+from shoestring.errors import UserError
+from shoestring.runs.compare import write_run_report
+from shoestring.runs.lifecycle import RunLifecycle
+from shoestring.runs.rundir import RunDir
+from shoestring.runtime import physical_cores, resolve_device, resolve_dtype
+from shoestring.search.local_workers import spawn_workers, wait_workers
+from shoestring.search.location import DEFAULT_HEARTBEAT, redact, sqlite_url
+from shoestring.search.plots import make_plots
+from shoestring.search.results import (
+    format_success,
+    format_table,
+    success,
+    summarize,
+    trial_rows,
+    validation_check,
+    write_results,
+)
+from shoestring.search.spec import SPEC_ATTR, StudySpec, trial_config
+from shoestring.search.storage import open_storage, pruner_for, sampler_for
+from shoestring.search.trial import WorkerOptions
+from shoestring.search.worker import progress_of, work
+
+__all__ = ["default_threads", "join", "open_study", "run"]
+
+
+def open_study(url: str, name: str, spec: StudySpec | None, heartbeat: float) -> Any:
+    """Create or load the study; a stored spec must match the one asked for."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url, heartbeat)
+    if spec is None:  # joining: everything comes from the storage
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            names = optuna.get_all_study_names(storage)
+            raise UserError(
+                f"no study named '{name}' in {redact(url)}; studies there: "
+                f"{', '.join(names) or 'none'}"
+            ) from None
+        data = study.user_attrs.get(SPEC_ATTR)
+        if data is None:
+            raise UserError(f"study '{name}' was not created by shoestring search")
+        spec = StudySpec.from_json(data)
+    sampler = sampler_for(spec.search_space(), spec.sampler, spec.base_seed)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner_for(spec.prune),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        study.set_user_attr(SPEC_ATTR, spec.to_json())
+    else:
+        old = StudySpec.from_json(stored)
+        if old.identity() != spec.identity():
+            diff = [
+                f"{k}: stored {old.identity()[k]!r}, asked {v!r}"
+                for k, v in spec.identity().items()
+                if old.identity().get(k) != v
+            ]
+            raise UserError(
+                f"study '{name}' in {redact(url)} was created with a different grid ("
+                + "; ".join(diff)
+                + "); resume with the same arguments, or start a new study with another --out"
+            )
+        if spec.sampler == "tpe" and spec.trials != old.trials:
+            study.set_user_attr(SPEC_ATTR, spec.to_json())  # extending a TPE budget is allowed
+    return study, spec
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per worker: the physical cores shared out among the workers."""
+    return max(1, physical_cores() // max(1, workers))
+
+
+def run(
+    spec: StudySpec,
+    out: str | Path,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    threads: int = 0,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    isolate: bool = True,
+    echo: bool = True,
+    progress: bool = True,
+    max_trials: int = 0,
+) -> Path:
+    """Run (or resume) a study to completion and write its results; return the study dir."""
+    spec.validate()
+    _check_data(spec.data)
+    study_dir = Path(out)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or sqlite_url(study_dir)
+    name = study_name or study_dir.resolve().name
+    study, spec = open_study(url, name, spec, heartbeat)
+    threads = threads or default_threads(workers)
+    rundir = RunDir(study_dir, "study", echo=echo)
+    life = RunLifecycle(
+        rundir,
+        config={
+            "spec": spec.to_json(),
+            "storage": redact(url),
+            "study_name": name,
+            "workers": workers,
+        },
+        start_fields={
+            "runtime": _runtime(_first_config(spec), threads, workers),
+            "study_name": name,
+            "storage": redact(url),
+            "sampler": spec.sampler,
+            "mode": spec.mode,
+            "sizes": spec.sizes,
+            "variants": spec.variants,
+            "seeds": spec.seeds,
+            "grid_points": spec.grid_size() if spec.sampler == "grid" else None,
+            "trial_budget": spec.trials if spec.sampler == "tpe" else None,
+            "error": None,
+        },
+        close=False,  # the closing lines (success rate) still go to log.txt
+    )
+    outcome: dict[str, Any] = {}
+    opts = WorkerOptions(
+        trials_dir=study_dir / "trials",
+        threads=threads,
+        heartbeat=heartbeat,
+        isolate=isolate,
+        echo=echo,
+        progress=progress,
+        max_trials=max_trials,
+    )
+    try:
+        with life:
+            rundir.log(
+                f"study '{name}' in {redact(url)}: {spec.sampler} over {spec.search_space()}, "
+                f"mode {spec.mode}, {workers} worker(s) x {threads} thread(s)"
+            )
+            try:
+                if workers <= 1:
+                    work(study, spec, opts, url)
+                else:
+                    _run_local_workers(study, spec, study_dir, url, name, workers, opts, rundir)
+            except KeyboardInterrupt:
+                life.set_status("interrupted", "interrupted; run the same command again to resume")
+                raise
+            else:
+                # a worker that stopped early (--max-trials, a crash) leaves the study unfinished
+                state = progress_of(study, spec)
+                if not state.complete:
+                    life.set_status(
+                        "interrupted",
+                        f"{state.total - state.done} of {state.total} trials not done (a worker "
+                        "stopped early); run the same command again to finish",
+                    )
+            finally:
+                # results are written however the workers ended: every finished trial counts
+                outcome.update(_write_outcome(study, spec, study_dir, rundir))
+                life.fields.update(outcome["fields"])
+    except BaseException:
+        _wrap_up(study_dir, rundir, outcome, echo, best_effort=True)
+        raise
+    _wrap_up(study_dir, rundir, outcome, echo, best_effort=False)
+    return study_dir
+
+
+def _run_local_workers(
+    study: optuna.Study,
+    spec: StudySpec,
+    study_dir: Path,
+    url: str,
+    name: str,
+    workers: int,
+    opts: WorkerOptions,
+    rundir: RunDir,
+) -> None:
+    """``--workers N``: N joining worker processes on this machine, watched until they end."""
+    args = dict(
+        heartbeat=opts.heartbeat, threads=opts.threads, data=spec.data, isolate=opts.isolate
+    )
+    procs = spawn_workers(workers, study_dir, url, name, args)
+    wait_workers(procs, study, spec, opts.progress)
+    bad = [p.returncode for p in procs if p.returncode]
+    if bad:
+        rundir.log(f"worker exit codes {bad}; see worker-*.log in {study_dir}")
+
+
+def _write_outcome(
+    study: optuna.Study, spec: StudySpec, study_dir: Path, rundir: RunDir
+) -> dict[str, Any]:
+    """results.json/.csv and the plots from the storage; returns them and the summary fields."""
+    rows, counts = trial_rows(study)
+    summary = summarize(rows)
+    state = progress_of(study, spec)
+    succ = success(rows, spec.mode)
+    val = validation_check(rows)
+    meta = {"success": succ, "validation": val, "counts": counts, "spec": spec.to_json()}
+    files = write_results(study_dir, rows, summary, meta)
+    try:
+        plots = make_plots(rows, summary, study_dir / "plots")
+    except Exception as exc:  # noqa: BLE001 - a plot failure must not lose the results
+        plots = {}
+        rundir.log(f"plots failed: {type(exc).__name__}: {exc}")
+    fields = {
+        "trials_done": state.done,
+        "trials_total": state.total,
+        "success": succ,
+        "validation": val,
+        "counts": counts,
+        "best": summary[0] if summary and summary[0]["rank"] == 1 else None,
+        "files": {**files, **plots, "report_md": str(study_dir / "report.md")},
+    }
+    return {"summary": summary, "success": succ, "validation": val, "fields": fields}
+
+
+def _wrap_up(
+    study_dir: Path, rundir: RunDir, outcome: dict[str, Any], echo: bool, best_effort: bool
+) -> None:
+    """After the final summary: the table and success rate, report.md, the closing lines.
+
+    report.md is built from the final summary.json (the one report system's study section);
+    when the study failed it is best effort, so a report error never hides the study's own.
+    """
+    if outcome and echo:
+        print(format_table(outcome["summary"]), flush=True)
+    if outcome:
+        rundir.log(format_success(outcome["success"]))
+    rundir.close()
+    if best_effort:
+        with contextlib.suppress(Exception):
+            write_run_report(study_dir)
+    else:
+        write_run_report(study_dir)
+    if outcome and echo:
+        val = outcome["validation"]
+        print(
+            f"validation: {val['val_sequences']} sequences, identical for all trials: "
+            f"{val['identical_for_all_trials']}"
+        )
+        print(f"study directory: {study_dir}")
+
+
+def join(
+    study: str,
+    *,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    data: str | None = None,
+    threads: int = 0,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    isolate: bool = True,
+    worker: str = "w0",
+    echo: bool = True,
+    progress: bool = True,
+    max_trials: int = 0,
+) -> int:
+    """Work on an existing study until it is done; return the number of trials run here."""
+    if storage:
+        url, name = storage, study
+        study_dir = Path(out or study)
+    else:
+        study_dir = Path(out or study)
+        if not (Path(study) / "study.db").is_file():
+            raise UserError(
+                f"{study} holds no study.db; give the study directory, or the study name with "
+                "--storage URL"
+            )
+        url = sqlite_url(study)
+        name = _only_study_name(url, study)
+    st, spec = open_study(url, name, None, heartbeat)
+    if data:
+        spec.data = data
+    _check_data(spec.data)
+    return work(
+        st,
+        spec,
+        WorkerOptions(
+            trials_dir=study_dir / "trials",
+            threads=threads or default_threads(1),
+            heartbeat=heartbeat,
+            isolate=isolate,
+            worker=worker,
+            echo=echo,
+            progress=progress,
+            max_trials=max_trials,
+        ),
+        url,
+    )
+
+
+def _only_study_name(url: str, study: str) -> str:
+    """The one study in the storage, or the one named like its directory."""
+    names = optuna.get_all_study_names(url)
+    if len(names) == 1:
+        return names[0]
+    name = Path(study).resolve().name
+    if name in names:
+        return name
+    raise UserError(f"{url} holds studies {names}; name one with --study-name")
+
+
+def _check_data(path: str) -> None:
+    """Refuse early, with the command to run, when the study has no prepared data."""
+    if not path:
+        raise UserError("no prepared data: pass --data DIR (made by `shoestring prepare`)")
+    if not (Path(path) / "meta.json").is_file():
+        raise UserError(
+            f"{path} is not a prepared data directory (no meta.json); run "
+            "`shoestring prepare` first"
+        )
+
+
+def _first_config(spec: StudySpec) -> RunConfig:
+    """The first grid point's config: what the study's runtime (device, dtype) is read from."""
+    return trial_config(spec, {"size": spec.sizes[0], "variant": spec.variants[0], "seed": 0})
+
+
+def _runtime(cfg: RunConfig, threads: int, workers: int) -> dict[str, Any]:
+    dev = resolve_device(cfg.train.device)
+    return {
+        "device": str(dev),
+        "dtype": resolve_dtype(cfg.train.dtype, dev),
+        "threads": threads,
+        "workers": workers,
+    }
