@@ -15,7 +15,6 @@ import re
 import sys
 
 from shoestring.analyze.spec import CACHE_STUDY_PRESETS, AnalysisSpec, MeasureSettings
-from shoestring.analyze.table import host_line, summary_table
 from shoestring.cli_options import add_set_option
 from shoestring.errors import UserError
 from shoestring.runs.rundir import read_json
@@ -190,6 +189,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(analysis, indent=2))
     else:
+        # deferred: the report sections load matplotlib; shoestring --help must not
+        from shoestring.analyze.table import host_line, summary_table
+
         print(host_line(analysis["host"]))
         print(summary_table(analysis["configs"]))
         for row in analysis["configs"]:

@@ -165,7 +165,7 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(t: Table) -> list[str]:
+def md_table(t: Table) -> list[str]:
     lines = []
     if t.caption:
         lines += [t.caption, ""]
@@ -201,7 +201,7 @@ def render_markdown(report: Report) -> str:
                 # a fence inside the text would end the block early: break it up
                 lines += ["```text", b.shown().replace("```", "` ` `"), "```", ""]
             elif isinstance(b, Table):
-                lines += _md_table(b) + [""]
+                lines += md_table(b) + [""]
             elif isinstance(b, Image):
                 lines += [f"![{b.alt}]({b.file})", ""]
                 if b.caption:

@@ -16,7 +16,7 @@ from shoestring.runs.report import Para, Section, Table, fmt, fmt_mib, fmt_milli
 from shoestring.runs.sections.analysis_tables import detail_sections, gflop
 from shoestring.runs.sections.common import SectionContext, dig, status_cell
 
-__all__ = ["analysis_section"]
+__all__ = ["SUMMARY_HEADERS", "analysis_section", "summary_row"]
 
 
 def _host_text(label: str, status: str, host: dict[str, Any]) -> str:
@@ -47,7 +47,7 @@ def _fits(c: dict[str, Any]) -> str:
     return " / ".join(str(f) for f in fits) if any(f is not None for f in fits) else "-"
 
 
-def _summary_row(c: dict[str, Any]) -> list[str]:
+def summary_row(c: dict[str, Any]) -> list[str]:
     """One configuration's headline numbers (the table ``analyze`` prints)."""
     formula, counted = dig(c, "flops", "train", "full"), dig(c, "flops", "counted", "train")
     err = dig(c, "flops", "train_rel_error")
@@ -99,7 +99,7 @@ def analysis_section(runs: Sequence[RunInfo], ctx: SectionContext) -> list[Secti
             blocks.append(
                 Table(
                     SUMMARY_HEADERS,
-                    [_summary_row(c) for c in configs],
+                    [summary_row(c) for c in configs],
                     ["l"] + ["r"] * (len(SUMMARY_HEADERS) - 1),
                     caption="Summary:",
                 )
