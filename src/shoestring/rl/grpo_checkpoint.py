@@ -4,25 +4,24 @@ Why not ``train``'s checkpoint: a GRPO run often trains a few LoRA adapters on a
 so only the parameters that require gradients are stored (megabytes, not the whole model), and
 the state carries the rollout of the current generation batch, so a run cut between the
 ``num_iterations`` steps that share a batch resumes with the same result as an uninterrupted one.
-The ``step_N/`` layout, the RNG capture and the pruning are ``train``'s
+The atomic ``step_N/`` writer, the RNG capture and the pruning are ``train``'s
 (:mod:`shoestring.train.checkpoint`), so both commands' checkpoint directories read alike.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from shoestring.errors import UserError
 from shoestring.train.checkpoint import (
     latest_checkpoint,
     prune_checkpoints,
     rng_state,
+    save_checkpoint,
     set_rng_state,
 )
 
@@ -40,17 +39,12 @@ def save_grpo_checkpoint(
 ) -> Path:
     """Write ``step_<step>/`` (trained weights + ``state`` + the RNG state now) atomically and
     keep the newest ``keep`` step checkpoints."""
-    ckpt = checkpoints_dir / f"step_{step}"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.parent / f".tmp_{ckpt.name}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
-    os.replace(tmp, ckpt)
+    ckpt = save_checkpoint(
+        checkpoints_dir / f"step_{step}",
+        model,
+        {**state, "step": step, "rng": rng_state()},
+        tensors=_trainable_state(model),
+    )
     prune_checkpoints(checkpoints_dir, keep)
     return ckpt
 

@@ -69,15 +69,23 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, state: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` + ``state.pt`` into ``ckpt_dir`` atomically (temp + rename)."""
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` + ``state.pt`` into ``ckpt_dir`` atomically (temp + rename).
+
+    ``tensors`` replaces the model's full state dict (GRPO stores only the trained parameters).
+    """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir.parent / f".tmp_{ckpt_dir.name}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_state_tensors(model), str(tmp / "model.safetensors"))
+    save_file(_state_tensors(model) if tensors is None else tensors, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
