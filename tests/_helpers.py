@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 #: the characters of the synthetic math corpus and GSM8K answers (#### N, <<a*b=c>>, 5%)
 MATH_CHARS = string.ascii_letters + string.digits + " .,:;?!\n+-*/=()$#'<>%"
@@ -23,3 +25,28 @@ def char_tokenizer(chars: str = MATH_CHARS) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+
+
+def save_tiny_llama(out: Path, tok: PreTrainedTokenizerFast, seed: int = 0) -> Path:
+    """A random 2-layer Llama (hidden 32, GQA 4/2) saved with ``tok`` as an HF directory.
+
+    Random weights at ``initializer_range`` 0.2 write varied text, so greedy answers differ
+    from prompt to prompt: enough to tell two scorers or two engines apart.
+    """
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from tokenizers import Tokenizer, decoders, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
+from _helpers import save_tiny_llama
 from shoestring.config import ConfigError
 from shoestring.errors import UserError
 from shoestring.eval import cli
@@ -53,25 +53,7 @@ def _tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny Llama saved as an HF directory with its tokenizer."""
-    out = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("hf") / "tiny-llama", _tokenizer())
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from _helpers import char_tokenizer
+from _helpers import char_tokenizer, save_tiny_llama
 from shoestring.data.synthetic import generate_problems
 from shoestring.eval.bench.config import BenchConfig
 from shoestring.eval.bench.records import read_problem_records
@@ -39,24 +37,7 @@ PROTOCOL = "plain"
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[bool]]:
     """A random tiny Llama directory, a GSM8K-format test.jsonl, and the expected verdicts."""
     root = tmp_path_factory.mktemp("scoring")
-    model_dir = root / "model"
-    tok = char_tokenizer()
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = save_tiny_llama(root / "model", char_tokenizer(), seed=1)
 
     questions = [p["question"] for p in generate_problems(N, level=1, seed=5)]
     model, tokenizer, _ = load_model_and_tokenizer(model_dir, device="cpu", dtype="fp32")
