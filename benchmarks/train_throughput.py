@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from shoestring.analyze.probe import measure_matmul_peak
-from shoestring.config import build_run_config
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
+from shoestring.run_config import build_run_config
 from shoestring.runtime import setup_runtime
 from shoestring.train.optimizer import build_optimizer
 

@@ -13,9 +13,10 @@ from shoestring.analyze.cli import parse_count
 from shoestring.analyze.row import speed_ratios
 from shoestring.analyze.spec import expand_sweep, parse_sweep, resolve_targets
 from shoestring.cli import main
-from shoestring.config import RunConfig, build_run_config, to_dict
+from shoestring.config import to_dict
 from shoestring.errors import UserError
 from shoestring.models.param_count import num_parameters_breakdown
+from shoestring.run_config import RunConfig, build_run_config
 
 TINY = [
     "model.vocab_size=300",

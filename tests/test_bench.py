@@ -59,8 +59,8 @@ def hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shoestring run directory: a tiny GPT trained three steps on synthetic math."""
-    from shoestring.config import build_run_config
     from shoestring.data import text
+    from shoestring.run_config import build_run_config
     from shoestring.train.entry import train
 
     root = tmp_path_factory.mktemp("run")

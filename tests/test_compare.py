@@ -591,8 +591,8 @@ def test_every_kind_renders(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny real training runs of different sizes on synthetic text."""
-    from shoestring.config import build_run_config
     from shoestring.data import text
+    from shoestring.run_config import build_run_config
     from shoestring.train.entry import train
 
     root = tmp_path_factory.mktemp("cmp")

@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shoestring.config import (
-    ConfigError,
-    RunConfig,
-    build_run_config,
-    list_presets,
-    list_variants,
-    to_dict,
-)
+from shoestring.config import ConfigError, to_dict
+from shoestring.run_config import RunConfig, build_run_config, list_presets, list_variants
 
 
 def test_typo_in_override_suggests_nearest_key() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shoestring.config import HybridConfig, build_run_config
+from shoestring.run_config import HybridConfig, build_run_config
 from shoestring.runs.rundir import read_metrics
 from shoestring.train.hybrid_controller import PHASES, HybridController
 from shoestring.train.predictors import (

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from shoestring.config import ConfigError, build_run_config, list_variants
+from shoestring.config import ConfigError
 from shoestring.models import gpt as gpt_mod
 from shoestring.models.gpt import (
     ShoestringGPTConfig,
@@ -25,6 +25,7 @@ from shoestring.models.gpt import (
     lm_loss,
 )
 from shoestring.models.param_count import num_parameters_breakdown
+from shoestring.run_config import build_run_config, list_variants
 
 SIZES = ["tiny", "small", "medium", "large"]
 VARIANTS = [
@@ -273,7 +274,7 @@ def test_config_field_defaults_equality_and_modelconfig_names() -> None:
     import dataclasses
     import inspect
 
-    from shoestring.config import ModelConfig
+    from shoestring.run_config import ModelConfig
 
     init = inspect.signature(ShoestringGPTConfig.__init__).parameters
     ours = {f.name: f.default for f in dataclasses.fields(ShoestringGPTConfig)}

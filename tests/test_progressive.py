@@ -386,8 +386,8 @@ def test_layering_and_bundled_example(memorised_model):
 
 def test_real_grpo_end_to_end(tmp_path, monkeypatch):
     """Two stages of the real GRPO trainer on a tiny shoestring GPT, real validation."""
-    from shoestring.config import build_run_config
     from shoestring.data import text
+    from shoestring.run_config import build_run_config
     from shoestring.train.entry import train
 
     text.run(None, tmp_path / "data", vocab_size=300, synthetic=300, quiet=True)

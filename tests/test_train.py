@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shoestring.config import build_run_config
+from shoestring.run_config import build_run_config
 from shoestring.runs.rundir import read_metrics
 
 TINY = [

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoestring.config import build_run_config
 from shoestring.errors import UserError
 from shoestring.eval.answers import parse_gold
 from shoestring.eval.protocols import Protocol, get_protocol
 from shoestring.eval.stats import format_accuracy
+from shoestring.run_config import build_run_config
 from shoestring.runs.rundir import atomic_write_json
 
 if TYPE_CHECKING:  # the scoring module imports torch; only its type is needed here

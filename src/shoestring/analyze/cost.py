@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shoestring.config import ModelConfig, RunConfig
+from shoestring.run_config import ModelConfig, RunConfig
 
 __all__ = [
     "CACHE_LEVELS",

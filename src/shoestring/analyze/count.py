@@ -19,8 +19,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from shoestring.config import RunConfig
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
+from shoestring.run_config import RunConfig
 
 __all__ = ["build_model", "count_flops_per_token", "measure_saved_activations", "saved_bytes"]
 

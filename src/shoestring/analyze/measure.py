@@ -29,8 +29,8 @@ import torch
 
 from shoestring.analyze.count import build_model, saved_bytes
 from shoestring.analyze.spec import MeasureSettings
-from shoestring.config import RunConfig
 from shoestring.errors import UserError
+from shoestring.run_config import RunConfig
 from shoestring.runtime import Runtime, setup_runtime
 from shoestring.train.optimizer import build_optimizer
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss

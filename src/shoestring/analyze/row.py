@@ -18,8 +18,9 @@ from shoestring.analyze.count import build_model, count_flops_per_token
 from shoestring.analyze.measure import measure_training
 from shoestring.analyze.probe import matmul_peak_for
 from shoestring.analyze.spec import AnalysisSpec, preset_projection
-from shoestring.config import RunConfig, to_dict
+from shoestring.config import to_dict
 from shoestring.models.param_count import num_parameters_breakdown
+from shoestring.run_config import RunConfig
 from shoestring.runtime import resolve_device, resolve_dtype
 
 __all__ = [

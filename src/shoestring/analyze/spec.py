@@ -2,7 +2,7 @@
 
 Kept apart from the measuring code so that reading a request - the CLI's defaults, resolving
 targets to configs, expanding a sweep - never imports torch. Everything here turns user input
-into validated :class:`~shoestring.config.RunConfig` objects or raises a
+into validated :class:`~shoestring.run_config.RunConfig` objects or raises a
 :class:`~shoestring.errors.UserError` that says what to type instead.
 """
 
@@ -17,16 +17,14 @@ from typing import Any
 
 from shoestring.config import (
     ConfigError,
-    RunConfig,
     apply_dict,
     apply_override,
-    build_run_config,
-    list_presets,
     parse_override,
     read_config_file,
     to_dict,
 )
 from shoestring.errors import UserError
+from shoestring.run_config import RunConfig, build_run_config, list_presets
 
 __all__ = [
     "CACHE_STUDY_PRESETS",

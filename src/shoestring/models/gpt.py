@@ -33,11 +33,12 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from shoestring.config import ConfigError, ModelConfig
+from shoestring.config import ConfigError
 from shoestring.models.attention import ShoestringAttention, sdpa_mask
 from shoestring.models.fused_ce import IGNORE_INDEX, chunked_linear_cross_entropy
 from shoestring.models.layers import ShoestringMLP, make_norm
 from shoestring.models.rope import rope_cos_sin, rope_factor
+from shoestring.run_config import ModelConfig
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init

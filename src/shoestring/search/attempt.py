@@ -26,9 +26,10 @@ import optuna
 import torch
 from transformers.utils import logging as hf_logging
 
-from shoestring.config import RunConfig, from_dict
+from shoestring.config import from_dict
 from shoestring.data.prepared import load_prepared
 from shoestring.models.gpt import ShoestringGPTForCausalLM
+from shoestring.run_config import RunConfig
 from shoestring.search.storage import open_storage, pruner_for
 from shoestring.train.batches import validation_batches
 from shoestring.train.entry import train

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from shoestring.cli_options import add_set_option
-from shoestring.config import list_presets, list_variants
 from shoestring.errors import UserError
+from shoestring.run_config import list_presets, list_variants
 from shoestring.search.location import DEFAULT_HEARTBEAT
 from shoestring.search.spec import (
     SIZES,

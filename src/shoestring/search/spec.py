@@ -15,15 +15,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
-from shoestring.config import (
-    ConfigError,
-    RunConfig,
-    build_run_config,
-    list_presets,
-    list_variants,
-    parse_override,
-    to_dict,
-)
+from shoestring.config import ConfigError, parse_override, to_dict
+from shoestring.run_config import RunConfig, build_run_config, list_presets, list_variants
 
 SIZES = ("tiny", "small", "medium", "large")
 SPEC_ATTR = "shoestring_spec"  # study user attribute holding the spec (StudySpec.to_json)

@@ -16,8 +16,8 @@ from typing import Any
 
 import optuna
 
-from shoestring.config import RunConfig
 from shoestring.errors import UserError
+from shoestring.run_config import RunConfig
 from shoestring.runs.compare import write_run_report
 from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.runs.rundir import RunDir

@@ -17,7 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from shoestring.config import RunConfig, to_dict
+from shoestring.config import to_dict
+from shoestring.run_config import RunConfig
 from shoestring.runs.rundir import read_json, unique_run_dir
 from shoestring.search.attempt import run_attempt, run_isolated
 from shoestring.search.spec import StudySpec, trial_config

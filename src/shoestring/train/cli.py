@@ -15,17 +15,9 @@ import json
 from pathlib import Path
 
 from shoestring.cli_options import add_set_option, shortcut_overrides
-from shoestring.config import (
-    RunConfig,
-    apply_override,
-    build_run_config,
-    describe,
-    from_dict,
-    list_presets,
-    list_variants,
-    parse_override,
-)
+from shoestring.config import apply_override, describe, from_dict, parse_override
 from shoestring.errors import UserError
+from shoestring.run_config import RunConfig, build_run_config, list_presets, list_variants
 
 __all__ = ["SHORTCUT_FLAGS", "add_cli", "resume_config", "run_cli"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from shoestring.config import RunConfig
+from shoestring.run_config import RunConfig
 from shoestring.runs.rundir import unique_run_dir
 from shoestring.train.distributed import launched_distributed, leave_group, wait_for_all
 from shoestring.train.hybrid import HybridTrainer

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from shoestring.config import RunConfig
 from shoestring.errors import UserError
+from shoestring.run_config import RunConfig
 from shoestring.train.batches import step_micro_batches
 from shoestring.train.hybrid_controller import HybridController, StepOutcome
 from shoestring.train.trainer import Trainer

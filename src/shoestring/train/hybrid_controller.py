@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from shoestring.config import HybridConfig
+from shoestring.run_config import HybridConfig
 from shoestring.train.predictors import (
     UpdatePredictor,
     add_flat_,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from shoestring.config import RunConfig
+from shoestring.run_config import RunConfig
 
 __all__ = ["adamw", "build_optimizer"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from shoestring.config import TrainConfig
 from shoestring.errors import UserError
+from shoestring.run_config import TrainConfig
 from shoestring.train.checkpoint import rng_state
 
 __all__ = ["TrainState", "checkpoint_state", "halve_micro_batch", "summary_fields"]

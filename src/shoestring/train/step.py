@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from shoestring.config import RunConfig
 from shoestring.data.prepared import load_prepared
 from shoestring.errors import UserError
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
+from shoestring.run_config import RunConfig
 from shoestring.runs.rundir import RunDir
 from shoestring.runtime import Runtime, physical_cores, setup_runtime
 from shoestring.train.autocompile import CompilePolicy
