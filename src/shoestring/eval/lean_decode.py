@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shoestring.models.rope import apply_rope as _apply_rope
-from shoestring.models.rope import rotate_half as _rotate_half
+from shoestring.models.rope import apply_rope, rotate_half
 
 # Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
 # x + down(silu(gate) * up) of rmsnorm(x), with HF's rotate-half RoPE.
@@ -321,8 +320,8 @@ class LeanDecoder:
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
         if self.gpt:  # the GPT's own rotation (cos/sin cast to the activations' dtype)
-            return _apply_rope(x, cos, sin)
-        return x * cos + _rotate_half(x) * sin  # transformers': dtypes promoted
+            return apply_rope(x, cos, sin)
+        return x * cos + rotate_half(x) * sin  # transformers': dtypes promoted
 
     def _attend(
         self,

@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from shoestring.eval.generation import GenerationResult, SamplingConfig, generate_all
 from shoestring.eval.protocols import Protocol, Scored
 from shoestring.eval.stats import wilson_interval
@@ -95,8 +93,7 @@ def score_model(
         if on_result is not None:
             on_result(item)
 
-    with torch.no_grad():
-        generate_all(model, tokenizer, prompts, cfg, callback=judge, progress=progress, desc=desc)
+    generate_all(model, tokenizer, prompts, cfg, callback=judge, progress=progress, desc=desc)
     return [x for x in out if x is not None]
 
 

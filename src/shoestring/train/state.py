@@ -89,17 +89,15 @@ def halve_micro_batch(
     return event
 
 
-def summary_fields(
-    ts: TrainState, t: TrainConfig, compile_info: dict[str, Any], wall_seconds: float
-) -> dict[str, Any]:
-    """summary.json's training fields at the end of a run (whatever its status)."""
+def summary_fields(ts: TrainState, t: TrainConfig, compile_info: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's training fields at the end of a run (whatever its status); the lifecycle
+    adds status, wall time, system metrics and error."""
     return {
         "steps": ts.step,
         "max_steps": t.max_steps,
         "tokens": ts.tokens_seen,
         "train_seconds": round(ts.train_seconds, 3),
         "eval_seconds": round(ts.eval_seconds, 3),
-        "session_wall_seconds": round(wall_seconds, 3),
         "tokens_per_second": (ts.tokens_seen / ts.train_seconds) if ts.train_seconds else None,
         "samples_per_second": (
             ts.tokens_seen / t.seq_len / ts.train_seconds if ts.train_seconds else None

@@ -100,7 +100,7 @@ class Trainer(StepTrainer):
                 "data": self._data_summary(),
                 "tokens_per_step": tokens_per_step,
             },
-            summary=lambda: self._summary(life),
+            summary=self._summary,
             monitor_interval=0.5,
             close=False,  # the closing log line comes after the final summary
         )
@@ -261,9 +261,10 @@ class Trainer(StepTrainer):
             "split": m.get("split", "document"),
         }
 
-    def _summary(self, life: RunLifecycle) -> dict[str, Any]:
-        """summary.json's end-of-run fields (the lifecycle adds status, system and error)."""
-        fields = summary_fields(self.state, self.cfg.train, self.compile.info, life.wall_seconds)
+    def _summary(self) -> dict[str, Any]:
+        """summary.json's end-of-run fields (the lifecycle adds status, wall time, system and
+        error)."""
+        fields = summary_fields(self.state, self.cfg.train, self.compile.info)
         return {**fields, **self._summary_extra()}
 
     def _close(self, status: str) -> None:
