@@ -106,7 +106,7 @@ def analysis_section(runs: Sequence[RunInfo], ctx: SectionContext) -> list[Secti
             )
             # the detail sections are long: only in a report on one analysis (its own report.md)
             if len(an) == 1:
-                details = detail_sections(data, configs)
+                details = detail_sections(data, configs, r.summary.get("best"))
         img = ctx.own_image(r, r.summary.get("plot"), "tokens/s against FLOPs/token")
         if img:
             blocks.append(img)

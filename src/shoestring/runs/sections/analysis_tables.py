@@ -218,21 +218,21 @@ def _measured(measured: list[dict[str, Any]]) -> list[Any]:
     return blocks
 
 
-def _sweep_best(configs: list[dict[str, Any]]) -> list[str]:
-    """The fastest measured setting of each swept target (the answer of the sweep)."""
-    targets: dict[str, list[dict[str, Any]]] = {}
-    for c in configs:
-        if c.get("tokens_per_second"):
-            targets.setdefault(str(c.get("base_label") or _label(c)), []).append(c)
+def _sweep_best(best: dict[str, Any]) -> list[str]:
+    """The fastest measured setting of each swept target, as ``analyze`` recorded it in
+    summary.json (``best``: target -> label, tokens/s, sweep)."""
     return [
-        f"{target}: {top.get('sweep')} at {fmt(top['tokens_per_second'], ',.0f')} tokens/s"
-        for target, group in targets.items()
-        for top in [max(group, key=lambda c: float(c["tokens_per_second"]))]
+        f"{target}: {top.get('sweep')} at {fmt(top.get('tokens_per_second'), ',.0f')} tokens/s"
+        for target, top in best.items()
+        if isinstance(top, dict)
     ]
 
 
-def detail_sections(data: dict[str, Any], configs: list[dict[str, Any]]) -> list[Section]:
-    """Every detail section analysis.md showed below its summary, for the parts recorded."""
+def detail_sections(
+    data: dict[str, Any], configs: list[dict[str, Any]], best: dict[str, Any] | None = None
+) -> list[Section]:
+    """Every detail section analysis.md showed below its summary, for the parts recorded;
+    ``best`` is the summary's fastest setting per swept target."""
     out: list[Section] = []
 
     def add(title: str, anchor: str, blocks: list[Any]) -> None:
@@ -252,6 +252,6 @@ def detail_sections(data: dict[str, Any], configs: list[dict[str, Any]]) -> list
     measured = [c for c in configs if isinstance(c.get("measured"), dict)]
     if measured:
         add("Measured training throughput", "measured", _measured(measured))
-    if any(c.get("sweep") for c in configs):
-        add("Sweep: best setting", "sweep", [Bullets(_sweep_best(configs))])
+    if best and any(c.get("sweep") for c in configs):
+        add("Sweep: best setting", "sweep", [Bullets(_sweep_best(best))])
     return out
