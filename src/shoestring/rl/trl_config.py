@@ -53,7 +53,8 @@ LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 def is_trl_config(values: dict[str, Any], native: set[str]) -> bool:
     """True when ``values`` hold a key only TRL has (``output_dir``, ``bf16``, ``use_peft``...);
     ``native`` are shoestring's GRPOConfig field names."""
-    return any(k in TRL_KEYS and k not in native for k in values) or _model_dtype(values)
+    only_trl = (k for k in values if k in TRL_KEYS and TRL_KEYS[k].kind != "same")
+    return any(k not in native for k in only_trl) or _model_dtype(values)
 
 
 def _model_dtype(values: dict[str, Any]) -> bool:
@@ -104,8 +105,6 @@ def translate_trl(values: dict[str, Any], native: set[str]) -> dict[str, Any]:
     _dataset(values, out, notices)
     _schedule(values, out, notices)
     _logging_and_saving(values, out, notices)
-    if "output_dir" in values and values["output_dir"] is not None:
-        out["output_dir"] = str(values["output_dir"])
     if "reward_funcs" in values:
         out["rewards"] = [_reward_name(n) for n in values["reward_funcs"] or []]
     for reason, keys in ignored.items():
@@ -175,6 +174,9 @@ def _lora(values: dict[str, Any], out: dict[str, Any], notices: list[str]) -> No
     """``use_peft`` + ``lora_*`` -> ``lora_rank`` and friends; LoRA keys without LoRA are
     named in the log (TRL ignores them silently; the run is a full fine-tune)."""
     given = [k for k in LORA_KEYS if k in values]
+    if "use_peft" not in values and values.get("lora_rank"):  # shoestring's own LoRA switch
+        out.update({k: _lora_value(k, values[k]) for k in given if k != "lora_r"})
+        return
     if "use_peft" not in values:
         if given:
             notices.append(

@@ -125,7 +125,7 @@ _add(
 )
 
 # ----------------------------------------------------------------------------- mapped
-_add(TA, "mapped", "the run directory (--out/--name win)", "output_dir")
+_add(TA, "same", "the run directory (--out/--name win)", "output_dir")
 _add(TA, "mapped", "true -> dtype=bf16 (autocast), false -> fp32 unless fp16", "bf16")
 _add(TA, "mapped", "true is refused (no fp16 training; use bf16: true or fp32)", "fp16")
 _add(TA, "mapped", "true -> device=cpu; false -> device=auto", "use_cpu")
@@ -136,7 +136,7 @@ _add(
     "true -> activation checkpointing (gradient_checkpointing)",
     "activation_checkpointing",
 )
-_add(LEGACY, "mapped", "warmup_steps = ceil(ratio * total steps)", "warmup_ratio")
+_add(LEGACY, "same", "warmup_steps = ceil(ratio * total steps) when warmup_steps=0", "warmup_ratio")
 _add(LEGACY, "mapped", "true -> device=cpu", "no_cuda")
 _add(
     GRPO,
