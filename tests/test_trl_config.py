@@ -31,7 +31,8 @@ NATIVE = {f.name for f in dataclasses.fields(GRPOConfig)}
 
 def _trl_dataclasses() -> list[type]:
     pytest.importorskip("trl")
-    from trl import DatasetMixtureConfig, GRPOConfig as TrlGRPOConfig, ModelConfig
+    from trl import DatasetMixtureConfig, ModelConfig
+    from trl import GRPOConfig as TrlGRPOConfig
     from trl.scripts.grpo import GRPOScriptArguments
 
     return [TrlGRPOConfig, ModelConfig, GRPOScriptArguments, DatasetMixtureConfig]
