@@ -228,3 +228,47 @@ def test_lora_target_that_matches_nothing_is_an_error() -> None:
     assert peft_target_modules(["peft-default"]) is None
     with pytest.raises(UserError, match="stands alone"):
         peft_target_modules(["all-linear", "q_proj"])
+
+
+def test_trl_yaml_runs_trls_accuracy_reward_on_a_chat_model(tmp_path: Path) -> None:
+    """The file's own reward (trl.rewards.accuracy_reward) on a model with a chat template:
+    prompts and completions reach it conversational, as in TRL."""
+    pytest.importorskip("trl")
+    pytest.importorskip("math_verify")
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}A:"
+    model = save_tiny_llama(tmp_path / "chat", tok)
+    data = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": f"{a}+{a}?", "answer": f"#### {2 * a}"} for a in range(1, 9)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    argv = ["grpo", "--config", str(TRL_YAML), "--out", str(tmp_path / "runs")]
+    for override in (
+        f"model_name_or_path={model}",
+        f"dataset=gsm8k:{data}",
+        "max_steps=1",
+        "max_completion_length=8",
+        "threads=1",
+    ):
+        argv += ["--set", override]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "Qwen2.5-0.5B-Instruct-GRPO-gsm8k"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["protocol"]["name"] == "chat-cot"
+    step = next(
+        json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "rewards" in x
+    )
+    assert set(step["rewards"]) == {"accuracy_reward"}
+
+
+def test_trl_text_rewards_need_conversational_prompts(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    model = save_tiny_llama(tmp_path / "plain", char_tokenizer())  # no chat template: qa
+    cfg = grpo_config(
+        base=_trl_yaml(),
+        overrides=[f"model_name_or_path={model}", "dataset=synthetic:1", "dataset_size=8"],
+    )
+    from shoestring.rl.trainer import GRPOTrainer
+
+    trainer = GRPOTrainer(cfg, tmp_path / "run", echo=False, progress=False)
+    with pytest.raises(UserError, match="conversational"):
+        trainer.setup()

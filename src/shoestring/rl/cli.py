@@ -61,7 +61,9 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="model dir, shoestring run dir or Hub name")
     p.add_argument("--preset", help=f"GRPO preset: {', '.join(list_grpo_presets())}")
-    p.add_argument("--config", help="JSON or YAML file of GRPOConfig fields (over the preset)")
+    p.add_argument(
+        "--config", help="JSON or YAML file of GRPOConfig fields or a TRL config (over the preset)"
+    )
     p.add_argument(
         "--trl-config",
         metavar="FILE",

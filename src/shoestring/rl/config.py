@@ -12,7 +12,10 @@ distinct prompts, and the product must be divisible by ``num_generations``.
 
 Configs are built in layers - defaults, ``base`` dict, preset
 (``src/shoestring/presets/grpo/*.json``), ``key=value`` overrides - and validated once, with
-the nearest valid key suggested on a typo, as for ``shoestring train``.
+the nearest valid key suggested on a typo, as for ``shoestring train``. A config file written
+for TRL (its ``trl grpo`` YAML, with ``output_dir``, ``bf16``, ``use_peft`` ...) is translated by
+:mod:`shoestring.rl.trl_config`, with TRL's defaults below the preset for the keys it leaves
+unset.
 """
 
 from __future__ import annotations

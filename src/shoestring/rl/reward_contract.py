@@ -29,12 +29,16 @@ from typing import Any
 
 from transformers import TrainerState
 
+from shoestring.errors import UserError
 from shoestring.eval.protocols import Protocol
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet
 from shoestring.rl.rewards import load_reward, reward_label
 
 __all__ = ["ContractReward", "RewardContext", "contract_rewards"]
+
+#: TRL rewards that read only ``completion_ids`` (the others read ``completion[0]["content"]``)
+TEXT_FREE_TRL_REWARDS = ("trl:get_soft_overlong_punishment",)
 
 Messages = list[dict[str, str]]
 
@@ -125,25 +129,43 @@ class ContractReward:
             prompt_arg = [ctx.messages[p] for p in prompts]
             completion_arg = [[{"role": "assistant", "content": c}] for c in completions]
         columns.pop("prompt", None)  # TRL passes every column but the prompt
-        out = self.fn(
-            prompts=prompt_arg,
-            completions=completion_arg,
-            completion_ids=completion_ids,
-            trainer_state=ctx.state,
-            log_extra=ctx.log_extra,
-            log_metric=ctx.log_metric,
-            **columns,
-        )
-        if inspect.isawaitable(out):
-            out = _wait(out)
-        return list(out)
+        try:
+            out = self.fn(
+                prompts=prompt_arg,
+                completions=completion_arg,
+                completion_ids=completion_ids,
+                trainer_state=ctx.state,
+                log_extra=ctx.log_extra,
+                log_metric=ctx.log_metric,
+                **columns,
+            )
+            if inspect.isawaitable(out):
+                out = _wait(out)
+            return list(out)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's function: say which and how
+            form = "plain strings" if ctx.messages is None else "conversational (message lists)"
+            raise UserError(
+                f"reward {self.__name__} failed: {type(exc).__name__}: {exc}. Its completions "
+                f"were {form}; completions are conversational only under a chat protocol (a "
+                "model with a chat template, protocol auto or chat-cot)"
+            ) from exc
 
 
 def contract_rewards(
     names: list[str], protocol: Protocol, context: RewardContext
 ) -> list[ContractReward]:
     """The run's rewards by name (built-in, ``trl:NAME``, ``module:function``), each called
-    with TRL's contract."""
+    with TRL's contract. TRL's text rewards read conversational completions only, so asking for
+    them on a run whose prompts are plain text fails here, before any sampling."""
+    for name in names:
+        if name.startswith("trl:") and name not in TEXT_FREE_TRL_REWARDS and not context.messages:
+            raise UserError(
+                f"reward {name} reads conversational completions (TRL's message lists), but this "
+                f"run's protocol {protocol.name!r} prompts with plain text; use a chat protocol "
+                "(a model with a chat template) or a reward that reads strings"
+            )
     return [ContractReward(load_reward(n, protocol), context, reward_label(n)) for n in names]
 
 
