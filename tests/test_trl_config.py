@@ -182,6 +182,10 @@ def test_trl_defaults_sit_below_preset_and_file() -> None:
     assert forced.max_completion_length == 512 and forced.logging_steps == 10
     peft = grpo_config(base={"use_peft": True})
     assert peft.lora_rank == 16 and peft.lora_target_modules == ["peft-default"]
+    # --set speaks TRL too on a TRL config
+    cfg = grpo_config(base=_trl_yaml(), overrides=["lora_r=4", "use_cpu=true", "report_to=none"])
+    assert (cfg.lora_rank, cfg.device) == (4, "cpu") and cfg.notices[-1].startswith("report_to")
+    assert grpo_config(base=_trl_yaml(), overrides=["use_peft=false"]).lora_rank == 0
 
 
 def test_scheduler_warmup_and_saving_spellings() -> None:

@@ -275,7 +275,9 @@ def apply_grpo_override(cfg: GRPOConfig, text: str, trl: bool = False) -> None:
         key = key[5:]
     names = [f.name for f in dataclasses.fields(cfg)]
     if trl and key not in names:
-        translated = translate_trl({key: value}, set(names))
+        # lora_r alone means "LoRA with this rank", as it does next to the file's use_peft
+        values = {"use_peft": True, key: value} if key == "lora_r" else {key: value}
+        translated = translate_trl(values, set(names))
         cfg.notices = [*cfg.notices, *translated.pop("notices")]
         apply_dict(cfg, translated)
         return

@@ -25,6 +25,7 @@ the start of the run.
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -339,11 +340,11 @@ def trl_key_table() -> str:
     for key, e in sorted(TRL_KEYS.items(), key=lambda kv: (order[kv[1].kind], kv[0])):
         note = e.note
         if e.kind == "unsupported":
-            accepted = ", ".join("null" if a is None else repr(a) for a in e.accept)
+            accepted = ", ".join(json.dumps(a) for a in e.accept)
             verdict = "logged" if e.notice_only else "refused"
             note = f"{note}: accepted at {accepted}, otherwise {verdict}"
         default = TRL_DEFAULTS.get(key, TRL_LORA_DEFAULTS.get(key, ...))
         if default is not ...:
-            note += f" (TRL default {default!r} applied to a TRL config)"
+            note += f" (TRL default {json.dumps(default)} applied to a TRL config)"
         rows.append(f"| `{key}` | {e.source} | {e.kind} | {note} |")
     return "\n".join(rows)
