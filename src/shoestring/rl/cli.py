@@ -22,7 +22,9 @@ from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file
 
 __all__ = ["add_cli", "grpo_cli_config", "run_grpo_cli", "run_progressive_cli"]
 
-LAYERS = "Config layers: defaults < --preset < --config FILE < --set key=value."
+LAYERS = (
+    "Config layers: defaults (TRL's for a TRL config) < --preset < --config FILE < --set key=value."
+)
 
 # (argparse destination, GRPOConfig field) of grpo's shortcut flags
 SHORTCUT_FLAGS = (
@@ -59,14 +61,22 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="model dir, shoestring run dir or Hub name")
     p.add_argument("--preset", help=f"GRPO preset: {', '.join(list_grpo_presets())}")
-    p.add_argument("--config", help="JSON or YAML file of GRPOConfig fields (over the preset)")
+    p.add_argument(
+        "--config", help="JSON or YAML file of GRPOConfig fields or a TRL config (over the preset)"
+    )
+    p.add_argument(
+        "--trl-config",
+        metavar="FILE",
+        help="a TRL GRPO config (trl grpo's flat YAML): TRL keys translated, TRL's defaults; "
+        "--config detects one by its TRL-only keys",
+    )
     p.add_argument("--dataset", help="synthetic:LEVEL, gsm8k or gsm8k:PATH")
     p.add_argument("--lora-rank", type=int, help="LoRA rank (0 = full fine-tune)")
     p.add_argument("--steps", type=int, help="same as --set max_steps=N")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
     add_set_option(p, "num_generations=8")
-    p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--out", help="parent directory of run directories (default runs)")
     p.add_argument("--name", help="run directory name (default grpo-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--help-config", action="store_true", help="list every field and exit")
@@ -81,8 +91,20 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
         if not cfg_path.is_file():
             raise UserError(f"{args.resume} is not a GRPO run directory (no config.json)")
         return grpo_config(base=read_config_file(cfg_path), overrides=overrides)
-    base = read_config_file(args.config) if args.config else None
-    return grpo_config(args.preset, overrides, base=base)
+    if args.config and args.trl_config:
+        raise UserError("give --config or --trl-config, not both")
+    path = args.config or args.trl_config
+    base = read_config_file(path) if path else None
+    return grpo_config(args.preset, overrides, base=base, trl=True if args.trl_config else None)
+
+
+def run_location(args: argparse.Namespace, cfg: GRPOConfig) -> tuple[str, str | None]:
+    """(parent, name) of the run directory: --out/--name, else the config's ``output_dir``
+    (TRL's), else runs/grpo-<time>."""
+    if cfg.output_dir and not args.name:
+        out = Path(cfg.output_dir)
+        return (args.out or str(out.parent)), out.name
+    return (args.out or "runs"), args.name
 
 
 def run_grpo_cli(args: argparse.Namespace) -> int:
@@ -95,7 +117,8 @@ def run_grpo_cli(args: argparse.Namespace) -> int:
     from shoestring.rl.grpo import train_grpo
 
     try:
-        run = train_grpo(cfg, out=args.out, name=args.name, resume_dir=args.resume)
+        out, name = run_location(args, cfg)
+        run = train_grpo(cfg, out=out, name=name, resume_dir=args.resume)
     except KeyboardInterrupt:
         return 130
     print(run)

@@ -12,7 +12,10 @@ distinct prompts, and the product must be divisible by ``num_generations``.
 
 Configs are built in layers - defaults, ``base`` dict, preset
 (``src/shoestring/presets/grpo/*.json``), ``key=value`` overrides - and validated once, with
-the nearest valid key suggested on a typo, as for ``shoestring train``.
+the nearest valid key suggested on a typo, as for ``shoestring train``. A config file written
+for TRL (its ``trl grpo`` YAML, with ``output_dir``, ``bf16``, ``use_peft`` ...) is translated by
+:mod:`shoestring.rl.trl_config`, with TRL's defaults below the preset for the keys it leaves
+unset.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from shoestring.config import (
     validate,
 )
 from shoestring.eval.protocols import PROTOCOLS
+from shoestring.rl.trl_config import is_trl_config, translate_trl, trl_defaults
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -84,6 +88,9 @@ class GRPOConfig:
     num_train_epochs: float = opt(3.0, "passes over the prompts (fractions allowed)", min=0.0)
     max_steps: int = opt(-1, "optimizer steps; -1 = from num_train_epochs", min=-1)
     warmup_steps: int = opt(0, "linear warmup steps", min=0)
+    warmup_ratio: float = opt(
+        0.0, "warmup as a fraction of the total steps, used when warmup_steps=0 (TRL name)", min=0.0
+    )
     lr_scheduler_type: str = opt(
         "linear", "decay after warmup", choices=("linear", "cosine", "constant")
     )
@@ -173,6 +180,12 @@ class GRPOConfig:
     )
     warn_steps: int = opt(2, "first steps measured for the 'this cannot learn' warning", min=1)
     preset: str = opt("", "preset this config started from (informational)")
+    output_dir: str | None = opt(
+        None, "run directory (TRL name; --out/--name take precedence; None = runs/grpo-<time>)"
+    )
+    notices: list[str] = opt(
+        [], "what reading a TRL config did (keys ignored, TRL defaults); logged at the start"
+    )
 
     @property
     def epsilon_low(self) -> float:
@@ -189,6 +202,13 @@ class GRPOConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.completions_per_step // self.num_generations
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of ``total_steps``: ``warmup_steps``, else TrainingArguments'
+        ``ceil(warmup_ratio * total_steps)``."""
+        if self.warmup_steps > 0:
+            return self.warmup_steps
+        return math.ceil(self.warmup_ratio * total_steps)
 
     def total_steps(self, n_prompts: int) -> int:
         """Optimizer steps of a run over ``n_prompts`` prompts: ``max_steps``, or
@@ -247,12 +267,20 @@ def load_grpo_preset(name: str) -> dict[str, Any]:
     return load_named_preset("grpo", name, "GRPO preset")
 
 
-def apply_grpo_override(cfg: GRPOConfig, text: str) -> None:
-    """One ``key=value`` (``grpo.key=value`` also accepted), nearest key suggested on a typo."""
+def apply_grpo_override(cfg: GRPOConfig, text: str, trl: bool = False) -> None:
+    """One ``key=value`` (``grpo.key=value`` also accepted), nearest key suggested on a typo;
+    with ``trl`` a TRL key (``bf16=false``) is translated as in a TRL config file."""
     key, value = parse_override(text)
     if key.startswith("grpo."):
         key = key[5:]
     names = [f.name for f in dataclasses.fields(cfg)]
+    if trl and key not in names:
+        # lora_r alone means "LoRA with this rank", as it does next to the file's use_peft
+        values = {"use_peft": True, key: value} if key == "lora_r" else {key: value}
+        translated = translate_trl(values, set(names))
+        cfg.notices = [*cfg.notices, *translated.pop("notices")]
+        apply_dict(cfg, translated)
+        return
     if key not in names:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else "see `shoestring grpo --help-config`"
@@ -264,21 +292,35 @@ def grpo_config(
     preset: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, Any] | None = None,
+    trl: bool | None = None,
 ) -> GRPOConfig:
     """Layer defaults < preset < ``base`` < overrides, then validate: every command's order.
 
     ``base`` is a dict of fields (a config file, or a run's config.json on resume) that refines
     the preset; ``overrides`` are ``key=value`` strings whose value is parsed as JSON when it
-    is JSON.
+    is JSON. ``base`` is read as a TRL config (:mod:`shoestring.rl.trl_config`: TRL keys
+    translated, TRL's defaults for the keys it leaves unset, the rest logged) when ``trl`` is
+    true, or when ``trl`` is None and it holds a key only TRL has.
     """
     cfg = GRPOConfig()
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if trl is None:
+        trl = bool(base) and is_trl_config(base or {}, names)
+    notices: list[str] = []
+    if trl:  # TRL's defaults sit below the preset and the file
+        defaults = trl_defaults(base or {})
+        notices = defaults.pop("notices")
+        apply_dict(cfg, defaults)
     if preset:
         apply_dict(cfg, load_grpo_preset(preset))
         cfg.preset = preset
+    if trl:
+        base = translate_trl(base or {}, names)
+        base["notices"] = notices + base["notices"]
     if base:
         apply_dict(cfg, _upgrade(base))
     for text in overrides:
-        apply_grpo_override(cfg, text)
+        apply_grpo_override(cfg, text, trl=trl)
     return cfg.resolved()
 
 

@@ -1,9 +1,10 @@
 """Prompts for GRPO: GSM8K JSONL or the synthetic math corpus by difficulty level, encoded
 under the run's scoring protocol, and the order in which training visits them.
 
-A task is a list of dicts with ``question`` and ``answer`` (gold text ending ``#### N``) plus
-any extra columns, which reach user reward functions as keyword arguments (TRL passes dataset
-columns the same way).
+A task is a list of dicts with ``question``, ``answer`` (gold text ending ``#### N``) and
+``solution`` (the final number alone, the column TRL's math rewards such as
+``trl.rewards.accuracy_reward`` read) plus any extra columns, which reach reward functions as
+keyword arguments (TRL passes dataset columns the same way).
 
 Synthetic train and test splits must never share a question, whatever sizes are asked for, or
 a held-out accuracy would reward memorising training prompts. A problem's split is therefore a
@@ -24,6 +25,7 @@ from typing import Any
 from shoestring.data.gsm8k import load_gsm8k
 from shoestring.data.synthetic import iter_problems
 from shoestring.errors import UserError
+from shoestring.eval.answers import parse_gold
 from shoestring.eval.protocols import Protocol
 from shoestring.rl.config import parse_slice
 
@@ -105,12 +107,12 @@ def load_task(
         if slice is not None:
             a, b = parse_slice(slice)
             rows = rows[a:b]
-        return rows
+        return [{**r, "solution": parse_gold(r["answer"])} for r in rows]
     if kind == "gsm8k":
         target = Path(arg) if arg else _gsm8k_dir()
         problems = load_gsm8k(target, split=split)
         rows = [
-            {"question": p.question, "answer": p.answer, "idx": p.idx}
+            {"question": p.question, "answer": p.answer, "solution": p.gold, "idx": p.idx}
             for p in problems
             if p.question not in excluded
         ]
@@ -131,7 +133,8 @@ class PromptSet:
 
     ``ids`` keep only the last ``max_prompt_length`` tokens of a longer prompt; ``cut`` counts
     those prompts so the trainer can warn. ``columns`` are the dataset columns a reward
-    function receives as keyword arguments.
+    function receives as keyword arguments. ``messages`` are the prompts as chat messages when
+    the protocol asks through the chat template (TRL's conversational prompts), else None.
     """
 
     rows: list[dict[str, Any]]
@@ -139,6 +142,13 @@ class PromptSet:
     ids: list[list[int]]
     columns: list[str]
     cut: int
+    messages: list[list[dict[str, str]]] | None = None
+
+    def messages_by_text(self) -> dict[str, list[dict[str, str]]] | None:
+        """Prompt text -> its chat messages (for conversational rewards), or None."""
+        if self.messages is None:
+            return None
+        return dict(zip(self.texts, self.messages, strict=True))
 
     @classmethod
     def encode(
@@ -156,7 +166,12 @@ class PromptSet:
         ids = [list(x)[-limit:] if limit else list(x) for x in enc]
         cut = sum(1 for x in enc if limit and len(x) > limit)
         columns = sorted({k for r in rows for k in r if k != "ops"})
-        return cls(rows, texts, ids, columns, cut)
+        messages = None
+        if protocol.style == "chat":  # the user turn Protocol.prompt renders through the template
+            messages = [
+                [{"role": "user", "content": protocol.instruction + r["question"]}] for r in rows
+            ]
+        return cls(rows, texts, ids, columns, cut, messages)
 
     def cut_warning(self, limit: int | None) -> str:
         """What the run's warnings say when ``cut`` prompts lost their start."""

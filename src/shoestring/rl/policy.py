@@ -24,6 +24,7 @@ from shoestring.errors import UserError
 from shoestring.eval.generation import SamplingConfig, pad_token_id, resolve_eos_ids
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 from shoestring.rl.config import GRPOConfig
+from shoestring.rl.run_checks import check_target_modules, peft_target_modules
 from shoestring.runtime import Runtime
 
 __all__ = ["Policy"]
@@ -71,9 +72,8 @@ class Policy:
                 model.enable_input_require_grads()
         policy = cls(model, tok, info, runtime, retention_penalty=cfg.retention_penalty)
         if cfg.lora_rank > 0:
-            targets: Any = list(cfg.lora_target_modules)
-            if targets == ["all-linear"]:
-                targets = "all-linear"
+            targets = peft_target_modules(cfg.lora_target_modules)
+            check_target_modules(model, targets)  # an entry matching nothing is an error
             lcfg = LoraConfig(
                 r=cfg.lora_rank,
                 lora_alpha=cfg.lora_alpha,

@@ -15,9 +15,12 @@ here ``format`` (does the primary extractor find an answer?) is only a small sha
 to correctness.
 
 Every reward has TRL's signature: ``fn(prompts, completions, **kwargs) -> list[float | None]``
-where ``kwargs`` hold ``completion_ids`` and every dataset column (one value per completion).
-``None`` means "not scorable by this function" and is excluded from the group baseline, as TRL
-does.
+where ``kwargs`` hold ``completion_ids`` and every dataset column (one value per completion);
+:mod:`shoestring.rl.reward_contract` adds the rest of TRL's contract (``trainer_state``,
+``log_extra``/``log_metric``, conversational completions, async functions). ``None`` means "not
+scorable by this function" and is excluded from the group baseline, as TRL does. TRL's own
+reward functions load as ``trl:NAME`` (the names of TRL's ``trl grpo`` script) or
+``trl.rewards:NAME``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from shoestring.errors import UserError
 from shoestring.eval.answers import AnswerFormatError, is_correct, normalize_number, parse_gold
 from shoestring.eval.protocols import Protocol
+from shoestring.rl.trl_keys import TRL_SCRIPT_REWARDS
 
 RewardFn = Callable[..., list]
 
@@ -48,6 +52,14 @@ def _gold(answer: Any) -> str | None:
         return normalize_number(text)
 
 
+def completion_text(completion: Any) -> str:
+    """A completion's text: the string itself, or the contents of its messages when it is
+    conversational (TRL's ``[{"role": "assistant", "content": ...}]``)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content", "")) for m in completion)
+
+
 def builtin_rewards(protocol: Protocol) -> dict[str, RewardFn]:
     """The built-in rewards judged by ``protocol``'s primary extractor, by name."""
 
@@ -63,13 +75,16 @@ def builtin_rewards(protocol: Protocol) -> dict[str, RewardFn]:
             if gold is None:
                 out.append(None)
                 continue
-            out.append(1.0 if is_correct(protocol.extract(completion), gold) else 0.0)
+            answer = protocol.extract(completion_text(completion))
+            out.append(1.0 if is_correct(answer, gold) else 0.0)
         return out
 
     def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list:
         """1.0 when the protocol's extractor finds a final answer in the completion, else 0.0.
         Meant as a small shaping weight next to correctness."""
-        return [1.0 if protocol.extract(c) is not None else 0.0 for c in completions]
+        return [
+            1.0 if protocol.extract(completion_text(c)) is not None else 0.0 for c in completions
+        ]
 
     return {"correctness": correctness, "format": format_reward}
 
@@ -79,10 +94,12 @@ def load_reward(name: str, protocol: Protocol) -> RewardFn:
     ``module:function``."""
     if name in BUILTIN_NAMES:
         return builtin_rewards(protocol)[name]
+    if name.startswith("trl:"):
+        return trl_script_reward(name[4:])
     if ":" not in name:
         raise UserError(
-            f"unknown reward {name!r}; use one of {', '.join(BUILTIN_NAMES)} or module:function "
-            "(a Python function with TRL's reward signature)"
+            f"unknown reward {name!r}; use one of {', '.join(BUILTIN_NAMES)}, trl:NAME (TRL's "
+            "rewards) or module:function (a Python function with TRL's reward signature)"
         )
     module_name, _, attr = name.partition(":")
     try:
@@ -107,6 +124,20 @@ def load_reward(name: str, protocol: Protocol) -> RewardFn:
     return fn
 
 
+def trl_script_reward(name: str) -> RewardFn:
+    """A reward of TRL's ``trl grpo`` script by its registry name, built as that script builds
+    it (``get_soft_overlong_punishment`` with max_completion_len=1280, soft_punish_cache=256)."""
+    if name not in TRL_SCRIPT_REWARDS:
+        raise UserError(f"unknown TRL reward trl:{name}; TRL's script knows {TRL_SCRIPT_REWARDS}")
+    try:
+        rewards = importlib.import_module("trl.rewards")
+    except ImportError as exc:
+        raise UserError(f"reward trl:{name} needs TRL: pip install trl ({exc})") from exc
+    if name == "get_soft_overlong_punishment":
+        return rewards.get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256)
+    return getattr(rewards, name)
+
+
 def reward_weights(names: Sequence[str], weights: Sequence[float] | None) -> list[float]:
     """Explicit weights, or the defaults (correctness 1.0, format 0.1, user rewards 1.0)."""
     if weights is not None:
@@ -115,7 +146,7 @@ def reward_weights(names: Sequence[str], weights: Sequence[float] | None) -> lis
 
 
 def reward_label(name: str) -> str:
-    """Short name for logs and metrics (``pkg.mod:fn`` -> ``fn``)."""
+    """Short name for logs and metrics (``pkg.mod:fn`` or ``trl:fn`` -> ``fn``)."""
     return name.rpartition(":")[2] if ":" in name else name
 
 
@@ -147,8 +178,10 @@ def score(
 __all__ = [
     "BUILTIN_NAMES",
     "builtin_rewards",
+    "completion_text",
     "load_reward",
     "reward_label",
     "reward_weights",
     "score",
+    "trl_script_reward",
 ]

@@ -1,5 +1,7 @@
 """The GRPO trainer: one run from model and prompts to a trained model, resumable at any step.
 
+This module is one idea: the run loop of GRPO, from setup to the final model and evaluation.
+
 What happens in one optimizer step (TRL's algorithm, shoestring's engine):
 
 1. every ``num_iterations`` steps, ``prompts_per_step`` prompts are sampled ``num_generations``
@@ -37,8 +39,10 @@ from shoestring.rl.diagnostics import cannot_learn_reasons
 from shoestring.rl.grpo_checkpoint import load_grpo_checkpoint, save_grpo_checkpoint
 from shoestring.rl.heldout import HeldOutEval
 from shoestring.rl.policy import Policy
-from shoestring.rl.rewards import load_reward, reward_label, reward_weights
+from shoestring.rl.reward_contract import RewardContext, contract_rewards
+from shoestring.rl.rewards import reward_label, reward_weights
 from shoestring.rl.rollout import Rollout, RolloutGenerator
+from shoestring.rl.run_checks import announce_settings
 from shoestring.rl.update import backward_rollout
 from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.runs.rundir import RunDir
@@ -99,6 +103,7 @@ class GRPOTrainer:
         if not cfg.model_name_or_path:
             raise UserError("model_name_or_path is empty; pass the model to train (--model)")
         self.runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
+        self.warnings += announce_settings(cfg, self.runtime, self.log)  # never a silent drop
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.policy = policy = Policy.load(cfg, self.runtime, self.log)
@@ -129,13 +134,15 @@ class GRPOTrainer:
                 f" is smaller than num_generations={cfg.num_generations}"
             )
         self.total_steps = cfg.total_steps(len(rows))
+        # every reward is called with TRL's contract (trainer_state, log_extra, conversational)
+        self.reward_context = RewardContext.for_run(cfg, self.total_steps, self.prompts)
         self.generator = RolloutGenerator(
             cfg,
             policy,
             self.prompts,
             self.protocol,
             self.reward_names,
-            [load_reward(n, self.protocol) for n in self.reward_names],
+            contract_rewards(self.reward_names, self.protocol, self.reward_context),
             [reward_label(n) for n in self.reward_names],
             torch.tensor(reward_weights(self.reward_names, cfg.reward_weights)),
         )
@@ -148,7 +155,9 @@ class GRPOTrainer:
         step = self.step
         stats: dict[str, Any] = {}
         if step % cfg.num_iterations == 0 or self.rollout is None:
+            self.reward_context.begin_step(step, step // cfg.num_iterations)
             self.rollout, stats = self.generator.generate(step // cfg.num_iterations)
+            self.reward_context.drain_into(stats)  # what rewards logged (log_metric/log_extra)
             self._last_gen_stats = stats
         else:  # reuse the batch: its generation and scoring cost nothing this step
             stats = dict(self._last_gen_stats)
@@ -158,7 +167,7 @@ class GRPOTrainer:
         self.model.train()
         t0 = time.perf_counter()
         lr = cfg.learning_rate * lr_multiplier(
-            step, self.total_steps, cfg.warmup_steps, decay=cfg.lr_scheduler_type
+            step, self.total_steps, cfg.warmup_for(self.total_steps), decay=cfg.lr_scheduler_type
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
