@@ -1,0 +1,318 @@
+"""The static decode path: one batch decoded over a fixed-shape KV cache with a replayed step
+(a CUDA graph on a GPU), stop checks deferred to every few steps; and the dispatch that picks
+it or the dynamic engine.
+
+Why a second decode loop: the dynamic engine (:mod:`.decode`) compacts the batch and grows or
+trims its cache as rows finish, and checks every row on the host after every token - right on
+a CPU, where the arithmetic dominates, and ruinous on a GPU, where a small model's step is
+kernel launches and host syncs. Here the shapes never change within a bucket, the step is
+captured once and replayed, the next token is chosen on the device, and the host reads the
+new tokens only every ``stop_check_interval`` steps (one sync), then finishes rows exactly as
+the dynamic engine would - EOS, a stop string found in incrementally decoded text, the length
+limit - discarding what a row generated after its end. Finished rows keep their slot until the
+batch ends (that is the price of a fixed shape).
+
+:func:`generate_batch_auto` is what the driver and ``generate`` call: the static path on CUDA
+(or wherever ``static_cache="on"`` asks for it) for a model the lean step supports - Llama,
+Qwen2, Mistral and the shoestring GPT's plain variants, peft LoRA included (merged for the
+call, see :mod:`.lora_view`) - and :func:`~.decode.generate_batch` otherwise. In fp32 both give
+the same greedy tokens (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from shoestring.errors import UserError
+from shoestring.eval.generation.cache import cache_layers
+from shoestring.eval.generation.config import (
+    FinishReason,
+    GenerationResult,
+    Prompt,
+    SamplingConfig,
+)
+from shoestring.eval.generation.decode import generate_batch
+from shoestring.eval.generation.lora_view import merged_lora
+from shoestring.eval.generation.model_io import compute_dtype, forward_params, model_device
+from shoestring.eval.generation.prefill import encode_prompts, pad_token_id, prefill_prompts
+from shoestring.eval.generation.static_cache import row_bucket, width_bucket
+from shoestring.eval.generation.static_runner import (
+    Capture,
+    RunnerKey,
+    StaticRunner,
+    cuda_graph_capture,
+    eager_capture,
+    engine_state,
+)
+from shoestring.eval.generation.stops import IncrementalText, find_stop, resolve_eos_ids
+from shoestring.eval.lean_decode import LeanDecoder
+
+__all__ = ["generate_batch_auto", "static_generate_batch", "static_unsupported"]
+
+
+def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
+    """``None`` when ``cfg`` and ``model`` take the static path, else why not."""
+    if cfg.static_cache == "off":
+        return "static_cache=off"
+    if cfg.static_cache == "auto" and model_device(model).type != "cuda":
+        return "not a CUDA device (static_cache=auto)"
+    with merged_lora(model):
+        if LeanDecoder.build(model, fuse=False) is None:
+            return f"the lean decode step does not support {type(model).__name__} as configured"
+    return None
+
+
+def generate_batch_auto(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    cfg: SamplingConfig | None = None,
+    *,
+    on_text: Callable[[int, str], None] | None = None,
+    on_result: Callable[[int, GenerationResult], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[GenerationResult]:
+    """:func:`static_generate_batch` where it applies, else the dynamic engine's
+    :func:`~.decode.generate_batch` (same arguments, same results)."""
+    cfg = (cfg or SamplingConfig()).check()
+    reason = static_unsupported(model, cfg)
+    if reason is None:
+        return static_generate_batch(
+            model,
+            tokenizer,
+            prompts,
+            cfg,
+            on_text=on_text,
+            on_result=on_result,
+            generator=generator,
+        )
+    if cfg.static_cache == "on":
+        raise UserError(f"static_cache=on cannot be used: {reason}; set static_cache=auto or off")
+    return generate_batch(
+        model, tokenizer, prompts, cfg, on_text=on_text, on_result=on_result, generator=generator
+    )
+
+
+@contextlib.contextmanager
+def _precision(model: Any, dtype: str) -> Iterator[None]:
+    """The engine's compute dtype; autocast (where it applies) without its weight cache, which
+    a CUDA graph capture must not use."""
+    with compute_dtype(model, dtype):
+        dev = model_device(model).type
+        if torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False):
+                yield
+        else:
+            yield
+
+
+def static_generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    cfg: SamplingConfig | None = None,
+    *,
+    on_text: Callable[[int, str], None] | None = None,
+    on_result: Callable[[int, GenerationResult], None] | None = None,
+    generator: torch.Generator | None = None,
+    capture: Capture | None = None,
+) -> list[GenerationResult]:
+    """:func:`~.decode.generate_batch`'s contract on the static path.
+
+    ``capture`` turns the step into its replay (default: a CUDA graph on CUDA with
+    ``cuda_graphs``, else the step itself); tests inject one to count captures.
+    """
+    cfg = (cfg or SamplingConfig()).check()
+    if not prompts:
+        return []
+    device = model_device(model)
+    ids_list = encode_prompts(tokenizer, prompts, cfg.add_special_tokens)
+    eos = (
+        set()
+        if cfg.ignore_eos and cfg.min_new_tokens == 0
+        else resolve_eos_ids(model, tokenizer, cfg)
+    )
+    if generator is None and not cfg.greedy:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    if capture is None:
+        graphs = device.type == "cuda" and cfg.cuda_graphs
+        capture = cuda_graph_capture if graphs else eager_capture
+    with torch.no_grad(), merged_lora(model):
+        decoder = LeanDecoder.build(model, fuse=False)
+        if decoder is None:
+            raise UserError(
+                f"the static decode path does not support {type(model).__name__} as configured;"
+                " set static_cache=off"
+            )
+        with torch.inference_mode(), _precision(model, cfg.dtype):
+            return _decode(
+                model,
+                tokenizer,
+                ids_list,
+                cfg,
+                eos,
+                decoder,
+                generator,
+                capture,
+                on_text,
+                on_result,
+            )
+
+
+@dataclass
+class _Row:
+    """Book-keeping of one output sequence (as the dynamic engine keeps it)."""
+
+    prompt_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    text: IncrementalText | None = None
+    emitted: int = 0  # characters already streamed to on_text
+    stop: tuple[int, str] | None = None
+
+
+def _decode(
+    model: Any,
+    tokenizer: Any,
+    ids_list: list[list[int]],
+    cfg: SamplingConfig,
+    eos: set[int],
+    decoder: Any,
+    generator: torch.Generator | None,
+    capture: Capture,
+    on_text: Callable[[int, str], None] | None,
+    on_result: Callable[[int, GenerationResult], None] | None,
+) -> list[GenerationResult]:
+    t0 = time.perf_counter()
+    device = model_device(model)
+    n = cfg.num_return_sequences
+    pad = pad_token_id(tokenizer, model, eos)
+    stops = list(cfg.stop_strings)
+    hold = max((len(s) for s in stops), default=1) - 1  # chars that may still start a stop
+    track_text = bool(stops) or on_text is not None
+    if track_text and tokenizer is None:
+        raise ValueError("stop strings and streaming need a tokenizer")
+    lengths = [len(x) for x in ids_list]
+
+    # Prefill with the dynamic engine's (grouped) prefill; reserve no decode room there, the
+    # static buffers hold the decode.
+    prefill_cfg = dataclasses.replace(cfg, max_new_tokens=1)
+    params = forward_params(model)
+    logits, cache, mask = prefill_prompts(model, params, ids_list, prefill_cfg, pad, device, None)
+    layers = [(layer.keys, layer.values) for layer in cache_layers(cache) or []]
+    if not layers:
+        raise UserError(f"{type(model).__name__} built a cache without layers; static_cache=off")
+    shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in layers]
+    rows = len(ids_list) * n
+    key = RunnerKey(
+        rows=row_bucket(rows),
+        width=width_bucket(mask.shape[1] + cfg.max_new_tokens),
+        dtype=layers[0][0].dtype,
+        greedy=cfg.greedy,
+        temperature=float(cfg.temperature),
+        top_k=int(cfg.top_k),
+        top_p=float(cfg.top_p),
+        min_new_tokens=int(cfg.min_new_tokens),
+        eos=tuple(sorted(eos)),
+    )
+    state = engine_state(model)
+    state.check_weights(model)
+    vocab = logits.shape[-1]
+    runner = state.runner(key, lambda: StaticRunner(key, decoder, shapes, vocab, device, cfg))
+    runner.decoder, runner.sampling = decoder, cfg  # read by an eager (uncaptured) step
+    runner.load(layers, mask, lengths, n, generator)
+    del cache, layers
+    runner.first(logits.repeat_interleave(n, dim=0) if n > 1 else logits)
+    if runner.ensure_captured(capture):
+        state.captures += 1
+    assert runner.replay is not None
+
+    out: list[_Row] = [_Row(prompt_tokens=lengths[i // n]) for i in range(rows)]
+    if track_text:
+        for r in out:
+            r.text = IncrementalText(tokenizer, cfg.skip_special_tokens)
+    results: list[GenerationResult | None] = [None] * rows
+    alive = [True] * rows
+
+    def finish(i: int, reason: FinishReason) -> None:
+        """Decode the row's text once, cut it at its stop string, flush held-back streamed
+        text, and deliver the result (as the dynamic engine's ``finish``)."""
+        row = out[i]
+        text = (
+            tokenizer.decode(row.tokens, skip_special_tokens=cfg.skip_special_tokens)
+            if tokenizer is not None
+            else ""
+        )
+        stop_str = None
+        if reason == "stop" and row.stop is not None:
+            found = find_stop(text, stops) or row.stop
+            stop_str = found[1]
+            end = found[0] + (len(found[1]) if cfg.keep_stop_string else 0)
+            text = text[:end]
+        if on_text is not None and len(text) > row.emitted:
+            on_text(i, text[row.emitted :])
+            row.emitted = len(text)
+        res = GenerationResult(
+            text=text,
+            token_ids=row.tokens,
+            n_tokens=len(row.tokens),
+            finish_reason=reason,
+            seconds=time.perf_counter() - t0,
+            prompt_tokens=row.prompt_tokens,
+            stop_string=stop_str,
+            index=i,
+        )
+        results[i] = res
+        if on_result is not None:
+            on_result(i, res)
+
+    def consume(i: int, tok: int) -> FinishReason | None:
+        """Append one token to row ``i``; why the row ends here, if it does."""
+        row = out[i]
+        row.tokens.append(tok)
+        if tok in eos and not cfg.ignore_eos:
+            return "eos"
+        reason: FinishReason | None = None
+        if row.text is not None:
+            old_len = len(row.text.text)
+            row.text.update(row.tokens)
+            if stops:
+                hit = find_stop(row.text.text, stops, max(0, old_len - hold))
+                if hit is not None:
+                    row.stop = hit
+                    reason = "stop"
+            if reason is None and on_text is not None:
+                safe = len(row.text.text) - hold if stops else len(row.text.text)
+                if safe > row.emitted:
+                    on_text(i, row.text.text[row.emitted : safe])
+                    row.emitted = safe
+        if reason is None and len(row.tokens) >= cfg.max_new_tokens:
+            reason = "length"
+        return reason
+
+    produced, checked = 1, 0  # tokens chosen so far / tokens the host has looked at
+    while True:
+        # One host sync per check: the tokens chosen since the last one, every row at once.
+        chunk = runner.out[:rows, checked:produced].tolist()
+        checked = produced
+        for i in range(rows):
+            if not alive[i]:
+                continue
+            for tok in chunk[i]:
+                reason = consume(i, tok)
+                if reason is not None:
+                    finish(i, reason)
+                    alive[i] = False
+                    break  # what the row generated after its end is dropped
+        if not any(alive):
+            break
+        for _ in range(min(cfg.stop_check_interval, cfg.max_new_tokens - produced)):
+            runner.replay()
+        produced = min(cfg.max_new_tokens, produced + cfg.stop_check_interval)
+    return [r for r in results if r is not None]
