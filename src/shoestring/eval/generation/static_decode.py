@@ -63,6 +63,9 @@ def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
         return "static_cache=off"
     if cfg.static_cache == "auto" and model_device(model).type != "cuda":
         return "not a CUDA device (static_cache=auto)"
+    rope = getattr(getattr(getattr(model, "model", None), "rotary_emb", None), "rope_type", "")
+    if any(kind in str(rope) for kind in ("dynamic", "longrope")):
+        return f"RoPE type {rope} reads the positions on the host every step"
     with merged_lora(model):
         if LeanDecoder.build(model, fuse=False) is None:
             return f"the lean decode step does not support {type(model).__name__} as configured"
