@@ -260,3 +260,22 @@ def test_dispatch_through_generate_all() -> None:
     ).eval()
     with pytest.raises(UserError, match="static_cache=on"):
         generate_all(gpt2, TOK, PROMPTS[:1], cfg(static_cache="on"), progress=False)
+
+
+def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning() -> None:
+    model = make("llama")
+    expected = static_generate_batch(model, TOK, PROMPTS, cfg())
+    fresh = make("llama")
+    calls: list[int] = []
+
+    def broken_capture(step):
+        calls.append(1)
+        step()  # a warm-up ran and moved the state before the failure
+        raise RuntimeError("operation not permitted when stream is capturing (simulated)")
+
+    with pytest.warns(RuntimeWarning, match="without graphs"):
+        got = static_generate_batch(fresh, TOK, PROMPTS, cfg(), capture=broken_capture)
+    same(expected, got)
+    again = static_generate_batch(fresh, TOK, PROMPTS[:1], cfg(), capture=broken_capture)
+    same(expected[:1], again)
+    assert calls == [1] and engine_state(fresh).graph_error is not None

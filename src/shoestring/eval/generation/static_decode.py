@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,9 +67,8 @@ def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
     rope = getattr(getattr(getattr(model, "model", None), "rotary_emb", None), "rope_type", "")
     if any(kind in str(rope) for kind in ("dynamic", "longrope")):
         return f"RoPE type {rope} reads the positions on the host every step"
-    with merged_lora(model):
-        if LeanDecoder.build(model, fuse=False) is None:
-            return f"the lean decode step does not support {type(model).__name__} as configured"
+    if LeanDecoder.build(model, fuse=False) is None:  # (LoRA layers are fine: run as modules)
+        return f"the lean decode step does not support {type(model).__name__} as configured"
     return None
 
 
@@ -126,11 +126,13 @@ def static_generate_batch(
     on_result: Callable[[int, GenerationResult], None] | None = None,
     generator: torch.Generator | None = None,
     capture: Capture | None = None,
+    merge_lora: bool = True,
 ) -> list[GenerationResult]:
     """:func:`~.decode.generate_batch`'s contract on the static path.
 
     ``capture`` turns the step into its replay (default: a CUDA graph on CUDA with
     ``cuda_graphs``, else the step itself); tests inject one to count captures.
+    ``merge_lora=False`` keeps peft's LoRA layers in the step (the benchmark's comparison).
     """
     cfg = (cfg or SamplingConfig()).check()
     if not prompts:
@@ -147,7 +149,8 @@ def static_generate_batch(
     if capture is None:
         graphs = device.type == "cuda" and cfg.cuda_graphs
         capture = cuda_graph_capture if graphs else eager_capture
-    with torch.no_grad(), merged_lora(model):
+    merging = merged_lora(model) if merge_lora else contextlib.nullcontext(0)
+    with torch.no_grad(), merging:
         decoder = LeanDecoder.build(model, fuse=False)
         if decoder is None:
             raise UserError(
@@ -232,8 +235,23 @@ def _decode(
     runner.load(layers, mask, lengths, n, generator)
     del cache, layers
     runner.first(logits.repeat_interleave(n, dim=0) if n > 1 else logits)
-    if runner.ensure_captured(capture):
-        state.captures += 1
+    if state.graph_error is not None:
+        capture = eager_capture  # a capture failed on this model before: no graphs
+    try:
+        if runner.ensure_captured(capture):
+            state.captures += 1
+    except RuntimeError as exc:
+        if capture is eager_capture:
+            raise
+        # Correct tokens without graphs beat a crashed run: say so once and decode eagerly.
+        state.graph_error = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"capturing the decode step as a CUDA graph failed ({state.graph_error}); this "
+            "model decodes without graphs from now on (slower, same tokens)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        runner.ensure_captured(eager_capture)
     assert runner.replay is not None
 
     out: list[_Row] = [_Row(prompt_tokens=lengths[i // n]) for i in range(rows)]
@@ -299,11 +317,30 @@ def _decode(
             reason = "length"
         return reason
 
+    def fetch(lo: int, hi: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Start copying output columns ``lo..hi`` to the host; the event marks its end."""
+        part = runner.out[:rows, lo:hi]
+        if device.type != "cuda":
+            return part.clone(), None
+        host = part.to("cpu", non_blocking=True)  # pinned: the copy runs behind the stream
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    # Pipelined: the next steps are queued on the device before the host reads the tokens of
+    # the last ones, so the host's stop checks overlap the device's work. A batch whose rows
+    # all end in a chunk wastes at most the ``stop_check_interval`` steps queued after it.
     produced, checked = 1, 0  # tokens chosen so far / tokens the host has looked at
+    pending = fetch(0, 1)
     while True:
-        # One host sync per check: the tokens chosen since the last one, every row at once.
-        chunk = runner.out[:rows, checked:produced].tolist()
-        checked = produced
+        ahead = min(cfg.stop_check_interval, cfg.max_new_tokens - produced)
+        for _ in range(ahead):
+            runner.replay()
+        host, event = pending
+        if event is not None:
+            event.synchronize()
+        chunk = host.tolist()  # one wait per check, for every row at once
+        checked += host.shape[1]
         for i in range(rows):
             if not alive[i]:
                 continue
@@ -315,7 +352,8 @@ def _decode(
                     break  # what the row generated after its end is dropped
         if not any(alive):
             break
-        for _ in range(min(cfg.stop_check_interval, cfg.max_new_tokens - produced)):
-            runner.replay()
-        produced = min(cfg.max_new_tokens, produced + cfg.stop_check_interval)
+        if ahead == 0:  # pragma: no cover - the length limit ends every row first
+            raise RuntimeError("static decode ran out of steps with rows still open")
+        produced += ahead
+        pending = fetch(checked, produced)
     return [r for r in results if r is not None]

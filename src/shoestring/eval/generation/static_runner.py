@@ -225,10 +225,13 @@ class StaticRunner:
         """
         if self.replay is not None:
             return False
-        saved = [t.clone() for t in (self.tokens, self.pos, self.step_idx, self.cache.col)]
-        self.replay = capture(self._step)
-        for t, s in zip((self.tokens, self.pos, self.step_idx, self.cache.col), saved, strict=True):
-            t.copy_(s)
+        state = (self.tokens, self.pos, self.step_idx, self.cache.col)
+        saved = [t.clone() for t in state]
+        try:
+            self.replay = capture(self._step)
+        finally:
+            for t, s in zip(state, saved, strict=True):
+                t.copy_(s)
         return True
 
 
@@ -244,13 +247,14 @@ class StaticEngineState:
         self.runners: OrderedDict[RunnerKey, StaticRunner] = OrderedDict()
         self.fingerprint: tuple[int, ...] = ()
         self.captures = 0  # graphs captured over the model's life (tests count recaptures)
+        self.graph_error: str | None = None  # why a capture failed (then no more graphs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> StaticEngineState:
         # a copied model (GRPO's merged export, a frozen reference) gets no graphs or buffers
         return StaticEngineState()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"runners": OrderedDict(), "fingerprint": (), "captures": 0}
+        return {"runners": OrderedDict(), "fingerprint": (), "captures": 0, "graph_error": None}
 
     def check_weights(self, model: torch.nn.Module) -> None:
         """Drop every runner if any parameter now lives at another address."""
