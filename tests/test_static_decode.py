@@ -192,7 +192,17 @@ def test_a_new_bucket_captures_and_a_known_one_replays() -> None:
 
 
 def test_buckets() -> None:
-    assert [row_bucket(n) for n in (1, 2, 3, 16, 17, 64)] == [1, 2, 4, 16, 32, 64]
+    assert [row_bucket(n) for n in (1, 2, 3, 16, 17, 64, 65, 150, 256)] == [
+        1,
+        2,
+        4,
+        16,
+        32,
+        64,
+        128,
+        192,
+        256,
+    ]
     assert [width_bucket(n) for n in (1, 128, 129, 300)] == [128, 128, 256, 384]
     with pytest.raises(ValueError):
         row_bucket(0)

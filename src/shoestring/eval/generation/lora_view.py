@@ -69,7 +69,7 @@ class MergedLinears:
         base: nn.Linear = mod.get_base_layer()
         lin = self.by_name.get(name)
         w = base.weight
-        if lin is None or lin.weight.shape != w.shape or lin.weight.dtype != w.dtype:
+        if lin is None or _layout(lin.weight) != _layout(w):
             lin = nn.Linear(base.in_features, base.out_features, bias=False, device="meta")
             lin.weight = nn.Parameter(torch.empty_like(w), requires_grad=False)
             self.by_name[name] = lin
@@ -84,6 +84,10 @@ class MergedLinears:
             delta += mod.get_delta_weight(name_a).float()
         lin.weight.copy_(w.float() + delta)
         return lin
+
+
+def _layout(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.shape, t.dtype, t.device)
 
 
 def _merged_linears(model: Any) -> MergedLinears:

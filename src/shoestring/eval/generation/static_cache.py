@@ -7,9 +7,10 @@ cache grows (or is sliced when rows finish), so its steps cannot be replayed; th
 its keys and values into column ``col`` - a one-element device tensor the step itself advances,
 so no host value enters the graph.
 
-Shapes come from buckets (rows rounded up to a power of two, width to a multiple of
-:data:`WIDTH_ALIGN`), so the next batch with other prompt lengths or a few rows fewer reuses the
-same buffers and the same captured graph instead of capturing a new one.
+Shapes come from buckets (rows rounded up to a power of two, or above :data:`ROW_STEP` to a
+multiple of it; width to a multiple of :data:`WIDTH_ALIGN`), so the next batch with other
+prompt lengths or a few rows fewer reuses the same buffers and the same captured graph instead
+of capturing a new one.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from typing import Any
 
 import torch
 
-__all__ = ["WIDTH_ALIGN", "StaticKVCache", "row_bucket", "width_bucket"]
+__all__ = ["ROW_STEP", "WIDTH_ALIGN", "StaticKVCache", "row_bucket", "width_bucket"]
 
 # Cache columns are allocated in multiples of this many positions: prompts of 90 and of 120
 # tokens with 256 new tokens then share one shape (and one captured graph).
 WIDTH_ALIGN = 128
+# Row buckets are powers of two up to this many rows, multiples of it above.
+ROW_STEP = 64
 
 
 def row_bucket(rows: int) -> int:
-    """The padded batch size for ``rows`` rows: the next power of two (1, 2, 4, ... 64, ...)."""
+    """The padded batch size for ``rows`` rows: the next power of two up to
+    :data:`ROW_STEP`, then the next multiple of it (150 rows pad to 192, not 256: the cache and
+    the sampler's buffers grow with the padded rows)."""
     if rows < 1:
         raise ValueError(f"a batch needs at least one row, got {rows}")
-    return 1 << (rows - 1).bit_length()
+    if rows <= ROW_STEP:
+        return 1 << (rows - 1).bit_length()
+    return -(-rows // ROW_STEP) * ROW_STEP
 
 
 def width_bucket(positions: int) -> int:
