@@ -289,3 +289,54 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning() -> None:
     again = static_generate_batch(fresh, TOK, PROMPTS[:1], cfg(), capture=broken_capture)
     same(expected[:1], again)
     assert calls == [1] and engine_state(fresh).graph_error is not None
+
+
+# Operators that make the host wait for the device (a scalar read, or an output whose shape
+# depends on the data): inside a CUDA graph capture they fail, so the step must have none.
+HOST_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "is_nonzero")
+
+
+@pytest.mark.parametrize(
+    ("family", "sampled", "lora"),
+    [
+        ("qwen2", True, False),
+        ("gpt_rope", False, False),
+        ("gpt", True, False),
+        ("qwen2", True, True),
+    ],
+)
+def test_the_captured_step_never_waits_for_the_device(family: str, sampled: bool, lora: bool):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__
+            if name == "index.Tensor" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]
+            ):
+                name = "nonzero (boolean indexing)"
+            seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    def recording_capture(step):
+        with Recorder():
+            step()  # what a CUDA graph would record
+        return step
+
+    with Recorder():  # the recorder itself sees a scalar read and boolean indexing
+        x = torch.arange(4)
+        x.sum().item(), x[x > 1]
+    assert {"_local_scalar_dense.default", "nonzero (boolean indexing)"} <= set(seen)
+    if lora:
+        _pm, model = _lora_model()
+    else:
+        model = make(family)
+    c = cfg(do_sample=sampled, top_k=10 if sampled else 0, top_p=0.9, min_new_tokens=3)
+    for merge in (True, False) if lora else (True,):
+        seen.clear()
+        static_generate_batch(model, TOK, PROMPTS, c, capture=recording_capture, merge_lora=merge)
+        assert seen, "the capture function never ran the step"
+        bad = sorted({op for op in seen if op.split(".")[0].split(" ")[0] in HOST_SYNC_OPS})
+        assert not bad, f"the decode step synchronises with the host: {bad}"
