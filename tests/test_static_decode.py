@@ -340,3 +340,52 @@ def test_the_captured_step_never_waits_for_the_device(family: str, sampled: bool
         assert seen, "the capture function never ran the step"
         bad = sorted({op for op in seen if op.split(".")[0].split(" ")[0] in HOST_SYNC_OPS})
         assert not bad, f"the decode step synchronises with the host: {bad}"
+
+
+def test_grpo_with_lora_rolls_out_and_evaluates_through_the_static_path(tmp_path, monkeypatch):
+    """GRPO's rollouts and held-out evaluation go through ``generate_all``: forced onto the
+    static path here (on CUDA it is the default), a LoRA run trains, and its steps replay the
+    steps captured once per shape, because the merged LoRA copy is refreshed in place after
+    every optimizer step."""
+    pytest.importorskip("peft")
+    from shoestring.eval.generation import static_decode
+    from shoestring.rl.config import grpo_config
+    from shoestring.rl.trainer import GRPOTrainer
+
+    real = static_decode.static_unsupported
+    monkeypatch.setattr(
+        static_decode,
+        "static_unsupported",
+        lambda model, c: real(model, dataclasses.replace(c, static_cache="on")),
+    )
+    model_dir = tmp_path / "tiny"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**_hf_common())).save_pretrained(model_dir)
+    TOK.save_pretrained(model_dir)
+    overrides = [
+        f"model_name_or_path={model_dir}",
+        "dataset=synthetic:1",
+        "dataset_size=40",
+        "num_generations=4",
+        "per_device_train_batch_size=4",
+        "gradient_accumulation_steps=1",
+        "max_completion_length=10",
+        "max_steps=3",
+        "learning_rate=1e-2",
+        "lora_rank=4",
+        "beta=0.1",
+        "eval_problems=3",
+        "threads=1",
+        "dtype=fp32",
+        "device=cpu",
+    ]
+    trainer = GRPOTrainer(grpo_config(overrides=overrides), tmp_path / "run", echo=False)
+    trainer.progress = False
+    trainer.run()
+    state = engine_state(trainer.policy.model)
+    # one capture per shape (sampling and greedy; prompts of this dataset fall into two cache
+    # widths), none repeated after an optimizer step
+    assert {k.greedy for k in state.runners} == {True, False}
+    assert state.captures == len(state.runners) and state.graph_error is None
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert '"status": "finished"' in summary and "eval_after" in summary
