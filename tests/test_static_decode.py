@@ -389,3 +389,29 @@ def test_grpo_with_lora_rolls_out_and_evaluates_through_the_static_path(tmp_path
     assert state.captures == len(state.runners) and state.graph_error is None
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"status": "finished"' in summary and "eval_after" in summary
+
+
+MANY = [f"{a}{b} + {b}{a} =" for a in "123456789" for b in "ab"][:16]
+
+
+# EOS ids these seeded models generate at different steps in different rows
+@pytest.mark.parametrize(("family", "eos_id"), [("llama", 45), ("qwen2", 9)])
+def test_open_rows_move_to_a_smaller_bucket_with_the_same_results(family, eos_id, monkeypatch):
+    from shoestring.eval.generation import static_decode
+
+    model = make(family)
+    c = cfg(eos_token_ids=[eos_id], max_new_tokens=20, stop_check_interval=2)
+    dyn = generate_batch(model, TOK, MANY, c)
+    ends = sorted(len(r.token_ids) for r in dyn)
+    assert ends[7] <= 6 < ends[-1], ends  # most rows end early, some go on
+    monkeypatch.setattr(static_decode, "DOWNSHIFT_RATIO", 2)  # move as soon as half are done
+    sta = static_generate_batch(model, TOK, MANY, c)
+    same(dyn, sta)
+    buckets = sorted(k.rows for k in engine_state(model).runners)
+    assert buckets[-1] == 16 and buckets[0] <= 8, buckets
+    # sampled rows keep their own random numbers when they move: the same tokens either way
+    s = dataclasses.replace(c, do_sample=True, top_k=12)
+    moved = static_generate_batch(model, TOK, MANY, s)
+    monkeypatch.setattr(static_decode, "DOWNSHIFT_RATIO", 10**6)
+    kept = static_generate_batch(model, TOK, MANY, s)
+    assert [r.token_ids for r in moved] == [r.token_ids for r in kept]

@@ -23,27 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from shoestring.errors import UserError
 from shoestring.eval.generation.cache import cache_layers
-from shoestring.eval.generation.config import (
-    FinishReason,
-    GenerationResult,
-    Prompt,
-    SamplingConfig,
-)
+from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
 from shoestring.eval.generation.decode import generate_batch
 from shoestring.eval.generation.lora_view import merged_lora
 from shoestring.eval.generation.model_io import compute_dtype, forward_params, model_device
 from shoestring.eval.generation.prefill import encode_prompts, pad_token_id, prefill_prompts
 from shoestring.eval.generation.static_cache import row_bucket, width_bucket
+from shoestring.eval.generation.static_rows import RowBook
 from shoestring.eval.generation.static_runner import (
     Capture,
     RunnerKey,
@@ -52,10 +45,14 @@ from shoestring.eval.generation.static_runner import (
     eager_capture,
     engine_state,
 )
-from shoestring.eval.generation.stops import IncrementalText, find_stop, resolve_eos_ids
+from shoestring.eval.generation.stops import resolve_eos_ids
 from shoestring.eval.lean_decode import LeanDecoder
 
-__all__ = ["generate_batch_auto", "static_generate_batch", "static_unsupported"]
+__all__ = ["DOWNSHIFT_RATIO", "generate_batch_auto", "static_generate_batch", "static_unsupported"]
+
+# Open rows move to a smaller bucket once it is at most 1/DOWNSHIFT_RATIO of the current one
+# (64 rows -> 16 -> 4 -> 1): few recaptures, and a tail of long rows stops paying for the rest.
+DOWNSHIFT_RATIO = 4
 
 
 def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
@@ -172,17 +169,6 @@ def static_generate_batch(
             )
 
 
-@dataclass
-class _Row:
-    """Book-keeping of one output sequence (as the dynamic engine keeps it)."""
-
-    prompt_tokens: int
-    tokens: list[int] = field(default_factory=list)
-    text: IncrementalText | None = None
-    emitted: int = 0  # characters already streamed to on_text
-    stop: tuple[int, str] | None = None
-
-
 def _decode(
     model: Any,
     tokenizer: Any,
@@ -195,29 +181,25 @@ def _decode(
     on_text: Callable[[int, str], None] | None,
     on_result: Callable[[int, GenerationResult], None] | None,
 ) -> list[GenerationResult]:
-    t0 = time.perf_counter()
     device = model_device(model)
     n = cfg.num_return_sequences
-    pad = pad_token_id(tokenizer, model, eos)
-    stops = list(cfg.stop_strings)
-    hold = max((len(s) for s in stops), default=1) - 1  # chars that may still start a stop
-    track_text = bool(stops) or on_text is not None
-    if track_text and tokenizer is None:
-        raise ValueError("stop strings and streaming need a tokenizer")
     lengths = [len(x) for x in ids_list]
+    prompt_tokens = [lengths[i // n] for i in range(len(ids_list) * n)]
+    book = RowBook(tokenizer, cfg, eos, prompt_tokens, on_text, on_result)
 
     # Prefill with the dynamic engine's (grouped) prefill; reserve no decode room there, the
     # static buffers hold the decode.
     prefill_cfg = dataclasses.replace(cfg, max_new_tokens=1)
+    pad = pad_token_id(tokenizer, model, eos)
     params = forward_params(model)
     logits, cache, mask = prefill_prompts(model, params, ids_list, prefill_cfg, pad, device, None)
     layers = [(layer.keys, layer.values) for layer in cache_layers(cache) or []]
     if not layers:
         raise UserError(f"{type(model).__name__} built a cache without layers; static_cache=off")
     shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in layers]
-    rows = len(ids_list) * n
+    slot_rows = list(range(len(book.rows)))  # output row of each occupied batch slot
     key = RunnerKey(
-        rows=row_bucket(rows),
+        rows=row_bucket(len(slot_rows)),
         width=width_bucket(mask.shape[1] + cfg.max_new_tokens),
         dtype=layers[0][0].dtype,
         greedy=cfg.greedy,
@@ -230,96 +212,21 @@ def _decode(
     state = engine_state(model)
     state.check_weights(model)
     vocab = logits.shape[-1]
-    runner = state.runner(key, lambda: StaticRunner(key, decoder, shapes, vocab, device, cfg))
-    runner.decoder, runner.sampling = decoder, cfg  # read by an eager (uncaptured) step
+
+    def runner_for(k: RunnerKey) -> StaticRunner:
+        r = state.runner(k, lambda: StaticRunner(k, decoder, shapes, vocab, device, cfg))
+        r.decoder, r.sampling = decoder, cfg  # read by an eager (uncaptured) step
+        return r
+
+    runner = runner_for(key)
     runner.load(layers, mask, lengths, n, generator)
     del cache, layers
     runner.first(logits.repeat_interleave(n, dim=0) if n > 1 else logits)
-    if state.graph_error is not None:
-        capture = eager_capture  # a capture failed on this model before: no graphs
-    try:
-        if runner.ensure_captured(capture):
-            state.captures += 1
-    except RuntimeError as exc:
-        if capture is eager_capture:
-            raise
-        # Correct tokens without graphs beat a crashed run: say so once and decode eagerly.
-        state.graph_error = f"{type(exc).__name__}: {exc}"
-        warnings.warn(
-            f"capturing the decode step as a CUDA graph failed ({state.graph_error}); this "
-            "model decodes without graphs from now on (slower, same tokens)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        runner.ensure_captured(eager_capture)
-    assert runner.replay is not None
-
-    out: list[_Row] = [_Row(prompt_tokens=lengths[i // n]) for i in range(rows)]
-    if track_text:
-        for r in out:
-            r.text = IncrementalText(tokenizer, cfg.skip_special_tokens)
-    results: list[GenerationResult | None] = [None] * rows
-    alive = [True] * rows
-
-    def finish(i: int, reason: FinishReason) -> None:
-        """Decode the row's text once, cut it at its stop string, flush held-back streamed
-        text, and deliver the result (as the dynamic engine's ``finish``)."""
-        row = out[i]
-        text = (
-            tokenizer.decode(row.tokens, skip_special_tokens=cfg.skip_special_tokens)
-            if tokenizer is not None
-            else ""
-        )
-        stop_str = None
-        if reason == "stop" and row.stop is not None:
-            found = find_stop(text, stops) or row.stop
-            stop_str = found[1]
-            end = found[0] + (len(found[1]) if cfg.keep_stop_string else 0)
-            text = text[:end]
-        if on_text is not None and len(text) > row.emitted:
-            on_text(i, text[row.emitted :])
-            row.emitted = len(text)
-        res = GenerationResult(
-            text=text,
-            token_ids=row.tokens,
-            n_tokens=len(row.tokens),
-            finish_reason=reason,
-            seconds=time.perf_counter() - t0,
-            prompt_tokens=row.prompt_tokens,
-            stop_string=stop_str,
-            index=i,
-        )
-        results[i] = res
-        if on_result is not None:
-            on_result(i, res)
-
-    def consume(i: int, tok: int) -> FinishReason | None:
-        """Append one token to row ``i``; why the row ends here, if it does."""
-        row = out[i]
-        row.tokens.append(tok)
-        if tok in eos and not cfg.ignore_eos:
-            return "eos"
-        reason: FinishReason | None = None
-        if row.text is not None:
-            old_len = len(row.text.text)
-            row.text.update(row.tokens)
-            if stops:
-                hit = find_stop(row.text.text, stops, max(0, old_len - hold))
-                if hit is not None:
-                    row.stop = hit
-                    reason = "stop"
-            if reason is None and on_text is not None:
-                safe = len(row.text.text) - hold if stops else len(row.text.text)
-                if safe > row.emitted:
-                    on_text(i, row.text.text[row.emitted : safe])
-                    row.emitted = safe
-        if reason is None and len(row.tokens) >= cfg.max_new_tokens:
-            reason = "length"
-        return reason
+    state.prepare(runner, capture)
 
     def fetch(lo: int, hi: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Start copying output columns ``lo..hi`` to the host; the event marks its end."""
-        part = runner.out[:rows, lo:hi]
+        part = runner.out[: len(slot_rows), lo:hi]
         if device.type != "cuda":
             return part.clone(), None
         host = part.to("cpu", non_blocking=True)  # pinned: the copy runs behind the stream
@@ -339,21 +246,20 @@ def _decode(
         host, event = pending
         if event is not None:
             event.synchronize()
-        chunk = host.tolist()  # one wait per check, for every row at once
+        book.feed(slot_rows, host.tolist())  # one wait per check, for every row at once
         checked += host.shape[1]
-        for i in range(rows):
-            if not alive[i]:
-                continue
-            for tok in chunk[i]:
-                reason = consume(i, tok)
-                if reason is not None:
-                    finish(i, reason)
-                    alive[i] = False
-                    break  # what the row generated after its end is dropped
-        if not any(alive):
+        if not book.any_open:
             break
         if ahead == 0:  # pragma: no cover - the length limit ends every row first
             raise RuntimeError("static decode ran out of steps with rows still open")
         produced += ahead
+        # Few rows left: move them to a bucket a quarter the size or smaller (its step is
+        # captured once per shape), so finished rows stop costing compute.
+        keep = [s for s, i in enumerate(slot_rows) if book.open[i]]
+        if row_bucket(len(keep)) * DOWNSHIFT_RATIO <= runner.key.rows:
+            smaller = runner_for(dataclasses.replace(runner.key, rows=row_bucket(len(keep))))
+            smaller.adopt(runner, keep)
+            state.prepare(smaller, capture)
+            runner, slot_rows = smaller, [slot_rows[s] for s in keep]
         pending = fetch(checked, produced)
-    return [r for r in results if r is not None]
+    return book.finished()

@@ -18,6 +18,7 @@ identity: the same step runs eagerly, which is how the tests check it.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ __all__ = [
 # A capture turns the step into something that replays it (a CUDA graph's ``replay``).
 Capture = Callable[[Callable[[], None]], Callable[[], None]]
 # Runners (each with its cache buffers and graph) a model keeps; the least recently used goes.
-MAX_RUNNERS = 4
+MAX_RUNNERS = 6
 # Eager runs of the step on a side stream before capture (lets cuBLAS/SDPA pick kernels and
 # allocate their workspaces outside the graph), as the PyTorch CUDA-graph recipe does.
 CAPTURE_WARMUP = 2
@@ -216,6 +217,25 @@ class StaticRunner:
         full[: logits.shape[0]] = logits
         self._emit(self._choose(full))
 
+    def adopt(self, src: StaticRunner, slots: list[int]) -> None:
+        """Take rows ``slots`` of ``src`` (a larger bucket of the same width) as this runner's
+        first rows, in that order: cache, tokens, positions, mask, outputs, random numbers and
+        the step counters. Queued behind ``src``'s steps, so it copies their results."""
+        n = len(slots)
+        idx = torch.tensor(slots, dtype=torch.long, device=self.tokens.device)
+        mine = (*self.cache.keys, *self.cache.values)
+        for dst, buf in zip(mine, (*src.cache.keys, *src.cache.values), strict=True):
+            dst[:n] = buf.index_select(0, idx)
+        for dst, buf in ((self.tokens, src.tokens), (self.pos, src.pos), (self.out, src.out)):
+            dst.zero_()
+            dst[:n] = buf.index_select(0, idx)
+        self.base_mask.zero_()
+        self.base_mask[:n] = src.base_mask.index_select(0, idx)
+        self.base_mask[n:, 0] = True  # padding rows attend one column: finite, ignored
+        self.uniforms[:, :n] = src.uniforms.index_select(1, idx)
+        self.step_idx.copy_(src.step_idx)
+        self.cache.col.copy_(src.cache.col)
+
     def ensure_captured(self, capture: Capture) -> bool:
         """Capture the step unless done; returns True when this call captured.
 
@@ -262,6 +282,27 @@ class StaticEngineState:
         if fp != self.fingerprint:
             self.runners.clear()
             self.fingerprint = fp
+
+    def prepare(self, runner: StaticRunner, capture: Capture) -> None:
+        """Capture ``runner``'s step unless done. A capture that fails warns once and this
+        model's steps run eagerly from then on: correct tokens, slower, rather than a crashed
+        run."""
+        if self.graph_error is not None:
+            capture = eager_capture
+        try:
+            if runner.ensure_captured(capture):
+                self.captures += 1
+        except RuntimeError as exc:
+            if capture is eager_capture:
+                raise
+            self.graph_error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"capturing the decode step as a CUDA graph failed ({self.graph_error}); this "
+                "model decodes without graphs from now on (slower, same tokens)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            runner.ensure_captured(eager_capture)
 
     def runner(self, key: RunnerKey, make: Callable[[], StaticRunner]) -> StaticRunner:
         """The runner for ``key`` (made when missing; the least recently used is dropped)."""
