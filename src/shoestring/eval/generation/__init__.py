@@ -35,8 +35,8 @@ The package, one job per module, in the order a batch meets them:
 * :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass;
 * :mod:`.static_decode` - the CUDA path: :func:`generate_batch_auto` picks it or the dynamic
   loop; a fixed-shape cache (:mod:`.static_cache`), a captured, replayed step
-  (:mod:`.static_runner`), stop checks every few steps, LoRA merged for the call
-  (:mod:`.lora_view`).
+  (:mod:`.static_runner`), stop checks every few steps (:mod:`.static_rows`), LoRA merged for
+  the call (:mod:`.lora_view`).
 
 The next token is chosen by :mod:`shoestring.eval.sampling`; the optional fast decode step is
 :mod:`shoestring.eval.lean_decode`.
