@@ -415,3 +415,36 @@ def test_open_rows_move_to_a_smaller_bucket_with_the_same_results(family, eos_id
     monkeypatch.setattr(static_decode, "DOWNSHIFT_RATIO", 10**6)
     kept = static_generate_batch(model, TOK, MANY, s)
     assert [r.token_ids for r in moved] == [r.token_ids for r in kept]
+
+
+def test_out_of_memory_in_a_capture_reaches_the_driver_which_halves_the_batch():
+    model = make("llama")
+    expected = static_generate_batch(model, TOK, PROMPTS, cfg())
+    fresh = make("llama")
+    sizes: list[int] = []
+
+    def capture_that_fits_two_rows(step):
+        rows = engine_state(fresh).runners[next(reversed(engine_state(fresh).runners))].key.rows
+        sizes.append(rows)
+        if rows > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return step
+
+    from shoestring.eval.generation import static_decode
+
+    real = static_decode.static_generate_batch
+
+    def with_capture(*args, **kw):
+        return real(*args, capture=capture_that_fits_two_rows, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(static_decode, "static_generate_batch", with_capture)
+    try:
+        got = generate_all(
+            fresh, TOK, PROMPTS, cfg(static_cache="on", batch_size=5), progress=False
+        )
+    finally:
+        mp.undo()
+    same(expected, got)
+    assert sizes[0] == 8 and max(sizes[1:]) <= 2  # halved until it fit; no graph error noted
+    assert engine_state(fresh).graph_error is None

@@ -10,7 +10,7 @@ captured once and replayed, the next token is chosen on the device, and the host
 new tokens only every ``stop_check_interval`` steps (one sync), then finishes rows exactly as
 the dynamic engine would - EOS, a stop string found in incrementally decoded text, the length
 limit - discarding what a row generated after its end. Finished rows keep their slot until the
-batch ends (that is the price of a fixed shape).
+open rows fit a bucket a quarter the size, where they then move (:data:`DOWNSHIFT_RATIO`).
 
 :func:`generate_batch_auto` is what the driver and ``generate`` call: the static path on CUDA
 (or wherever ``static_cache="on"`` asks for it) for a model the lean step supports - Llama,
@@ -47,6 +47,7 @@ from shoestring.eval.generation.static_runner import (
 )
 from shoestring.eval.generation.stops import resolve_eos_ids
 from shoestring.eval.lean_decode import LeanDecoder
+from shoestring.util.memory import is_oom_error
 
 __all__ = ["DOWNSHIFT_RATIO", "generate_batch_auto", "static_generate_batch", "static_unsupported"]
 
@@ -154,19 +155,24 @@ def static_generate_batch(
                 f"the static decode path does not support {type(model).__name__} as configured;"
                 " set static_cache=off"
             )
-        with torch.inference_mode(), _precision(model, cfg.dtype):
-            return _decode(
-                model,
-                tokenizer,
-                ids_list,
-                cfg,
-                eos,
-                decoder,
-                generator,
-                capture,
-                on_text,
-                on_result,
-            )
+        try:
+            with torch.inference_mode(), _precision(model, cfg.dtype):
+                return _decode(
+                    model,
+                    tokenizer,
+                    ids_list,
+                    cfg,
+                    eos,
+                    decoder,
+                    generator,
+                    capture,
+                    on_text,
+                    on_result,
+                )
+        except Exception as exc:
+            if is_oom_error(exc):  # free the buffers and graphs before the driver retries
+                engine_state(model).runners.clear()
+            raise
 
 
 def _decode(

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from shoestring.eval.generation.static_cache import StaticKVCache
+from shoestring.util.memory import is_oom_error
 
 __all__ = [
     "MAX_RUNNERS",
@@ -293,8 +294,8 @@ class StaticEngineState:
             if runner.ensure_captured(capture):
                 self.captures += 1
         except RuntimeError as exc:
-            if capture is eager_capture:
-                raise
+            if capture is eager_capture or is_oom_error(exc):
+                raise  # out of memory is the caller's to handle (a smaller batch), not a bug
             self.graph_error = f"{type(exc).__name__}: {exc}"
             warnings.warn(
                 f"capturing the decode step as a CUDA graph failed ({self.graph_error}); this "
