@@ -20,6 +20,8 @@ ignored (every row decodes ``--new-tokens`` tokens):
 
 Sections 4 and 5 stop when ``--budget-s`` runs out (each says so); a section that fails prints
 its error and the run goes on, so one run always returns every figure it could measure.
+``--sections`` runs a subset (``static,lora,merge,peft,grpo,dynamic,hf``), e.g. ``hf`` alone
+when the first run's budget ran out before it.
 
     python benchmarks/gpu_rollout.py --quick --json gpu_rollout.json     # ~8 min on an H200
     python benchmarks/gpu_rollout.py --device cpu --tiny                 # the CPU smoke run
@@ -68,7 +70,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--grpo-steps", type=int, default=3, help="0 = skip the GRPO step")
     p.add_argument("--dataset", default="gsm8k", help="GRPO prompts: gsm8k, gsm8k:PATH, synthetic")
-    p.add_argument("--skip-hf", action="store_true", help="skip HF generate")
+    p.add_argument(
+        "--sections",
+        default="static,lora,merge,peft,grpo,dynamic,hf",
+        help="which sections to run (e.g. hf alone for a second run)",
+    )
     p.add_argument("--budget-s", type=float, default=0.0, help="0 = 420 with --quick, else none")
     p.add_argument("--json", help="write every figure to this file")
     add_shape_options(p, **{k: 0 for k in QWEN25_05B})  # 0 = Qwen2.5-0.5B's (or --tiny's)
@@ -252,7 +258,9 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
 
         return body
 
-    b.section("static, no LoRA", static_section("static      "))
+    want = set(args.sections.split(","))
+    if "static" in want:
+        b.section("static, no LoRA", static_section("static      "))
 
     pm = get_peft_model(
         model,
@@ -263,7 +271,8 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
             if "lora_B" in pname:  # B starts at zero: make the adapters change the output
                 p.normal_(0, 0.01)
     model = pm.get_base_model().eval()
-    b.section("static, LoRA merged", static_section("static+lora "))
+    if "lora" in want:
+        b.section("static, LoRA merged", static_section("static+lora "))
 
     def merge_cost() -> dict[str, Any]:
         def enter_exit() -> None:
@@ -275,14 +284,16 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
         print(f"refreshing the merged LoRA weights: {1000 * s:.1f} ms per generation call")
         return {"refresh_ms": round(1000 * s, 2)}
 
-    b.section("LoRA merge refresh", merge_cost)
+    if "merge" in want:
+        b.section("LoRA merge refresh", merge_cost)
     mid = [r for r in batches if r == 16] or batches[-1:]
 
     def unmerged() -> dict[str, Any]:
         run = ours(merge_lora=False)
         return {str(r): decode_figures(b, run, r, args.new_tokens, "static+peft ") for r in mid}
 
-    b.section("static, peft LoRA layers in the graph", unmerged)
+    if "peft" in want:
+        b.section("static, peft LoRA layers in the graph", unmerged)
 
     def grpo() -> dict[str, Any]:
         import grpo_step_time
@@ -304,7 +315,7 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
         ]
         return {"rc": rc, "steps": steps}
 
-    if args.grpo_steps:
+    if args.grpo_steps and "grpo" in want:
         b.section("GRPO step (docs/grpo.md settings, beta 0.04)", grpo, need_s=60)
 
     def dynamic_section() -> dict[str, Any]:
@@ -316,7 +327,8 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
             out[str(r)] = decode_figures(b, dynamic, r, args.dynamic_tokens, "dynamic+lora")
         return out
 
-    b.section("dynamic engine, peft LoRA layers", dynamic_section, need_s=30)
+    if "dynamic" in want:
+        b.section("dynamic engine, peft LoRA layers", dynamic_section, need_s=30)
 
     def hf_section() -> dict[str, Any]:
         base = pm.unload()  # the plain model again (LoRA layers removed, weights untouched)
@@ -347,7 +359,7 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
             out[str(r)] = decode_figures(b, run, r, args.new_tokens, "HF static  ")
         return out
 
-    if not args.skip_hf:
+    if "hf" in want:
         b.section("HF generate, static cache + torch.compile", hf_section, need_s=90)
 
     b.figures["total_seconds"] = round(time.perf_counter() - b.t_start, 1)
