@@ -179,6 +179,32 @@ def decode_figures(
     }
 
 
+def targets(sections: dict[str, Any]) -> dict[str, Any]:
+    """Issue 16's targets next to what this run measured (``None`` where not measured)."""
+
+    def fig(section: str, rows: str, key: str) -> float | None:
+        value = sections.get(section, {}).get(rows, {})
+        return value.get(key) if isinstance(value, dict) else None
+
+    out: dict[str, Any] = {
+        "ms_per_step_16_rows_lora (target <= 5)": fig("static, LoRA merged", "16", "ms_per_step"),
+        "tok_s_64_rows (target >= 10000)": fig("static, no LoRA", "64", "decode_tok_s"),
+    }
+    grpo = sections.get("GRPO step (docs/grpo.md settings, beta 0.04)", {}).get("steps") or []
+    later = [st["seconds"] for st in grpo[1:]]  # the first step captures and warms up
+    out["grpo_step_s_after_the_first (target <= 5)"] = min(later) if later else None
+    hf = "HF generate, static cache + torch.compile"
+    for rows in ("1", "16", "64"):
+        ours, theirs = (fig("static, no LoRA", rows, "ms_per_step"), fig(hf, rows, "ms_per_step"))
+        ratio = theirs / ours if ours and theirs else None
+        out[f"HF ms per step / ours, batch {rows} (target >= 1)"] = ratio
+    print("\ntargets (issue 16) against this run:")
+    for k, v in out.items():
+        shown = "not measured" if v is None else f"{v:,.2f}"
+        print(f"  {k}: {shown}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import torch
@@ -362,6 +388,7 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
     if "hf" in want:
         b.section("HF generate, static cache + torch.compile", hf_section, need_s=90)
 
+    b.figures["targets"] = targets(b.figures["sections"])
     b.figures["total_seconds"] = round(time.perf_counter() - b.t_start, 1)
     print(f"\ntotal {b.figures['total_seconds']:.0f} s")
     if args.json:
