@@ -1,6 +1,7 @@
 """Decode speed and a GRPO step on a GPU: the static decode path (fixed-shape KV cache, decode
 step captured as a CUDA graph) against the dynamic engine and against Hugging Face ``generate``
-with a static cache and ``torch.compile``, all in one run.
+with a static cache and ``torch.compile``, all in one run. This script is one idea: the one
+prepared GPU measurement of issue 16, its sections sharing one model and one time budget.
 
 What it prints (and writes with ``--json``), on a model of Qwen2.5-0.5B's shape with random
 weights (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936, tied
