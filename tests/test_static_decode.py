@@ -448,3 +448,17 @@ def test_out_of_memory_in_a_capture_reaches_the_driver_which_halves_the_batch():
     same(expected, got)
     assert sizes[0] == 8 and max(sizes[1:]) <= 2  # halved until it fit; no graph error noted
     assert engine_state(fresh).graph_error is None
+
+
+def test_large_static_buffers_are_not_kept_past_the_byte_budget(monkeypatch):
+    from shoestring.eval.generation import static_runner
+
+    model = make("llama")
+    static_generate_batch(model, TOK, PROMPTS, cfg())  # bucket 8
+    static_generate_batch(model, TOK, PROMPTS[:1], cfg())  # bucket 1
+    state = engine_state(model)
+    assert sorted(k.rows for k in state.runners) == [1, 8]
+    small = next(r for k, r in state.runners.items() if k.rows == 1).nbytes
+    monkeypatch.setattr(static_runner, "KEEP_BYTES", small)
+    static_generate_batch(model, TOK, PROMPTS[:1], cfg())
+    assert [k.rows for k in state.runners] == [1]  # the older, larger one went

@@ -268,4 +268,5 @@ def _decode(
             state.prepare(smaller, capture)
             runner, slot_rows = smaller, [slot_rows[s] for s in keep]
         pending = fetch(checked, produced)
+    state.trim()
     return book.finished()

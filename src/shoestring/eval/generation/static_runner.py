@@ -30,6 +30,7 @@ from shoestring.eval.generation.static_cache import StaticKVCache
 from shoestring.util.memory import is_oom_error
 
 __all__ = [
+    "KEEP_BYTES",
     "MAX_RUNNERS",
     "Capture",
     "RunnerKey",
@@ -45,6 +46,9 @@ __all__ = [
 Capture = Callable[[Callable[[], None]], Callable[[], None]]
 # Runners (each with its cache buffers and graph) a model keeps; the least recently used goes.
 MAX_RUNNERS = 6
+# Bytes of static buffers a model keeps between calls beyond its most recent runner: a large
+# evaluation batch's cache must not sit in GPU memory through the training steps after it.
+KEEP_BYTES = 1 << 30
 # Eager runs of the step on a side stream before capture (lets cuBLAS/SDPA pick kernels and
 # allocate their workspaces outside the graph), as the PyTorch CUDA-graph recipe does.
 CAPTURE_WARMUP = 2
@@ -304,6 +308,11 @@ class StaticEngineState:
                 stacklevel=3,
             )
             runner.ensure_captured(eager_capture)
+
+    def trim(self) -> None:
+        """Drop the least recently used runners (not the latest) past :data:`KEEP_BYTES`."""
+        while len(self.runners) > 1 and sum(r.nbytes for r in self.runners.values()) > KEEP_BYTES:
+            self.runners.popitem(last=False)
 
     def runner(self, key: RunnerKey, make: Callable[[], StaticRunner]) -> StaticRunner:
         """The runner for ``key`` (made when missing; the least recently used is dropped)."""
