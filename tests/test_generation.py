@@ -547,7 +547,7 @@ def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatc
     model = make_llama(len(tok))
     cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5)
     expected = [r.token_ids for r in generate_batch(model, tok, PROMPTS, cfg)]
-    real = driver.generate_batch
+    real = driver.generate_batch_auto
     sizes: list[int] = []
 
     def flaky(model, tokenizer, prompts, cfg=None, **kw):
@@ -556,7 +556,7 @@ def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatc
             raise RuntimeError("CPU out of memory (simulated)")
         return real(model, tokenizer, prompts, cfg, **kw)
 
-    monkeypatch.setattr(driver, "generate_batch", flaky)
+    monkeypatch.setattr(driver, "generate_batch_auto", flaky)
     seen: list[int] = []
     res = generate_all(
         model, tok, PROMPTS, cfg, progress=False, callback=lambda i, r: seen.append(i)

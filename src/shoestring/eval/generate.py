@@ -16,7 +16,7 @@ from shoestring.eval.generation import (
     GenerationResult,
     SamplingConfig,
     generate_all,
-    generate_batch,
+    generate_batch_auto,
 )
 from shoestring.models.loading import load_model_and_tokenizer
 
@@ -98,7 +98,7 @@ def run(cfg: GenerateConfig) -> int:
             out.write(text)
             out.flush()
 
-        results = generate_batch(model, tokenizer, cfg.prompts, sampling, on_text=stream)
+        results = generate_batch_auto(model, tokenizer, cfg.prompts, sampling, on_text=stream)
         out.write("\n")
         out.flush()
     else:

@@ -32,7 +32,11 @@ The package, one job per module, in the order a batch meets them:
 * :mod:`.cache` - the preallocated KV cache and row compaction / padding trimming;
 * :mod:`.stops` - EOS ids, stop strings and incrementally decoded text;
 * :mod:`.cpu_attention` - fp32 attention for a bf16 model on a CPU;
-* :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass.
+* :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass;
+* :mod:`.static_decode` - the CUDA path: :func:`generate_batch_auto` picks it or the dynamic
+  loop; a fixed-shape cache (:mod:`.static_cache`), a captured, replayed step
+  (:mod:`.static_runner`), stop checks every few steps (:mod:`.static_rows`), LoRA merged for
+  the call (:mod:`.lora_view`).
 
 The next token is chosen by :mod:`shoestring.eval.sampling`; the optional fast decode step is
 :mod:`shoestring.eval.lean_decode`.
@@ -55,6 +59,7 @@ from shoestring.eval.generation.driver import generate_all
 from shoestring.eval.generation.model_io import forward_params, model_device, model_dtype
 from shoestring.eval.generation.prefill import encode_prompts, pad_token_id
 from shoestring.eval.generation.sizing import auto_batch_size, estimate_row_bytes
+from shoestring.eval.generation.static_decode import generate_batch_auto
 from shoestring.eval.generation.stops import IncrementalText, resolve_eos_ids
 
 __all__ = [
@@ -69,6 +74,7 @@ __all__ = [
     "forward_params",
     "generate_all",
     "generate_batch",
+    "generate_batch_auto",
     "make_cache",
     "model_device",
     "model_dtype",

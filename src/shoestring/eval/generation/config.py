@@ -57,6 +57,16 @@ class SamplingConfig:
     lean_decode: bool = opt(
         True, "Llama/Qwen2/Mistral/shoestring GPT: decode steps skip the forward's overhead"
     )
+    static_cache: str = opt(
+        "auto",
+        "fixed-shape KV cache + replayed decode step; auto = on CUDA for models the lean "
+        "step supports, on = also on a CPU (no graphs), off = the dynamic engine",
+        choices=("auto", "on", "off"),
+    )
+    cuda_graphs: bool = opt(True, "static cache on CUDA: capture the decode step as a graph")
+    stop_check_interval: int = opt(
+        8, "static cache: decode steps between host checks for EOS and stop strings", min=1
+    )
 
     def check(self) -> SamplingConfig:
         """Validate ranges and cross-field rules; returns self so calls can chain."""

@@ -17,10 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
-from shoestring.eval.generation.decode import generate_batch
 from shoestring.eval.generation.model_io import model_device
 from shoestring.eval.generation.prefill import encode_prompts
 from shoestring.eval.generation.sizing import auto_batch_size
+from shoestring.eval.generation.static_decode import generate_batch_auto
 from shoestring.util.memory import is_oom_error
 
 __all__ = ["generate_all"]
@@ -84,7 +84,7 @@ def generate_all(
                 callback(out, res)
 
         try:
-            generate_batch(
+            generate_batch_auto(  # the static path on CUDA, else the dynamic engine
                 model,
                 tokenizer,
                 [ids_list[i] for i in chunk],

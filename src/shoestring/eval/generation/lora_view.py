@@ -1,0 +1,122 @@
+"""peft LoRA layers seen as plain linear layers with merged weights, for one generation call.
+
+Why: a peft ``LoraLayer`` runs its base layer plus two small products, a cast and an add on
+every call - per layer, per token. On a GPU a rollout's decode step is bound by such small
+kernels and their Python, and GRPO samples with the adapters on. :func:`merged_lora` swaps each
+LoRA linear layer for an ``nn.Linear`` whose weight is ``W + B A * scale`` while the call runs
+and puts the LoRA layer back afterwards.
+
+It never writes to the trained tensors (neither the base weight nor the adapters): the merged
+weight is a separate tensor, kept on the model and refreshed in place at every call - so the
+weights training sees stay bit-identical, and a captured CUDA graph that reads the merged
+weight stays valid (same address) after the next optimizer step refreshes it. peft's own
+``merge``/``unmerge`` would add and subtract the delta, which is not bit-exact in floating
+point. The cost is one copy of the adapted weights (in the base dtype) and one ``B @ A`` per
+layer per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MergedLinears", "lora_linear_layers", "merged_lora"]
+
+
+def _mergeable(mod: Any) -> bool:
+    """A peft LoRA layer over a plain ``nn.Linear`` whose adapters are plain LoRA (no DoRA, no
+    LoRA bias): then ``W + get_delta_weight`` is exactly what its forward adds."""
+    if not (hasattr(mod, "get_delta_weight") and hasattr(mod, "lora_A")):
+        return False
+    base = mod.get_base_layer() if hasattr(mod, "get_base_layer") else None
+    if type(base) is not nn.Linear:
+        return False
+    for name in mod.active_adapters:
+        if getattr(mod, "use_dora", {}).get(name, False):
+            return False
+        if getattr(mod, "lora_bias", {}).get(name, False):
+            return False
+    return True
+
+
+def lora_linear_layers(model: nn.Module) -> list[tuple[str, Any]]:
+    """``(qualified name, layer)`` of every LoRA linear layer :func:`merged_lora` can merge."""
+    return [(name, m) for name, m in model.named_modules() if _mergeable(m)]
+
+
+class MergedLinears:
+    """The merged ``nn.Linear`` of each LoRA layer, kept between calls (see the module doc).
+
+    A deep copy of the model gets an empty one: the copies are cheap to rebuild and must not
+    share storage with the original's.
+    """
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, nn.Linear] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MergedLinears:
+        return MergedLinears()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"by_name": {}}
+
+    def linear_for(self, name: str, mod: Any) -> nn.Linear:
+        """The merged layer standing in for ``mod``, its weight refreshed from the adapters."""
+        base: nn.Linear = mod.get_base_layer()
+        lin = self.by_name.get(name)
+        w = base.weight
+        if lin is None or _layout(lin.weight) != _layout(w):
+            lin = nn.Linear(base.in_features, base.out_features, bias=False, device="meta")
+            lin.weight = nn.Parameter(torch.empty_like(w), requires_grad=False)
+            self.by_name[name] = lin
+        lin.bias = base.bias  # shared: LoRA leaves the bias alone
+        active = [a for a in mod.active_adapters if a in mod.lora_A]
+        if mod.merged or getattr(mod, "disable_adapters", False) or not active:
+            # merged already (the delta is in W) or adapters off: the base weight is the layer
+            lin.weight.copy_(w)
+            return lin
+        delta = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for name_a in active:
+            delta += mod.get_delta_weight(name_a).float()
+        lin.weight.copy_(w.float() + delta)
+        return lin
+
+
+def _layout(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.shape, t.dtype, t.device)
+
+
+def _merged_linears(model: Any) -> MergedLinears:
+    found = getattr(model, "_shoestring_merged_lora", None)
+    if found is None:
+        found = MergedLinears()
+        model._shoestring_merged_lora = found
+    return found
+
+
+@contextlib.contextmanager
+def merged_lora(model: nn.Module) -> Iterator[int]:
+    """Inside: every mergeable LoRA layer of ``model`` replaced by a plain linear layer with
+    the merged weight; yields how many were replaced. Outside: the model as it was."""
+    layers = lora_linear_layers(model)
+    if not layers:
+        yield 0
+        return
+    store = _merged_linears(model)
+    swapped: list[tuple[nn.Module, str, Any]] = []
+    try:
+        with torch.no_grad():
+            for name, mod in layers:
+                parent_name, _, attr = name.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                lin = store.linear_for(name, mod)
+                setattr(parent, attr, lin)
+                swapped.append((parent, attr, mod))
+        yield len(swapped)
+    finally:
+        for parent, attr, mod in reversed(swapped):
+            setattr(parent, attr, mod)
