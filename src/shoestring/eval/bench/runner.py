@@ -186,8 +186,7 @@ def run_bench(
         for spec in bench.specs:
             check_settings_early(ctx, spec, rt)
     except BaseException as exc:
-        ctx.log(f"not started: {exc}")
-        ctx.rundir.close()
+        ctx.rundir.abandon(exc)  # a new directory gets a failed summary; an old one keeps its
         raise
 
     def final_fields() -> dict[str, Any]:
