@@ -112,23 +112,27 @@ def _weight_file_damage(path: Path) -> str | None:
 
 
 def _named_load_error(location: str, exc: BaseException) -> CorruptFileError | None:
-    """A named error for a model directory whose weights cannot be read (None: not damage)."""
+    """A named error when a model directory's weights cannot be read (None: not damage).
+
+    Whatever ``from_pretrained`` raised (a ``SafetensorError``, torch's stream errors, even a
+    bare ``OSError: [Errno 22]`` from a truncated file), the weight files are looked at and the
+    first damaged one is named.
+    """
     named = named_read_error(location, exc)
-    if named is None:
-        return None
     d = Path(location)
     if not d.is_dir():
         return named
     if isinstance(named, RefusedPickleError):
         pickles = sorted(d.glob("*.bin")) + sorted(d.glob("*.pt")) + sorted(d.glob("*.pth"))
         return RefusedPickleError(pickles[0] if len(pickles) == 1 else d, named.what)
-    weights = sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin"))
-    for f in weights:
+    for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
         reason = _weight_file_damage(f)
         if reason is not None:
             return CorruptFileError(
                 f, reason, "the model directory is damaged: save or download it again"
             )
+    if named is None:
+        return None
     return CorruptFileError(
         d, named.reason, "a weight file in it is damaged: save or download the model again"
     )
