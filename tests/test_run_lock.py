@@ -173,3 +173,15 @@ def test_bench_early_failure_leaves_a_failed_summary(tmp_path: Path) -> None:
     s = read_json(out / "summary.json")
     assert s["status"] == "failed" and "no valid GSM8K problems" in s["error"]
     assert not (out / LOCK_NAME).exists()
+
+
+def test_compare_shows_bare_failed_runs_of_every_kind(tmp_path: Path) -> None:
+    from shoestring.runs.compare import compare
+
+    for kind in ("train", "bench", "grpo", "progressive", "study", "analysis"):
+        (tmp_path / kind).mkdir()
+        failed = {"schema_version": 1, "kind": kind, "status": "failed", "error": "boom"}
+        (tmp_path / kind / "summary.json").write_text(json.dumps(failed))
+    report, data = compare([tmp_path], None)
+    assert {r["status"] for r in data["runs"]} == {"failed"} and len(data["runs"]) == 6
+    assert sum("failed: boom" in f.text for f in report.findings) == 6
