@@ -261,3 +261,26 @@ def test_full_disk_and_permission_messages_name_the_path() -> None:
     denied = PermissionError(errno.EACCES, "Permission denied", "/runs/x/summary.json")
     assert "permission denied" in (failure_message(denied) or "")
     assert failure_message(KeyError("a bug")) is None  # bugs keep their traceback
+
+
+def test_full_disk_during_a_checkpoint_is_named_and_cleaned_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    import shoestring.train.checkpoint as ckpt_mod
+
+    def save_on_full_disk(*_a: object, **_k: object) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt_mod.torch, "save", save_on_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 0))
+    target = tmp_path / "checkpoints" / "step_3"
+    with pytest.raises(OSError) as err:
+        save_checkpoint(target, torch.nn.Linear(2, 2), {"step": 3})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    msg = failure_message(err.value) or ""
+    assert msg.startswith(f"{target}: no space left on the device") and "--out" in msg
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no half-written temp left

@@ -40,6 +40,10 @@ _WHAT_TO_DO = {
 }
 
 
+# how libraries that do their own I/O (safetensors in Rust, torch's zip writer) say "disk full"
+_DISK_FULL_TEXTS = ("No space left on device", "StorageFull", "code: 28,", "Disk quota exceeded")
+
+
 def _os_message(exc: OSError) -> str | None:
     what = _WHAT_TO_DO.get(exc.errno or -1)
     if what is None:
@@ -61,6 +65,8 @@ def _one(exc: BaseException) -> str | None:
             "values (unpickling can run code); use files written by shoestring, or convert "
             "trusted weights to safetensors"
         )
+    if any(m in str(exc) for m in _DISK_FULL_TEXTS):
+        return _WHAT_TO_DO[errno.ENOSPC] + " (the path was not given by the library that wrote)"
     if type(exc).__name__ == "SafetensorError":
         first = str(exc).splitlines()[0] if str(exc) else "unreadable"
         return f"a safetensors file is damaged ({first}); rewrite or re-download it"

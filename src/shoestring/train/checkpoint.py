@@ -16,6 +16,7 @@ and why, and falls back to the newest intact one, saying so.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -98,12 +99,22 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_state_tensors(model) if tensors is None else tensors, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    write_manifest(tmp)  # after the files are complete, before the rename makes them visible
+    try:
+        weights = _state_tensors(model) if tensors is None else tensors
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        write_manifest(tmp)  # after the files are complete, before the rename makes them visible
+    except Exception as exc:
+        full = _disk_full(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint gives its space back
+        if full and not isinstance(exc, OSError):
+            # torch and safetensors report a full disk in their own words ("unexpected pos",
+            # "IoError"); say what it is, with the checkpoint it was writing
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(ckpt_dir)) from exc
+        raise
     if ckpt_dir.exists():
         old = ckpt_dir.parent / f".old_{ckpt_dir.name}_{os.getpid()}"
         os.replace(ckpt_dir, old)
@@ -161,6 +172,14 @@ def verify_checkpoint(ckpt_dir: str | Path) -> str | None:
         if _sha256(f) != want["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest (changed after the save)"
     return None
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left for this user."""
+    try:
+        return shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        return False
 
 
 def load_checkpoint(
