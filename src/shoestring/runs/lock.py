@@ -114,7 +114,9 @@ class RunDirLock:
                 has_flock = self._flock(fd)
                 holder = _read_holder(fd)
                 if self._replaced_meanwhile(fd):
-                    continue  # the holder released and removed the file while we opened it
+                    # the holder released and removed the file while we opened it: again
+                    os.close(fd)
+                    continue
                 if holder is not None and (not has_flock) and _holder_alive_here(holder):
                     raise self._refusal(holder)
                 self._write_holder(fd)
@@ -161,7 +163,7 @@ class RunDirLock:
         if (
             holder
             and holder.get("pid") == os.getpid()
-            and holder.get("host") == (socket.gethostname())
+            and holder.get("host") == socket.gethostname()
         ):
             return RunDirLockedError(
                 f"{self.path.parent} is already open for writing in this process "

@@ -186,7 +186,8 @@ def run_bench(
         for spec in bench.specs:
             check_settings_early(ctx, spec, rt)
     except BaseException as exc:
-        ctx.rundir.abandon(exc)  # a new directory gets a failed summary; an old one keeps its
+        # a new directory gets a failed summary; a rerun into an earlier bench keeps its record
+        ctx.rundir.abandon(exc)
         raise
 
     def final_fields() -> dict[str, Any]:
