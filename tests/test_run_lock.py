@@ -185,3 +185,19 @@ def test_compare_shows_bare_failed_runs_of_every_kind(tmp_path: Path) -> None:
     report, data = compare([tmp_path], None)
     assert {r["status"] for r in data["runs"]} == {"failed"} and len(data["runs"]) == 6
     assert sum("failed: boom" in f.text for f in report.findings) == 6
+
+
+def test_compare_names_a_killed_writer(tmp_path: Path) -> None:
+    from shoestring.runs.kinds import load_run
+
+    run = tmp_path / "r"
+    run.mkdir()
+    running = {"schema_version": 1, "kind": "bench", "status": "running"}
+    (run / "summary.json").write_text(json.dumps(running))
+    pid = _dead_pid()
+    holder = {"pid": pid, "host": socket.gethostname(), "process_started": 1.0}
+    (run / LOCK_NAME).write_text(json.dumps(holder))  # what a SIGKILL leaves behind
+    assert load_run(run).status_text() == f"running (its process {pid} is gone: killed)"
+    holder = {"pid": os.getpid(), "host": socket.gethostname()}
+    (run / LOCK_NAME).write_text(json.dumps(holder))  # a live writer
+    assert load_run(run).status_text() == "running"

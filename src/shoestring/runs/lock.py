@@ -33,7 +33,7 @@ import psutil
 
 from shoestring.errors import RunDirLockedError
 
-__all__ = ["LOCK_NAME", "RunDirLock", "describe_holder"]
+__all__ = ["LOCK_NAME", "RunDirLock", "dead_holder", "describe_holder"]
 
 LOCK_NAME = ".lock"
 # a holder's recorded process start time may differ from psutil's by rounding
@@ -94,6 +94,25 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return {"pid": "?", "host": "?", "command": f"(unreadable lock file: {raw[:60]!r})"}
     return data if isinstance(data, dict) else None
+
+
+def dead_holder(run_dir: str | Path) -> dict[str, Any] | None:
+    """The holder recorded in ``run_dir``'s lock file when it ran on this host and is gone
+    (a killed writer); None when there is no lock file, it is live, or it ran elsewhere.
+
+    Reads only: taking even a shared lock to test it could refuse a writer starting now.
+    """
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = _read_holder(fd)
+    finally:
+        os.close(fd)
+    if not holder or holder.get("host") != socket.gethostname() or _holder_alive_here(holder):
+        return None
+    return holder
 
 
 class RunDirLock:
