@@ -63,7 +63,7 @@ from shoestring.runs.rundir import RunDir
 rd = RunDir(sys.argv[1], "train", echo=False)
 with RunLifecycle(rd, config={"train": {"max_steps": 10}}):
     print("holding", flush=True)
-    time.sleep(120)
+    time.sleep(900)  # until the test stops it with SIGTERM
 """
 
 
