@@ -3,18 +3,23 @@
 Every command module exposes ``add_cli(subparsers)``, which registers its subparser and sets
 ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
 Errors meant for the user (bad config, missing files) are raised as ``UserError`` or
-``ConfigError`` and printed as one clear line instead of a traceback.
+``ConfigError``; they and the environment's errors (permissions, read-only or full disks,
+damaged files, refused pickles: :mod:`shoestring.failures`) are printed as one clear line
+instead of a traceback. ``--debug`` (anywhere on the command line, or ``SHOESTRING_DEBUG=1``)
+prints the traceback as well. A run directory still open when a command fails is finished as
+``failed`` with the same line (``interrupted`` on Ctrl-C), so none is left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from shoestring import __version__
-from shoestring.config import ConfigError
-from shoestring.errors import UserError
+from shoestring.failures import failure_message
 
 # command name -> module holding add_cli(); order is the order shown in --help
 COMMANDS: list[str] = [
@@ -36,13 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain, benchmark and study small language models on the hardware you have.",
     )
     parser.add_argument("--version", action="version", version=f"shoestring {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error as well as its one-line message (also accepted "
+        "after the command; or set SHOESTRING_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS:
         importlib.import_module(module_name).add_cli(sub)
     return parser
 
 
+def _abandon_open_run_dirs(error: BaseException | str) -> None:
+    """Finish every run directory the failed command left open (imported only when needed)."""
+    if "shoestring.runs.rundir" in sys.modules:
+        # deferred: a command that opened a run directory has imported it already
+        from shoestring.runs.rundir import abandon_open_run_dirs
+
+        abandon_open_run_dirs(error)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted after the command too (argparse alone takes it only before)
+    debug = "--debug" in argv or os.environ.get("SHOESTRING_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -50,8 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError) as exc:
-        print(f"shoestring {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        _abandon_open_run_dirs(exc)
+        raise
+    except Exception as exc:
+        message = failure_message(exc)
+        _abandon_open_run_dirs(exc)
+        if message is None:
+            raise  # not an error we know: a bug, whose traceback is what helps
+        if debug:
+            traceback.print_exc()
+        print(f"shoestring {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,11 @@ Every downstream command (``generate``, ``bench``, ``grpo``) goes through
   advertising ``avx512_bf16``/``amx_bf16``), otherwise fp32;
 * asking for a device that is not there raises :class:`DeviceUnavailableError` - never a silent
   fallback, because a benchmark that quietly ran on the CPU reports the wrong numbers;
-* ``trust_remote_code`` stays off unless the caller turns it on.
+* ``trust_remote_code`` stays off unless the caller turns it on;
+* a damaged weight file (a garbage ``model.safetensors``, a truncated ``pytorch_model.bin``) or
+  a pickle that ``weights_only`` loading refuses is a named
+  :class:`~shoestring.errors.CorruptFileError` / :class:`~shoestring.errors.RefusedPickleError`
+  saying which file, not a raw ``SafetensorError``/``PytorchStreamReader`` traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.utils import logging as hf_logging
 
 import shoestring.models.gpt  # noqa: F401 - importing it registers the GPT with the Auto classes
-from shoestring.errors import UserError
+from shoestring.errors import CorruptFileError, RefusedPickleError, UserError
 from shoestring.runtime import (  # noqa: F401 - re-exported for callers of loading
     DTYPE_NAMES,
     SHORT_NAMES,
@@ -37,6 +42,7 @@ from shoestring.runtime import (  # noqa: F401 - re-exported for callers of load
     resolve_device,
 )
 from shoestring.runtime import resolve_torch_dtype as resolve_dtype
+from shoestring.util.safe_load import named_read_error
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -81,6 +87,54 @@ def resolve_model_path(path: str | Path) -> tuple[str, str]:
     raise UserError(
         f"{path} does not exist (expected a run directory, a model directory or a "
         "Hugging Face Hub name like Qwen/Qwen2.5-0.5B)"
+    )
+
+
+def _weight_file_damage(path: Path) -> str | None:
+    """Why one weight file cannot be read, from a cheap look at its structure; None if it can."""
+    if path.suffix == ".safetensors":
+        # deferred: safetensors' header reader, only on the error path
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in list(f.keys())[:1]:
+                    f.get_slice(key)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
+            return f"not a readable safetensors file ({str(exc).splitlines()[0]})"
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"not a readable torch file ({exc}; truncated or overwritten?)"
+    return f"its member {bad} fails its CRC check" if bad else None
+
+
+def _named_load_error(location: str, exc: BaseException) -> CorruptFileError | None:
+    """A named error when a model directory's weights cannot be read (None: not damage).
+
+    Whatever ``from_pretrained`` raised (a ``SafetensorError``, torch's stream errors, even a
+    bare ``OSError: [Errno 22]`` from a truncated file), the weight files are looked at and the
+    first damaged one is named.
+    """
+    named = named_read_error(location, exc)
+    d = Path(location)
+    if not d.is_dir():
+        return named
+    if isinstance(named, RefusedPickleError):
+        pickles = sorted(d.glob("*.bin")) + sorted(d.glob("*.pt")) + sorted(d.glob("*.pth"))
+        return RefusedPickleError(pickles[0] if len(pickles) == 1 else d, named.what)
+    for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
+        reason = _weight_file_damage(f)
+        if reason is not None:
+            return CorruptFileError(
+                f, reason, "the model directory is damaged: save or download it again"
+            )
+    if named is None:
+        return None
+    return CorruptFileError(
+        d, named.reason, "a weight file in it is damaged: save or download the model again"
     )
 
 
@@ -130,7 +184,12 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        named = _named_load_error(location, exc)
+        if named is not None:
+            raise named from exc
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
         hint = ""
         if kind == "hub":
             hint = (

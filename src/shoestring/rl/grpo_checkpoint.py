@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from shoestring.errors import UserError
+from shoestring.runs.rundir import RunDir
 from shoestring.train.checkpoint import (
-    latest_checkpoint,
+    load_newest_intact,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from shoestring.util.safe_load import read_safetensors, read_torch_state
 
 __all__ = ["load_grpo_checkpoint", "save_grpo_checkpoint"]
 
@@ -50,20 +51,26 @@ def save_grpo_checkpoint(
 
 
 def load_grpo_checkpoint(
-    checkpoints_dir: Path, model: torch.nn.Module, device: torch.device
+    rundir: RunDir, model: torch.nn.Module, device: torch.device
 ) -> tuple[Path, dict[str, Any]]:
-    """Load the newest checkpoint's weights into ``model``, restore the RNG, and return the
-    checkpoint's path and its state (``step``, ``optimizer``, ``rollout`` ...)."""
-    ckpt = latest_checkpoint(checkpoints_dir)
-    if ckpt is None:
-        raise UserError(f"{checkpoints_dir.parent} has no complete checkpoint to resume from")
-    tensors = load_file(str(ckpt / "model.safetensors"), device=str(device))
+    """Load the newest intact checkpoint of ``rundir`` into ``model``, restore the RNG, and
+    return the checkpoint's path and its state (``step``, ``optimizer``, ``rollout`` ...);
+    damaged newer ones are named in the run's log and skipped
+    (:func:`~shoestring.train.checkpoint.load_newest_intact`)."""
     named = dict(model.named_parameters())
-    for k, v in tensors.items():
-        if k not in named:
-            raise UserError(f"checkpoint {ckpt} does not match the model (no parameter {k})")
+
+    def load(ckpt: Path) -> dict[str, Any]:
+        # read both files before touching the model, so a damaged one leaves it as it was
+        tensors = read_safetensors(ckpt / "model.safetensors", device=str(device))
+        state = read_torch_state(ckpt / "state.pt", map_location=device)
+        for k in tensors:
+            if k not in named:
+                raise UserError(f"checkpoint {ckpt} does not match the model (no parameter {k})")
         with torch.no_grad():
-            named[k].copy_(v)
-    state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
+            for k, v in tensors.items():
+                named[k].copy_(v)
+        return state
+
+    ckpt, state = load_newest_intact(rundir.checkpoints_dir, load, rundir.log)
     set_rng_state(state["rng"])
     return ckpt, state

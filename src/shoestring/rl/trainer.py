@@ -215,7 +215,7 @@ class GRPOTrainer:
         """Continue from the newest checkpoint (metrics after its step are dropped)."""
         assert self.policy is not None
         device = self.policy.device
-        ckpt, state = load_grpo_checkpoint(self.rundir.checkpoints_dir, self.model, device)
+        ckpt, state = load_grpo_checkpoint(self.rundir, self.model, device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.time_split = dict(state.get("time_split", self.time_split))

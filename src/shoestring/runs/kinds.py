@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.errors import UserError
+from shoestring.runs.lock import dead_holder
 from shoestring.runs.rundir import read_json, read_metrics
 
 __all__ = [
@@ -60,6 +61,8 @@ class RunInfo:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # kind-specific files
     idle_seconds: float | None = None  # since the last write, for a run that says "running"
+    # for a run that says "running": its writer's pid when the lock file names a dead process
+    dead_writer: int | None = None
 
     @property
     def status(self) -> str:
@@ -87,7 +90,9 @@ class RunInfo:
         bits = []
         if step is not None:
             bits.append(f"step {step}" + (f" of {total}" if total else ""))
-        if s == "running" and self.idle_seconds is not None and self.idle_seconds > STALE_SECONDS:
+        if s == "running" and self.dead_writer is not None:
+            bits.append(f"its process {self.dead_writer} is gone: killed")
+        elif s == "running" and self.idle_seconds is not None and self.idle_seconds > STALE_SECONDS:
             bits.append(f"nothing written for {self.idle_seconds / 60:.0f} min: probably killed")
         return s + (f" ({'; '.join(bits)})" if bits else "")
 
@@ -224,6 +229,8 @@ def load_run(path: str | Path) -> RunInfo:
         run.metrics = read_metrics(p)
     if run.status == "running":
         run.idle_seconds = _idle_seconds(p)
+        pid = str((dead_holder(p) or {}).get("pid", ""))
+        run.dead_writer = int(pid) if pid.isdigit() else None
     if kind == "bench":
         run.extra["problems"] = _bench_problems(p, summary)
     elif kind == "study":

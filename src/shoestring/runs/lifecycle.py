@@ -9,15 +9,20 @@ different corner wrong. :class:`RunLifecycle` owns all of it::
         ...                     # the command's work
         life.fields["extra"] = 1  # merged into summary.json at the end
 
+The run directory's writer lock (:mod:`shoestring.runs.lock`) is taken when the
+:class:`~shoestring.runs.rundir.RunDir` is opened - before anything is written, so a second
+writer is refused untouched - and released when the lifecycle closes it on the way out (or,
+with ``close=False``, when the command closes it after its closing lines).
+
 On entry it writes ``config.json`` and a ``running`` summary (versions, host), starts the
 :class:`~shoestring.runs.monitor.SystemMonitor` thread and turns SIGTERM into
 ``KeyboardInterrupt`` (only where no handler was installed, and only in the main thread). On
 exit it decides the status - ``finished``; ``interrupted`` on Ctrl-C or SIGTERM; ``failed``
-on any other exception, with its message - unless the body chose one with
-:meth:`RunLifecycle.set_status`, restores the signal handler, stops the monitor, and writes
-the final summary (``summary()`` is called then, so it sees the end state). Exceptions are
-never swallowed: the caller still sees them. With ``rundir=None`` (a DDP rank other than 0)
-only the signal handling applies.
+on any other exception, with its one-line message (:func:`shoestring.failures.short_reason`)
+- unless the body chose one with :meth:`RunLifecycle.set_status`, restores the signal
+handler, stops the monitor, and writes the final summary (``summary()`` is called then, so
+it sees the end state). Exceptions are never swallowed: the caller still sees them. With
+``rundir=None`` (a DDP rank other than 0) only the signal handling applies.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
+from shoestring.failures import short_reason
 from shoestring.runs.monitor import SystemMonitor
 from shoestring.runs.rundir import STATUSES, RunDir
 
@@ -83,10 +89,15 @@ class RunLifecycle:
     def __enter__(self) -> RunLifecycle:
         self._t0 = time.perf_counter()
         if self.rundir is not None:
-            if self.config is not None:
-                self.rundir.start(self.config, **self.start_fields)
-            else:
-                self.rundir.update_summary(status="running", **self.start_fields)
+            try:
+                if self.config is not None:
+                    self.rundir.start(self.config, **self.start_fields)
+                else:
+                    self.rundir.update_summary(status="running", **self.start_fields)
+            except BaseException as exc:
+                # e.g. a full disk: leave what can be written, release the lock, re-raise
+                self.rundir.abandon(exc)
+                raise
             self.monitor = SystemMonitor(self.monitor_interval).start()
         if threading.current_thread() is threading.main_thread():
             prev = signal.getsignal(signal.SIGTERM)
@@ -107,7 +118,7 @@ class RunLifecycle:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.status = self.status or "interrupted"
         elif exc is not None and self.status in (None, "finished"):
-            self.status, self.error = "failed", self.error or f"{exc_type.__name__}: {exc}"
+            self.status, self.error = "failed", self.error or short_reason(exc)
         status = self.status or "finished"
         if self.rundir is None:
             return

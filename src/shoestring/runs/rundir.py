@@ -11,7 +11,11 @@ Layout (documented in docs/run-directory.md)::
       checkpoints/     resumable state
 
 Every JSON file is written to a temporary name and renamed, so a killed process never leaves a
-half-written file behind; ``summary.json`` says ``running`` until the command ends.
+half-written file behind; ``summary.json`` says ``running`` until the command ends. A
+:class:`RunDir` holds the directory's writer lock (:mod:`shoestring.runs.lock`) from before its
+first write until :meth:`RunDir.close`; one that fails before its lifecycle wrote a final status
+is finished as ``failed`` by :meth:`RunDir.abandon` (the CLI does it for every directory still
+open when a command fails), so a failed command leaves a complete directory.
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ import platform
 import socket
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from shoestring.failures import short_reason
+from shoestring.runs.lock import RunDirLock
 
 SCHEMA_VERSION = 1
 
@@ -166,15 +174,27 @@ class RunDir:
         self.path = Path(path)
         self.kind = kind
         self.echo = echo
+        self.finished = False  # a final status was written by this process
         self.path.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.path / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
-        self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        # the lock comes before any write: a second writer is refused with nothing touched
+        self.lock = RunDirLock(self.path)
+        took_over = self.lock.acquire()
+        try:
+            self._log = open(self.path / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+            self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        except BaseException:
+            self.lock.release()
+            raise
         self.summary: dict[str, Any] = {}
+        self._wrote_summary = False  # this process has written summary.json
         if (self.path / "summary.json").exists():
             try:
                 self.summary = read_json(self.path / "summary.json")
             except (OSError, json.JSONDecodeError):
                 self.summary = {}
+        _OPEN.add(self)
+        if took_over:
+            self.log(took_over)
 
     # -- files
     @property
@@ -188,12 +208,13 @@ class RunDir:
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_json(self.path / "config.json", config)
 
-    def log(self, message: str) -> None:
-        """One human-readable line to log.txt (timestamped) and, if echo, to stderr."""
+    def log(self, message: str, *, echo: bool = True) -> None:
+        """One human-readable line to log.txt (timestamped) and, if echo (the RunDir's and
+        this call's), to stderr."""
         stamp = _dt.datetime.now().strftime("%H:%M:%S")
         self._log.write(f"[{stamp}] {message}\n")
         self._log.flush()
-        if self.echo:
+        if self.echo and echo:
             print(message, file=sys.stderr, flush=True)
 
     def metric(self, record: dict[str, Any]) -> None:
@@ -223,6 +244,7 @@ class RunDir:
         self.summary.setdefault("schema_version", SCHEMA_VERSION)
         self.summary.setdefault("kind", self.kind)
         atomic_write_json(self.path / "summary.json", self.summary)
+        self._wrote_summary = True
 
     def start(self, config: dict[str, Any], **fields: Any) -> None:
         """Write config.json and a ``running`` summary with versions and host."""
@@ -238,11 +260,69 @@ class RunDir:
     def finish(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
         self.update_summary(status=status, finished_at=now_iso(), **fields)
+        self.finished = True
+
+    def abandon(
+        self,
+        error: BaseException | str,
+        status: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """End a directory whose lifecycle never wrote its final status (a command that failed
+        while setting up), then close it and release its lock.
+
+        ``status`` defaults to ``interrupted`` for Ctrl-C and ``failed`` otherwise; the reason
+        is the error's one-line message. A directory this process created, or whose summary it
+        already wrote, gets a complete ``summary.json`` with that status and reason (and
+        ``config`` as ``config.json`` if it has none). One that already held a summary from an
+        earlier run and was not started again keeps it - that run's record stays true - and
+        only ``log.txt`` says what happened. Never raises: it runs while another error is on its
+        way to the user (a full disk may refuse these writes too).
+        """
+        if self.closed:
+            return
+        if isinstance(error, BaseException):
+            if status is None and isinstance(error, KeyboardInterrupt):
+                status = "interrupted"
+            error = short_reason(error)
+        status = status or "failed"
+        if not self.finished:
+            with contextlib.suppress(Exception):
+                self.log(f"{status}: {error}", echo=False)  # the caller shows the error
+        if not self.finished and (self._wrote_summary or not self.summary):
+            with contextlib.suppress(Exception):
+                if config is not None and not (self.path / "config.json").exists():
+                    self.write_config(config)
+                self.summary.setdefault("started_at", now_iso())
+                self.summary.setdefault("versions", library_versions())
+                self.summary.setdefault("host", host_info())
+                self.finish(status, error=error)
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self.lock.held
 
     def close(self) -> None:
+        """Close the log and metrics files and release the directory's writer lock."""
         for f in (self._log, self._metrics):
             if not f.closed:
                 f.close()
+        self.lock.release()
+        _OPEN.discard(self)
+
+
+# RunDirs of this process that are still open (the CLI abandons them when a command fails)
+_OPEN: weakref.WeakSet[RunDir] = weakref.WeakSet()
+
+
+def abandon_open_run_dirs(error: BaseException | str, status: str | None = None) -> list[Path]:
+    """:meth:`RunDir.abandon` every run directory this process still has open; their paths."""
+    paths = []
+    for rd in list(_OPEN):
+        paths.append(rd.path)
+        rd.abandon(error, status)
+    return paths
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -4,24 +4,38 @@ A checkpoint is a directory ``checkpoints/step_N/`` holding ``model.safetensors`
 and ``state.pt`` (everything else, plain tensors and Python scalars only, so it loads with
 ``torch.load(weights_only=True)``). It is written to a hidden temporary directory and renamed
 into place, so a run killed at any moment - even with SIGKILL during a save - leaves every
-``step_N`` directory complete, and ``--resume`` continues from the newest one. The final
-``model/`` directory (HF format, loadable by ``from_pretrained``) is written the same way.
+``step_N`` directory complete. The final ``model/`` directory (HF format, loadable by
+``from_pretrained``) is written the same way.
+
+A rename cannot protect against damage after the fact (a disk error, a copy cut short, a file
+overwritten by hand), so every checkpoint also holds ``manifest.json`` - each file's size and
+SHA-256, written after the files are complete and before the rename. ``--resume`` goes through
+:func:`load_newest_intact`: it verifies the newest checkpoint, and when it is damaged names it
+and why, and falls back to the newest intact one, saying so.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from shoestring.errors import UserError
+from shoestring.errors import CorruptFileError, UserError
+from shoestring.util.safe_load import read_safetensors, read_torch_state
+
+MANIFEST = "manifest.json"
+T = TypeVar("T")
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -85,11 +99,22 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_state_tensors(model) if tensors is None else tensors, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        weights = _state_tensors(model) if tensors is None else tensors
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        write_manifest(tmp)  # after the files are complete, before the rename makes them visible
+    except Exception as exc:
+        full = _disk_full(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint gives its space back
+        if full and not isinstance(exc, OSError):
+            # torch and safetensors report a full disk in their own words ("unexpected pos",
+            # "IoError"); say what it is, with the checkpoint it was writing
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(ckpt_dir)) from exc
+        raise
     if ckpt_dir.exists():
         old = ckpt_dir.parent / f".old_{ckpt_dir.name}_{os.getpid()}"
         os.replace(ckpt_dir, old)
@@ -100,10 +125,70 @@ def save_checkpoint(
     return ckpt_dir
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(ckpt_dir: Path) -> None:
+    """``manifest.json``: every file's size and SHA-256 (fsynced, like the files it lists)."""
+    files = {
+        f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(ckpt_dir.iterdir())
+        if f.is_file() and f.name != MANIFEST
+    }
+    path = ckpt_dir / MANIFEST
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"format": 1, "files": files}, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """What is wrong with a checkpoint according to its manifest, or None when it is intact.
+
+    A checkpoint written before manifests existed has none; it is accepted here and checked by
+    loading it (damage then shows as a :class:`CorruptFileError`).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    manifest = ckpt_dir / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST} is unreadable ({type(exc).__name__})"
+    for name, want in files.items():
+        f = ckpt_dir / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} has {size:,} bytes, the manifest says {want['bytes']:,}"
+        if _sha256(f) != want["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest (changed after the save)"
+    return None
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left for this user."""
+    try:
+        return shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        return False
+
+
 def load_checkpoint(
     ckpt_dir: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Load weights into ``model`` (tied weights re-tied) and return the state dict."""
+    """Load weights into ``model`` (tied weights re-tied) and return the state dict.
+
+    A damaged file raises :class:`CorruptFileError` naming it (verify first with
+    :func:`verify_checkpoint`; :func:`load_newest_intact` does both)."""
     ckpt_dir = Path(ckpt_dir)
     weights, state_file = ckpt_dir / "model.safetensors", ckpt_dir / "state.pt"
     if not weights.exists() or not state_file.exists():
@@ -111,7 +196,7 @@ def load_checkpoint(
             f"checkpoint {ckpt_dir} is incomplete (needs model.safetensors and "
             "state.pt); remove it to resume from an earlier one"
         )
-    tensors = load_file(str(weights), device=str(map_location))
+    tensors = read_safetensors(weights, device=str(map_location))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if isinstance(getattr(model, "_tied_weights_keys", None), dict):
@@ -124,7 +209,45 @@ def load_checkpoint(
         )
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    return torch.load(state_file, map_location=map_location, weights_only=True)
+    return read_torch_state(state_file, map_location=map_location)
+
+
+def load_newest_intact(
+    checkpoints_dir: str | Path, load: Callable[[Path], T], log: Callable[[str], None]
+) -> tuple[Path, T]:
+    """``load`` the newest step checkpoint that is intact; ``(its path, what load returned)``.
+
+    Newest first, each is verified against its manifest and then loaded; a damaged one (bad
+    checksum or size, a file missing, or a :class:`CorruptFileError` while loading - which
+    includes a refused pickle) is named with the reason in ``log`` and the one before it is
+    tried. Falling back is said in ``log`` too. UserError when none is intact.
+    """
+    root = Path(checkpoints_dir)
+    found = list_checkpoints(root)
+    if not found:
+        raise UserError(f"{root.parent} has no complete checkpoint to resume from")
+    damaged: list[str] = []
+    for _step, path in reversed(found):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            try:
+                result = load(path)
+            except CorruptFileError as exc:
+                reason = str(exc)
+            else:
+                if damaged:
+                    names = ", ".join(d.split(" ")[0] for d in damaged)
+                    log(
+                        f"falling back to {path.name}, the newest intact checkpoint "
+                        f"(damaged: {names})"
+                    )
+                return path, result
+        log(f"checkpoint {path} is damaged: {reason}; trying the one before it")
+        damaged.append(f"{path.name} ({reason})")
+    raise UserError(
+        f"no intact checkpoint in {root}, so the run cannot be resumed (start a new run): "
+        + "; ".join(damaged)
+    )
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[tuple[int, Path]]:

@@ -32,8 +32,8 @@ from shoestring.runtime import Runtime, physical_cores, setup_runtime
 from shoestring.train.autocompile import CompilePolicy
 from shoestring.train.batches import WindowStream, step_micro_batches, validation_batches
 from shoestring.train.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
+    load_newest_intact,
     prune_checkpoints,
     save_checkpoint,
     set_rng_state,
@@ -269,10 +269,11 @@ class StepTrainer:
 
     def _restore(self) -> None:
         assert self.rundir is not None or not self.dist.is_main
-        ckpt = latest_checkpoint(self.run_path / "checkpoints")
-        if ckpt is None:
-            raise UserError(f"{self.run_path} has no complete checkpoint to resume from")
-        state = load_checkpoint(ckpt, self.model, map_location=self.device)
+        ckpt, state = load_newest_intact(
+            self.run_path / "checkpoints",
+            lambda path: load_checkpoint(path, self.model, map_location=self.device),
+            self.log,
+        )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])

@@ -81,12 +81,18 @@ class Trainer(StepTrainer):
         ended: ``StopTraining`` (pruned), ``KeyboardInterrupt`` (Ctrl-C or SIGTERM, after a
         checkpoint), ``NonFiniteLossError`` or the original error (failed)."""
         cfg, t = self.cfg, self.cfg.train
-        self._load_data()
-        self._build_model()
-        self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
-        self.state = TrainState(micro_batch=t.batch_size, grad_accum=t.grad_accum)
-        if self.resume:
-            self._restore()
+        try:
+            self._load_data()
+            self._build_model()
+            self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
+            self.state = TrainState(micro_batch=t.batch_size, grad_accum=t.grad_accum)
+            if self.resume:
+                self._restore()
+        except BaseException as exc:
+            # failed before the lifecycle started: still a complete directory, lock released
+            if self.rundir is not None:
+                self.rundir.abandon(exc, config=None if self.resume else to_dict(cfg))
+            raise
         tokens_per_step = self.global_batch * t.seq_len
         life = RunLifecycle(
             self.rundir,

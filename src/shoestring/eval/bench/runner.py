@@ -186,8 +186,8 @@ def run_bench(
         for spec in bench.specs:
             check_settings_early(ctx, spec, rt)
     except BaseException as exc:
-        ctx.log(f"not started: {exc}")
-        ctx.rundir.close()
+        # a new directory gets a failed summary; a rerun into an earlier bench keeps its record
+        ctx.rundir.abandon(exc)
         raise
 
     def final_fields() -> dict[str, Any]:
