@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shoestring.errors import UserError
+from shoestring.models.portable import make_portable
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -170,6 +171,7 @@ def write_model_dir(model: Any, final: Path, tokenizer_dir: Path | None) -> None
         for f in tokenizer_dir.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+    make_portable(tmp)  # modeling code + auto_map, eos ids, model_max_length
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
