@@ -23,11 +23,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from shoestring.models.gpt import MODEL_TYPE
 from shoestring.runs.rundir import atomic_write_json
 
-__all__ = ["AUTO_MAP", "MODELING_FILES", "MODEL_TYPE", "make_portable"]
-
-MODEL_TYPE = "shoestring_gpt"
+__all__ = ["AUTO_MAP", "MODELING_FILES", "MODEL_TYPE", "make_portable", "special_token_ids"]
 
 #: source module in shoestring/models -> its name in a model directory
 MODELING_FILES = {
@@ -62,7 +61,7 @@ def ship_modeling_code(model_dir: Path, config: dict[str, Any]) -> None:
     config["auto_map"] = dict(AUTO_MAP)
 
 
-def _special_token_ids(model_dir: Path) -> dict[str, int]:
+def special_token_ids(model_dir: Path) -> dict[str, int]:
     """eos/bos/pad ids of the tokenizer saved in ``model_dir`` ({} when it has none)."""
     if not (model_dir / "tokenizer_config.json").is_file():
         return {}
@@ -101,7 +100,7 @@ def make_portable(model_dir: str | Path) -> list[str]:
         ship_modeling_code(model_dir, config)
         done.append("modeling code + auto_map (loads with trust_remote_code=True)")
 
-    special = _special_token_ids(model_dir)
+    special = special_token_ids(model_dir)
     for key, value in special.items():
         if config.get(key) is None:
             config[key] = value
