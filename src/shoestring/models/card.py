@@ -47,6 +47,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else str(value)
 
 
+def _count(value: Any) -> str:
+    return f"{value:,.0f}" if isinstance(value, int | float) else "-"
+
+
 def _architecture(model_cfg: dict[str, Any]) -> str:
     if model_cfg.get("model_type") != MODEL_TYPE:
         classes = ", ".join(model_cfg.get("architectures", []))
@@ -69,19 +73,22 @@ def _architecture(model_cfg: dict[str, Any]) -> str:
 def _train_facts(s: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     data = s.get("data") or {}
     on = (
-        f"`{data.get('path', '?')}` ({_fmt(data.get('train_tokens'))} training tokens, "
-        f"{_fmt(data.get('val_tokens'))} validation tokens, vocabulary {data.get('vocab_size')})"
+        f"`{data.get('path', '?')}` ({_count(data.get('train_tokens'))} training tokens, "
+        f"{_count(data.get('val_tokens'))} validation tokens, vocabulary {data.get('vocab_size')})"
     )
     rows = [
         ("optimizer steps", f"{s.get('steps')} of {s.get('max_steps')}"),
-        ("tokens seen", _fmt(s.get("tokens"))),
+        ("tokens seen", _count(s.get("tokens"))),
         (
             "validation loss",
             f"{_fmt(s.get('initial_val_loss'))} at step 0 -> {_fmt(s.get('final_val_loss'))} "
             f"at the end (best {_fmt(s.get('best_val_loss'))} at step {s.get('best_step')})",
         ),
         ("final training loss", _fmt(s.get("final_train_loss"))),
-        ("training throughput", f"{_fmt(s.get('tokens_per_second'), 3)} tokens/s"),
+        (
+            "training throughput",
+            f"{_count(s.get('tokens_per_second'))} tokens/s (training steps only)",
+        ),
     ]
     return on, rows
 
@@ -178,7 +185,7 @@ def render_model_card(run_dir: Path, refusals: list[str] | None = None) -> str:
         else "- command: the Python API, not the CLI (the run's `config.json` has the config)",
         f"- architecture: {_architecture(model_cfg)}",
         f"- ran on: {runtime.get('device', '?')} ({runtime.get('dtype', '?')}), "
-        f"{host.get('cpu', '?')}, {runtime.get('threads', '?')} threads; "
+        f"{host.get('cpu', '?')}, threads: {runtime.get('threads', '?')}; "
         f"{_fmt(s.get('wall_seconds') or s.get('session_wall_seconds'), 3)} s wall",
         f"- libraries: torch {versions.get('torch', '?')}, "
         f"transformers {versions.get('transformers', '?')}",
