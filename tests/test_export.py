@@ -66,6 +66,7 @@ def test_llama_export_matches_logits_and_generation(
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "llama" and "auto_map" not in cfg
     assert not list(out.glob("*.py"))  # no custom code: plain transformers loads it
+    assert "shoestring export --to llama" in (out / "README.md").read_text()
     llama = AutoModelForCausalLM.from_pretrained(out).eval()
     assert isinstance(llama, LlamaForCausalLM)
     tok = AutoTokenizer.from_pretrained(out)

@@ -211,5 +211,35 @@ def export_llama(source: str | Path, out: str | Path, overwrite: bool = False) -
         llama.save_pretrained(tmp, safe_serialization=True)
     copy_tokenizer(model_dir, tmp)
     make_portable(tmp)
+    (tmp / "README.md").write_text(export_card(model_dir, diff), encoding="utf-8")
     commit_out(tmp, out)
     return ExportReport(model_dir, out, "llama (LlamaForCausalLM, safetensors)", diff)
+
+
+def export_card(model_dir: Path, diff: float) -> str:
+    """The exported directory's model card: where it came from, the check, and the source
+    card's provenance and figures (its loading notes, which are about the source, are left out).
+    """
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags:",
+        "- shoestring",
+        "- llama",
+        "---",
+        "",
+        f"# {model_dir.parent.name if model_dir.name == 'model' else model_dir.name} (Llama)",
+        "",
+        f"`LlamaForCausalLM` written by `shoestring export --to llama` from `{model_dir}`; "
+        f"the largest logit difference to the source on a probe sequence was {diff:.3g}. "
+        "It needs no custom code: `AutoModelForCausalLM.from_pretrained(path)`.",
+        "",
+    ]
+    source = model_dir / "README.md"
+    if source.is_file():
+        body = source.read_text(encoding="utf-8").split("## Use it")[0]
+        kept = body.split("## How it was made", 1)
+        if len(kept) == 2:
+            lines += ["## How the source was made", "", kept[1].strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
