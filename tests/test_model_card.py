@@ -89,7 +89,7 @@ def test_grpo_model_card_has_heldout_accuracy(tmp_path: Path) -> None:
     GRPOTrainer(cfg, run, echo=False, progress=False).run()
     card = (run / "model" / "README.md").read_text()
     s = json.loads((run / "summary.json").read_text())
-    assert "`shoestring grpo`" in card and f"GRPO from `{base}`" in card
+    assert "`shoestring grpo`" in card and f"from `{base}`, fine-tuned with GRPO" in card
     after = s["eval_after"]
     assert format_accuracy(after["correct"], after["n"]) in card
     assert "- custom_code" not in card and "trust_remote_code" not in card  # a plain Llama

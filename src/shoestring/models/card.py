@@ -52,6 +52,8 @@ def _count(value: Any) -> str:
 
 
 def _architecture(model_cfg: dict[str, Any]) -> str:
+    if not model_cfg:
+        return "a PEFT LoRA adapter (`adapter_config.json`) to load on top of its base model"
     if model_cfg.get("model_type") != MODEL_TYPE:
         classes = ", ".join(model_cfg.get("architectures", []))
         return f"`{model_cfg.get('model_type', '?')}` ({classes})"
@@ -73,7 +75,7 @@ def _architecture(model_cfg: dict[str, Any]) -> str:
 def _train_facts(s: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     data = s.get("data") or {}
     on = (
-        f"`{data.get('path', '?')}` ({_count(data.get('train_tokens'))} training tokens, "
+        f"on `{data.get('path', '?')}` ({_count(data.get('train_tokens'))} training tokens, "
         f"{_count(data.get('val_tokens'))} validation tokens, vocabulary {data.get('vocab_size')})"
     )
     rows = [
@@ -95,7 +97,7 @@ def _train_facts(s: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
 
 def _grpo_facts(s: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     base = (s.get("model") or {}).get("path") or cfg.get("model_name_or_path")
-    on = f"GRPO from `{base}` on `{cfg.get('dataset', '?')}`"
+    on = f"from `{base}`, fine-tuned with GRPO on `{cfg.get('dataset', '?')}`"
     rows = [
         ("optimizer steps", f"{s.get('steps')} of {s.get('max_steps')}"),
         ("final mean reward", _fmt(s.get("final_reward_mean"))),
@@ -176,7 +178,7 @@ def render_model_card(run_dir: Path, refusals: list[str] | None = None) -> str:
         f"# {s.get('run_name') or run_dir.name}",
         "",
         f"A {size}causal language model made by `shoestring {kind}` "
-        f"(shoestring {versions.get('shoestring', '?')}) on {on}.",
+        f"(shoestring {versions.get('shoestring', '?')}) {on}.",
         "",
         "## How it was made",
         "",
