@@ -66,7 +66,7 @@ def test_command_line_is_recorded_only_for_the_cli() -> None:
 
 def test_grpo_model_card_has_heldout_accuracy(tmp_path: Path) -> None:
     from shoestring.rl.config import grpo_config
-    from shoestring.rl.trainer import GRPOTrainer
+    from shoestring.rl.grpo import train_grpo
 
     base = save_tiny_llama(tmp_path / "base", char_tokenizer())
     cfg = grpo_config(
@@ -85,8 +85,7 @@ def test_grpo_model_card_has_heldout_accuracy(tmp_path: Path) -> None:
             "device=cpu",
         ]
     )
-    run = tmp_path / "g"
-    GRPOTrainer(cfg, run, echo=False, progress=False).run()
+    run = train_grpo(cfg, out=tmp_path, name="g", echo=False, progress=False)
     card = (run / "model" / "README.md").read_text()
     s = json.loads((run / "summary.json").read_text())
     assert "`shoestring grpo`" in card and f"from `{base}`, fine-tuned with GRPO" in card

@@ -31,7 +31,6 @@ from tqdm import tqdm
 from shoestring.config import to_dict
 from shoestring.errors import UserError
 from shoestring.eval.protocols import resolve_protocol
-from shoestring.models.card import write_model_card
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, load_task
 from shoestring.rl.diagnostics import cannot_learn_reasons
@@ -337,7 +336,6 @@ class GRPOTrainer:
                 f"scoring {self.time_split['scoring']:.0f} s, "
                 f"backward {self.time_split['backward']:.0f} s); model -> {self.rundir.model_dir}"
             )
-        write_model_card(self.run_path)  # after the final summary: the card quotes it
         return self.run_path
 
     def _train_loop(self) -> None:
