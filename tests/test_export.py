@@ -142,6 +142,14 @@ def test_gguf_export_read_back_matches_logits(
     vocab = json.loads((src / "tokenizer.json").read_text())["model"]["vocab"]
     assert all(tokens[i] == t for t, i in vocab.items())
     assert field["tokenizer.ggml.add_bos_token"] is False
+    eos_type = field["tokenizer.ggml.token_type"][field["tokenizer.ggml.eos_token_id"]]
+    assert eos_type == gguf.TokenType.CONTROL and field["tokenizer.ggml.token_type"][5] == (
+        gguf.TokenType.NORMAL
+    )
+    merges = json.loads((src / "tokenizer.json").read_text())["model"]["merges"]
+    assert field["tokenizer.ggml.merges"] == [
+        m if isinstance(m, str) else " ".join(m) for m in merges
+    ]
     kinds = {t.name: t.tensor_type.name for t in reader.tensors}
     assert kinds["blk.0.attn_norm.weight"] == "F32" and kinds["blk.0.attn_q.weight"] == (
         dtype.upper()
@@ -169,6 +177,9 @@ def test_gguf_refuses_a_tokenizer_llama_cpp_cannot_split(tmp_path: Path) -> None
 
     with pytest.raises(UserError, match="byte-level BPE"):
         gguf_pre_tokenizer({"model": {"type": "Unigram"}, "decoder": {"type": "Metaspace"}})
+    plain = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    bpe = {"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}}
+    assert gguf_pre_tokenizer({**bpe, "pre_tokenizer": plain}) == "gpt-2"
     weird = {"type": "Whitespace"}
     with pytest.raises(UserError, match="no llama.cpp equivalent"):
         gguf_pre_tokenizer(

@@ -118,6 +118,14 @@ def _add_tokenizer(writer: Any, gguf: Any, model_dir: Path, n_vocab: int) -> lis
     for text, _score, kind in vocab.all_tokens():
         tokens.append(text if isinstance(text, bytes) else str(text).encode("utf-8"))
         types.append(int(kind))
+    # Added tokens (<|endoftext|> ...) are control tokens for llama.cpp, as its converter marks
+    # them: parsed as one token in text and not printed, wherever they sit in the vocabulary.
+    for added in tokenizer_json.get("added_tokens") or []:
+        if 0 <= added["id"] < len(types):
+            special = added.get("special", False)
+            types[added["id"]] = int(
+                gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+            )
     notes = []
     if len(tokens) > n_vocab:
         raise UserError(f"the tokenizer has {len(tokens)} tokens but the model only {n_vocab}")
