@@ -64,11 +64,35 @@ def test_command_line_is_recorded_only_for_the_cli() -> None:
     assert command_line(["/venv/bin/pytest", "-q"]) is None
 
 
-def test_grpo_model_card_has_heldout_accuracy(tmp_path: Path) -> None:
+def _shoestring_base(out: Path) -> Path:
+    """A tiny shoestring GPT model directory, written the way train writes one."""
+    from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
+    from shoestring.train.checkpoint import write_model_dir
+
+    tok = char_tokenizer()
+    tok.save_pretrained(out.parent / "tok")
+    cfg = ShoestringGPTConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        d_ff=64,
+        position="rope",
+        max_seq_len=512,
+    )
+    write_model_dir(ShoestringGPTForCausalLM(cfg), out, out.parent / "tok")
+    return out
+
+
+@pytest.mark.parametrize("base_kind", ["llama", "shoestring"])
+def test_grpo_model_dir_is_portable_and_has_a_card(tmp_path: Path, base_kind: str) -> None:
     from shoestring.rl.config import grpo_config
     from shoestring.rl.grpo import train_grpo
 
-    base = save_tiny_llama(tmp_path / "base", char_tokenizer())
+    if base_kind == "llama":
+        base = save_tiny_llama(tmp_path / "base", char_tokenizer())
+    else:
+        base = _shoestring_base(tmp_path / "base")
     cfg = grpo_config(
         overrides=[
             f"model_name_or_path={base}",
@@ -91,4 +115,11 @@ def test_grpo_model_card_has_heldout_accuracy(tmp_path: Path) -> None:
     assert "`shoestring grpo`" in card and f"from `{base}`, fine-tuned with GRPO" in card
     after = s["eval_after"]
     assert format_accuracy(after["correct"], after["n"]) in card
-    assert "- custom_code" not in card and "trust_remote_code" not in card  # a plain Llama
+    model_cfg = json.loads((run / "model" / "config.json").read_text())
+    assert model_cfg["eos_token_id"] == 2  # char_tokenizer's </s>
+    if base_kind == "llama":
+        assert "- custom_code" not in card and "trust_remote_code" not in card
+        assert "auto_map" not in model_cfg
+    else:  # GRPO's output of a shoestring GPT ships the modeling code again
+        assert "- custom_code" in card and "auto_map" in model_cfg
+        assert (run / "model" / "modeling_shoestring_gpt.py").is_file()
