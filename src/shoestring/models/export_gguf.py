@@ -285,4 +285,4 @@ def export_gguf(
     commit_out(tmp, out)
     size_mb = out.stat().st_size / 2**20
     notes.append(f"{size_mb:.1f} MiB, {dtype} matrices, f32 norms; llama.cpp architecture 'llama'")
-    return ExportReport(model_dir, out, f"gguf ({dtype})", diff, notes)
+    return ExportReport(model_dir, out, f"GGUF, {dtype}", diff, notes)

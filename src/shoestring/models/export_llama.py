@@ -213,7 +213,7 @@ def export_llama(source: str | Path, out: str | Path, overwrite: bool = False) -
     make_portable(tmp)
     (tmp / "README.md").write_text(export_card(model_dir, diff), encoding="utf-8")
     commit_out(tmp, out)
-    return ExportReport(model_dir, out, "llama (LlamaForCausalLM, safetensors)", diff)
+    return ExportReport(model_dir, out, "LlamaForCausalLM, safetensors", diff)
 
 
 def export_card(model_dir: Path, diff: float) -> str:
