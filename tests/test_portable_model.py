@@ -138,3 +138,18 @@ def test_model_dir_loads_without_shoestring_and_logits_match(
         with torch.no_grad():
             ref = model(torch.tensor(child["ids"])).logits
         torch.testing.assert_close(torch.tensor(child["logits"]), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_with_shoestring_installed_its_own_class_loads_the_directory(
+    model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where shoestring is imported, the directory loads with shoestring's registered class,
+    with or without trust_remote_code, so its engines and isinstance checks see their own type."""
+    import transformers.dynamic_module_utils as dyn
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(dyn, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    path = model_dirs["llama_like"]
+    for flag in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=flag)
+        assert type(model) is ShoestringGPTForCausalLM, flag
