@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
-from shoestring.models.layers import make_norm
-from shoestring.models.rope import apply_rope
+# Relative imports: a model directory ships this file next to its modeling code (gpt.py).
+from .layers import make_norm
+from .rope import apply_rope
 
 
 class ShoestringAttention(nn.Module):

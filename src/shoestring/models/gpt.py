@@ -33,12 +33,20 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from shoestring.config import ConfigError
-from shoestring.models.attention import ShoestringAttention, sdpa_mask
-from shoestring.models.fused_ce import IGNORE_INDEX, chunked_linear_cross_entropy
-from shoestring.models.layers import ShoestringMLP, make_norm
-from shoestring.models.rope import rope_cos_sin, rope_factor
-from shoestring.run_config import ModelConfig
+# Relative imports, and shoestring's own modules only inside ``try``: this file and its four
+# neighbours are copied verbatim into every model directory (``models/portable.py``), where
+# transformers loads them with ``trust_remote_code=True`` and shoestring may not be installed.
+from .attention import ShoestringAttention, sdpa_mask
+from .fused_ce import IGNORE_INDEX, chunked_linear_cross_entropy
+from .layers import ShoestringMLP, make_norm
+from .rope import rope_cos_sin, rope_factor
+
+try:
+    from shoestring.config import ConfigError
+    from shoestring.run_config import ModelConfig
+except ImportError:  # a model directory's copy, loaded where shoestring is not installed
+    ConfigError = ValueError  # type: ignore[misc,assignment]
+    ModelConfig = None  # type: ignore[misc,assignment]
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init
@@ -234,6 +242,21 @@ class ShoestringGPTConfig(PretrainedConfig):
         values: dict[str, Any] = {name: getattr(cfg, name) for name in _MODEL_FIELDS}
         values.update(kw)
         return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as saved, with ``rope_scaling`` in Hugging Face's form: absent at 1.0,
+        else ``{"rope_type": "linear", "factor": f}``.
+
+        Why: code that parses ``config.json`` without this class (``AutoTokenizer`` where
+        shoestring is not installed, vLLM, converters) reads ``rope_scaling`` as HF's dict and
+        fails on a bare float. ``__init__`` accepts both forms (``rope.rope_factor``).
+        """
+        out = super().to_dict()
+        if self.rope_scaling == 1.0:
+            out.pop("rope_scaling", None)
+        else:
+            out["rope_scaling"] = {"rope_type": "linear", "factor": self.rope_scaling}
+        return out
 
     def to_model_config(self) -> ModelConfig:
         """The shoestring ``ModelConfig`` with this config's values (for run directories)."""
@@ -555,4 +578,7 @@ def register_auto_classes() -> None:
     AutoModelForCausalLM.register(ShoestringGPTConfig, ShoestringGPTForCausalLM, exist_ok=True)
 
 
-register_auto_classes()
+# Only the package registers: a model directory's copy loaded with trust_remote_code must not
+# replace shoestring's classes for ``shoestring_gpt`` in a process that has both.
+if __name__ == "shoestring.models.gpt":
+    register_auto_classes()

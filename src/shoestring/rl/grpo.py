@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from shoestring.errors import UserError
+from shoestring.models.card import write_model_card
 from shoestring.rl.config import GRPOConfig, config_from_dict
 from shoestring.rl.trainer import GRPOTrainer
 from shoestring.runs.rundir import read_json, unique_run_dir
@@ -45,14 +46,20 @@ def train_grpo(
         if cfg is None:
             cfg = config_from_dict(read_json(path / "config.json"))
         trainer = GRPOTrainer(cfg, path, resume=True, echo=echo, progress=progress)
-        return trainer.run()
+        return _with_model_card(trainer.run())
     if cfg is None:
         raise UserError("train_grpo needs a config (or resume_dir)")
     cfg = cfg.resolved()
     if name is None:
         name = f"grpo-{time.strftime('%Y%m%d-%H%M%S')}"
     path = unique_run_dir(out, name)
-    return GRPOTrainer(cfg, path, echo=echo, progress=progress).run()
+    return _with_model_card(GRPOTrainer(cfg, path, echo=echo, progress=progress).run())
+
+
+def _with_model_card(run_dir: Path) -> Path:
+    """Write ``model/README.md`` once the run's final summary.json exists (the card quotes it)."""
+    write_model_card(run_dir)
+    return run_dir
 
 
 def run(

@@ -23,6 +23,7 @@ from peft.tuners.lora import LoraLayer
 from shoestring.errors import UserError
 from shoestring.eval.generation import SamplingConfig, pad_token_id, resolve_eos_ids
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
+from shoestring.models.portable import make_portable
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.run_checks import check_target_modules, peft_target_modules
 from shoestring.runtime import Runtime
@@ -216,4 +217,5 @@ class Policy:
             else:
                 self.model.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
+            make_portable(out)  # modeling code + auto_map, eos ids, model_max_length
         return out

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from shoestring.errors import CorruptFileError, UserError
+from shoestring.models.portable import make_portable
 from shoestring.util.safe_load import read_safetensors, read_torch_state
 
 MANIFEST = "manifest.json"
@@ -293,6 +294,7 @@ def write_model_dir(model: Any, final: Path, tokenizer_dir: Path | None) -> None
         for f in tokenizer_dir.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+    make_portable(tmp)  # modeling code + auto_map, eos ids, model_max_length
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from shoestring.config import to_dict
+from shoestring.models.card import write_model_card
 from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.train.checkpoint import latest_checkpoint
 from shoestring.train.state import TrainState, summary_fields
@@ -284,3 +285,4 @@ class Trainer(StepTrainer):
             f"{ts.last_val_loss}; run directory {self.run_path}"
         )
         self.rundir.close()
+        write_model_card(self.run_path)  # after the final summary: the card quotes it
