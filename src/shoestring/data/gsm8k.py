@@ -168,7 +168,8 @@ _LM_EVAL_FEWSHOT_ROWS: tuple[tuple[int, str, str], ...] = (
     ),
 )
 
-#: The five fixed shots of ``lm-eval-5shot`` (idx = 0-based line in train.jsonl).
+#: lm-eval's first draw (idx = 0-based line in train.jsonl): the shots of a few-shot protocol
+#: for a problem without a test-file position (GRPO prompts, held-out sets).
 LM_EVAL_FEWSHOT: tuple[Problem, ...] = tuple(
     Problem(idx=i, question=q, answer=a, gold=parse_gold(a)) for i, q, a in _LM_EVAL_FEWSHOT_ROWS
 )
