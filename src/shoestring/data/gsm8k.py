@@ -25,12 +25,15 @@ reachable hub and fails with a clear message otherwise.
 Prompts
 -------
 How a problem is asked and judged lives in :mod:`shoestring.eval.protocols` (protocols as
-data). This module holds the data those protocols need: :data:`LM_EVAL_FEWSHOT`, the five
-shots of lm-evaluation-harness's first few-shot draw (lm-eval's default sampler draws
-``random.Random(1234).sample(train, 5)`` once per evaluated document from one shared generator;
-we embed the first draw, train lines 6374, 3610, 957, 61, 742, so every problem gets the same
-shots and per-problem comparisons stay paired), and :func:`lm_eval_fewshot_indices`, which
-replays lm-eval's per-document draws.
+data). This module holds the data those protocols need. lm-evaluation-harness's default
+sampler draws ``random.Random(1234).sample(train, 5)`` once per evaluated document, from one
+generator shared by the whole run, in test-file order (``api/samplers.py: ContextSampler``;
+the seed is ``simple_evaluate``'s ``fewshot_random_seed``). :func:`lm_eval_fewshot_indices`
+replays those draws and :func:`lm_eval_fewshot_for` gives each problem the shots lm-eval gives
+the document at its line of the test file (what a full run or ``--limit N`` run shows it);
+:func:`load_fewshot_pool` reads the train split they are drawn from. :data:`LM_EVAL_FEWSHOT`
+embeds the first draw (train lines 6374, 3610, 957, 61, 742) for callers without a test
+position (GRPO training prompts, held-out sets).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ __all__ = [
     "LM_EVAL_FEWSHOT",
     "LM_EVAL_FEWSHOT_SEED",
     "Problem",
+    "lm_eval_fewshot_for",
     "lm_eval_fewshot_indices",
+    "load_fewshot_pool",
     "load_gsm8k",
     "read_gsm8k_jsonl",
     "select_subset",
@@ -163,7 +168,8 @@ _LM_EVAL_FEWSHOT_ROWS: tuple[tuple[int, str, str], ...] = (
     ),
 )
 
-#: The five fixed shots of ``lm-eval-5shot`` (idx = 0-based line in train.jsonl).
+#: lm-eval's first draw (idx = 0-based line in train.jsonl): the shots of a few-shot protocol
+#: for a problem without a test-file position (GRPO prompts, held-out sets).
 LM_EVAL_FEWSHOT: tuple[Problem, ...] = tuple(
     Problem(idx=i, question=q, answer=a, gold=parse_gold(a)) for i, q, a in _LM_EVAL_FEWSHOT_ROWS
 )
@@ -338,3 +344,39 @@ def lm_eval_fewshot_indices(
     rnd = random.Random(seed)
     population = range(n_train)
     return [rnd.sample(population, k) for _ in range(n_docs)]
+
+
+def lm_eval_fewshot_for(
+    problems: Sequence[Problem], pool: Sequence[Problem], k: int = 5
+) -> list[tuple[Problem, ...]]:
+    """The ``k`` shots lm-eval's ``gsm8k`` task puts before each problem.
+
+    A problem at line ``idx`` of the test file is lm-eval's document ``idx``, so it gets
+    draw ``idx`` of the seeded generator, whatever subset of problems is being scored.
+    ``pool`` is the whole train split in file order (lm-eval samples from its rows).
+    """
+    if not problems:
+        return []
+    draws = lm_eval_fewshot_indices(len(pool), max(p.idx for p in problems) + 1, k)
+    return [tuple(pool[j] for j in draws[p.idx]) for p in problems]
+
+
+def load_fewshot_pool(data: str | Path, split: str = "test") -> list[Problem]:
+    """The train split lm-eval draws its shots from, found next to the evaluated data.
+
+    ``data`` is what ``bench --data`` got: a directory or a file (its directory's
+    ``train.jsonl`` is used), or a hub name (its ``train`` split). Every line must be valid
+    (``strict``): lm-eval samples by row position, so a skipped line would shift every draw.
+    """
+    target = Path(data)
+    if not target.exists() and str(data) in HUB_NAMES:
+        return load_gsm8k(data, "train", strict=True)
+    folder = target if target.is_dir() else target.parent
+    pool = folder / "train.jsonl"
+    if not pool.is_file() or (target.is_file() and target.resolve() == pool.resolve()):
+        raise UserError(
+            f"lm-eval's few-shot examples are drawn from the train split, and there is no "
+            f"{pool} next to the {split} data (needed beside {data}); copy GSM8K's train.jsonl "
+            "there, or score with a zero-shot protocol (qa, plain, chat-cot)"
+        )
+    return load_gsm8k(pool, strict=True)

@@ -11,9 +11,18 @@ directory; ``compare`` flags accuracies scored under different protocols.
 The protocols
 -------------
 ``lm-eval-5shot``
-    lm-evaluation-harness's ``gsm8k`` task: five "Question: ...\\nAnswer: <worked solution>"
-    shots (lm-eval's first few-shot draw, :data:`shoestring.data.gsm8k.LM_EVAL_FEWSHOT`), no
-    BOS, stop at "Question:"; correctness by ``strict`` (lm-eval's ``strict-match``).
+    lm-evaluation-harness 0.4.13's ``gsm8k`` task, rule for rule: five "Question: ...\\nAnswer:
+    <worked solution>" shots drawn *per problem* by lm-eval's sampler (``random.Random(1234)``
+    shared across the run, one ``sample(train, 5)`` per test document in file order:
+    :func:`shoestring.data.gsm8k.lm_eval_fewshot_for`), the tokenizer's default special tokens
+    (as lm-eval's HF backend), the prompt left-truncated to the context minus
+    ``max_new_tokens``, stop at "Question:"; correct when lm-eval's ``strict-match`` answer
+    passes its ``exact_match`` (:mod:`shoestring.eval.lm_eval_rules`), so ``#### 18.00`` is
+    wrong for 18 as it is in lm-eval.
+``gsm8k-5shot-numeric``
+    The same prompts, judged by shoestring's numeric match (:func:`answers.is_correct`:
+    ``#### 18.00`` = 18, ``0.50`` = ``.5``, a Unicode minus, 1e-4 relative tolerance). More
+    lenient than lm-eval, so it has its own name: its numbers are not lm-eval's.
 ``chat-cot``
     Zero-shot chain of thought through the model's chat template; the instruction asks for a
     final "#### N" line, so correctness is ``strict``.
@@ -27,7 +36,16 @@ The protocols
 
 Every extractor in :data:`shoestring.eval.answers.EXTRACTORS` is still run and recorded on
 every response; the protocol's ``primary`` extractor is the one that decides "correct" - in a
-bench table, a GRPO evaluation, a stage gate and GRPO's correctness reward alike.
+bench table, a GRPO evaluation, a stage gate and GRPO's correctness reward alike. Under the
+``lm-eval`` matcher, ``strict`` and ``flexible`` record lm-eval's own filter output (the raw
+text it compares) and are judged by its exact match; ``answer-is`` and ``boxed`` (not lm-eval
+filters) stay numeric.
+
+Few-shot draws: lm-eval's shots depend on a problem's position in the test file, so only a
+caller that knows it and has the train split (``bench``) passes each problem's draw
+(``fewshot=``). Without one (GRPO's training prompts and held-out sets, stage gates), a
+few-shot protocol uses lm-eval's first draw for every problem
+(:data:`shoestring.data.gsm8k.LM_EVAL_FEWSHOT`).
 """
 
 from __future__ import annotations
@@ -39,8 +57,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from shoestring.data.gsm8k import LM_EVAL_FEWSHOT, Problem
+from shoestring.data.gsm8k import LM_EVAL_FEWSHOT, LM_EVAL_FEWSHOT_SEED, Problem
 from shoestring.errors import UserError
+from shoestring.eval import lm_eval_rules
 from shoestring.eval.answers import EXTRACTORS, extract_all, is_correct
 
 __all__ = [
@@ -92,6 +111,9 @@ class Protocol:
     stop_strings: tuple[str, ...] = ()
     add_special_tokens: bool = True
     primary: str = "strict"
+    matcher: Literal["numeric", "lm-eval"] = "numeric"
+    fewshot_sampler: Literal["", "lm-eval"] = ""
+    truncation: Literal["none", "left"] = "none"
     metric: str = "numeric exact match of the primary extractor's answer (answers.is_correct)"
 
     # -- asking
@@ -124,7 +146,17 @@ class Protocol:
         """Every extractor's answer and correctness; ``ok`` is the primary extractor's."""
         extracted = extract_all(response)
         correct = {name: is_correct(pred, gold) for name, pred in extracted.items()}
+        if self.matcher == "lm-eval":
+            for name, fn in _LM_EVAL_FILTERS.items():
+                extracted[name] = fn(response)
+                correct[name] = lm_eval_rules.exact_match(extracted[name], gold)
         return Scored(extracted, correct, extracted[self.primary], correct[self.primary])
+
+    def judge(self, response: str, gold: str) -> bool:
+        """Whether ``response`` is right under this protocol (the primary extractor only)."""
+        if self.matcher == "lm-eval" and self.primary in _LM_EVAL_FILTERS:
+            return lm_eval_rules.exact_match(_LM_EVAL_FILTERS[self.primary](response), gold)
+        return is_correct(self.extract(response), gold)
 
     # -- recording
     def prompt_fingerprint(self, tokenizer: Any = None) -> str:
@@ -137,7 +169,17 @@ class Protocol:
         out = asdict(self)
         out["stop_strings"] = list(self.stop_strings)
         if self.style == "fewshot":
-            out["fewshot"] = [s.idx for s in LM_EVAL_FEWSHOT[: self.n_shots]]
+            first = [s.idx for s in LM_EVAL_FEWSHOT[: self.n_shots]]
+            if self.fewshot_sampler == "lm-eval":
+                out["fewshot"] = {
+                    "sampler": "lm-eval default: random.Random(seed).sample(train, n_shots) "
+                    "per test document, in test-file order",
+                    "seed": LM_EVAL_FEWSHOT_SEED,
+                    "pool": "train split",
+                    "first_draw": first,
+                }
+            else:
+                out["fewshot"] = first
         return out
 
     def key(self) -> str:
@@ -146,17 +188,41 @@ class Protocol:
         return f"{self.name}@{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
+#: lm-eval's gsm8k filters by the extractor name they correspond to.
+_LM_EVAL_FILTERS = {
+    "strict": lm_eval_rules.strict_match,
+    "flexible": lm_eval_rules.flexible_extract,
+}
+
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
         Protocol(
             name="lm-eval-5shot",
-            description="lm-evaluation-harness gsm8k: 5 fixed worked shots, strict-match",
+            description="lm-evaluation-harness gsm8k: per-problem 5-shot draw, strict-match, "
+            "lm-eval's exact match",
             style="fewshot",
             n_shots=5,
             stop_strings=("Question:", "</s>", "<|im_end|>"),
-            add_special_tokens=False,
+            add_special_tokens=True,
             primary="strict",
+            matcher="lm-eval",
+            fewshot_sampler="lm-eval",
+            truncation="left",
+            metric="lm-eval exact_match (regexes_to_ignore ',', '$', '(?s).*#### ', '.$'; "
+            "ignore_case) of lm-eval's strict-match filter output",
+        ),
+        Protocol(
+            name="gsm8k-5shot-numeric",
+            description="lm-eval-5shot's prompts, judged numerically (18.00 = 18; more lenient "
+            "than lm-eval)",
+            style="fewshot",
+            n_shots=5,
+            stop_strings=("Question:", "</s>", "<|im_end|>"),
+            add_special_tokens=True,
+            primary="strict",
+            fewshot_sampler="lm-eval",
+            truncation="left",
         ),
         Protocol(
             name="chat-cot",

@@ -3,7 +3,8 @@
 ``bench``, GRPO's held-out evaluation, progressive's stage gates and quickstart all call
 :func:`score_model` (bench through its ``on_result`` callback, to stream records to disk as
 they finish), so the same model on the same problems under the same protocol gets the same
-per-problem correctness from every command.
+per-problem correctness from every command. :func:`render_prompts` is where a protocol's prompt
+becomes the tokens the model sees (per-problem few-shot draws, lm-eval's left truncation).
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shoestring.data.gsm8k import Problem
 from shoestring.eval.generation import GenerationResult, SamplingConfig, generate_all
+from shoestring.eval.lm_eval_rules import left_truncate, prompt_budget
 from shoestring.eval.protocols import Protocol, Scored
 from shoestring.eval.stats import wilson_interval
 
-__all__ = ["ProblemScore", "accuracy_summary", "sampling_for", "score_model"]
+__all__ = [
+    "ProblemScore",
+    "RenderedPrompts",
+    "accuracy_summary",
+    "render_prompts",
+    "sampling_for",
+    "score_model",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,49 @@ def sampling_for(
     ).check()
 
 
+@dataclass(frozen=True)
+class RenderedPrompts:
+    """Each problem's prompt as the model sees it: token ids (protocol's special-token rule
+    applied, truncated where the protocol truncates), and how many were cut."""
+
+    ids: list[list[int]]
+    truncated: int
+    budget: int | None  # prompt tokens kept at most (None: the protocol never truncates)
+
+
+def render_prompts(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[str],
+    protocol: Protocol,
+    *,
+    max_new_tokens: int,
+    fewshot: Sequence[Sequence[Problem]] | None = None,
+) -> RenderedPrompts:
+    """Prompt tokens for every question under ``protocol``.
+
+    ``fewshot[i]`` are question ``i``'s worked examples (a few-shot protocol's per-problem
+    draw); without them a few-shot protocol uses its fixed first draw. A ``left``-truncating
+    protocol keeps each prompt's last (context - ``max_new_tokens``) tokens, the context
+    resolved as lm-eval resolves it (:func:`shoestring.eval.lm_eval_rules.context_length`).
+    """
+    if fewshot is not None and len(fewshot) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(fewshot)} few-shot draws")
+    texts = [
+        protocol.prompt(q, tokenizer, None if fewshot is None else fewshot[i])
+        for i, q in enumerate(questions)
+    ]
+    ids = [
+        list(x)
+        for x in tokenizer(texts, add_special_tokens=protocol.add_special_tokens)["input_ids"]
+    ]
+    if protocol.truncation != "left":
+        return RenderedPrompts(ids, 0, None)
+    budget = prompt_budget(getattr(model, "config", None), tokenizer, max_new_tokens)
+    cut = sum(1 for x in ids if len(x) > budget)
+    return RenderedPrompts([left_truncate(x, budget) for x in ids], cut, budget)
+
+
 def score_model(
     model: Any,
     tokenizer: Any,
@@ -74,17 +127,22 @@ def score_model(
     desc: str = "score",
     on_result: Callable[[ProblemScore], None] | None = None,
     sampling: SamplingConfig | None = None,
+    fewshot: Sequence[Sequence[Problem]] | None = None,
 ) -> list[ProblemScore]:
     """Answer every question greedily under ``protocol`` and judge it against its gold answer.
 
     ``on_result`` is called as each problem finishes (in completion order), so a caller can
     persist results of a long run before it ends. ``sampling`` replaces the protocol's
     default decoding settings (it must stay greedy for a score to be reproducible).
+    ``fewshot[i]`` are question ``i``'s shots under a few-shot protocol (see
+    :func:`render_prompts`).
     """
     if len(questions) != len(golds):
         raise ValueError(f"{len(questions)} questions but {len(golds)} gold answers")
     cfg = sampling or sampling_for(protocol, max_new_tokens, batch_size)
-    prompts = [protocol.prompt(q, tokenizer) for q in questions]
+    prompts = render_prompts(
+        model, tokenizer, questions, protocol, max_new_tokens=cfg.max_new_tokens, fewshot=fewshot
+    ).ids
     out: list[ProblemScore | None] = [None] * len(prompts)
 
     def judge(i: int, res: GenerationResult) -> None:

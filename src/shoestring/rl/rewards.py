@@ -5,10 +5,10 @@ model to please the reward, not to answer. The built-in ``correctness`` and ``fo
 are therefore made for a :class:`~shoestring.eval.protocols.Protocol` by
 :func:`builtin_rewards`, and read the answer with the protocol's primary extractor - the one
 ``shoestring bench``, GRPO's held-out evaluation and progressive's stage gates use for that
-protocol - and compare it with the same :func:`shoestring.eval.answers.is_correct` ("1,234" ==
-"1234.00", fractions exact). For ``qa`` and ``chat-cot`` that extractor is lm-eval's strict
-``#### N``: "the answer is 5" or a boxed 5 earns nothing, because the benchmark would not count
-it either.
+protocol - and judge it as they do (:meth:`~shoestring.eval.protocols.Protocol.judge`: numeric
+for most protocols, "1,234" == "1234.00"; lm-eval's exact match under lm-eval-5shot). For
+``qa`` and ``chat-cot`` that extractor is lm-eval's strict ``#### N``: "the answer is 5" or a
+boxed 5 earns nothing, because the benchmark would not count it either.
 
 The seed project's rewards counted keywords, which a model satisfies without solving anything;
 here ``format`` (does the primary extractor find an answer?) is only a small shaping term next
@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoestring.errors import UserError
-from shoestring.eval.answers import AnswerFormatError, is_correct, normalize_number, parse_gold
+from shoestring.eval.answers import AnswerFormatError, normalize_number, parse_gold
 from shoestring.eval.protocols import Protocol
 from shoestring.rl.trl_keys import TRL_SCRIPT_REWARDS
 
@@ -75,8 +75,7 @@ def builtin_rewards(protocol: Protocol) -> dict[str, RewardFn]:
             if gold is None:
                 out.append(None)
                 continue
-            answer = protocol.extract(completion_text(completion))
-            out.append(1.0 if is_correct(answer, gold) else 0.0)
+            out.append(1.0 if protocol.judge(completion_text(completion), gold) else 0.0)
         return out
 
     def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list:

@@ -37,7 +37,7 @@ from shoestring.eval.bench.records import (
 )
 from shoestring.eval.generation import auto_batch_size
 from shoestring.eval.protocols import Protocol, get_protocol, has_chat_template, resolve_protocol
-from shoestring.eval.scoring import ProblemScore, sampling_for, score_model
+from shoestring.eval.scoring import ProblemScore, render_prompts, sampling_for, score_model
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 from shoestring.runs.monitor import SystemMonitor
 from shoestring.runs.rundir import RunDir, atomic_write_json, now_iso, read_json
@@ -60,6 +60,8 @@ class BenchContext:
     out: Path
     rundir: RunDir
     problems: list[Problem] = field(default_factory=list)
+    #: each problem's few-shot examples by ``idx`` (protocols with lm-eval's per-problem draw)
+    fewshot: dict[int, tuple[Problem, ...]] = field(default_factory=dict)
     progress: bool = True
     on_problem: OnProblem | None = None
 
@@ -265,15 +267,28 @@ def _generate(
     scfg = sampling_for(protocol, c.max_new_tokens, c.batch_size)
     # Prompt lengths, for the context warning and the auto batch size (score_model renders
     # the same prompts again; rendering text is cheap next to generating).
-    prompts = [protocol.prompt(p.question, tokenizer) for p in missing]
-    encoded = tokenizer(prompts, add_special_tokens=protocol.add_special_tokens)["input_ids"]
-    lengths = [len(x) for x in encoded]
+    fewshot = [ctx.fewshot[p.idx] for p in missing] if protocol.fewshot_sampler else None
+    rendered = render_prompts(
+        model,
+        tokenizer,
+        [p.question for p in missing],
+        protocol,
+        max_new_tokens=c.max_new_tokens,
+        fewshot=fewshot,
+    )
+    lengths = [len(x) for x in rendered.ids]
     ctx_len = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(ctx_len, int) and ctx_len > 0:
+    if rendered.truncated:
+        ctx.log(
+            f"{label}: {rendered.truncated} of {len(lengths)} prompts left-truncated to their "
+            f"last {rendered.budget} tokens (context minus {c.max_new_tokens} new tokens), as "
+            "lm-eval's HF backend does"
+        )
+    elif isinstance(ctx_len, int) and ctx_len > 0:
         over = sum(1 for n in lengths if n + c.max_new_tokens > ctx_len)
         if over:
             ctx.log(
-                f"{label}: WARNING {over} of {len(prompts)} prompts plus "
+                f"{label}: WARNING {over} of {len(lengths)} prompts plus "
                 f"{c.max_new_tokens} new tokens exceed the model's context of {ctx_len} "
                 f"positions (longest prompt {max(lengths)} tokens); text past it is "
                 "unreliable, and models with learned positions will fail"
@@ -305,7 +320,8 @@ def _generate(
             model,
             tokenizer,
             [p.question for p in missing],
-            [p.gold for p in missing],
+            # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
+            [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing],
             protocol,
             max_new_tokens=c.max_new_tokens,
             batch_size=c.batch_size,
@@ -313,6 +329,7 @@ def _generate(
             desc=label,
             on_result=deliver,
             sampling=scfg,
+            fewshot=fewshot,
         )
 
 

@@ -14,7 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shoestring.data.gsm8k import load_gsm8k
+from shoestring.data.gsm8k import (
+    LM_EVAL_FEWSHOT_SEED,
+    lm_eval_fewshot_for,
+    load_fewshot_pool,
+    load_gsm8k,
+)
 from shoestring.errors import UserError
 from shoestring.eval.bench.config import BenchConfig
 from shoestring.eval.bench.metrics import compare_models
@@ -82,6 +87,16 @@ class BenchRun:
             f"data: {len(self.ctx.problems)} problems from {c.data}"
             + (f" ({len(self.data_issues)} malformed line(s) skipped)" if self.data_issues else "")
         )
+        protocol = PROTOCOLS.get(c.protocol)
+        if protocol is not None and protocol.fewshot_sampler == "lm-eval":
+            # lm-eval's shots depend on each problem's line in the test file: draw them once.
+            pool = load_fewshot_pool(c.data, c.split)
+            draws = lm_eval_fewshot_for(self.ctx.problems, pool, protocol.n_shots)
+            self.ctx.fewshot = {p.idx: d for p, d in zip(self.ctx.problems, draws, strict=True)}
+            self.ctx.log(
+                f"data: few-shot examples drawn per problem as lm-eval does (seed "
+                f"{LM_EVAL_FEWSHOT_SEED}, {protocol.n_shots} of {len(pool)} train problems)"
+            )
 
     def data_summary(self) -> dict[str, Any]:
         c = self.ctx.cfg
