@@ -14,7 +14,14 @@ import json
 import re
 import sys
 
-from shoestring.analyze.spec import CACHE_STUDY_PRESETS, AnalysisSpec, MeasureSettings
+from shoestring.analyze.spec import (
+    CACHE_STUDY_PRESETS,
+    AnalysisSpec,
+    MeasureSettings,
+    expand_sweep,
+    parse_sweep,
+    resolve_targets,
+)
 from shoestring.cli_options import add_set_option
 from shoestring.errors import UserError
 from shoestring.runs.rundir import read_json
@@ -150,9 +157,6 @@ def run_cli(args: argparse.Namespace) -> int:
     """The ``analyze`` handler: build an :class:`AnalysisSpec` from the flags, run it, print."""
     if args.probe:
         return _run_probe(args)
-    # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.analyze.analysis import run
-
     settings = MeasureSettings.quick() if args.quick else MeasureSettings()
     for flag in ("warmup", "steps", "seconds"):
         value = getattr(args, flag)
@@ -181,6 +185,11 @@ def run_cli(args: argparse.Namespace) -> int:
         quick=args.quick,
         settings=settings,
     )
+    # a bad target, --set or --sweep is reported before torch is imported (within a second)
+    expand_sweep(resolve_targets(spec.targets, spec.overrides), parse_sweep(spec.sweep))
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.analyze.analysis import run
+
     try:
         path = run(spec, out=args.out, name=args.name)
     except KeyboardInterrupt:

@@ -18,7 +18,6 @@ the nearest valid key suggested on a typo, as for ``shoestring train``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from shoestring.config import (
     _field_type,
     apply_dict,
     load_named_preset,
+    nearest_key,
     opt,
     parse_override,
     preset_names,
@@ -254,8 +254,8 @@ def apply_grpo_override(cfg: GRPOConfig, text: str) -> None:
         key = key[5:]
     names = [f.name for f in dataclasses.fields(cfg)]
     if key not in names:
-        close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else "see `shoestring grpo --help-config`"
+        close = nearest_key(key, names)
+        hint = f"did you mean '{close}'?" if close else "see `shoestring grpo --help-config`"
         raise ConfigError(f"unknown GRPO config key '{key}'; {hint}")
     setattr(cfg, key, _coerce(value, _field_type(GRPOConfig, key), key))
 
