@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoestring.data.input_report import DecodePolicy, InputReport, byte_lines
+from shoestring.data.input_report import (
+    DecodePolicy,
+    InputReport,
+    byte_lines,
+    json_problem,
+    refuse_binary,
+)
 from shoestring.data.synthetic import iter_problems, problems_to_text
 from shoestring.errors import UserError
 
@@ -54,8 +60,8 @@ def _text_documents(path: Path, policy: DecodePolicy) -> Iterator[str]:
             yield text
 
     with path.open("rb") as f:
-        for offset, raw in byte_lines(f):
-            line, bad = policy.line(path, offset, raw)
+        for line_no, raw in byte_lines(f):
+            line, bad = policy.line(path, line_no, raw)
             blank = not line.strip()
             if wikitext is None:
                 if blank:
@@ -103,16 +109,15 @@ def _row_text(row: dict[str, Any], name: str) -> Any:
 def _jsonl_documents(path: Path, name: str, policy: DecodePolicy) -> Iterator[str]:
     """One document per JSONL row; malformed rows are reported as ``file:line``."""
     with path.open("rb") as f:
-        for lineno, (offset, raw) in enumerate(byte_lines(f), start=1):
-            line, bad = policy.line(path, offset, raw)
+        for lineno, raw in byte_lines(f):
+            line, bad = policy.line(path, lineno, raw)
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                msg = exc.msg.removesuffix(" at")
-                policy.bad_line(where, f"invalid JSON ({msg} at column {exc.colno})")
+                policy.bad_line(where, json_problem(exc))
                 continue
             if not isinstance(row, dict):
                 policy.bad_line(where, f"not a JSON object ({type(row).__name__})")
@@ -221,6 +226,7 @@ def iter_documents(
         yield from problems_to_text(iter_problems(source.synthetic_n, None, source.seed))
         return
     for path in source.files():
+        refuse_binary(path)
         if path.suffix.lower() in JSONL_SUFFIXES:
             yield from _jsonl_documents(path, field, policy)
         else:

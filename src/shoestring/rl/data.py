@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,11 @@ def load_task(
     seed: int = 0,
     n: int | None = None,
     exclude: Iterable[str] = (),
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Problems for ``spec`` (``synthetic:LEVEL`` | ``gsm8k`` | ``gsm8k:PATH``).
+
+    ``on_warning`` receives every skipped bad line of a GSM8K file (``file:line: reason``).
 
     ``slice`` ('START:END') selects rows after loading, then ``n`` keeps the first N (for
     synthetic data ``n`` is the number generated, default 5000). ``exclude`` drops questions
@@ -108,7 +111,7 @@ def load_task(
         return rows
     if kind == "gsm8k":
         target = Path(arg) if arg else _gsm8k_dir()
-        problems = load_gsm8k(target, split=split)
+        problems = load_gsm8k(target, split=split, on_warning=on_warning)
         rows = [
             {"question": p.question, "answer": p.answer, "idx": p.idx}
             for p in problems

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from shoestring.config import to_dict
+from shoestring.data.input_report import MAX_REPORTS, report_capped
 from shoestring.errors import UserError
 from shoestring.eval.protocols import resolve_protocol
 from shoestring.rl.config import GRPOConfig
@@ -115,9 +116,21 @@ class GRPOTrainer:
             weight_decay=cfg.weight_decay,
         )
         self.reward_names = list(cfg.rewards)
+        skipped: list[str] = []
         rows = load_task(
-            cfg.dataset, "train", cfg.dataset_slice, cfg.seed, cfg.dataset_size or None
+            cfg.dataset,
+            "train",
+            cfg.dataset_slice,
+            cfg.seed,
+            cfg.dataset_size or None,
+            on_warning=skipped.append,
         )
+        if skipped:  # recorded in the run directory, not only on stderr
+            report_capped(skipped, lambda msg: self.log(f"data: skipped {msg}"))
+            self.warnings.append(f"{len(skipped)} malformed line(s) of {cfg.dataset} skipped")
+            self.rundir.update_summary(
+                data={"skipped_lines": skipped[:MAX_REPORTS], "n_skipped_lines": len(skipped)}
+            )
         self.prompts = PromptSet.encode(rows, self.tokenizer, self.protocol, cfg.max_prompt_length)
         if self.prompts.cut:
             msg = self.prompts.cut_warning(cfg.max_prompt_length)

@@ -1,0 +1,104 @@
+"""One bad-input policy for every reader (issue 18, item 7).
+
+``prepare`` (text and JSONL) and the GSM8K reader that ``bench`` and GRPO use must name the same
+``file:line`` (and byte column) for the same bad byte, refuse a binary file as a whole, and
+report a flood of bad lines as the first few plus an exact count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from shoestring.data import text
+from shoestring.data.documents import iter_documents
+from shoestring.data.gsm8k import load_gsm8k
+from shoestring.data.input_report import MAX_REPORTS, InputReport, json_problem, refuse_binary
+from shoestring.errors import UserError
+from shoestring.eval.bench.config import BenchConfig
+from shoestring.eval.bench.runner import BenchRun, run_bench
+
+
+def _gsm8k_lines(n: int) -> list[bytes]:
+    rows = [{"question": f"What is {i} plus 1?", "answer": f"#### {i + 1}"} for i in range(n)]
+    return [json.dumps(row).encode() for row in rows]
+
+
+def _bad_byte_file(tmp_path: Path) -> Path:
+    """30 GSM8K rows; row 25 has the byte 0xff inside its question, at byte column 20."""
+    lines = _gsm8k_lines(30)
+    lines[24] = lines[24].replace(b"What is", b"What \xffis", 1)
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+def _binary_file(tmp_path: Path) -> Path:
+    p = tmp_path / "random.jsonl"
+    p.write_bytes(os.urandom(50_000))  # random bytes: NUL bytes and invalid UTF-8 throughout
+    return p
+
+
+def test_prepare_and_bench_name_the_same_line_and_column(tmp_path: Path) -> None:
+    bad = _bad_byte_file(tmp_path)
+    expected = f"{bad}:25: invalid UTF-8 (byte 0xff at byte column 20)"
+    # prepare's reader
+    report = InputReport(echo=False)
+    assert len(list(iter_documents(bad, report=report))) == 30  # replaced, kept
+    assert report.decode_errors == [expected]
+    meta = text.run(bad, tmp_path / "prep", vocab_size=300, quiet=True)
+    assert meta["decode_errors"] == [expected] and meta["n_decode_errors"] == 1
+    # bench's reader (the same one GRPO uses)
+    warnings: list[str] = []
+    problems = load_gsm8k(bad, on_warning=warnings.append)
+    assert warnings == [expected] and len(problems) == 29
+
+
+def test_binary_input_refused_by_prepare_and_bench(tmp_path: Path) -> None:
+    binary = _binary_file(tmp_path)
+    with pytest.raises(UserError, match=r"random.jsonl looks like a binary file"):
+        text.run(binary, tmp_path / "prep", vocab_size=300, quiet=True)
+    assert not (tmp_path / "prep" / "meta.json").exists()
+    cfg = BenchConfig(
+        models=["unused"], data=str(binary), device="cpu", dtype="fp32", out=str(tmp_path / "b")
+    )
+    with pytest.raises(UserError, match=r"random.jsonl looks like a binary file \(a NUL byte"):
+        run_bench(cfg, progress=False, echo=False)
+    # UTF-16 text is refused too (NUL bytes), with the way out named
+    utf16 = tmp_path / "notes.txt"
+    utf16.write_text("a line of text\n" * 50, encoding="utf-16")
+    with pytest.raises(UserError, match="iconv -f UTF-16"):
+        refuse_binary(utf16)
+    refuse_binary(_bad_byte_file(tmp_path))  # one bad byte in text is not binary
+
+
+def test_many_bad_lines_give_a_summary_not_a_flood(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = _gsm8k_lines(5) + [b"{not json"] * 300
+    p = tmp_path / "many.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = BenchConfig(models=["unused"], data=str(p), device="cpu", out=str(tmp_path / "b"))
+    bench = BenchRun(cfg, progress=False, echo=False, on_problem=None)
+    with caplog.at_level(logging.WARNING, logger="shoestring.data.gsm8k"):
+        bench.load_data()
+    bench.ctx.rundir.close()
+    assert len(caplog.records) == MAX_REPORTS + 2  # the first 20, "... and 280 more", a total
+    log = (tmp_path / "b" / "log.txt").read_text()
+    assert log.count("data: skipped") == MAX_REPORTS + 1 and "280 more" in log
+    data = bench.data_summary()
+    assert data["n_skipped_lines"] == 300 and len(data["skipped_lines"]) == MAX_REPORTS
+    assert data["skipped_lines"][0].startswith(f"{p}:6: invalid JSON (Expecting property name")
+
+
+def test_json_error_text_never_says_at_at() -> None:
+    try:
+        json.loads('{"a": "x\ty"}')  # a raw tab: "Invalid control character at"
+    except json.JSONDecodeError as exc:
+        msg = json_problem(exc)
+    assert msg == "invalid JSON (Invalid control character at column 9)"
+    assert "at at" not in msg
