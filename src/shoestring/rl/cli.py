@@ -20,7 +20,13 @@ from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets
 from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file, resume_config
 
-__all__ = ["add_cli", "grpo_cli_config", "run_grpo_cli", "run_progressive_cli"]
+__all__ = [
+    "add_cli",
+    "grpo_cli_config",
+    "progressive_cli_config",
+    "run_grpo_cli",
+    "run_progressive_cli",
+]
 
 LAYERS = "Config layers: defaults < --preset < --config FILE < --set key=value."
 
@@ -115,7 +121,9 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
             "with a 95% CI); a stage that falls more than `threshold` points below the best is "
             "rolled back and retried with a lower learning rate or the curriculum stops "
             "(on_regression). Config layers: defaults < --stages FILE (a bundled example or "
-            "your own) < --model < --set key=value."
+            "your own) < --model < --set key=value. Each stage's GRPO settings: grpo_preset < "
+            "the file's shared grpo < the stage's own fields < --set grpo.KEY=V, so "
+            "--set grpo.max_steps=2 runs two steps in every stage."
         ),
     )
     p.add_argument(
@@ -130,18 +138,23 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_progressive_cli)
 
 
+def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
+    """The curriculum the flags describe: the stages file (or the run's config.json on
+    --resume) < --model < --set; ``--set grpo.KEY=V`` lands above every stage's own fields."""
+    overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
+    if args.resume:
+        return resume_config(args.resume, overrides)
+    if args.stages:
+        return load_stages_file(args.stages, overrides)
+    raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")
+
+
 def run_progressive_cli(args: argparse.Namespace) -> int:
     """``shoestring progressive``: read the curriculum, run or resume it, print the run dir."""
     if args.help_config:
         _print_fields(ProgressiveConfig(), 26, 12)
         return 0
-    overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
-    if args.resume:
-        cfg = resume_config(args.resume, overrides)
-    elif args.stages:
-        cfg = load_stages_file(args.stages, overrides)
-    else:
-        raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")
+    cfg = progressive_cli_config(args)
     name = args.name or (Path(args.stages).stem if args.stages else None)
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.rl.progressive import run_progressive
