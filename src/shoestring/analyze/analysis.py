@@ -191,6 +191,9 @@ def _analyze_point(
 def _log_row(rd: RunDir, row: dict[str, Any]) -> None:
     """The row's headline numbers, and a warning when its step times say the host was busy."""
     label, tps, meas = row["label"], row["tokens_per_second"], row["measured"]
+    for flag in ("peak_flag", "mfu_flag"):
+        if row.get(flag):
+            rd.log(f"warning: {label}: {row[flag]}")
     if meas and meas["noisy"]:
         rd.log(
             f"warning: {label}: step times vary by {meas['step_seconds_spread']:.0%} "

@@ -143,13 +143,16 @@ def _run_probe(args: argparse.Namespace) -> int:
             f"cuda       {g['name']}, {g['memory_gb']} GB, bf16 "
             f"{g['matmul_gflops']['bf16']:,.0f} GFLOP/s, fp32 {g['matmul_gflops']['fp32']:,.0f}"
         )
-    print(f"cached in  {cache_path()} (key: {probe['key']})")
-    if probe["host_cpu_percent_before"] > 25:
+    if probe.get("under_load"):
         print(
-            f"warning: the host was {probe['host_cpu_percent_before']:.0f}% busy when probed; "
-            "the peaks are low - run `shoestring analyze --probe` again on an idle machine",
+            f"not cached: other processes used {probe['host_cpu_percent_before']:.0f}% / "
+            f"{probe['host_cpu_percent_after']:.0f}% of the CPU before / after the measurement "
+            f"(waited {probe['quiet_wait_seconds']:.0f} s for a quiet host); the peaks are low - "
+            "run `shoestring analyze --probe` again on an idle machine",
             file=sys.stderr,
         )
+        return 1
+    print(f"cached in  {cache_path()} (key: {probe['key']})")
     return 0
 
 
@@ -204,6 +207,9 @@ def run_cli(args: argparse.Namespace) -> int:
         print(host_line(analysis["host"]))
         print(summary_table(analysis["configs"]))
         for row in analysis["configs"]:
+            for flag in ("peak_flag", "mfu_flag"):
+                if row.get(flag):
+                    print(f"warning: {row['label']}: {row[flag]}", file=sys.stderr)
             if not row["flops"]["within_tolerance"]:
                 print(
                     f"warning: {row['label']}: analytic FLOPs differ from the counted ones by "
