@@ -102,3 +102,39 @@ def test_json_error_text_never_says_at_at() -> None:
         msg = json_problem(exc)
     assert msg == "invalid JSON (Invalid control character at column 9)"
     assert "at at" not in msg
+
+
+def test_prepare_leaves_out_a_directory_s_validation_and_test_files(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, word in (("train.txt", "alpha"), ("valid.txt", "VALIDWORD"), ("test.txt", "TESTW")):
+        (corpus / name).write_text("\n\n".join(f"{word} document {i}." for i in range(6)) + "\n")
+    meta = text.run(corpus, tmp_path / "out", vocab_size=300, quiet=True)
+    assert meta["files"] == [str(corpus / "train.txt")]
+    assert meta["held_out_files_skipped"] == [str(corpus / "test.txt"), str(corpus / "valid.txt")]
+    assert meta["train_documents"] + meta["val_documents"] == 6
+    assert "held out   test.txt, valid.txt left out" in text.format_summary(meta)
+    every = text.run(corpus, tmp_path / "all", vocab_size=300, quiet=True, all_splits=True)
+    assert every["train_documents"] + every["val_documents"] == 18
+    # a held-out file given by name is read: the user asked for it
+    assert text.run(corpus / "test.txt", tmp_path / "t", vocab_size=300, quiet=True)["files"]
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "test.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    with pytest.raises(UserError, match="every file in .* is a validation or test split"):
+        text.run(only, tmp_path / "o", vocab_size=300, quiet=True)
+
+
+def test_readme_recipe_prepares_wikitext2_train_split_only(shared_dir: Path) -> None:
+    from shoestring.data.documents import resolve_source
+
+    # the README names the split file; the directory form also leaves valid/test out
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "shoestring prepare ../shared/data/wikitext-2/train.txt" in readme
+    assert "shoestring prepare ../shared/data/wikitext-2 " not in readme
+    src = resolve_source(shared_dir / "data" / "wikitext-2")
+    assert "train.txt" in [p.name for p in src.files()]
+    assert not {"test.txt", "valid.txt"} & {p.name for p in src.files()}
+    assert sorted(p.name for p in src.held_out_files()) == ["test.txt", "valid.txt"]
+    gsm = resolve_source(shared_dir / "data" / "gsm8k")
+    assert not any(p.name.startswith("test") for p in gsm.files())

@@ -22,7 +22,7 @@ from shoestring.analyze.spec import (
     parse_sweep,
     resolve_targets,
 )
-from shoestring.cli_options import add_set_option
+from shoestring.cli_options import add_quiet_option, add_set_option
 from shoestring.errors import UserError
 from shoestring.runs.rundir import read_json
 
@@ -102,6 +102,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="parent directory of the analysis directory")
     p.add_argument("--name", help="analysis directory name (default: analysis)")
     p.add_argument("--json", action="store_true", help="print analysis.json instead of the table")
+    add_quiet_option(p)
     p.set_defaults(func=run_cli)
 
 
@@ -194,7 +195,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from shoestring.analyze.analysis import run
 
     try:
-        path = run(spec, out=args.out, name=args.name)
+        path = run(spec, out=args.out, name=args.name, echo=not args.quiet, progress=not args.quiet)
     except KeyboardInterrupt:
         return 130
     analysis = read_json(path / "analysis.json")

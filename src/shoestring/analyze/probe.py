@@ -1,5 +1,7 @@
 """Host facts measured, not looked up: caches, ISA, matmul peak, memory bandwidth, GPU.
 
+This module is one idea: the host probe (measuring it, guarding and caching the result).
+
 MFU is only meaningful against a peak this host really reaches, so the peak is measured with
 large square matmuls in the same process (the vendor's theoretical peak is never reached by
 PyTorch on a small CPU, and quoting MFU against it would flatter nobody usefully). Cache sizes

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli_options import add_set_option, shortcut_overrides
+from shoestring.cli_options import add_quiet_option, add_set_option, shortcut_overrides
 from shoestring.config import describe, read_config_file
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets
@@ -76,6 +76,7 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run directory name (default grpo-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--help-config", action="store_true", help="list every field and exit")
+    add_quiet_option(p)
     p.set_defaults(func=run_grpo_cli)
 
 
@@ -101,7 +102,14 @@ def run_grpo_cli(args: argparse.Namespace) -> int:
     from shoestring.rl.grpo import train_grpo
 
     try:
-        run = train_grpo(cfg, out=args.out, name=args.name, resume_dir=args.resume)
+        run = train_grpo(
+            cfg,
+            out=args.out,
+            name=args.name,
+            resume_dir=args.resume,
+            echo=not args.quiet,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         return 130
     print(run)
@@ -135,6 +143,7 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run directory name (default: the stages file's name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted progressive run")
     p.add_argument("--help-config", action="store_true", help="list the settings and exit")
+    add_quiet_option(p)
     p.set_defaults(func=run_progressive_cli)
 
 
@@ -160,7 +169,14 @@ def run_progressive_cli(args: argparse.Namespace) -> int:
     from shoestring.rl.progressive import run_progressive
 
     try:
-        path = run_progressive(cfg, out=args.out, name=name, resume_dir=args.resume)
+        path = run_progressive(
+            cfg,
+            out=args.out,
+            name=name,
+            resume_dir=args.resume,
+            echo=not args.quiet,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         return 130
     print(path)

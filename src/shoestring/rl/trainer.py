@@ -1,5 +1,7 @@
 """The GRPO trainer: one run from model and prompts to a trained model, resumable at any step.
 
+This module is one idea: the GRPO training run (setup, step loop, checkpoints, final summary).
+
 What happens in one optimizer step (TRL's algorithm, shoestring's engine):
 
 1. every ``num_iterations`` steps, ``prompts_per_step`` prompts are sampled ``num_generations``
@@ -26,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from shoestring.config import to_dict
 from shoestring.data.input_report import MAX_REPORTS, report_capped
@@ -45,6 +46,7 @@ from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.runs.rundir import RunDir
 from shoestring.runtime import setup_runtime
 from shoestring.train.optimizer import adamw
+from shoestring.util.progress import progress_bar
 from shoestring.util.schedule import lr_multiplier
 
 __all__ = ["GRPOTrainer"]
@@ -354,7 +356,7 @@ class GRPOTrainer:
     def _train_loop(self) -> None:
         """Optimizer steps up to ``total_steps``; Ctrl-C/SIGTERM saves a checkpoint first."""
         cfg = self.cfg
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
             desc="grpo",
