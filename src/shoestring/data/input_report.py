@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tqdm import tqdm
-
 from shoestring.errors import UserError
 
 DECODE_POLICIES = ("replace", "skip", "error")
@@ -162,7 +160,10 @@ class InputReport:
     skipped_documents: int = 0
 
     def _warn(self, message: str, n: int) -> None:
-        # tqdm.write clears and redraws progress bars around the line
+        # deferred: tqdm costs a tenth of a second and gsm8k (which `--help` loads) imports
+        # this module; tqdm.write clears and redraws progress bars around the line
+        from tqdm import tqdm
+
         if self.echo and n <= MAX_REPORTS:
             tqdm.write(f"warning: {message}", file=sys.stderr)
         if self.echo and n == MAX_REPORTS + 1:
