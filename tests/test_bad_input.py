@@ -138,3 +138,35 @@ def test_readme_recipe_prepares_wikitext2_train_split_only(shared_dir: Path) -> 
     assert sorted(p.name for p in src.held_out_files()) == ["test.txt", "valid.txt"]
     gsm = resolve_source(shared_dir / "data" / "gsm8k")
     assert not any(p.name.startswith("test") for p in gsm.files())
+
+
+def test_grpo_records_skipped_dataset_lines_in_its_run_directory(tmp_path: Path) -> None:
+    from _helpers import char_tokenizer, save_tiny_llama
+    from shoestring.rl.config import grpo_config
+    from shoestring.rl.trainer import GRPOTrainer
+
+    model = save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+    data = tmp_path / "gsm.jsonl"
+    data.write_bytes(b"\n".join([*_gsm8k_lines(8), b"{oops", b'{"question": "q"}']) + b"\n")
+    cfg = grpo_config(
+        overrides=[
+            f"model_name_or_path={model}",
+            f"dataset=gsm8k:{data}",
+            "num_generations=2",
+            "per_device_train_batch_size=2",
+            "max_completion_length=4",
+            "max_steps=1",
+            "threads=1",
+            "dtype=fp32",
+            "device=cpu",
+            "eval_problems=0",
+        ]
+    )
+    GRPOTrainer(cfg, tmp_path / "run", echo=False, progress=False).run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["data"]["n_skipped_lines"] == 2
+    assert summary["data"]["skipped_lines"][0].startswith(f"{data}:9: invalid JSON")
+    assert summary["data"]["skipped_lines"][1] == f"{data}:10: missing field 'answer'"
+    assert any("2 malformed line(s)" in w for w in summary["warnings"])
+    assert f"data: skipped {data}:9: invalid JSON" in (tmp_path / "run" / "log.txt").read_text()
