@@ -61,6 +61,7 @@ def test_version_imports_no_torch() -> None:
             ["progressive", "--stages", "synthetic_levels", "--set", "threshold=-1"],
             "threshold=-1.0 is out of range",
         ),
+        (["bench", "m", "--data", "x.jsonl", "--subset-seed", "1"], "give --limit N too"),
     ],
 )
 def test_bad_set_fails_before_heavy_imports(argv: list[str], expected: str) -> None:
@@ -69,6 +70,13 @@ def test_bad_set_fails_before_heavy_imports(argv: list[str], expected: str) -> N
     assert res.returncode == 2, messages
     assert expected in messages and "Traceback" not in messages
     assert not mods & set(HEAVY), f"{argv} imported {mods & set(HEAVY)} before the config error"
+
+
+@pytest.mark.parametrize("command", ["train", "grpo", "progressive"])
+def test_help_config_imports_no_torch(command: str) -> None:
+    res, mods = _imported([command, "--help-config"])
+    assert res.returncode == 0 and "dtype" in res.stdout
+    assert not mods & set(HEAVY), mods & set(HEAVY)
 
 
 def test_edit_distance_counts_a_swap_as_one() -> None:

@@ -196,10 +196,10 @@ def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def _run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, print one line per model and where the report is; 130 after Ctrl-C."""
+    cfg = bench_config_from_args(args).check()  # a bad flag fails before torch loads
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.eval.bench.runner import run_bench
 
-    cfg = bench_config_from_args(args)
     try:
         quiet = args.quiet
         out = run_bench(cfg, progress=not (args.no_progress or quiet), echo=not quiet)
