@@ -133,6 +133,7 @@ def test_probe_is_cached_per_host_and_a_quick_probe_is_not_a_full_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHOESTRING_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(probe, "host_busy_percent", lambda: 0.0)  # a quiet host
     assert probe.load_probe(measure_if_missing=False) is None
     first = probe.load_probe(quick=True)
     assert first is not None and first["quick"] is True
@@ -149,6 +150,54 @@ def test_probe_is_cached_per_host_and_a_quick_probe_is_not_a_full_one(
     # a full request does not accept the quick probe
     assert probe.load_probe(measure_if_missing=False, quick=False) is None
     assert probe.matmul_peak_for(first, "cpu", "bf16") == first["matmul_gflops"]["bf16"]
+
+
+def test_probe_under_simulated_load_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peak measured while other processes use the cores is low and would inflate every
+    later MFU: it is used for this run (flagged) but never cached."""
+    monkeypatch.setenv("SHOESTRING_CACHE_DIR", str(tmp_path))
+    cache = tmp_path / "probe.json"
+    busy = probe.load_probe(quick=True, read_load=lambda: 90.0)
+    assert busy is not None and busy["under_load"] is True
+    assert busy["host_cpu_percent_before"] == 90.0 and busy["quiet_wait_seconds"] >= 1.0
+    assert not cache.exists() or busy["key"] not in json.loads(cache.read_text())["hosts"]
+    assert probe.load_probe(measure_if_missing=False) is None
+    # load during the measurement (the reading after it) counts too
+    after = iter([0.0, 80.0])
+    assert probe.load_probe(quick=True, read_load=lambda: next(after))["under_load"] is True
+    assert probe.load_probe(measure_if_missing=False, quick=True) is None
+    # the probe waits for a busy host to become quiet, then measures and caches
+    readings = iter([90.0, 70.0, 5.0, 3.0])
+    quiet = probe.load_probe(quick=True, read_load=lambda: next(readings))
+    assert quiet is not None and quiet["under_load"] is False
+    assert quiet["host_cpu_percent_before"] == 5.0
+    assert probe.load_probe(measure_if_missing=False, quick=True) == quiet
+    # an entry cached by an older version under load is not trusted
+    data = json.loads(cache.read_text())
+    data["hosts"][quiet["key"]] = {**quiet, "host_cpu_percent_before": 60.0, "under_load": None}
+    cache.write_text(json.dumps(data))
+    assert probe.load_probe(measure_if_missing=False, quick=True) is None
+
+
+def test_mfu_above_100_percent_is_flagged_as_a_bad_peak() -> None:
+    from shoestring.analyze.row import attach_host
+
+    row: dict[str, object] = {
+        "measured": {"runtime": {"device": "cpu", "dtype": "bf16"}},
+        "achieved_gflops": 103.7,
+    }
+    attach_host(row, {"key": "k", "matmul_gflops": {"fp32": 36.0, "bf16": 90.0}})
+    assert row["mfu"] == pytest.approx(103.7 / 90.0)
+    assert "MFU 115.2% is above 100%" in str(row["mfu_flag"]) and "--probe" in str(row["mfu_flag"])
+    from shoestring.runs.sections.analysis import summary_row
+
+    assert "115.2% (bad peak)" in summary_row({**row, "label": "x"})
+    ok: dict[str, object] = {**row}
+    ok.pop("mfu_flag")
+    attach_host(ok, {"key": "k", "matmul_gflops": {"bf16": 200.0}})
+    assert "mfu_flag" not in ok
 
 
 def test_inputs_sweep_counts_and_errors(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_bad_lines_reported_with_file_and_line(tmp_path: Path, caplog) -> None:
     assert warnings[0].startswith(f"{path}:2: invalid JSON")
     assert warnings[1] == f"{path}:3: missing field 'answer'"
     assert warnings[2].startswith(f"{path}:6: no '#### N' line")
-    assert warnings[3].startswith(f"{path}:7: not valid UTF-8")
+    assert warnings[3].startswith(f"{path}:7: invalid UTF-8 (byte 0xff at byte column")
     assert warnings[4] == f"{path}:8: expected a JSON object, got list"
     assert f"{path}:2: invalid JSON" in caplog.text
     assert "skipped 5 bad line(s), kept 3" in caplog.text

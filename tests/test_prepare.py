@@ -167,17 +167,22 @@ def test_jsonl_gsm8k_rows_join_question_and_answer(tmp_path: Path) -> None:
     assert list(iter_documents(p)) == list(synthetic.problems_to_text(probs))
 
 
-def test_decode_errors_reported_with_offset(tmp_path: Path) -> None:
+def test_decode_errors_reported_with_line_and_column(tmp_path: Path) -> None:
     docs = _docs(10)
     head = ("\n\n".join(docs[:3]) + "\n\nbad ").encode()
     p = tmp_path / "bad.txt"
     p.write_bytes(head + b"\xff\xfe byte\n\n" + "\n\n".join(docs[3:]).encode() + b"\n")
+    line = head.count(b"\n") + 1
+    where = [
+        f"{p}:{line}: invalid UTF-8 (byte 0xff at byte column 5)",
+        f"{p}:{line}: invalid UTF-8 (byte 0xfe at byte column 6)",
+    ]
     report = InputReport(echo=False)
     assert len(list(iter_documents(p, report=report))) == 11  # 10 + the "bad" one
-    assert report.decode_errors == [f"{p}:{len(head)}", f"{p}:{len(head) + 1}"]
+    assert report.decode_errors == where
 
     meta = _prep(p, tmp_path / "out", val_fraction=0.1)
-    assert meta["n_decode_errors"] == 2 and meta["decode_errors"][0] == f"{p}:{len(head)}"
+    assert meta["n_decode_errors"] == 2 and meta["decode_errors"][0] == where[0]
     data = load_prepared(tmp_path / "out")
     tok = Tokenizer.from_file(str(data.tokenizer_path))
     decoded = _shard_docs(data.train, data.eos_id, tok) + _shard_docs(data.val, data.eos_id, tok)
@@ -186,7 +191,7 @@ def test_decode_errors_reported_with_offset(tmp_path: Path) -> None:
     skipped = _prep(p, tmp_path / "skip", on_decode_error="skip")
     assert skipped["skipped_documents"] == 1
     assert skipped["train_documents"] + skipped["val_documents"] == 10
-    with pytest.raises(UserError, match=rf"{p}:{len(head)}: invalid UTF-8"):
+    with pytest.raises(UserError, match=rf"{p}:{line}: invalid UTF-8"):
         _prep(p, tmp_path / "err", on_decode_error="error")
 
 

@@ -220,13 +220,14 @@ def test_failing_stage_is_rolled_back_and_retried_with_lower_lr(memorised_model,
 
 def test_stop_on_regression_keeps_the_pre_stage_model(memorised_model, tmp_path):
     trainer = BreakingTrainer(breaking_lr=2e-5)
-    evaluator = ScriptedEvaluator({"00-base": 50, "01-easy": 60, "02-hard": 57})
+    evaluator = ScriptedEvaluator({"00-base": 50, "01-easy": 60, "02-hard": 45})
     cfg = _cfg(memorised_model, on_regression="stop")
     run = run_progressive(
         cfg, out=tmp_path, trainer=trainer, evaluator=evaluator, echo=False, progress=False
     )
     s = read_json(run / "summary.json")
-    # 57 is 3 points below 60: more than the default threshold of 2
+    # 45 is 15 points below 60: more than the default threshold of 2, and significant
+    # (15 problems lost, none won: McNemar p = 2 * 0.5**15)
     assert [r["status"] for r in s["stages"]] == ["accepted", "stopped"]
     assert s["stopped_at"] == "02-hard" and s["rollbacks"] == 1 and s["stages_completed"] == 1
     assert s["best_model_dir"] == str(run / "stages" / "01-easy" / "model")
@@ -372,6 +373,71 @@ def test_stages_file_errors_name_the_problem(memorised_model, tmp_path):
     assert not (tmp_path / "progressive").exists()  # nothing ran
 
 
+def test_drop_past_threshold_rolls_back_only_when_significant(memorised_model, tmp_path):
+    """60 -> 57 of 100 is 3 points (> threshold 2) but 3 problems (McNemar p = 0.25): kept,
+    with the reason in the log, summary and report; significance=1 rolls back on the drop."""
+    script = {"00-base": 50, "01-easy": 60, "02-hard": 57, "03-harder": 58}
+    cfg = _cfg(memorised_model, on_regression="stop")
+    kw: dict[str, Any] = {"trainer": BreakingTrainer(breaking_lr=1.0), "echo": False}
+    run = run_progressive(cfg, out=tmp_path, evaluator=ScriptedEvaluator(script), **kw)
+    s = read_json(run / "summary.json")
+    assert [r["status"] for r in s["stages"]] == ["accepted", "accepted", "accepted"]
+    hard = s["stages"][1]
+    assert hard["p_vs_best"] == pytest.approx(0.25) and "not significant" in hard["gate_reason"]
+    assert s["best_label"] == "01-easy" and s["rollbacks"] == 0  # kept, never the best
+    assert any("02-hard" in w and "not significant" in w for w in s["warnings"])
+    assert "WARNING: stage 02-hard" in (run / "log.txt").read_text()
+    assert "not significant" in (run / "report.md").read_text()
+
+    cfg1 = _cfg(memorised_model, on_regression="stop", significance=1.0)
+    run1 = run_progressive(
+        cfg1, out=tmp_path, name="sig1", evaluator=ScriptedEvaluator(script), **kw
+    )
+    s1 = read_json(run1 / "summary.json")
+    assert [r["status"] for r in s1["stages"]] == ["accepted", "stopped"]
+
+
+def test_gate_warns_when_n_cannot_resolve_the_threshold(memorised_model, tmp_path):
+    """At n=30 one problem is 3.3 points and a significant drop needs 6 problems (20 points):
+    the run says so in its log, summary and report before anything trains."""
+    from shoestring.rl.progressive_state import gate_resolution_warning
+
+    cfg = _cfg(memorised_model, validation={"n": 30}, stages=[{"name": "a", "max_steps": 1}])
+    msg = gate_resolution_warning(cfg)
+    assert msg is not None and "validation.n=30 cannot resolve threshold=2 points" in msg
+    assert "at least 6 problems are lost (20.0 points)" in msg and "n >= 300" in msg
+    assert gate_resolution_warning(_cfg(memorised_model, validation={"n": 300})) is None
+    cfg1 = _cfg(memorised_model, validation={"n": 30}, significance=1.0)
+    assert "a single problem decides" in (gate_resolution_warning(cfg1) or "")
+    run = run_progressive(
+        cfg,
+        out=tmp_path,
+        trainer=BreakingTrainer(breaking_lr=1.0),
+        evaluator=ScriptedEvaluator({"00-base": 10, "01-a": 10}, n=30),
+        echo=False,
+    )
+    s = read_json(run / "summary.json")
+    assert s["warnings"][0] == msg
+    assert f"WARNING: {msg}" in (run / "log.txt").read_text()
+    assert "cannot resolve threshold" in (run / "report.md").read_text()
+
+
+def test_set_grpo_key_reaches_every_stage_over_its_own_fields(memorised_model):
+    """`progressive --stages synthetic_levels --set grpo.max_steps=2`: the bundled stages say
+    max_steps 15; the command line is layered above them, for every stage."""
+    from shoestring.cli import build_parser
+    from shoestring.rl.cli import progressive_cli_config
+
+    argv = ["progressive", "--stages", "synthetic_levels", "--model", str(memorised_model)]
+    args = build_parser().parse_args([*argv, "--set", "grpo.max_steps=2"])
+    cfg = progressive_cli_config(args)
+    assert all(stage.get("max_steps") == 15 for stage in cfg.stages)  # the file's own
+    steps = [stage_grpo_config(cfg, st, "/start").max_steps for st in cfg.stages]
+    assert steps == [2] * len(cfg.stages)
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        progressive_cli_config(build_parser().parse_args([*argv, "--set", "grpo.max_step=2"]))
+
+
 def test_layering_and_bundled_example(memorised_model):
     cfg = load_stages_file(
         "synthetic_levels", [f"model={memorised_model}", "grpo.seed=7", "threshold=3"]
@@ -420,14 +486,14 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
                 "  num_generations: 2",
                 "  per_device_train_batch_size: 4",
                 "  max_completion_length: 8",
-                "  max_steps: 2",
+                "  max_steps: 15",  # the command line's grpo.max_steps=2 wins below
                 "  dataset_size: 8",
                 "  threads: 1",
                 "  dtype: fp32",
                 "  learning_rate: 1.0e-4",
                 "  save_steps: 1",
                 "stages:",
-                "  - {name: one, dataset: 'synthetic:1'}",
+                "  - {name: one, dataset: 'synthetic:1', max_steps: 15}",
                 "  - {name: two, dataset: 'synthetic:2', learning_rate: 5.0e-5}",
             ]
         )
@@ -445,7 +511,7 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
         return real_step(self)
 
     monkeypatch.setattr(GRPOTrainer, "train_step", step_once_interrupted)
-    out = ["--out", str(tmp_path / "out"), "--name", "p"]
+    out = ["--out", str(tmp_path / "out"), "--name", "p", "--set", "grpo.max_steps=2"]
     assert main(["progressive", "--stages", str(stages), *out]) == 130
     run = tmp_path / "out" / "p"
     s = read_json(run / "summary.json")

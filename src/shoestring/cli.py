@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        # deferred: tqdm costs a tenth of a second; --help and --version must not pay it
+        from shoestring.util.progress import silence_library_bars
+
+        silence_library_bars()  # transformers' own bars are \r frames in a log file
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:

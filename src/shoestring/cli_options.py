@@ -27,6 +27,19 @@ def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet``, the same on every command that reports progress: no progress bars and no
+    log lines on stderr (``log.txt`` in the run directory keeps every line); errors still
+    print, and so does the command's result (the run directory's path at the least)."""
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars or log lines on stderr (log.txt keeps them); errors and the "
+        "result still print",
+    )
+
+
 def shortcut_overrides(args: argparse.Namespace, flags: Iterable[tuple[str, str]]) -> list[str]:
     """``KEY=VALUE`` overrides for the convenience flags that were given (``--steps 5`` ...).
 

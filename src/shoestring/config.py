@@ -120,12 +120,58 @@ ALIASES = {
 }
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and swaps of
+    two neighbouring characters each cost 1 (``learnign`` is one swap from ``learning``)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _spellings(name: str) -> list[str]:
+    """A field name and the names other libraries use for it (both directions of ALIASES)."""
+    out = [name]
+    out += [alias for alias, ours in ALIASES.items() if ours == name]
+    if name in ALIASES:
+        out.append(ALIASES[name])
+    return out
+
+
+def nearest_key(key: str, valid: list[str]) -> str | None:
+    """The valid dotted key ``key`` most likely meant, or None when nothing is close.
+
+    Compared by edit distance against every valid key and every alias of its last part
+    (``train.learning_rate`` stands for ``train.lr``), so a misspelt alias finds the real key;
+    a candidate in the same section wins a tie. Close means at most a third of the typed
+    name's characters changed (at least one), so hints stay plausible.
+    """
+    section, _, leaf = key.rpartition(".")
+    best: tuple[int, int, str] | None = None
+    for cand in valid:
+        c_section, _, c_leaf = cand.rpartition(".")
+        for spelling in _spellings(c_leaf):
+            d = edit_distance(key, f"{c_section}.{spelling}" if c_section else spelling)
+            if c_section != section:  # the leaf alone, for a key given without its section
+                d = min(d, edit_distance(leaf, spelling) + 1)
+            rank = (d, 0 if c_section == section else 1, cand)
+            if best is None or rank < best:
+                best = rank
+    if best is None or best[0] > max(1, len(leaf) // 3):
+        return None
+    return best[2]
+
+
 def _suggest(key: str, valid: list[str], prefix: str = "") -> str:
-    if ALIASES.get(key) in valid:
-        return f"did you mean '{prefix}{ALIASES[key]}'?"
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    close = nearest_key(key, valid)
     if close:
-        return f"did you mean '{prefix}{close[0]}'?"
+        return f"did you mean '{prefix}{close}'?"
     return "valid keys: " + ", ".join(prefix + v for v in sorted(valid))
 
 
@@ -199,13 +245,8 @@ def apply_override(cfg: Any, key: str, value: Any) -> None:
     for i, part in enumerate(parts):
         names = {f.name for f in dataclasses.fields(target)}
         if part not in names:
-            alias = ".".join(parts[:i] + [ALIASES.get(part, part)])
-            close = (
-                [alias]
-                if alias in valid
-                else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            )
-            hint = f"did you mean '{close[0]}'?" if close else "run with --help-config to list keys"
+            close = nearest_key(key, valid)
+            hint = f"did you mean '{close}'?" if close else "run with --help-config to list keys"
             raise ConfigError(f"unknown config key '{key}'; {hint}")
         if i == len(parts) - 1:
             current = getattr(target, part)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shoestring.cli_options import add_quiet_option
 from shoestring.errors import UserError
 from shoestring.eval.answers import parse_gold
 from shoestring.eval.protocols import Protocol, get_protocol
@@ -70,11 +71,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    add_quiet_option(p)
     p.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    run(
+    run_dir = run(
         Path(args.out),
         steps=args.steps,
         n_problems=args.problems,
@@ -83,7 +85,10 @@ def run_cli(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         n_eval=args.eval_problems,
+        echo=not args.quiet,
     )
+    if args.quiet:
+        print(run_dir)
     return 0
 
 
@@ -153,6 +158,7 @@ def run(
         seed=seed,
         val_fraction=0.05,
         split_digits=split_digits,
+        quiet=not echo,
     )
 
     say(f"[3/4] pretraining a tiny GPT for {steps} steps")
@@ -165,7 +171,7 @@ def run(
             f"train.seed={seed}",
         ],
     )
-    run_dir = train(cfg, out=out / "runs", name="quickstart", echo=echo)
+    run_dir = train(cfg, out=out / "runs", name="quickstart", echo=echo, progress=echo)
     summary = json.loads((run_dir / "summary.json").read_text())
 
     say(f"[4/4] answering {n_eval} held-out problems (greedy, batched KV-cache decoding)")

@@ -87,7 +87,8 @@ class TrainConfig:
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto (cuda if present, else cpu)")
     dtype: str = opt(
         "auto",
-        "compute dtype; auto = bf16 autocast on CUDA with bf16, else fp32",
+        "compute dtype; auto = bf16 autocast where the device computes bf16 natively (CUDA "
+        "with bf16, or a CPU with AVX512-BF16 or AMX), else fp32",
         choices=("auto", "fp32", "bf16"),
     )
     compile: str = opt(

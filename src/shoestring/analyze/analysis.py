@@ -18,7 +18,6 @@ from typing import Any
 
 import psutil
 import torch
-from tqdm import tqdm
 
 from shoestring.analyze.plot import plot_throughput
 from shoestring.analyze.probe import load_probe, read_cache_sizes
@@ -43,6 +42,7 @@ from shoestring.config import to_dict
 from shoestring.runs.compare import write_run_report
 from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.runs.rundir import RunDir, atomic_write_json, unique_run_dir
+from shoestring.util.progress import progress_bar
 
 __all__ = ["BUSY_WARN_PERCENT", "run"]
 
@@ -117,7 +117,7 @@ def _analyze(
         + ", ".join(f"{k} {caches[k] // 1024} KiB" for k in ("L1d", "L2", "L3") if caches.get(k))
     )
     total_steps = len(points) * (spec.settings.warmup + spec.settings.steps) if spec.measure else 0
-    bar = tqdm(
+    bar = progress_bar(
         total=total_steps or len(points),
         desc="analyze",
         unit="step" if spec.measure else "config",
@@ -143,7 +143,7 @@ def _analyze_point(
     spec: AnalysisSpec,
     rd: RunDir,
     caches: dict[str, Any],
-    bar: tqdm,
+    bar: Any,
     state: _Progress,
 ) -> dict[str, Any]:
     """One configuration's row, with the host peak and projection attached and logged."""
@@ -191,6 +191,9 @@ def _analyze_point(
 def _log_row(rd: RunDir, row: dict[str, Any]) -> None:
     """The row's headline numbers, and a warning when its step times say the host was busy."""
     label, tps, meas = row["label"], row["tokens_per_second"], row["measured"]
+    for flag in ("peak_flag", "mfu_flag"):
+        if row.get(flag):
+            rd.log(f"warning: {label}: {row[flag]}")
     if meas and meas["noisy"]:
         rd.log(
             f"warning: {label}: step times vary by {meas['step_seconds_spread']:.0%} "

@@ -14,8 +14,15 @@ import json
 import re
 import sys
 
-from shoestring.analyze.spec import CACHE_STUDY_PRESETS, AnalysisSpec, MeasureSettings
-from shoestring.cli_options import add_set_option
+from shoestring.analyze.spec import (
+    CACHE_STUDY_PRESETS,
+    AnalysisSpec,
+    MeasureSettings,
+    expand_sweep,
+    parse_sweep,
+    resolve_targets,
+)
+from shoestring.cli_options import add_quiet_option, add_set_option
 from shoestring.errors import UserError
 from shoestring.runs.rundir import read_json
 
@@ -95,6 +102,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="parent directory of the analysis directory")
     p.add_argument("--name", help="analysis directory name (default: analysis)")
     p.add_argument("--json", action="store_true", help="print analysis.json instead of the table")
+    add_quiet_option(p)
     p.set_defaults(func=run_cli)
 
 
@@ -136,13 +144,16 @@ def _run_probe(args: argparse.Namespace) -> int:
             f"cuda       {g['name']}, {g['memory_gb']} GB, bf16 "
             f"{g['matmul_gflops']['bf16']:,.0f} GFLOP/s, fp32 {g['matmul_gflops']['fp32']:,.0f}"
         )
-    print(f"cached in  {cache_path()} (key: {probe['key']})")
-    if probe["host_cpu_percent_before"] > 25:
+    if probe.get("under_load"):
         print(
-            f"warning: the host was {probe['host_cpu_percent_before']:.0f}% busy when probed; "
-            "the peaks are low - run `shoestring analyze --probe` again on an idle machine",
+            f"not cached: other processes used {probe['host_cpu_percent_before']:.0f}% / "
+            f"{probe['host_cpu_percent_after']:.0f}% of the CPU before / after the measurement "
+            f"(waited {probe['quiet_wait_seconds']:.0f} s for a quiet host); the peaks are low - "
+            "run `shoestring analyze --probe` again on an idle machine",
             file=sys.stderr,
         )
+        return 1
+    print(f"cached in  {cache_path()} (key: {probe['key']})")
     return 0
 
 
@@ -150,9 +161,6 @@ def run_cli(args: argparse.Namespace) -> int:
     """The ``analyze`` handler: build an :class:`AnalysisSpec` from the flags, run it, print."""
     if args.probe:
         return _run_probe(args)
-    # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.analyze.analysis import run
-
     settings = MeasureSettings.quick() if args.quick else MeasureSettings()
     for flag in ("warmup", "steps", "seconds"):
         value = getattr(args, flag)
@@ -181,8 +189,13 @@ def run_cli(args: argparse.Namespace) -> int:
         quick=args.quick,
         settings=settings,
     )
+    # a bad target, --set or --sweep is reported before torch is imported (within a second)
+    expand_sweep(resolve_targets(spec.targets, spec.overrides), parse_sweep(spec.sweep))
+    # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.analyze.analysis import run
+
     try:
-        path = run(spec, out=args.out, name=args.name)
+        path = run(spec, out=args.out, name=args.name, echo=not args.quiet, progress=not args.quiet)
     except KeyboardInterrupt:
         return 130
     analysis = read_json(path / "analysis.json")
@@ -195,6 +208,9 @@ def run_cli(args: argparse.Namespace) -> int:
         print(host_line(analysis["host"]))
         print(summary_table(analysis["configs"]))
         for row in analysis["configs"]:
+            for flag in ("peak_flag", "mfu_flag"):
+                if row.get(flag):
+                    print(f"warning: {row['label']}: {row[flag]}", file=sys.stderr)
             if not row["flops"]["within_tolerance"]:
                 print(
                     f"warning: {row['label']}: analytic FLOPs differ from the counted ones by "

@@ -1,5 +1,7 @@
 """Host facts measured, not looked up: caches, ISA, matmul peak, memory bandwidth, GPU.
 
+This module is one idea: the host probe (measuring it, guarding and caching the result).
+
 MFU is only meaningful against a peak this host really reaches, so the peak is measured with
 large square matmuls in the same process (the vendor's theoretical peak is never reached by
 PyTorch on a small CPU, and quoting MFU against it would flatter nobody usefully). Cache sizes
@@ -9,6 +11,13 @@ made with: ``getconf`` on this very machine reports a 320 MB L3 for a 32 MB one.
 The probe is cached in ``${SHOESTRING_CACHE_DIR:-~/.cache/shoestring}/probe.json``, keyed by
 CPU model, torch version, thread count and device, so other commands can quote MFU without
 measuring again: :func:`load_probe`.
+
+A peak measured while other processes use the cores is low, and every later MFU against it is
+too high (the issue that led here: MFU 115%). So the probe waits (up to ``QUIET_WAIT_SECONDS``)
+for the host to be quiet - other processes using at most ``QUIET_PERCENT`` of the CPU - reads
+the load again after measuring, and a measurement taken under load is used for the run that
+asked but never cached (``under_load: true``); a cached entry taken under load is measured
+again.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +41,14 @@ from shoestring.runtime import cpu_flags
 
 __all__ = [
     "ISA_FLAGS",
+    "QUIET_PERCENT",
     "cache_path",
+    "host_busy_percent",
     "load_probe",
     "matmul_peak_for",
     "measure_matmul_peak",
     "measure_memory_bandwidth",
+    "measured_under_load",
     "parse_size",
     "probe_key",
     "read_cache_sizes",
@@ -43,6 +56,10 @@ __all__ = [
 ]
 
 PROBE_VERSION = 1
+#: Other processes may use at most this share of the host's CPU while the peak is measured.
+QUIET_PERCENT = 25.0
+#: How long the probe waits for a busy host to become quiet before measuring anyway.
+QUIET_WAIT_SECONDS = 15.0
 SYSFS_CPU = Path("/sys/devices/system/cpu")
 #: The ISA features that decide which kernels PyTorch can use on a CPU.
 ISA_FLAGS = (
@@ -228,11 +245,45 @@ def cache_path() -> Path:
     return Path(root) / "probe.json"
 
 
-def run_probe(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
-    """Measure this host now (seconds; ``quick`` = smaller matmuls and buffers, for tests)."""
-    # Other processes steal cores from the measurement; record how busy the host was so a
-    # low peak can be recognised (and re-probed with --probe) instead of trusted.
-    busy = psutil.cpu_percent(interval=0.5)
+def host_busy_percent(interval: float = 0.5) -> float:
+    """Percent of the host's CPU that other processes used over ``interval`` seconds (this
+    process's own use, e.g. torch threads still spinning after a matmul, is subtracted)."""
+    me = psutil.Process()
+    me.cpu_percent(None)
+    psutil.cpu_percent(None)
+    time.sleep(interval)
+    total = psutil.cpu_percent(None)
+    own = me.cpu_percent(None) / max(1, psutil.cpu_count() or 1)
+    return round(max(0.0, total - own), 1)
+
+
+def wait_until_quiet(read_load: Callable[[], float], limit_seconds: float) -> tuple[float, float]:
+    """Read the load until it is at most :data:`QUIET_PERCENT` or ``limit_seconds`` passed:
+    (the last reading, seconds waited)."""
+    t0 = time.monotonic()
+    busy = read_load()
+    while busy > QUIET_PERCENT and time.monotonic() - t0 < limit_seconds:
+        busy = read_load()
+    return busy, round(time.monotonic() - t0, 1)
+
+
+def run_probe(
+    device: str = "cpu",
+    quick: bool = False,
+    *,
+    read_load: Callable[[], float] | None = None,
+    quiet_wait: float | None = None,
+) -> dict[str, Any]:
+    """Measure this host now (seconds; ``quick`` = smaller matmuls and buffers, for tests).
+
+    Other processes steal cores from the measurement: it waits for a quiet host (at most
+    ``quiet_wait`` seconds, default :data:`QUIET_WAIT_SECONDS`, 1 s when quick), reads the
+    load before and after, and sets ``under_load`` when either reading is above
+    :data:`QUIET_PERCENT`. ``read_load`` is the load reading (tests inject a busy host).
+    """
+    read = read_load or host_busy_percent
+    wait = quiet_wait if quiet_wait is not None else (1.0 if quick else QUIET_WAIT_SECONDS)
+    busy, waited = wait_until_quiet(read, wait)
     t0 = time.perf_counter()
     flags = cpu_flags()
     n, reps = (512, 2) if quick else (1024, 5)
@@ -264,6 +315,7 @@ def run_probe(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
         "memory_bandwidth_note": "buffer copy, read + write counted",
         "cuda": None,
         "host_cpu_percent_before": busy,
+        "quiet_wait_seconds": waited,
     }
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -278,7 +330,18 @@ def run_probe(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
             "memory_bandwidth_gbs": round(measure_memory_bandwidth(1024, reps, str(dev)), 1),
         }
     out["probe_seconds"] = round(time.perf_counter() - t0, 2)
+    after = read()
+    out["host_cpu_percent_after"] = after
+    out["under_load"] = busy > QUIET_PERCENT or after > QUIET_PERCENT
     return out
+
+
+def measured_under_load(probe: dict[str, Any]) -> bool:
+    """True for a probe taken while other processes kept the host busy (old entries carry
+    only the reading before)."""
+    if probe.get("under_load"):
+        return True
+    return float(probe.get("host_cpu_percent_before") or 0.0) > QUIET_PERCENT
 
 
 def _read_cache_file(path: Path) -> dict[str, Any]:
@@ -297,12 +360,15 @@ def load_probe(
     device: str = "cpu",
     refresh: bool = False,
     quick: bool = False,
+    read_load: Callable[[], float] | None = None,
 ) -> dict[str, Any] | None:
     """The cached probe of this host (at the current torch thread count), measuring it first
     when missing or when ``refresh``; None when missing and ``measure_if_missing`` is False.
 
     A quick probe (tests) is never taken for a full one: a full request measures again and
-    replaces it. Writes are atomic, so concurrent commands never read half a file.
+    replaces it. A probe taken under load is returned (flagged ``under_load``) but never
+    cached, and a cached one taken under load is measured again. Writes are atomic, so
+    concurrent commands never read half a file.
     """
     path = cache_path()
     key = probe_key(device=device)
@@ -312,12 +378,15 @@ def load_probe(
         found is not None
         and found.get("probe_version") == PROBE_VERSION
         and (quick or not found.get("quick"))
+        and not measured_under_load(found)
     )
     if usable and not refresh:
         return found
     if not measure_if_missing and not refresh:
         return None
-    fresh = run_probe(device=device, quick=quick)
+    fresh = run_probe(device=device, quick=quick, read_load=read_load)
+    if fresh["under_load"]:
+        return fresh  # good enough for this run's numbers (flagged), not for every later one
     data = _read_cache_file(path)  # re-read: another process may have written meanwhile
     data["hosts"][key] = fresh
     atomic_write_json(path, data)

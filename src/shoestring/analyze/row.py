@@ -126,6 +126,19 @@ def attach_host(row: dict[str, Any], probe: dict[str, Any] | None) -> None:
     row["probe_key"] = probe.get("key") if probe else None
     if peak and row["achieved_gflops"]:
         row["mfu"] = row["achieved_gflops"] / peak
+        if row["mfu"] > 1.0:
+            # no run beats the peak: the peak is wrong (measured on a busy host, or stale)
+            row["mfu_flag"] = (
+                f"MFU {row['mfu']:.1%} is above 100%: the matmul peak "
+                f"({peak:,.0f} GFLOP/s) is too low (measured on a busy host?); "
+                "run `shoestring analyze --probe` on an idle host"
+            )
+    if probe and probe.get("under_load"):
+        row["peak_flag"] = (
+            f"the matmul peak was measured under load (other processes used "
+            f"{probe.get('host_cpu_percent_before')}% / {probe.get('host_cpu_percent_after')}% "
+            "of the CPU before / after) and was not cached; MFU is an upper bound"
+        )
 
 
 def attach_projection(row: dict[str, Any], spec: AnalysisSpec) -> None:

@@ -20,7 +20,9 @@ transformers tokenizer directory), train.bin / val.bin token shards (each docume
 INPUT is a text file (documents separated by blank lines; WikiText: one per ' = Title = '
 article), a directory (its *.txt, *.text, *.md and *.jsonl files, recursively, or all files
 when it has none of those), a .jsonl file (one document per row, see --field), or 'synthetic'
-for generated grade-school math problems (see --synthetic).
+for generated grade-school math problems (see --synthetic). A directory's validation and test
+split files (valid.txt, test.txt, test.jsonl, ...) are left out and named, so
+`prepare ../shared/data/wikitext-2` trains on train.txt only (--all-splits reads them too).
 """
 
 
@@ -102,6 +104,12 @@ def add_cli(subparsers: Any) -> None:
         help="use N generated math problems as the corpus (INPUT may be omitted)",
     )
     p.add_argument(
+        "--all-splits",
+        action="store_true",
+        help="also read a directory's validation/test split files (valid.txt, test.jsonl ...), "
+        "which are left out by default so they are never trained on",
+    )
+    p.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bars and no summary (warnings are still printed)",
@@ -129,5 +137,6 @@ def main(args: argparse.Namespace) -> int:
         synthetic=args.synthetic,
         quiet=args.quiet,
         split_digits=args.split_digits,
+        all_splits=args.all_splits,
     )
     return 0

@@ -18,13 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoestring.data.input_report import DecodePolicy, InputReport, byte_lines
+from shoestring.data.input_report import (
+    DecodePolicy,
+    InputReport,
+    byte_lines,
+    json_problem,
+    refuse_binary,
+)
 from shoestring.data.synthetic import iter_problems, problems_to_text
 from shoestring.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl",)
 DEFAULT_SYNTHETIC = 10000
+# File names of held-out splits (first part of the name: "test.txt", "test_socratic.jsonl",
+# "valid.txt", "wiki.valid.tokens" is not one - only the leading word counts)
+HELD_OUT_SPLITS = ("valid", "validation", "val", "dev", "test")
 # WikiText article heading " = Title = " (sections are " = = Title = = " and deeper)
 WIKITEXT_HEADING = re.compile(r"^ = [^=](?:.*[^=])? = ?$")
 
@@ -54,8 +63,8 @@ def _text_documents(path: Path, policy: DecodePolicy) -> Iterator[str]:
             yield text
 
     with path.open("rb") as f:
-        for offset, raw in byte_lines(f):
-            line, bad = policy.line(path, offset, raw)
+        for line_no, raw in byte_lines(f):
+            line, bad = policy.line(path, line_no, raw)
             blank = not line.strip()
             if wikitext is None:
                 if blank:
@@ -103,16 +112,15 @@ def _row_text(row: dict[str, Any], name: str) -> Any:
 def _jsonl_documents(path: Path, name: str, policy: DecodePolicy) -> Iterator[str]:
     """One document per JSONL row; malformed rows are reported as ``file:line``."""
     with path.open("rb") as f:
-        for lineno, (offset, raw) in enumerate(byte_lines(f), start=1):
-            line, bad = policy.line(path, offset, raw)
+        for lineno, raw in byte_lines(f):
+            line, bad = policy.line(path, lineno, raw)
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                msg = exc.msg.removesuffix(" at")
-                policy.bad_line(where, f"invalid JSON ({msg} at column {exc.colno})")
+                policy.bad_line(where, json_problem(exc))
                 continue
             if not isinstance(row, dict):
                 policy.bad_line(where, f"not a JSON object ({type(row).__name__})")
@@ -141,6 +149,7 @@ class Source:
     exclude: Path | None = None
     synthetic_n: int = 0
     seed: int = 0
+    all_splits: bool = False  # read a directory's validation/test files too
 
     @property
     def description(self) -> str:
@@ -152,8 +161,31 @@ class Source:
         """Input files in a fixed (sorted) order; for a directory, recursively.
 
         A directory contributes its ``*.txt``/``*.text``/``*.md`` and ``*.jsonl`` files, or all
-        files when it has none of those. Hidden files and the output directory are skipped.
+        files when it has none of those. Hidden files and the output directory are skipped,
+        and so are held-out split files (:meth:`held_out_files`) unless ``all_splits``.
         """
+        held = set(self.held_out_files())
+        return [p for p in self._all_files() if p not in held]
+
+    def held_out_files(self) -> list[Path]:
+        """Files of a directory that are validation or test splits (``valid.txt``,
+        ``test.jsonl``, ``test_socratic.jsonl`` ...), left out so a corpus directory like
+        WikiText-2's or GSM8K's is never trained on its own test text. A file given as INPUT
+        is always read, and so is everything with ``all_splits``; a directory of nothing but
+        held-out files is an error rather than a silent choice."""
+        if self.all_splits or self.root is None or not self.root.is_dir():
+            return []
+        files = self._all_files()
+        held = [p for p in files if re.split(r"[._\-]", p.name.lower())[0] in HELD_OUT_SPLITS]
+        if held and len(held) == len(files):
+            names = ", ".join(p.name for p in held[:5])
+            raise UserError(
+                f"every file in {self.root} is a validation or test split ({names}); give one "
+                "of them as INPUT to prepare it on purpose, or pass --all-splits"
+            )
+        return held
+
+    def _all_files(self) -> list[Path]:
         if self.kind != "files" or self.root is None:
             return []
         if self.root.is_file():
@@ -178,11 +210,12 @@ def resolve_source(
     synthetic: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
+    all_splits: bool = False,
 ) -> Source:
     """Turn the INPUT argument into a :class:`Source`, with a clear error when it is unusable.
 
     ``"synthetic"`` (when no such file exists) or ``synthetic=N`` selects generated math
-    problems.
+    problems; ``all_splits`` reads a directory's validation and test files too.
     """
     if synthetic is not None or (str(source) == "synthetic" and not Path("synthetic").exists()):
         n = DEFAULT_SYNTHETIC if synthetic is None else int(synthetic)
@@ -196,7 +229,7 @@ def resolve_source(
     root = Path(source)
     if not root.exists():
         raise UserError(f"INPUT {root} does not exist")
-    return Source("files", root=root, exclude=Path(out) if out else None)
+    return Source("files", root=root, exclude=Path(out) if out else None, all_splits=all_splits)
 
 
 def iter_documents(
@@ -221,6 +254,7 @@ def iter_documents(
         yield from problems_to_text(iter_problems(source.synthetic_n, None, source.seed))
         return
     for path in source.files():
+        refuse_binary(path)
         if path.suffix.lower() in JSONL_SUFFIXES:
             yield from _jsonl_documents(path, field, policy)
         else:

@@ -12,8 +12,10 @@ Loading
 a JSON object with string fields ``question`` and ``answer``; the answer must end with a
 ``#### N`` line. Behaviour on a bad line (invalid UTF-8, invalid JSON, missing or empty field,
 no ``#### N``): the line is **skipped and reported** as ``path:line: reason`` through the
-``shoestring.data.gsm8k`` logger at WARNING level and through the optional ``on_warning``
-callback; with ``strict=True`` the first bad line raises :class:`UserError` instead. If no
+``shoestring.data.gsm8k`` logger at WARNING level (the first 20, then a count) and through the
+optional ``on_warning`` callback (all of them); with ``strict=True`` the first bad line raises
+:class:`UserError` instead. A file that is not text (NUL bytes, mostly invalid UTF-8) is refused
+as a whole; :mod:`shoestring.data.input_report` is the policy every reader shares. If no
 valid problem remains, :class:`UserError` is raised. Blank lines are not records and are
 skipped without a report. ``Problem.idx`` is the 0-based line number in the file (the row
 number for a hub dataset), so a problem keeps its identity whatever else is skipped.
@@ -46,6 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoestring.data.input_report import (
+    json_problem,
+    refuse_binary,
+    report_capped,
+    split_lines,
+    utf8_problem,
+)
 from shoestring.errors import UserError
 from shoestring.eval.answers import AnswerFormatError, parse_gold
 
@@ -204,25 +213,26 @@ def read_gsm8k_jsonl(path: str | Path) -> tuple[list[Problem], list[str]]:
     Raises UserError only when the file cannot be read at all.
     """
     path = Path(path)
+    refuse_binary(path, "JSONL")
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read GSM8K file {path}: {exc.strerror or exc}") from exc
     problems: list[Problem] = []
     issues: list[str] = []
-    for line_no, raw_line in enumerate(raw.splitlines(), start=1):
+    for line_no, raw_line in split_lines(raw):
         where = f"{path}:{line_no}"
         try:
             line = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            issues.append(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            issues.append(utf8_problem(path, line_no, raw_line, exc.start))
             continue
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            issues.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+            issues.append(f"{where}: {json_problem(exc)}")
             continue
         try:
             problems.append(_record_to_problem(obj, idx=line_no - 1))
@@ -318,8 +328,8 @@ def load_gsm8k(
     if issues:
         if strict:
             raise UserError(f"bad GSM8K record: {issues[0]} (and {len(issues) - 1} more)")
+        report_capped(issues, lambda msg: log.warning("skipped %s", msg))
         for msg in issues:
-            log.warning("skipped %s", msg)
             if on_warning is not None:
                 on_warning(msg)
         log.warning("%s: skipped %d bad line(s), kept %d", source, len(issues), len(problems))

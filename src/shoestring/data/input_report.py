@@ -1,26 +1,39 @@
-"""Input validation for ``prepare``: undecodable bytes and malformed lines, found and reported.
+"""One bad-input policy for every reader: where, what, how many - never a flood, never silent.
 
-Why: nothing may be dropped silently. Undecodable bytes are reported as ``file:byte_offset``
-and replaced, skipped with their document, or rejected (``on_decode_error``); malformed JSONL
-lines are reported as ``file:line``. :class:`InputReport` keeps the first reports and exact
-counts for ``meta.json``; :class:`DecodePolicy` applies the chosen policy line by line.
+Why one module: ``prepare`` (text, JSONL), ``bench`` and GRPO (GSM8K JSONL) read user files, and
+a user who fixes a bad byte must find it at the same place whichever command complained. So:
+
+* a problem is located as ``file:line`` (1-based line, lines split at ``\n``) and, for a bad
+  byte, its 1-based byte column: ``data.txt:25: invalid UTF-8 (byte 0xff at byte column 7)``;
+  :func:`utf8_problem` and :func:`json_problem` write the same text for every reader;
+* the first :data:`MAX_REPORTS` problems are printed and kept, then only counted, and the
+  count is exact (``meta.json``, ``summary.json``);
+* a file that is not text at all (NUL bytes, or mostly invalid UTF-8 in its first 64 KiB) is
+  refused by :func:`refuse_binary` before anything is trained on it or skipped line by line.
+
+For ``prepare``, undecodable bytes are replaced, skipped with their document, or rejected
+(``on_decode_error``); malformed JSONL lines are skipped and reported. :class:`InputReport`
+keeps the first reports and exact counts for ``meta.json``; :class:`DecodePolicy` applies the
+chosen policy line by line.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
-
-from tqdm import tqdm
 
 from shoestring.errors import UserError
 
 DECODE_POLICIES = ("replace", "skip", "error")
 MAX_REPORTS = 20
+BINARY_SAMPLE_BYTES = 64 * 1024
+# share of the sample's characters that may be undecodable before a file counts as binary
+BINARY_BAD_FRACTION = 0.1
 
 _ERROR_OFFSETS: list[int] = []
 
@@ -52,6 +65,84 @@ def _decode(raw: bytes) -> tuple[str, list[int]]:
         return text, offsets
 
 
+# ----------------------------------------------------------------------------- shared texts
+
+
+def utf8_problem(path: str | Path, line_no: int, raw_line: bytes, index: int) -> str:
+    """``file:line: invalid UTF-8 (byte 0xNN at byte column C)`` for the bad byte at
+    ``raw_line[index]``: the one way every reader names an undecodable byte."""
+    byte = raw_line[index]
+    return f"{path}:{line_no}: invalid UTF-8 (byte 0x{byte:02x} at byte column {index + 1})"
+
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """``invalid JSON (Expecting value at column 3)``; json's own message sometimes ends in
+    " at" already ("Invalid control character at"), which must not read "at at"."""
+    return f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+
+
+def split_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line without its ``\n``) of a byte string, as JSON Lines splits
+    it (only ``\n`` ends a line, so every reader numbers lines alike)."""
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    yield from enumerate(lines, start=1)
+
+
+def refuse_binary(path: str | Path, what: str = "text") -> None:
+    """Raise :class:`UserError` when ``path`` is not text: a NUL byte, or more than
+    :data:`BINARY_BAD_FRACTION` undecodable characters in its first 64 KiB.
+
+    Why refuse instead of skipping: replacing or skipping bad lines is right for a text file
+    with a few broken bytes, but a binary file (an archive, a model, UTF-16 text) would be
+    "read" as thousands of skipped lines or a tokenizer trained on noise.
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            sample = f.read(BINARY_SAMPLE_BYTES)
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    if not sample:
+        return
+    reason = ""
+    if b"\0" in sample:
+        offset = sample.index(b"\0")
+        line = sample.count(b"\n", 0, offset) + 1
+        reason = f"a NUL byte at line {line}"
+    else:
+        # a multi-byte character cut by the end of the sample is not an error of the file
+        text = sample.decode("utf-8", errors="replace")
+        if len(sample) == BINARY_SAMPLE_BYTES:
+            text = text[:-3]
+        bad = text.count("\ufffd")
+        if text and bad / len(text) > BINARY_BAD_FRACTION:
+            reason = f"{bad:,} of its first {len(text):,} characters are not UTF-8"
+    if reason:
+        raise UserError(
+            f"{p} looks like a binary file ({reason}), not UTF-8 {what}; give a UTF-8 "
+            "text or JSONL file (convert UTF-16 with iconv -f UTF-16 -t UTF-8)"
+        )
+
+
+def report_capped(
+    problems: list[str], emit: Callable[[str], None], what: str = "bad line(s)"
+) -> None:
+    """Emit the first :data:`MAX_REPORTS` problems, then one line with how many more there
+    were: the summary count instead of a flood."""
+    for msg in problems[:MAX_REPORTS]:
+        emit(msg)
+    if len(problems) > MAX_REPORTS:
+        emit(
+            f"... and {len(problems) - MAX_REPORTS:,} more {what} ({len(problems):,} in all); "
+            "only the first are listed"
+        )
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
 @dataclass
 class InputReport:
     """What was wrong with the input: kept for ``meta.json`` and printed as warnings.
@@ -69,7 +160,10 @@ class InputReport:
     skipped_documents: int = 0
 
     def _warn(self, message: str, n: int) -> None:
-        # tqdm.write clears and redraws progress bars around the line
+        # deferred: tqdm costs a tenth of a second and gsm8k (which `--help` loads) imports
+        # this module; tqdm.write clears and redraws progress bars around the line
+        from tqdm import tqdm
+
         if self.echo and n <= MAX_REPORTS:
             tqdm.write(f"warning: {message}", file=sys.stderr)
         if self.echo and n == MAX_REPORTS + 1:
@@ -82,7 +176,7 @@ class InputReport:
         self.n_decode_errors += 1
         if len(self.decode_errors) < MAX_REPORTS:
             self.decode_errors.append(where)
-        self._warn(f"{where}: invalid UTF-8, {action}", self.n_decode_errors)
+        self._warn(f"{where}, {action}", self.n_decode_errors)
 
     def bad_line(self, where: str, why: str) -> None:
         self.n_bad_lines += 1
@@ -101,11 +195,9 @@ class InputReport:
 
 
 def byte_lines(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, raw line) for each line of a binary file."""
-    offset = 0
-    for raw in f:
-        yield offset, raw
-        offset += len(raw)
+    """(1-based line number, raw line) for each line of a binary file, lines split at
+    ``\n`` as :func:`split_lines` does."""
+    yield from enumerate(f, start=1)
 
 
 class DecodePolicy:
@@ -116,20 +208,20 @@ class DecodePolicy:
             raise UserError(f"on_decode_error={mode!r}; choose one of {', '.join(DECODE_POLICIES)}")
         self.mode, self.report = mode, report
 
-    def line(self, path: Path, offset: int, raw: bytes) -> tuple[str, bool]:
+    def line(self, path: Path, line_no: int, raw: bytes) -> tuple[str, bool]:
         """Decoded text and whether it had undecodable bytes (the document is then tainted)."""
         text, errors = _decode(raw)
         if not errors:
             return text, False
         for e in errors:
-            where = f"{path}:{offset + e}"
+            problem = utf8_problem(path, line_no, raw, e)
             if self.mode == "error":
                 raise UserError(
-                    f"{where}: invalid UTF-8 (byte 0x{raw[e]:02x}); fix the file or "
-                    "use --on-decode-error replace (or skip) to continue"
+                    f"{problem}; fix the file or use --on-decode-error replace (or skip) to "
+                    "continue"
                 )
             action = "replaced with U+FFFD" if self.mode == "replace" else "document skipped"
-            self.report.decode_error(where, action)
+            self.report.decode_error(problem, action)
         return text, True
 
     def keep(self, tainted: bool) -> bool:

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from shoestring.data.documents import iter_documents, resolve_source
 from shoestring.data.input_report import DECODE_POLICIES, InputReport
@@ -47,6 +46,7 @@ from shoestring.data.shards import EOS_TOKEN, FORMAT, ShardWriter, dtype_for
 from shoestring.data.tokenizer import load_existing_tokenizer, save_hf_tokenizer, train_tokenizer
 from shoestring.errors import UserError
 from shoestring.runs.rundir import atomic_write_text
+from shoestring.util.progress import progress_bar
 
 __all__ = ["format_summary", "run"]
 
@@ -62,7 +62,7 @@ def _progress(
     if quiet:
         yield iterable
         return
-    bar = tqdm(
+    bar = progress_bar(
         iterable,
         desc=desc,
         total=total,
@@ -95,11 +95,14 @@ def run(
     synthetic: int | None = None,
     quiet: bool = False,
     split_digits: bool = False,
+    all_splits: bool = False,
 ) -> dict[str, Any]:
     """Prepare ``source`` into ``out``: tokenizer, ``train.bin``, ``val.bin``, ``meta.json``.
 
     Returns the meta dict (also written to ``out/meta.json``). ``quiet`` turns off progress
     bars and the summary; input warnings are always printed, because they mean data changed.
+    A directory's validation/test split files (``valid.txt``, ``test.jsonl`` ...) are left
+    out and named unless ``all_splits``: a corpus is never trained on its own test text.
     """
     t0 = time.perf_counter()
     if not 0.0 < val_fraction < 1.0:
@@ -116,7 +119,15 @@ def run(
     if tokenizer is None and vocab_size < 257:
         train_tokenizer([], vocab_size)  # raises the explanatory UserError
     out = Path(out)
-    src = resolve_source(source, synthetic=synthetic, seed=seed, out=out)
+    src = resolve_source(source, synthetic=synthetic, seed=seed, out=out, all_splits=all_splits)
+    held_out = [str(p) for p in src.held_out_files()]
+    if held_out:
+        # said even with --quiet: it changes what is trained on
+        print(
+            f"note: left out the held-out split file(s) {', '.join(held_out)} (the corpus "
+            "directory's own validation/test text is never trained on; --all-splits reads them)",
+            file=sys.stderr,
+        )
     existing = load_existing_tokenizer(tokenizer) if tokenizer is not None else None
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -213,6 +224,8 @@ def run(
         "seconds": round(time.perf_counter() - t0, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "source": src.description,
+        "files": [str(p) for p in src.files()],
+        "held_out_files_skipped": held_out,
         "field": field,
         "split": "document",
         "val_fraction": val_fraction,
@@ -255,6 +268,9 @@ def format_summary(meta: dict[str, Any], out: str | Path | None = None) -> str:
     else:
         vocab += "  (byte-level BPE trained on the training documents)"
     lines.append(vocab)
+    if meta.get("held_out_files_skipped"):
+        names = ", ".join(Path(f).name for f in meta["held_out_files_skipped"])
+        lines.append(f"  held out   {names} left out (never trained on; --all-splits reads them)")
     problems = []
     if meta.get("n_decode_errors"):
         problems.append(

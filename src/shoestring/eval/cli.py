@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from shoestring.cli_options import add_quiet_option
 from shoestring.eval.bench.config import PROTOCOL_CHOICES, BenchConfig
 from shoestring.runs.rundir import read_json
 
@@ -167,6 +168,7 @@ def _add_bench(subparsers: Any) -> None:
         help="correct and incorrect responses per model shown in report.md",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_option(p)
     p.set_defaults(func=_run_bench)
 
 
@@ -194,12 +196,13 @@ def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def _run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, print one line per model and where the report is; 130 after Ctrl-C."""
+    cfg = bench_config_from_args(args).check()  # a bad flag fails before torch loads
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.eval.bench.runner import run_bench
 
-    cfg = bench_config_from_args(args)
     try:
-        out = run_bench(cfg, progress=not args.no_progress)
+        quiet = args.quiet
+        out = run_bench(cfg, progress=not (args.no_progress or quiet), echo=not quiet)
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume from {cfg.out}", file=sys.stderr)
         return 130

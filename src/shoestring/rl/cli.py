@@ -14,13 +14,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli_options import add_set_option, shortcut_overrides
+from shoestring.cli_options import add_quiet_option, add_set_option, shortcut_overrides
 from shoestring.config import describe, read_config_file
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets
 from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file, resume_config
 
-__all__ = ["add_cli", "grpo_cli_config", "run_grpo_cli", "run_progressive_cli"]
+__all__ = [
+    "add_cli",
+    "grpo_cli_config",
+    "progressive_cli_config",
+    "run_grpo_cli",
+    "run_progressive_cli",
+]
 
 LAYERS = (
     "Config layers: defaults (TRL's for a TRL config) < --preset < --config FILE < --set key=value."
@@ -80,6 +86,7 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run directory name (default grpo-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--help-config", action="store_true", help="list every field and exit")
+    add_quiet_option(p)
     p.set_defaults(func=run_grpo_cli)
 
 
@@ -118,7 +125,14 @@ def run_grpo_cli(args: argparse.Namespace) -> int:
 
     try:
         out, name = run_location(args, cfg)
-        run = train_grpo(cfg, out=out, name=name, resume_dir=args.resume)
+        run = train_grpo(
+            cfg,
+            out=out,
+            name=name,
+            resume_dir=args.resume,
+            echo=not args.quiet,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         return 130
     print(run)
@@ -138,7 +152,9 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
             "with a 95% CI); a stage that falls more than `threshold` points below the best is "
             "rolled back and retried with a lower learning rate or the curriculum stops "
             "(on_regression). Config layers: defaults < --stages FILE (a bundled example or "
-            "your own) < --model < --set key=value."
+            "your own) < --model < --set key=value. Each stage's GRPO settings: grpo_preset < "
+            "the file's shared grpo < the stage's own fields < --set grpo.KEY=V, so "
+            "--set grpo.max_steps=2 runs two steps in every stage."
         ),
     )
     p.add_argument(
@@ -150,7 +166,19 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run directory name (default: the stages file's name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted progressive run")
     p.add_argument("--help-config", action="store_true", help="list the settings and exit")
+    add_quiet_option(p)
     p.set_defaults(func=run_progressive_cli)
+
+
+def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
+    """The curriculum the flags describe: the stages file (or the run's config.json on
+    --resume) < --model < --set; ``--set grpo.KEY=V`` lands above every stage's own fields."""
+    overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
+    if args.resume:
+        return resume_config(args.resume, overrides)
+    if args.stages:
+        return load_stages_file(args.stages, overrides)
+    raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")
 
 
 def run_progressive_cli(args: argparse.Namespace) -> int:
@@ -158,19 +186,20 @@ def run_progressive_cli(args: argparse.Namespace) -> int:
     if args.help_config:
         _print_fields(ProgressiveConfig(), 26, 12)
         return 0
-    overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
-    if args.resume:
-        cfg = resume_config(args.resume, overrides)
-    elif args.stages:
-        cfg = load_stages_file(args.stages, overrides)
-    else:
-        raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")
+    cfg = progressive_cli_config(args)
     name = args.name or (Path(args.stages).stem if args.stages else None)
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.rl.progressive import run_progressive
 
     try:
-        path = run_progressive(cfg, out=args.out, name=name, resume_dir=args.resume)
+        path = run_progressive(
+            cfg,
+            out=args.out,
+            name=name,
+            resume_dir=args.resume,
+            echo=not args.quiet,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         return 130
     print(path)

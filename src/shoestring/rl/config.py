@@ -21,7 +21,6 @@ unset.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from shoestring.config import (
     _field_type,
     apply_dict,
     load_named_preset,
+    nearest_key,
     opt,
     parse_override,
     preset_names,
@@ -282,8 +282,8 @@ def apply_grpo_override(cfg: GRPOConfig, text: str, trl: bool = False) -> None:
         apply_dict(cfg, translated)
         return
     if key not in names:
-        close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else "see `shoestring grpo --help-config`"
+        close = nearest_key(key, names)
+        hint = f"did you mean '{close}'?" if close else "see `shoestring grpo --help-config`"
         raise ConfigError(f"unknown GRPO config key '{key}'; {hint}")
     setattr(cfg, key, _coerce(value, _field_type(GRPOConfig, key), key))
 

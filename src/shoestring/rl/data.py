@@ -15,14 +15,14 @@ function of its question text alone (a stable hash bucket), not of its position 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoestring.data.gsm8k import load_gsm8k
+from shoestring.data.root import data_root_candidates, find_dataset
 from shoestring.data.synthetic import iter_problems
 from shoestring.errors import UserError
 from shoestring.eval.answers import parse_gold
@@ -41,15 +41,15 @@ def synthetic_split_of(question: str) -> str:
 
 
 def _gsm8k_dir() -> Path:
-    env = os.environ.get("SHOESTRING_SHARED")
-    candidates = [Path(env) / "data" / "gsm8k"] if env else []
-    candidates += [Path("shared/data/gsm8k"), Path("../shared/data/gsm8k")]
-    for c in candidates:
-        if (c / "train.jsonl").is_file():
-            return c
+    """``gsm8k`` under the data root (:mod:`shoestring.data.root`), never the current dir."""
+    found = find_dataset("gsm8k", "train.jsonl")
+    if found is not None:
+        return found
+    tried = "; ".join(f"{root / 'gsm8k'} ({why})" for root, why in data_root_candidates())
     raise UserError(
-        "dataset 'gsm8k' looks for shared/data/gsm8k/train.jsonl (or $SHOESTRING_SHARED/data/"
-        "gsm8k) and found none; pass dataset=gsm8k:PATH with a GSM8K JSONL file or directory"
+        f"dataset 'gsm8k' looks for gsm8k/train.jsonl under the data root and found none "
+        f"(tried {tried}); set SHOESTRING_DATA to the directory holding gsm8k/, or pass "
+        "dataset=gsm8k:PATH with a GSM8K JSONL file or directory"
     )
 
 
@@ -81,8 +81,11 @@ def load_task(
     seed: int = 0,
     n: int | None = None,
     exclude: Iterable[str] = (),
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Problems for ``spec`` (``synthetic:LEVEL`` | ``gsm8k`` | ``gsm8k:PATH``).
+
+    ``on_warning`` receives every skipped bad line of a GSM8K file (``file:line: reason``).
 
     ``slice`` ('START:END') selects rows after loading, then ``n`` keeps the first N (for
     synthetic data ``n`` is the number generated, default 5000). ``exclude`` drops questions
@@ -110,7 +113,7 @@ def load_task(
         return [{**r, "solution": parse_gold(r["answer"])} for r in rows]
     if kind == "gsm8k":
         target = Path(arg) if arg else _gsm8k_dir()
-        problems = load_gsm8k(target, split=split)
+        problems = load_gsm8k(target, split=split, on_warning=on_warning)
         rows = [
             {"question": p.question, "answer": p.answer, "solution": p.gold, "idx": p.idx}
             for p in problems

@@ -48,6 +48,7 @@ from shoestring.rl.progressive_state import (
     attempt_record,
     decide,
     fmt_eval,
+    gate_resolution_warning,
     leftover_attempt,
     mcnemar_p,
     new_state,
@@ -209,14 +210,28 @@ class ProgressiveRun:
             self._report(life.status or "finished")
         return self.path
 
+    def _warn(self, message: str) -> None:
+        """A warning in log.txt and in summary.json's ``warnings`` (the report lists them)."""
+        self.rd.log(f"WARNING: {message}")
+        if message not in self.state.setdefault("warnings", []):
+            self.state["warnings"].append(message)
+
     def _announce(self) -> None:
         """First log lines; a resumed run that stopped may retry if max_retries was raised."""
         cfg, st = self.cfg, self.state
+        resolution = gate_resolution_warning(cfg)
+        if resolution:
+            self._warn(resolution)
         if not self.resume:
             self.rd.log(
                 f"progressive run: {len(cfg.stages)} stage(s) from {cfg.model}; rollback when "
-                f"accuracy falls > {cfg.threshold:g} points below the best "
-                f"(on_regression={cfg.on_regression}) -> {self.path}"
+                f"accuracy falls > {cfg.threshold:g} points below the best"
+                + (
+                    f" and McNemar p < {cfg.significance:g}"
+                    if cfg.significance < 1.0
+                    else " (significance=1: the drop alone decides)"
+                )
+                + f" (on_regression={cfg.on_regression}) -> {self.path}"
             )
             return
         self.rd.log(f"resuming progressive run {self.path}")
@@ -316,15 +331,20 @@ class ProgressiveRun:
         # 3. the rollback rule updates best/start/stage_index; then record and log the verdict
         best_before = dict(st["best"])
         best_so_far_before = st["best_so_far"]
-        verdict = decide(st, cfg, label, model_dir, res, attempt)
+        p_best = mcnemar_p(self._per_problem(best_before["label"]), res.per_problem)
+        verdict = decide(st, cfg, label, model_dir, res, attempt, p_vs_best=p_best)
         p = mcnemar_p(self._per_problem(start["label"]), res.per_problem)
         record.update(status=verdict.status, p_vs_start=p, drop=verdict.drop)
+        record.update(p_vs_best=p_best, reason=verdict.reason)
         self._record(**record, res=res, seconds=seconds, run_dir=run_dir)
+        if verdict.reason:
+            self._warn(f"stage {label}: {verdict.reason}")
         if verdict.rolled_back:
+            p_text = "" if p_best is None else f", McNemar p={p_best:.3g} vs the best"
             self.rd.log(
                 f"stage {label}: {fmt_eval(res.to_dict())} is {verdict.drop:.1f} points below "
                 f"the best ({pts(best_so_far_before):.1f}%, {best_before['label']}) > threshold "
-                f"{cfg.threshold:g}: rolled back to {start['label']}"
+                f"{cfg.threshold:g}{p_text}: rolled back to {start['label']}"
                 + (
                     f"; retrying with lr x{cfg.retry_lr_factor:g}"
                     if verdict.retry
@@ -379,6 +399,8 @@ class ProgressiveRun:
             "protocol": st.get("protocol"),
             "protocol_key": st.get("protocol_key"),
             "threshold_points": self.cfg.threshold,
+            "significance": self.cfg.significance,
+            "warnings": list(st.get("warnings", [])),
             "seconds_total": round(sum(r["seconds"] for r in st["records"]), 3)
             + (st["base_eval"] or {}).get("seconds", 0.0),
             "runtime": {

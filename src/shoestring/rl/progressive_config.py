@@ -22,7 +22,13 @@ The stages file (YAML or JSON)::
       - {name: level2, dataset: "synthetic:2", max_steps: 30, learning_rate: 5e-6}
 
 Every stage key other than ``name`` is a :class:`~shoestring.rl.config.GRPOConfig` field.
-Layers, lowest first: ProgressiveConfig defaults < the stages file < ``--set key=value``.
+
+Layers, lowest first. The curriculum's own settings: ProgressiveConfig defaults < the stages
+file < ``--set key=value``. Each stage's GRPOConfig: GRPOConfig defaults < ``grpo_preset`` <
+the file's shared ``grpo`` < the stage's own fields < ``--set grpo.KEY=V`` (kept apart in
+``grpo_overrides``, so the command line reaches every stage: ``--set grpo.max_steps=2`` runs
+two steps per stage whatever the bundled stages say) < the runner's own fields (start model,
+retry learning rate, retention reference).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from shoestring.config import (
 )
 from shoestring.errors import UserError
 from shoestring.eval.protocols import PROTOCOLS
-from shoestring.rl.config import GRPOConfig, grpo_config
+from shoestring.rl.config import GRPOConfig, apply_grpo_override, grpo_config
 from shoestring.runs.rundir import read_json
 
 __all__ = [
@@ -116,7 +122,17 @@ class ProgressiveConfig:
         choices=("best", "accepted"),
     )
     grpo_preset: str = opt("", "GRPO preset shared by all stages ('' = GRPOConfig defaults)")
-    grpo: dict[str, Any] = opt({}, "GRPOConfig fields shared by all stages")
+    grpo: dict[str, Any] = opt({}, "GRPOConfig fields shared by all stages (under each stage's)")
+    grpo_overrides: dict[str, Any] = opt(
+        {}, "GRPOConfig fields from --set grpo.KEY=V: over every stage's own fields"
+    )
+    significance: float = opt(
+        0.05,
+        "a drop past threshold rolls back only when McNemar's exact test against the best model "
+        "gives p below this (1 = the drop alone decides)",
+        min=0.0,
+        max=1.0,
+    )
     stages: list[dict[str, Any]] = opt([], "the stages: {name, <GRPOConfig fields>...}")
 
     def check(self) -> ProgressiveConfig:
@@ -124,8 +140,11 @@ class ProgressiveConfig:
         validate(self)
         if not self.model:
             raise ConfigError("model is required: a shoestring run dir or a HF model dir")
-        if not isinstance(self.grpo, dict):
-            raise ConfigError(f"grpo must be a mapping of GRPOConfig fields, got {self.grpo!r}")
+        for name in ("grpo", "grpo_overrides"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(
+                    f"{name} must be a mapping of GRPOConfig fields, got {getattr(self, name)!r}"
+                )
         if not self.stages:
             raise ConfigError("stages is empty; give at least one {name: ..., dataset: ...}")
         seen: set[str] = set()
@@ -142,7 +161,7 @@ class ProgressiveConfig:
                 raise ConfigError(f"stage name {name!r} is used twice; names must be unique")
             seen.add(name)
             for key in _RUNNER_FIELDS:
-                if key in stage or key in self.grpo:
+                if key in stage or key in self.grpo or key in self.grpo_overrides:
                     raise ConfigError(
                         f"{key} is set by the curriculum (each stage starts from the best model "
                         "so far); set the starting model with the top-level 'model' key"
@@ -194,12 +213,15 @@ def _find_stages_file(path: str | Path) -> Path:
 
 
 def apply_cli_overrides(cfg: ProgressiveConfig, overrides: list[str] | tuple[str, ...]) -> None:
-    """Apply ``key=value`` strings; ``grpo.KEY=V`` adds KEY to the shared GRPO fields (checked
-    later, per stage, against GRPOConfig)."""
+    """Apply ``key=value`` strings; ``grpo.KEY=V`` sets KEY in ``grpo_overrides``, above every
+    stage's own fields (checked now against GRPOConfig, and again per stage)."""
     for text in overrides:
         key, value = parse_override(text)
         if key.startswith("grpo."):
-            cfg.grpo = {**cfg.grpo, key[5:]: value}
+            # the key and the value's type now (a typo fails before the base model is
+            # validated); ranges are checked per stage, with the stage's other fields
+            apply_grpo_override(GRPOConfig(), text)
+            cfg.grpo_overrides = {**cfg.grpo_overrides, key[5:]: value}
         else:
             apply_override(cfg, key, value)
 
@@ -211,11 +233,13 @@ def stage_grpo_config(
     lr_factor: float = 1.0,
     retention_reference: str | None = None,
 ) -> GRPOConfig:
-    """The GRPOConfig of one stage attempt: preset < shared ``grpo`` < stage fields, then the
-    runner's own fields (start model, retry learning rate, retention reference)."""
+    """The GRPOConfig of one stage attempt: preset < shared ``grpo`` < stage fields <
+    ``grpo_overrides`` (the command line), then the runner's own fields (start model, retry
+    learning rate, retention reference)."""
     fields: dict[str, Any] = {"eval_problems": 0}  # the curriculum validates; no second eval
     fields.update(cfg.grpo)
     fields.update({k: v for k, v in stage.items() if k != "name"})
+    fields.update(cfg.grpo_overrides)
     if "retention_penalty" not in stage and cfg.retention_penalty:
         fields["retention_penalty"] = cfg.retention_penalty
     if (

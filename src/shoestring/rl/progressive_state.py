@@ -15,6 +15,7 @@ The state's keys: ``base_model``, ``base_eval``, ``validation_fingerprint``, ``p
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "attempt_record",
     "decide",
     "fmt_eval",
+    "gate_resolution_warning",
     "has_checkpoint",
     "leftover_attempt",
     "mcnemar_p",
@@ -120,6 +122,47 @@ def leftover_attempt(stage_dir: Path) -> tuple[Path | None, Path | None]:
     return None, None
 
 
+def min_significant_problems(significance: float) -> int:
+    """The fewest problems a model must lose (and win none) for McNemar's exact two-sided
+    test to reach p < ``significance``: p = 2 * 0.5**k, so k > log2(2 / significance)."""
+    if significance >= 1.0:
+        return 1
+    if significance <= 0.0:
+        return math.inf  # type: ignore[return-value] - never significant
+    return math.floor(math.log2(2.0 / significance)) + 1
+
+
+def gate_resolution_warning(cfg: ProgressiveConfig) -> str | None:
+    """Why the gate cannot tell a drop of ``threshold`` points from noise at ``validation.n``,
+    or None when it can.
+
+    One problem is 100/n points; a drop is significant only when at least
+    :func:`min_significant_problems` problems are lost. At n=30 that is 6 problems, 20
+    points: a 2-point threshold would be decided by one problem (McNemar p=1) if the drop
+    alone counted.
+    """
+    n, threshold = cfg.validation.n, cfg.threshold
+    one = 100.0 / n
+    if cfg.significance >= 1.0:
+        if one <= threshold + _EPS:
+            return None
+        return (
+            f"validation.n={n} cannot resolve threshold={threshold:g} points: one problem is "
+            f"{one:.1f} points, so with significance=1 a single problem decides a rollback "
+            f"(McNemar p=1); use validation.n >= {math.ceil(100.0 / max(threshold, 1e-9))}"
+        )
+    k = min_significant_problems(cfg.significance)
+    if k * one <= threshold + _EPS:
+        return None
+    need = math.ceil(100.0 * k / max(threshold, 1e-9))
+    return (
+        f"validation.n={n} cannot resolve threshold={threshold:g} points: one problem is "
+        f"{one:.1f} points, and a drop is significant (McNemar p < {cfg.significance:g}) only "
+        f"when at least {k} problems are lost ({k * one:.1f} points); a stage is rolled back "
+        f"only on such a drop. For a {threshold:g}-point gate use validation.n >= {need}"
+    )
+
+
 @dataclass(frozen=True)
 class Decision:
     """What the rollback rule decided for one validated attempt."""
@@ -127,6 +170,8 @@ class Decision:
     status: str  # accepted | rolled_back | stopped
     drop: float  # points below the best so far before the attempt (negative = better)
     retry: bool  # rolled back and another attempt follows
+    # why the rule decided so, when the drop alone does not say it (e.g. not significant)
+    reason: str = ""
 
     @property
     def rolled_back(self) -> bool:
@@ -140,24 +185,41 @@ def decide(
     model_dir: Path,
     res: EvalResult,
     attempt: int,
+    p_vs_best: float | None = None,
 ) -> Decision:
     """Apply the rollback rule to a validated attempt and update ``state`` for the next step.
 
-    An attempt more than ``cfg.threshold`` points below the best so far is rolled back: the
-    next attempt (``retry``) starts from the same model, or the curriculum stops. Otherwise it
-    is accepted; it becomes the best when it ties or beats it (ties go to the later stage) and
-    the next stage starts from the best or from it (``start_from``).
+    An attempt more than ``cfg.threshold`` points below the best so far is rolled back when
+    the drop is also significant (``p_vs_best``, McNemar's exact test against the best model
+    on the same problems, below ``cfg.significance``): the next attempt (``retry``) starts
+    from the same model, or the curriculum stops. A drop past the threshold that is not
+    significant is accepted and says so in ``reason`` (it does not become the best); without
+    paired verdicts (``p_vs_best`` None) the drop alone decides and ``reason`` says that.
+    Otherwise the attempt is accepted; it becomes the best when it ties or beats it (ties go
+    to the later stage) and the next stage starts from the best or from it (``start_from``).
     """
     st = state
     drop = pts(st["best_so_far"] - res.accuracy)
+    reason = ""
     if drop > cfg.threshold + _EPS:
-        st["rollbacks"] += 1
-        retry = cfg.on_regression == "retry" and attempt < cfg.max_retries
-        if retry:
-            st["attempt"] = attempt + 1
-        else:
-            st["stopped_at"] = label
-        return Decision("rolled_back" if retry else "stopped", drop, retry)
+        p_text = "-" if p_vs_best is None else f"{p_vs_best:.3g}"
+        significant = cfg.significance >= 1.0 or p_vs_best is None
+        significant = significant or (p_vs_best is not None and p_vs_best < cfg.significance)
+        if p_vs_best is None and cfg.significance < 1.0:
+            reason = "no per-problem verdicts to test the drop; the drop alone decided"
+        if significant:
+            st["rollbacks"] += 1
+            retry = cfg.on_regression == "retry" and attempt < cfg.max_retries
+            if retry:
+                st["attempt"] = attempt + 1
+            else:
+                st["stopped_at"] = label
+            return Decision("rolled_back" if retry else "stopped", drop, retry, reason)
+        reason = (
+            f"{drop:.1f} points below the best is past threshold {cfg.threshold:g} but not "
+            f"significant (McNemar p={p_text} >= {cfg.significance:g}, n={res.n}): kept as "
+            "noise, not rolled back (set significance=1 to roll back on the drop alone)"
+        )
     here = {"model_dir": str(model_dir), "accuracy": res.accuracy, "label": label}
     if res.accuracy >= st["best"]["accuracy"] - _EPS:
         st["best"] = dict(here)
@@ -165,7 +227,7 @@ def decide(
     st["start"] = dict(st["best"]) if cfg.start_from == "best" else here
     st["stage_index"] += 1
     st["attempt"] = 0
-    return Decision("accepted", drop, False)
+    return Decision("accepted", drop, False, reason)
 
 
 def attempt_record(
@@ -184,6 +246,8 @@ def attempt_record(
     p_vs_start: float | None = None,
     error: str | None = None,
     drop: float | None = None,
+    p_vs_best: float | None = None,
+    reason: str = "",
 ) -> dict[str, Any]:
     """One entry of ``summary.json["stages"]``: the attempt, its GRPO run and its verdict."""
     summary = read_run_summary(run_dir)
@@ -203,6 +267,8 @@ def attempt_record(
         "drop_points": drop,
         "started_from": start["label"],
         "p_vs_start": p_vs_start,
+        "p_vs_best": p_vs_best,
+        "gate_reason": reason or None,
         "seconds": round(seconds, 3),
         "train_seconds": summary.get("train_seconds"),
         "grpo_steps": summary.get("steps"),

@@ -1,6 +1,6 @@
 """The GRPO trainer: one run from model and prompts to a trained model, resumable at any step.
 
-This module is one idea: the run loop of GRPO, from setup to the final model and evaluation.
+This module is one idea: the GRPO training run (setup, step loop, checkpoints, final summary).
 
 What happens in one optimizer step (TRL's algorithm, shoestring's engine):
 
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from shoestring.config import to_dict
+from shoestring.data.input_report import MAX_REPORTS, report_capped
 from shoestring.errors import UserError
 from shoestring.eval.protocols import resolve_protocol
 from shoestring.rl.config import GRPOConfig
@@ -48,6 +48,7 @@ from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.runs.rundir import RunDir
 from shoestring.runtime import setup_runtime
 from shoestring.train.optimizer import adamw
+from shoestring.util.progress import progress_bar
 from shoestring.util.schedule import lr_multiplier
 
 __all__ = ["GRPOTrainer"]
@@ -120,9 +121,21 @@ class GRPOTrainer:
             weight_decay=cfg.weight_decay,
         )
         self.reward_names = list(cfg.rewards)
+        skipped: list[str] = []
         rows = load_task(
-            cfg.dataset, "train", cfg.dataset_slice, cfg.seed, cfg.dataset_size or None
+            cfg.dataset,
+            "train",
+            cfg.dataset_slice,
+            cfg.seed,
+            cfg.dataset_size or None,
+            on_warning=skipped.append,
         )
+        if skipped:  # recorded in the run directory, not only on stderr
+            report_capped(skipped, lambda msg: self.log(f"data: skipped {msg}"))
+            self.warnings.append(f"{len(skipped)} malformed line(s) of {cfg.dataset} skipped")
+            self.rundir.update_summary(
+                data={"skipped_lines": skipped[:MAX_REPORTS], "n_skipped_lines": len(skipped)}
+            )
         self.prompts = PromptSet.encode(rows, self.tokenizer, self.protocol, cfg.max_prompt_length)
         if self.prompts.cut:
             msg = self.prompts.cut_warning(cfg.max_prompt_length)
@@ -350,7 +363,7 @@ class GRPOTrainer:
     def _train_loop(self) -> None:
         """Optimizer steps up to ``total_steps``; Ctrl-C/SIGTERM saves a checkpoint first."""
         cfg = self.cfg
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
             desc="grpo",

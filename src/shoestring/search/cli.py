@@ -122,13 +122,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """The ``search`` handler: join a study, or build a :class:`StudySpec` and run it."""
-    # deferred: optuna and torch are heavy; shoestring --help must not load them
-    from shoestring.search.study import join, run
-
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
     try:
         if args.join:
+            # deferred: optuna and torch are heavy; shoestring --help must not load them
+            from shoestring.search.study import join
+
             n = join(
                 args.join,
                 storage=args.storage,
@@ -172,6 +172,10 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         if args.sizes.strip() == "all":
             spec.sizes = [s for s in SIZES if s in spec.sizes]
+        spec.validate()  # a bad --set or range is reported before optuna and torch load
+        # deferred: optuna and torch are heavy; shoestring --help must not load them
+        from shoestring.search.study import run
+
         run(
             spec,
             args.out or "study",

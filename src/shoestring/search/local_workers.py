@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from shoestring.search.spec import StudySpec
 from shoestring.search.worker import progress_of
+from shoestring.util.progress import progress_bar
 
 __all__ = ["spawn_workers", "wait_workers"]
 
@@ -61,7 +60,7 @@ def wait_workers(
     """Wait for the workers, with one progress bar over the study; on Ctrl-C give them a
     minute to put their trials back (they got the same signal), then terminate them."""
     state = progress_of(study, spec)
-    bar = tqdm(
+    bar = progress_bar(
         total=state.total,
         initial=state.done,
         unit="trial",

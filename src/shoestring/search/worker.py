@@ -18,11 +18,11 @@ from typing import Any
 import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from shoestring.search import grid
 from shoestring.search.spec import StudySpec
 from shoestring.search.trial import WorkerOptions, execute_trial, say
+from shoestring.util.progress import progress_bar
 
 __all__ = ["ROW_ATTR", "Heartbeat", "all_points", "progress_of", "work"]
 
@@ -111,7 +111,7 @@ def _work(study: optuna.Study, spec: StudySpec, opts: WorkerOptions, storage_url
     opts.trials_dir.mkdir(parents=True, exist_ok=True)
     ran = 0
     state = progress_of(study, spec)
-    bar = tqdm(
+    bar = progress_bar(
         total=state.total,
         initial=state.done,
         unit="trial",

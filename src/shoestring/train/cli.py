@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shoestring.cli_options import add_set_option, shortcut_overrides
+from shoestring.cli_options import add_quiet_option, add_set_option, shortcut_overrides
 from shoestring.config import apply_override, describe, from_dict, parse_override
 from shoestring.errors import UserError
 from shoestring.run_config import RunConfig, build_run_config, list_presets, list_variants
@@ -43,6 +43,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run directory name (default: preset[-variant])")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    add_quiet_option(p)
     p.set_defaults(func=run_cli)
 
 
@@ -83,7 +84,14 @@ def run_cli(args: argparse.Namespace) -> int:
     from shoestring.train.entry import train
 
     try:
-        run = train(cfg, out=args.out, name=args.name, resume_dir=args.resume)
+        run = train(
+            cfg,
+            out=args.out,
+            name=args.name,
+            resume_dir=args.resume,
+            echo=not args.quiet,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         return 130
     print(run)

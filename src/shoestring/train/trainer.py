@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from shoestring.config import to_dict
 from shoestring.models.card import write_model_card
@@ -28,6 +27,7 @@ from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.train.checkpoint import latest_checkpoint
 from shoestring.train.state import TrainState, summary_fields
 from shoestring.train.step import NonFiniteLossError, StepTrainer
+from shoestring.util.progress import progress_bar
 
 __all__ = ["StopTraining", "Trainer"]
 
@@ -161,7 +161,7 @@ class Trainer(StepTrainer):
     def _loop(self, tokens_per_step: int) -> None:
         """Evaluate at step 0 (if not resumed past it), then step, log, evaluate and save."""
         t, ts = self.cfg.train, self.state
-        bar = tqdm(
+        bar = progress_bar(
             total=t.max_steps,
             initial=ts.step,
             disable=not self.progress,
@@ -280,9 +280,13 @@ class Trainer(StepTrainer):
         if self.rundir is None:
             return
         ts = self.state
+
+        def loss(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
         self.log(
-            f"{status}: {ts.step} steps, val loss {ts.initial_val_loss} -> "
-            f"{ts.last_val_loss}; run directory {self.run_path}"
+            f"{status}: {ts.step:,} steps, val loss {loss(ts.initial_val_loss)} -> "
+            f"{loss(ts.last_val_loss)}; run directory {self.run_path}"
         )
         self.rundir.close()
         write_model_card(self.run_path)  # after the final summary: the card quotes it

@@ -20,6 +20,7 @@ from shoestring.data.gsm8k import (
     load_fewshot_pool,
     load_gsm8k,
 )
+from shoestring.data.input_report import MAX_REPORTS, report_capped
 from shoestring.errors import UserError
 from shoestring.eval.bench.config import BenchConfig
 from shoestring.eval.bench.metrics import compare_models
@@ -81,8 +82,7 @@ class BenchRun:
             strict=c.strict_data,
             on_warning=self.data_issues.append,
         )
-        for msg in self.data_issues:
-            self.ctx.log(f"data: skipped {msg}")
+        report_capped(self.data_issues, lambda msg: self.ctx.log(f"data: skipped {msg}"))
         self.ctx.log(
             f"data: {len(self.ctx.problems)} problems from {c.data}"
             + (f" ({len(self.data_issues)} malformed line(s) skipped)" if self.data_issues else "")
@@ -108,7 +108,8 @@ class BenchRun:
             "subset_seed": c.subset_seed,
             "n_selected": len(self.ctx.problems),
             "idx": [p.idx for p in self.ctx.problems],
-            "skipped_lines": self.data_issues,
+            "skipped_lines": self.data_issues[:MAX_REPORTS],
+            "n_skipped_lines": len(self.data_issues),
         }
 
     # -- models

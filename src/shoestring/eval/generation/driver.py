@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
 from shoestring.eval.generation.model_io import model_device
@@ -22,6 +21,7 @@ from shoestring.eval.generation.prefill import encode_prompts
 from shoestring.eval.generation.sizing import auto_batch_size
 from shoestring.eval.generation.static_decode import generate_batch_auto
 from shoestring.util.memory import is_oom_error
+from shoestring.util.progress import progress_bar
 
 __all__ = ["generate_all"]
 
@@ -54,7 +54,7 @@ def generate_all(
     # One generator for the whole call, so a seed gives the same samples batch after batch.
     generator = None if cfg.greedy else torch.Generator(device=device).manual_seed(cfg.seed)
     sticky_cap: int | None = None  # lowered after an out-of-memory batch
-    bar = tqdm(
+    bar = progress_bar(
         total=len(results),
         desc=desc,
         unit="seq",

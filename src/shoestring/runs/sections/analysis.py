@@ -62,7 +62,7 @@ def summary_row(c: dict[str, Any]) -> list[str]:
         _fits(c),
         fmt(c.get("tokens_per_second"), ",.0f"),
         fmt(c.get("achieved_gflops"), ",.1f"),
-        fmt(c.get("mfu"), ".1%"),
+        fmt(c.get("mfu"), ".1%") + (" (bad peak)" if c.get("mfu_flag") else ""),
         fmt(c.get("projected_tokens_per_second"), ",.0f"),
         fmt(c.get("measured_over_projected"), ".2f"),
     ]

@@ -196,7 +196,7 @@ def _measured(measured: list[dict[str, Any]]) -> list[Any]:
                 fmt(c.get("tokens_per_second"), ",.0f"),
                 fmt(c.get("achieved_gflops"), ",.1f"),
                 fmt(c.get("peak_gflops"), ",.0f"),
-                fmt(c.get("mfu"), ".1%"),
+                fmt(c.get("mfu"), ".1%") + (" (bad peak)" if c.get("mfu_flag") else ""),
                 fmt_duration(dig(c, "time_to_train", "seconds")),
             ]
         )

@@ -58,9 +58,10 @@ def _setup_text(r: RunInfo) -> str:
         subset = f"limit {data['limit']}, first N in file order"
     else:
         subset = f"limit {data['limit']}, subset seed {data['subset_seed']}"
+    skipped = data.get("n_skipped_lines", len(data.get("skipped_lines") or []))
     return (
         f"Status **{r.status_text()}**. Data: `{data.get('source')}` "
-        f"({data.get('n_selected')} problems: {subset}; {len(data.get('skipped_lines') or [])} "
+        f"({data.get('n_selected')} problems: {subset}; {skipped} "
         "malformed line(s) skipped). Greedy decoding, at most "
         f"{(s.get('settings') or {}).get('max_new_tokens', '-')} new tokens. Host: "
         f"{(s.get('host') or {}).get('cpu', '?')}, device {runtime.get('device', '-')}, "

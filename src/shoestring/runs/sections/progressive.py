@@ -15,7 +15,7 @@ from shoestring.eval.stats import format_p, wilson_interval
 from shoestring.runs import plots
 from shoestring.runs.kinds import RunInfo
 from shoestring.runs.measures import acc_text, protocol_label, protocol_of, valid_eval
-from shoestring.runs.report import Para, Section, Table, fmt, fmt_int
+from shoestring.runs.report import Bullets, Para, Section, Table, fmt, fmt_int
 from shoestring.runs.sections.common import SectionContext, cell, safe_name
 
 __all__ = ["progressive_section"]
@@ -28,13 +28,16 @@ def _acc(e: Any) -> str:
 
 def _rules_text(s: dict[str, Any]) -> str:
     """The rollback rule, where the run stopped, its best model, and how to read the columns."""
-    threshold = s.get("threshold_points")
-    rule = (
-        f"Rollback rule: a stage more than {threshold:g} points below the best so far is "
-        "rolled back. "
-        if isinstance(threshold, (int, float))
-        else ""
-    )
+    threshold, alpha = s.get("threshold_points"), s.get("significance")
+    rule = ""
+    if isinstance(threshold, (int, float)):
+        rule = f"Rollback rule: a stage more than {threshold:g} points below the best so far"
+        if isinstance(alpha, (int, float)) and alpha < 1.0:
+            rule += (
+                f", with McNemar's exact p < {alpha:g} against the best model (a drop past "
+                "the threshold that is not significant is kept and noted),"
+            )
+        rule += " is rolled back. "
     stopped = f" Stopped at {s['stopped_at']}." if s.get("stopped_at") else ""
     return (
         f"{rule}Rollbacks: {s.get('rollbacks', 0)}.{stopped} Best model: "
@@ -132,6 +135,9 @@ def progressive_section(runs: Sequence[RunInfo], ctx: SectionContext) -> Section
             )
         )
         blocks.append(Para(_rules_text(s)))
+        if s.get("warnings"):
+            blocks.append(Para(f"**Warnings of {r.label}:**"))
+            blocks.append(Bullets([str(w) for w in s["warnings"]]))
         img = ctx.plot(
             f"progressive_{safe_name(r.label)}.png",
             lambda p, rows=plot_rows, r=r: plots.accuracy_intervals(
