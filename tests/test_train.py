@@ -115,8 +115,10 @@ def test_saved_model_loads_with_auto_class_and_cache_matches(
     assert torch.equal(a, b)
 
 
-def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path, optimizer: str) -> None:
     extra = (
+        f"train.optimizer={optimizer}",
         "train.max_steps=120",
         "train.save_every=10",
         "train.eval_every=40",
@@ -272,8 +274,16 @@ def test_ctrl_c_saves_and_marks_interrupted(prepared: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(prepared: Path, tmp_path: Path) -> None:
-    common = ("train.max_steps=8", "train.eval_every=8", "train.warmup_steps=2")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ddp_two_processes_match_single_process(
+    prepared: Path, tmp_path: Path, optimizer: str
+) -> None:
+    common = (
+        f"train.optimizer={optimizer}",
+        "train.max_steps=8",
+        "train.eval_every=8",
+        "train.warmup_steps=2",
+    )
     single = subprocess.run(
         _cli_train_args(prepared, tmp_path, "single", *common, "train.batch_size=8"),
         capture_output=True,
