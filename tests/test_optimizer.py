@@ -33,7 +33,16 @@ def _model(variant: str | None, *extra: str) -> tuple[ShoestringGPTForCausalLM, 
 @pytest.mark.parametrize("tie", ["true", "false"])
 @pytest.mark.parametrize("variant", [None, *list_variants()])
 def test_every_parameter_in_exactly_one_group(variant: str | None, tie: str) -> None:
-    model, cfg = _model(variant, f"model.tie_word_embeddings={tie}", "train.optimizer=muon")
+    _check_split(variant, f"model.tie_word_embeddings={tie}")
+
+
+def test_split_with_swiglu_rmsnorm_rope_and_biases() -> None:
+    _check_split(None, "model.mlp=swiglu", "model.norm=rmsnorm", "model.position=rope",
+                 "model.attention_bias=true")  # fmt: skip
+
+
+def _check_split(variant: str | None, *extra: str) -> None:
+    model, cfg = _model(variant, *extra, "train.optimizer=muon")
     groups = split_parameters(model)
     ids = [id(p) for g in groups.values() for _, p in g]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once
