@@ -164,8 +164,9 @@ def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path, optimizer: s
     assert la == lb  # every step identical, none logged twice
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
-    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
     from shoestring.models.gpt import ShoestringGPTForCausalLM
     from shoestring.train.entry import train
@@ -181,7 +182,7 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
 
     monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", forward)
     run = train(
-        _cfg(prepared, "train.max_steps=6", "train.batch_size=8"),
+        _cfg(prepared, "train.max_steps=6", "train.batch_size=8", f"train.optimizer={optimizer}"),
         out=tmp_path,
         name="oom",
         echo=False,
@@ -195,7 +196,13 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
     assert s["tokens"] == 6 * 8 * 32  # tokens per step unchanged
     # the same steps at micro-batch 2 x 4 accumulation from the start give the same losses
     ref = train(
-        _cfg(prepared, "train.max_steps=6", "train.batch_size=2", "train.grad_accum=4"),
+        _cfg(
+            prepared,
+            "train.max_steps=6",
+            "train.batch_size=2",
+            "train.grad_accum=4",
+            f"train.optimizer={optimizer}",
+        ),
         out=tmp_path,
         name="ref",
         echo=False,
