@@ -11,6 +11,10 @@ For every preset (default: tiny and small) on prepared data (WikiText-2 in docs/
    from other jobs hits every arm alike. The plain arms of the sweep seed *are* the sweep's
    runs at the chosen lr (same config, same result; timed in the sweep block).
 
+``--arms`` runs a subset (e.g. ``adamw muon``) and ``--lr adamw=X,muon=Y`` skips the sweep
+and uses the given lrs (e.g. the ones a sweep on a smaller preset chose) - for a host where the
+full design does not fit the time there is; the JSON records what ran.
+
 Reported per preset, with means and 95% t-intervals over seeds: training wall time to reach
 the target loss (default: each seed's AdamW final validation loss; linear interpolation between
 evaluations) and the speed-up over AdamW; validation loss at equal training wall time (the
@@ -109,15 +113,16 @@ def sweep(args: argparse.Namespace, preset: str) -> dict[str, Any]:
 
 
 def arms(args: argparse.Namespace, preset: str, swept: dict[str, Any]) -> dict[int, dict]:
-    """Each seed's four arms, order rotated by seed; the sweep seed reuses the sweep's runs."""
+    """Each seed's arms, order rotated by seed; the sweep seed reuses the sweep's runs."""
     blocks: dict[int, dict[str, Path]] = {}
+    n = len(args.arms)
     for idx, seed in enumerate(args.seeds):
-        order = ARMS[idx % 4 :] + ARMS[: idx % 4]
+        order = args.arms[idx % n :] + args.arms[: idx % n]
         block: dict[str, Path] = {}
         for arm in order:
             opt = arm.removeprefix("hybrid_")
             lr = swept[opt]["best_lr"]
-            if seed == args.sweep_seed and not arm.startswith("hybrid"):
+            if seed == args.sweep_seed and "best_run" in swept[opt] and arm == opt:
                 block[arm] = swept[opt]["best_run"]
                 continue
             block[arm] = run_one(args, preset, f"{arm}-s{seed}", opt, lr, seed, arm != opt)
@@ -125,7 +130,9 @@ def arms(args: argparse.Namespace, preset: str, swept: dict[str, Any]) -> dict[i
     return blocks
 
 
-def analyse(blocks: dict[int, dict[str, Path]], target: float | None) -> dict[str, Any]:
+def analyse(
+    blocks: dict[int, dict[str, Path]], target: float | None, arm_names: list[str]
+) -> dict[str, Any]:
     per_seed = []
     for seed, paths in blocks.items():
         summ = {a: _summary(p) for a, p in paths.items()}
@@ -163,13 +170,18 @@ def analyse(blocks: dict[int, dict[str, Path]], target: float | None) -> dict[st
         per_seed.append(row)
     keys = ("final_val_loss", "train_seconds", "seconds_per_step", "time_to_target")
     keys += ("speedup_vs_adamw", "val_at_equal_time", "val_at_equal_tokens")
-    table = [{"arm": a, **{k: mean_ci([r[a][k] for r in per_seed]) for k in keys}} for a in ARMS]
+    table = [
+        {"arm": a, **{k: mean_ci([r[a][k] for r in per_seed]) for k in keys}} for a in arm_names
+    ]
     return {"per_seed": per_seed, "table": table}
 
 
 def print_table(preset: str, swept: dict[str, Any], res: dict[str, Any]) -> None:
     print(f"\n{preset}: lr sweep (final val loss at the sweep seed)")
     for o in OPTIMIZERS:
+        if "final_val_loss" not in swept[o]:
+            print(f"  {o:6s} not swept -> lr {swept[o]['best_lr']:g}")
+            continue
         finals = ", ".join(f"{lr}: {v:.4f}" for lr, v in swept[o]["final_val_loss"].items())
         print(f"  {o:6s} {finals}  -> lr {swept[o]['best_lr']:g}")
     print(f"{preset}: means over seeds, 95% t-intervals (target: each seed's AdamW final loss)")
@@ -182,11 +194,20 @@ def print_table(preset: str, swept: dict[str, Any], res: dict[str, Any]) -> None
                 print(f"    {k:20s} {fmt(v, digits.get(k, 4))}")
     for r in res["per_seed"]:
         for a in ("hybrid_adamw", "hybrid_muon"):
+            if a not in r:
+                continue
             x = r[a]
             print(
                 f"  seed {r['seed']} {a}: skip {x['skip_rate']:.2f}, rollbacks {x['rollbacks']}, "
                 f"checks {x['verify']}, mean cosine {x['pred_cosine_mean']}"
             )
+
+
+def _lrs(text: str) -> dict[str, float]:
+    out = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    if set(out) != set(OPTIMIZERS):
+        raise argparse.ArgumentTypeError("give both: adamw=X,muon=Y")
+    return out
 
 
 def _steps(text: str) -> dict[str, int]:
@@ -210,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-seed", type=int, default=0)
     p.add_argument("--adamw-lrs", type=float, nargs=3, default=[1e-3, 2e-3, 4e-3])
     p.add_argument("--muon-lrs", type=float, nargs=3, default=[1e-3, 2e-3, 4e-3])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--lr", type=_lrs, help="skip the sweep: adamw=X,muon=Y")
     p.add_argument("--hybrid-factor", type=float, default=1.25)
     p.add_argument("--predictor", default="leap", choices=("coast", "linear", "lowrank", "leap"))
     p.add_argument("--eval-every", type=int, default=10)
@@ -220,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hybrid", action="append", default=[], metavar="KEY=VALUE",
                    help="override for the hybrid arms only")  # fmt: skip
     args = p.parse_args(argv)
-    if args.sweep_seed not in args.seeds:
+    if "adamw" not in args.arms:
+        p.error("--arms needs adamw (its final loss is the target)")
+    if args.sweep_seed not in args.seeds and not args.lr:
         p.error("--sweep-seed must be one of --seeds (its plain runs are reused)")
     t0 = time.perf_counter()
     doc: dict[str, Any] = {
@@ -233,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         "presets": {},
     }
     for preset in args.presets:
-        print(f"{preset}: lr sweep", flush=True)
-        swept = sweep(args, preset)
+        if args.lr:
+            swept: dict[str, Any] = {o: {"best_lr": args.lr[o]} for o in OPTIMIZERS}
+        else:
+            print(f"{preset}: lr sweep", flush=True)
+            swept = sweep(args, preset)
         print(f"{preset}: arms at lr adamw {swept['adamw']['best_lr']:g}, "
               f"muon {swept['muon']['best_lr']:g}", flush=True)  # fmt: skip
-        res = analyse(arms(args, preset, swept), args.target)
+        res = analyse(arms(args, preset, swept), args.target, args.arms)
         print_table(preset, swept, res)
         doc["presets"][preset] = {
             "sweep": {o: {k: v for k, v in swept[o].items() if k != "best_run"} for o in swept},
