@@ -130,6 +130,11 @@ def arms(args: argparse.Namespace, preset: str, swept: dict[str, Any]) -> dict[i
     return blocks
 
 
+def _crossing(run: Path, target: float) -> float | None:
+    c = curve(run)
+    return first_crossing([x[0] for x in c], [x[2] for x in c], target)
+
+
 def analyse(
     blocks: dict[int, dict[str, Path]], target: float | None, arm_names: list[str]
 ) -> dict[str, Any]:
@@ -167,11 +172,27 @@ def analyse(
         for a in paths:
             t = row[a]["time_to_target"]
             row[a]["speedup_vs_adamw"] = base / t if (t and base) else None
+            # the hybrid against its own optimizer: time to the plain run's final loss
+            plain = a.removeprefix("hybrid_")
+            if plain != a and plain in paths:
+                own = summ[plain]["final_val_loss"]
+                t_h = _crossing(paths[a], own)
+                t_p = _crossing(paths[plain], own)
+                row[a]["speedup_vs_same_optimizer"] = t_p / t_h if (t_h and t_p) else None
         per_seed.append(row)
     keys = ("final_val_loss", "train_seconds", "seconds_per_step", "time_to_target")
-    keys += ("speedup_vs_adamw", "val_at_equal_time", "val_at_equal_tokens")
+    keys += ("speedup_vs_adamw", "speedup_vs_same_optimizer")
+    keys += ("val_at_equal_time", "val_at_equal_tokens")
     table = [
-        {"arm": a, **{k: mean_ci([r[a][k] for r in per_seed]) for k in keys}} for a in arm_names
+        {
+            "arm": a,
+            **{
+                k: mean_ci([r[a].get(k) for r in per_seed])
+                for k in keys
+                if k != "speedup_vs_same_optimizer" or a.startswith("hybrid_")
+            },
+        }
+        for a in arm_names
     ]
     return {"per_seed": per_seed, "table": table}
 
@@ -186,6 +207,7 @@ def print_table(preset: str, swept: dict[str, Any], res: dict[str, Any]) -> None
         print(f"  {o:6s} {finals}  -> lr {swept[o]['best_lr']:g}")
     print(f"{preset}: means over seeds, 95% t-intervals (target: each seed's AdamW final loss)")
     digits = {"train_seconds": 1, "time_to_target": 1, "speedup_vs_adamw": 2}
+    digits["speedup_vs_same_optimizer"] = 2
     digits["seconds_per_step"] = 3
     for row in res["table"]:
         print(f"  {row['arm']}")
@@ -201,6 +223,20 @@ def print_table(preset: str, swept: dict[str, Any], res: dict[str, Any]) -> None
                 f"  seed {r['seed']} {a}: skip {x['skip_rate']:.2f}, rollbacks {x['rollbacks']}, "
                 f"checks {x['verify']}, mean cosine {x['pred_cosine_mean']}"
             )
+
+
+def reanalyse(path: Path, target: float | None) -> int:
+    """The tables again from the run directories an earlier run recorded (no training)."""
+    doc = json.loads(path.read_text())
+    for preset, res in doc["presets"].items():
+        names = [r["arm"] for r in res["table"]]
+        blocks = {r["seed"]: {a: Path(r[a]["run"]) for a in names} for r in res["per_seed"]}
+        new = analyse(blocks, target, names)
+        print_table(preset, {**res["sweep"]}, new)
+        res.update(new)
+    doc["reanalysed_at"] = now_iso()
+    atomic_write_json(path, doc)
+    return 0
 
 
 def _lrs(text: str) -> dict[str, float]:
@@ -242,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     add_set_option(p, "train.seq_len=64")
     p.add_argument("--hybrid", action="append", default=[], metavar="KEY=VALUE",
                    help="override for the hybrid arms only")  # fmt: skip
+    p.add_argument("--reanalyse", action="store_true",
+                   help="recompute OUT/time_to_loss.json from its run directories")  # fmt: skip
     args = p.parse_args(argv)
+    if args.reanalyse:
+        return reanalyse(Path(args.out) / "time_to_loss.json", args.target)
     if "adamw" not in args.arms:
         p.error("--arms needs adamw (its final loss is the target)")
     if args.sweep_seed not in args.seeds and not args.lr:
