@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=200, help="baseline steps")
     p.add_argument("--hybrid-factor", type=float, default=1.5, help="hybrid steps / baseline steps")
-    p.add_argument("--predictor", default="coast", choices=("coast", "linear", "lowrank"))
+    p.add_argument("--predictor", default="coast", choices=("coast", "linear", "lowrank", "leap"))
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)

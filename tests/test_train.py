@@ -115,8 +115,10 @@ def test_saved_model_loads_with_auto_class_and_cache_matches(
     assert torch.equal(a, b)
 
 
-def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path, optimizer: str) -> None:
     extra = (
+        f"train.optimizer={optimizer}",
         "train.max_steps=120",
         "train.save_every=10",
         "train.eval_every=40",
@@ -162,8 +164,9 @@ def test_exact_resume_after_sigkill(prepared: Path, tmp_path: Path) -> None:
     assert la == lb  # every step identical, none logged twice
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
-    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
     from shoestring.models.gpt import ShoestringGPTForCausalLM
     from shoestring.train.entry import train
@@ -179,7 +182,7 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
 
     monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", forward)
     run = train(
-        _cfg(prepared, "train.max_steps=6", "train.batch_size=8"),
+        _cfg(prepared, "train.max_steps=6", "train.batch_size=8", f"train.optimizer={optimizer}"),
         out=tmp_path,
         name="oom",
         echo=False,
@@ -193,7 +196,13 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
     assert s["tokens"] == 6 * 8 * 32  # tokens per step unchanged
     # the same steps at micro-batch 2 x 4 accumulation from the start give the same losses
     ref = train(
-        _cfg(prepared, "train.max_steps=6", "train.batch_size=2", "train.grad_accum=4"),
+        _cfg(
+            prepared,
+            "train.max_steps=6",
+            "train.batch_size=2",
+            "train.grad_accum=4",
+            f"train.optimizer={optimizer}",
+        ),
         out=tmp_path,
         name="ref",
         echo=False,
@@ -272,8 +281,16 @@ def test_ctrl_c_saves_and_marks_interrupted(prepared: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(prepared: Path, tmp_path: Path) -> None:
-    common = ("train.max_steps=8", "train.eval_every=8", "train.warmup_steps=2")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ddp_two_processes_match_single_process(
+    prepared: Path, tmp_path: Path, optimizer: str
+) -> None:
+    common = (
+        f"train.optimizer={optimizer}",
+        "train.max_steps=8",
+        "train.eval_every=8",
+        "train.warmup_steps=2",
+    )
     single = subprocess.run(
         _cli_train_args(prepared, tmp_path, "single", *common, "train.batch_size=8"),
         capture_output=True,

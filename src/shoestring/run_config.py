@@ -74,7 +74,21 @@ class TrainConfig:
     lr: float = opt(1e-4, "peak learning rate", min=0.0, max=10.0)
     min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of lr", min=0.0, max=1.0)
     warmup_steps: int = opt(20, "linear warmup steps before cosine decay", min=0)
-    weight_decay: float = opt(0.1, "AdamW decay, applied to matrices only", min=0.0)
+    optimizer: str = opt(
+        "adamw",
+        "adamw, or muon: Muon for the hidden matrices, AdamW for embeddings, head, norms, biases",
+        choices=("adamw", "muon"),
+    )
+    muon_lr: float = opt(
+        0.0,
+        "Muon's peak lr; 0 = train.lr (update RMS matched to AdamW's, Moonshot 2025)",
+        min=0.0,
+        max=10.0,
+    )
+    muon_momentum: float = opt(
+        0.95, "Muon's Nesterov momentum (Keller Jordan's default)", min=0.0, max=0.999
+    )
+    weight_decay: float = opt(0.1, "decoupled decay, applied to matrices only", min=0.0)
     beta1: float = opt(0.9, "AdamW beta1", min=0.0, max=1.0)
     beta2: float = opt(0.95, "AdamW beta2", min=0.0, max=1.0)
     grad_clip: float = opt(1.0, "max gradient norm; 0 disables clipping", min=0.0)
@@ -127,7 +141,14 @@ class HybridConfig:
         2.5, "a monitored loss this many std above its EMA is a divergence", min=0.0
     )
     predictor: str = opt(
-        "coast", "update predictor (docs/hybrid.md)", choices=("coast", "linear", "lowrank")
+        "coast",
+        "update predictor (docs/hybrid.md)",
+        choices=("coast", "linear", "lowrank", "leap"),
+    )
+    verify: bool = opt(
+        True,
+        "keep a predict phase's weights only if the loss of a batch it skipped went down "
+        "(held-out check, Leap+Verify); else roll back",
     )
     monitor_every: int = opt(
         4, "forward pass (loss check) every N predicted steps; 0 = never", min=0
@@ -145,7 +166,11 @@ class HybridConfig:
         0.8, "linear predictor: EMA factor of the per-parameter velocity", min=0.0, max=0.999
     )
     history: int = opt(
-        8, "lowrank predictor: updates kept (memory = history x parameters)", min=2, max=64
+        8,
+        "lowrank: updates kept (memory = history x parameters); leap: real steps between "
+        "the two checkpoints of its finite difference",
+        min=2,
+        max=64,
     )
     rank: int = opt(2, "lowrank predictor: directions used (<= history)", min=1, max=64)
     norm_jump: float = opt(

@@ -58,6 +58,7 @@ class HybridTrainer(Trainer):
             self.scheduler,
             emit=self.metric,
             log=self.log,
+            batch_loss=self._monitor_loss,
         )
         mem = self.hybrid.memory_report()
         self.log(

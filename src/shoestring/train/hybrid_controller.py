@@ -80,6 +80,9 @@ class HybridState:
     loss_var: float = 0.0
     norm_change_ema: float | None = None
     loss_hist: list[list[float]] = field(default_factory=list)
+    verify_accepted: int = 0
+    verify_rejected: int = 0
+    verify_gain_sum: float = 0.0  # held-out loss before - after, summed over checked phases
 
 
 @dataclass
@@ -117,8 +120,10 @@ class HybridController:
         predictor: UpdatePredictor | None = None,
         emit: Callable[[dict[str, Any]], None] | None = None,
         log: Callable[[str], None] | None = None,
+        batch_loss: Callable[[int], float] | None = None,
     ) -> None:
         self.h = hcfg
+        self.batch_loss = batch_loss
         self.params = list(params)
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -197,16 +202,22 @@ class HybridController:
     def _save_anchor(self, step: int) -> None:
         anchor: dict[str, Any] = {"step": step, "weights": flatten(self.params)}
         if self.predictor.mutates_optimizer:
-            moments = []
-            for p in self.params:
-                st = self.optimizer.state.get(p, {})
-                if "exp_avg" in st:
-                    moments.append(
-                        [st["exp_avg"].clone(), st["exp_avg_sq"].clone(), st["step"].clone()]
-                    )
-                else:
-                    moments.append([])
-            anchor["moments"] = moments
+            # every tensor of the optimizer's per-parameter state (AdamW's moments and step,
+            # Muon's momentum buffer), so a rollback restores exactly what coasting decayed
+            anchor["moments"] = [
+                {
+                    k: v.clone()
+                    for k, v in self.optimizer.state.get(p, {}).items()
+                    if isinstance(v, torch.Tensor)
+                }
+                for p in self.params
+            ]
+        if self.h.verify and self.batch_loss is not None:
+            # held-out check (Leap+Verify): the batch of the last step this predict phase will
+            # predict is never trained on; its loss now is the bar the predicted weights must beat
+            vstep = step + self.h.max_predict_steps - 1
+            anchor["verify_step"] = vstep
+            anchor["verify_loss"] = float(self.batch_loss(vstep))
         self.anchor = anchor
         self.s.anchor_step = step
 
@@ -214,11 +225,9 @@ class HybridController:
         assert self.anchor is not None
         copy_flat_(self.params, self.anchor["weights"])
         for p, saved in zip(self.params, self.anchor.get("moments", []), strict=False):
-            if saved:
-                st = self.optimizer.state[p]
-                st["exp_avg"].copy_(saved[0])
-                st["exp_avg_sq"].copy_(saved[1])
-                st["step"].copy_(saved[2])
+            st = self.optimizer.state.get(p, {})
+            for k, v in saved.items():
+                st[k].copy_(v)
 
     # ------------------------------------------------------------------ steps
     def step(
@@ -369,12 +378,34 @@ class HybridController:
             "pred_update_norm": dnorm,
             "confidence": s.confidence,
         }
+        if reason is None and s.phase_steps >= h.max_predict_steps:
+            reason = self._verify(step, loss if monitored else None, fields)
         if reason is not None:
             self._rollback(step, reason)
             fields["diverged"] = reason
         elif s.phase_steps >= h.max_predict_steps:
             self._enter(step, "correct", f"{s.phase_steps} predicted steps")
         return StepOutcome("predict", loss, None, fields)
+
+    def _verify(self, step: int, loss_now: float | None, fields: dict[str, Any]) -> str | None:
+        """End of a predict phase: keep the predicted weights only if the held-out batch's loss
+        is lower than it was at the weights predict began with; returns the rejection reason."""
+        anchor = self.anchor
+        if anchor is None or "verify_step" not in anchor or self.batch_loss is None:
+            return None
+        vstep = anchor["verify_step"]
+        after = loss_now if (loss_now is not None and vstep == step) else None
+        if after is None:
+            after = float(self.batch_loss(vstep))
+        before = anchor["verify_loss"]
+        s = self.s
+        s.verify_gain_sum += before - after
+        fields.update(verify_loss_before=before, verify_loss_after=after)
+        if math.isfinite(after) and after < before:
+            s.verify_accepted += 1
+            return None
+        s.verify_rejected += 1
+        return f"held-out check: loss {after:.4f} at the predicted weights >= {before:.4f} before"
 
     def _rollback(self, step: int, reason: str) -> None:
         s = self.s
@@ -421,6 +452,15 @@ class HybridController:
                 s.correct_cos_sum / s.correct_cos_n if s.correct_cos_n else None
             ),
             "final_confidence": s.confidence,
+            "verify": {
+                "accepted": s.verify_accepted,
+                "rejected": s.verify_rejected,
+                "mean_heldout_gain": (
+                    s.verify_gain_sum / (s.verify_accepted + s.verify_rejected)
+                    if s.verify_accepted + s.verify_rejected
+                    else None
+                ),
+            },
             "wall_seconds": round(wall_seconds, 3),
             "memory": self.memory_report(),
             "config": asdict(self.h),

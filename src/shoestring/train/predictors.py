@@ -1,5 +1,8 @@
 """Predictors of the per-parameter weight update, for the hybrid trainer's Predict phase.
 
+This module is one idea: the interchangeable update predictors (one interface, four
+implementations and their shared flat-vector helpers), kept together so they can be compared.
+
 Every predictor answers one question: given what the optimizer has done so far, what will the
 next update ``delta = theta_next - theta`` be, for every parameter? The hybrid trainer applies
 that prediction instead of running a backward pass, and scores it against the real update on
@@ -12,6 +15,8 @@ trainable parameters:
 - ``coast``   0 extra (it reads AdamW's moments in place); but a rollback needs a copy of the
   moments taken when Predict begins, so the trainer keeps 2 N floats more while predicting.
 - ``linear``  N floats (one velocity vector).
+- ``leap``    2 N floats (the running sum of the current block of updates, and the finite
+  difference of the last complete block).
 - ``lowrank`` ``history`` x N floats (the last K real updates) plus a K x K Gram matrix; with
   the default K = 8 this is 8 copies of the model, the largest of the three. It is bounded by
   ``hybrid.history`` (at most 64).
@@ -29,7 +34,7 @@ from typing import Any
 
 import torch
 
-PREDICTORS = ("coast", "linear", "lowrank")
+PREDICTORS = ("coast", "linear", "lowrank", "leap")
 
 
 # ----------------------------------------------------------------------------- flat vectors
@@ -123,7 +128,10 @@ class UpdatePredictor(abc.ABC):
 
 
 class CoastingPredictor(UpdatePredictor):
-    """AdamW with a zero gradient: the update its current moments make as they decay.
+    """The optimizer with a zero gradient: the update its current moments make as they decay.
+
+    For Muon's matrices (``train.optimizer=muon``) that is the orthogonalised decaying momentum
+    (:meth:`~shoestring.train.muon.MuonWithAdamW.coast_update`); for AdamW's parameters:
 
     With no new gradient AdamW's first moment becomes ``beta1 * m`` and the second
     ``beta2 * v``; the step is ``lr * m_hat / (sqrt(v_hat) + eps)`` plus decoupled weight decay,
@@ -152,7 +160,7 @@ class CoastingPredictor(UpdatePredictor):
                     yield group, p, self.optimizer.state.get(p, {})
 
     def ready(self) -> bool:
-        return any("exp_avg" in st for _, _, st in self._groups())
+        return any("exp_avg" in st or "momentum_buffer" in st for _, _, st in self._groups())
 
     def observe(self, delta: torch.Tensor, lr: float) -> None:
         return None  # the optimizer's moments are the history
@@ -163,6 +171,12 @@ class CoastingPredictor(UpdatePredictor):
         # one fused (foreach) pass per group of parameters sharing lr, decay, betas and step
         buckets: dict[tuple[float, ...], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
         for group, p, st in self._groups():
+            if group.get("kind") == "muon":  # train.optimizer=muon: Muon's own zero-grad step
+                upd = self.optimizer.coast_update(p, group)  # type: ignore[attr-defined]
+                if upd is not None:
+                    off = self._offsets[id(p)]
+                    out[off : off + p.numel()] = upd.reshape(-1).float()
+                continue
             if "exp_avg" not in st:
                 continue
             beta1, beta2 = group["betas"]
@@ -195,6 +209,8 @@ class CoastingPredictor(UpdatePredictor):
     @torch.no_grad()
     def after_predicted_step(self) -> None:  # noqa: B027 - optional hook, default no-op
         for group, _p, st in self._groups():
+            if "momentum_buffer" in st:
+                st["momentum_buffer"].mul_(group["momentum"])
             if "exp_avg" not in st:
                 continue
             beta1, beta2 = group["betas"]
@@ -345,6 +361,75 @@ class LowRankPredictor(UpdatePredictor):
         self.count = int(state["count"])
 
 
+# ----------------------------------------------------------------------------- (d) leap
+
+
+class LeapPredictor(UpdatePredictor):
+    """Leap+Verify's linear finite-difference predictor (McEntire 2026, arXiv:2602.19580).
+
+    The weights at two checkpoints ``history`` real steps apart give the trajectory's slope,
+    ``(theta_t - theta_{t-d}) / (sum of the lrs in between)``; the next steps continue along it.
+    The paper found this finite difference accepted where extrapolating Adam's moments (what
+    ``coast`` does) blew up, and accepts a leap only after a held-out loss check - the hybrid
+    trainer's ``hybrid.verify``, which applies to every predictor. The slope is refreshed at
+    the end of each block of ``history`` observed real steps (not a per-step EMA like
+    ``linear``): one checkpoint difference, as in the paper. Memory: 2 N floats.
+    """
+
+    name = "leap"
+
+    def __init__(self, params: Sequence[torch.Tensor], span: int = 8) -> None:
+        super().__init__(params)
+        self.span = span
+        self.block = torch.zeros(self.numel, dtype=torch.float32, device=self.device)
+        self.slope = torch.zeros(self.numel, dtype=torch.float32, device=self.device)
+        self.block_lr = 0.0
+        self.block_steps = 0
+        self.blocks = 0
+
+    def ready(self) -> bool:
+        return self.blocks >= 1
+
+    @torch.no_grad()
+    def observe(self, delta: torch.Tensor, lr: float) -> None:
+        self.block.add_(delta)
+        self.block_lr += lr
+        self.block_steps += 1
+        if self.block_steps >= self.span:
+            self.slope.copy_(self.block).div_(_safe_lr(self.block_lr))
+            self.block.zero_()
+            self.block_lr, self.block_steps = 0.0, 0
+            self.blocks += 1
+
+    @torch.no_grad()
+    def predict(self, ahead: int, lr: float) -> torch.Tensor:
+        return self.slope * lr
+
+    def reset(self) -> None:  # noqa: B027 - optional hook, default no-op
+        self.block.zero_()
+        self.slope.zero_()
+        self.block_lr, self.block_steps, self.blocks = 0.0, 0, 0
+
+    def memory_bytes(self) -> int:
+        return 2 * self.numel * 4
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "block": self.block.clone(),
+            "slope": self.slope.clone(),
+            "block_lr": self.block_lr,
+            "block_steps": self.block_steps,
+            "blocks": self.blocks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.block.copy_(state["block"])
+        self.slope.copy_(state["slope"])
+        self.block_lr = float(state["block_lr"])
+        self.block_steps = int(state["block_steps"])
+        self.blocks = int(state["blocks"])
+
+
 def make_predictor(
     name: str,
     params: Sequence[torch.Tensor],
@@ -361,4 +446,6 @@ def make_predictor(
         return LinearPredictor(params, beta=linear_beta)
     if name == "lowrank":
         return LowRankPredictor(params, history=history, rank=rank)
+    if name == "leap":
+        return LeapPredictor(params, span=history)
     raise ValueError(f"unknown predictor {name!r}; choose one of {', '.join(PREDICTORS)}")

@@ -136,7 +136,7 @@ class StepTrainer:
         hf_cfg = ShoestringGPTConfig.from_model_config(self.cfg.model)
         self.model = ShoestringGPTForCausalLM(hf_cfg).to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = build_optimizer(self.model, self.cfg, self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg, self.device, self.rt.dtype)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_multiplier(s, t.max_steps, t.warmup_steps, "cosine", t.min_lr_ratio),
