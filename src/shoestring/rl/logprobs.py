@@ -2,9 +2,14 @@
 
 Why a module of its own: the training forward is most of a GRPO step's backward cost, so it is
 written to do as little as possible - only the completion positions go through the vocabulary
-head (``logits_to_keep``), the fp32 log-softmax runs a few rows at a time, and
-:func:`grouped_completion_logps` runs each prompt once per group and repeats its KV cache. The
-tests check that the grouped and the plain forms give the same log-probs and gradients.
+head, and :func:`grouped_completion_logps` runs each prompt once per group and repeats its KV
+cache. For Llama-family models and the shoestring GPT the head runs outside the model, chunk by
+chunk (:func:`head_logps`): at Qwen2's 151,936-entry vocabulary the [tokens, vocab] logits of a
+GRPO micro-batch are gigabytes, and their fp32 log-softmax and its backward were a large share
+of the step; here no fp32 [tokens, vocab] tensor ever exists. Other models go through their own
+forward (``logits_to_keep``) and a log-softmax a few rows at a time. The tests check that the
+grouped and plain forms, and the chunked head and the full logits, give the same log-probs and
+gradients.
 """
 
 from __future__ import annotations
@@ -12,11 +17,162 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from shoestring.eval.generation import forward_params
 
-__all__ = ["completion_logps", "grouped_completion_logps", "selective_logps_and_entropy"]
+__all__ = [
+    "completion_logps",
+    "grouped_completion_logps",
+    "head_logps",
+    "selective_logps_and_entropy",
+]
+
+# Architectures whose logits are exactly ``lm_head(model.model(...).last_hidden_state)``: no
+# soft-capping, logit scale or final bias, so the head can run chunk by chunk outside the model.
+PLAIN_HEAD_ARCHS = {
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "MistralForCausalLM",
+    "ShoestringGPTForCausalLM",
+}
+# Tokens per chunk of the head: the fp32 working set is chunk x vocab (78 MB at Qwen2's vocab).
+HEAD_CHUNK_TOKENS = 128
+
+
+class _HeadLogps(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T / T)[target]`` per token, chunk by chunk: the fp32
+    softmax statistics exist for one chunk at a time, never for all tokens.
+
+    Backward needs the softmax of every token. A head that trains (a full fine-tune, tied
+    embeddings) keeps each chunk's logits in the compute dtype (bf16 under autocast: half of
+    an fp32 copy) and forms ``(onehot - softmax) / T`` from them in backward - no matmul is
+    recomputed. A frozen head (LoRA) needs only the gradient of the hidden states, which is
+    ``g * (W[target] - softmax @ W) / T`` per token: that [tokens, d] vector is formed in the
+    forward pass and nothing vocabulary-wide is kept."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        compute_dtype: torch.dtype,
+        want_entropy: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = hidden.shape[0]
+        w = weight.to(compute_dtype)
+        train_head = ctx.needs_input_grad[1]
+        train_hidden = ctx.needs_input_grad[0]
+        logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        ents = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
+        lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        kept: list[torch.Tensor] = []  # per-chunk logits (compute dtype) for a trained head
+        dh = (
+            torch.empty(hidden.shape, dtype=compute_dtype, device=hidden.device)
+            if train_hidden and not train_head
+            else None
+        )
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            logits = hidden[a:b].to(compute_dtype) @ w.t()
+            z = logits.float() if temperature == 1.0 else logits.float() / temperature
+            lse = torch.logsumexp(z, dim=-1)
+            lses[a:b] = lse
+            logps[a:b] = z.gather(1, targets[a:b, None]).squeeze(1) - lse
+            if want_entropy or dh is not None:
+                if z.data_ptr() == logits.data_ptr():
+                    z = z.clone()  # fp32 logits kept for backward: work on a copy
+                log_p = z.sub_(lse[:, None])
+                probs = log_p.exp()
+                if want_entropy:
+                    ents[a:b] = -(probs * log_p).sum(-1)  # = lse - sum p * z
+                if dh is not None:
+                    pw = probs.to(compute_dtype) @ w
+                    dh[a:b] = (w[targets[a:b]].float() - pw.float()).div_(temperature)
+            if train_head:
+                kept.append(logits)
+        ctx.temperature, ctx.chunk, ctx.compute_dtype = temperature, chunk, compute_dtype
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        ctx.kept = kept
+        ctx.save_for_backward(
+            hidden if train_head else torch.empty(0),
+            w if train_head else torch.empty(0),
+            targets,
+            lses,
+            dh if dh is not None else torch.empty(0),
+        )
+        return logps, ents
+
+    @staticmethod
+    def backward(ctx: Any, grad_logps: torch.Tensor, _grad_ents: torch.Tensor) -> tuple[Any, ...]:
+        hidden, w, targets, lses, dh = ctx.saved_tensors
+        g = grad_logps.float()
+        if not ctx.kept:  # frozen head: the per-token vectors are ready
+            grad_h = (dh.float() * g[:, None]).to(ctx.hidden_dtype) if dh.numel() else None
+            return grad_h, None, None, None, None, None, None
+        temp, cd = ctx.temperature, ctx.compute_dtype
+        grad_h = torch.empty(hidden.shape, dtype=ctx.hidden_dtype, device=hidden.device)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for i, logits in enumerate(ctx.kept):
+            a = i * ctx.chunk
+            b = a + logits.shape[0]
+            z = logits.float() if temp == 1.0 else logits.float() / temp
+            # d logp / d logits = (onehot - softmax) / T, times each token's upstream grad
+            probs = z.sub_(lses[a:b, None]).exp_()
+            gc = g[a:b, None] / temp
+            grad_logits = probs.mul_(-gc)
+            grad_logits.scatter_add_(1, targets[a:b, None], gc)
+            gl = grad_logits.to(cd)
+            grad_h[a:b] = (gl @ w).to(ctx.hidden_dtype)
+            grad_w.add_((gl.t() @ hidden[a:b].to(cd)).float())
+        ctx.kept = []
+        return grad_h, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+
+
+def head_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    want_entropy: bool = False,
+    temperature: float = 1.0,
+    chunk: int = HEAD_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of ``targets`` [B, T] under ``hidden`` [B, T, d] through a
+    bias-free head ``weight`` [V, d], in fp32, without the [B, T, V] logits: the same values
+    and gradients as :func:`selective_logps_and_entropy` of ``hidden @ weight.T``. Under
+    autocast the matmuls run in the autocast dtype, as ``nn.Linear`` would."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        cd = torch.get_autocast_dtype(device_type)
+    else:
+        cd = torch.promote_types(hidden.dtype, weight.dtype)
+    bsz, t = targets.shape
+    flat = hidden.reshape(bsz * t, hidden.shape[-1])
+    with torch.autocast(device_type, enabled=False):
+        lp, ent = _HeadLogps.apply(
+            flat, weight, targets.reshape(-1), float(temperature), cd, want_entropy, chunk
+        )
+    return lp.view(bsz, t), (ent.view(bsz, t) if want_entropy else None)
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, torch.Tensor] | None:
+    """The decoder stack and the head weight of a model whose logits are a plain bias-free
+    head over the decoder's output (peft wrappers looked through), else ``None``."""
+    get_base = getattr(model, "get_base_model", None)  # a peft wrapper
+    base = get_base() if callable(get_base) else model
+    head = getattr(base, "lm_head", None)
+    decoder = getattr(base, "model", None)
+    if type(base).__name__ not in PLAIN_HEAD_ARCHS or decoder is None:
+        return None
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None  # a LoRA-wrapped or biased head runs as its own module
+    if head._forward_hooks or head._forward_pre_hooks:
+        return None
+    return decoder, head.weight
 
 
 def selective_logps_and_entropy(
@@ -62,11 +218,21 @@ def completion_logps(
     """
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    c = completion_ids.size(1)
+    split = _decoder_and_head(model)
+    if split is not None:  # the head chunk by chunk: no [B, C, V] logits
+        decoder, weight = split
+        hidden = decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+        ).last_hidden_state[:, -(c + 1) : -1]
+        return head_logps(hidden, weight, completion_ids, want_entropy, temperature)
     params = forward_params(model)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     if "position_ids" in params:
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    c = completion_ids.size(1)
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = c + 1
     out = model(**kwargs)
@@ -95,6 +261,18 @@ def grouped_completion_logps(
     completion, grouped. With prompts as long as completions this halves the tokens of the
     training forward and backward.
     """
+    split = _decoder_and_head(model)
+    if split is not None:
+        return _grouped_head_logps(
+            split,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            num_generations,
+            want_entropy,
+            temperature,
+        )
     params = forward_params(model)
     g = num_generations
     kwargs: dict[str, Any] = {
@@ -132,3 +310,41 @@ def grouped_completion_logps(
     return selective_logps_and_entropy(
         logits, completion_ids, want_entropy, temperature=temperature
     )
+
+
+def _grouped_head_logps(
+    split: tuple[Any, torch.Tensor],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    g: int,
+    want_entropy: bool,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`grouped_completion_logps` through the decoder's hidden states and
+    :func:`head_logps`: the prompt once per group, its cache repeated, the head chunked."""
+    decoder, weight = split
+    out = decoder(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        past_key_values=DynamicCache(),
+        use_cache=True,
+    )
+    hidden = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)
+    c = completion_ids.size(1)
+    if c > 1:
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(g)
+        pmask = prompt_mask.repeat_interleave(g, dim=0)
+        start = pmask.sum(-1, keepdim=True)
+        rest = decoder(
+            input_ids=completion_ids[:, :-1],
+            attention_mask=torch.cat([pmask, completion_mask[:, :-1]], dim=1),
+            position_ids=start + torch.arange(c - 1, device=pmask.device)[None],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        hidden = torch.cat([hidden, rest], dim=1)
+    return head_logps(hidden, weight, completion_ids, want_entropy, temperature)
