@@ -632,3 +632,23 @@ def test_without_refill_the_batches_run_one_after_another(tok):
     cfg.refill = False
     without = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
     assert [r.token_ids for r in with_refill] == [r.token_ids for r in without]
+
+
+def test_logits_processor_ends_each_prompt_at_its_own_length(tok):
+    """A per-row rule (the benchmarks' forced EOS at a length drawn per prompt) sees the
+    caller's output indices and each row's token count, through refills and sorting."""
+    model = make_llama(len(tok))
+    want = [5, 1, 9, 3, 7, 2, 8, 4]
+
+    def force_eos(outs: list[int], generated: list[int], logits: torch.Tensor) -> None:
+        for b, (o, g) in enumerate(zip(outs, generated, strict=True)):
+            if g == want[o] - 1:
+                logits[b] = float("-inf")
+                logits[b, EOS] = 0.0
+            else:
+                logits[b, EOS] = float("-inf")
+
+    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[EOS], batch_size=3)
+    res = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False, logits_processor=force_eos)
+    assert [r.n_tokens for r in res] == want
+    assert all(r.finish_reason == "eos" and r.token_ids[-1] == EOS for r in res)

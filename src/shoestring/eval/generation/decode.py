@@ -45,7 +45,11 @@ from shoestring.eval.generation.stops import IncrementalText, find_stop, resolve
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.eval.sampling import choose_next_tokens
 
-__all__ = ["decode_batch", "generate_batch"]
+__all__ = ["LogitsProcessor", "decode_batch", "generate_batch"]
+
+# (output index per batch row, tokens generated so far per row, logits [rows, vocab]) -> None;
+# edits the logits in place before the next token is chosen.
+LogitsProcessor = Callable[[list[int], list[int], torch.Tensor], None]
 
 
 @dataclass
@@ -71,11 +75,15 @@ def generate_batch(
     on_result: Callable[[int, GenerationResult], None] | None = None,
     generator: torch.Generator | None = None,
     max_rows: int | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Generate for all ``prompts`` in one batch (one forward pass per step for all rows).
 
     With ``max_rows``, at most that many rows decode together and the other prompts join
     (in the given order) as rows finish: continuous batching (``cfg.refill``).
+    ``logits_processor(outputs, generated, logits)`` may edit the next-token logits in place
+    before each choice: ``outputs[b]`` is batch row ``b``'s output index, ``generated[b]`` the
+    tokens it has so far (a per-row rule, like a ``transformers`` ``LogitsProcessor``).
     ``prompts`` are strings or token-id lists. Returns ``len(prompts) * num_return_sequences``
     results, sample ``k`` of prompt ``i`` at ``i * n + k``. ``on_text(i, delta)`` streams new
     text of output ``i`` (text that could still turn into a stop string is held back until it is
@@ -113,6 +121,7 @@ def generate_batch(
                 on_result,
                 store_dtype,
                 max_rows,
+                logits_processor,
             )
     except RuntimeError as exc:
         # A model that reaches the registry but also runs attention its own way may refuse
@@ -131,6 +140,7 @@ def generate_batch(
             on_result=on_result,
             generator=generator,
             max_rows=max_rows,
+            logits_processor=logits_processor,
         )
 
 
@@ -146,6 +156,7 @@ def decode_batch(
     on_result: Callable[[int, GenerationResult], None] | None,
     store_dtype: torch.dtype | None = None,
     max_rows: int | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Prefill ``ids_list`` and decode until every row has finished; results in output order.
 
@@ -276,6 +287,8 @@ def decode_batch(
             if any(young):
                 index = torch.tensor(young, device=device).nonzero().squeeze(1)
                 logits[index[:, None], eos_tensor[None, :]] = float("-inf")
+        if logits_processor is not None:
+            logits_processor(batch.active, [len(rows[o].tokens) for o in batch.active], logits)
         next_tokens = choose_next_tokens(logits, cfg, generator)
 
         # 2. Append it to each live row; finished rows deliver their result.

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
-from shoestring.eval.generation.decode import generate_batch
+from shoestring.eval.generation.decode import LogitsProcessor, generate_batch
 from shoestring.eval.generation.model_io import model_device
 from shoestring.eval.generation.prefill import encode_prompts
 from shoestring.eval.generation.sizing import auto_batch_size
@@ -35,6 +35,7 @@ def generate_all(
     callback: Callable[[int, GenerationResult], None] | None = None,
     progress: bool = True,
     desc: str = "generate",
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Generate for any number of prompts; results come back in input order.
 
@@ -44,7 +45,9 @@ def generate_all(
     queued prompts take the places of rows that finish, so the batch stays full while answers
     end at different lengths; otherwise they go in fixed batches. ``callback(i, result)`` fires as
     output ``i`` finishes (``i = prompt * num_return_sequences + sample``), so a benchmark can
-    append it to a JSONL file and resume by passing only the prompts still missing. An
+    append it to a JSONL file and resume by passing only the prompts still missing.
+    ``logits_processor`` is :func:`generate_batch`'s, with output indices in the caller's
+    numbering (``prompt * num_return_sequences + sample``). An
     out-of-memory batch is retried at half the size, keeping the outputs already delivered.
     """
     cfg = (cfg or SamplingConfig()).check()
@@ -91,6 +94,18 @@ def generate_all(
             if callback is not None:
                 callback(out, res)
 
+        processor = None
+        if logits_processor is not None:
+
+            def processor(
+                outs: list[int],
+                generated: list[int],
+                logits: torch.Tensor,
+                chunk: list[int] = chunk,
+                user: LogitsProcessor = logits_processor,
+            ) -> None:
+                user([chunk[o // n] * n + o % n for o in outs], generated, logits)
+
         try:
             generate_batch(
                 model,
@@ -100,6 +115,7 @@ def generate_all(
                 on_result=deliver,
                 generator=generator,
                 max_rows=max_rows,
+                logits_processor=processor,
             )
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
             if not is_oom_error(exc) or prompts_per_batch == 1 or len(chunk) == 1:
