@@ -87,8 +87,9 @@ class GenerationResult:
 
     ``token_ids`` are the generated ids (an EOS that ended the row included, as
     ``model.generate`` returns it); ``text`` is their decoding, cut before a matched stop string
-    unless ``keep_stop_string``. ``seconds`` runs from the start of the row's batch (prefill
-    included) to the step the row finished, so it is latency, not a share of the batch time.
+    unless ``keep_stop_string``. ``seconds`` runs from the start of the row's prefill (with
+    continuous batching a prompt joins the running batch later) to the step the row finished,
+    so it is latency, not a share of the batch time.
     """
 
     text: str
