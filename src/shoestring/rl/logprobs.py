@@ -37,20 +37,23 @@ PLAIN_HEAD_ARCHS = {
     "MistralForCausalLM",
     "ShoestringGPTForCausalLM",
 }
-# Tokens per chunk of the head: the fp32 working set is chunk x vocab (78 MB at Qwen2's vocab).
+# Tokens per chunk of the fp32 softmax statistics: chunk x vocab x 4 bytes (78 MB at Qwen2's).
 HEAD_CHUNK_TOKENS = 128
+# Vocabulary rows per block of the head weight's gradient (a [block, d] transient).
+HEAD_GRAD_VOCAB_BLOCK = 16384
 
 
 class _HeadLogps(torch.autograd.Function):
-    """``log_softmax(hidden @ weight.T / T)[target]`` per token, chunk by chunk: the fp32
-    softmax statistics exist for one chunk at a time, never for all tokens.
+    """``log_softmax(hidden @ weight.T / T)[target]`` per token, with the softmax statistics
+    in fp32 one chunk of tokens at a time: the only vocabulary-wide tensor is the logits in
+    the compute dtype (bf16 under autocast), never an fp32 copy of them.
 
     Backward needs the softmax of every token. A head that trains (a full fine-tune, tied
-    embeddings) keeps each chunk's logits in the compute dtype (bf16 under autocast: half of
-    an fp32 copy) and forms ``(onehot - softmax) / T`` from them in backward - no matmul is
-    recomputed. A frozen head (LoRA) needs only the gradient of the hidden states, which is
-    ``g * (W[target] - softmax @ W) / T`` per token: that [tokens, d] vector is formed in the
-    forward pass and nothing vocabulary-wide is kept."""
+    embeddings) keeps the compute-dtype logits, turns them in place into
+    ``g * (onehot - softmax) / T`` chunk by chunk, and forms both gradients with one matmul
+    each, as autograd would. A frozen head (LoRA) needs only the hidden states' gradient,
+    ``g * (W[target] - softmax @ W) / T``: that [tokens, d] vector is formed in the forward
+    pass and nothing vocabulary-wide outlives it."""
 
     @staticmethod
     def forward(
@@ -65,72 +68,64 @@ class _HeadLogps(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         w = weight.to(compute_dtype)
-        train_head = ctx.needs_input_grad[1]
-        train_hidden = ctx.needs_input_grad[0]
+        train_head, train_hidden = ctx.needs_input_grad[0:2][::-1]
+        frozen_grad = train_hidden and not train_head
+        logits = hidden.to(compute_dtype) @ w.t()  # [N, V], compute dtype
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         ents = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
         lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        kept: list[torch.Tensor] = []  # per-chunk logits (compute dtype) for a trained head
-        dh = (
-            torch.empty(hidden.shape, dtype=compute_dtype, device=hidden.device)
-            if train_hidden and not train_head
-            else None
-        )
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
-            logits = hidden[a:b].to(compute_dtype) @ w.t()
-            z = logits.float() if temperature == 1.0 else logits.float() / temperature
+            z = logits[a:b].float()
+            if temperature != 1.0 or logits.dtype == torch.float32:
+                z = z / temperature  # a copy: the logits stay as they are
             lse = torch.logsumexp(z, dim=-1)
             lses[a:b] = lse
             logps[a:b] = z.gather(1, targets[a:b, None]).squeeze(1) - lse
-            if want_entropy or dh is not None:
-                if z.data_ptr() == logits.data_ptr():
-                    z = z.clone()  # fp32 logits kept for backward: work on a copy
+            if want_entropy or frozen_grad:
                 log_p = z.sub_(lse[:, None])
                 probs = log_p.exp()
                 if want_entropy:
                     ents[a:b] = -(probs * log_p).sum(-1)  # = lse - sum p * z
-                if dh is not None:
-                    pw = probs.to(compute_dtype) @ w
-                    dh[a:b] = (w[targets[a:b]].float() - pw.float()).div_(temperature)
-            if train_head:
-                kept.append(logits)
-        ctx.temperature, ctx.chunk, ctx.compute_dtype = temperature, chunk, compute_dtype
+                if frozen_grad:
+                    logits[a:b] = probs  # the logits are not needed again
+        ctx.temperature, ctx.chunk = temperature, chunk
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
-        ctx.kept = kept
-        ctx.save_for_backward(
-            hidden if train_head else torch.empty(0),
-            w if train_head else torch.empty(0),
-            targets,
-            lses,
-            dh if dh is not None else torch.empty(0),
-        )
+        ctx.train_head = train_head
+        if frozen_grad:
+            dh = (w[targets].float() - (logits @ w).float()).div_(temperature)
+            ctx.save_for_backward(dh)
+        elif train_head:
+            ctx.save_for_backward(hidden, w, targets, lses, logits)
         return logps, ents
 
     @staticmethod
     def backward(ctx: Any, grad_logps: torch.Tensor, _grad_ents: torch.Tensor) -> tuple[Any, ...]:
-        hidden, w, targets, lses, dh = ctx.saved_tensors
         g = grad_logps.float()
-        if not ctx.kept:  # frozen head: the per-token vectors are ready
-            grad_h = (dh.float() * g[:, None]).to(ctx.hidden_dtype) if dh.numel() else None
-            return grad_h, None, None, None, None, None, None
-        temp, cd = ctx.temperature, ctx.compute_dtype
-        grad_h = torch.empty(hidden.shape, dtype=ctx.hidden_dtype, device=hidden.device)
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        for i, logits in enumerate(ctx.kept):
-            a = i * ctx.chunk
-            b = a + logits.shape[0]
-            z = logits.float() if temp == 1.0 else logits.float() / temp
+        if not ctx.train_head:  # frozen head: the per-token vectors are ready
+            (dh,) = ctx.saved_tensors
+            return (dh * g[:, None]).to(ctx.hidden_dtype), None, None, None, None, None, None
+        hidden, w, targets, lses, logits = ctx.saved_tensors
+        temp = ctx.temperature
+        for a in range(0, logits.shape[0], ctx.chunk):
+            b = min(a + ctx.chunk, logits.shape[0])
+            z = logits[a:b].float()
+            if temp != 1.0 or logits.dtype == torch.float32:
+                z = z / temp
             # d logp / d logits = (onehot - softmax) / T, times each token's upstream grad
-            probs = z.sub_(lses[a:b, None]).exp_()
             gc = g[a:b, None] / temp
-            grad_logits = probs.mul_(-gc)
-            grad_logits.scatter_add_(1, targets[a:b, None], gc)
-            gl = grad_logits.to(cd)
-            grad_h[a:b] = (gl @ w).to(ctx.hidden_dtype)
-            grad_w.add_((gl.t() @ hidden[a:b].to(cd)).float())
-        ctx.kept = []
-        return grad_h, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+            grad = z.sub_(lses[a:b, None]).exp_().mul_(-gc)
+            grad.scatter_add_(1, targets[a:b, None], gc)
+            logits[a:b] = grad  # in place: the logits become the logits' gradient
+        grad_h = (logits @ w).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
+        # the head's gradient block by block of the vocabulary, written straight into the
+        # weight's dtype: no [V, d] compute-dtype copy next to the fp32 one
+        grad_w = torch.empty(w.shape, dtype=ctx.weight_dtype, device=w.device)
+        h = hidden.to(w.dtype)
+        for v in range(0, w.shape[0], HEAD_GRAD_VOCAB_BLOCK):
+            block = slice(v, v + HEAD_GRAD_VOCAB_BLOCK)
+            grad_w[block] = logits[:, block].t() @ h
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def head_logps(
