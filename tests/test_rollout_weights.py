@@ -1,6 +1,6 @@
 """The bf16 rollout copy of a CPU full fine-tune: made without an fp32 detour, tied weights
-stay tied, refreshed to the trained weights before every rollout, and used only where it
-applies (bf16 asked for, fp32 weights, no LoRA, no hooks)."""
+stay tied, made from the trained weights for every rollout and dropped after it, and used
+only where it applies (bf16 asked for, fp32 weights, no LoRA, no hooks)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def test_rollout_weights_follow_training_and_apply_only_where_they_should() -> N
     with torch.no_grad():  # an optimizer step
         for p in model.parameters():
             p.add_(0.25)
-    assert weights.model_for(_policy(model)) is shadow  # the same copy, refreshed in place
+    weights.release()
+    assert weights.shadow is None  # dropped after the rollout: not there in training
+    shadow = weights.model_for(_policy(model))  # the next rollout: the trained weights
     for s, p in zip(shadow.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(s, p.detach().to(torch.bfloat16))
 

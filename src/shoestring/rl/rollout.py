@@ -190,6 +190,7 @@ class RolloutGenerator:
             self.sampling(gen_index),
             progress=False,
         )
+        self.rollout_weights.release()
         t1 = time.perf_counter()
         completions = [r.text for r in results]
         comp_ids = [list(r.token_ids) for r in results]

@@ -4,11 +4,12 @@ Why: a full fine-tune keeps fp32 master weights (the optimizer needs them) and t
 bf16 autocast. Sampling with them runs every decode step in fp32 (twice the weight bytes read
 per token, and fp32 matmuls, on a CPU whose bf16 units are the fast ones), and sampling under
 autocast instead re-casts every weight at every decode step. With ``dtype=bf16`` on a CPU the
-rollout therefore decodes with a bf16 copy of the weights, made once and refreshed in place
-before each rollout (one cast of each weight per rollout instead of one per token) - what
-TRL's bf16 run computes in, without its per-step casts. LoRA runs need none: their frozen base
-is stored in bf16 already. A model with hooks (gradient checkpointing's input hooks,
-offloading) is left as it is.
+rollout therefore decodes with a bf16 copy of the weights, made before each rollout and
+dropped after it (one cast of each weight per rollout instead of one per token) - what TRL's
+bf16 run computes in, without its per-step casts. Dropping it keeps the copy out of the
+training step, where the run's peak memory is (gradients, optimizer state, activations).
+LoRA runs need none: their frozen base is stored in bf16 already. A model with hooks (gradient
+checkpointing's input hooks, offloading) is left as it is.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _hooked(model: torch.nn.Module) -> bool:
 
 
 class RolloutWeights:
-    """Hands the rollout the model to sample with; keeps the bf16 copy between rollouts."""
+    """Hands the rollout the model to sample with (:meth:`model_for`) and drops the bf16
+    copy once the rollout is done (:meth:`release`)."""
 
     def __init__(self) -> None:
         self.shadow: torch.nn.Module | None = None
@@ -58,13 +60,13 @@ class RolloutWeights:
 
     @torch.no_grad()
     def model_for(self, policy: Any) -> torch.nn.Module:
-        """The model the next rollout samples with: ``policy.model`` itself, or its bf16
-        copy refreshed to the current weights."""
+        """The model the next rollout samples with: ``policy.model`` itself, or a bf16 copy
+        of its current weights."""
         if not self.wanted(policy):
             return policy.model
-        if self.shadow is None:
-            self.shadow = bf16_copy(policy.model)
-        else:
-            for s, p in zip(self.shadow.parameters(), policy.model.parameters(), strict=True):
-                s.copy_(p)
+        self.shadow = bf16_copy(policy.model)
         return self.shadow
+
+    def release(self) -> None:
+        """Drop the bf16 copy (the rollout is done)."""
+        self.shadow = None
