@@ -22,6 +22,7 @@ TRL is a benchmark dependency only (``pip install -c constraints.txt -e ".[bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 # Qwen2.5-Instruct's ChatML layout (no system prompt), so --chat prompts are as long as the ones
 # a user's Qwen2.5-0.5B-Instruct GRPO run on GSM8K sees.
@@ -71,18 +73,27 @@ def build_tokenizer(out: Path, vocab_size: int, rows: list[dict[str, str]]) -> A
     return tok
 
 
+def model_vocab_size(requested: int, tok: Any) -> int:
+    """The model's vocabulary: the requested size (Qwen2.5's 151,936, say), never cut down to
+    the tokenizer's. A BPE trained on the benchmark's text stops at a few thousand entries;
+    the ids it never produces are fine for timing, but the head's width decides the cost of
+    logits, sampling and log-probs, so it must be the real one. Only a tokenizer larger than
+    the request widens it (its ids must exist)."""
+    return max(int(requested), len(tok))
+
+
 def build_model(
     out: Path, tok: Any, args: argparse.Namespace, vocab_size: int | None = None
 ) -> int:
-    """A randomly initialised Qwen2 of ``args``' shape saved to ``out``; its vocabulary is the
-    tokenizer's unless ``vocab_size`` sets a real model's (the head's cost depends on it).
-    Returns the parameter count."""
+    """A randomly initialised Qwen2 of ``args``' shape saved to ``out``; its vocabulary is
+    ``vocab_size`` or else :func:`model_vocab_size` of ``args.vocab`` (the head's cost depends
+    on it). Returns the parameter count."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     cfg = Qwen2Config(
-        vocab_size=vocab_size or len(tok),
+        vocab_size=vocab_size or model_vocab_size(args.vocab, tok),
         hidden_size=args.hidden,
         intermediate_size=args.intermediate,
         num_hidden_layers=args.layers,
@@ -230,6 +241,9 @@ def run_trl(
         temperature=1.0,
         learning_rate=1e-5,
         bf16=args.dtype == "bf16",
+        # TRL's GRPOConfig turns gradient checkpointing on by default; its docs recommend it
+        # only when memory is short, and a 0.5B model fits easily: the peer at its best.
+        gradient_checkpointing=False,
         use_cpu=True,
         report_to="none",
         save_strategy="no",
@@ -314,6 +328,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _fresh_peak() -> int:
+    """Free what the previous run left (Python garbage, glibc's cached pages), reset the
+    kernel's peak-RSS mark, and return the resident set the next run starts from: each run's
+    peak is then its own, in this one process."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    reset_peak_rss()
+    return current_rss_bytes()
+
+
 def resolve_prompt_source(args: argparse.Namespace) -> str:
     """``auto`` -> ``gsm8k`` where GSM8K is found, else ``synthetic``; ``--chat`` defaults to
     on for GSM8K (a chat model's prompt) and off for synthetic problems."""
@@ -347,9 +375,11 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     else:
         model_dir = work / "model"
         tok = build_tokenizer(model_dir, args.vocab, questions)
-        build_model(model_dir, tok, args)
+        vocab = model_vocab_size(args.vocab, tok)
+        n_params = build_model(model_dir, tok, args, vocab_size=vocab)
         described = (
-            f"Qwen2 random init, hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}"
+            f"Qwen2 random init, hidden {args.hidden}, {args.layers} layers, vocab {vocab} "
+            f"(tokenizer {len(tok)}), {n_params / 1e6:.1f}M parameters"
         )
     rows = render_prompts(questions, tok, args.chat)
     lengths = sorted(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows)
@@ -365,19 +395,29 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         f", {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]})",
         flush=True,
     )
+    print(
+        "TRL: GRPOTrainer with bf16 autocast when --dtype bf16, gradient checkpointing off, its "
+        "own chunked log-probs (fused_lm_head); liger-kernel not used: its kernels are Triton "
+        "(GPU only), nothing of it runs on a CPU",
+        flush=True,
+    )
     res: dict[str, list[float]] = {"shoestring": [], "trl": []}
     gen: dict[str, list[float]] = {"shoestring": [], "trl": []}
+    peak: dict[str, list[float]] = {"shoestring": [], "trl": []}
     runners = {"shoestring": run_shoestring, "trl": run_trl}
     for rnd in range(args.rounds):
         order = ["shoestring", "trl"] if rnd % 2 == 0 else ["trl", "shoestring"]
         for name in order:
+            base = _fresh_peak()
             t, g = runners[name](model_dir, work, args, f"r{rnd}", rows)
+            top = peak_rss_bytes() or 0
+            peak[name].append(top / 2**30)
             res[name] += t[1:]
             gen[name] += g[1:]
             print(
                 f"round {rnd + 1} {name:10s} s/step: "
                 + ", ".join(f"{x:.2f}" for x in t)
-                + " (first dropped)",
+                + f" (first dropped); peak RSS {top / 2**30:.2f} GiB (start {base / 2**30:.2f})",
                 flush=True,
             )
     sh, tr = statistics.median(res["shoestring"]), statistics.median(res["trl"])
@@ -391,6 +431,10 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     print(
         f"fastest s/step shoestring {shm:.3f}   TRL GRPOTrainer {trm:.3f}   ratio "
         f"TRL/shoestring {trm / shm:.2f}x  ({len(res['shoestring'])} + {len(res['trl'])} steps)"
+    )
+    print(
+        f"peak RSS (max over runs) shoestring {max(peak['shoestring']):.2f} GiB   TRL "
+        f"{max(peak['trl']):.2f} GiB"
     )
     split = {}
     for name in ("shoestring", "trl"):
@@ -418,6 +462,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                     "ratio_fastest": trm / shm,
                     "generation_seconds": gen,
                     "median_split": split,
+                    "peak_rss_gib": peak,
                 },
                 indent=2,
             ),

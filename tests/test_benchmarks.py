@@ -45,6 +45,24 @@ def test_grpo_vs_trl_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "ratio TRL/shoestring" in out and "median split" in out
+    assert "peak RSS (max over runs) shoestring" in out
+
+
+def test_benchmark_model_keeps_the_requested_vocab(tmp_path: Path) -> None:
+    """The head's width is the real model's even when the benchmark's tokenizer is smaller
+    (it once silently became the tokenizer's 5,835 instead of Qwen2.5's 151,936)."""
+    import argparse
+    import json
+
+    bench = _load("grpo_vs_trl")
+    rows = bench.load_questions("synthetic", 8)
+    tok = bench.build_tokenizer(tmp_path / "tok", 300, rows)
+    assert len(tok) <= 300
+    args = argparse.Namespace(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1, vocab=1000)
+    bench.build_model(tmp_path / "model", tok, args)
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert cfg["vocab_size"] == 1000
+    assert bench.model_vocab_size(10, tok) == len(tok)  # never below the tokenizer's ids
 
 
 def test_decode_step_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,3 +72,18 @@ def test_decode_step_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("sampling 16 x") == 3 and out.count("decode step,") == 2
     diffs = [float(x) for x in re.findall(r"max \|logit diff\| ([0-9.e+-]+)\)", out)]
     assert len(diffs) == 2 and max(diffs) < 1e-4  # lean step and forward agree (fp32)
+
+
+def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both engines follow the per-prompt length rule, and in fp32 they agree token for token
+    (continuous batching included)."""
+    bench = _load("generate_vs_hf")
+    args = ["--rounds", "1", "--threads", "1", "--dtype", "fp32", "--batch", "3"]
+    args += ["--variable-prompts", "7", "--fixed-prompts", "3", "--fixed-tokens", "5"]
+    args += ["--min-answer", "5", "--max-answer", "30"]
+    assert bench.main(args + TINY_SHAPE) == 0
+    out = capsys.readouterr().out
+    assert "[variable] 7 prompts" in out and "[fixed] 3 prompts" in out
+    assert "identical answers 7/7" in out and "identical answers 3/3" in out
+    assert bench.answer_lengths(5, 0) == bench.answer_lengths(5, 0)  # a fixed draw
+    assert all(50 <= n <= 300 for n in bench.answer_lengths(200, 1))

@@ -541,18 +541,20 @@ def test_shoestring_gpt_greedy_equals_hf(tok, variant):
         assert r.token_ids == hf_greedy(model, tok, prompt, 12, eos=[])
 
 
-def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatch):
+@pytest.mark.parametrize("refill", [False, True])
+def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatch, refill):
     from shoestring.eval.generation import driver
 
     model = make_llama(len(tok))
-    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5)
+    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5, refill=refill)
     expected = [r.token_ids for r in generate_batch(model, tok, PROMPTS, cfg)]
     real = driver.generate_batch_auto
     sizes: list[int] = []
 
     def flaky(model, tokenizer, prompts, cfg=None, **kw):
-        sizes.append(len(prompts))
-        if len(prompts) > 2:
+        rows = kw.get("max_rows") or len(prompts)  # with refill: all prompts, rows bounded
+        sizes.append(rows)
+        if rows > 2:
             raise RuntimeError("CPU out of memory (simulated)")
         return real(model, tokenizer, prompts, cfg, **kw)
 
@@ -562,5 +564,91 @@ def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatc
         model, tok, PROMPTS, cfg, progress=False, callback=lambda i, r: seen.append(i)
     )
     assert [r.token_ids for r in res] == expected
-    assert sizes[:3] == [5, 2, 2] and max(sizes[1:]) <= 2
+    assert sizes[:2] == [5, 2] and max(sizes[1:]) <= 2
+    assert len(sizes) == (2 if refill else 1 + -(-len(PROMPTS) // 2))
     assert sorted(seen) == list(range(len(PROMPTS)))
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+REFILL_PROMPTS = [
+    "x",
+    "Hi there",
+    "a b c d e f g h",
+    "Question: what is 2+2?\nAnswer:",
+    "The quick brown fox jumps over the lazy dog.",
+    "zz",
+    "one two three",
+    "The quick brown fox jumps over the lazy dog, twice over and again.",
+]
+
+
+def _varied_eos(model, tok) -> list[int]:
+    """EOS ids under which the prompts' greedy answers end at different lengths: the token
+    each prompt produces at a different step of its own answer."""
+    cfg = SamplingConfig(max_new_tokens=14, eos_token_ids=[])
+    outs = [r.token_ids for r in generate_batch(model, tok, REFILL_PROMPTS, cfg)]
+    return sorted({out[(3 * i) % 13] for i, out in enumerate(outs)})
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_continuous_batching_gives_each_prompt_its_output_alone(tok, monkeypatch, n):
+    """Prompts that join the running batch as rows finish (continuous batching) get exactly the
+    greedy tokens they get when generated alone - in the driver's order (longest first) and
+    in an order where a longer prompt joins a narrower batch (the cache widens on the left)."""
+    from shoestring.eval.generation import decode
+
+    model = make_llama(len(tok))
+    eos = _varied_eos(model, tok)
+    cfg = SamplingConfig(max_new_tokens=14, eos_token_ids=eos, num_return_sequences=n)
+    alone = [generate_batch(model, tok, [p], cfg) for p in REFILL_PROMPTS]
+    lengths = {len(r[0].token_ids) for r in alone}
+    assert len(lengths) >= 3  # answers do end at different lengths
+
+    refills: list[int] = []
+    real_refill = decode._refill
+    monkeypatch.setattr(decode, "_refill", lambda b, new: (refills.append(1), real_refill(b, new)))
+    cfg.batch_size = 3 * n
+    res = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
+    for i, want in enumerate(alone):
+        for k in range(n):
+            assert res[i * n + k].token_ids == want[k].token_ids, (i, k)
+    assert refills  # rows were actually refilled mid-batch
+    refills.clear()
+    shortest_first = sorted(range(len(REFILL_PROMPTS)), key=lambda i: len(REFILL_PROMPTS[i]))
+    res = generate_batch(
+        model, tok, [REFILL_PROMPTS[i] for i in shortest_first], cfg, max_rows=2 * n
+    )
+    for j, i in enumerate(shortest_first):
+        for k in range(n):
+            assert res[j * n + k].token_ids == alone[i][k].token_ids, (i, k)
+    assert refills
+
+
+def test_without_refill_the_batches_run_one_after_another(tok):
+    model = make_llama(len(tok))
+    cfg = SamplingConfig(max_new_tokens=8, eos_token_ids=_varied_eos(model, tok), batch_size=3)
+    with_refill = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
+    cfg.refill = False
+    without = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
+    assert [r.token_ids for r in with_refill] == [r.token_ids for r in without]
+
+
+def test_logits_processor_ends_each_prompt_at_its_own_length(tok):
+    """A per-row rule (the benchmarks' forced EOS at a length drawn per prompt) sees the
+    caller's output indices and each row's token count, through refills and sorting."""
+    model = make_llama(len(tok))
+    want = [5, 1, 9, 3, 7, 2, 8, 4]
+
+    def force_eos(outs: list[int], generated: list[int], logits: torch.Tensor) -> None:
+        for b, (o, g) in enumerate(zip(outs, generated, strict=True)):
+            if g == want[o] - 1:
+                logits[b] = float("-inf")
+                logits[b, EOS] = 0.0
+            else:
+                logits[b, EOS] = float("-inf")
+
+    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[EOS], batch_size=3)
+    res = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False, logits_processor=force_eos)
+    assert [r.n_tokens for r in res] == want
+    assert all(r.finish_reason == "eos" and r.token_ids[-1] == EOS for r in res)

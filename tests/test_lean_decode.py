@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -26,7 +27,7 @@ from transformers import (
 from _helpers import char_tokenizer
 from shoestring.eval.generation import SamplingConfig, generate_batch, make_cache
 from shoestring.eval.generation.cpu_attention import cpu_fp32_attention
-from shoestring.eval.lean_decode import LeanDecoder
+from shoestring.eval.lean_decode import LeanDecoder, mask_bias, single_query_attention
 from shoestring.eval.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 
@@ -287,3 +288,31 @@ def test_sampler_is_seeded_and_top_k_1_is_greedy() -> None:
         t = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(seed))
         rank = (order == t[:, None]).float().argmax(-1)
         assert inside.gather(1, rank[:, None]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 4), (14, 2)])
+def test_single_query_attention_equals_sdpa(dtype: torch.dtype, heads: tuple[int, int]) -> None:
+    """The CPU decode step's plain matmul-softmax-matmul gives SDPA's result (grouped heads,
+    left padding masked out) within the dtype's tolerance."""
+
+    hq, hkv = heads
+    gen = torch.Generator().manual_seed(0)
+    b, t, d = 3, 37, 16
+    q = torch.randn(b, hq, 1, d, generator=gen).to(dtype)
+    k = torch.randn(b, hkv, t, d, generator=gen).to(dtype)
+    v = torch.randn(b, hkv, t, d, generator=gen).to(dtype)
+    mask = torch.ones(b, 1, 1, t, dtype=torch.bool)
+    mask[1, ..., :5] = False  # left padding of row 1
+    mask[2, ..., :30] = False
+    ref = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask, scale=0.3, enable_gqa=hq != hkv
+    )
+    out = single_query_attention(q, k, v, mask_bias(mask), 0.3)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)  # fp32 math for both dtypes
+    sdpa_native = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=0.3, enable_gqa=hq != hkv
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.to(dtype), sdpa_native, atol=tol, rtol=tol)

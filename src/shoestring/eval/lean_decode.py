@@ -291,6 +291,8 @@ class LeanDecoder:
         hq, hkv, d, dv = self.n_heads, self.n_kv, self.head_dim, self.v_head_dim
         h, rope = self._embed(input_ids, positions)
         attn_mask = mask[:, None, None, :].bool()  # [B, 1, 1, T], shared by every layer
+        # the same mask as an additive fp32 bias, for the CPU's single-query attention
+        bias = mask_bias(attn_mask) if input_ids.device.type == "cpu" else None
         for i, layer in enumerate(self.layers):
             x = layer.norm1(h)
             # q/k as [B, 1, heads, d]; RoPE on both with one rotation where they are adjacent
@@ -310,7 +312,7 @@ class LeanDecoder:
             keys, values = cache.update(
                 k.transpose(1, 2), v.view(b, 1, hkv, dv).transpose(1, 2), i
             )  # [B, hkv, T, d]
-            out = self._attend(q.transpose(1, 2), keys, values, attn_mask, layer.scaling)
+            out = self._attend(q.transpose(1, 2), keys, values, attn_mask, bias, layer.scaling)
             h = h + layer.o(out.transpose(1, 2).reshape(b, 1, hq * dv).to(x.dtype))[0]
             h = h + layer.mlp(layer.norm2(h))
         h = self.final_norm(h)
@@ -329,11 +331,16 @@ class LeanDecoder:
         keys: torch.Tensor,
         values: torch.Tensor,
         attn_mask: torch.Tensor,
+        bias: torch.Tensor | None,
         scale: float,
     ) -> torch.Tensor:
         """Attention of the one new query [B, hq, 1, d] over the cache, in the cache's dtype
         (fp32 for the CPU's fp32 cache of a bf16 model, as the engine's registered attention
-        does); the GPT upcasts bf16 attention on a CPU to fp32, as its forward does."""
+        does); the GPT upcasts bf16 attention on a CPU to fp32, as its forward does. On a CPU
+        (``bias`` given) it is :func:`single_query_attention`, in fp32."""
+        if bias is not None:
+            out = single_query_attention(q, keys, values, bias, scale)
+            return out if self.gpt else out.to(keys.dtype)
         upcast = self.gpt and q.dtype == torch.bfloat16 and q.device.type == "cpu"
         if upcast:
             q, keys, values = q.float(), keys.float(), values.float()
@@ -351,4 +358,37 @@ class LeanDecoder:
             )
 
 
-__all__ = ["FUSE_MAX_BYTES", "SUPPORTED", "LeanDecoder"]
+def mask_bias(attn_mask: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask (True = attend) as an additive fp32 bias (0 or -inf)."""
+    bias = torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device)
+    return bias.masked_fill_(~attn_mask, float("-inf"))
+
+
+def single_query_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of one query token per row over the whole cache, as plain fp32
+    matmul-softmax-matmul: ``q`` [B, hq, 1, d], ``keys``/``values`` [B, hkv, T, d] (grouped
+    heads: query head ``i`` reads kv head ``i // (hq / hkv)``, as ``enable_gqa``), ``bias``
+    [B, 1, 1, T] additive (0 or -inf); returns fp32 [B, hq, 1, dv].
+
+    Why not ``scaled_dot_product_attention``: PyTorch's CPU flash kernel is built for many
+    queries; for one it pays its blocking for nothing, and in bf16 it is several times slower
+    still. With the query heads of a group as the rows of one matmul this is faster than SDPA
+    in fp32 and far faster than SDPA in bf16 (``benchmarks/decode_step.py`` measures both;
+    figures in docs/generate.md)."""
+    b, hq, _, d = q.shape
+    hkv, t = keys.shape[1], keys.shape[2]
+    qg = q.reshape(b, hkv, hq // hkv, d).float()  # the query heads that share a kv head
+    scores = torch.matmul(qg, keys.float().transpose(-1, -2))  # [B, hkv, g, T]
+    scores.mul_(scale).add_(bias.view(b, 1, 1, t))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, values.float())  # [B, hkv, g, dv]
+    return out.view(b, hq, 1, values.shape[-1])
+
+
+__all__ = ["FUSE_MAX_BYTES", "SUPPORTED", "LeanDecoder", "mask_bias", "single_query_attention"]

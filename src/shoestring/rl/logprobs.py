@@ -2,9 +2,14 @@
 
 Why a module of its own: the training forward is most of a GRPO step's backward cost, so it is
 written to do as little as possible - only the completion positions go through the vocabulary
-head (``logits_to_keep``), the fp32 log-softmax runs a few rows at a time, and
-:func:`grouped_completion_logps` runs each prompt once per group and repeats its KV cache. The
-tests check that the grouped and the plain forms give the same log-probs and gradients.
+head, and :func:`grouped_completion_logps` runs each prompt once per group and repeats its KV
+cache. For Llama-family models and the shoestring GPT the head runs outside the model, chunk by
+chunk (:func:`head_logps`): at Qwen2's 151,936-entry vocabulary the [tokens, vocab] logits of a
+GRPO micro-batch are gigabytes, and their fp32 log-softmax and its backward were a large share
+of the step; here no fp32 [tokens, vocab] tensor ever exists. Other models go through their own
+forward (``logits_to_keep``) and a log-softmax a few rows at a time. The tests check that the
+grouped and plain forms, and the chunked head and the full logits, give the same log-probs and
+gradients.
 """
 
 from __future__ import annotations
@@ -12,11 +17,157 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from shoestring.eval.generation import forward_params
 
-__all__ = ["completion_logps", "grouped_completion_logps", "selective_logps_and_entropy"]
+__all__ = [
+    "completion_logps",
+    "grouped_completion_logps",
+    "head_logps",
+    "selective_logps_and_entropy",
+]
+
+# Architectures whose logits are exactly ``lm_head(model.model(...).last_hidden_state)``: no
+# soft-capping, logit scale or final bias, so the head can run chunk by chunk outside the model.
+PLAIN_HEAD_ARCHS = {
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "MistralForCausalLM",
+    "ShoestringGPTForCausalLM",
+}
+# Tokens per chunk of the fp32 softmax statistics: chunk x vocab x 4 bytes (78 MB at Qwen2's).
+HEAD_CHUNK_TOKENS = 128
+# Vocabulary rows per block of the head weight's gradient (a [block, d] transient).
+HEAD_GRAD_VOCAB_BLOCK = 16384
+
+
+class _HeadLogps(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T / T)[target]`` per token, with the softmax statistics
+    in fp32 one chunk of tokens at a time: the only vocabulary-wide tensor is the logits in
+    the compute dtype (bf16 under autocast), never an fp32 copy of them.
+
+    Backward needs the softmax of every token. A head that trains (a full fine-tune, tied
+    embeddings) keeps the compute-dtype logits, turns them in place into
+    ``g * (onehot - softmax) / T`` chunk by chunk, and forms both gradients with one matmul
+    each, as autograd would. A frozen head (LoRA) needs only the hidden states' gradient,
+    ``g * (W[target] - softmax @ W) / T``: that [tokens, d] vector is formed in the forward
+    pass and nothing vocabulary-wide outlives it."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        compute_dtype: torch.dtype,
+        want_entropy: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = hidden.shape[0]
+        w = weight.to(compute_dtype)
+        train_head, train_hidden = ctx.needs_input_grad[0:2][::-1]
+        frozen_grad = train_hidden and not train_head
+        logits = hidden.to(compute_dtype) @ w.t()  # [N, V], compute dtype
+        logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        ents = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
+        lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            z = logits[a:b].float()
+            if temperature != 1.0 or logits.dtype == torch.float32:
+                z = z / temperature  # a copy: the logits stay as they are
+            lse = torch.logsumexp(z, dim=-1)
+            lses[a:b] = lse
+            logps[a:b] = z.gather(1, targets[a:b, None]).squeeze(1) - lse
+            if want_entropy or frozen_grad:
+                log_p = z.sub_(lse[:, None])
+                probs = log_p.exp()
+                if want_entropy:
+                    ents[a:b] = -(probs * log_p).sum(-1)  # = lse - sum p * z
+                if frozen_grad:
+                    logits[a:b] = probs  # the logits are not needed again
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        ctx.train_head = train_head
+        if frozen_grad:
+            dh = (w[targets].float() - (logits @ w).float()).div_(temperature)
+            ctx.save_for_backward(dh)
+        elif train_head:
+            ctx.save_for_backward(hidden, w, targets, lses, logits)
+        return logps, ents
+
+    @staticmethod
+    def backward(ctx: Any, grad_logps: torch.Tensor, _grad_ents: torch.Tensor) -> tuple[Any, ...]:
+        g = grad_logps.float()
+        if not ctx.train_head:  # frozen head: the per-token vectors are ready
+            (dh,) = ctx.saved_tensors
+            return (dh * g[:, None]).to(ctx.hidden_dtype), None, None, None, None, None, None
+        hidden, w, targets, lses, logits = ctx.saved_tensors
+        temp = ctx.temperature
+        for a in range(0, logits.shape[0], ctx.chunk):
+            b = min(a + ctx.chunk, logits.shape[0])
+            z = logits[a:b].float()
+            if temp != 1.0 or logits.dtype == torch.float32:
+                z = z / temp
+            # d logp / d logits = (onehot - softmax) / T, times each token's upstream grad
+            gc = g[a:b, None] / temp
+            grad = z.sub_(lses[a:b, None]).exp_().mul_(-gc)
+            grad.scatter_add_(1, targets[a:b, None], gc)
+            logits[a:b] = grad  # in place: the logits become the logits' gradient
+        grad_h = (logits @ w).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
+        # the head's gradient block by block of the vocabulary, written straight into the
+        # weight's dtype: no [V, d] compute-dtype copy next to the fp32 one
+        grad_w = torch.empty(w.shape, dtype=ctx.weight_dtype, device=w.device)
+        h = hidden.to(w.dtype)
+        for v in range(0, w.shape[0], HEAD_GRAD_VOCAB_BLOCK):
+            block = slice(v, v + HEAD_GRAD_VOCAB_BLOCK)
+            grad_w[block] = logits[:, block].t() @ h
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def head_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    want_entropy: bool = False,
+    temperature: float = 1.0,
+    chunk: int = HEAD_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of ``targets`` [B, T] under ``hidden`` [B, T, d] through a
+    bias-free head ``weight`` [V, d], in fp32, without the [B, T, V] logits: the same values
+    and gradients as :func:`selective_logps_and_entropy` of ``hidden @ weight.T``. Under
+    autocast the matmuls run in the autocast dtype, as ``nn.Linear`` would."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        cd = torch.get_autocast_dtype(device_type)
+    else:
+        cd = torch.promote_types(hidden.dtype, weight.dtype)
+    bsz, t = targets.shape
+    flat = hidden.reshape(bsz * t, hidden.shape[-1])
+    with torch.autocast(device_type, enabled=False):
+        lp, ent = _HeadLogps.apply(
+            flat, weight, targets.reshape(-1), float(temperature), cd, want_entropy, chunk
+        )
+    return lp.view(bsz, t), (ent.view(bsz, t) if want_entropy else None)
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, torch.Tensor] | None:
+    """The decoder stack and the head weight of a model whose logits are a plain bias-free
+    head over the decoder's output (peft wrappers looked through), else ``None``."""
+    get_base = getattr(model, "get_base_model", None)  # a peft wrapper
+    base = get_base() if callable(get_base) else model
+    head = getattr(base, "lm_head", None)
+    decoder = getattr(base, "model", None)
+    if type(base).__name__ not in PLAIN_HEAD_ARCHS or decoder is None:
+        return None
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None  # a LoRA-wrapped or biased head runs as its own module
+    if head._forward_hooks or head._forward_pre_hooks:
+        return None
+    return decoder, head.weight
 
 
 def selective_logps_and_entropy(
@@ -62,11 +213,21 @@ def completion_logps(
     """
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    c = completion_ids.size(1)
+    split = _decoder_and_head(model)
+    if split is not None:  # the head chunk by chunk: no [B, C, V] logits
+        decoder, weight = split
+        hidden = decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+        ).last_hidden_state[:, -(c + 1) : -1]
+        return head_logps(hidden, weight, completion_ids, want_entropy, temperature)
     params = forward_params(model)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     if "position_ids" in params:
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    c = completion_ids.size(1)
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = c + 1
     out = model(**kwargs)
@@ -95,6 +256,18 @@ def grouped_completion_logps(
     completion, grouped. With prompts as long as completions this halves the tokens of the
     training forward and backward.
     """
+    split = _decoder_and_head(model)
+    if split is not None:
+        return _grouped_head_logps(
+            split,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            num_generations,
+            want_entropy,
+            temperature,
+        )
     params = forward_params(model)
     g = num_generations
     kwargs: dict[str, Any] = {
@@ -132,3 +305,41 @@ def grouped_completion_logps(
     return selective_logps_and_entropy(
         logits, completion_ids, want_entropy, temperature=temperature
     )
+
+
+def _grouped_head_logps(
+    split: tuple[Any, torch.Tensor],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    g: int,
+    want_entropy: bool,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`grouped_completion_logps` through the decoder's hidden states and
+    :func:`head_logps`: the prompt once per group, its cache repeated, the head chunked."""
+    decoder, weight = split
+    out = decoder(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        past_key_values=DynamicCache(),
+        use_cache=True,
+    )
+    hidden = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)
+    c = completion_ids.size(1)
+    if c > 1:
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(g)
+        pmask = prompt_mask.repeat_interleave(g, dim=0)
+        start = pmask.sum(-1, keepdim=True)
+        rest = decoder(
+            input_ids=completion_ids[:, :-1],
+            attention_mask=torch.cat([pmask, completion_mask[:, :-1]], dim=1),
+            position_ids=start + torch.arange(c - 1, device=pmask.device)[None],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        hidden = torch.cat([hidden, rest], dim=1)
+    return head_logps(hidden, weight, completion_ids, want_entropy, temperature)

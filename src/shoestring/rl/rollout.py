@@ -25,6 +25,7 @@ from shoestring.rl.logprobs import completion_logps, grouped_completion_logps
 from shoestring.rl.loss import compute_advantages, nanstd
 from shoestring.rl.policy import Policy
 from shoestring.rl.rewards import RewardFn, score
+from shoestring.rl.rollout_weights import RolloutWeights
 
 __all__ = ["Rollout", "RolloutGenerator", "micro_slices"]
 
@@ -150,6 +151,7 @@ class RolloutGenerator:
         self.reward_labels = reward_labels
         self.weights = weights
         self.pad_id = policy.pad_id()
+        self.rollout_weights = RolloutWeights()  # a bf16 copy to sample with, where it pays
         # an explicit stop_strings overrides the protocol's (e.g. a corpus with its own marker)
         self.stop_strings = list(
             protocol.stop_strings if cfg.stop_strings is None else cfg.stop_strings
@@ -182,12 +184,13 @@ class RolloutGenerator:
         was_training = model.training
         model.eval()
         results = generate_all(
-            model,
+            self.rollout_weights.model_for(policy),
             policy.tokenizer,
             [prompts.ids[i] for i in idx],
             self.sampling(gen_index),
             progress=False,
         )
+        self.rollout_weights.release()
         t1 = time.perf_counter()
         completions = [r.text for r in results]
         comp_ids = [list(r.token_ids) for r in results]

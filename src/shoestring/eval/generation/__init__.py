@@ -10,6 +10,9 @@ owns the decode loop so it can:
   row instead of re-tokenising whole sequences;
 * stop paying for finished rows - the batch is compacted (rows dropped from the ids, mask, and
   every cache layer; leading all-padding columns trimmed) as soon as a row finishes;
+* keep the batch full while answers end at different lengths - queued prompts are prefilled
+  into the running batch as rows finish (continuous batching, ``SamplingConfig.refill``), each
+  prompt getting the greedy tokens it gets alone;
 * share a prompt's prefill between its samples (``num_return_sequences``), which GRPO needs;
 * pick the batch size from the model's shape and the memory that is actually free.
 

@@ -20,6 +20,8 @@ except ImportError:  # pragma: no cover - transformers < 4.56 has no layer class
 
 __all__ = [
     "PreallocatedLayer",
+    "append_cache_rows",
+    "can_append_rows",
     "cache_layers",
     "is_dynamic_cache",
     "make_cache",
@@ -141,6 +143,25 @@ if DynamicLayer is not None:
             torch.index_select(buf[:, :, : self._len], 0, idx, out=out[:, :, : self._len])
             return out
 
+        def append_rows(self, other: PreallocatedLayer) -> None:
+            """Add ``other``'s rows (a later prefill) below this layer's, both right-aligned
+            to the wider of the two (the narrower side gets zero columns on the left, which
+            the caller's mask covers as padding): continuous batching's refill. The filled
+            positions are copied once; the free capacity past them is kept."""
+            if other._kbuf is None or other._vbuf is None:
+                return
+            if self._kbuf is None or self._vbuf is None:
+                self.lazy_initialization(other.keys, other.values)
+                self._kbuf, self._vbuf, self._len = other._kbuf, other._vbuf, other._len
+                self._views()
+                return
+            width = max(self._len, other._len)
+            cap = max(self._kbuf.shape[2] - self._len, other._kbuf.shape[2] - other._len)
+            self._kbuf = _stack_right_aligned(self._kbuf, self._len, other._kbuf, other._len, cap)
+            self._vbuf = _stack_right_aligned(self._vbuf, self._len, other._vbuf, other._len, cap)
+            self._len = width
+            self._views()
+
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             self.batch_select_indices(beam_idx)
 
@@ -174,6 +195,47 @@ if DynamicLayer is not None:
 
 else:  # pragma: no cover
     PreallocatedLayer = None  # type: ignore[assignment,misc]
+
+
+def _stack_right_aligned(
+    a: torch.Tensor, a_len: int, b: torch.Tensor, b_len: int, free: int
+) -> torch.Tensor:
+    """Rows of ``a`` then rows of ``b`` ([rows, heads, positions, d] buffers filled up to
+    ``a_len``/``b_len``), filled parts right-aligned to the wider, zeros on their left, and
+    ``free`` unfilled positions after them."""
+    width = max(a_len, b_len)
+    out = a.new_empty((a.shape[0] + b.shape[0], a.shape[1], width + free, a.shape[3]))
+    ra = a.shape[0]
+    out[:ra, :, : width - a_len].zero_()
+    out[:ra, :, width - a_len : width].copy_(a[:, :, :a_len])
+    out[ra:, :, : width - b_len].zero_()
+    out[ra:, :, width - b_len : width].copy_(b[:, :, :b_len])
+    return out
+
+
+def can_append_rows(cache: Any) -> bool:
+    """True when every layer of ``cache`` is a :class:`PreallocatedLayer` (the only kind
+    :func:`append_cache_rows` extends)."""
+    layers = cache_layers(cache)
+    return (
+        PreallocatedLayer is not None
+        and bool(layers)
+        and all(isinstance(x, PreallocatedLayer) for x in layers or [])
+    )
+
+
+def append_cache_rows(cache: Any, other: Any) -> bool:
+    """Append ``other``'s rows to ``cache``, right-aligned (see
+    :meth:`PreallocatedLayer.append_rows`); False, leaving ``cache`` untouched, unless every
+    layer of both is a :class:`PreallocatedLayer`."""
+    layers, extra = cache_layers(cache), cache_layers(other)
+    if PreallocatedLayer is None or not layers or not extra or len(layers) != len(extra):
+        return False
+    if not all(isinstance(x, PreallocatedLayer) for x in layers + extra):
+        return False
+    for dst, src in zip(layers, extra, strict=True):
+        dst.append_rows(src)
+    return True
 
 
 def make_cache(model: Any, reserve: int, store_dtype: torch.dtype | None = None) -> Any | None:

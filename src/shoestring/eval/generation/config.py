@@ -52,6 +52,11 @@ class SamplingConfig:
     keep_stop_string: bool = opt(False, "keep the matched stop string in the returned text")
     compact: bool = opt(True, "drop finished rows from the batch and the KV cache")
     preallocate: bool = opt(True, "reserve the KV cache once instead of growing it every step")
+    refill: bool = opt(
+        True,
+        "continuous batching: queued prompts take the places of finished rows (needs compact "
+        "and preallocate)",
+    )
     group_prefill: bool = opt(True, "prefill prompts of similar length together (less padding)")
     cpu_fp32_attention: bool = opt(True, "bf16/fp16 model on CPU: fp32 KV cache and attention")
     lean_decode: bool = opt(
@@ -92,8 +97,9 @@ class GenerationResult:
 
     ``token_ids`` are the generated ids (an EOS that ended the row included, as
     ``model.generate`` returns it); ``text`` is their decoding, cut before a matched stop string
-    unless ``keep_stop_string``. ``seconds`` runs from the start of the row's batch (prefill
-    included) to the step the row finished, so it is latency, not a share of the batch time.
+    unless ``keep_stop_string``. ``seconds`` runs from the start of the row's prefill (with
+    continuous batching a prompt joins the running batch later) to the step the row finished,
+    so it is latency, not a share of the batch time.
     """
 
     text: str

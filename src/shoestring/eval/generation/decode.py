@@ -20,6 +20,8 @@ import torch
 
 from shoestring.errors import UserError
 from shoestring.eval.generation.cache import (
+    append_cache_rows,
+    can_append_rows,
     is_dynamic_cache,
     repeat_cache_rows,
     select_cache_rows,
@@ -43,7 +45,11 @@ from shoestring.eval.generation.stops import IncrementalText, find_stop, resolve
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.eval.sampling import choose_next_tokens
 
-__all__ = ["decode_batch", "generate_batch"]
+__all__ = ["LogitsProcessor", "decode_batch", "generate_batch"]
+
+# (output index per batch row, tokens generated so far per row, logits [rows, vocab]) -> None;
+# edits the logits in place before the next token is chosen.
+LogitsProcessor = Callable[[list[int], list[int], torch.Tensor], None]
 
 
 @dataclass
@@ -56,6 +62,7 @@ class _Row:
     text: IncrementalText | None = None
     emitted: int = 0  # characters already streamed to on_text
     stop: tuple[int, str] | None = None
+    t0: float = 0.0  # when the row's prefill started (its latency counts from there)
 
 
 def generate_batch(
@@ -67,9 +74,16 @@ def generate_batch(
     on_text: Callable[[int, str], None] | None = None,
     on_result: Callable[[int, GenerationResult], None] | None = None,
     generator: torch.Generator | None = None,
+    max_rows: int | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Generate for all ``prompts`` in one batch (one forward pass per step for all rows).
 
+    With ``max_rows``, at most that many rows decode together and the other prompts join
+    (in the given order) as rows finish: continuous batching (``cfg.refill``).
+    ``logits_processor(outputs, generated, logits)`` may edit the next-token logits in place
+    before each choice: ``outputs[b]`` is batch row ``b``'s output index, ``generated[b]`` the
+    tokens it has so far (a per-row rule, like a ``transformers`` ``LogitsProcessor``).
     ``prompts`` are strings or token-id lists. Returns ``len(prompts) * num_return_sequences``
     results, sample ``k`` of prompt ``i`` at ``i * n + k``. ``on_text(i, delta)`` streams new
     text of output ``i`` (text that could still turn into a stop string is held back until it is
@@ -106,6 +120,8 @@ def generate_batch(
                 on_text,
                 on_result,
                 store_dtype,
+                max_rows,
+                logits_processor,
             )
     except RuntimeError as exc:
         # A model that reaches the registry but also runs attention its own way may refuse
@@ -123,6 +139,8 @@ def generate_batch(
             on_text=on_text,
             on_result=on_result,
             generator=generator,
+            max_rows=max_rows,
+            logits_processor=logits_processor,
         )
 
 
@@ -137,14 +155,18 @@ def decode_batch(
     on_text: Callable[[int, str], None] | None,
     on_result: Callable[[int, GenerationResult], None] | None,
     store_dtype: torch.dtype | None = None,
+    max_rows: int | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Prefill ``ids_list`` and decode until every row has finished; results in output order.
 
     Runs inside :func:`generate_batch`'s inference-mode and precision contexts; ``eos`` is the
     set of ids that end a row (empty when EOS is ignored) and ``store_dtype`` the KV cache's
-    dtype (``None`` = the model's own).
+    dtype (``None`` = the model's own). ``max_rows`` bounds the rows decoded together: the
+    prompts beyond it wait in a queue (in the given order) and are prefilled into the running
+    batch as rows finish (continuous batching, :func:`_refill`), or, where the cache cannot
+    take rows, once the batch is empty.
     """
-    t0 = time.perf_counter()
     params = forward_params(model)
     n = cfg.num_return_sequences
     pad = pad_token_id(tokenizer, model, eos)
@@ -157,23 +179,6 @@ def decode_batch(
     eos_tensor = torch.tensor(eos_list, device=device, dtype=torch.long) if eos_list else None
 
     lengths = [len(x) for x in ids_list]
-    logits, cache, mask = prefill_prompts(model, params, ids_list, cfg, pad, device, store_dtype)
-    lean = LeanDecoder.build(model) if cfg.lean_decode and is_dynamic_cache(cache) else None
-    next_pos = torch.tensor(lengths, dtype=torch.long, device=device)
-
-    # Samples of one prompt share its prefill: repeat the cache rows instead of re-reading.
-    if n > 1:
-        repeated = repeat_cache_rows(cache, n)
-        if repeated is None:
-            raise UserError(
-                f"num_return_sequences>1 needs a cache that can be repeated ({type(cache)}); "
-                "repeat the prompts instead"
-            )
-        cache = repeated
-        logits = logits.repeat_interleave(n, dim=0)
-        mask = mask.repeat_interleave(n, dim=0)
-        next_pos = next_pos.repeat_interleave(n, dim=0)
-
     rows = [
         _Row(prompt_index=i // n, prompt_tokens=lengths[i // n]) for i in range(len(ids_list) * n)
     ]
@@ -181,9 +186,32 @@ def decode_batch(
         for r in rows:
             r.text = IncrementalText(tokenizer, cfg.skip_special_tokens)
     results: list[GenerationResult | None] = [None] * len(rows)
-    active = list(range(len(rows)))  # output index of each batch row, in batch order
-    alive = [True] * len(rows)  # per batch row; False = finished but still in the batch
-    compact = cfg.compact
+    per_batch = max(1, (max_rows or len(rows)) // n)  # prompts decoded together at most
+    queue = list(range(len(ids_list)))  # prompts not yet prefilled, in order
+
+    def prefill(count: int) -> _Batch:
+        """Prefill the next ``count`` queued prompts (their samples share it)."""
+        take, queue[:] = queue[:count], queue[count:]
+        t = time.perf_counter()
+        logits, cache, mask = prefill_prompts(
+            model, params, [ids_list[i] for i in take], cfg, pad, device, store_dtype
+        )
+        pos = torch.tensor([lengths[i] for i in take], dtype=torch.long, device=device)
+        if n > 1:  # samples of one prompt share its prefill: repeat the cache rows
+            repeated = repeat_cache_rows(cache, n)
+            if repeated is None:
+                raise UserError(
+                    f"num_return_sequences>1 needs a cache that can be repeated "
+                    f"({type(cache)}); repeat the prompts instead"
+                )
+            cache = repeated
+            logits = logits.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+            pos = pos.repeat_interleave(n, dim=0)
+        active = [i * n + k for i in take for k in range(n)]
+        for out_idx in active:
+            rows[out_idx].t0 = t
+        return _Batch(logits, cache, mask, pos, active)
 
     def finish(out_idx: int, reason: FinishReason) -> None:
         """Decode the row's full text once, cut it at its stop string, flush what streaming
@@ -210,7 +238,7 @@ def decode_batch(
             token_ids=row.tokens,
             n_tokens=len(row.tokens),
             finish_reason=reason,
-            seconds=time.perf_counter() - t0,
+            seconds=time.perf_counter() - row.t0,
             prompt_tokens=row.prompt_tokens,
             stop_string=stop_str,
             index=out_idx,
@@ -219,78 +247,141 @@ def decode_batch(
         if on_result is not None:
             on_result(out_idx, res)
 
-    step = 0
+    def append_token(out_idx: int, tok: int) -> bool:
+        """Append ``tok`` to a row and decide whether the row ends here: EOS, a stop string
+        in the newly decoded tail, or the length limit. Streamed text holds back the last
+        ``hold`` characters, which could still begin a stop string. True = finished."""
+        row = rows[out_idx]
+        row.tokens.append(tok)
+        reason: FinishReason | None = None
+        if tok in eos and not cfg.ignore_eos:
+            reason = "eos"
+        elif row.text is not None:
+            old_len = len(row.text.text)
+            row.text.update(row.tokens)
+            if stops:
+                hit = find_stop(row.text.text, stops, max(0, old_len - hold))
+                if hit is not None:
+                    row.stop = hit
+                    reason = "stop"
+            if reason is None and on_text is not None:
+                safe = len(row.text.text) - hold if stops else len(row.text.text)
+                if safe > row.emitted:
+                    on_text(out_idx, row.text.text[row.emitted : safe])
+                    row.emitted = safe
+        if reason is None and len(row.tokens) >= cfg.max_new_tokens:
+            reason = "length"
+        if reason is not None:
+            finish(out_idx, reason)
+        return reason is not None
+
+    batch = prefill(per_batch)
+    lean = LeanDecoder.build(model) if cfg.lean_decode and is_dynamic_cache(batch.cache) else None
+    alive = [True] * len(batch.active)  # per batch row; False = finished but still in the batch
+    compact = cfg.compact
     while True:
         # 1. Choose the next token of every row (EOS masked out until min_new_tokens).
-        if eos_tensor is not None and step < cfg.min_new_tokens:
-            logits[:, eos_tensor] = float("-inf")
+        logits = batch.logits
+        if eos_tensor is not None and cfg.min_new_tokens > 0:
+            young = [len(rows[o].tokens) < cfg.min_new_tokens for o in batch.active]
+            if any(young):
+                index = torch.tensor(young, device=device).nonzero().squeeze(1)
+                logits[index[:, None], eos_tensor[None, :]] = float("-inf")
+        if logits_processor is not None:
+            logits_processor(batch.active, [len(rows[o].tokens) for o in batch.active], logits)
         next_tokens = choose_next_tokens(logits, cfg, generator)
-        step += 1
 
-        # 2. Append it to each live row and decide whether the row ends here: EOS, a stop
-        #    string in the newly decoded tail, or the length limit. Streamed text holds back
-        #    the last ``hold`` characters, which could still begin a stop string.
-        finished: list[int] = []
-        for b, tok in enumerate(next_tokens.tolist()):
-            if not alive[b]:
-                continue
-            out_idx = active[b]
-            row = rows[out_idx]
-            row.tokens.append(tok)
-            reason: FinishReason | None = None
-            if tok in eos and not cfg.ignore_eos:
-                reason = "eos"
-            elif row.text is not None:
-                old_len = len(row.text.text)
-                row.text.update(row.tokens)
-                if stops:
-                    hit = find_stop(row.text.text, stops, max(0, old_len - hold))
-                    if hit is not None:
-                        row.stop = hit
-                        reason = "stop"
-                if reason is None and on_text is not None:
-                    safe = len(row.text.text) - hold if stops else len(row.text.text)
-                    if safe > row.emitted:
-                        on_text(out_idx, row.text.text[row.emitted : safe])
-                        row.emitted = safe
-            if reason is None and step >= cfg.max_new_tokens:
-                reason = "length"
-            if reason is not None:
-                finish(out_idx, reason)
-                alive[b] = False
-                finished.append(b)
+        # 2. Append it to each live row; finished rows deliver their result.
+        finished = [
+            b
+            for b, tok in enumerate(next_tokens.tolist())
+            if alive[b] and append_token(batch.active[b], tok)
+        ]
+        for b in finished:
+            alive[b] = False
         if not any(alive):
-            break
+            if not queue:
+                break
+            batch = prefill(per_batch)  # an empty batch starts afresh from the queue
+            alive = [True] * len(batch.active)
+            continue
 
         # 3. Compact: drop finished rows from the tokens, mask, positions and every cache
         #    layer, so they stop costing compute (a cache that cannot be sliced keeps them).
         if finished and compact:
-            keep = [b for b in range(len(active)) if alive[b]]
+            keep = [b for b in range(len(batch.active)) if alive[b]]
             index = torch.tensor(keep, dtype=torch.long, device=device)
-            selected = select_cache_rows(cache, index)
+            selected = select_cache_rows(batch.cache, index)
             if selected is None:
                 compact = False  # this cache type cannot be sliced: keep rows, ignore them
             else:
-                cache = selected
+                batch.cache = selected
                 next_tokens = next_tokens.index_select(0, index)
-                mask = mask.index_select(0, index)
-                next_pos = next_pos.index_select(0, index)
-                active = [active[b] for b in keep]
-                alive = [True] * len(active)
+                batch.mask = batch.mask.index_select(0, index)
+                batch.pos = batch.pos.index_select(0, index)
+                batch.active = [batch.active[b] for b in keep]
+                alive = [True] * len(batch.active)
                 # Columns that are padding in every remaining row cost attention for nothing.
-                lead = int(mask.any(dim=0).to(torch.int8).argmax())
-                if lead > 0 and trim_cache_left(cache, lead):
-                    mask = mask[:, lead:]
+                lead = int(batch.mask.any(dim=0).to(torch.int8).argmax())
+                if lead > 0 and trim_cache_left(batch.cache, lead):
+                    batch.mask = batch.mask[:, lead:]
 
         # 4. One forward pass for the new tokens (the lean step where the model allows it)
         #    gives the next step's logits and extends the cache by one column.
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], 1)
         if lean is not None:
-            logits = lean.step(next_tokens, mask, next_pos, cache)
+            batch.logits = lean.step(next_tokens, batch.mask, batch.pos, batch.cache)
         else:
-            logits, cache = forward_last_logits(
-                model, params, next_tokens[:, None], mask, next_pos[:, None], cache
+            batch.logits, batch.cache = forward_last_logits(
+                model, params, next_tokens[:, None], batch.mask, batch.pos[:, None], batch.cache
             )
-        next_pos = next_pos + 1
+        batch.pos = batch.pos + 1
+
+        # 5. Refill: prompts from the queue take the places of finished rows.
+        free = (max_rows or 0) - len(batch.active)
+        if (
+            queue
+            and compact
+            and cfg.refill
+            and free >= max(n, REFILL_MIN_FRACTION * per_batch)
+            and can_append_rows(batch.cache)
+        ):
+            _refill(batch, prefill(free // n))
+            alive = [True] * len(batch.active)
 
     return [r for r in results if r is not None]
+
+
+# Continuous batching refills once at least this fraction of a full batch's rows is free:
+# each refill is a prefill forward pass and a copy of the cache, so one per finished row
+# would cost more than the rows it adds.
+REFILL_MIN_FRACTION = 0.25
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together: next-token logits, KV cache, attention mask, next
+    positions and each row's output index."""
+
+    logits: torch.Tensor
+    cache: Any
+    mask: torch.Tensor
+    pos: torch.Tensor
+    active: list[int]
+
+
+def _refill(batch: _Batch, new: _Batch) -> None:
+    """Append ``new``'s rows (a fresh prefill) to the running ``batch``: cache rows and masks
+    right-aligned to the wider of the two, logits and positions concatenated."""
+    if not append_cache_rows(batch.cache, new.cache):  # pragma: no cover - checked before
+        raise RuntimeError("the prefill's cache cannot be appended to the running batch")
+    width = max(batch.mask.shape[1], new.mask.shape[1])
+    batch.mask = torch.cat([_pad_mask_left(batch.mask, width), _pad_mask_left(new.mask, width)])
+    batch.logits = torch.cat([batch.logits, new.logits.to(batch.logits.dtype)])
+    batch.pos = torch.cat([batch.pos, new.pos])
+    batch.active = batch.active + new.active
+
+
+def _pad_mask_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    extra = width - mask.shape[1]
+    return mask if extra <= 0 else torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], 1)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
+from shoestring.eval.generation.decode import LogitsProcessor
 from shoestring.eval.generation.model_io import model_device
 from shoestring.eval.generation.prefill import encode_prompts
 from shoestring.eval.generation.sizing import auto_batch_size
@@ -35,14 +36,19 @@ def generate_all(
     callback: Callable[[int, GenerationResult], None] | None = None,
     progress: bool = True,
     desc: str = "generate",
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Generate for any number of prompts; results come back in input order.
 
     Prompts are sorted longest first (little padding per batch, and the batch most likely to
-    run out of memory runs first) and split into batches of ``cfg.batch_size`` rows, or an
-    auto size per batch from the model shape and free memory. ``callback(i, result)`` fires as
+    run out of memory runs first) and decoded ``cfg.batch_size`` rows at a time, or an auto
+    size from the model shape and free memory. With ``cfg.refill`` (continuous batching) the
+    queued prompts take the places of rows that finish, so the batch stays full while answers
+    end at different lengths; otherwise they go in fixed batches. ``callback(i, result)`` fires as
     output ``i`` finishes (``i = prompt * num_return_sequences + sample``), so a benchmark can
-    append it to a JSONL file and resume by passing only the prompts still missing. An
+    append it to a JSONL file and resume by passing only the prompts still missing.
+    ``logits_processor`` is :func:`generate_batch`'s, with output indices in the caller's
+    numbering (``prompt * num_return_sequences + sample``). An
     out-of-memory batch is retried at half the size, keeping the outputs already delivered.
     """
     cfg = (cfg or SamplingConfig()).check()
@@ -63,6 +69,9 @@ def generate_all(
         dynamic_ncols=True,
     )
 
+    # Continuous batching needs rows that can be dropped (compact) and a cache that can take
+    # new rows (preallocated); otherwise the prompts go batch after batch.
+    refill = cfg.refill and cfg.compact and cfg.preallocate
     start = 0
     while start < len(order):
         # Size this batch from its longest prompt (the first, since prompts are sorted).
@@ -70,7 +79,10 @@ def generate_all(
         prompts_per_batch = max(1, rows_fit // n)  # a prompt brings n rows (its samples)
         if sticky_cap is not None:
             prompts_per_batch = min(prompts_per_batch, sticky_cap)
-        chunk = order[start : start + prompts_per_batch]
+        if refill:  # one call: finished rows are replaced from the rest of the queue
+            chunk, max_rows = order[start:], prompts_per_batch * n
+        else:
+            chunk, max_rows = order[start : start + prompts_per_batch], None
 
         def deliver(local: int, res: GenerationResult, chunk: list[int] = chunk) -> None:
             """Map the batch's output index to the caller's and hand the result over once."""
@@ -83,6 +95,18 @@ def generate_all(
             if callback is not None:
                 callback(out, res)
 
+        processor = None
+        if logits_processor is not None:
+
+            def processor(
+                outs: list[int],
+                generated: list[int],
+                logits: torch.Tensor,
+                chunk: list[int] = chunk,
+                user: LogitsProcessor = logits_processor,
+            ) -> None:
+                user([chunk[o // n] * n + o % n for o in outs], generated, logits)
+
         try:
             generate_batch_auto(  # the static path on CUDA, else the dynamic engine
                 model,
@@ -91,13 +115,15 @@ def generate_all(
                 cfg,
                 on_result=deliver,
                 generator=generator,
+                max_rows=max_rows,
+                logits_processor=processor,
             )
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-            if not is_oom_error(exc) or len(chunk) == 1:
+            if not is_oom_error(exc) or prompts_per_batch == 1 or len(chunk) == 1:
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            sticky_cap = max(1, len(chunk) // 2)
+            sticky_cap = max(1, min(prompts_per_batch, len(chunk)) // 2)
             # Prompts whose every sample already arrived are done; retry the rest.
             pending = [i for i in chunk if any(results[i * n + k] is None for k in range(n))]
             order[start : start + len(chunk)] = pending

@@ -31,7 +31,7 @@ import torch
 from shoestring.errors import UserError
 from shoestring.eval.generation.cache import cache_layers
 from shoestring.eval.generation.config import GenerationResult, Prompt, SamplingConfig
-from shoestring.eval.generation.decode import generate_batch
+from shoestring.eval.generation.decode import LogitsProcessor, generate_batch
 from shoestring.eval.generation.lora_view import merged_lora
 from shoestring.eval.generation.model_io import compute_dtype, forward_params, model_device
 from shoestring.eval.generation.prefill import encode_prompts, pad_token_id, prefill_prompts
@@ -79,26 +79,54 @@ def generate_batch_auto(
     on_text: Callable[[int, str], None] | None = None,
     on_result: Callable[[int, GenerationResult], None] | None = None,
     generator: torch.Generator | None = None,
+    max_rows: int | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """:func:`static_generate_batch` where it applies, else the dynamic engine's
-    :func:`~.decode.generate_batch` (same arguments, same results)."""
+    :func:`~.decode.generate_batch` (same arguments, same results).
+
+    ``max_rows`` (continuous batching on the dynamic path) becomes fixed batches of at most
+    that many rows on the static path, whose own buckets shrink as rows finish; a
+    ``logits_processor`` edits logits on the host every step, so it takes the dynamic path.
+    """
     cfg = (cfg or SamplingConfig()).check()
     reason = static_unsupported(model, cfg)
+    if reason is None and logits_processor is not None:
+        reason = "a logits processor edits the logits on the host every step"
     if reason is None:
-        return static_generate_batch(
-            model,
-            tokenizer,
-            prompts,
-            cfg,
-            on_text=on_text,
-            on_result=on_result,
-            generator=generator,
-        )
+        n = cfg.num_return_sequences
+        per_call = len(prompts) if max_rows is None else max(1, max_rows // n)
+        results: list[GenerationResult] = []
+        for first in range(0, len(prompts), per_call):
+            offset = first * n  # output indices continue across the fixed batches
+            results += static_generate_batch(
+                model,
+                tokenizer,
+                prompts[first : first + per_call],
+                cfg,
+                on_text=None if on_text is None else _shifted(on_text, offset),
+                on_result=None if on_result is None else _shifted(on_result, offset),
+                generator=generator,
+            )
+        return results
     if cfg.static_cache == "on":
         raise UserError(f"static_cache=on cannot be used: {reason}; set static_cache=auto or off")
     return generate_batch(
-        model, tokenizer, prompts, cfg, on_text=on_text, on_result=on_result, generator=generator
+        model,
+        tokenizer,
+        prompts,
+        cfg,
+        on_text=on_text,
+        on_result=on_result,
+        generator=generator,
+        max_rows=max_rows,
+        logits_processor=logits_processor,
     )
+
+
+def _shifted(callback: Callable[[int, Any], None], offset: int) -> Callable[[int, Any], None]:
+    """``callback`` with the batch's output index moved to the call's numbering."""
+    return lambda i, value: callback(i + offset, value)
 
 
 @contextlib.contextmanager

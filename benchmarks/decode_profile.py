@@ -1,0 +1,221 @@
+"""Where a decode step goes at a real shape: the engine's lean step against its own matmuls.
+
+At Qwen2.5-0.5B's shape (default; random weights, bf16, real 151,936-entry tied vocabulary),
+``--rows`` rows with ``--cached`` tokens in the KV cache, one process, interleaved:
+
+1. **step vs matmuls**: the engine's decode step (``LeanDecoder.step``: bf16 weights, fp32 KV
+   cache and attention on a CPU) and the transformers forward of one token (bf16 cache, SDPA)
+   against the same step's matmuls alone - plain ``F.linear`` calls on the same shapes and
+   dtypes (q/k/v, o, gate/up, down per layer, and the head). The ratio step/matmuls is what
+   everything around the matmuls costs.
+2. **single-query attention**: the engine's plain fp32 matmul-softmax-matmul against SDPA in
+   fp32 and in bf16, for all layers of one step.
+3. **profile**: ``torch.profiler`` over a few lean steps, operators by self CPU time, grouped
+   into weight matmuls (``mm``/``addmm``), attention (``bmm``, softmax) and the rest.
+
+The cache is filled with random keys and values (no prefill: at this shape a 16 x 128 prefill
+costs seconds and changes nothing here) and cropped back after every step, so every timed
+step sees the same cache length.
+
+    python benchmarks/decode_profile.py --rows 16 --cached 128 --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generate_vs_hf import QWEN25_05B, build_model  # noqa: E402 - a sibling script
+from grpo_vs_trl import add_shape_options  # noqa: E402
+from shoestring.eval.generation import make_cache  # noqa: E402
+from shoestring.eval.lean_decode import LeanDecoder, mask_bias, single_query_attention  # noqa: E402
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round by round."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def filled_cache(model: Any, rows: int, cached: int, dtype: torch.dtype, pre: bool) -> Any:
+    """A cache of ``cached`` random positions per layer: the engine's preallocated one
+    (``pre``) or transformers' ``DynamicCache``."""
+    from transformers.cache_utils import DynamicCache
+
+    cfg = model.config
+    hkv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    cache = make_cache(model, 8, dtype) if pre else DynamicCache(config=cfg)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(cfg.num_hidden_layers):
+        k = torch.randn(rows, hkv, cached, d, generator=gen).to(dtype)
+        cache.update(k, torch.randn(rows, hkv, cached, d, generator=gen).to(dtype), i)
+    return cache
+
+
+def crop_one(cache: Any) -> None:
+    for layer in cache.layers:
+        layer.crop(-1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--cached", type=int, default=128, help="tokens already in the KV cache")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    add_shape_options(p, **QWEN25_05B)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = build_model(args, eos=0)
+    wdtype = next(model.parameters()).dtype
+    cfg = model.config
+    b, t = args.rows, args.cached
+    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = cfg.hidden_size // hq
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; Qwen2 hidden {args.hidden}, "
+        f"{args.layers} layers, heads {hq}/{hkv}, intermediate {args.intermediate}, vocab "
+        f"{args.vocab}, {args.dtype} weights; {b} rows, {t} cached tokens; medians of "
+        f"{args.rounds} interleaved rounds",
+        flush=True,
+    )
+
+    gen = torch.Generator().manual_seed(1)
+    next_ids = torch.randint(3, args.vocab, (b,), generator=gen)
+    pos = torch.full((b,), t)
+    mask = torch.ones(b, t + 1, dtype=torch.long)
+    cache_store = torch.float32 if wdtype != torch.float32 else wdtype
+    lean_cache = filled_cache(model, b, t, cache_store, pre=True)
+    hf_cache = filled_cache(model, b, t, wdtype, pre=False)
+    lean = LeanDecoder.build(model)
+    assert lean is not None
+
+    def lean_step() -> None:
+        with torch.inference_mode():
+            lean.step(next_ids, mask, pos, lean_cache)
+        crop_one(lean_cache)
+
+    def hf_step() -> None:
+        with torch.inference_mode():
+            model(
+                input_ids=next_ids[:, None],
+                attention_mask=mask,
+                position_ids=pos[:, None],
+                past_key_values=hf_cache,
+                use_cache=True,
+            )
+        crop_one(hf_cache)
+
+    # the step's weight matmuls, as plain F.linear on the same shapes and dtypes
+    x = torch.randn(b, 1, cfg.hidden_size, generator=gen).to(wdtype)
+    xi = torch.randn(b, 1, cfg.intermediate_size, generator=gen).to(wdtype)
+    head = model.lm_head.weight
+    layers = model.model.layers
+
+    def matmuls() -> None:
+        with torch.inference_mode():
+            for layer in layers:
+                a, m = layer.self_attn, layer.mlp
+                for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj):
+                    F.linear(x, lin.weight, lin.bias)
+                F.linear(xi, m.down_proj.weight)
+            F.linear(x[:, -1], head)
+
+    t1 = interleaved({"lean": lean_step, "hf": hf_step, "matmuls": matmuls}, args.rounds)
+    flops = 2 * b * sum(p.numel() for n, p in model.named_parameters() if "norm" not in n)
+    flops -= 2 * b * model.model.embed_tokens.weight.numel() * (0 if cfg.tie_word_embeddings else 1)
+    print(
+        f"\ndecode step, {b} rows: engine (lean) {t1['lean'] * 1e3:.1f} ms, transformers forward "
+        f"{t1['hf'] * 1e3:.1f} ms, its matmuls alone (F.linear) {t1['matmuls'] * 1e3:.1f} ms "
+        f"({flops / t1['matmuls'] / 1e9:.0f} GFLOP/s)"
+    )
+    print(
+        f"  step / matmuls: engine {t1['lean'] / t1['matmuls']:.2f}x, transformers "
+        f"{t1['hf'] / t1['matmuls']:.2f}x; engine vs transformers forward "
+        f"{t1['hf'] / t1['lean']:.2f}x",
+        flush=True,
+    )
+
+    # single-query attention over the cache, all layers of one step
+    q = torch.randn(b, hq, 1, d, generator=gen)
+    k32 = torch.randn(b, hkv, t + 1, d, generator=gen)
+    v32 = torch.randn(b, hkv, t + 1, d, generator=gen)
+    kb, vb, qb = k32.to(wdtype), v32.to(wdtype), q.to(wdtype)
+    amask = torch.ones(b, 1, 1, t + 1, dtype=torch.bool)
+    bias = mask_bias(amask)
+    n_layers = len(layers)
+
+    def plain() -> None:
+        for _ in range(n_layers):
+            single_query_attention(q, k32, v32, bias, d**-0.5)
+
+    def sdpa(qq: torch.Tensor, kk: torch.Tensor, vv: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(n_layers):
+                F.scaled_dot_product_attention(
+                    qq, kk, vv, attn_mask=amask, scale=d**-0.5, enable_gqa=hq != hkv
+                )
+
+        return run
+
+    fns = {"plain fp32": plain, "SDPA fp32": sdpa(q, k32, v32)}
+    if wdtype != torch.float32:
+        fns["SDPA bf16"] = sdpa(qb, kb, vb)
+    t2 = interleaved(fns, args.rounds)
+    print(
+        f"\nsingle-query attention, {n_layers} layers, {b} rows x {t + 1} positions: "
+        + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t2.items())
+        + f" (SDPA fp32 / plain {t2['SDPA fp32'] / t2['plain fp32']:.2f}x"
+        + (
+            f", SDPA bf16 / plain {t2['SDPA bf16'] / t2['plain fp32']:.1f}x)"
+            if len(t2) > 2
+            else ")"
+        )
+    )
+
+    # profile of the engine's step
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.profile_steps):
+            lean_step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"weight matmuls (mm/addmm)": 0.0, "attention (bmm, softmax)": 0.0, "other": 0.0}
+    for e in events:
+        if e.key in ("aten::mm", "aten::addmm"):
+            groups["weight matmuls (mm/addmm)"] += e.self_cpu_time_total
+        elif e.key in ("aten::bmm", "aten::_softmax"):
+            groups["attention (bmm, softmax)"] += e.self_cpu_time_total
+        else:
+            groups["other"] += e.self_cpu_time_total
+    print(f"\nprofile of {args.profile_steps} engine steps (self CPU time):")
+    for name, us in groups.items():
+        print(
+            f"  {name:28s} {us / 1e3 / args.profile_steps:8.1f} ms/step  {100 * us / total:5.1f}%"
+        )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
