@@ -58,13 +58,10 @@ def sample_categorical(
     return (b * SAMPLE_BLOCK + j).squeeze(1)
 
 
-def choose_next_tokens(
-    logits: torch.Tensor, cfg: Any, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Next token per row: argmax, or a sample after temperature, top-k and top-p (the order
-    ``model.generate`` applies them in). ``cfg`` is a ``SamplingConfig``."""
-    if cfg.greedy:
-        return logits.argmax(dim=-1)
+def filtered_logits(logits: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """``logits`` after temperature, top-k and top-p, in the order ``model.generate`` applies
+    them; removed tokens are ``-inf``. ``cfg`` is a ``SamplingConfig``. Every sampler (the
+    dynamic engine's and the static path's on-device one) filters through this."""
     logits = logits / cfg.temperature
     vocab = logits.shape[-1]
     if 0 < cfg.top_k < vocab:
@@ -76,4 +73,14 @@ def choose_next_tokens(
         remove = cum <= (1.0 - cfg.top_p)
         remove[:, -1] = False  # always keep the most likely token
         logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
-    return sample_categorical(logits.softmax(dim=-1), generator)
+    return logits
+
+
+def choose_next_tokens(
+    logits: torch.Tensor, cfg: Any, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Next token per row: argmax, or a sample after :func:`filtered_logits`. ``cfg`` is a
+    ``SamplingConfig``."""
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    return sample_categorical(filtered_logits(logits, cfg).softmax(dim=-1), generator)

@@ -38,10 +38,17 @@ from shoestring.eval.generation.model_io import (
     compute_dtype,
     forward_last_logits,
     forward_params,
-    model_device,
 )
-from shoestring.eval.generation.prefill import encode_prompts, pad_token_id, prefill_prompts
-from shoestring.eval.generation.stops import IncrementalText, find_stop, resolve_eos_ids
+from shoestring.eval.generation.prefill import (
+    pad_token_id,
+    prefill_prompts,
+    start_request,
+)
+from shoestring.eval.generation.stops import (
+    IncrementalText,
+    find_stop,
+    finished_text,
+)
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.eval.sampling import choose_next_tokens
 
@@ -93,15 +100,7 @@ def generate_batch(
     cfg = (cfg or SamplingConfig()).check()
     if not prompts:
         return []
-    device = model_device(model)
-    ids_list = encode_prompts(tokenizer, prompts, cfg.add_special_tokens)
-    eos = (
-        set()
-        if cfg.ignore_eos and cfg.min_new_tokens == 0
-        else resolve_eos_ids(model, tokenizer, cfg)
-    )
-    if generator is None and not cfg.greedy:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    device, ids_list, eos, generator = start_request(model, tokenizer, prompts, cfg, generator)
     store_dtype = None
     try:
         with (
@@ -217,19 +216,8 @@ def decode_batch(
         """Decode the row's full text once, cut it at its stop string, flush what streaming
         held back, and deliver the result."""
         row = rows[out_idx]
-        text = (
-            tokenizer.decode(row.tokens, skip_special_tokens=cfg.skip_special_tokens)
-            if tokenizer is not None
-            else ""
-        )
-        stop_str = None
-        if reason == "stop" and row.stop is not None:
-            found = find_stop(text, stops) or row.stop
-            stop_str = found[1]
-            if not cfg.keep_stop_string:
-                text = text[: found[0]]
-            else:
-                text = text[: found[0] + len(found[1])]
+        stopped_at = row.stop if reason == "stop" else None
+        text, stop_str = finished_text(tokenizer, row.tokens, stopped_at, stops, cfg)
         if on_text is not None and len(text) > row.emitted:
             on_text(out_idx, text[row.emitted :])
             row.emitted = len(text)

@@ -15,10 +15,12 @@ import torch
 
 from shoestring.eval.generation.cache import PreallocatedLayer, cache_layers, make_cache
 from shoestring.eval.generation.config import Prompt, SamplingConfig
-from shoestring.eval.generation.model_io import forward_last_logits
+from shoestring.eval.generation.model_io import forward_last_logits, model_device
+from shoestring.eval.generation.stops import resolve_eos_ids
 from shoestring.eval.padding import pad_left, positions_from_mask
 
 __all__ = [
+    "start_request",
     "PREFILL_GROUP_MIN_TOKENS",
     "PREFILL_GROUP_RATIO",
     "encode_prompts",
@@ -156,3 +158,25 @@ def _grouped_prefill(
     _ids, mask = pad_left(ids_list, pad)
     assert logits is not None
     return logits, merged, mask.to(device)
+
+
+def start_request(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    cfg: SamplingConfig,
+    generator: torch.Generator | None,
+) -> tuple[torch.device, list[list[int]], set[int], torch.Generator | None]:
+    """What every decode loop needs before its first step: the model's device, the prompts'
+    token ids, the ids that end a row (none when EOS is ignored from the start) and the
+    generator (``cfg.seed``'s unless the caller passes one; none for greedy)."""
+    device = model_device(model)
+    ids_list = encode_prompts(tokenizer, prompts, cfg.add_special_tokens)
+    eos = (
+        set()
+        if cfg.ignore_eos and cfg.min_new_tokens == 0
+        else resolve_eos_ids(model, tokenizer, cfg)
+    )
+    if generator is None and not cfg.greedy:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    return device, ids_list, eos, generator

@@ -34,7 +34,11 @@ from shoestring.eval.generation.config import GenerationResult, Prompt, Sampling
 from shoestring.eval.generation.decode import LogitsProcessor, generate_batch
 from shoestring.eval.generation.lora_view import merged_lora
 from shoestring.eval.generation.model_io import compute_dtype, forward_params, model_device
-from shoestring.eval.generation.prefill import encode_prompts, pad_token_id, prefill_prompts
+from shoestring.eval.generation.prefill import (
+    pad_token_id,
+    prefill_prompts,
+    start_request,
+)
 from shoestring.eval.generation.static_cache import row_bucket, width_bucket
 from shoestring.eval.generation.static_rows import RowBook
 from shoestring.eval.generation.static_runner import (
@@ -45,7 +49,6 @@ from shoestring.eval.generation.static_runner import (
     eager_capture,
     engine_state,
 )
-from shoestring.eval.generation.stops import resolve_eos_ids
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.util.memory import is_oom_error
 
@@ -163,15 +166,7 @@ def static_generate_batch(
     cfg = (cfg or SamplingConfig()).check()
     if not prompts:
         return []
-    device = model_device(model)
-    ids_list = encode_prompts(tokenizer, prompts, cfg.add_special_tokens)
-    eos = (
-        set()
-        if cfg.ignore_eos and cfg.min_new_tokens == 0
-        else resolve_eos_ids(model, tokenizer, cfg)
-    )
-    if generator is None and not cfg.greedy:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    device, ids_list, eos, generator = start_request(model, tokenizer, prompts, cfg, generator)
     if capture is None:
         graphs = device.type == "cuda" and cfg.cuda_graphs
         capture = cuda_graph_capture if graphs else eager_capture

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoestring.eval.generation.config import FinishReason, GenerationResult, SamplingConfig
-from shoestring.eval.generation.stops import IncrementalText, find_stop
+from shoestring.eval.generation.stops import IncrementalText, find_stop, finished_text
 
 __all__ = ["RowBook"]
 
@@ -107,17 +107,9 @@ class RowBook:
     def _finish(self, i: int, reason: FinishReason) -> None:
         """Decode the row's text once, cut it at its stop string, flush held-back streamed
         text, and deliver the result (as the dynamic engine's ``finish``)."""
-        cfg, row = self.cfg, self.rows[i]
-        text = (
-            self.tokenizer.decode(row.tokens, skip_special_tokens=cfg.skip_special_tokens)
-            if self.tokenizer is not None
-            else ""
-        )
-        stop_str = None
-        if reason == "stop" and row.stop is not None:
-            found = find_stop(text, self.stops) or row.stop
-            stop_str = found[1]
-            text = text[: found[0] + (len(found[1]) if cfg.keep_stop_string else 0)]
+        row = self.rows[i]
+        stopped_at = row.stop if reason == "stop" else None
+        text, stop_str = finished_text(self.tokenizer, row.tokens, stopped_at, self.stops, self.cfg)
         if self.on_text is not None and len(text) > row.emitted:
             self.on_text(i, text[row.emitted :])
             row.emitted = len(text)

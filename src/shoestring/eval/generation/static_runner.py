@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from shoestring.eval.generation.static_cache import StaticKVCache
+from shoestring.eval.sampling import filtered_logits
 from shoestring.util.memory import is_oom_error
 
 __all__ = [
@@ -85,17 +86,8 @@ def sample_with_uniform(logits: torch.Tensor, cfg: Any, u: torch.Tensor) -> torc
     The random numbers come in as a tensor because a captured step may not draw from a host
     generator; the inversion is exact and never returns a token of probability zero.
     """
-    logits = logits / cfg.temperature
     vocab = logits.shape[-1]
-    if 0 < cfg.top_k < vocab:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum <= (1.0 - cfg.top_p)
-        remove[:, -1] = False  # always keep the most likely token
-        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
+    logits = filtered_logits(logits, cfg)
     probs = logits.softmax(dim=-1)
     cdf = probs.to(torch.float64).cumsum(dim=-1)
     idx = torch.searchsorted(cdf, u[:, None].to(torch.float64) * cdf[:, -1:], right=True)

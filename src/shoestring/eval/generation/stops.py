@@ -12,7 +12,7 @@ from typing import Any
 
 from shoestring.eval.generation.config import SamplingConfig
 
-__all__ = ["IncrementalText", "find_stop", "resolve_eos_ids"]
+__all__ = ["IncrementalText", "find_stop", "finished_text", "resolve_eos_ids"]
 
 
 def resolve_eos_ids(model: Any, tokenizer: Any, cfg: SamplingConfig) -> set[int]:
@@ -70,3 +70,29 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, str
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, s)
     return best
+
+
+def finished_text(
+    tokenizer: Any,
+    tokens: Sequence[int],
+    stopped_at: tuple[int, str] | None,
+    stops: Sequence[str],
+    cfg: SamplingConfig,
+) -> tuple[str, str | None]:
+    """A finished row's text and the stop string that ended it (``None`` if none did).
+
+    The row's tokens are decoded once in full (incremental text can differ at the edges),
+    the stop string is looked up again in that text - falling back to where the incremental
+    search found it - and the text is cut before it, or after it with ``keep_stop_string``.
+    Both decode loops (dynamic and static) finish rows through this, so they return the same
+    texts.
+    """
+    text = (
+        tokenizer.decode(list(tokens), skip_special_tokens=cfg.skip_special_tokens)
+        if tokenizer is not None
+        else ""
+    )
+    if stopped_at is None:
+        return text, None
+    found = find_stop(text, stops) or stopped_at
+    return text[: found[0] + (len(found[1]) if cfg.keep_stop_string else 0)], found[1]
