@@ -50,3 +50,29 @@ def save_tiny_llama(out: Path, tok: PreTrainedTokenizerFast, seed: int = 0) -> P
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# The tiny GPT and training settings the train-level tests share (deterministic fp32 on one
+# thread, so resumed and uninterrupted runs can be compared bit for bit).
+TINY_TRAIN = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=128",
+    "train.seq_len=32",
+    "train.batch_size=8",
+    "train.lr=3e-3",
+    "train.warmup_steps=5",
+    "train.threads=1",
+    "train.deterministic=true",
+    "train.dtype=fp32",
+    "train.log_every=1",
+]
+
+
+def prepare_synthetic(out: Path, problems: int = 600) -> Path:
+    """Token shards of ``problems`` synthetic problems with a 300-token tokenizer at ``out``."""
+    from shoestring.data import text
+
+    text.run(None, out, vocab_size=300, synthetic=problems, quiet=True)
+    return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import prepare_synthetic
 from shoestring.run_config import HybridConfig, build_run_config
 from shoestring.runs.rundir import read_metrics
 from shoestring.train.hybrid_controller import PHASES, HybridController
@@ -263,11 +264,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shoestring.data import text
-
-    out = tmp_path_factory.mktemp("data") / "synthetic"
-    text.run(None, out, vocab_size=300, synthetic=600, quiet=True)
-    return out
+    return prepare_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
 
 
 def _cfg(data: Path, *extra: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import prepare_synthetic
 from shoestring.errors import RunDirLockedError
 from shoestring.runs.lifecycle import RunLifecycle
 from shoestring.runs.lock import LOCK_NAME
@@ -33,11 +34,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shoestring.data import text
-
-    out = tmp_path_factory.mktemp("data") / "synthetic"
-    text.run(None, out, vocab_size=300, synthetic=600, quiet=True)
-    return out
+    return prepare_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
 
 
 def _train_cmd(data: Path, out: Path, name: str, *extra: str) -> list[str]:

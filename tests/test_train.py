@@ -13,32 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import TINY_TRAIN, prepare_synthetic
 from shoestring.run_config import build_run_config
 from shoestring.runs.rundir import read_metrics
 
-TINY = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=128",
-    "train.seq_len=32",
-    "train.batch_size=8",
-    "train.lr=3e-3",
-    "train.warmup_steps=5",
-    "train.threads=1",
-    "train.deterministic=true",
-    "train.dtype=fp32",
-    "train.log_every=1",
-]
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shoestring.data import text
-
-    out = tmp_path_factory.mktemp("data") / "synthetic"
-    text.run(None, out, vocab_size=300, synthetic=1500, quiet=True)
-    return out
+    return prepare_synthetic(tmp_path_factory.mktemp("data") / "synthetic", problems=1500)
 
 
 def _cfg(data: Path, *extra: str):
