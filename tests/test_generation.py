@@ -455,6 +455,11 @@ def test_cli_streams_one_prompt_and_batches_several(saved_model, tok, capsys):
     )
     out = capsys.readouterr().out
     assert "=== [0]" in out and "=== [1]" in out
+    # --quiet: the texts still print, nothing goes to stderr (no load line, bar or summary)
+    argv = ["generate", f"{saved_model}/hf", "--prompt", "a", "--prompt", "bcd", "--quiet"]
+    assert _cli([*argv, "--max-new-tokens", "4"]) == 0
+    quiet = capsys.readouterr()
+    assert "=== [1]" in quiet.out and quiet.err == ""
     with pytest.raises(UserError, match="--prompt"):
         _cli(["generate", f"{saved_model}/hf"])
 

@@ -72,6 +72,7 @@ def _add_generate(subparsers: Any) -> None:
         action="store_true",
         help="allow models that ship their own Python code (off by default)",
     )
+    add_quiet_option(p)
     p.set_defaults(func=_run_generate)
 
 
@@ -92,6 +93,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
+        quiet=args.quiet,
     )
     return run(cfg)
 

@@ -18,7 +18,7 @@ from shoestring.eval.generation import (
     generate_all,
     generate_batch_auto,
 )
-from shoestring.models.loading import load_model_and_tokenizer
+from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 
 __all__ = ["GenerateConfig", "run"]
 
@@ -39,6 +39,7 @@ class GenerateConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    quiet: bool = False  # no load line, progress bar or summary on stderr
 
 
 def _sampling(cfg: GenerateConfig) -> SamplingConfig:
@@ -78,14 +79,16 @@ def run(cfg: GenerateConfig) -> int:
     if not cfg.prompts:
         raise UserError("give at least one --prompt TEXT")
     sampling = _sampling(cfg)
-    model, tokenizer, info = load_model_and_tokenizer(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    print(
-        f"loaded {info['path']} ({info['model_type']}, {_count(info['n_params'])} params) "
-        f"on {info['device']} as {info['dtype']} in {info['load_seconds']:.1f} s",
-        file=sys.stderr,
-    )
+    with quiet_hf_progress(cfg.quiet):  # transformers' loading bar obeys --quiet too
+        model, tokenizer, info = load_model_and_tokenizer(
+            cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+        )
+    if not cfg.quiet:
+        print(
+            f"loaded {info['path']} ({info['model_type']}, {_count(info['n_params'])} params) "
+            f"on {info['device']} as {info['dtype']} in {info['load_seconds']:.1f} s",
+            file=sys.stderr,
+        )
 
     t0 = time.perf_counter()
     if len(cfg.prompts) == 1:
@@ -103,9 +106,10 @@ def run(cfg: GenerateConfig) -> int:
         out.flush()
     else:
         # several: batched, printed in the order given once all are done
-        results = generate_all(model, tokenizer, cfg.prompts, sampling, progress=True)
+        results = generate_all(model, tokenizer, cfg.prompts, sampling, progress=not cfg.quiet)
         for i, (prompt, res) in enumerate(zip(cfg.prompts, results, strict=True)):
             print(f"=== [{i}] finish={res.finish_reason} tokens={res.n_tokens}")
             print(prompt + res.text)
-    print(_summary(results, time.perf_counter() - t0), file=sys.stderr)
+    if not cfg.quiet:
+        print(_summary(results, time.perf_counter() - t0), file=sys.stderr)
     return 0
