@@ -170,3 +170,39 @@ def test_grpo_records_skipped_dataset_lines_in_its_run_directory(tmp_path: Path)
     assert summary["data"]["skipped_lines"][1] == f"{data}:10: missing field 'answer'"
     assert any("2 malformed line(s)" in w for w in summary["warnings"])
     assert f"data: skipped {data}:9: invalid JSON" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_grpo_records_skipped_held_out_lines_in_its_run_directory(tmp_path: Path) -> None:
+    from _helpers import char_tokenizer, save_tiny_llama
+    from shoestring.rl.config import grpo_config
+    from shoestring.rl.trainer import GRPOTrainer
+
+    model = save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(b"\n".join(_gsm8k_lines(8)) + b"\n")
+    held_out = tmp_path / "test.jsonl"
+    unseen = [line.replace(b"plus", b"times") for line in _gsm8k_lines(4)]  # not in train
+    held_out.write_bytes(b"\n".join([*unseen, b"{oops"]) + b"\n")
+    cfg = grpo_config(
+        overrides=[
+            f"model_name_or_path={model}",
+            f"dataset=gsm8k:{train}",
+            f"eval_dataset=gsm8k:{held_out}",
+            "eval_problems=2",
+            "num_generations=2",
+            "per_device_train_batch_size=2",
+            "max_completion_length=4",
+            "max_steps=1",
+            "threads=1",
+            "dtype=fp32",
+            "device=cpu",
+        ]
+    )
+    GRPOTrainer(cfg, tmp_path / "run", echo=False, progress=False).run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["eval_data"]["n_skipped_lines"] == 1
+    assert summary["eval_data"]["skipped_lines"][0].startswith(f"{held_out}:5: invalid JSON")
+    assert any("1 malformed line(s)" in w for w in summary["warnings"])
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"eval_data: skipped {held_out}:5: invalid JSON" in log

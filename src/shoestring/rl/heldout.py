@@ -59,8 +59,14 @@ class HeldOutEval:
         exclude = set(train_questions)
         if cfg.eval_exclude_file:
             exclude |= questions_in(cfg.eval_exclude_file)
+        self.skipped: list[str] = []  # malformed lines (file:line: why), for the run directory
         self.problems = load_task(
-            self.spec, "test", seed=cfg.seed, n=cfg.eval_problems, exclude=exclude
+            self.spec,
+            "test",
+            seed=cfg.seed,
+            n=cfg.eval_problems,
+            exclude=exclude,
+            on_warning=self.skipped.append,
         )
         self.protocol = protocol
         sampling = sampling_for(protocol, cfg.max_completion_length, dtype=gen_dtype)

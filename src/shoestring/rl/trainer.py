@@ -130,12 +130,7 @@ class GRPOTrainer:
             cfg.dataset_size or None,
             on_warning=skipped.append,
         )
-        if skipped:  # recorded in the run directory, not only on stderr
-            report_capped(skipped, lambda msg: self.log(f"data: skipped {msg}"))
-            self.warnings.append(f"{len(skipped)} malformed line(s) of {cfg.dataset} skipped")
-            self.rundir.update_summary(
-                data={"skipped_lines": skipped[:MAX_REPORTS], "n_skipped_lines": len(skipped)}
-            )
+        self._record_skipped(skipped, cfg.dataset, "data")
         self.prompts = PromptSet.encode(rows, self.tokenizer, self.protocol, cfg.max_prompt_length)
         if self.prompts.cut:
             msg = self.prompts.cut_warning(cfg.max_prompt_length)
@@ -254,7 +249,19 @@ class GRPOTrainer:
             assert self.policy is not None
             train_q = {r["question"] for r in self.prompts.rows}
             self.heldout = HeldOutEval(self.cfg, self.protocol, train_q, self.policy.gen_dtype)
+            self._record_skipped(self.heldout.skipped, self.heldout.spec, "eval_data")
         return self.heldout
+
+    def _record_skipped(self, skipped: list[str], spec: str, key: str) -> None:
+        """Malformed dataset lines that were skipped, in the run directory (log, warnings and
+        ``summary.json[key]``), not only on stderr; the first few named, then a count."""
+        if not skipped:
+            return
+        report_capped(skipped, lambda msg: self.log(f"{key}: skipped {msg}"))
+        self.warnings.append(f"{len(skipped)} malformed line(s) of {spec} skipped")
+        self.rundir.update_summary(
+            **{key: {"skipped_lines": skipped[:MAX_REPORTS], "n_skipped_lines": len(skipped)}}
+        )
 
     def evaluate(self, tag: str) -> dict[str, Any] | None:
         """Held-out accuracy now (``eval_<tag>.jsonl`` per problem), or None when off."""
