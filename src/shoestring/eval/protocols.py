@@ -134,8 +134,13 @@ class Protocol:
                 f"protocol {self.name!r} needs a tokenizer with a chat template; this model has "
                 "none. Use protocol plain or qa (zero-shot) or lm-eval-5shot (few-shot)."
             )
-        messages = [{"role": "user", "content": self.instruction + question}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            self.messages(question), tokenize=False, add_generation_prompt=True
+        )
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """The chat turn a ``chat`` protocol asks in (TRL's conversational prompt form)."""
+        return [{"role": "user", "content": self.instruction + question}]
 
     # -- judging
     def extract(self, response: str) -> str | None:

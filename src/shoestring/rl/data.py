@@ -171,9 +171,7 @@ class PromptSet:
         columns = sorted({k for r in rows for k in r if k != "ops"})
         messages = None
         if protocol.style == "chat":  # the user turn Protocol.prompt renders through the template
-            messages = [
-                [{"role": "user", "content": protocol.instruction + r["question"]}] for r in rows
-            ]
+            messages = [protocol.messages(r["question"]) for r in rows]
         return cls(rows, texts, ids, columns, cut, messages)
 
     def cut_warning(self, limit: int | None) -> str:
