@@ -76,3 +76,27 @@ def prepare_synthetic(out: Path, problems: int = 600) -> Path:
 
     text.run(None, out, vocab_size=300, synthetic=problems, quiet=True)
     return out
+
+
+# The hybrid trainer's tests: a smaller GPT and phases short enough for a few dozen steps.
+TINY_HYBRID = [
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=64",
+    "train.seq_len=32",
+    "train.batch_size=8",
+    "train.lr=3e-3",
+    "train.warmup_steps=5",
+    "train.threads=1",
+    "train.deterministic=true",
+    "train.dtype=fp32",
+    "train.compile=off",
+    "train.trainer=hybrid",
+    "hybrid.warmup_steps=4",
+    "hybrid.min_full_steps=4",
+    "hybrid.max_predict_steps=4",
+    "hybrid.correct_steps=2",
+    "hybrid.monitor_every=2",
+    "hybrid.confidence_threshold=0.3",
+]

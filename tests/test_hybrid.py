@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import prepare_synthetic
+from _helpers import TINY_HYBRID, prepare_synthetic
 from shoestring.run_config import HybridConfig, build_run_config
 from shoestring.runs.rundir import read_metrics
 from shoestring.train.hybrid_controller import PHASES, HybridController
@@ -239,27 +239,7 @@ def test_injected_divergence_restores_pre_predict_weights(inject: str) -> None:
 
 # ----------------------------------------------------------------------------- with the trainer
 
-TINY = [
-    "model.d_model=32",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=64",
-    "train.seq_len=32",
-    "train.batch_size=8",
-    "train.lr=3e-3",
-    "train.warmup_steps=5",
-    "train.threads=1",
-    "train.deterministic=true",
-    "train.dtype=fp32",
-    "train.compile=off",
-    "train.trainer=hybrid",
-    "hybrid.warmup_steps=4",
-    "hybrid.min_full_steps=4",
-    "hybrid.max_predict_steps=4",
-    "hybrid.correct_steps=2",
-    "hybrid.monitor_every=2",
-    "hybrid.confidence_threshold=0.3",
-]
+TINY = TINY_HYBRID
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import TINY_HYBRID, prepare_synthetic
 from shoestring.run_config import HybridConfig, build_run_config
 from shoestring.runs.rundir import read_metrics
 from shoestring.train.hybrid_controller import HybridController
@@ -158,26 +159,10 @@ def test_predicted_weights_kept_only_if_heldout_loss_went_down(better: bool) -> 
         assert phases[first + 4] == "full"
 
 
+# later overrides win: Muon, every phase predicted (no confidence gate), a short history
 TINY = [
-    "model.d_model=32",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=64",
-    "train.seq_len=32",
-    "train.batch_size=8",
-    "train.lr=3e-3",
-    "train.warmup_steps=5",
-    "train.threads=1",
-    "train.deterministic=true",
-    "train.dtype=fp32",
-    "train.compile=off",
-    "train.trainer=hybrid",
+    *TINY_HYBRID,
     "train.optimizer=muon",
-    "hybrid.warmup_steps=4",
-    "hybrid.min_full_steps=4",
-    "hybrid.max_predict_steps=4",
-    "hybrid.correct_steps=2",
-    "hybrid.monitor_every=2",
     "hybrid.confidence_threshold=0.0",
     "hybrid.history=3",
 ]
@@ -185,11 +170,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shoestring.data import text
-
-    out = tmp_path_factory.mktemp("data") / "synthetic"
-    text.run(None, out, vocab_size=300, synthetic=600, quiet=True)
-    return out
+    return prepare_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
 
 
 @pytest.mark.parametrize("predictor", ["coast", "leap"])
