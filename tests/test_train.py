@@ -250,14 +250,23 @@ def test_ctrl_c_saves_and_marks_interrupted(prepared: Path, tmp_path: Path) -> N
             "train.compile=off",
         ),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "stderr.txt").open("w"),
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below dumps every thread
     )
     metrics = tmp_path / "int" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or metrics.stat().st_size < 500):
         time.sleep(0.1)
+    started = metrics.exists() and metrics.stat().st_size >= 500
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    try:
+        rc = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # say where it hung instead of only that it did
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        tail = (tmp_path / "stderr.txt").read_text()[-4000:]
+        pytest.fail(f"no exit 60 s after Ctrl-C (training had started: {started}):\n{tail}")
+    assert rc == 130, (tmp_path / "stderr.txt").read_text()[-2000:]
     s = _summary(tmp_path / "int")
     assert s["status"] == "interrupted"
     ckpt = tmp_path / "int" / "checkpoints" / f"step_{s['steps']}"
