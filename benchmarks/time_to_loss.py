@@ -23,7 +23,7 @@ time" is step time only (``train_seconds``; evaluation excluded, the hybrid's he
 included). Every run is a normal run directory under ``OUT/<preset>/runs``; the whole result is
 ``OUT/time_to_loss.json``.
 
-    flock -x /work/cpu.lock python benchmarks/time_to_loss.py --data /tmp/wt2 --out runs/ttl
+    python benchmarks/time_to_loss.py --data data/wt2 --out runs/ttl
 """
 
 from __future__ import annotations
