@@ -198,3 +198,25 @@ def test_compare_names_a_killed_writer(tmp_path: Path) -> None:
     holder = {"pid": os.getpid(), "host": socket.gethostname()}
     (run / LOCK_NAME).write_text(json.dumps(holder))  # a live writer
     assert load_run(run).status_text() == "running"
+
+
+def test_a_signal_in_a_step_loop_stops_it_at_the_next_step_boundary() -> None:
+    import os
+    import signal
+
+    from shoestring.runs.lifecycle import StepBoundaryInterrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    steps_finished = 0
+    with pytest.raises(KeyboardInterrupt), StepBoundaryInterrupts() as interrupts:
+        for _ in range(3):
+            interrupts.check()
+            os.kill(os.getpid(), signal.SIGINT)  # lands mid-step: the step still finishes
+            steps_finished += 1
+    assert steps_finished == 1 and interrupts.requested == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are put back
+    # a second signal does not wait for the step to end
+    with pytest.raises(KeyboardInterrupt), StepBoundaryInterrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("not reached: the second signal raises at once")

@@ -38,12 +38,54 @@ from shoestring.failures import short_reason
 from shoestring.runs.monitor import SystemMonitor
 from shoestring.runs.rundir import STATUSES, RunDir
 
-__all__ = ["RunLifecycle", "raise_keyboard_interrupt"]
+__all__ = ["RunLifecycle", "StepBoundaryInterrupts", "raise_keyboard_interrupt"]
 
 
 def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM handler: stop the way Ctrl-C does, so the same cleanup runs."""
     raise KeyboardInterrupt
+
+
+class StepBoundaryInterrupts:
+    """Ctrl-C and SIGTERM during a step loop stop it at the next step boundary.
+
+    Why: Python raises ``KeyboardInterrupt`` wherever the signal lands, and one that lands in
+    a Python function that autograd calls during ``backward`` (a custom ``Function``'s
+    backward, a hook) can leave the autograd engine waiting forever - the run then neither
+    trains nor exits. Inside this context manager the first signal only sets a flag that
+    :meth:`check` turns into ``KeyboardInterrupt`` between steps, where the loop's usual
+    cleanup (a checkpoint, the ``interrupted`` status) runs; a second signal raises at once,
+    for a user who does not want to wait for the step to end. Outside the main thread it does
+    nothing (only the main thread may set signal handlers).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None  # the signal that asked to stop, if any
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:  # the second time: stop now
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if a stop was asked for since the last step."""
+        if self.requested is not None:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StepBoundaryInterrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._previous.clear()
 
 
 class RunLifecycle:

@@ -23,7 +23,7 @@ import torch
 
 from shoestring.config import to_dict
 from shoestring.models.card import write_model_card
-from shoestring.runs.lifecycle import RunLifecycle
+from shoestring.runs.lifecycle import RunLifecycle, StepBoundaryInterrupts
 from shoestring.train.checkpoint import latest_checkpoint
 from shoestring.train.state import TrainState, summary_fields
 from shoestring.train.step import NonFiniteLossError, StepTrainer
@@ -129,7 +129,9 @@ class Trainer(StepTrainer):
     def _run_handled(self, life: RunLifecycle, tokens_per_step: int) -> None:
         """The step loop, with each way of ending early recorded and re-raised."""
         try:
-            self._loop(tokens_per_step)
+            # Ctrl-C/SIGTERM take effect between steps, never inside backward (see the class)
+            with StepBoundaryInterrupts() as self.interrupts:
+                self._loop(tokens_per_step)
         except StopTraining as exc:
             error = str(exc) or "stopped early by the on_eval callback"
             life.set_status("pruned", error)
@@ -182,6 +184,7 @@ class Trainer(StepTrainer):
             window_tokens, window_time = 0, 0.0  # throughput since the last metrics record
             step_times: list[float] = []
             while ts.step < t.max_steps:
+                self.interrupts.check()  # a stop asked for during the last step ends here
                 # 1. one optimizer step, timed to the device's completion
                 step = ts.step
                 t0 = time.perf_counter()
