@@ -47,7 +47,7 @@ from shoestring.eval.generation.prefill import (
 from shoestring.eval.generation.stops import (
     IncrementalText,
     find_stop,
-    finished_text,
+    finished_result,
 )
 from shoestring.eval.lean_decode import LeanDecoder
 from shoestring.eval.sampling import choose_next_tokens
@@ -215,21 +215,9 @@ def decode_batch(
     def finish(out_idx: int, reason: FinishReason) -> None:
         """Decode the row's full text once, cut it at its stop string, flush what streaming
         held back, and deliver the result."""
-        row = rows[out_idx]
-        stopped_at = row.stop if reason == "stop" else None
-        text, stop_str = finished_text(tokenizer, row.tokens, stopped_at, stops, cfg)
-        if on_text is not None and len(text) > row.emitted:
-            on_text(out_idx, text[row.emitted :])
-            row.emitted = len(text)
-        res = GenerationResult(
-            text=text,
-            token_ids=row.tokens,
-            n_tokens=len(row.tokens),
-            finish_reason=reason,
-            seconds=time.perf_counter() - row.t0,
-            prompt_tokens=row.prompt_tokens,
-            stop_string=stop_str,
-            index=out_idx,
+        seconds = time.perf_counter() - rows[out_idx].t0
+        res = finished_result(
+            rows[out_idx], out_idx, reason, seconds, tokenizer, stops, cfg, on_text
         )
         results[out_idx] = res
         if on_result is not None:

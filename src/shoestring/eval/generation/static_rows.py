@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoestring.eval.generation.config import FinishReason, GenerationResult, SamplingConfig
-from shoestring.eval.generation.stops import IncrementalText, find_stop, finished_text
+from shoestring.eval.generation.stops import IncrementalText, find_stop, finished_result
 
 __all__ = ["RowBook"]
 
@@ -107,21 +107,9 @@ class RowBook:
     def _finish(self, i: int, reason: FinishReason) -> None:
         """Decode the row's text once, cut it at its stop string, flush held-back streamed
         text, and deliver the result (as the dynamic engine's ``finish``)."""
-        row = self.rows[i]
-        stopped_at = row.stop if reason == "stop" else None
-        text, stop_str = finished_text(self.tokenizer, row.tokens, stopped_at, self.stops, self.cfg)
-        if self.on_text is not None and len(text) > row.emitted:
-            self.on_text(i, text[row.emitted :])
-            row.emitted = len(text)
-        res = GenerationResult(
-            text=text,
-            token_ids=row.tokens,
-            n_tokens=len(row.tokens),
-            finish_reason=reason,
-            seconds=time.perf_counter() - self.t0,
-            prompt_tokens=row.prompt_tokens,
-            stop_string=stop_str,
-            index=i,
+        seconds = time.perf_counter() - self.t0
+        res = finished_result(
+            self.rows[i], i, reason, seconds, self.tokenizer, self.stops, self.cfg, self.on_text
         )
         self.results[i] = res
         if self.on_result is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shoestring.eval.generation.config import SamplingConfig
+from shoestring.eval.generation.config import FinishReason, GenerationResult, SamplingConfig
 
-__all__ = ["IncrementalText", "find_stop", "finished_text", "resolve_eos_ids"]
+__all__ = ["IncrementalText", "find_stop", "finished_result", "finished_text", "resolve_eos_ids"]
 
 
 def resolve_eos_ids(model: Any, tokenizer: Any, cfg: SamplingConfig) -> set[int]:
@@ -96,3 +96,33 @@ def finished_text(
         return text, None
     found = find_stop(text, stops) or stopped_at
     return text[: found[0] + (len(found[1]) if cfg.keep_stop_string else 0)], found[1]
+
+
+def finished_result(
+    row: Any,
+    index: int,
+    reason: FinishReason,
+    seconds: float,
+    tokenizer: Any,
+    stops: Sequence[str],
+    cfg: SamplingConfig,
+    on_text: Any = None,
+) -> GenerationResult:
+    """A finished row's result: its :func:`finished_text`, after streaming whatever text
+    ``on_text`` has not had yet. ``row`` is either decode loop's row (``tokens``, ``stop``,
+    ``emitted``, ``prompt_tokens``); both loops finish rows through this."""
+    stopped_at = row.stop if reason == "stop" else None
+    text, stop_str = finished_text(tokenizer, row.tokens, stopped_at, stops, cfg)
+    if on_text is not None and len(text) > row.emitted:
+        on_text(index, text[row.emitted :])
+        row.emitted = len(text)
+    return GenerationResult(
+        text=text,
+        token_ids=row.tokens,
+        n_tokens=len(row.tokens),
+        finish_reason=reason,
+        seconds=seconds,
+        prompt_tokens=row.prompt_tokens,
+        stop_string=stop_str,
+        index=index,
+    )
