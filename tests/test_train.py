@@ -291,25 +291,37 @@ def test_ddp_two_processes_match_single_process(
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: a SIGABRT after a timeout makes the launcher and both workers print
+    # every thread's stack, so a hang says where it is instead of only that it happened.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     args = _cli_train_args(prepared, tmp_path, "ddp", *common, "train.batch_size=4")[3:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            "-m",
-            "shoestring",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    log = tmp_path / "ddp_stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node=2",
+                f"--master_port={_free_port()}",
+                "-m",
+                "shoestring",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+            start_new_session=True,  # its own process group: the workers can be signalled too
+        )
+        try:
+            rc = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGABRT)
+            time.sleep(5)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            pytest.fail(f"DDP run did not end in 300 s; stacks:\n{log.read_text()[-12000:]}")
+    assert rc == 0, log.read_text()[-3000:]
     a, b = _summary(tmp_path / "single"), _summary(tmp_path / "ddp")
     assert b["world_size"] == 2 and b["status"] == "finished"
     assert b["tokens"] == a["tokens"]
