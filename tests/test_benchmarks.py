@@ -80,10 +80,17 @@ def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("generate_vs_hf")
     args = ["--rounds", "1", "--threads", "1", "--dtype", "fp32", "--batch", "3"]
     args += ["--variable-prompts", "7", "--fixed-prompts", "3", "--fixed-tokens", "5"]
-    args += ["--min-answer", "5", "--max-answer", "30"]
+    args += ["--min-answer", "5", "--max-answer", "30", "--split"]
     assert bench.main(args + TINY_SHAPE) == 0
     out = capsys.readouterr().out
     assert "[variable] 7 prompts" in out and "[fixed] 3 prompts" in out
+    # the split run times each engine's parts; a fixed-length run wastes no rows on either side
+    splits = [line for line in out.splitlines() if line.strip().startswith("split ")]
+    assert len(splits) == 4 and all("decode step" in line for line in splits)
+    assert all("100% of the rows computed" in line for line in splits[2:])
+    from shoestring.eval import lean_decode
+
+    assert lean_decode.LeanDecoder.step.__name__ == "step"  # the wrappers were taken off
     assert "identical answers 7/7" in out and "identical answers 3/3" in out
     assert bench.answer_lengths(5, 0) == bench.answer_lengths(5, 0)  # a fixed draw
     assert all(50 <= n <= 300 for n in bench.answer_lengths(200, 1))
