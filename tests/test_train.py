@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -291,37 +294,9 @@ def test_ddp_two_processes_match_single_process(
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    # PYTHONFAULTHANDLER: a SIGABRT after a timeout makes the launcher and both workers print
-    # every thread's stack, so a hang says where it is instead of only that it happened.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     args = _cli_train_args(prepared, tmp_path, "ddp", *common, "train.batch_size=4")[3:]
-    log = tmp_path / "ddp_stderr.txt"
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node=2",
-                f"--master_port={_free_port()}",
-                "-m",
-                "shoestring",
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env=env,
-            start_new_session=True,  # its own process group: the workers can be signalled too
-        )
-        try:
-            rc = proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGABRT)
-            time.sleep(5)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            pytest.fail(f"DDP run did not end in 300 s; stacks:\n{log.read_text()[-12000:]}")
-    assert rc == 0, log.read_text()[-3000:]
+    rc, log = _torchrun_with_one_retry(args, tmp_path)
+    assert rc == 0, log[-3000:]
     a, b = _summary(tmp_path / "single"), _summary(tmp_path / "ddp")
     assert b["world_size"] == 2 and b["status"] == "finished"
     assert b["tokens"] == a["tokens"]
@@ -329,6 +304,58 @@ def test_ddp_two_processes_match_single_process(
     lb = [m["loss"] for m in read_metrics(tmp_path / "ddp") if "loss" in m]
     assert la == pytest.approx(lb, rel=1e-4)
     assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-4)
+
+
+def _torchrun(args: list[str], log: Path, timeout: float) -> int | None:
+    """``torchrun --nproc_per_node=2 -m shoestring ARGS``; its exit code, or None after a hang.
+
+    With PYTHONFAULTHANDLER set, a SIGABRT after the timeout makes both workers and then the
+    launcher write every thread's stack to ``log`` before they are killed (the launcher puts
+    its workers in sessions of their own, so each process is signalled by pid).
+    """
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += [f"--master_port={_free_port()}", "-m", "shoestring", *args]
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            launcher = psutil.Process(proc.pid)
+            workers = launcher.children(recursive=True)
+            for victims in (workers, [launcher]):  # workers first: the launcher reaps them
+                for p in victims:
+                    with contextlib.suppress(psutil.Error):
+                        p.send_signal(signal.SIGABRT)
+                time.sleep(3)
+            for p in [*workers, launcher]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait(timeout=30)
+            return None
+
+
+def _torchrun_with_one_retry(args: list[str], tmp_path: Path) -> tuple[int, str]:
+    """Run the DDP job; if it hangs (it normally ends far within the limit, but two clean-clone
+    CI runs hit a 300 s timeout here that no rerun reproduced), warn with the stacks and run it
+    once more from scratch, so one stuck launch is reported without hiding a run that always
+    hangs."""
+    first = tmp_path / "ddp_stderr.txt"
+    rc = _torchrun(args, first, timeout=150)
+    if rc is not None:
+        return rc, first.read_text()
+    warnings.warn(
+        f"DDP launch hung for 150 s; retrying once. Stacks:\n{first.read_text()[-12000:]}",
+        stacklevel=2,
+    )
+    shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+    again = tmp_path / "ddp_stderr_retry.txt"
+    rc = _torchrun(args, again, timeout=150)
+    if rc is None:
+        pytest.fail(f"DDP run hung twice (150 s each); stacks:\n{again.read_text()[-12000:]}")
+    return rc, again.read_text()
 
 
 def test_cuda_request_without_cuda_is_an_error(prepared: Path, tmp_path: Path) -> None:
