@@ -346,6 +346,32 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_model, tmp_path, m
     assert json.loads((cut / "summary.json").read_text())["status"] == "finished"
 
 
+def test_ctrl_c_mid_step_ends_the_run_after_that_step(tiny_model, tmp_path, monkeypatch, capsys):
+    """A signal that lands inside a step (a rollout or backward) lets the step finish; the run
+    then saves a checkpoint and ends ``interrupted``."""
+    import os
+    import signal
+
+    real_step = GRPOTrainer.train_step
+
+    def signal_in_step_2(self):  # type: ignore[no-untyped-def]
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during the step
+        return real_step(self)
+
+    monkeypatch.setattr(GRPOTrainer, "train_step", signal_in_step_2)
+    before = signal.getsignal(signal.SIGINT)
+    over = _cfg(tiny_model, "max_steps=4", "save_steps=100")
+    with pytest.raises(KeyboardInterrupt):
+        train_grpo(grpo_config(overrides=over), out=tmp_path, name="int", progress=False)
+    run = tmp_path / "int"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 2
+    assert (run / "checkpoints" / "step_2").is_dir()
+    assert "stopping after this step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
 def test_startup_warning_is_measured(tiny_model, tmp_path) -> None:
     # a random model never answers: the warning names the missing answers and dead groups
     cfg = grpo_config(overrides=_cfg(tiny_model, "max_steps=2", "temperature=0.1"))

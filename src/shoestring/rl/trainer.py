@@ -44,7 +44,7 @@ from shoestring.rl.rewards import reward_label, reward_weights
 from shoestring.rl.rollout import Rollout, RolloutGenerator
 from shoestring.rl.run_checks import announce_settings
 from shoestring.rl.update import backward_rollout
-from shoestring.runs.lifecycle import RunLifecycle
+from shoestring.runs.lifecycle import RunLifecycle, StepBoundaryInterrupts
 from shoestring.runs.rundir import RunDir
 from shoestring.runtime import setup_runtime
 from shoestring.train.optimizer import adamw
@@ -369,7 +369,6 @@ class GRPOTrainer:
 
     def _train_loop(self) -> None:
         """Optimizer steps up to ``total_steps``; Ctrl-C/SIGTERM saves a checkpoint first."""
-        cfg = self.cfg
         bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
@@ -378,46 +377,11 @@ class GRPOTrainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        # Ctrl-C/SIGTERM take effect between steps, never inside backward or a rollout
+        interrupts = StepBoundaryInterrupts()
         try:
-            while self.step < self.total_steps:
-                # one optimizer step (generating a new rollout when this step starts a batch)
-                t0 = time.perf_counter()
-                stats = self.train_step()
-                dt = time.perf_counter() - t0
-                # time accounting: total and per phase (generation, scoring, backward)
-                self.train_seconds += dt
-                for k in self.time_split:
-                    self.time_split[k] += stats.get(f"time_{k}", 0.0)
-                self.step += 1
-                # the metrics record; ``_``-keys stay in memory (samples, answer presence)
-                rec = {"step": self.step, **{k: v for k, v in stats.items() if k[0] != "_"}}
-                rec["step_seconds"] = dt
-                rec["_answer_present"] = stats.get("_answer_present", 1.0)
-                if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
-                    self.rundir.metric({k: v for k, v in rec.items() if k[0] != "_"})
-                # the first warn_steps records decide the "cannot learn" warning
-                if len(self._first_steps) < cfg.warn_steps:
-                    self._check_can_learn(rec)
-                # sample completions, on step 1 and every log_completions_steps
-                if (
-                    cfg.log_completions_steps
-                    and "_samples" in stats
-                    and (self.step == 1 or self.step % cfg.log_completions_steps == 0)
-                ):
-                    self.rundir.metric(
-                        {"step": self.step, "event": "samples", "samples": stats["_samples"]}
-                    )
-                self._last_reward = stats["reward_mean"]
-                acc = stats.get("accuracy")
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{stats['reward_mean']:.3f}",
-                    acc=f"{acc:.2f}" if acc is not None else "-",
-                    s_step=f"{dt:.1f}",
-                )
-                # a resumable checkpoint every save_steps (the last one is saved by run())
-                if self.step % cfg.save_steps == 0 and self.step < self.total_steps:
-                    self.save()
+            with interrupts:
+                self._steps(bar, interrupts)
         except KeyboardInterrupt:
             bar.close()
             if self.step > 0:
@@ -426,3 +390,47 @@ class GRPOTrainer:
             raise
         finally:
             bar.close()
+
+    def _steps(self, bar: Any, interrupts: StepBoundaryInterrupts) -> None:
+        """The step loop of :meth:`_train_loop`."""
+        cfg = self.cfg
+        while self.step < self.total_steps:
+            interrupts.check()  # a stop asked for during the last step ends here
+            # one optimizer step (generating a new rollout when this step starts a batch)
+            t0 = time.perf_counter()
+            stats = self.train_step()
+            dt = time.perf_counter() - t0
+            # time accounting: total and per phase (generation, scoring, backward)
+            self.train_seconds += dt
+            for k in self.time_split:
+                self.time_split[k] += stats.get(f"time_{k}", 0.0)
+            self.step += 1
+            # the metrics record; ``_``-keys stay in memory (samples, answer presence)
+            rec = {"step": self.step, **{k: v for k, v in stats.items() if k[0] != "_"}}
+            rec["step_seconds"] = dt
+            rec["_answer_present"] = stats.get("_answer_present", 1.0)
+            if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+                self.rundir.metric({k: v for k, v in rec.items() if k[0] != "_"})
+            # the first warn_steps records decide the "cannot learn" warning
+            if len(self._first_steps) < cfg.warn_steps:
+                self._check_can_learn(rec)
+            # sample completions, on step 1 and every log_completions_steps
+            if (
+                cfg.log_completions_steps
+                and "_samples" in stats
+                and (self.step == 1 or self.step % cfg.log_completions_steps == 0)
+            ):
+                self.rundir.metric(
+                    {"step": self.step, "event": "samples", "samples": stats["_samples"]}
+                )
+            self._last_reward = stats["reward_mean"]
+            acc = stats.get("accuracy")
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{stats['reward_mean']:.3f}",
+                acc=f"{acc:.2f}" if acc is not None else "-",
+                s_step=f"{dt:.1f}",
+            )
+            # a resumable checkpoint every save_steps (the last one is saved by run())
+            if self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                self.save()

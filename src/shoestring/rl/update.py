@@ -50,7 +50,7 @@ def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, A
         clip_sum += float((clipped.float() * m).sum())
         if ent is not None:  # over every generated token, masked from the loss or not
             gm = r.gen_mask[s].float()
-            ent_sum += float((ent * gm).sum())
+            ent_sum += float((ent.detach() * gm).sum())
             n_gen += float(gm.sum())
         if kl is not None:
             kl_sum += float((kl.detach() * m).sum())

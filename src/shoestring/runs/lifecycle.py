@@ -28,6 +28,7 @@ it sees the end state). Exceptions are never swallowed: the caller still sees th
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -61,14 +62,20 @@ class StepBoundaryInterrupts:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, notice: Callable[[str], None] | None = None) -> None:
         self.requested: int | None = None  # the signal that asked to stop, if any
         self._previous: dict[int, Any] = {}
+        # a step can take minutes: say at once that the signal was heard and what happens next
+        self._notice = notice or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None:  # the second time: stop now
             raise KeyboardInterrupt
         self.requested = signum
+        self._notice(
+            f"{signal.Signals(signum).name}: stopping after this step (a checkpoint is saved); "
+            "send it again to stop at once"
+        )
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if a stop was asked for since the last step."""
