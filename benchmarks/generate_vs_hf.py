@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import math
 import os
 import random
 import statistics
@@ -49,6 +50,7 @@ import torch  # noqa: E402
 from bench_throughput import build_tokenizer, load_questions  # noqa: E402 - sibling script
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.eval.generation import SamplingConfig, generate_all  # noqa: E402
+from shoestring.eval.generation.decode import REFILL_MIN_FRACTION  # noqa: E402
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 #: Qwen2.5-0.5B's shape (494M parameters with tied embeddings)
@@ -76,6 +78,29 @@ def force_length(logits: torch.Tensor, row: int, generated: int, length: int, eo
         logits[row, eos] = 0.0
     else:
         logits[row, eos] = float("-inf")
+
+
+def decode_steps(lengths: list[int], batch: int, refill_rows: int | None) -> int:
+    """Forward passes after the prefills that ``lengths`` (answer tokens per prompt, in queue
+    order) need at ``batch`` rows: static batches one after another (``refill_rows=None``), or
+    a running batch that takes queued prompts once ``refill_rows`` rows are free (the engine's
+    rule). The prefill gives each row its first token. At equal step time, the ratio of two
+    such counts bounds what a schedule alone can gain."""
+    if refill_rows is None:
+        return sum(max(lengths[i : i + batch]) - 1 for i in range(0, len(lengths), batch))
+    queue, left, steps = list(lengths), [], 0
+    while queue or left:
+        if not left:  # an empty batch starts afresh from the queue
+            left, queue = [n - 1 for n in queue[:batch]], queue[batch:]
+            left = [n for n in left if n > 0]
+            continue
+        steps += 1
+        left = [n - 1 for n in left if n > 1]
+        if queue and batch - len(left) >= refill_rows:
+            free = batch - len(left)
+            left += [n - 1 for n in queue[:free] if n > 1]
+            queue = queue[free:]
+    return steps
 
 
 def build_model(args: argparse.Namespace, eos: int) -> Any:
@@ -323,6 +348,18 @@ def main(argv: list[str] | None = None) -> int:
             f"\n[{work}] {n} prompts ({plen[0]}-{plen[-1]} tokens), answers "
             f"{min(lengths)}-{max(lengths)} tokens (mean {tokens / n:.0f}), {tokens} tokens "
             "per run",
+            flush=True,
+        )
+        # what the schedules alone allow, before any step is timed
+        static = decode_steps(lengths, args.batch, None)
+        refill = max(1, math.ceil(REFILL_MIN_FRACTION * args.batch))
+        engine = decode_steps(lengths, args.batch, refill)
+        every = decode_steps(lengths, args.batch, 1)
+        ideal = math.ceil((tokens - n) / args.batch)
+        print(
+            f"  decode steps: HF static batches {static}, engine (refill at {refill} free rows) "
+            f"{engine}, refill at every free row {every}, perfect packing {ideal}; at equal step "
+            f"time the schedule alone allows {static / max(engine, 1):.2f}x",
             flush=True,
         )
         times: dict[str, list[float]] = {"shoestring": [], "hf": []}

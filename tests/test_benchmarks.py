@@ -93,4 +93,9 @@ def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert lean_decode.LeanDecoder.step.__name__ == "step"  # the wrappers were taken off
     assert "identical answers 7/7" in out and "identical answers 3/3" in out
     assert bench.answer_lengths(5, 0) == bench.answer_lengths(5, 0)  # a fixed draw
+    # step counts by hand: A(10) B(2) | C(10) D(2) at 2 rows. Static: 9 + 9 steps. Refilled:
+    # B ends at step 1 and C takes its row; A ends at step 9 and D its row; C ends at step 10.
+    assert bench.decode_steps([10, 2, 10, 2], 2, None) == 18
+    assert bench.decode_steps([10, 2, 10, 2], 2, 1) == 10
+    assert "decode steps: HF static batches" in out
     assert all(50 <= n <= 300 for n in bench.answer_lengths(200, 1))
