@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shoestring.eval.packed_linear import can_pack, pack_weight, packed_linear
 from shoestring.models.rope import apply_rope, rotate_half
 
 # Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
@@ -53,13 +54,16 @@ class _Proj:
 
     Fused (one concatenated weight) when every part is a plain ``nn.Linear`` and the copy is
     allowed; otherwise each part is called as its own module (peft LoRA layers, quantised
-    layers), which is exactly what the model's forward does."""
+    layers), which is exactly what the model's forward does. With ``pack``, a plain or fused
+    weight is multiplied in oneDNN's prepacked layout (:mod:`~shoestring.eval.packed_linear`:
+    bit-identical, without the per-call reorder)."""
 
-    def __init__(self, mods: list[Any], fuse: bool) -> None:
+    def __init__(self, mods: list[Any], fuse: bool, pack: bool = False) -> None:
         self.mods = mods
         self.sizes = [m.out_features for m in mods]
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
+        self.packed: torch.Tensor | None = None
         if len(mods) == 1 and _plain_linear(mods[0]):
             self.weight, self.bias = mods[0].weight, mods[0].bias
         elif fuse and all(_plain_linear(m) for m in mods):
@@ -72,10 +76,18 @@ class _Proj:
                         for m, b in zip(mods, biases, strict=True)
                     ]
                 )
+        if pack and self.weight is not None:
+            self.packed = pack_weight(self.weight)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.weight is not None
+        if self.packed is not None:
+            return packed_linear(x, self.packed, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.weight is not None:
-            y = F.linear(x, self.weight, self.bias)
+            y = self._linear(x)
             return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
         return [m(x) for m in self.mods]
 
@@ -83,7 +95,7 @@ class _Proj:
         """The whole concatenated output, where the parts are fused (else ``None``)."""
         if self.weight is None or len(self.sizes) == 1:
             return None
-        return F.linear(x, self.weight, self.bias)
+        return self._linear(x)
 
 
 def _hooked(m: Any) -> bool:
@@ -197,22 +209,29 @@ def _fused_bytes(model: Any) -> int:
     return total
 
 
+def _plain_weights(model: Any) -> list[torch.Tensor]:
+    """The weights the lean step multiplies through ``F.linear``: every plain linear layer of
+    the decoder layers, and the output head."""
+    out = [m.weight for layer in model.model.layers for m in layer.modules() if _plain_linear(m)]
+    return [*out, model.lm_head.weight]
+
+
 class _Layer:
-    def __init__(self, layer: Any, gpt: bool, fuse: bool) -> None:
+    def __init__(self, layer: Any, gpt: bool, fuse: bool, pack: bool) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         make_norm = _gpt_norm if gpt else _llama_norm
         n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
         assert n1 is not None and n2 is not None  # checked by _supported
         self.norm1, self.norm2 = n1, n2
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse)
-        self.o = _Proj([attn.o_proj], False)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack)
+        self.o = _Proj([attn.o_proj], False, pack)
         self.swiglu = not gpt or mlp.kind == "swiglu"
         if self.swiglu:
-            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse)
-            self.down = _Proj([mlp.down_proj], False)
+            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack)
+            self.down = _Proj([mlp.down_proj], False, pack)
         else:  # the GPT's GELU MLP: fc -> GELU -> proj
-            self.up = _Proj([mlp.fc], False)
-            self.down = _Proj([mlp.proj], False)
+            self.up = _Proj([mlp.fc], False, pack)
+            self.down = _Proj([mlp.proj], False, pack)
         if gpt:
             self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
         else:
@@ -229,7 +248,7 @@ class LeanDecoder:
     """One-token forward of a supported model; build with :meth:`build` per generation call
     (fused weights are copies of the weights at that moment)."""
 
-    def __init__(self, model: Any, fuse: bool) -> None:
+    def __init__(self, model: Any, fuse: bool, pack: bool = False) -> None:
         self.model = model
         self.gpt = type(model).__name__ == SHOESTRING_GPT
         inner = model.model
@@ -249,17 +268,26 @@ class LeanDecoder:
             norm = _llama_norm(inner.norm)
         assert norm is not None
         self.final_norm = norm
-        self.layers = [_Layer(layer, self.gpt, fuse) for layer in inner.layers]
+        self.layers = [_Layer(layer, self.gpt, fuse, pack) for layer in inner.layers]
         self.fused = fuse
+        self.packed = pack
+        self.head = _Proj([model.lm_head], False, pack)
 
     @classmethod
-    def build(cls, model: Any, fuse: bool | None = None) -> LeanDecoder | None:
-        """A decoder for ``model``, or ``None`` where only the model's own forward is right."""
+    def build(
+        cls, model: Any, fuse: bool | None = None, pack: bool | None = None
+    ) -> LeanDecoder | None:
+        """A decoder for ``model``, or ``None`` where only the model's own forward is right.
+
+        ``pack`` (default: where :func:`~shoestring.eval.packed_linear.can_pack` allows it,
+        i.e. bf16 weights on a CPU with memory to spare) multiplies prepacked weights."""
         if _supported(model) is not None:
             return None
         if fuse is None:
             fuse = _fused_bytes(model) <= FUSE_MAX_BYTES
-        return cls(model, fuse)
+        if pack is None:
+            pack = can_pack(_plain_weights(model))
+        return cls(model, fuse, pack)
 
     def _embed(
         self, input_ids: torch.Tensor, positions: torch.Tensor
@@ -316,8 +344,7 @@ class LeanDecoder:
             h = h + layer.o(out.transpose(1, 2).reshape(b, 1, hq * dv).to(x.dtype))[0]
             h = h + layer.mlp(layer.norm2(h))
         h = self.final_norm(h)
-        head = self.model.lm_head
-        return F.linear(h[:, -1], head.weight, head.bias).float()
+        return self.head(h[:, -1])[0].float()
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
