@@ -68,7 +68,8 @@ def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
     rope = getattr(getattr(getattr(model, "model", None), "rotary_emb", None), "rope_type", "")
     if any(kind in str(rope) for kind in ("dynamic", "longrope")):
         return f"RoPE type {rope} reads the positions on the host every step"
-    if LeanDecoder.build(model, fuse=False) is None:  # (LoRA layers are fine: run as modules)
+    # (LoRA layers are fine: run as modules)
+    if LeanDecoder.build(model, fuse=False, pack=False) is None:
         return f"the lean decode step does not support {type(model).__name__} as configured"
     return None
 
