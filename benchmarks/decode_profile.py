@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--read-mib", type=int, default=1024, help="size of the memory-read probe")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     add_shape_options(p, **QWEN25_05B)
     args = p.parse_args(argv)
@@ -106,12 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     cache_store = torch.float32 if wdtype != torch.float32 else wdtype
     lean_cache = filled_cache(model, b, t, cache_store, pre=True)
     hf_cache = filled_cache(model, b, t, wdtype, pre=False)
-    lean = LeanDecoder.build(model)
-    assert lean is not None
+    lean = LeanDecoder.build(model)  # the engine's choice: prepacked weights where it can
+    unpacked = LeanDecoder.build(model, pack=False)
+    assert lean is not None and unpacked is not None
+    print(f"engine step: weights {'prepacked (oneDNN)' if lean.packed else 'F.linear'}")
 
     def lean_step() -> None:
         with torch.inference_mode():
             lean.step(next_ids, mask, pos, lean_cache)
+        crop_one(lean_cache)
+
+    def unpacked_step() -> None:
+        with torch.inference_mode():
+            unpacked.step(next_ids, mask, pos, lean_cache)
         crop_one(lean_cache)
 
     def hf_step() -> None:
@@ -140,9 +148,25 @@ def main(argv: list[str] | None = None) -> int:
                 F.linear(xi, m.down_proj.weight)
             F.linear(x[:, -1], head)
 
-    t1 = interleaved({"lean": lean_step, "hf": hf_step, "matmuls": matmuls}, args.rounds)
+    fns = {"lean": lean_step, "hf": hf_step, "matmuls": matmuls}
+    if lean.packed:  # the same products with the engine's prepacked weights, and its step without
+        fns["unpacked"] = unpacked_step
+
+        def packed_matmuls() -> None:
+            with torch.inference_mode():
+                for layer in lean.layers:
+                    for proj in (layer.qkv, layer.o, layer.up):
+                        proj(x)
+                    layer.down(xi)
+                lean.head(x[:, -1])
+
+        fns["packed matmuls"] = packed_matmuls
+    t1 = interleaved(fns, args.rounds)
     flops = 2 * b * sum(p.numel() for n, p in model.named_parameters() if "norm" not in n)
     flops -= 2 * b * model.model.embed_tokens.weight.numel() * (0 if cfg.tie_word_embeddings else 1)
+    weight_bytes = sum(
+        p.numel() * p.element_size() for n, p in model.named_parameters() if "norm" not in n
+    )
     print(
         f"\ndecode step, {b} rows: engine (lean) {t1['lean'] * 1e3:.1f} ms, transformers forward "
         f"{t1['hf'] * 1e3:.1f} ms, its matmuls alone (F.linear) {t1['matmuls'] * 1e3:.1f} ms "
@@ -152,6 +176,29 @@ def main(argv: list[str] | None = None) -> int:
         f"  step / matmuls: engine {t1['lean'] / t1['matmuls']:.2f}x, transformers "
         f"{t1['hf'] / t1['matmuls']:.2f}x; engine vs transformers forward "
         f"{t1['hf'] / t1['lean']:.2f}x",
+        flush=True,
+    )
+    if "unpacked" in t1:
+        print(
+            f"  prepacked weights: engine step {t1['lean'] * 1e3:.1f} ms against "
+            f"{t1['unpacked'] * 1e3:.1f} ms with F.linear ({t1['unpacked'] / t1['lean']:.2f}x); "
+            f"its matmuls prepacked {t1['packed matmuls'] * 1e3:.1f} ms "
+            f"({flops / t1['packed matmuls'] / 1e9:.0f} GFLOP/s); step / prepacked matmuls "
+            f"{t1['lean'] / t1['packed matmuls']:.2f}x",
+            flush=True,
+        )
+    # what bounds it: the host's read rate (the weights are read once per step) and matmul rate
+    big = torch.ones(args.read_mib * 2**18, dtype=torch.float32)
+    read = interleaved({"sum": big.sum}, args.rounds)["sum"]
+    rate = big.numel() * 4 / read
+    del big
+    sq = torch.randn(2048, 2048, generator=gen).to(wdtype)
+    peak = 2 * 2048**3 / interleaved({"mm": lambda: sq @ sq}, args.rounds)["mm"]
+    print(
+        f"  host: memory read {rate / 1e9:.0f} GB/s (sum of {args.read_mib} MiB) -> reading the "
+        f"{weight_bytes / 1e9:.2f} GB of weights takes {weight_bytes / rate * 1e3:.0f} ms; "
+        f"{args.dtype} matmul 2048^3 {peak / 1e9:.0f} GFLOP/s -> the step's {flops / 1e9:.1f} "
+        f"GFLOP take {flops / peak * 1e3:.0f} ms at that rate",
         flush=True,
     )
 
@@ -200,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             lean_step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    groups = {"weight matmuls (mm/addmm)": 0.0, "attention (bmm, softmax)": 0.0, "other": 0.0}
+    groups = {"weight matmuls": 0.0, "attention (bmm, softmax)": 0.0, "other": 0.0}
     for e in events:
-        if e.key in ("aten::mm", "aten::addmm"):
-            groups["weight matmuls (mm/addmm)"] += e.self_cpu_time_total
+        if e.key in ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"):
+            groups["weight matmuls"] += e.self_cpu_time_total
         elif e.key in ("aten::bmm", "aten::_softmax"):
             groups["attention (bmm, softmax)"] += e.self_cpu_time_total
         else:

@@ -74,6 +74,19 @@ def test_decode_step_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(diffs) == 2 and max(diffs) < 1e-4  # lean step and forward agree (fp32)
 
 
+def test_decode_profile_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("decode_profile")
+    args = ["--threads", "1", "--rounds", "1", "--profile-steps", "1", "--read-mib", "8"]
+    assert bench.main(args + TINY_SHAPE) == 0
+    out = capsys.readouterr().out
+    assert "decode step, 16 rows: engine (lean)" in out and "host: memory read" in out
+    assert "weight matmuls" in out
+    from shoestring.eval.packed_linear import packing_available
+
+    if packing_available():  # bf16 on a CPU that packs: the packed step is measured too
+        assert "prepacked weights: engine step" in out
+
+
 def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """Both engines follow the per-prompt length rule, and in fp32 they agree token for token
     (continuous batching included)."""

@@ -184,7 +184,7 @@ def test_lora_layers_are_run_as_modules() -> None:
             p.data.normal_(0, 0.3)
     base = pm.get_base_model().eval()
     lean = LeanDecoder.build(base)
-    assert lean is not None and lean.layers[0].qkv.weight is None  # LoRA parts not fused
+    assert lean is not None and not lean.layers[0].qkv.single  # LoRA parts not fused
     compare_steps(base)
     with pm.disable_adapter():
         compare_steps(base)

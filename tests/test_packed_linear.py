@@ -52,6 +52,7 @@ def test_packed_step_is_bit_identical_to_the_unpacked_step(family: str, fuse: bo
     packed = LeanDecoder.build(model, fuse=fuse, pack=True)
     plain = LeanDecoder.build(model, fuse=fuse, pack=False)
     assert packed is not None and plain is not None and packed.packed and not plain.packed
+    assert all(x.packed is not None for x in (packed.layers[0].qkv, packed.layers[0].up))
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(3, VOCAB, (3, 6), generator=g)
     mask = torch.ones_like(ids)

@@ -61,39 +61,49 @@ class _Proj:
     def __init__(self, mods: list[Any], fuse: bool, pack: bool = False) -> None:
         self.mods = mods
         self.sizes = [m.out_features for m in mods]
-        self.weight: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None  # the plain or concatenated weight
         self.bias: torch.Tensor | None = None
-        self.packed: torch.Tensor | None = None
-        if len(mods) == 1 and _plain_linear(mods[0]):
-            self.weight, self.bias = mods[0].weight, mods[0].bias
-        elif fuse and all(_plain_linear(m) for m in mods):
-            biases = [m.bias for m in mods]
-            self.weight = torch.cat([m.weight for m in mods])
-            if any(b is not None for b in biases):
-                self.bias = torch.cat(
-                    [
-                        b if b is not None else m.weight.new_zeros(m.out_features)
-                        for m, b in zip(mods, biases, strict=True)
-                    ]
-                )
-        if pack and self.weight is not None:
-            self.packed = pack_weight(self.weight)
+        self.packed: torch.Tensor | None = None  # the same, prepacked (then ``weight`` is None)
+        plain = all(_plain_linear(m) for m in mods)
+        # packing copies the weights anyway, so packed parts are always concatenated
+        if not plain or not (len(mods) == 1 or fuse or pack):
+            return
+        biases = [m.bias for m in mods]
+        weight = mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])
+        if len(mods) == 1:
+            self.bias = biases[0]
+        elif any(b is not None for b in biases):
+            self.bias = torch.cat(
+                [
+                    b if b is not None else m.weight.new_zeros(m.out_features)
+                    for m, b in zip(mods, biases, strict=True)
+                ]
+            )
+        if pack:
+            self.packed = pack_weight(weight)
+        else:
+            self.weight = weight
+
+    @property
+    def single(self) -> bool:
+        """One product for all parts (plain, concatenated or packed)."""
+        return self.weight is not None or self.packed is not None
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.weight is not None
         if self.packed is not None:
             return packed_linear(x, self.packed, self.bias)
+        assert self.weight is not None
         return F.linear(x, self.weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.weight is not None:
+        if self.single:
             y = self._linear(x)
             return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
         return [m(x) for m in self.mods]
 
     def fused(self, x: torch.Tensor) -> torch.Tensor | None:
         """The whole concatenated output, where the parts are fused (else ``None``)."""
-        if self.weight is None or len(self.sizes) == 1:
+        if not self.single or len(self.sizes) == 1:
             return None
         return self._linear(x)
 
