@@ -1,15 +1,18 @@
 """A lean one-token decode step for Llama-family models (Llama, Qwen2, Mistral) and the
-shoestring GPT's plain variants.
+shoestring GPT's plain variants. This module is one idea: the model's decode step with nothing
+around its arithmetic that the step does not need.
 
-Why: a decode step of a small model on a CPU is mostly overhead, not arithmetic: Python and
-small tensors - masks rebuilt every step, module dispatch, three separate q/k/v products. GRPO
-and ``bench`` on small models spend most of their time there. For a 3.3M-parameter Qwen2
-(hidden 256, 4 layers) at 16 rows the transformers forward takes 2.62 ms a token and this step
-2.00 ms (1.31x; 1.21x on the 2M-parameter quickstart GPT), measured interleaved by
-``benchmarks/decode_step.py``.
+Why: a decode step multiplies one token per row by every weight of the model. On a small model
+most of the step is overhead, not arithmetic: Python and small tensors - masks rebuilt every
+step, module dispatch, three separate q/k/v products; on a 0.5B-class model on a CPU, the
+bf16 matmuls themselves run far below the host's rate because oneDNN reorders each weight on
+every call. ``benchmarks/decode_step.py`` (small models) and ``benchmarks/decode_profile.py``
+(Qwen2.5-0.5B's shape, against the host's memory and matmul rates) measure the step against
+the transformers forward, interleaved; the figures are in docs/generate.md.
 
 :class:`LeanDecoder` runs the same arithmetic with less around it: the model's own weights
-(q/k/v and gate/up concatenated into one product each when the copy is small), one attention
+(q/k/v and gate/up concatenated into one product each when the copy is small; bf16 weights on
+a CPU prepacked for oneDNN, :mod:`~shoestring.eval.packed_linear`), one attention
 mask per step for all layers, the model's own rotary embedding, and the engine's KV cache
 updated through its public ``update``. Anything it does not recognise - another architecture,
 sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks, wrapped
