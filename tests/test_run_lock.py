@@ -72,19 +72,31 @@ def test_second_writer_refused_while_the_first_runs(tmp_path: Path) -> None:
     try:
         assert first.stdout is not None and first.stdout.readline().strip() == "holding"
         log_before = (run / "log.txt").read_text()
+        # -X importtime: the refusal comes from the command line, before torch is loaded
         second = subprocess.run(
-            [sys.executable, "-m", "shoestring", "train", "--resume", str(run)],
+            [sys.executable, "-X", "importtime", "-m", "shoestring", "train", "--resume", str(run)],
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert second.returncode == 2
-        err = second.stderr.strip()
+        lines = second.stderr.strip().splitlines()
+        imported = [x for x in lines if x.startswith("import time:")]
+        assert imported and not any(x.split("|")[-1].strip() == "torch" for x in imported)
+        err = "\n".join(x for x in lines if not x.startswith("import time:"))
         assert "in use by another shoestring process" in err, err
         assert f"pid {first.pid} on host {socket.gethostname()}" in err
         assert "since 20" in err and "running `" in err
         assert "Traceback" not in err and len(err.splitlines()) == 1
-        # the refused writer touched nothing: no new log line, the summary still the first's
+        # grpo --resume is refused the same way
+        grpo = subprocess.run(
+            [sys.executable, "-m", "shoestring", "grpo", "--resume", str(run)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert grpo.returncode == 2 and "in use by another shoestring process" in grpo.stderr
+        # the refused writers touched nothing: no new log line, the summary still the first's
         assert (run / "log.txt").read_text() == log_before
         assert read_json(run / "summary.json")["status"] == "running"
     finally:

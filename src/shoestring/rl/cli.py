@@ -97,6 +97,9 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
         cfg_path = Path(args.resume) / "config.json"
         if not cfg_path.is_file():
             raise UserError(f"{args.resume} is not a GRPO run directory (no config.json)")
+        from shoestring.runs.lock import refuse_if_held
+
+        refuse_if_held(args.resume)  # a run still training: refused before torch loads
         return grpo_config(base=read_config_file(cfg_path), overrides=overrides)
     if args.config and args.trl_config:
         raise UserError("give --config or --trl-config, not both")
@@ -175,7 +178,11 @@ def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
     --resume) < --model < --set; ``--set grpo.KEY=V`` lands above every stage's own fields."""
     overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
     if args.resume:
-        return resume_config(args.resume, overrides)
+        cfg = resume_config(args.resume, overrides)
+        from shoestring.runs.lock import refuse_if_held
+
+        refuse_if_held(args.resume)  # a run still training: refused before torch loads
+        return cfg
     if args.stages:
         return load_stages_file(args.stages, overrides)
     raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")

@@ -33,7 +33,7 @@ import psutil
 
 from shoestring.errors import RunDirLockedError
 
-__all__ = ["LOCK_NAME", "RunDirLock", "dead_holder", "describe_holder"]
+__all__ = ["LOCK_NAME", "RunDirLock", "dead_holder", "describe_holder", "refuse_if_held"]
 
 LOCK_NAME = ".lock"
 # a holder's recorded process start time may differ from psutil's by rounding
@@ -113,6 +113,26 @@ def dead_holder(run_dir: str | Path) -> dict[str, Any] | None:
     if not holder or holder.get("host") != socket.gethostname() or _holder_alive_here(holder):
         return None
     return holder
+
+
+def refuse_if_held(run_dir: str | Path) -> None:
+    """Raise :class:`RunDirLockedError` now if a live process on this host holds ``run_dir``.
+
+    Why: ``--resume`` of a run that is still training is refused by :class:`RunDirLock` when the
+    run directory opens, which comes after torch and the model have loaded; this read-only
+    check lets the command line refuse in the first moment instead. It only reads (like
+    :func:`dead_holder`), so it never gets in a writer's way; the lock itself still decides.
+    """
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        holder = _read_holder(fd)
+    finally:
+        os.close(fd)
+    if holder and holder.get("host") == socket.gethostname() and _holder_alive_here(holder):
+        raise RunDirLock(run_dir)._refusal(holder)
 
 
 class RunDirLock:

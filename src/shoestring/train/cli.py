@@ -78,6 +78,9 @@ def run_cli(args: argparse.Namespace) -> int:
     overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
     if args.resume:
         cfg = resume_config(args.resume, overrides)
+        from shoestring.runs.lock import refuse_if_held
+
+        refuse_if_held(args.resume)  # a run still training: refused before torch loads
     else:
         cfg = build_run_config(args.preset, args.variant, args.config, overrides)
     # deferred: torch is heavy; shoestring --help must not load it
