@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_throughput import build_tokenizer, load_questions  # noqa: E402 - sibling script
+from engine_split import Timers, print_split, split_timers  # noqa: E402
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.eval.generation import SamplingConfig, generate_all  # noqa: E402
 from shoestring.eval.generation.decode import REFILL_MIN_FRACTION  # noqa: E402
@@ -179,107 +180,6 @@ def run_shoestring(
     return [r.token_ids for r in res]
 
 
-class _Timers:
-    """Seconds and calls per named part of one run, filled by the wrappers of :func:`_split`."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self.rows: dict[str, int] = {}  # rows through the prefills / the decode steps, summed
-
-    def add(self, name: str, seconds: float, rows: int = 0) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        self.calls[name] = self.calls.get(name, 0) + 1
-        self.rows[name] = self.rows.get(name, 0) + rows
-
-
-def _timed(timers: _Timers, name: str, fn: Any, rows_of: Any = None) -> Any:
-    def wrapper(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        out = fn(*a, **k)
-        timers.add(name, time.perf_counter() - t0, rows_of(a, k) if rows_of else 0)
-        return out
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def _split(engine: str, model: Any, timers: _Timers) -> Any:
-    """Time the parts of one run by wrapping the functions that do them (patched back after).
-
-    Engine: the prefills (first batch and refills, ``prefill_prompts``), the decode steps
-    (``LeanDecoder.step``), the cache copies (compaction, trim, refill appends) and the token
-    choice. HF: ``model.forward`` with more than one input position (the prefill) or one
-    (a decode step). What is left of the run's wall time is each engine's own Python and
-    small tensor work (logits processor, stopping criteria, book-keeping).
-    """
-    from shoestring.eval import lean_decode
-    from shoestring.eval.generation import decode
-
-    patches: list[tuple[Any, str, Any]] = []
-
-    def patch(obj: Any, attr: str, new: Any) -> None:
-        patches.append((obj, attr, getattr(obj, attr)))
-        setattr(obj, attr, new)
-
-    if engine == "shoestring":
-        patch(
-            decode,
-            "prefill_prompts",
-            _timed(timers, "prefill", decode.prefill_prompts, lambda a, k: len(a[2])),
-        )
-        step = lean_decode.LeanDecoder.step
-        patch(
-            lean_decode.LeanDecoder,
-            "step",
-            _timed(timers, "decode step", step, lambda a, k: int(a[1].shape[0])),
-        )
-        for fn in ("select_cache_rows", "trim_cache_left", "_refill"):
-            patch(decode, fn, _timed(timers, "cache copies", getattr(decode, fn)))
-        patch(
-            decode, "choose_next_tokens", _timed(timers, "token choice", decode.choose_next_tokens)
-        )
-    else:
-        forward = model.forward
-
-        def hf_forward(*a: Any, **k: Any) -> Any:
-            ids = k.get("input_ids", a[0] if a else None)
-            name = "decode step" if ids is not None and ids.shape[1] == 1 else "prefill"
-            t0 = time.perf_counter()
-            out = forward(*a, **k)
-            timers.add(name, time.perf_counter() - t0, int(ids.shape[0]) if ids is not None else 0)
-            return out
-
-        patch(model, "forward", hf_forward)
-    try:
-        yield
-    finally:
-        for obj, attr, old in reversed(patches):
-            if obj is model:
-                del model.forward  # the instance attribute; the class's method shows again
-            else:
-                setattr(obj, attr, old)
-
-
-def _print_split(name: str, timers: _Timers, total: float, tokens: int) -> None:
-    parts = ", ".join(
-        f"{k} {v:.1f} s ({v / total:.0%}, {timers.calls[k]} calls)"
-        for k, v in timers.seconds.items()
-    )
-    other = total - sum(timers.seconds.values())
-    steps = timers.calls.get("decode step", 0)
-    per_step = timers.seconds.get("decode step", 0.0) / max(steps, 1)
-    step_rows = timers.rows.get("decode step", 0)
-    # every output token is one row of a forward pass: the prefill gives each row its first
-    slots = step_rows + timers.rows.get("prefill", 0)
-    print(
-        f"  split {name:10s} {total:6.1f} s: {parts}, other {other:.1f} s ({other / total:.0%}); "
-        f"{steps} decode steps at {per_step * 1e3:.0f} ms, {step_rows / max(steps, 1):.1f} "
-        f"rows per step; {tokens / max(slots, 1):.0%} of the rows computed were wanted tokens",
-        flush=True,
-    )
-
-
 def _fresh_peak() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # give freed pages back to the OS
@@ -400,11 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.split:  # where each engine's time goes (not part of the ratio above)
             for name in ("shoestring", "hf"):
-                timers = _Timers()
-                with _split(name, model, timers):
+                timers = Timers()
+                with split_timers(name, model, timers):
                     t0 = time.perf_counter()
                     runners[name](model, prompts, lengths, args.batch, eos)
-                    _print_split(name, timers, time.perf_counter() - t0, tokens)
+                    print_split(name, timers, time.perf_counter() - t0, tokens)
     return 1 if failed else 0
 
 
