@@ -87,6 +87,19 @@ def test_decode_profile_runs(capsys: pytest.CaptureFixture[str]) -> None:
         assert "prepacked weights: engine step" in out
 
 
+def test_refill_threshold_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from shoestring.eval.generation import decode
+
+    before = decode.REFILL_MIN_FRACTION
+    bench = _load("refill_threshold")
+    args = ["--prompts", "6", "--batch", "3", "--rounds", "2", "--threads", "1"]
+    args += ["--dtype", "fp32", "--min-answer", "5", "--max-answer", "20", "--rows", "2,1"]
+    assert bench.main(args + TINY_SHAPE) == 0
+    out = capsys.readouterr().out
+    assert out.count("refill at 2 free rows:") == 2 and "median: refill at 2" in out
+    assert before == decode.REFILL_MIN_FRACTION  # the engine's threshold is put back
+
+
 def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """Both engines follow the per-prompt length rule, and in fp32 they agree token for token
     (continuous batching included)."""
