@@ -329,8 +329,8 @@ def decode_batch(
 
 
 # Continuous batching refills once at least this fraction of a full batch's rows is free:
-# each refill is a prefill forward pass and a copy of the cache, so one per finished row
-# would cost more than the rows it adds.
+# each refill is a prefill forward pass and a copy of the cache, so one per finished row buys
+# fewer decode steps with more, smaller prefills (benchmarks/refill_threshold.py weighs the two).
 REFILL_MIN_FRACTION = 0.25
 
 
