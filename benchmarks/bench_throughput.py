@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from shoestring.eval.generation import SamplingConfig, auto_batch_size, generate_all
+from shoestring.engine import SamplingConfig, auto_batch_size, generate_all
 from shoestring.models.loading import host_supports_fast_bf16
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate_vs_hf import QWEN25_05B, build_model  # noqa: E402 - a sibling script
 from grpo_vs_trl import add_shape_options  # noqa: E402
-from shoestring.eval.generation import make_cache  # noqa: E402
-from shoestring.eval.lean_decode import LeanDecoder, mask_bias, single_query_attention  # noqa: E402
+from shoestring.engine import make_cache  # noqa: E402
+from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention  # noqa: E402
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:

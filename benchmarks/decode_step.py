@@ -2,7 +2,7 @@
 
 Three comparisons, each interleaved (A, B, A, B ...) and printed as a ratio:
 
-1. **Sampling**: ``shoestring.eval.sampling.sample_categorical`` vs ``torch.multinomial`` for
+1. **Sampling**: ``shoestring.engine.sampling.sample_categorical`` vs ``torch.multinomial`` for
    16 rows at vocabularies of 2,048, 32,000 and 151,936 (Qwen2's) tokens.
 2. **Lean decode step**: ``LeanDecoder.step`` vs the model's own forward (with the engine's
    preallocated cache, as the engine calls it) per token, 16 rows after a 60-token prefill, on
@@ -42,7 +42,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, flo
 
 
 def sampling(rounds: int) -> None:
-    from shoestring.eval.sampling import sample_categorical
+    from shoestring.engine.sampling import sample_categorical
 
     gen = torch.Generator().manual_seed(0)
     for vocab in (2048, 32000, 151936):
@@ -90,7 +90,7 @@ class Decoder:
     """Prefill 16 rows once, then time decode steps from copies of that state."""
 
     def __init__(self, model: torch.nn.Module, rows: int = 16, prompt: int = 60) -> None:
-        from shoestring.eval.generation import forward_params as _forward_params
+        from shoestring.engine import forward_params as _forward_params
 
         self.model, self.rows, self.prompt = model, rows, prompt
         self.params = _forward_params(model)
@@ -100,9 +100,9 @@ class Decoder:
 
     def run(self, lean: bool, steps: int = 32) -> tuple[float, torch.Tensor]:
         """Seconds per token over ``steps`` decode steps, and the last logits."""
-        from shoestring.eval.generation import make_cache
-        from shoestring.eval.generation.model_io import forward_last_logits as _forward
-        from shoestring.eval.lean_decode import LeanDecoder
+        from shoestring.engine import make_cache
+        from shoestring.engine.lean_decode import LeanDecoder
+        from shoestring.engine.model_io import forward_last_logits as _forward
 
         with torch.inference_mode():
             cache = make_cache(self.model, steps + 1)

@@ -51,8 +51,7 @@ def split_timers(engine: str, model: Any, timers: Timers) -> Any:
     (a decode step). What is left of the run's wall time is each engine's own Python and
     small tensor work (logits processor, stopping criteria, book-keeping).
     """
-    from shoestring.eval import lean_decode
-    from shoestring.eval.generation import decode
+    from shoestring.engine import decode, lean_decode
 
     patches: list[tuple[Any, str, Any]] = []
 

@@ -50,8 +50,8 @@ import torch  # noqa: E402
 from bench_throughput import build_tokenizer, load_questions  # noqa: E402 - sibling script
 from engine_split import Timers, print_split, split_timers  # noqa: E402
 from grpo_vs_trl import add_shape_options  # noqa: E402
-from shoestring.eval.generation import SamplingConfig, generate_all  # noqa: E402
-from shoestring.eval.generation.decode import REFILL_MIN_FRACTION  # noqa: E402
+from shoestring.engine import SamplingConfig, generate_all  # noqa: E402
+from shoestring.engine.decode import REFILL_MIN_FRACTION  # noqa: E402
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 #: Qwen2.5-0.5B's shape (494M parameters with tied embeddings)

@@ -236,10 +236,10 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
     from peft import LoraConfig, get_peft_model
 
     from grpo_vs_trl import build_model, build_tokenizer, load_questions
-    from shoestring.eval.generation import SamplingConfig, generate_batch
-    from shoestring.eval.generation.lora_view import merged_lora
-    from shoestring.eval.generation.static_decode import static_generate_batch
-    from shoestring.eval.generation.static_runner import engine_state
+    from shoestring.engine import SamplingConfig, generate_batch
+    from shoestring.engine.lora_view import merged_lora
+    from shoestring.engine.static_decode import static_generate_batch
+    from shoestring.engine.static_runner import engine_state
     from shoestring.models.loading import load_model_and_tokenizer
 
     device = torch.device(args.device)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from grpo_vs_trl import build_model, build_tokenizer, load_questions
     from shoestring.rl.config import grpo_config
     from shoestring.rl.grpo import train_grpo
-    from shoestring.runs.rundir import read_metrics
+    from shoestring.rundir.directory import read_metrics
 
     work = Path(tempfile.mkdtemp(prefix="grpo_step_time_"))
     try:

@@ -148,7 +148,7 @@ def render_prompts(rows: list[dict[str, str]], tok: Any, chat: bool) -> list[dic
     chat-cot protocol, the tokenizer's chat template around the bench's step-by-step
     instruction; otherwise the qa protocol, ``Question: ...\nAnswer:``). TRL receives it as a
     plain string, so it adds nothing."""
-    from shoestring.eval.protocols import get_protocol
+    from shoestring.scoring.protocols import get_protocol
 
     protocol = get_protocol(_protocol_name(chat))
     return [dict(r, prompt=protocol.prompt(r["question"], tok)) for r in rows]
@@ -164,7 +164,7 @@ def run_shoestring(
 ) -> tuple[list[float], list[float]]:
     from shoestring.rl.config import grpo_config
     from shoestring.rl.grpo import train_grpo
-    from shoestring.runs.rundir import read_metrics
+    from shoestring.rundir.directory import read_metrics
 
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -206,8 +206,8 @@ def run_trl(
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from shoestring.eval.protocols import get_protocol
     from shoestring.rl.rewards import builtin_rewards
+    from shoestring.scoring.protocols import get_protocol
 
     correctness = builtin_rewards(get_protocol(_protocol_name(args.chat)))["correctness"]
 

@@ -39,7 +39,7 @@ from scipy import stats as sps
 
 from shoestring.cli_options import add_set_option
 from shoestring.run_config import RunConfig, build_run_config
-from shoestring.runs.rundir import atomic_write_json, host_info, now_iso, read_metrics
+from shoestring.rundir.directory import atomic_write_json, host_info, now_iso, read_metrics
 from shoestring.train.entry import train
 from shoestring.train.trainer import Trainer
 

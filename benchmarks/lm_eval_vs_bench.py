@@ -61,9 +61,9 @@ def run_lm_eval(model: Path, tasks: Path, limit: int) -> tuple[Any, list[dict], 
 
 
 def run_shoestring(model: Path, data: Path, limit: int, threads: int, out: Path) -> tuple:
-    from shoestring.eval.bench.config import BenchConfig
-    from shoestring.eval.bench.records import read_problem_records
-    from shoestring.eval.bench.runner import run_bench
+    from shoestring.bench.config import BenchConfig
+    from shoestring.bench.records import read_problem_records
+    from shoestring.bench.runner import run_bench
 
     cfg = BenchConfig(
         models=[str(model)],
@@ -87,8 +87,8 @@ def run_shoestring(model: Path, data: Path, limit: int, threads: int, out: Path)
 def agreement(lm: Any, samples: list[dict], records: dict, data: Path, limit: int) -> dict:
     """Per-problem equality counts of prompts, token ids, texts, answers and verdicts."""
     from shoestring.data.gsm8k import lm_eval_fewshot_for, load_fewshot_pool, load_gsm8k
-    from shoestring.eval.protocols import get_protocol
-    from shoestring.eval.scoring import render_prompts
+    from shoestring.scoring.protocols import get_protocol
+    from shoestring.scoring.scoring import render_prompts
 
     protocol = get_protocol("lm-eval-5shot")
     problems = load_gsm8k(data / "test.jsonl", limit=limit)

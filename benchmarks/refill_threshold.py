@@ -1,7 +1,7 @@
 """When should continuous batching refill? The engine alone, two refill thresholds, interleaved.
 
 The engine refills finished rows from the queue once ``REFILL_MIN_FRACTION`` of the batch is
-free (``eval/generation/decode.py``). Refilling at every free row keeps the batch fuller (fewer
+free (``engine/decode.py``). Refilling at every free row keeps the batch fuller (fewer
 decode steps: see ``generate_vs_hf.py``'s ``decode steps`` line) but runs more, smaller
 prefills and more cache appends. This runs the variable-length workload of
 ``generate_vs_hf.py`` (same model, prompts and answer-length rule) through the engine with
@@ -31,7 +31,7 @@ from generate_vs_hf import (  # noqa: E402
     run_shoestring,
 )
 from grpo_vs_trl import add_shape_options  # noqa: E402
-from shoestring.eval.generation import decode  # noqa: E402
+from shoestring.engine import decode  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hybrid_vs_baseline import curve, first_crossing, fmt, mean_ci, value_at  # noqa: E402
 from shoestring.cli_options import add_set_option  # noqa: E402
 from shoestring.run_config import build_run_config  # noqa: E402
-from shoestring.runs.rundir import atomic_write_json, host_info, now_iso  # noqa: E402
+from shoestring.rundir.directory import atomic_write_json, host_info, now_iso  # noqa: E402
 from shoestring.train.entry import train  # noqa: E402
 
 ARMS = ("adamw", "muon", "hybrid_adamw", "hybrid_muon")

@@ -191,7 +191,7 @@ def test_mfu_above_100_percent_is_flagged_as_a_bad_peak() -> None:
     attach_host(row, {"key": "k", "matmul_gflops": {"fp32": 36.0, "bf16": 90.0}})
     assert row["mfu"] == pytest.approx(103.7 / 90.0)
     assert "MFU 115.2% is above 100%" in str(row["mfu_flag"]) and "--probe" in str(row["mfu_flag"])
-    from shoestring.runs.sections.analysis import summary_row
+    from shoestring.report.sections.analysis import summary_row
 
     assert "115.2% (bad peak)" in summary_row({**row, "label": "x"})
     ok: dict[str, object] = {**row}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoestring.eval.answers import (
+from shoestring.data.answers import (
     EXTRACTORS,
     AnswerFormatError,
     extract_all,

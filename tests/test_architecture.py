@@ -1,4 +1,5 @@
-"""The codebase's shape, checked: no import cycles, small modules, a CLI that starts light.
+"""The codebase's shape, checked: folders are layers, no import cycles, small modules, a CLI
+that starts light.
 
 These are the rules docs/architecture.md states; a test keeps them true as the code grows.
 """
@@ -18,6 +19,32 @@ MAX_LINES = 600
 ONE_IDEA_LINES = 400
 #: Libraries ``shoestring --help`` must not load (seconds of start-up each).
 HEAVY = ("torch", "transformers", "matplotlib", "optuna", "peft", "safetensors", "tokenizers")
+
+#: The layers of src/shoestring, lowest first: a package or top-level module may import its own
+#: layer and those below it, never one above (docs/architecture.md draws the same table).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "foundations",
+        (
+            "shoestring",
+            "errors",
+            "failures",
+            "config",
+            "cli_options",
+            "run_config",
+            "runtime",
+            "util",
+        ),
+    ),
+    ("run directory", ("rundir",)),
+    ("data", ("data",)),
+    ("models", ("models",)),
+    ("engine and reports", ("engine", "report")),
+    ("scoring", ("scoring",)),
+    ("pretraining", ("train",)),
+    ("commands", ("analyze", "bench", "generate", "rl", "search", "quickstart")),
+    ("command line", ("cli", "__main__")),
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -134,6 +161,42 @@ def test_modules_are_small_or_name_their_one_idea() -> None:
         f"modules over {ONE_IDEA_LINES} lines whose docstring does not name their one idea "
         f"('This module is one idea: ...'): {unnamed}"
     )
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a dotted module's top-level package (KeyError if undeclared)."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else parts[0]
+    for index, (_, members) in enumerate(LAYERS):
+        if top in members:
+            return index
+    raise KeyError(top)
+
+
+def test_every_package_has_a_declared_layer() -> None:
+    undeclared = set()
+    for mod in _modules():
+        try:
+            layer_of(mod)
+        except KeyError as exc:
+            undeclared.add(str(exc))
+    assert not undeclared, f"packages missing from LAYERS (add them to a layer): {undeclared}"
+
+
+def test_no_module_imports_from_a_higher_layer() -> None:
+    upward = [
+        f"{mod} ({LAYERS[layer_of(mod)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+        for mod, deps in import_graph().items()
+        for dep in sorted(deps)
+        if layer_of(dep) > layer_of(mod)
+    ]
+    assert not upward, "imports that run up the layers:\n" + "\n".join(upward)
+
+
+def test_layer_check_catches_an_upward_import() -> None:
+    assert layer_of("shoestring.data.gsm8k") < layer_of("shoestring.scoring.protocols")
+    assert layer_of("shoestring.rundir.lock") < layer_of("shoestring.report.compare")
+    assert layer_of("shoestring.cli") == len(LAYERS) - 1
 
 
 def _imported_modules(*args: str) -> set[str]:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from shoestring.bench.config import BenchConfig
+from shoestring.bench.runner import BenchRun, run_bench
 from shoestring.data import text
 from shoestring.data.documents import iter_documents
 from shoestring.data.gsm8k import load_gsm8k
 from shoestring.data.input_report import MAX_REPORTS, InputReport, json_problem, refuse_binary
 from shoestring.errors import UserError
-from shoestring.eval.bench.config import BenchConfig
-from shoestring.eval.bench.runner import BenchRun, run_bench
 
 
 def _gsm8k_lines(n: int) -> list[bytes]:

@@ -20,15 +20,15 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from _helpers import save_tiny_llama
+from shoestring.bench import cli
+from shoestring.bench.config import BenchConfig
+from shoestring.bench.metrics import compare_models
+from shoestring.bench.records import read_problem_records
+from shoestring.bench.runner import run_bench
 from shoestring.config import ConfigError
 from shoestring.errors import UserError
-from shoestring.eval import cli
-from shoestring.eval.bench.config import BenchConfig
-from shoestring.eval.bench.metrics import compare_models
-from shoestring.eval.bench.records import read_problem_records
-from shoestring.eval.bench.runner import run_bench
-from shoestring.eval.protocols import get_protocol
-from shoestring.runs.compare import write_run_report
+from shoestring.report.compare import write_run_report
+from shoestring.scoring.protocols import get_protocol
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}"

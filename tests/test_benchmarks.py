@@ -81,14 +81,14 @@ def test_decode_profile_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "decode step, 16 rows: engine (lean)" in out and "host: memory read" in out
     assert "weight matmuls" in out
-    from shoestring.eval.packed_linear import packing_available
+    from shoestring.engine.packed_linear import packing_available
 
     if packing_available():  # bf16 on a CPU that packs: the packed step is measured too
         assert "prepacked weights: engine step" in out
 
 
 def test_refill_threshold_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    from shoestring.eval.generation import decode
+    from shoestring.engine import decode
 
     before = decode.REFILL_MIN_FRACTION
     bench = _load("refill_threshold")
@@ -114,7 +114,7 @@ def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     splits = [line for line in out.splitlines() if line.strip().startswith("split ")]
     assert len(splits) == 4 and all("decode step" in line for line in splits)
     assert all("100% of the rows computed" in line for line in splits[2:])
-    from shoestring.eval import lean_decode
+    from shoestring.engine import lean_decode
 
     assert lean_decode.LeanDecoder.step.__name__ == "step"  # the wrappers were taken off
     assert "identical answers 7/7" in out and "identical answers 3/3" in out

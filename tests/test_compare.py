@@ -15,10 +15,10 @@ import pytest
 
 from shoestring.cli import main as cli_main
 from shoestring.errors import UserError
-from shoestring.runs.compare import compare
-from shoestring.runs.findings.naming import speed_words_in
-from shoestring.runs.kinds import detect_kind, load_runs
-from shoestring.runs.rundir import RunDir, atomic_write_json
+from shoestring.report.compare import compare
+from shoestring.report.findings.naming import speed_words_in
+from shoestring.report.kinds import detect_kind, load_runs
+from shoestring.rundir.directory import RunDir, atomic_write_json
 
 # ----------------------------------------------------------------------------- crafted runs
 
@@ -115,7 +115,7 @@ def make_bench(
 ) -> Path:
     """A bench directory with per-problem results (``models``: label -> correct per problem);
     ``protocol``/``protocol_key`` are recorded per model (an older bench: a bare name)."""
-    from shoestring.eval.stats import format_accuracy, wilson_interval
+    from shoestring.util.stats import format_accuracy, wilson_interval
 
     path = root / name
     rd = RunDir(path, "bench", echo=False)
@@ -741,7 +741,7 @@ def test_hybrid_benchmark_brings_its_runs(tmp_path: Path) -> None:
 
 
 def test_write_run_report_for_each_kind(tmp_path: Path) -> None:
-    from shoestring.runs.compare import write_run_report
+    from shoestring.report.compare import write_run_report
 
     bench = make_bench(tmp_path, "bench", {"weak": _fifty(5), "strong": _fifty(40)})
     dirs = [make_train_run(tmp_path, "tr"), bench, *_make_other_kinds(tmp_path)]

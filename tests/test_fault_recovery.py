@@ -45,7 +45,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_matches_uninterrupted(
     prepared: Path, tmp_path: Path
 ) -> None:
     from shoestring.run_config import build_run_config
-    from shoestring.runs.rundir import read_json
+    from shoestring.rundir.directory import read_json
     from shoestring.train.entry import train
 
     steps = ("train.max_steps=30", "train.save_every=10", "train.eval_every=10")
@@ -111,7 +111,7 @@ def test_damaged_checkpoint_without_manifest_is_named_and_skipped(tmp_path: Path
 
 def test_grpo_resume_falls_back_past_a_damaged_checkpoint(tmp_path: Path) -> None:
     from shoestring.rl.grpo_checkpoint import load_grpo_checkpoint, save_grpo_checkpoint
-    from shoestring.runs.rundir import RunDir
+    from shoestring.rundir.directory import RunDir
 
     rd = RunDir(tmp_path / "grpo", "grpo", echo=False)
     try:

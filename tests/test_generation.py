@@ -22,8 +22,7 @@ from transformers import (
 
 from _helpers import char_tokenizer
 from shoestring.config import ConfigError
-from shoestring.errors import DeviceUnavailableError, UserError
-from shoestring.eval.generation import (
+from shoestring.engine import (
     IncrementalText,
     SamplingConfig,
     auto_batch_size,
@@ -33,6 +32,7 @@ from shoestring.eval.generation import (
     select_cache_rows,
     trim_cache_left,
 )
+from shoestring.errors import DeviceUnavailableError, UserError
 from shoestring.models.loading import (
     host_supports_fast_bf16,
     load_model_and_tokenizer,
@@ -404,7 +404,7 @@ def test_auto_dtype_follows_cpu_flags():
 
 
 def _cli(argv: list[str]) -> int:
-    from shoestring.eval import cli as generate
+    from shoestring.generate import cli as generate
 
     parser = argparse.ArgumentParser()
     generate.add_cli(parser.add_subparsers())
@@ -468,7 +468,7 @@ def test_cli_streams_one_prompt_and_batches_several(saved_model, tok, capsys):
 
 
 def test_grouped_prefill_equals_single_padded_prefill(model, tok, monkeypatch):
-    from shoestring.eval.generation import prefill
+    from shoestring.engine import prefill
 
     assert prefill.prefill_groups([5, 50, 48, 20, 6], ratio=0.8, min_tokens=1) == [
         [1, 2],
@@ -548,7 +548,7 @@ def test_shoestring_gpt_greedy_equals_hf(tok, variant):
 
 @pytest.mark.parametrize("refill", [False, True])
 def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatch, refill):
-    from shoestring.eval.generation import driver
+    from shoestring.engine import driver
 
     model = make_llama(len(tok))
     cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5, refill=refill)
@@ -601,7 +601,7 @@ def test_continuous_batching_gives_each_prompt_its_output_alone(tok, monkeypatch
     """Prompts that join the running batch as rows finish (continuous batching) get exactly the
     greedy tokens they get when generated alone - in the driver's order (longest first) and
     in an order where a longer prompt joins a narrower batch (the cache widens on the left)."""
-    from shoestring.eval.generation import decode
+    from shoestring.engine import decode
 
     model = make_llama(len(tok))
     eos = _varied_eos(model, tok)

@@ -11,7 +11,7 @@ import torch
 
 from _helpers import TINY_HYBRID, prepare_synthetic
 from shoestring.run_config import HybridConfig, build_run_config
-from shoestring.runs.rundir import read_metrics
+from shoestring.rundir.directory import read_metrics
 from shoestring.train.hybrid_controller import PHASES, HybridController
 from shoestring.train.predictors import (
     CoastingPredictor,

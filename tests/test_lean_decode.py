@@ -25,10 +25,10 @@ from transformers import (
 )
 
 from _helpers import char_tokenizer
-from shoestring.eval.generation import SamplingConfig, generate_batch, make_cache
-from shoestring.eval.generation.cpu_attention import cpu_fp32_attention
-from shoestring.eval.lean_decode import LeanDecoder, mask_bias, single_query_attention
-from shoestring.eval.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
+from shoestring.engine import SamplingConfig, generate_batch, make_cache
+from shoestring.engine.cpu_attention import cpu_fp32_attention
+from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention
+from shoestring.engine.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 
 VOCAB = 61

@@ -27,13 +27,13 @@ import pytest
 import torch
 
 from _helpers import char_tokenizer
+from shoestring.bench.config import BenchConfig
+from shoestring.bench.records import read_problem_records
+from shoestring.bench.runner import run_bench
 from shoestring.data.gsm8k import Problem, lm_eval_fewshot_for, load_gsm8k
-from shoestring.eval.bench.config import BenchConfig
-from shoestring.eval.bench.records import read_problem_records
-from shoestring.eval.bench.runner import run_bench
-from shoestring.eval.lm_eval_rules import strict_match
-from shoestring.eval.protocols import get_protocol
-from shoestring.eval.scoring import render_prompts, score_model
+from shoestring.scoring.lm_eval_rules import strict_match
+from shoestring.scoring.protocols import get_protocol
+from shoestring.scoring.scoring import render_prompts, score_model
 
 lm_eval = pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow

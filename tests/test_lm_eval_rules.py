@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from _helpers import char_tokenizer
+from shoestring.data.answers import parse_gold
 from shoestring.data.gsm8k import (
     LM_EVAL_FEWSHOT,
     Problem,
@@ -18,10 +19,9 @@ from shoestring.data.gsm8k import (
     load_gsm8k,
 )
 from shoestring.errors import UserError
-from shoestring.eval import lm_eval_rules as rules
-from shoestring.eval.answers import parse_gold
-from shoestring.eval.protocols import get_protocol
-from shoestring.eval.scoring import render_prompts
+from shoestring.scoring import lm_eval_rules as rules
+from shoestring.scoring.protocols import get_protocol
+from shoestring.scoring.scoring import render_prompts
 
 LM_EVAL = get_protocol("lm-eval-5shot")
 NUMERIC = get_protocol("gsm8k-5shot-numeric")

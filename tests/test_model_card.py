@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from _helpers import char_tokenizer, save_tiny_llama
-from shoestring.eval.stats import format_accuracy
 from shoestring.models.card import command_line
 from shoestring.run_config import build_run_config
+from shoestring.util.stats import format_accuracy
 
 TINY = [
     "model.d_model=32",

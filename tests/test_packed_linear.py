@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from _helpers import char_tokenizer
-from shoestring.eval import lean_decode, packed_linear
-from shoestring.eval.generation import SamplingConfig, generate_batch
-from shoestring.eval.generation.cpu_attention import cpu_fp32_attention
-from shoestring.eval.lean_decode import LeanDecoder
+from shoestring.engine import SamplingConfig, generate_batch, lean_decode, packed_linear
+from shoestring.engine.cpu_attention import cpu_fp32_attention
+from shoestring.engine.lean_decode import LeanDecoder
 from test_lean_decode import VOCAB, _prefill, make
 
 needs_packing = pytest.mark.skipif(

@@ -26,7 +26,7 @@ from shoestring.rl.progressive_config import (
     stage_grpo_config,
 )
 from shoestring.rl.trainer import GRPOTrainer
-from shoestring.runs.rundir import read_json, read_metrics
+from shoestring.rundir.directory import read_json, read_metrics
 
 # Eight fixed problems a tiny model can memorise: the validation set of the "real" tests.
 PROBLEMS = [
@@ -332,9 +332,9 @@ def test_real_evaluator_scores_and_records(memorised_model, tmp_path):
 def test_stage_gate_verdicts_are_the_scoring_paths(memorised_model):
     """A stage gate judges exactly as score_model does under the protocol GRPO resolves (the
     held-out evaluation's path): same problems, same per-problem verdicts."""
-    from shoestring.eval.protocols import resolve_protocol
-    from shoestring.eval.scoring import score_model
     from shoestring.models.loading import load_model_and_tokenizer
+    from shoestring.scoring.protocols import resolve_protocol
+    from shoestring.scoring.scoring import score_model
 
     model, tok, _ = load_model_and_tokenizer(memorised_model, device="cpu", dtype="fp32")
     broken = [dict(p, answer=p["answer"] + "1") for p in PROBLEMS[:4]] + PROBLEMS[4:]

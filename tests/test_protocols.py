@@ -6,7 +6,7 @@ import pytest
 
 from shoestring.data.gsm8k import Problem
 from shoestring.errors import UserError
-from shoestring.eval.protocols import PROTOCOLS, get_protocol, resolve_protocol
+from shoestring.scoring.protocols import PROTOCOLS, get_protocol, resolve_protocol
 
 PROBLEM = Problem(
     idx=0,

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from _helpers import char_tokenizer, save_tiny_llama
-from shoestring.eval.protocols import get_protocol
 from shoestring.rl.config import grpo_config
 from shoestring.rl.loss import compute_advantages
 from shoestring.rl.reward_contract import ContractReward, RewardContext
 from shoestring.rl.rewards import builtin_rewards, load_reward, score
 from shoestring.rl.trainer import GRPOTrainer
+from shoestring.scoring.protocols import get_protocol
 
 PROMPTS = ["Question: 1+1?\nAnswer:", "Question: 1+1?\nAnswer:"]
 COMPLETIONS = [" 2\n#### 2", " 3\n#### 3"]

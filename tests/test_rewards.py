@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from shoestring.errors import UserError
-from shoestring.eval.protocols import get_protocol
 from shoestring.rl.rewards import builtin_rewards, load_reward, reward_weights, score
+from shoestring.scoring.protocols import get_protocol
 
 QA = get_protocol("qa")
 correctness = builtin_rewards(QA)["correctness"]

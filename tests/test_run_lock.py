@@ -16,9 +16,9 @@ import torch
 
 from _helpers import prepare_synthetic
 from shoestring.errors import RunDirLockedError
-from shoestring.runs.lifecycle import RunLifecycle
-from shoestring.runs.lock import LOCK_NAME
-from shoestring.runs.rundir import RunDir, read_json
+from shoestring.rundir.directory import RunDir, read_json
+from shoestring.rundir.lifecycle import RunLifecycle
+from shoestring.rundir.lock import LOCK_NAME
 
 TINY = [
     "model.d_model=64",
@@ -55,8 +55,8 @@ def _dead_pid() -> int:
 # lifecycle), without the seconds a real training start costs on a busy host.
 HOLDER = """
 import sys, time
-from shoestring.runs.lifecycle import RunLifecycle
-from shoestring.runs.rundir import RunDir
+from shoestring.rundir.lifecycle import RunLifecycle
+from shoestring.rundir.directory import RunDir
 rd = RunDir(sys.argv[1], "train", echo=False)
 with RunLifecycle(rd, config={"train": {"max_steps": 10}}):
     print("holding", flush=True)
@@ -144,7 +144,7 @@ def test_failure_before_the_lifecycle_leaves_a_failed_summary(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from shoestring.cli import main
-    from shoestring.runs.compare import compare
+    from shoestring.report.compare import compare
 
     def train(data: Path, name: str, *extra: str) -> int:
         args = ["train", "--data", str(data), "--out", str(tmp_path), "--name", name]
@@ -185,7 +185,7 @@ def test_bench_early_failure_leaves_a_failed_summary(tmp_path: Path) -> None:
 
 
 def test_compare_shows_bare_failed_runs_of_every_kind(tmp_path: Path) -> None:
-    from shoestring.runs.compare import compare
+    from shoestring.report.compare import compare
 
     for kind in ("train", "bench", "grpo", "progressive", "study", "analysis"):
         (tmp_path / kind).mkdir()
@@ -197,7 +197,7 @@ def test_compare_shows_bare_failed_runs_of_every_kind(tmp_path: Path) -> None:
 
 
 def test_compare_names_a_killed_writer(tmp_path: Path) -> None:
-    from shoestring.runs.kinds import load_run
+    from shoestring.report.kinds import load_run
 
     run = tmp_path / "r"
     run.mkdir()
@@ -216,7 +216,7 @@ def test_a_signal_in_a_step_loop_stops_it_at_the_next_step_boundary() -> None:
     import os
     import signal
 
-    from shoestring.runs.lifecycle import StepBoundaryInterrupts
+    from shoestring.rundir.lifecycle import StepBoundaryInterrupts
 
     before = signal.getsignal(signal.SIGINT)
     steps_finished = 0

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 
 from _helpers import char_tokenizer, save_tiny_llama
+from shoestring.bench.config import BenchConfig
+from shoestring.bench.records import read_problem_records
+from shoestring.bench.runner import run_bench
 from shoestring.data.synthetic import generate_problems
-from shoestring.eval.bench.config import BenchConfig
-from shoestring.eval.bench.records import read_problem_records
-from shoestring.eval.bench.runner import run_bench
-from shoestring.eval.protocols import get_protocol
-from shoestring.eval.scoring import score_model
 from shoestring.models.loading import load_model_and_tokenizer
 from shoestring.quickstart import QUICKSTART_MAX_NEW_TOKENS, score_held_out
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.curriculum_eval import ValidationEvaluator
 from shoestring.rl.heldout import HeldOutEval
 from shoestring.rl.progressive_config import ValidationConfig
+from shoestring.scoring.protocols import get_protocol
+from shoestring.scoring.scoring import score_model
 
 N = 10
 #: ``plain`` judges the last number, which a random character-level model writes often enough

@@ -24,12 +24,12 @@ from transformers import (
 )
 
 from _helpers import char_tokenizer
+from shoestring.engine import SamplingConfig, generate_all, generate_batch
+from shoestring.engine.lora_view import lora_linear_layers, merged_lora
+from shoestring.engine.static_cache import row_bucket, width_bucket
+from shoestring.engine.static_decode import static_generate_batch
+from shoestring.engine.static_runner import engine_state, sample_with_uniform
 from shoestring.errors import UserError
-from shoestring.eval.generation import SamplingConfig, generate_all, generate_batch
-from shoestring.eval.generation.lora_view import lora_linear_layers, merged_lora
-from shoestring.eval.generation.static_cache import row_bucket, width_bucket
-from shoestring.eval.generation.static_decode import static_generate_batch
-from shoestring.eval.generation.static_runner import engine_state, sample_with_uniform
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 
 TOK = char_tokenizer()
@@ -348,7 +348,7 @@ def test_grpo_with_lora_rolls_out_and_evaluates_through_the_static_path(tmp_path
     steps captured once per shape, because the merged LoRA copy is refreshed in place after
     every optimizer step."""
     pytest.importorskip("peft")
-    from shoestring.eval.generation import static_decode
+    from shoestring.engine import static_decode
     from shoestring.rl.config import grpo_config
     from shoestring.rl.trainer import GRPOTrainer
 
@@ -397,7 +397,7 @@ MANY = [f"{a}{b} + {b}{a} =" for a in "123456789" for b in "ab"][:16]
 # EOS ids these seeded models generate at different steps in different rows
 @pytest.mark.parametrize(("family", "eos_id"), [("llama", 45), ("qwen2", 9)])
 def test_open_rows_move_to_a_smaller_bucket_with_the_same_results(family, eos_id, monkeypatch):
-    from shoestring.eval.generation import static_decode
+    from shoestring.engine import static_decode
 
     model = make(family)
     c = cfg(eos_token_ids=[eos_id], max_new_tokens=20, stop_check_interval=2)
@@ -430,7 +430,7 @@ def test_out_of_memory_in_a_capture_reaches_the_driver_which_halves_the_batch():
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return step
 
-    from shoestring.eval.generation import static_decode
+    from shoestring.engine import static_decode
 
     real = static_decode.static_generate_batch
 
@@ -451,7 +451,7 @@ def test_out_of_memory_in_a_capture_reaches_the_driver_which_halves_the_batch():
 
 
 def test_large_static_buffers_are_not_kept_past_the_byte_budget(monkeypatch):
-    from shoestring.eval.generation import static_runner
+    from shoestring.engine import static_runner
 
     model = make("llama")
     static_generate_batch(model, TOK, PROMPTS, cfg())  # bucket 8

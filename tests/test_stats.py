@@ -8,7 +8,7 @@ import random
 import pytest
 from scipy import stats as sps
 
-from shoestring.eval.stats import (
+from shoestring.util.stats import (
     format_accuracy,
     format_mean_std,
     format_p,

@@ -18,7 +18,7 @@ import torch
 
 from _helpers import TINY_TRAIN, prepare_synthetic
 from shoestring.run_config import build_run_config
-from shoestring.runs.rundir import read_metrics
+from shoestring.rundir.directory import read_metrics
 
 TINY = TINY_TRAIN
 

@@ -26,12 +26,13 @@ COMMANDS: list[str] = [
     "shoestring.quickstart",
     "shoestring.data.cli",
     "shoestring.train.cli",
-    "shoestring.eval.cli",
+    "shoestring.generate.cli",
+    "shoestring.bench.cli",
     "shoestring.models.cli",
     "shoestring.analyze.cli",
     "shoestring.search.cli",
     "shoestring.rl.cli",
-    "shoestring.runs.cli",
+    "shoestring.report.cli",
 ]
 
 
@@ -55,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _abandon_open_run_dirs(error: BaseException | str) -> None:
     """Finish every run directory the failed command left open (imported only when needed)."""
-    if "shoestring.runs.rundir" in sys.modules:
+    if "shoestring.rundir.directory" in sys.modules:
         # deferred: a command that opened a run directory has imported it already
-        from shoestring.runs.rundir import abandon_open_run_dirs
+        from shoestring.rundir.directory import abandon_open_run_dirs
 
         abandon_open_run_dirs(error)
 

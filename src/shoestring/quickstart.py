@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoestring.cli_options import add_quiet_option
+from shoestring.data.answers import parse_gold
 from shoestring.errors import UserError
-from shoestring.eval.answers import parse_gold
-from shoestring.eval.protocols import Protocol, get_protocol
-from shoestring.eval.stats import format_accuracy
 from shoestring.run_config import build_run_config
-from shoestring.runs.rundir import atomic_write_json
+from shoestring.rundir.directory import atomic_write_json
+from shoestring.scoring.protocols import Protocol, get_protocol
+from shoestring.util.stats import format_accuracy
 
 if TYPE_CHECKING:  # the scoring module imports torch; only its type is needed here
-    from shoestring.eval.scoring import ProblemScore
+    from shoestring.scoring.scoring import ProblemScore
 
 #: The corpus teaches "Question: ...\nAnswer: ... #### N"; GRPO on this model resolves the same.
 QUICKSTART_PROTOCOL = "qa"
@@ -107,8 +107,8 @@ def score_held_out(
 ) -> list[ProblemScore]:
     """Quickstart's answers to held-out problems: greedy, fp32, through the one scoring path."""
     # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.eval.scoring import score_model
     from shoestring.models.loading import load_model_and_tokenizer
+    from shoestring.scoring.scoring import score_model
 
     model, tokenizer, _ = load_model_and_tokenizer(model_dir, device=device, dtype="fp32")
     return score_model(
@@ -136,7 +136,7 @@ def run(
 ) -> Path:
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.data import synthetic, text
-    from shoestring.eval.scoring import accuracy_summary
+    from shoestring.scoring.scoring import accuracy_summary
     from shoestring.train.entry import train
 
     if steps < 1:

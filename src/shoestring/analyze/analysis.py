@@ -4,9 +4,9 @@ For every configuration (and sweep point) it builds the row of :mod:`shoestring.
 attaches the host's measured peak, projections and time to train, and writes
 ``analysis.json`` (``{"host": probe, "configs": [rows], "speed_ratios": ...}``),
 ``throughput_vs_flops.png``, ``report.md`` (through the one report system,
-:func:`shoestring.runs.compare.write_run_report`) and the usual
+:func:`shoestring.report.compare.write_run_report`) and the usual
 ``config.json``/``summary.json``/``metrics.jsonl``/``log.txt``. The run's status, monitor and
-SIGTERM handling are :class:`~shoestring.runs.lifecycle.RunLifecycle`'s.
+SIGTERM handling are :class:`~shoestring.rundir.lifecycle.RunLifecycle`'s.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from shoestring.analyze.spec import (
     training_tokens,
 )
 from shoestring.config import to_dict
-from shoestring.runs.compare import write_run_report
-from shoestring.runs.lifecycle import RunLifecycle
-from shoestring.runs.rundir import RunDir, atomic_write_json, unique_run_dir
+from shoestring.report.compare import write_run_report
+from shoestring.rundir.directory import RunDir, atomic_write_json, unique_run_dir
+from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.util.progress import progress_bar
 
 __all__ = ["BUSY_WARN_PERCENT", "run"]

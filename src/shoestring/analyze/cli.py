@@ -24,7 +24,7 @@ from shoestring.analyze.spec import (
 )
 from shoestring.cli_options import add_quiet_option, add_set_option
 from shoestring.errors import UserError
-from shoestring.runs.rundir import read_json
+from shoestring.rundir.directory import read_json
 
 __all__ = ["add_cli", "parse_count", "run_cli"]
 

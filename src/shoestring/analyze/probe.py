@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 import torch
 
-from shoestring.runs.rundir import atomic_write_json, cpu_model_name
+from shoestring.rundir.directory import atomic_write_json, cpu_model_name
 from shoestring.runtime import cpu_flags
 
 __all__ = [

@@ -26,7 +26,7 @@ reachable hub and fails with a clear message otherwise.
 
 Prompts
 -------
-How a problem is asked and judged lives in :mod:`shoestring.eval.protocols` (protocols as
+How a problem is asked and judged lives in :mod:`shoestring.scoring.protocols` (protocols as
 data). This module holds the data those protocols need. lm-evaluation-harness's default
 sampler draws ``random.Random(1234).sample(train, 5)`` once per evaluated document, from one
 generator shared by the whole run, in test-file order (``api/samplers.py: ContextSampler``;
@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoestring.data.answers import AnswerFormatError, parse_gold
 from shoestring.data.input_report import (
     json_problem,
     refuse_binary,
@@ -56,7 +57,6 @@ from shoestring.data.input_report import (
     utf8_problem,
 )
 from shoestring.errors import UserError
-from shoestring.eval.answers import AnswerFormatError, parse_gold
 
 __all__ = [
     "HUB_NAMES",

@@ -35,7 +35,7 @@ from typing import Any
 
 from shoestring.data import templates_multi_step, templates_one_step, templates_two_step
 from shoestring.data.problem_engine import Ctx, Template, Work, fill
-from shoestring.runs.rundir import atomic_open
+from shoestring.rundir.directory import atomic_open
 
 __all__ = [
     "LEVELS",

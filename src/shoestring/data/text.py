@@ -45,7 +45,7 @@ from shoestring.data.input_report import DECODE_POLICIES, InputReport
 from shoestring.data.shards import EOS_TOKEN, FORMAT, ShardWriter, dtype_for
 from shoestring.data.tokenizer import load_existing_tokenizer, save_hf_tokenizer, train_tokenizer
 from shoestring.errors import UserError
-from shoestring.runs.rundir import atomic_write_text
+from shoestring.rundir.directory import atomic_write_text
 from shoestring.util.progress import progress_bar
 
 __all__ = ["format_summary", "run"]

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shoestring.eval.stats import format_accuracy
 from shoestring.models.export_llama import llama_refusals
 from shoestring.models.gpt import MODEL_TYPE, ShoestringGPTConfig
-from shoestring.runs.rundir import atomic_write_text
+from shoestring.rundir.directory import atomic_write_text
+from shoestring.util.stats import format_accuracy
 
 __all__ = ["render_model_card", "write_model_card"]
 

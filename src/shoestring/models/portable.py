@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.models.gpt import MODEL_TYPE
-from shoestring.runs.rundir import atomic_write_json
+from shoestring.rundir.directory import atomic_write_json
 
 __all__ = ["AUTO_MAP", "MODELING_FILES", "MODEL_TYPE", "make_portable", "special_token_ids"]
 

@@ -1,7 +1,7 @@
 """Rotary position embeddings (RoPE) and their linear scaling, as the shoestring GPT uses them.
 
 Why a module of its own: the GPT's attention, its decoder stack (which builds cos/sin once per
-forward) and the lean decode loop (``eval/lean_decode.py``) all rotate queries and keys, and
+forward) and the lean decode loop (``engine/lean_decode.py``) all rotate queries and keys, and
 must agree to the last bit; one definition keeps them from drifting apart. The layout is the
 Hugging Face "rotate_half" convention, so weights and caches match Llama/Qwen2 code.
 """

@@ -97,7 +97,7 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
         cfg_path = Path(args.resume) / "config.json"
         if not cfg_path.is_file():
             raise UserError(f"{args.resume} is not a GRPO run directory (no config.json)")
-        from shoestring.runs.lock import refuse_if_held
+        from shoestring.rundir.lock import refuse_if_held
 
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
         return grpo_config(base=read_config_file(cfg_path), overrides=overrides)
@@ -179,7 +179,7 @@ def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
     overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
     if args.resume:
         cfg = resume_config(args.resume, overrides)
-        from shoestring.runs.lock import refuse_if_held
+        from shoestring.rundir.lock import refuse_if_held
 
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
         return cfg

@@ -37,8 +37,8 @@ from shoestring.config import (
     preset_names,
     validate,
 )
-from shoestring.eval.protocols import PROTOCOLS
 from shoestring.rl.trl_config import is_trl_config, translate_trl, trl_defaults
+from shoestring.scoring.protocols import PROTOCOLS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -62,7 +62,7 @@ class GRPOConfig:
     )
     protocol: str = opt(
         "auto",
-        "scoring protocol of prompts, rewards and held-out accuracy (shoestring.eval.protocols): "
+        "scoring protocol of prompts, rewards and held-out accuracy (scoring.protocols): "
         "auto = chat-cot with a chat template, else qa ('Question: ...\\nAnswer:', '#### N')",
         choices=PROTOCOL_CHOICES,
     )

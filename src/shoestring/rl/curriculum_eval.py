@@ -5,7 +5,7 @@ worse is noticed and undone. That only works if every model is measured the same
 same problems, the same protocol (prompt, stop strings, answer extractor), greedy decoding - so
 this module loads the problems once, fingerprints them (a resumed run refuses a different set)
 and scores any model directory against them through the one scoring path,
-:func:`shoestring.eval.scoring.score_model`. A stage gate and GRPO's held-out evaluation
+:func:`shoestring.scoring.scoring.score_model`. A stage gate and GRPO's held-out evaluation
 therefore give the same per-problem verdicts for the same model, problems and protocol.
 Accuracy always comes with its 95% Wilson interval and n.
 
@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.config import validate
+from shoestring.data.answers import AnswerFormatError, parse_gold
 from shoestring.errors import UserError
-from shoestring.eval.answers import AnswerFormatError, parse_gold
-from shoestring.eval.protocols import resolve_protocol
-from shoestring.eval.scoring import accuracy_summary, score_model
 from shoestring.models.loading import load_model_and_tokenizer
 from shoestring.rl.data import load_task
 from shoestring.rl.progressive_config import ValidationConfig
-from shoestring.runs.rundir import atomic_open
+from shoestring.rundir.directory import atomic_open
+from shoestring.scoring.protocols import resolve_protocol
+from shoestring.scoring.scoring import accuracy_summary, score_model
 
 __all__ = [
     "EvalResult",

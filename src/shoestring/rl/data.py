@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoestring.data.answers import parse_gold
 from shoestring.data.gsm8k import load_gsm8k
 from shoestring.data.root import data_root_candidates, find_dataset
 from shoestring.data.synthetic import iter_problems
 from shoestring.errors import UserError
-from shoestring.eval.answers import parse_gold
-from shoestring.eval.protocols import Protocol
 from shoestring.rl.config import parse_slice
+from shoestring.scoring.protocols import Protocol
 
 DEFAULT_SYNTHETIC_SIZE = 5000
 TEST_BUCKETS = 10  # 1 in 10 synthetic questions belongs to the test split

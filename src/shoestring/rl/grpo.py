@@ -18,7 +18,7 @@ from shoestring.errors import UserError
 from shoestring.models.card import write_model_card
 from shoestring.rl.config import GRPOConfig, config_from_dict
 from shoestring.rl.trainer import GRPOTrainer
-from shoestring.runs.rundir import read_json, unique_run_dir
+from shoestring.rundir.directory import read_json, unique_run_dir
 
 __all__ = ["run", "train_grpo"]
 

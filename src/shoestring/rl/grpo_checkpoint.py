@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from shoestring.errors import UserError
-from shoestring.runs.rundir import RunDir
+from shoestring.rundir.directory import RunDir
 from shoestring.train.checkpoint import (
     load_newest_intact,
     prune_checkpoints,

@@ -1,6 +1,6 @@
 """GRPO's held-out accuracy: greedy answers to test problems it never trained on, before and after.
 
-Why through :func:`shoestring.eval.scoring.score_model`: a held-out accuracy is only comparable
+Why through :func:`shoestring.scoring.scoring.score_model`: a held-out accuracy is only comparable
 with ``shoestring bench`` (and with progressive's stage gates) when it is asked and judged the
 same way, so GRPO scores under its run's protocol with the one scoring path, and records the
 protocol in ``summary.json``. The held-out set excludes every training question and, with
@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shoestring.data.answers import parse_gold
 from shoestring.errors import UserError
-from shoestring.eval.answers import parse_gold
-from shoestring.eval.protocols import Protocol
-from shoestring.eval.scoring import accuracy_summary, sampling_for, score_model
-from shoestring.eval.stats import mcnemar_exact
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import load_task
-from shoestring.runs.rundir import atomic_write_text
+from shoestring.rundir.directory import atomic_write_text
+from shoestring.scoring.protocols import Protocol
+from shoestring.scoring.scoring import accuracy_summary, sampling_for, score_model
+from shoestring.util.stats import mcnemar_exact
 
 __all__ = ["HeldOutEval", "questions_in"]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from shoestring.eval.generation import forward_params
+from shoestring.engine import forward_params
 
 __all__ = [
     "completion_logps",

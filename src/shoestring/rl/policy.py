@@ -20,8 +20,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from shoestring.engine import SamplingConfig, pad_token_id, resolve_eos_ids
 from shoestring.errors import UserError
-from shoestring.eval.generation import SamplingConfig, pad_token_id, resolve_eos_ids
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 from shoestring.models.portable import make_portable
 from shoestring.rl.config import GRPOConfig

@@ -39,6 +39,7 @@ import torch
 from shoestring.config import to_dict
 from shoestring.errors import UserError
 from shoestring.models.loading import resolve_model_path
+from shoestring.report.compare import write_run_report
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.curriculum_eval import EvalResult, Evaluator, ValidationEvaluator
 from shoestring.rl.grpo import train_grpo
@@ -55,9 +56,8 @@ from shoestring.rl.progressive_state import (
     pts,
     stage_label,
 )
-from shoestring.runs.compare import write_run_report
-from shoestring.runs.lifecycle import RunLifecycle
-from shoestring.runs.rundir import RunDir, atomic_write_json, read_json, unique_run_dir
+from shoestring.rundir.directory import RunDir, atomic_write_json, read_json, unique_run_dir
+from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.runtime import resolve_device
 
 __all__ = ["ProgressiveRun", "StageTrainer", "run_progressive"]

@@ -50,9 +50,9 @@ from shoestring.config import (
     validate,
 )
 from shoestring.errors import UserError
-from shoestring.eval.protocols import PROTOCOLS
 from shoestring.rl.config import GRPOConfig, apply_grpo_override, grpo_config
-from shoestring.runs.rundir import read_json
+from shoestring.rundir.directory import read_json
+from shoestring.scoring.protocols import PROTOCOLS
 
 __all__ = [
     "ProgressiveConfig",

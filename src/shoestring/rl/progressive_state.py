@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoestring.eval.stats import mcnemar_exact
 from shoestring.rl.progressive_config import ProgressiveConfig
-from shoestring.runs.rundir import read_json
+from shoestring.rundir.directory import read_json
+from shoestring.util.stats import mcnemar_exact
 
 if TYPE_CHECKING:  # annotations only: the evaluator module loads torch, this one must not
     from shoestring.rl.curriculum_eval import EvalResult

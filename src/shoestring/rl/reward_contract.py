@@ -30,10 +30,10 @@ from typing import Any
 from transformers import TrainerState
 
 from shoestring.errors import UserError
-from shoestring.eval.protocols import Protocol
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet
 from shoestring.rl.rewards import load_reward, reward_label
+from shoestring.scoring.protocols import Protocol
 
 __all__ = ["ContractReward", "RewardContext", "contract_rewards"]
 

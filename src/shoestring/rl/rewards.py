@@ -2,10 +2,10 @@
 
 Why the run's scoring protocol judges: a reward that disagrees with the benchmark teaches the
 model to please the reward, not to answer. The built-in ``correctness`` and ``format`` rewards
-are therefore made for a :class:`~shoestring.eval.protocols.Protocol` by
+are therefore made for a :class:`~shoestring.scoring.protocols.Protocol` by
 :func:`builtin_rewards`, and read the answer with the protocol's primary extractor - the one
 ``shoestring bench``, GRPO's held-out evaluation and progressive's stage gates use for that
-protocol - and judge it as they do (:meth:`~shoestring.eval.protocols.Protocol.judge`: numeric
+protocol - and judge it as they do (:meth:`~shoestring.scoring.protocols.Protocol.judge`: numeric
 for most protocols, "1,234" == "1234.00"; lm-eval's exact match under lm-eval-5shot). For
 ``qa`` and ``chat-cot`` that extractor is lm-eval's strict ``#### N``: "the answer is 5" or a
 boxed 5 earns nothing, because the benchmark would not count it either.
@@ -30,10 +30,10 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from shoestring.data.answers import AnswerFormatError, normalize_number, parse_gold
 from shoestring.errors import UserError
-from shoestring.eval.answers import AnswerFormatError, normalize_number, parse_gold
-from shoestring.eval.protocols import Protocol
 from shoestring.rl.trl_keys import TRL_SCRIPT_REWARDS
+from shoestring.scoring.protocols import Protocol
 
 RewardFn = Callable[..., list]
 

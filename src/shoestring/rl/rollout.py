@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from shoestring.eval.generation import SamplingConfig, generate_all
-from shoestring.eval.padding import pad_left, pad_right
-from shoestring.eval.protocols import Protocol
+from shoestring.engine import SamplingConfig, generate_all
+from shoestring.engine.padding import pad_left, pad_right
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, prompt_indices
 from shoestring.rl.logprobs import completion_logps, grouped_completion_logps
@@ -26,6 +25,7 @@ from shoestring.rl.loss import compute_advantages, nanstd
 from shoestring.rl.policy import Policy
 from shoestring.rl.rewards import RewardFn, score
 from shoestring.rl.rollout_weights import RolloutWeights
+from shoestring.scoring.protocols import Protocol
 
 __all__ = ["Rollout", "RolloutGenerator", "micro_slices"]
 

@@ -32,7 +32,6 @@ import torch
 from shoestring.config import to_dict
 from shoestring.data.input_report import MAX_REPORTS, report_capped
 from shoestring.errors import UserError
-from shoestring.eval.protocols import resolve_protocol
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, load_task
 from shoestring.rl.diagnostics import cannot_learn_reasons
@@ -44,9 +43,10 @@ from shoestring.rl.rewards import reward_label, reward_weights
 from shoestring.rl.rollout import Rollout, RolloutGenerator
 from shoestring.rl.run_checks import announce_settings
 from shoestring.rl.update import backward_rollout
-from shoestring.runs.lifecycle import RunLifecycle, StepBoundaryInterrupts
-from shoestring.runs.rundir import RunDir
+from shoestring.rundir.directory import RunDir
+from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
 from shoestring.runtime import setup_runtime
+from shoestring.scoring.protocols import resolve_protocol
 from shoestring.train.optimizer import adamw
 from shoestring.util.progress import progress_bar
 from shoestring.util.schedule import lr_multiplier

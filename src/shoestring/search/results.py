@@ -19,11 +19,11 @@ from typing import Any
 
 import optuna
 
-from shoestring.eval.stats import format_p, mean_std, welch_t_test
-from shoestring.runs.report import fmt
-from shoestring.runs.rundir import atomic_write_json, atomic_write_text
+from shoestring.report.blocks import fmt
+from shoestring.rundir.directory import atomic_write_json, atomic_write_text
 from shoestring.search import grid
 from shoestring.search.worker import ROW_ATTR
+from shoestring.util.stats import format_p, mean_std, welch_t_test
 
 __all__ = [
     "CSV_FIELDS",

@@ -3,7 +3,7 @@
 The study directory holds the SQLite storage (by default), one ordinary ``train`` run directory
 per trial under ``trials/``, ``results.json``/``results.csv``, ``report.md`` (the one report
 system's sections for a study), the plots under ``plots/`` and a ``summary.json`` of kind
-``study``, kept by :class:`~shoestring.runs.lifecycle.RunLifecycle`. Running the same command
+``study``, kept by :class:`~shoestring.rundir.lifecycle.RunLifecycle`. Running the same command
 again resumes the study; :func:`join` adds a worker (here or on another machine) to an existing
 study.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import optuna
 
 from shoestring.errors import UserError
+from shoestring.report.compare import write_run_report
 from shoestring.run_config import RunConfig
-from shoestring.runs.compare import write_run_report
-from shoestring.runs.lifecycle import RunLifecycle
-from shoestring.runs.rundir import RunDir
+from shoestring.rundir.directory import RunDir
+from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.runtime import physical_cores, resolve_device, resolve_dtype
 from shoestring.search.local_workers import spawn_workers, wait_workers
 from shoestring.search.location import DEFAULT_HEARTBEAT, redact, sqlite_url

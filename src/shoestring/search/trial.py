@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from shoestring.config import to_dict
 from shoestring.run_config import RunConfig
-from shoestring.runs.rundir import read_json, unique_run_dir
+from shoestring.rundir.directory import read_json, unique_run_dir
 from shoestring.search.attempt import run_attempt, run_isolated
 from shoestring.search.spec import StudySpec, trial_config
 

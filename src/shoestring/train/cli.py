@@ -78,7 +78,7 @@ def run_cli(args: argparse.Namespace) -> int:
     overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
     if args.resume:
         cfg = resume_config(args.resume, overrides)
-        from shoestring.runs.lock import refuse_if_held
+        from shoestring.rundir.lock import refuse_if_held
 
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
     else:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shoestring.run_config import RunConfig
-from shoestring.runs.rundir import unique_run_dir
+from shoestring.rundir.directory import unique_run_dir
 from shoestring.train.distributed import launched_distributed, leave_group, wait_for_all
 from shoestring.train.hybrid import HybridTrainer
 from shoestring.train.trainer import Trainer

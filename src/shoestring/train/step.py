@@ -27,7 +27,7 @@ from shoestring.data.prepared import load_prepared
 from shoestring.errors import UserError
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 from shoestring.run_config import RunConfig
-from shoestring.runs.rundir import RunDir
+from shoestring.rundir.directory import RunDir
 from shoestring.runtime import Runtime, physical_cores, setup_runtime
 from shoestring.train.autocompile import CompilePolicy
 from shoestring.train.batches import WindowStream, step_micro_batches, validation_batches

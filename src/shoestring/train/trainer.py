@@ -7,7 +7,7 @@ set, and checkpoints that hold everything needed to continue bit-for-bit (the pi
 unattended run needs: it records what really ran, it stops with a clear message and an intact
 checkpoint when the loss goes non-finite, and Ctrl-C (or SIGTERM) saves before exit. The run
 directory's status, monitor thread and signal handling are
-:class:`~shoestring.runs.lifecycle.RunLifecycle`'s; :func:`shoestring.train.entry.train` picks
+:class:`~shoestring.rundir.lifecycle.RunLifecycle`'s; :func:`shoestring.train.entry.train` picks
 this class or the hybrid subclass and runs it.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from shoestring.config import to_dict
 from shoestring.models.card import write_model_card
-from shoestring.runs.lifecycle import RunLifecycle, StepBoundaryInterrupts
+from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
 from shoestring.train.checkpoint import latest_checkpoint
 from shoestring.train.state import TrainState, summary_fields
 from shoestring.train.step import NonFiniteLossError, StepTrainer

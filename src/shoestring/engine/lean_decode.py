@@ -1,0 +1,434 @@
+"""A lean one-token decode step for Llama-family models (Llama, Qwen2, Mistral) and the
+shoestring GPT's plain variants. This module is one idea: the model's decode step with nothing
+around its arithmetic that the step does not need.
+
+Why: a decode step multiplies one token per row by every weight of the model. On a small model
+most of the step is overhead, not arithmetic: Python and small tensors - masks rebuilt every
+step, module dispatch, three separate q/k/v products; on a 0.5B-class model on a CPU, the
+bf16 matmuls themselves run far below the host's rate because oneDNN reorders each weight on
+every call. ``benchmarks/decode_step.py`` (small models) and ``benchmarks/decode_profile.py``
+(Qwen2.5-0.5B's shape, against the host's memory and matmul rates) measure the step against
+the transformers forward, interleaved; the figures are in docs/generate.md.
+
+:class:`LeanDecoder` runs the same arithmetic with less around it: the model's own weights
+(q/k/v and gate/up concatenated into one product each when the copy is small; bf16 weights on
+a CPU prepacked for oneDNN, :mod:`~shoestring.engine.packed_linear`), one attention
+mask per step for all layers, the model's own rotary embedding, and the engine's KV cache
+updated through its public ``update``. Anything it does not recognise - another architecture,
+sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks, wrapped
+embeddings - makes :meth:`LeanDecoder.build` return ``None`` and the engine uses the model's
+own forward; a linear layer it cannot read (peft LoRA, quantised) is called as its own module.
+The tests check its logits against the model's forward for each supported family and variant,
+with and without biases, grouped heads, RoPE scaling, bf16 with the CPU's fp32 cache, autocast,
+and peft LoRA layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shoestring.engine.packed_linear import can_pack, pack_weight, packed_linear
+from shoestring.models.rope import apply_rope, rotate_half
+
+# Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
+# x + down(silu(gate) * up) of rmsnorm(x), with HF's rotate-half RoPE.
+LLAMA_FAMILY = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+SHOESTRING_GPT = "ShoestringGPTForCausalLM"
+SUPPORTED = LLAMA_FAMILY | {SHOESTRING_GPT}
+# Concatenating q/k/v (and gate/up) costs a copy of those weights per generation call; above
+# this size the products are large enough that one fused launch saves nothing measurable.
+FUSE_MAX_BYTES = 128 * 2**20
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _plain_linear(m: Any) -> bool:
+    return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+
+
+class _Proj:
+    """One or more linear layers applied to the same input, their outputs split back apart.
+
+    Fused (one concatenated weight) when every part is a plain ``nn.Linear`` and the copy is
+    allowed; otherwise each part is called as its own module (peft LoRA layers, quantised
+    layers), which is exactly what the model's forward does. With ``pack``, a plain or fused
+    weight is multiplied in oneDNN's prepacked layout (:mod:`~shoestring.engine.packed_linear`:
+    bit-identical, without the per-call reorder)."""
+
+    def __init__(self, mods: list[Any], fuse: bool, pack: bool = False) -> None:
+        self.mods = mods
+        self.sizes = [m.out_features for m in mods]
+        self.weight: torch.Tensor | None = None  # the plain or concatenated weight
+        self.bias: torch.Tensor | None = None
+        self.packed: torch.Tensor | None = None  # the same, prepacked (then ``weight`` is None)
+        plain = all(_plain_linear(m) for m in mods)
+        # packing copies the weights anyway, so packed parts are always concatenated
+        if not plain or not (len(mods) == 1 or fuse or pack):
+            return
+        biases = [m.bias for m in mods]
+        weight = mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])
+        if len(mods) == 1:
+            self.bias = biases[0]
+        elif any(b is not None for b in biases):
+            self.bias = torch.cat(
+                [
+                    b if b is not None else m.weight.new_zeros(m.out_features)
+                    for m, b in zip(mods, biases, strict=True)
+                ]
+            )
+        if pack:
+            self.packed = pack_weight(weight)
+        else:
+            self.weight = weight
+
+    @property
+    def single(self) -> bool:
+        """One product for all parts (plain, concatenated or packed)."""
+        return self.weight is not None or self.packed is not None
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return packed_linear(x, self.packed, self.bias)
+        assert self.weight is not None
+        return F.linear(x, self.weight, self.bias)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.single:
+            y = self._linear(x)
+            return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+        return [m(x) for m in self.mods]
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The whole concatenated output, where the parts are fused (else ``None``)."""
+        if not self.single or len(self.sizes) == 1:
+            return None
+        return self._linear(x)
+
+
+def _hooked(m: Any) -> bool:
+    return bool(
+        getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks
+    )
+
+
+# ----------------------------------------------------------------------------- Llama family
+
+_RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
+
+
+def _llama_norm(m: Any) -> Norm | None:
+    """A transformers RMSNorm's own ``forward`` (called without module dispatch), or ``None``
+    if this module is something else."""
+    if type(m).__name__ not in _RMS_NORMS:
+        return None
+    return m.forward
+
+
+def _llama_unsupported(model: Any) -> str | None:
+    cfg = model.config
+    inner = model.model
+    if getattr(cfg, "hidden_act", None) != "silu":
+        return f"activation {getattr(cfg, 'hidden_act', None)}"
+    if (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
+        return "pretraining_tp > 1"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "sliding-window layers"
+    if getattr(cfg, "sliding_window", None) and type(model).__name__ == "MistralForCausalLM":
+        return "sliding window"
+    if getattr(cfg, "_attn_implementation", "sdpa") not in (
+        "sdpa",
+        "eager",
+        "shoestring_cpu_fp32_sdpa",
+    ):
+        return f"attention implementation {cfg._attn_implementation}"
+    if _llama_norm(inner.norm) is None:
+        return "final norm"
+    for layer in inner.layers:
+        if getattr(layer.self_attn, "sliding_window", None):
+            return "sliding-window attention"
+        if _llama_norm(layer.input_layernorm) is None:
+            return "layer norm"
+        if _llama_norm(layer.post_attention_layernorm) is None:
+            return "layer norm"
+        if not all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "MLP layout"
+    return None
+
+
+# ----------------------------------------------------------------------------- shoestring GPT
+
+
+def _gpt_norm(m: Any) -> Norm | None:
+    """The GPT's LayerNorm or ShoestringRMSNorm ``forward``, or ``None`` for anything else."""
+    if type(m) is nn.LayerNorm or type(m).__name__ == "ShoestringRMSNorm":
+        return m.forward
+    return None
+
+
+def _gpt_unsupported(model: Any) -> str | None:
+    cfg = model.config
+    if cfg.q_lora_rank or cfg.kv_lora_rank:
+        return "low-rank q/kv projections"
+    if cfg.qk_rope_head_dim:
+        return "decoupled RoPE"
+    inner = model.model
+    if _gpt_norm(inner.norm) is None:
+        return "final norm"
+    for layer in inner.layers:
+        if _gpt_norm(layer.input_layernorm) is None:
+            return "layer norm"
+        if _gpt_norm(layer.post_attention_layernorm) is None:
+            return "layer norm"
+        mlp = layer.mlp
+        if mlp.kind == "gelu" and (
+            type(mlp.act) is not nn.GELU or getattr(mlp.act, "approximate", "none") != "none"
+        ):
+            return "GELU variant"
+    return None
+
+
+def _supported(model: Any) -> str | None:
+    """``None`` when the lean step reproduces this model's forward, else the reason not."""
+    name = type(model).__name__
+    if name not in SUPPORTED:
+        return f"architecture {name}"
+    cfg = getattr(model, "config", None)
+    inner = getattr(model, "model", None)
+    if cfg is None or inner is None or not hasattr(inner, "layers"):
+        return "no decoder layers"
+    if any(_hooked(m) for m in model.modules()):
+        return "module hooks (offloading, instrumentation, input grads)"
+    if type(inner.embed_tokens) is not nn.Embedding or not _plain_linear(model.lm_head):
+        return "wrapped embedding or output layer"
+    return _gpt_unsupported(model) if name == SHOESTRING_GPT else _llama_unsupported(model)
+
+
+def _fused_bytes(model: Any) -> int:
+    total = 0
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        groups = [(a.q_proj, a.k_proj, a.v_proj)]
+        if hasattr(m, "gate_proj"):
+            groups.append((m.gate_proj, m.up_proj))
+        for mods in groups:
+            if all(_plain_linear(x) for x in mods):
+                total += sum(x.weight.numel() * x.weight.element_size() for x in mods)
+    return total
+
+
+def _plain_weights(model: Any) -> list[torch.Tensor]:
+    """The weights the lean step multiplies through ``F.linear``: every plain linear layer of
+    the decoder layers, and the output head."""
+    out = [m.weight for layer in model.model.layers for m in layer.modules() if _plain_linear(m)]
+    return [*out, model.lm_head.weight]
+
+
+class _Layer:
+    def __init__(self, layer: Any, gpt: bool, fuse: bool, pack: bool) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        make_norm = _gpt_norm if gpt else _llama_norm
+        n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
+        assert n1 is not None and n2 is not None  # checked by _supported
+        self.norm1, self.norm2 = n1, n2
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack)
+        self.o = _Proj([attn.o_proj], False, pack)
+        self.swiglu = not gpt or mlp.kind == "swiglu"
+        if self.swiglu:
+            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack)
+            self.down = _Proj([mlp.down_proj], False, pack)
+        else:  # the GPT's GELU MLP: fc -> GELU -> proj
+            self.up = _Proj([mlp.fc], False, pack)
+            self.down = _Proj([mlp.proj], False, pack)
+        if gpt:
+            self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
+        else:
+            self.scaling = float(attn.scaling)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.up(x)
+            return self.down(F.silu(gate) * up)[0]
+        return self.down(F.gelu(self.up(x)[0]))[0]
+
+
+class LeanDecoder:
+    """One-token forward of a supported model; build with :meth:`build` per generation call
+    (fused weights are copies of the weights at that moment)."""
+
+    def __init__(self, model: Any, fuse: bool, pack: bool = False) -> None:
+        self.model = model
+        self.gpt = type(model).__name__ == SHOESTRING_GPT
+        inner = model.model
+        self.inner = inner
+        cfg = model.config
+        if self.gpt:
+            self.n_heads = self.n_kv = int(cfg.n_heads)
+            self.head_dim, self.v_head_dim = int(cfg.head_dim), int(cfg.value_head_dim)
+            self.rope = cfg.position == "rope"
+            norm = _gpt_norm(inner.norm)
+        else:
+            attn0 = inner.layers[0].self_attn
+            self.n_heads = int(cfg.num_attention_heads)
+            self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+            self.head_dim = self.v_head_dim = int(attn0.head_dim)
+            self.rope = True
+            norm = _llama_norm(inner.norm)
+        assert norm is not None
+        self.final_norm = norm
+        self.layers = [_Layer(layer, self.gpt, fuse, pack) for layer in inner.layers]
+        self.fused = fuse
+        self.packed = pack
+        self.head = _Proj([model.lm_head], False, pack)
+
+    @classmethod
+    def build(
+        cls, model: Any, fuse: bool | None = None, pack: bool | None = None
+    ) -> LeanDecoder | None:
+        """A decoder for ``model``, or ``None`` where only the model's own forward is right.
+
+        ``pack`` (default: where :func:`~shoestring.engine.packed_linear.can_pack` allows it,
+        i.e. bf16 weights on a CPU with memory to spare) multiplies prepacked weights."""
+        if _supported(model) is not None:
+            return None
+        if fuse is None:
+            fuse = _fused_bytes(model) <= FUSE_MAX_BYTES
+        if pack is None:
+            pack = can_pack(_plain_weights(model))
+        return cls(model, fuse, pack)
+
+    def _embed(
+        self, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Hidden states [B, 1, D] and cos/sin [B, 1, 1, d] (``None`` without RoPE)."""
+        h = F.embedding(input_ids[:, None], self.inner.embed_tokens.weight)
+        pos = positions[:, None]
+        if not self.gpt:
+            cos, sin = self.inner.rotary_emb(h, pos)  # [B, 1, d] in h's dtype
+            return h, (cos[:, None], sin[:, None])
+        if self.inner.embed_positions is not None:
+            h = h + F.embedding(pos, self.inner.embed_positions.weight)
+        if not self.rope:
+            return h, None
+        cos, sin = self.inner._rope_cos_sin(pos, h.device)  # fp32 [B, 1, 1, d]
+        return h, (cos, sin)
+
+    def step(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """Logits (fp32, [B, V]) of the next token after ``input_ids`` [B] at ``positions``
+        [B]; ``mask`` [B, T] covers the cache plus this token (1 = attend). Appends this
+        token's keys and values to ``cache`` (a transformers ``Cache``)."""
+        b = input_ids.shape[0]
+        hq, hkv, d, dv = self.n_heads, self.n_kv, self.head_dim, self.v_head_dim
+        h, rope = self._embed(input_ids, positions)
+        attn_mask = mask[:, None, None, :].bool()  # [B, 1, 1, T], shared by every layer
+        # the same mask as an additive fp32 bias, for the CPU's single-query attention
+        bias = mask_bias(attn_mask) if input_ids.device.type == "cpu" else None
+        for i, layer in enumerate(self.layers):
+            x = layer.norm1(h)
+            # q/k as [B, 1, heads, d]; RoPE on both with one rotation where they are adjacent
+            # columns of the fused product (dtypes as the model's own forward gets them)
+            y = layer.qkv.fused(x)
+            if y is not None:
+                qk = y[..., : (hq + hkv) * d].view(b, 1, hq + hkv, d)
+                v = y[..., (hq + hkv) * d :]
+                if rope is not None:
+                    qk = self._rotate(qk, rope)
+                q, k = qk.split([hq, hkv], dim=2)
+            else:
+                q, k, v = layer.qkv(x)
+                q, k = q.view(b, 1, hq, d), k.view(b, 1, hkv, d)
+                if rope is not None:
+                    q, k = self._rotate(q, rope), self._rotate(k, rope)
+            keys, values = cache.update(
+                k.transpose(1, 2), v.view(b, 1, hkv, dv).transpose(1, 2), i
+            )  # [B, hkv, T, d]
+            out = self._attend(q.transpose(1, 2), keys, values, attn_mask, bias, layer.scaling)
+            h = h + layer.o(out.transpose(1, 2).reshape(b, 1, hq * dv).to(x.dtype))[0]
+            h = h + layer.mlp(layer.norm2(h))
+        h = self.final_norm(h)
+        return self.head(h[:, -1])[0].float()
+
+    def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        cos, sin = rope
+        if self.gpt:  # the GPT's own rotation (cos/sin cast to the activations' dtype)
+            return apply_rope(x, cos, sin)
+        return x * cos + rotate_half(x) * sin  # transformers': dtypes promoted
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        attn_mask: torch.Tensor,
+        bias: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """Attention of the one new query [B, hq, 1, d] over the cache, in the cache's dtype
+        (fp32 for the CPU's fp32 cache of a bf16 model, as the engine's registered attention
+        does); the GPT upcasts bf16 attention on a CPU to fp32, as its forward does. On a CPU
+        (``bias`` given) it is :func:`single_query_attention`, in fp32."""
+        if bias is not None:
+            out = single_query_attention(q, keys, values, bias, scale)
+            return out if self.gpt else out.to(keys.dtype)
+        upcast = self.gpt and q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if upcast:
+            q, keys, values = q.float(), keys.float(), values.float()
+        else:
+            q = q.to(keys.dtype)
+        ctx = torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext()
+        with ctx:
+            return F.scaled_dot_product_attention(
+                q,
+                keys,
+                values,
+                attn_mask=attn_mask,
+                scale=scale,
+                enable_gqa=keys.shape[1] != q.shape[1],
+            )
+
+
+def mask_bias(attn_mask: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask (True = attend) as an additive fp32 bias (0 or -inf)."""
+    bias = torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device)
+    return bias.masked_fill_(~attn_mask, float("-inf"))
+
+
+def single_query_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of one query token per row over the whole cache, as plain fp32
+    matmul-softmax-matmul: ``q`` [B, hq, 1, d], ``keys``/``values`` [B, hkv, T, d] (grouped
+    heads: query head ``i`` reads kv head ``i // (hq / hkv)``, as ``enable_gqa``), ``bias``
+    [B, 1, 1, T] additive (0 or -inf); returns fp32 [B, hq, 1, dv].
+
+    Why not ``scaled_dot_product_attention``: PyTorch's CPU flash kernel is built for many
+    queries; for one it pays its blocking for nothing, and in bf16 it is several times slower
+    still. With the query heads of a group as the rows of one matmul this is faster than SDPA
+    in fp32 and far faster than SDPA in bf16 (``benchmarks/decode_step.py`` measures both;
+    figures in docs/generate.md)."""
+    b, hq, _, d = q.shape
+    hkv, t = keys.shape[1], keys.shape[2]
+    qg = q.reshape(b, hkv, hq // hkv, d).float()  # the query heads that share a kv head
+    scores = torch.matmul(qg, keys.float().transpose(-1, -2))  # [B, hkv, g, T]
+    scores.mul_(scale).add_(bias.view(b, 1, 1, t))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, values.float())  # [B, hkv, g, dv]
+    return out.view(b, hq, 1, values.shape[-1])
+
+
+__all__ = ["FUSE_MAX_BYTES", "SUPPORTED", "LeanDecoder", "mask_bias", "single_query_attention"]

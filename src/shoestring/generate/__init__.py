@@ -1,0 +1,1 @@
+"""``shoestring generate``: sample from a run or any HF causal LM, streamed."""

@@ -1,0 +1,1 @@
+"""Reports over run directories: blocks, one section module per run kind, findings, compare."""

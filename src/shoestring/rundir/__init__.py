@@ -1,0 +1,1 @@
+"""The run directory: schema, atomic writes, writer lock, lifecycle, system monitor."""

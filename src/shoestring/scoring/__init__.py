@@ -1,0 +1,1 @@
+"""Scoring: protocols as data, lm-eval's rules, one scoring path."""
