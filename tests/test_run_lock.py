@@ -232,3 +232,24 @@ def test_a_signal_in_a_step_loop_stops_it_at_the_next_step_boundary() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("not reached: the second signal raises at once")
+
+
+def test_lifecycle_runs_finalizers_after_the_final_summary_and_survives_one_failing(
+    tmp_path, capsys
+):
+    from shoestring.rundir.directory import RunDir, read_json
+    from shoestring.rundir.lifecycle import RunLifecycle
+
+    seen = []
+
+    def broken(path):
+        raise OSError("disk full")
+
+    def record(path):
+        seen.append(read_json(path / "summary.json")["status"])
+
+    with RunLifecycle(RunDir(tmp_path / "r", "test"), config={}, finalizers=[broken, record]):
+        pass
+    assert seen == ["finished"]  # ran after the final summary, despite the one before failing
+    assert "broken could not finish" in capsys.readouterr().err
+    assert read_json(tmp_path / "r" / "summary.json")["status"] == "finished"

@@ -21,8 +21,12 @@ exit it decides the status - ``finished``; ``interrupted`` on Ctrl-C or SIGTERM;
 on any other exception, with its one-line message (:func:`shoestring.failures.short_reason`)
 - unless the body chose one with :meth:`RunLifecycle.set_status`, restores the signal
 handler, stops the monitor, and writes the final summary (``summary()`` is called then, so
-it sees the end state). Exceptions are never swallowed: the caller still sees them. With
-``rundir=None`` (a DDP rank other than 0) only the signal handling applies.
+it sees the end state), then runs the ``finalizers`` - callables of the run directory's path
+that write what is built from the final summary (the report, a model card) - in order, before
+the lock is released. A finalizer that fails is one warning line on stderr, never the run's
+status: the run's own outcome is already on disk. Exceptions are never swallowed: the caller
+still sees them. With ``rundir=None`` (a DDP rank other than 0) only the signal handling
+applies.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -107,6 +112,7 @@ class RunLifecycle:
         summary: Callable[[], dict[str, Any]] | None = None,
         monitor_interval: float = 0.5,
         close: bool = True,
+        finalizers: Sequence[Callable[[Path], object]] = (),
     ) -> None:
         self.rundir = rundir
         self.config = config
@@ -114,6 +120,7 @@ class RunLifecycle:
         self.summary = summary
         self.monitor_interval = monitor_interval
         self.close_on_exit = close
+        self.finalizers = list(finalizers)
         self.fields: dict[str, Any] = {}
         self.status: str | None = None
         self.error: str | None = None
@@ -182,5 +189,19 @@ class RunLifecycle:
         fields.setdefault("session_wall_seconds", round(self.wall_seconds, 3))
         fields["error"] = self.error
         self.rundir.finish(status, **fields)
+        self._finalize(self.rundir.path)
         if self.close_on_exit:
             self.rundir.close()
+
+    def _finalize(self, path: Path) -> None:
+        """Run every finalizer on the finished directory; a failure is a warning, not a status."""
+        for finalizer in self.finalizers:
+            try:
+                finalizer(path)
+            except Exception as exc:  # noqa: BLE001 - the run's outcome is already recorded
+                name = getattr(finalizer, "__name__", repr(finalizer))
+                print(
+                    f"warning: {name} could not finish {path}: {short_reason(exc)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
