@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from shoestring.engine import SamplingConfig, auto_batch_size, generate_all
-from shoestring.models.loading import host_supports_fast_bf16
+from shoestring.engine import Engine, EngineOptions, Sampling, auto_batch_size
+from shoestring.runtime import host_supports_fast_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHOESTRING_SHARED", REPO.parent / "shared"))
@@ -146,10 +146,11 @@ def run_hf(model: Any, tok: Any, prompts: list[str], max_new: int) -> Timed:
 def run_shoestring(
     model: Any, tok: Any, prompts: list[str], max_new: int, batch_size: int
 ) -> Timed:
-    """shoestring's engine; ``generate_all`` decodes the texts itself."""
-    cfg = SamplingConfig(max_new_tokens=max_new, min_new_tokens=max_new, batch_size=batch_size)
+    """shoestring's engine; it decodes the texts itself."""
+    cfg = Sampling(max_new_tokens=max_new, min_new_tokens=max_new)
+    engine = Engine(model, tok, EngineOptions(batch_size=batch_size))
     t0, c0 = time.perf_counter(), time.process_time()
-    res = generate_all(model, tok, prompts, cfg, progress=False)
+    res = engine.generate(prompts, cfg)
     return [r.token_ids for r in res], time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -177,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     default_dtype = torch.bfloat16 if bf16_fast else torch.float32
     model_default = copy.deepcopy(model32).to(default_dtype) if bf16_fast else model32
     prompt_lens = [len(tok(pr).input_ids) for pr in prompts]
-    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens)
-    bs32 = min(len(prompts), args.batch_size or auto_batch_size(model32, max(prompt_lens), cfg))
+    new = args.max_new_tokens
+    bs32 = min(len(prompts), args.batch_size or auto_batch_size(model32, max(prompt_lens), new))
     bs_def = min(
-        len(prompts), args.batch_size or auto_batch_size(model_default, max(prompt_lens), cfg)
+        len(prompts), args.batch_size or auto_batch_size(model_default, max(prompt_lens), new)
     )
 
     print(

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from bench_throughput import build_tokenizer, load_questions  # noqa: E402 - sibling script
 from engine_split import Timers, print_split, split_timers  # noqa: E402
 from grpo_vs_trl import add_shape_options  # noqa: E402
-from shoestring.engine import SamplingConfig, generate_all  # noqa: E402
+from shoestring.engine import Engine, EngineOptions, Sampling  # noqa: E402
 from shoestring.engine.decode import REFILL_MIN_FRACTION  # noqa: E402
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
@@ -175,8 +175,9 @@ def run_shoestring(
         for b, (o, g) in enumerate(zip(outs, generated, strict=True)):
             force_length(logits, b, g, lengths[o], eos)
 
-    cfg = SamplingConfig(max_new_tokens=max(lengths), eos_token_ids=[eos], batch_size=batch)
-    res = generate_all(model, None, prompts, cfg, progress=False, logits_processor=forced)
+    cfg = Sampling(max_new_tokens=max(lengths), eos_token_ids=[eos])
+    engine = Engine(model, None, EngineOptions(batch_size=batch))
+    res = engine.generate(prompts, cfg, logits_processor=forced)
     return [r.token_ids for r in res]
 
 

@@ -236,9 +236,8 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
     from peft import LoraConfig, get_peft_model
 
     from grpo_vs_trl import build_model, build_tokenizer, load_questions
-    from shoestring.engine import SamplingConfig, generate_batch
+    from shoestring.engine import Engine, EngineOptions, Sampling
     from shoestring.engine.lora_view import merged_lora
-    from shoestring.engine.static_decode import static_generate_batch
     from shoestring.engine.static_runner import engine_state
     from shoestring.models.loading import load_model_and_tokenizer
 
@@ -256,20 +255,21 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
     prompts = torch.randint(5, min(args.vocab, len(tok)), (64, args.prompt_len), generator=gen)
     batches = [int(x) for x in args.batches.split(",")]
 
-    def sampling(tokens: int, **kw: Any) -> SamplingConfig:
-        return SamplingConfig(
-            max_new_tokens=tokens, do_sample=True, temperature=1.0, ignore_eos=True, **kw
-        )
+    def sampling(tokens: int) -> Sampling:
+        return Sampling(max_new_tokens=tokens, temperature=1.0, ignore_eos=True)
 
     def ours(**kw: Any) -> Callable[[int, int], Any]:
+        """The static backend, all ``rows`` prompts in one batch (``kw``: engine options)."""
+
         def run(rows: int, tokens: int) -> Any:
-            ids = prompts[:rows].tolist()
-            return static_generate_batch(model, tok, ids, sampling(tokens), **kw)
+            options = EngineOptions(static_cache="on", batch_size=rows, **kw)
+            return Engine(model, tok, options).generate(prompts[:rows].tolist(), sampling(tokens))
 
         return run
 
     def dynamic(rows: int, tokens: int) -> Any:
-        return generate_batch(model, tok, prompts[:rows].tolist(), sampling(tokens))
+        options = EngineOptions(static_cache="off", batch_size=rows)
+        return Engine(model, tok, options).generate(prompts[:rows].tolist(), sampling(tokens))
 
     def static_section(label: str, **kw: Any) -> Callable[[], dict[str, Any]]:
         def body() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from _helpers import char_tokenizer
-from shoestring.engine import SamplingConfig, generate_batch, make_cache
+from shoestring.engine import Engine, EngineOptions, Sampling, make_cache
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention
 from shoestring.engine.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
@@ -215,21 +215,18 @@ def test_generation_engine_same_tokens_with_and_without_lean_step(family: str) -
     model = make(family, vocab_size=len(tok))
     prompts = ["Question: 2+2?", "Hi", "a b c d e f g h"]
     outs = []
+    greedy = Sampling(max_new_tokens=12, eos_token_ids=[])
+    sampling = Sampling(
+        max_new_tokens=12, temperature=1.0, seed=5, eos_token_ids=[], num_return_sequences=2
+    )
     for lean in (True, False):
-        cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[], lean_decode=lean)
-        outs.append([r.token_ids for r in generate_batch(model, tok, prompts, cfg)])
+        engine = Engine(model, tok, EngineOptions(lean_decode=lean))
+        outs.append([r.token_ids for r in engine.generate(prompts, greedy)])
     assert outs[0] == outs[1]
     sampled = []
     for lean in (True, False):
-        cfg = SamplingConfig(
-            max_new_tokens=12,
-            do_sample=True,
-            seed=5,
-            eos_token_ids=[],
-            num_return_sequences=2,
-            lean_decode=lean,
-        )
-        sampled.append([r.token_ids for r in generate_batch(model, tok, prompts, cfg)])
+        engine = Engine(model, tok, EngineOptions(lean_decode=lean))
+        sampled.append([r.token_ids for r in engine.generate(prompts, sampling)])
     assert sampled[0] == sampled[1]
 
 
@@ -272,11 +269,11 @@ def test_sampler_unnormalised_rows_and_tiny_probabilities() -> None:
 
 def test_sampler_is_seeded_and_top_k_1_is_greedy() -> None:
     logits = torch.randn(8, 3000, generator=torch.Generator().manual_seed(0))
-    cfg = SamplingConfig(do_sample=True, temperature=0.8, top_p=0.9)
+    cfg = Sampling(temperature=0.8, top_p=0.9)
     a = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(11))
     b = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(11))
     assert torch.equal(a, b)
-    k1 = SamplingConfig(do_sample=True, top_k=1)
+    k1 = Sampling(temperature=1.0, top_k=1)
     assert torch.equal(
         choose_next_tokens(logits, k1, torch.Generator().manual_seed(2)), logits.argmax(-1)
     )

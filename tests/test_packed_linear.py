@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from _helpers import char_tokenizer
-from shoestring.engine import SamplingConfig, generate_batch, lean_decode, packed_linear
+from shoestring.engine import Engine, EngineOptions, Sampling, lean_decode, packed_linear
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
 from test_lean_decode import VOCAB, _prefill, make
@@ -73,7 +73,8 @@ def test_engine_gives_the_same_tokens_with_and_without_packing(monkeypatch) -> N
     tok = char_tokenizer()
     model = make("qwen2", vocab_size=len(tok)).to(torch.bfloat16)
     prompts = ["Question: 2+2?", "Hi", "a b c d e f g h", "xyz"]
-    cfg = SamplingConfig(max_new_tokens=10, eos_token_ids=[], batch_size=2)
+    cfg = Sampling(max_new_tokens=10, eos_token_ids=[])
+    engine = Engine(model, tok, EngineOptions(batch_size=2))
     built: list[bool] = []
     real_build = LeanDecoder.build
 
@@ -83,8 +84,8 @@ def test_engine_gives_the_same_tokens_with_and_without_packing(monkeypatch) -> N
         return lean
 
     monkeypatch.setattr(LeanDecoder, "build", recording)
-    packed = [r.token_ids for r in generate_batch(model, tok, prompts, cfg, max_rows=2)]
+    packed = [r.token_ids for r in engine.generate(prompts, cfg)]
     monkeypatch.setattr(lean_decode, "can_pack", lambda weights: False)
-    plain = [r.token_ids for r in generate_batch(model, tok, prompts, cfg, max_rows=2)]
+    plain = [r.token_ids for r in engine.generate(prompts, cfg)]
     assert built == [True, False]  # the engine packed the first time, not the second
     assert packed == plain

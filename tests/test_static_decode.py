@@ -24,10 +24,9 @@ from transformers import (
 )
 
 from _helpers import char_tokenizer
-from shoestring.engine import SamplingConfig, generate_all, generate_batch
+from shoestring.engine import Engine, EngineOptions, GenerationResult, Sampling, TextOptions
 from shoestring.engine.lora_view import lora_linear_layers, merged_lora
 from shoestring.engine.static_cache import row_bucket, width_bucket
-from shoestring.engine.static_decode import static_generate_batch
 from shoestring.engine.static_runner import engine_state, sample_with_uniform
 from shoestring.errors import UserError
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
@@ -86,16 +85,52 @@ def make(family: str) -> torch.nn.Module:
     return model.eval()
 
 
-def cfg(**kw: object) -> SamplingConfig:
-    base = dict(max_new_tokens=12, eos_token_ids=[2], stop_check_interval=5)
+def cfg(**kw: object) -> Sampling:
+    base = dict(max_new_tokens=12, eos_token_ids=[2])
     base.update(kw)
-    return SamplingConfig(**base)  # type: ignore[arg-type]
+    return Sampling(**base)  # type: ignore[arg-type]
 
 
-def both(model: torch.nn.Module, c: SamplingConfig, prompts: list[str] = PROMPTS):
+def opts(**kw: object) -> EngineOptions:
+    base = dict(stop_check_interval=5)
+    base.update(kw)
+    return EngineOptions(**base)  # type: ignore[arg-type]
+
+
+def dynamic(
+    model: torch.nn.Module, prompts: list[str], c: Sampling, **kw: object
+) -> list[GenerationResult]:
+    """The dynamic backend's results (``kw``: ``Engine.generate``'s)."""
+    engine = Engine(model, TOK, opts(static_cache="off"))
+    return engine.generate(prompts, c, **kw)  # type: ignore[arg-type]
+
+
+def static(
+    model: torch.nn.Module,
+    prompts: list[str],
+    c: Sampling,
+    options: EngineOptions | None = None,
+    capture: object = None,
+    **kw: object,
+) -> list[GenerationResult]:
+    """The static backend's results (one batch for these few prompts)."""
+    options = options or opts(static_cache="on")
+    engine = Engine(model, TOK, options, capture=capture)  # type: ignore[arg-type]
+    return engine.generate(prompts, c, **kw)  # type: ignore[arg-type]
+
+
+def both(
+    model: torch.nn.Module,
+    c: Sampling,
+    prompts: list[str] = PROMPTS,
+    options: EngineOptions | None = None,
+    text: TextOptions | None = None,
+):
     """(dynamic results, static results) of the same request."""
-    dyn = generate_batch(model, TOK, prompts, c)
-    sta = static_generate_batch(model, TOK, prompts, c)
+    options = options or opts()
+    off, on = (dataclasses.replace(options, static_cache=x) for x in ("off", "on"))
+    dyn = Engine(model, TOK, off, text=text).generate(prompts, c)
+    sta = Engine(model, TOK, on, text=text).generate(prompts, c)
     return dyn, sta
 
 
@@ -121,13 +156,15 @@ def test_greedy_tokens_equal_the_dynamic_engine(family: str) -> None:
 def test_eos_and_stop_strings_found_at_deferred_checks(family: str, eos_id: int, stop: str) -> None:
     model = make(family)
     for interval in (1, 3, 7, 50):
-        c = cfg(eos_token_ids=[eos_id], stop_strings=[stop], stop_check_interval=interval)
-        dyn, sta = both(model, c)
+        c = cfg(eos_token_ids=[eos_id], stop_strings=[stop])
+        options = opts(stop_check_interval=interval)
+        dyn, sta = both(model, c, options=options)
         same(dyn, sta)
         reasons = {r.finish_reason for r in sta}
         assert "eos" in reasons and "stop" in reasons
         # keep_stop_string and min_new_tokens (EOS masked for a while) agree as well
-        same(*both(model, dataclasses.replace(c, keep_stop_string=True, min_new_tokens=5)))
+        keep = TextOptions(keep_stop_string=True)
+        same(*both(model, dataclasses.replace(c, min_new_tokens=5), options=options, text=keep))
 
 
 def test_streamed_text_equals_the_dynamic_engine() -> None:
@@ -141,8 +178,8 @@ def test_streamed_text_equals_the_dynamic_engine() -> None:
 
         return on_text
 
-    dyn = generate_batch(model, TOK, PROMPTS, c, on_text=sink("dyn"))
-    sta = static_generate_batch(model, TOK, PROMPTS, c, on_text=sink("sta"))
+    dyn = dynamic(model, PROMPTS, c, on_text=sink("dyn"))
+    sta = static(model, PROMPTS, c, on_text=sink("sta"))
     same(dyn, sta)
     assert got["sta"] == got["dyn"]
     assert [got["sta"].get(i, "") for i in range(len(PROMPTS))] == [r.text for r in sta]
@@ -150,16 +187,16 @@ def test_streamed_text_equals_the_dynamic_engine() -> None:
 
 def test_samples_per_prompt_share_the_prefill_and_follow_the_seed() -> None:
     model = make("llama")
-    greedy = static_generate_batch(model, TOK, PROMPTS[:2], cfg())
-    c = cfg(do_sample=True, temperature=0.9, top_p=0.95, top_k=20, num_return_sequences=3)
-    a = static_generate_batch(model, TOK, PROMPTS[:2], c)
-    b = static_generate_batch(model, TOK, PROMPTS[:2], c)
+    greedy = static(model, PROMPTS[:2], cfg())
+    c = cfg(temperature=0.9, top_p=0.95, top_k=20, num_return_sequences=3)
+    a = static(model, PROMPTS[:2], c)
+    b = static(model, PROMPTS[:2], c)
     assert len(a) == 6 and [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [r.prompt_tokens for r in a] == [len(TOK(PROMPTS[i // 3]).input_ids) for i in range(6)]
-    other = static_generate_batch(model, TOK, PROMPTS[:2], dataclasses.replace(c, seed=1))
+    other = static(model, PROMPTS[:2], dataclasses.replace(c, seed=1))
     assert [r.token_ids for r in other] != [r.token_ids for r in a]
     # top_k=1 leaves one token: sampling then is greedy decoding
-    k1 = static_generate_batch(model, TOK, PROMPTS[:2], dataclasses.replace(c, top_k=1))
+    k1 = static(model, PROMPTS[:2], dataclasses.replace(c, top_k=1))
     assert [r.token_ids for r in k1] == [r.token_ids for r in greedy for _ in range(3)]
 
 
@@ -172,7 +209,7 @@ def test_a_new_bucket_captures_and_a_known_one_replays() -> None:
         return step
 
     def run(prompts: list[str], **kw: object) -> None:
-        static_generate_batch(model, TOK, prompts, cfg(**kw), capture=counting_capture)
+        static(model, prompts, cfg(**kw), capture=counting_capture)
 
     run(PROMPTS[:3])  # 3 rows -> bucket 4
     run(PROMPTS[2:5])  # other prompts, same bucket and cache width: replay
@@ -209,7 +246,7 @@ def test_buckets() -> None:
 
 
 def test_sampler_inverts_the_cdf_and_skips_masked_tokens() -> None:
-    c = SamplingConfig(do_sample=True)
+    c = Sampling(temperature=1.0)
     logits = torch.tensor([[0.2, 0.0, 0.8]]).log().expand(4, 3)
     u = torch.tensor([0.1, 0.2, 0.5, 0.999999])
     assert sample_with_uniform(logits, c, u).tolist() == [0, 2, 2, 2]
@@ -236,7 +273,7 @@ def test_merged_lora_generates_what_peft_generates_and_leaves_weights_bit_identi
         assert merged == n_lora and not lora_linear_layers(model)
     dyn, sta = both(model, cfg())  # dynamic: peft's layers; static: merged weights
     same(dyn, sta)
-    sta2 = static_generate_batch(model, TOK, PROMPTS, cfg())  # merged copy refreshed, replayed
+    sta2 = static(model, PROMPTS, cfg())  # merged copy refreshed, replayed
     same(dyn, sta2)
     after = pm.state_dict()
     assert before.keys() == after.keys()
@@ -255,26 +292,26 @@ def test_merged_lora_generates_what_peft_generates_and_leaves_weights_bit_identi
         same(*both(model, cfg()))
 
 
-def test_dispatch_through_generate_all() -> None:
+def test_dispatch_through_the_engine() -> None:
     model = make("gpt")
-    off = generate_all(model, TOK, PROMPTS, cfg(static_cache="off"), progress=False)
-    on = generate_all(model, TOK, PROMPTS, cfg(static_cache="on", batch_size=2), progress=False)
+    off = Engine(model, TOK, opts(static_cache="off")).generate(PROMPTS, cfg())
+    on = Engine(model, TOK, opts(static_cache="on", batch_size=2)).generate(PROMPTS, cfg())
     same(off, on)
     assert engine_state(model).captures >= 1
     auto_cpu = make("gpt")
-    generate_all(auto_cpu, TOK, PROMPTS, cfg(), progress=False)  # auto: CPU keeps the dynamic path
+    Engine(auto_cpu, TOK, opts()).generate(PROMPTS, cfg())  # auto: CPU keeps the dynamic path
     assert getattr(auto_cpu, "_shoestring_static_engine", None) is None
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(
         GPT2Config(vocab_size=len(TOK), n_embd=32, n_layer=1, n_head=2, n_positions=64)
     ).eval()
     with pytest.raises(UserError, match="static_cache=on"):
-        generate_all(gpt2, TOK, PROMPTS[:1], cfg(static_cache="on"), progress=False)
+        Engine(gpt2, TOK, opts(static_cache="on")).generate(PROMPTS[:1], cfg())
 
 
 def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning() -> None:
     model = make("llama")
-    expected = static_generate_batch(model, TOK, PROMPTS, cfg())
+    expected = static(model, PROMPTS, cfg())
     fresh = make("llama")
     calls: list[int] = []
 
@@ -284,9 +321,9 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning() -> None:
         raise RuntimeError("operation not permitted when stream is capturing (simulated)")
 
     with pytest.warns(RuntimeWarning, match="without graphs"):
-        got = static_generate_batch(fresh, TOK, PROMPTS, cfg(), capture=broken_capture)
+        got = static(fresh, PROMPTS, cfg(), capture=broken_capture)
     same(expected, got)
-    again = static_generate_batch(fresh, TOK, PROMPTS[:1], cfg(), capture=broken_capture)
+    again = static(fresh, PROMPTS[:1], cfg(), capture=broken_capture)
     same(expected[:1], again)
     assert calls == [1] and engine_state(fresh).graph_error is not None
 
@@ -333,28 +370,30 @@ def test_the_captured_step_never_waits_for_the_device(family: str, sampled: bool
         _pm, model = _lora_model()
     else:
         model = make(family)
-    c = cfg(do_sample=sampled, top_k=10 if sampled else 0, top_p=0.9, min_new_tokens=3)
+    temperature, top_k = (1.0, 10) if sampled else (0.0, 0)
+    c = cfg(temperature=temperature, top_k=top_k, top_p=0.9, min_new_tokens=3)
     for merge in (True, False) if lora else (True,):
         seen.clear()
-        static_generate_batch(model, TOK, PROMPTS, c, capture=recording_capture, merge_lora=merge)
+        options = opts(static_cache="on", merge_lora=merge)
+        static(model, PROMPTS, c, options, capture=recording_capture)
         assert seen, "the capture function never ran the step"
         bad = sorted({op for op in seen if op.split(".")[0].split(" ")[0] in HOST_SYNC_OPS})
         assert not bad, f"the decode step synchronises with the host: {bad}"
 
 
 def test_grpo_with_lora_rolls_out_and_evaluates_through_the_static_path(tmp_path, monkeypatch):
-    """GRPO's rollouts and held-out evaluation go through ``generate_all``: forced onto the
+    """GRPO's rollouts and held-out evaluation go through the engine: forced onto the
     static path here (on CUDA it is the default), a LoRA run trains, and its steps replay the
     steps captured once per shape, because the merged LoRA copy is refreshed in place after
     every optimizer step."""
     pytest.importorskip("peft")
-    from shoestring.engine import static_decode
+    from shoestring.engine import engine
     from shoestring.rl.config import grpo_config
     from shoestring.rl.trainer import GRPOTrainer
 
-    real = static_decode.static_unsupported
+    real = engine.static_unsupported
     monkeypatch.setattr(
-        static_decode,
+        engine,
         "static_unsupported",
         lambda model, c: real(model, dataclasses.replace(c, static_cache="on")),
     )
@@ -400,26 +439,27 @@ def test_open_rows_move_to_a_smaller_bucket_with_the_same_results(family, eos_id
     from shoestring.engine import static_decode
 
     model = make(family)
-    c = cfg(eos_token_ids=[eos_id], max_new_tokens=20, stop_check_interval=2)
-    dyn = generate_batch(model, TOK, MANY, c)
+    c = cfg(eos_token_ids=[eos_id], max_new_tokens=20)
+    on = opts(static_cache="on", stop_check_interval=2)
+    dyn = dynamic(model, MANY, c)
     ends = sorted(len(r.token_ids) for r in dyn)
     assert ends[7] <= 6 < ends[-1], ends  # most rows end early, some go on
     monkeypatch.setattr(static_decode, "DOWNSHIFT_RATIO", 2)  # move as soon as half are done
-    sta = static_generate_batch(model, TOK, MANY, c)
+    sta = static(model, MANY, c, on)
     same(dyn, sta)
     buckets = sorted(k.rows for k in engine_state(model).runners)
     assert buckets[-1] == 16 and buckets[0] <= 8, buckets
     # sampled rows keep their own random numbers when they move: the same tokens either way
-    s = dataclasses.replace(c, do_sample=True, top_k=12)
-    moved = static_generate_batch(model, TOK, MANY, s)
+    s = dataclasses.replace(c, temperature=1.0, top_k=12)
+    moved = static(model, MANY, s, on)
     monkeypatch.setattr(static_decode, "DOWNSHIFT_RATIO", 10**6)
-    kept = static_generate_batch(model, TOK, MANY, s)
+    kept = static(model, MANY, s, on)
     assert [r.token_ids for r in moved] == [r.token_ids for r in kept]
 
 
-def test_out_of_memory_in_a_capture_reaches_the_driver_which_halves_the_batch():
+def test_out_of_memory_in_a_capture_reaches_the_engine_which_halves_the_batch():
     model = make("llama")
-    expected = static_generate_batch(model, TOK, PROMPTS, cfg())
+    expected = static(model, PROMPTS, cfg())
     fresh = make("llama")
     sizes: list[int] = []
 
@@ -430,21 +470,8 @@ def test_out_of_memory_in_a_capture_reaches_the_driver_which_halves_the_batch():
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return step
 
-    from shoestring.engine import static_decode
-
-    real = static_decode.static_generate_batch
-
-    def with_capture(*args, **kw):
-        return real(*args, capture=capture_that_fits_two_rows, **kw)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(static_decode, "static_generate_batch", with_capture)
-    try:
-        got = generate_all(
-            fresh, TOK, PROMPTS, cfg(static_cache="on", batch_size=5), progress=False
-        )
-    finally:
-        mp.undo()
+    options = opts(static_cache="on", batch_size=5)
+    got = static(fresh, PROMPTS, cfg(), options, capture=capture_that_fits_two_rows)
     same(expected, got)
     assert sizes[0] == 8 and max(sizes[1:]) <= 2  # halved until it fit; no graph error noted
     assert engine_state(fresh).graph_error is None
@@ -454,11 +481,11 @@ def test_large_static_buffers_are_not_kept_past_the_byte_budget(monkeypatch):
     from shoestring.engine import static_runner
 
     model = make("llama")
-    static_generate_batch(model, TOK, PROMPTS, cfg())  # bucket 8
-    static_generate_batch(model, TOK, PROMPTS[:1], cfg())  # bucket 1
+    static(model, PROMPTS, cfg())  # bucket 8
+    static(model, PROMPTS[:1], cfg())  # bucket 1
     state = engine_state(model)
     assert sorted(k.rows for k in state.runners) == [1, 8]
     small = next(r for k, r in state.runners.items() if k.rows == 1).nbytes
     monkeypatch.setattr(static_runner, "KEEP_BYTES", small)
-    static_generate_batch(model, TOK, PROMPTS[:1], cfg())
+    static(model, PROMPTS[:1], cfg())
     assert [k.rows for k in state.runners] == [1]  # the older, larger one went

@@ -1,48 +1,49 @@
 """Batched KV-cache text generation for any Hugging Face causal LM.
 
-Why not ``model.generate``? The original study generated GSM8K answers one problem at a time in
-fp32, which on a CPU leaves almost all of the machine idle: one sequence per forward pass is a
-matrix-vector product bound by memory bandwidth. This engine decodes many prompts together
-(left padding, an attention mask and position ids derived from it, one shared KV cache), and it
-owns the decode loop so it can:
+Why not ``model.generate``? One sequence per forward pass is a matrix-vector product bound by
+memory bandwidth, which leaves most of a machine idle. This engine decodes many prompts
+together (left padding, an attention mask and position ids derived from it, one shared KV
+cache), and it owns the decode loop so it can:
 
 * stop every row on its own - EOS or a stop string, found by decoding only the new tail of each
   row instead of re-tokenising whole sequences;
 * stop paying for finished rows - the batch is compacted (rows dropped from the ids, mask, and
   every cache layer; leading all-padding columns trimmed) as soon as a row finishes;
 * keep the batch full while answers end at different lengths - queued prompts are prefilled
-  into the running batch as rows finish (continuous batching, ``SamplingConfig.refill``), each
+  into the running batch as rows finish (continuous batching, ``EngineOptions.refill``), each
   prompt getting the greedy tokens it gets alone;
 * share a prompt's prefill between its samples (``num_return_sequences``), which GRPO needs;
-* pick the batch size from the model's shape and the memory that is actually free.
+* pick the batch size from the model's shape and the memory that is actually free;
+* on CUDA, replay a captured decode step over a fixed-shape cache (the static backend).
 
 Greedy decoding in fp32 reproduces ``model.generate(do_sample=False)`` token for token (the
 tests check it for Llama and GPT-2), so speed never costs correctness. Sampling uses one
 ``torch.Generator`` seeded per call, so a seed gives the same samples for the same prompts,
-config and batch size.
+options and batch size.
 
-The public entry points are :func:`generate_batch` (one batch, one forward per step) and
-:func:`generate_all` (any number of prompts: length-sorted batches, progress bar, per-item
-callback for resumable benchmarks, results in input order).
+The one entry point is :class:`Engine`: ``Engine(model, tokenizer, EngineOptions(...))
+.generate(prompts, Sampling(...))``. The package, one job per module, in the order a call meets
+them:
 
-The package, one job per module, in the order a batch meets them:
-
-* :mod:`.config` - :class:`SamplingConfig` (the request) and :class:`GenerationResult`;
-* :mod:`.driver` - :func:`generate_all`: sorting, batching, out-of-memory halving, callbacks;
+* :mod:`.config` - :class:`Sampling` (what to generate), :class:`EngineOptions` (how),
+  :class:`TextOptions` (how text is read and written) and :class:`GenerationResult`;
+* :mod:`.engine` - :class:`Engine`: sorting, batching, out-of-memory halving, callbacks, and
+  the choice of backend;
 * :mod:`.sizing` - the auto batch size from the model's shape and the free memory;
-* :mod:`.decode` - :func:`generate_batch` and the decode loop of one batch;
+* :mod:`.rows` - :class:`~.rows.Rows`, the per-row state both backends keep: tokens, text,
+  stop strings, streaming, finish reasons, results;
+* :mod:`.decode` - the dynamic backend: one forward pass per token, rows compacted and
+  refilled as they finish;
+* :mod:`.static_decode` - the CUDA backend: a fixed-shape cache (:mod:`.static_cache`), a
+  captured, replayed step (:mod:`.static_runner`), stop checks every few steps, LoRA merged
+  for the call (:mod:`.lora_view`);
 * :mod:`.prefill` - tokenising, padding and (grouped) prefill of the prompts;
 * :mod:`.cache` - the preallocated KV cache and row compaction / padding trimming;
 * :mod:`.stops` - EOS ids, stop strings and incrementally decoded text;
+* :mod:`.sampling` - choosing the next token (greedy, or an exact sample);
+* :mod:`.lean_decode` and :mod:`.packed_linear` - the fast decode step and its weight packing;
 * :mod:`.cpu_attention` - fp32 attention for a bf16 model on a CPU;
-* :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass;
-* :mod:`.static_decode` - the CUDA path: :func:`generate_batch_auto` picks it or the dynamic
-  loop; a fixed-shape cache (:mod:`.static_cache`), a captured, replayed step
-  (:mod:`.static_runner`), stop checks every few steps (:mod:`.static_rows`), LoRA merged for
-  the call (:mod:`.lora_view`).
-
-The next token is chosen by :mod:`shoestring.engine.sampling`; the optional fast decode step is
-:mod:`shoestring.engine.lean_decode`.
+* :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass.
 """
 
 from shoestring.engine.cache import (
@@ -52,32 +53,34 @@ from shoestring.engine.cache import (
     trim_cache_left,
 )
 from shoestring.engine.config import (
+    EngineOptions,
     FinishReason,
     GenerationResult,
     Prompt,
-    SamplingConfig,
+    Sampling,
+    TextOptions,
 )
-from shoestring.engine.decode import generate_batch
-from shoestring.engine.driver import generate_all
+from shoestring.engine.engine import Engine
 from shoestring.engine.model_io import forward_params, model_device, model_dtype
 from shoestring.engine.prefill import encode_prompts, pad_token_id
+from shoestring.engine.rows import Rows
 from shoestring.engine.sizing import auto_batch_size, estimate_row_bytes
-from shoestring.engine.static_decode import generate_batch_auto
 from shoestring.engine.stops import IncrementalText, resolve_eos_ids
 
 __all__ = [
+    "Engine",
+    "EngineOptions",
     "FinishReason",
     "GenerationResult",
     "IncrementalText",
     "Prompt",
-    "SamplingConfig",
+    "Rows",
+    "Sampling",
+    "TextOptions",
     "auto_batch_size",
     "encode_prompts",
     "estimate_row_bytes",
     "forward_params",
-    "generate_all",
-    "generate_batch",
-    "generate_batch_auto",
     "make_cache",
     "model_device",
     "model_dtype",

@@ -1,8 +1,13 @@
-"""What the engine is asked to do and what it hands back: :class:`SamplingConfig` (how to decode)
-and :class:`GenerationResult` (one generated sequence).
+"""What the engine is asked and how it runs: :class:`Sampling` (the request: what to generate),
+:class:`TextOptions` (how prompts are read and answers written as text), :class:`EngineOptions`
+(how the engine gets there: batching, cache, precision, backend) and :class:`GenerationResult`
+(one generated sequence).
 
-Kept apart from the engine so callers (``bench``, GRPO, ``generate``) and the engine's own
-modules share one definition of a request and a result without importing the decode loop.
+Why three dataclasses: a caller states what it wants once (``Sampling``), while the knobs that
+only change speed or memory (``EngineOptions``) are set where the engine is built; this is the
+split TRL's ``GRPOConfig`` makes between "parameters that control generation" and "generation
+acceleration". Kept apart from the engine so callers (``bench``, GRPO, ``generate``) and the
+engine's own modules share one definition without importing the decode loops.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any, Literal
 
 from shoestring.config import ConfigError, opt, validate
 
-__all__ = ["FinishReason", "GenerationResult", "Prompt", "SamplingConfig"]
+__all__ = ["EngineOptions", "FinishReason", "GenerationResult", "Prompt", "Sampling", "TextOptions"]
 
 # Why a row stopped: an EOS token, a stop string, or max_new_tokens.
 FinishReason = Literal["eos", "stop", "length"]
@@ -22,12 +27,12 @@ Prompt = str | Sequence[int]
 
 
 @dataclass
-class SamplingConfig:
-    """How to decode. Defaults are greedy; ``temperature=0`` also means greedy."""
+class Sampling:
+    """What to generate. The default is greedy decoding: ``temperature=0`` is the argmax, any
+    positive temperature samples (after top-k and top-p)."""
 
     max_new_tokens: int = opt(256, "tokens generated per sequence at most", min=1)
-    do_sample: bool = opt(False, "sample from the distribution; false = greedy (argmax)")
-    temperature: float = opt(1.0, "softmax temperature when sampling; 0 = greedy", min=0.0)
+    temperature: float = opt(0.0, "softmax temperature; 0 = greedy (argmax), > 0 samples", min=0.0)
     top_k: int = opt(0, "sample only among the k most likely tokens; 0 = all", min=0)
     top_p: float = opt(1.0, "nucleus sampling: smallest set with this much mass", min=0.0, max=1.0)
     seed: int = opt(0, "seed of the sampling generator (per call)", min=0)
@@ -38,6 +43,43 @@ class SamplingConfig:
     ignore_eos: bool = opt(False, "keep generating after EOS (benchmarks that need equal work)")
     min_new_tokens: int = opt(0, "EOS is masked out until this many tokens exist", min=0)
     num_return_sequences: int = opt(1, "samples per prompt; they share the prompt's prefill", min=1)
+
+    def check(self) -> Sampling:
+        """Validate ranges and cross-field rules; returns self so calls can chain."""
+        validate(self)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens="
+                f"{self.max_new_tokens}; lower min_new_tokens or raise max_new_tokens"
+            )
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise ConfigError(f"stop_strings={self.stop_strings!r} must be non-empty strings")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        """True when the next token is the argmax: the one place temperature 0 means greedy."""
+        return self.temperature == 0.0
+
+
+@dataclass
+class TextOptions:
+    """How the engine's tokenizer turns text prompts into ids and generated ids into text."""
+
+    add_special_tokens: bool = opt(True, "let the tokenizer add BOS etc. to text prompts")
+    skip_special_tokens: bool = opt(True, "drop special tokens from the decoded text")
+    keep_stop_string: bool = opt(False, "keep the matched stop string in the returned text")
+
+    def check(self) -> TextOptions:
+        validate(self)
+        return self
+
+
+@dataclass
+class EngineOptions:
+    """How the engine decodes: batch sizing, cache handling, precision and backend. None of
+    these change greedy tokens in fp32; they trade memory, padding and host work for speed."""
+
     batch_size: int = opt(
         0, "rows per forward pass; 0 = auto from model shape and free memory", min=0
     )
@@ -47,9 +89,6 @@ class SamplingConfig:
         "compute dtype; auto = the weights' dtype, bf16/fp16 = autocast",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
-    add_special_tokens: bool = opt(True, "let the tokenizer add BOS etc. to text prompts")
-    skip_special_tokens: bool = opt(True, "drop special tokens from the decoded text")
-    keep_stop_string: bool = opt(False, "keep the matched stop string in the returned text")
     compact: bool = opt(True, "drop finished rows from the batch and the KV cache")
     preallocate: bool = opt(True, "reserve the KV cache once instead of growing it every step")
     refill: bool = opt(
@@ -72,23 +111,13 @@ class SamplingConfig:
     stop_check_interval: int = opt(
         8, "static cache: decode steps between host checks for EOS and stop strings", min=1
     )
+    merge_lora: bool = opt(
+        True, "static cache: run peft LoRA layers as plain linear layers with merged weights"
+    )
 
-    def check(self) -> SamplingConfig:
-        """Validate ranges and cross-field rules; returns self so calls can chain."""
+    def check(self) -> EngineOptions:
         validate(self)
-        if self.min_new_tokens > self.max_new_tokens:
-            raise ConfigError(
-                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens="
-                f"{self.max_new_tokens}; lower min_new_tokens or raise max_new_tokens"
-            )
-        if any(not isinstance(s, str) or not s for s in self.stop_strings):
-            raise ConfigError(f"stop_strings={self.stop_strings!r} must be non-empty strings")
         return self
-
-    @property
-    def greedy(self) -> bool:
-        """True when the next token is the argmax (no sampling, or temperature 0)."""
-        return not self.do_sample or self.temperature == 0.0
 
 
 @dataclass

@@ -68,8 +68,8 @@ def cpu_fp32_attention(model: Any, enabled: bool) -> Iterator[torch.dtype | None
     """For a bf16/fp16 model on a CPU: keep the KV cache in fp32 and attend in fp32.
 
     Why: PyTorch's CPU flash-attention kernel is several times slower in bf16 than in fp32 for
-    one query token (decode) - on a 2-core AVX512-BF16 host it took ~45% of a bf16 generation
-    step. The matmuls of the weights stay bf16 (where bf16 is fast). Only models whose
+    one query token (decode), enough to dominate a bf16 decode step (docs/generate.md has the
+    figures). The matmuls of the weights stay bf16 (where bf16 is fast). Only models whose
     attention goes through the transformers attention registry (Llama, Qwen2, GPT-2, ...) and
     that use ``sdpa`` are switched; the setting is restored on exit. Yields the cache dtype
     to use (``None`` = the model's own).

@@ -1,19 +1,19 @@
-"""One batch of prompts through the decode loop: :func:`generate_batch` sets up precision and
-the sampling generator, :func:`decode_batch` runs prefill and then one forward pass per token
-for all rows, finishing each row on its own (EOS, stop string, length) and compacting the
-batch as rows finish.
+"""The dynamic backend: one batch through prefill and then one forward pass per token for all
+rows, each row finishing on its own (EOS, stop string, length) and leaving the batch as it
+finishes, queued prompts taking the freed places (continuous batching).
 
 Why the engine owns this loop instead of calling ``model.generate``: it is what lets a row stop
 on a stop string found in incrementally decoded text, lets finished rows stop costing compute,
-and lets a prompt's samples share one prefill (GRPO).
+and lets a prompt's samples share one prefill (GRPO). On a CPU, where the arithmetic dominates,
+checking every row on the host after every token costs little; the static backend
+(:mod:`.static_decode`) is the GPU's loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,101 +26,51 @@ from shoestring.engine.cache import (
     select_cache_rows,
     trim_cache_left,
 )
-from shoestring.engine.config import (
-    FinishReason,
-    GenerationResult,
-    Prompt,
-    SamplingConfig,
-)
+from shoestring.engine.config import EngineOptions, GenerationResult
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
 from shoestring.engine.model_io import (
     compute_dtype,
     forward_last_logits,
     forward_params,
+    model_device,
 )
-from shoestring.engine.prefill import (
-    pad_token_id,
-    prefill_prompts,
-    start_request,
-)
+from shoestring.engine.prefill import pad_token_id, prefill_prompts
+from shoestring.engine.rows import Rows
 from shoestring.engine.sampling import choose_next_tokens
-from shoestring.engine.stops import (
-    IncrementalText,
-    find_stop,
-    finished_result,
-)
 from shoestring.errors import UserError
 
-__all__ = ["LogitsProcessor", "decode_batch", "generate_batch"]
+__all__ = ["REFILL_MIN_FRACTION", "LogitsProcessor", "decode_dynamic"]
 
 # (output index per batch row, tokens generated so far per row, logits [rows, vocab]) -> None;
 # edits the logits in place before the next token is chosen.
 LogitsProcessor = Callable[[list[int], list[int], torch.Tensor], None]
 
 
-@dataclass
-class _Row:
-    """Book-keeping of one output sequence while its batch runs."""
-
-    prompt_index: int
-    prompt_tokens: int
-    tokens: list[int] = field(default_factory=list)
-    text: IncrementalText | None = None
-    emitted: int = 0  # characters already streamed to on_text
-    stop: tuple[int, str] | None = None
-    t0: float = 0.0  # when the row's prefill started (its latency counts from there)
-
-
-def generate_batch(
+def decode_dynamic(
     model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    cfg: SamplingConfig | None = None,
-    *,
-    on_text: Callable[[int, str], None] | None = None,
-    on_result: Callable[[int, GenerationResult], None] | None = None,
-    generator: torch.Generator | None = None,
+    options: EngineOptions,
+    ids_list: list[list[int]],
+    rows: Rows,
+    generator: torch.Generator | None,
     max_rows: int | None = None,
     logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
-    """Generate for all ``prompts`` in one batch (one forward pass per step for all rows).
+    """Decode every prompt of ``ids_list`` (token ids) into ``rows``; results in output order.
 
-    With ``max_rows``, at most that many rows decode together and the other prompts join
-    (in the given order) as rows finish: continuous batching (``cfg.refill``).
-    ``logits_processor(outputs, generated, logits)`` may edit the next-token logits in place
-    before each choice: ``outputs[b]`` is batch row ``b``'s output index, ``generated[b]`` the
-    tokens it has so far (a per-row rule, like a ``transformers`` ``LogitsProcessor``).
-    ``prompts`` are strings or token-id lists. Returns ``len(prompts) * num_return_sequences``
-    results, sample ``k`` of prompt ``i`` at ``i * n + k``. ``on_text(i, delta)`` streams new
-    text of output ``i`` (text that could still turn into a stop string is held back until it is
-    certain); ``on_result(i, result)`` fires the moment output ``i`` finishes. ``generator``
-    overrides the per-call generator seeded from ``cfg.seed``.
+    Sets up inference mode and precision (``options.dtype``, fp32 attention for a bf16 model
+    on a CPU) around :func:`_decode`. With ``max_rows``, at most that many rows decode together
+    and the other prompts join (in the given order) as rows finish.
     """
-    cfg = (cfg or SamplingConfig()).check()
-    if not prompts:
-        return []
-    device, ids_list, eos, generator = start_request(model, tokenizer, prompts, cfg, generator)
     store_dtype = None
     try:
         with (
             torch.inference_mode(),
-            compute_dtype(model, cfg.dtype),
-            cpu_fp32_attention(model, cfg.cpu_fp32_attention) as store_dtype,
+            compute_dtype(model, options.dtype),
+            cpu_fp32_attention(model, options.cpu_fp32_attention) as store_dtype,
         ):
-            return decode_batch(
-                model,
-                tokenizer,
-                ids_list,
-                cfg,
-                eos,
-                device,
-                generator,
-                on_text,
-                on_result,
-                store_dtype,
-                max_rows,
-                logits_processor,
+            return _decode(
+                model, options, ids_list, rows, generator, store_dtype, max_rows, logits_processor
             )
     except RuntimeError as exc:
         # A model that reaches the registry but also runs attention its own way may refuse
@@ -130,70 +80,51 @@ def generate_batch(
             raise
         with contextlib.suppress(AttributeError, TypeError):
             model._shoestring_no_fp32_attention = True
-        return generate_batch(
-            model,
-            tokenizer,
-            prompts,
-            cfg,
-            on_text=on_text,
-            on_result=on_result,
-            generator=generator,
-            max_rows=max_rows,
-            logits_processor=logits_processor,
-        )
+        return decode_dynamic(model, options, ids_list, rows, generator, max_rows, logits_processor)
 
 
-def decode_batch(
+def _decode(
     model: Any,
-    tokenizer: Any,
+    options: EngineOptions,
     ids_list: list[list[int]],
-    cfg: SamplingConfig,
-    eos: set[int],
-    device: torch.device,
+    rows: Rows,
     generator: torch.Generator | None,
-    on_text: Callable[[int, str], None] | None,
-    on_result: Callable[[int, GenerationResult], None] | None,
-    store_dtype: torch.dtype | None = None,
-    max_rows: int | None = None,
-    logits_processor: LogitsProcessor | None = None,
+    store_dtype: torch.dtype | None,
+    max_rows: int | None,
+    logits_processor: LogitsProcessor | None,
 ) -> list[GenerationResult]:
-    """Prefill ``ids_list`` and decode until every row has finished; results in output order.
+    """Prefill and decode until every row has finished.
 
-    Runs inside :func:`generate_batch`'s inference-mode and precision contexts; ``eos`` is the
-    set of ids that end a row (empty when EOS is ignored) and ``store_dtype`` the KV cache's
-    dtype (``None`` = the model's own). ``max_rows`` bounds the rows decoded together: the
-    prompts beyond it wait in a queue (in the given order) and are prefilled into the running
-    batch as rows finish (continuous batching, :func:`_refill`), or, where the cache cannot
-    take rows, once the batch is empty.
+    ``store_dtype`` is the KV cache's dtype (``None`` = the model's own). ``max_rows`` bounds
+    the rows decoded together: the prompts beyond it wait in a queue (in the given order) and
+    are prefilled into the running batch as rows finish (continuous batching, :func:`_refill`),
+    or, where the cache cannot take rows, once the batch is empty.
     """
+    sampling = rows.sampling
+    device = model_device(model)
     params = forward_params(model)
-    n = cfg.num_return_sequences
-    pad = pad_token_id(tokenizer, model, eos)
-    stops = list(cfg.stop_strings)
-    hold = max((len(s) for s in stops), default=1) - 1  # chars that may still start a stop
-    track_text = bool(stops) or on_text is not None
-    if track_text and tokenizer is None:
-        raise ValueError("stop strings and streaming need a tokenizer")
-    eos_list = sorted(eos)
+    n = sampling.num_return_sequences
+    pad = pad_token_id(rows.tokenizer, model, rows.eos)
+    eos_list = sorted(rows.eos)
     eos_tensor = torch.tensor(eos_list, device=device, dtype=torch.long) if eos_list else None
-
     lengths = [len(x) for x in ids_list]
-    rows = [
-        _Row(prompt_index=i // n, prompt_tokens=lengths[i // n]) for i in range(len(ids_list) * n)
-    ]
-    if track_text:
-        for r in rows:
-            r.text = IncrementalText(tokenizer, cfg.skip_special_tokens)
-    results: list[GenerationResult | None] = [None] * len(rows)
     per_batch = max(1, (max_rows or len(rows)) // n)  # prompts decoded together at most
     queue = list(range(len(ids_list)))  # prompts not yet prefilled, in order
 
     def prefill(count: int) -> _Batch:
         """Prefill the next ``count`` queued prompts (their samples share it)."""
         take, queue[:] = queue[:count], queue[count:]
-        t = time.perf_counter()
+        active = [i * n + k for i in take for k in range(n)]
+        rows.start(active)
         logits, cache, mask = prefill_prompts(
-            model, params, [ids_list[i] for i in take], cfg, pad, device, store_dtype
+            model,
+            params,
+            [ids_list[i] for i in take],
+            options,
+            sampling.max_new_tokens,
+            pad,
+            device,
+            store_dtype,
         )
         pos = torch.tensor([lengths[i] for i in take], dtype=torch.long, device=device)
         if n > 1:  # samples of one prompt share its prefill: repeat the cache rows
@@ -207,71 +138,33 @@ def decode_batch(
             logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
             pos = pos.repeat_interleave(n, dim=0)
-        active = [i * n + k for i in take for k in range(n)]
-        for out_idx in active:
-            rows[out_idx].t0 = t
         return _Batch(logits, cache, mask, pos, active)
 
-    def finish(out_idx: int, reason: FinishReason) -> None:
-        """Decode the row's full text once, cut it at its stop string, flush what streaming
-        held back, and deliver the result."""
-        seconds = time.perf_counter() - rows[out_idx].t0
-        res = finished_result(
-            rows[out_idx], out_idx, reason, seconds, tokenizer, stops, cfg, on_text
-        )
-        results[out_idx] = res
-        if on_result is not None:
-            on_result(out_idx, res)
-
-    def append_token(out_idx: int, tok: int) -> bool:
-        """Append ``tok`` to a row and decide whether the row ends here: EOS, a stop string
-        in the newly decoded tail, or the length limit. Streamed text holds back the last
-        ``hold`` characters, which could still begin a stop string. True = finished."""
-        row = rows[out_idx]
-        row.tokens.append(tok)
-        reason: FinishReason | None = None
-        if tok in eos and not cfg.ignore_eos:
-            reason = "eos"
-        elif row.text is not None:
-            old_len = len(row.text.text)
-            row.text.update(row.tokens)
-            if stops:
-                hit = find_stop(row.text.text, stops, max(0, old_len - hold))
-                if hit is not None:
-                    row.stop = hit
-                    reason = "stop"
-            if reason is None and on_text is not None:
-                safe = len(row.text.text) - hold if stops else len(row.text.text)
-                if safe > row.emitted:
-                    on_text(out_idx, row.text.text[row.emitted : safe])
-                    row.emitted = safe
-        if reason is None and len(row.tokens) >= cfg.max_new_tokens:
-            reason = "length"
-        if reason is not None:
-            finish(out_idx, reason)
-        return reason is not None
-
     batch = prefill(per_batch)
-    lean = LeanDecoder.build(model) if cfg.lean_decode and is_dynamic_cache(batch.cache) else None
+    use_lean = options.lean_decode and is_dynamic_cache(batch.cache)
+    lean = LeanDecoder.build(model) if use_lean else None
     alive = [True] * len(batch.active)  # per batch row; False = finished but still in the batch
-    compact = cfg.compact
+    compact = options.compact
+    min_new = sampling.min_new_tokens if eos_tensor is not None else 0
     while True:
         # 1. Choose the next token of every row (EOS masked out until min_new_tokens).
         logits = batch.logits
-        if eos_tensor is not None and cfg.min_new_tokens > 0:
-            young = [len(rows[o].tokens) < cfg.min_new_tokens for o in batch.active]
+        if min_new > 0:
+            young = [len(rows.rows[o].tokens) < min_new for o in batch.active]
             if any(young):
                 index = torch.tensor(young, device=device).nonzero().squeeze(1)
                 logits[index[:, None], eos_tensor[None, :]] = float("-inf")
         if logits_processor is not None:
-            logits_processor(batch.active, [len(rows[o].tokens) for o in batch.active], logits)
-        next_tokens = choose_next_tokens(logits, cfg, generator)
+            generated = [len(rows.rows[o].tokens) for o in batch.active]
+            logits_processor(batch.active, generated, logits)
+        next_tokens = choose_next_tokens(logits, sampling, generator)
 
-        # 2. Append it to each live row; finished rows deliver their result.
+        # 2. Append it to each live row (one host sync for the whole batch); a row that ends
+        #    delivers its result.
         finished = [
             b
             for b, tok in enumerate(next_tokens.tolist())
-            if alive[b] and append_token(batch.active[b], tok)
+            if alive[b] and rows.append(batch.active[b], tok)
         ]
         for b in finished:
             alive[b] = False
@@ -313,19 +206,20 @@ def decode_batch(
             )
         batch.pos = batch.pos + 1
 
-        # 5. Refill: prompts from the queue take the places of finished rows.
+        # 5. Refill: prompts from the queue take the places of finished rows, once enough
+        #    places are free for the prefill to pay (REFILL_MIN_FRACTION).
         free = (max_rows or 0) - len(batch.active)
         if (
             queue
             and compact
-            and cfg.refill
+            and options.refill
             and free >= max(n, REFILL_MIN_FRACTION * per_batch)
             and can_append_rows(batch.cache)
         ):
             _refill(batch, prefill(free // n))
             alive = [True] * len(batch.active)
 
-    return [r for r in results if r is not None]
+    return rows.results()
 
 
 # Continuous batching refills once at least this fraction of a full batch's rows is free:

@@ -14,13 +14,11 @@ from typing import Any
 import torch
 
 from shoestring.engine.cache import PreallocatedLayer, cache_layers, make_cache
-from shoestring.engine.config import Prompt, SamplingConfig
-from shoestring.engine.model_io import forward_last_logits, model_device
+from shoestring.engine.config import EngineOptions, Prompt
+from shoestring.engine.model_io import forward_last_logits
 from shoestring.engine.padding import pad_left, positions_from_mask
-from shoestring.engine.stops import resolve_eos_ids
 
 __all__ = [
-    "start_request",
     "PREFILL_GROUP_MIN_TOKENS",
     "PREFILL_GROUP_RATIO",
     "encode_prompts",
@@ -94,26 +92,28 @@ def prefill_prompts(
     model: Any,
     params: set[str],
     ids_list: list[list[int]],
-    cfg: SamplingConfig,
+    options: EngineOptions,
+    room: int,
     pad: int,
     device: torch.device,
     store_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor]:
     """Run the prompts through the model; returns last-position logits, the cache and the
-    attention mask, rows in input order.
+    attention mask, rows in input order. ``room`` is the decode columns a preallocated cache
+    reserves past the prompts.
 
     With a preallocated cache the prompts are prefilled in groups of similar length and
     placed into one right-aligned cache; otherwise (or when the model builds its cache some
     other way) all prompts go through one padded forward pass.
     """
-    groups = prefill_groups([len(x) for x in ids_list]) if cfg.group_prefill else []
-    if cfg.preallocate and len(groups) > 1:
-        grouped = _grouped_prefill(model, params, ids_list, groups, cfg, pad, device, store_dtype)
+    groups = prefill_groups([len(x) for x in ids_list]) if options.group_prefill else []
+    if options.preallocate and len(groups) > 1:
+        grouped = _grouped_prefill(model, params, ids_list, groups, room, pad, device, store_dtype)
         if grouped is not None:
             return grouped
     ids, mask = pad_left(ids_list, pad)
     ids, mask = ids.to(device), mask.to(device)
-    cache = make_cache(model, cfg.max_new_tokens, store_dtype) if cfg.preallocate else None
+    cache = make_cache(model, room, store_dtype) if options.preallocate else None
     logits, cache = forward_last_logits(model, params, ids, mask, positions_from_mask(mask), cache)
     return logits, cache, mask
 
@@ -123,7 +123,7 @@ def _grouped_prefill(
     params: set[str],
     ids_list: list[list[int]],
     groups: list[list[int]],
-    cfg: SamplingConfig,
+    room: int,
     pad: int,
     device: torch.device,
     store_dtype: torch.dtype | None,
@@ -131,7 +131,7 @@ def _grouped_prefill(
     """Prefill each group into its own small cache and place its rows into one merged,
     right-aligned preallocated cache; ``None`` when a cache is not made of
     :class:`PreallocatedLayer` (the caller then runs one padded prefill)."""
-    merged = make_cache(model, cfg.max_new_tokens, store_dtype)
+    merged = make_cache(model, room, store_dtype)
     layers = cache_layers(merged)
     if not layers or not all(isinstance(layer, PreallocatedLayer) for layer in layers):
         return None
@@ -158,25 +158,3 @@ def _grouped_prefill(
     _ids, mask = pad_left(ids_list, pad)
     assert logits is not None
     return logits, merged, mask.to(device)
-
-
-def start_request(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    cfg: SamplingConfig,
-    generator: torch.Generator | None,
-) -> tuple[torch.device, list[list[int]], set[int], torch.Generator | None]:
-    """What every decode loop needs before its first step: the model's device, the prompts'
-    token ids, the ids that end a row (none when EOS is ignored from the start) and the
-    generator (``cfg.seed``'s unless the caller passes one; none for greedy)."""
-    device = model_device(model)
-    ids_list = encode_prompts(tokenizer, prompts, cfg.add_special_tokens)
-    eos = (
-        set()
-        if cfg.ignore_eos and cfg.min_new_tokens == 0
-        else resolve_eos_ids(model, tokenizer, cfg)
-    )
-    if generator is None and not cfg.greedy:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    return device, ids_list, eos, generator

@@ -1,23 +1,22 @@
 """Choosing the next token: greedy, or an exact sample after temperature, top-k and top-p.
 
 Why not ``torch.multinomial``? On a CPU it draws one exponential variate per vocabulary entry
-(the "exponential race"), single-threaded: 42 ms per decode step for 16 rows of Qwen2's
-151,936-token vocabulary on a 2-core Xeon, more than the forward pass of a small model.
-:func:`sample_categorical` draws one uniform number per row and inverts the cumulative
-distribution instead: 3.9 ms there (11x), 0.14 ms at 2,048 tokens (4x), measured interleaved by
-``benchmarks/decode_step.py``. It is exact,
-not an approximation: the cumulative sums run in float64, over blocks of the vocabulary and then
-inside the chosen block, so even a token of probability 1e-12 keeps its share (a single fp32
-cumsum over 150k entries would round every probability to a multiple of ~6e-8). A token of
-probability zero - masked by top-k/top-p - is never returned.
+(the "exponential race"), single-threaded, which for a large vocabulary can cost more than a
+small model's forward pass. :func:`sample_categorical` draws one uniform number per row and
+inverts the cumulative distribution instead (``benchmarks/decode_step.py`` compares the two,
+docs/generate.md has the numbers). It is exact, not an approximation: the cumulative sums run
+in float64, over blocks of the vocabulary and then inside the chosen block, so even a token of
+probability 1e-12 keeps its share (a single fp32 cumsum over 150k entries would round every
+probability to a multiple of ~6e-8). A token of probability zero - masked by top-k/top-p - is
+never returned.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
+
+from shoestring.engine.config import Sampling
 
 # Vocabulary entries per block of the two-level inverse CDF: the float64 work is one cumsum
 # over ``V / BLOCK`` block masses and one over ``BLOCK`` entries per row.
@@ -58,9 +57,9 @@ def sample_categorical(
     return (b * SAMPLE_BLOCK + j).squeeze(1)
 
 
-def filtered_logits(logits: torch.Tensor, cfg: Any) -> torch.Tensor:
+def filtered_logits(logits: torch.Tensor, cfg: Sampling) -> torch.Tensor:
     """``logits`` after temperature, top-k and top-p, in the order ``model.generate`` applies
-    them; removed tokens are ``-inf``. ``cfg`` is a ``SamplingConfig``. Every sampler (the
+    them; removed tokens are ``-inf``. ``cfg`` is a :class:`~.config.Sampling`. Every sampler (the
     dynamic engine's and the static path's on-device one) filters through this."""
     logits = logits / cfg.temperature
     vocab = logits.shape[-1]
@@ -77,10 +76,10 @@ def filtered_logits(logits: torch.Tensor, cfg: Any) -> torch.Tensor:
 
 
 def choose_next_tokens(
-    logits: torch.Tensor, cfg: Any, generator: torch.Generator | None
+    logits: torch.Tensor, cfg: Sampling, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Next token per row: argmax, or a sample after :func:`filtered_logits`. ``cfg`` is a
-    ``SamplingConfig``."""
+    :class:`~.config.Sampling`."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
     return sample_categorical(filtered_logits(logits, cfg).softmax(dim=-1), generator)

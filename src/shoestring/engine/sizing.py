@@ -3,7 +3,7 @@ memory that is actually free, and a per-device cap.
 
 Why an estimate and not trial and error: running out of memory halfway through a benchmark
 costs far more than a slightly smaller batch, so the estimate errs on the large side (and
-:func:`~shoestring.engine.driver.generate_all` still halves a batch that runs out).
+:meth:`~shoestring.engine.engine.Engine.generate` still halves a batch that runs out).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import torch
 
-from shoestring.engine.config import SamplingConfig
+from shoestring.engine.config import EngineOptions
 from shoestring.engine.model_io import forward_params, model_device, model_dtype
 from shoestring.runtime import DTYPE_NAMES
 
@@ -84,25 +84,30 @@ def available_memory(device: torch.device) -> int:
 
 
 def auto_batch_size(
-    model: Any, prompt_len: int, cfg: SamplingConfig, free_bytes: int | None = None
+    model: Any,
+    prompt_len: int,
+    max_new_tokens: int,
+    options: EngineOptions | None = None,
+    free_bytes: int | None = None,
 ) -> int:
-    """Largest number of rows whose estimated peak memory fits a fraction of the free memory,
-    capped (``cfg.max_batch_size`` or the device default) because past a point a bigger batch
-    only adds padding and tail latency."""
+    """Largest number of rows of ``prompt_len + max_new_tokens`` positions whose estimated peak
+    memory fits a fraction of the free memory, capped (``options.max_batch_size`` or the
+    device default) because past a point a bigger batch only adds padding and tail latency."""
+    options = options or EngineOptions()
     device = model_device(model)
     dev = device.type if device.type in DEFAULT_MAX_BATCH else "cpu"
-    cap = cfg.max_batch_size or DEFAULT_MAX_BATCH[dev]
+    cap = options.max_batch_size or DEFAULT_MAX_BATCH[dev]
     free = available_memory(device) if free_bytes is None else free_bytes
     dtype = (
-        DTYPE_NAMES.get(cfg.dtype, model_dtype(model))
-        if cfg.dtype != "auto"
+        DTYPE_NAMES.get(options.dtype, model_dtype(model))
+        if options.dtype != "auto"
         else model_dtype(model)
     )
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     per_row = estimate_row_bytes(
         getattr(model, "config", None),
         prompt_len,
-        cfg.max_new_tokens,
+        max_new_tokens,
         dtype_bytes,
         "logits_to_keep" in forward_params(model),
     )

@@ -1,46 +1,38 @@
-"""The static decode path: one batch decoded over a fixed-shape KV cache with a replayed step
-(a CUDA graph on a GPU), stop checks deferred to every few steps; and the dispatch that picks
-it or the dynamic engine.
+"""The static backend: one batch decoded over a fixed-shape KV cache with a replayed step (a
+CUDA graph on a GPU), stop checks deferred to every few steps.
 
-Why a second decode loop: the dynamic engine (:mod:`.decode`) compacts the batch and grows or
+Why a second decode loop: the dynamic backend (:mod:`.decode`) compacts the batch and grows or
 trims its cache as rows finish, and checks every row on the host after every token - right on
 a CPU, where the arithmetic dominates, and ruinous on a GPU, where a small model's step is
 kernel launches and host syncs. Here the shapes never change within a bucket, the step is
 captured once and replayed, the next token is chosen on the device, and the host reads the
-new tokens only every ``stop_check_interval`` steps (one sync), then finishes rows exactly as
-the dynamic engine would - EOS, a stop string found in incrementally decoded text, the length
-limit - discarding what a row generated after its end. Finished rows keep their slot until the
-open rows fit a bucket a quarter the size, where they then move (:data:`DOWNSHIFT_RATIO`).
+new tokens only every ``stop_check_interval`` steps (one sync), then finishes rows with the
+same :class:`~.rows.Rows` book as the dynamic loop - discarding what a row generated after its
+end. Finished rows keep their slot until the open rows fit a bucket a quarter the size, where
+they then move (:data:`DOWNSHIFT_RATIO`).
 
-:func:`generate_batch_auto` is what the driver and ``generate`` call: the static path on CUDA
-(or wherever ``static_cache="on"`` asks for it) for a model the lean step supports - Llama,
-Qwen2, Mistral and the shoestring GPT's plain variants, peft LoRA included (merged for the
-call, see :mod:`.lora_view`) - and :func:`~.decode.generate_batch` otherwise. In fp32 both give
-the same greedy tokens (tested).
+:func:`static_unsupported` says whether a model and options can take this path: Llama, Qwen2,
+Mistral and the shoestring GPT's plain variants, peft LoRA included (merged for the call, see
+:mod:`.lora_view`). In fp32 both backends give the same greedy tokens (tested).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from shoestring.engine.cache import cache_layers
-from shoestring.engine.config import GenerationResult, Prompt, SamplingConfig
-from shoestring.engine.decode import LogitsProcessor, generate_batch
+from shoestring.engine.config import EngineOptions, GenerationResult
 from shoestring.engine.lean_decode import LeanDecoder
 from shoestring.engine.lora_view import merged_lora
 from shoestring.engine.model_io import compute_dtype, forward_params, model_device
-from shoestring.engine.prefill import (
-    pad_token_id,
-    prefill_prompts,
-    start_request,
-)
+from shoestring.engine.prefill import pad_token_id, prefill_prompts
+from shoestring.engine.rows import Rows
 from shoestring.engine.static_cache import row_bucket, width_bucket
-from shoestring.engine.static_rows import RowBook
 from shoestring.engine.static_runner import (
     Capture,
     RunnerKey,
@@ -52,18 +44,18 @@ from shoestring.engine.static_runner import (
 from shoestring.errors import UserError
 from shoestring.util.memory import is_oom_error
 
-__all__ = ["DOWNSHIFT_RATIO", "generate_batch_auto", "static_generate_batch", "static_unsupported"]
+__all__ = ["DOWNSHIFT_RATIO", "decode_static", "static_unsupported"]
 
 # Open rows move to a smaller bucket once it is at most 1/DOWNSHIFT_RATIO of the current one
 # (64 rows -> 16 -> 4 -> 1): few recaptures, and a tail of long rows stops paying for the rest.
 DOWNSHIFT_RATIO = 4
 
 
-def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
-    """``None`` when ``cfg`` and ``model`` take the static path, else why not."""
-    if cfg.static_cache == "off":
+def static_unsupported(model: Any, options: EngineOptions) -> str | None:
+    """``None`` when ``options`` and ``model`` take the static path, else why not."""
+    if options.static_cache == "off":
         return "static_cache=off"
-    if cfg.static_cache == "auto" and model_device(model).type != "cuda":
+    if options.static_cache == "auto" and model_device(model).type != "cuda":
         return "not a CUDA device (static_cache=auto)"
     rope = getattr(getattr(getattr(model, "model", None), "rotary_emb", None), "rope_type", "")
     if any(kind in str(rope) for kind in ("dynamic", "longrope")):
@@ -72,65 +64,6 @@ def static_unsupported(model: Any, cfg: SamplingConfig) -> str | None:
     if LeanDecoder.build(model, fuse=False, pack=False) is None:
         return f"the lean decode step does not support {type(model).__name__} as configured"
     return None
-
-
-def generate_batch_auto(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    cfg: SamplingConfig | None = None,
-    *,
-    on_text: Callable[[int, str], None] | None = None,
-    on_result: Callable[[int, GenerationResult], None] | None = None,
-    generator: torch.Generator | None = None,
-    max_rows: int | None = None,
-    logits_processor: LogitsProcessor | None = None,
-) -> list[GenerationResult]:
-    """:func:`static_generate_batch` where it applies, else the dynamic engine's
-    :func:`~.decode.generate_batch` (same arguments, same results).
-
-    ``max_rows`` (continuous batching on the dynamic path) becomes fixed batches of at most
-    that many rows on the static path, whose own buckets shrink as rows finish; a
-    ``logits_processor`` edits logits on the host every step, so it takes the dynamic path.
-    """
-    cfg = (cfg or SamplingConfig()).check()
-    reason = static_unsupported(model, cfg)
-    if reason is None and logits_processor is not None:
-        reason = "a logits processor edits the logits on the host every step"
-    if reason is None:
-        n = cfg.num_return_sequences
-        per_call = len(prompts) if max_rows is None else max(1, max_rows // n)
-        results: list[GenerationResult] = []
-        for first in range(0, len(prompts), per_call):
-            offset = first * n  # output indices continue across the fixed batches
-            results += static_generate_batch(
-                model,
-                tokenizer,
-                prompts[first : first + per_call],
-                cfg,
-                on_text=None if on_text is None else _shifted(on_text, offset),
-                on_result=None if on_result is None else _shifted(on_result, offset),
-                generator=generator,
-            )
-        return results
-    if cfg.static_cache == "on":
-        raise UserError(f"static_cache=on cannot be used: {reason}; set static_cache=auto or off")
-    return generate_batch(
-        model,
-        tokenizer,
-        prompts,
-        cfg,
-        on_text=on_text,
-        on_result=on_result,
-        generator=generator,
-        max_rows=max_rows,
-        logits_processor=logits_processor,
-    )
-
-
-def _shifted(callback: Callable[[int, Any], None], offset: int) -> Callable[[int, Any], None]:
-    """``callback`` with the batch's output index moved to the call's numbering."""
-    return lambda i, value: callback(i + offset, value)
 
 
 @contextlib.contextmanager
@@ -146,32 +79,25 @@ def _precision(model: Any, dtype: str) -> Iterator[None]:
             yield
 
 
-def static_generate_batch(
+def decode_static(
     model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    cfg: SamplingConfig | None = None,
-    *,
-    on_text: Callable[[int, str], None] | None = None,
-    on_result: Callable[[int, GenerationResult], None] | None = None,
-    generator: torch.Generator | None = None,
+    options: EngineOptions,
+    ids_list: list[list[int]],
+    rows: Rows,
+    generator: torch.Generator | None,
     capture: Capture | None = None,
-    merge_lora: bool = True,
 ) -> list[GenerationResult]:
-    """:func:`~.decode.generate_batch`'s contract on the static path.
+    """Decode every prompt of ``ids_list`` (token ids) into ``rows`` on the static path;
+    results in output order, the same as :func:`~.decode.decode_dynamic` gives.
 
     ``capture`` turns the step into its replay (default: a CUDA graph on CUDA with
     ``cuda_graphs``, else the step itself); tests inject one to count captures.
-    ``merge_lora=False`` keeps peft's LoRA layers in the step (the benchmark's comparison).
     """
-    cfg = (cfg or SamplingConfig()).check()
-    if not prompts:
-        return []
-    device, ids_list, eos, generator = start_request(model, tokenizer, prompts, cfg, generator)
+    device = model_device(model)
     if capture is None:
-        graphs = device.type == "cuda" and cfg.cuda_graphs
+        graphs = device.type == "cuda" and options.cuda_graphs
         capture = cuda_graph_capture if graphs else eager_capture
-    merging = merged_lora(model) if merge_lora else contextlib.nullcontext(0)
+    merging = merged_lora(model) if options.merge_lora else contextlib.nullcontext(0)
     with torch.no_grad(), merging:
         decoder = LeanDecoder.build(model, fuse=False)
         if decoder is None:
@@ -180,54 +106,41 @@ def static_generate_batch(
                 " set static_cache=off"
             )
         try:
-            with torch.inference_mode(), _precision(model, cfg.dtype):
-                return _decode(
-                    model,
-                    tokenizer,
-                    ids_list,
-                    cfg,
-                    eos,
-                    decoder,
-                    generator,
-                    capture,
-                    on_text,
-                    on_result,
-                )
+            with torch.inference_mode(), _precision(model, options.dtype):
+                return _decode(model, options, ids_list, rows, decoder, generator, capture)
         except Exception as exc:
-            if is_oom_error(exc):  # free the buffers and graphs before the driver retries
+            if is_oom_error(exc):  # free the buffers and graphs before the engine retries
                 engine_state(model).runners.clear()
             raise
 
 
 def _decode(
     model: Any,
-    tokenizer: Any,
+    options: EngineOptions,
     ids_list: list[list[int]],
-    cfg: SamplingConfig,
-    eos: set[int],
+    rows: Rows,
     decoder: Any,
     generator: torch.Generator | None,
     capture: Capture,
-    on_text: Callable[[int, str], None] | None,
-    on_result: Callable[[int, GenerationResult], None] | None,
 ) -> list[GenerationResult]:
+    """Prefill, load the static buffers, then replay the step in chunks of
+    ``stop_check_interval`` steps, handing each chunk's tokens to ``rows``."""
+    cfg = rows.sampling
     device = model_device(model)
     n = cfg.num_return_sequences
     lengths = [len(x) for x in ids_list]
-    prompt_tokens = [lengths[i // n] for i in range(len(ids_list) * n)]
-    book = RowBook(tokenizer, cfg, eos, prompt_tokens, on_text, on_result)
+    rows.start(range(len(rows)))
 
-    # Prefill with the dynamic engine's (grouped) prefill; reserve no decode room there, the
-    # static buffers hold the decode.
-    prefill_cfg = dataclasses.replace(cfg, max_new_tokens=1)
-    pad = pad_token_id(tokenizer, model, eos)
+    # Prefill with the dynamic backend's (grouped) prefill; reserve one decode column there,
+    # the static buffers hold the decode.
+    pad = pad_token_id(rows.tokenizer, model, rows.eos)
     params = forward_params(model)
-    logits, cache, mask = prefill_prompts(model, params, ids_list, prefill_cfg, pad, device, None)
+    logits, cache, mask = prefill_prompts(model, params, ids_list, options, 1, pad, device, None)
     layers = [(layer.keys, layer.values) for layer in cache_layers(cache) or []]
     if not layers:
         raise UserError(f"{type(model).__name__} built a cache without layers; static_cache=off")
     shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in layers]
-    slot_rows = list(range(len(book.rows)))  # output row of each occupied batch slot
+    slot_rows = list(range(len(rows)))  # output row of each occupied batch slot
     key = RunnerKey(
         rows=row_bucket(len(slot_rows)),
         width=width_bucket(mask.shape[1] + cfg.max_new_tokens),
@@ -237,7 +150,7 @@ def _decode(
         top_k=int(cfg.top_k),
         top_p=float(cfg.top_p),
         min_new_tokens=int(cfg.min_new_tokens),
-        eos=tuple(sorted(eos)),
+        eos=tuple(sorted(rows.eos)),
     )
     state = engine_state(model)
     state.check_weights(model)
@@ -249,9 +162,9 @@ def _decode(
         return r
 
     runner = runner_for(key)
-    runner.load(layers, mask, lengths, n, generator)
-    del cache, layers
-    runner.first(logits.repeat_interleave(n, dim=0) if n > 1 else logits)
+    runner.load(layers, mask, lengths, n, generator)  # prompts (repeated n times) into buffers
+    del cache, layers  # the dynamic cache is copied: free it before decoding
+    runner.first(logits.repeat_interleave(n, dim=0) if n > 1 else logits)  # token 1 of each row
     state.prepare(runner, capture)
 
     def fetch(lo: int, hi: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -270,27 +183,28 @@ def _decode(
     produced, checked = 1, 0  # tokens chosen so far / tokens the host has looked at
     pending = fetch(0, 1)
     while True:
-        ahead = min(cfg.stop_check_interval, cfg.max_new_tokens - produced)
+        # steps to queue now: a chunk, but never past the length limit
+        ahead = min(options.stop_check_interval, cfg.max_new_tokens - produced)
         for _ in range(ahead):
-            runner.replay()
-        host, event = pending
+            runner.replay()  # queued on the device; the host does not wait for it
+        host, event = pending  # the previous chunk's tokens, copied behind those steps
         if event is not None:
-            event.synchronize()
-        book.feed(slot_rows, host.tolist())  # one wait per check, for every row at once
+            event.synchronize()  # the only wait for the device in this chunk
+        rows.feed(slot_rows, host.tolist())  # every row's end found on the host at once
         checked += host.shape[1]
-        if not book.any_open:
+        if not rows.any_open:
             break
         if ahead == 0:  # pragma: no cover - the length limit ends every row first
             raise RuntimeError("static decode ran out of steps with rows still open")
         produced += ahead
         # Few rows left: move them to a bucket a quarter the size or smaller (its step is
         # captured once per shape), so finished rows stop costing compute.
-        keep = [s for s, i in enumerate(slot_rows) if book.open[i]]
+        keep = [s for s, i in enumerate(slot_rows) if rows.open[i]]
         if row_bucket(len(keep)) * DOWNSHIFT_RATIO <= runner.key.rows:
             smaller = runner_for(dataclasses.replace(runner.key, rows=row_bucket(len(keep))))
             smaller.adopt(runner, keep)
             state.prepare(smaller, capture)
             runner, slot_rows = smaller, [slot_rows[s] for s in keep]
-        pending = fetch(checked, produced)
+        pending = fetch(checked, produced)  # start copying the chunk just queued
     state.trim()
-    return book.finished()
+    return rows.results()

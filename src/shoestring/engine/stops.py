@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shoestring.engine.config import FinishReason, GenerationResult, SamplingConfig
+from shoestring.engine.config import Sampling
 
-__all__ = ["IncrementalText", "find_stop", "finished_result", "finished_text", "resolve_eos_ids"]
+__all__ = ["IncrementalText", "find_stop", "request_eos_ids", "resolve_eos_ids"]
 
 
-def resolve_eos_ids(model: Any, tokenizer: Any, cfg: SamplingConfig) -> set[int]:
-    """The ids that end a row: the config's list if given, else the union of the model's
+def resolve_eos_ids(model: Any, tokenizer: Any, explicit: Sequence[int] | None = None) -> set[int]:
+    """The ids that end a row: ``explicit`` if given, else the union of the model's
     generation config (what ``model.generate`` uses) and the tokenizer's EOS."""
-    if cfg.eos_token_ids is not None:
-        return {int(t) for t in cfg.eos_token_ids}
+    if explicit is not None:
+        return {int(t) for t in explicit}
     ids: set[int] = set()
     sources = [getattr(model, "generation_config", None), getattr(model, "config", None)]
     for src in sources:
@@ -31,6 +31,14 @@ def resolve_eos_ids(model: Any, tokenizer: Any, cfg: SamplingConfig) -> set[int]
     if tok_eos is not None:
         ids.add(int(tok_eos))
     return ids
+
+
+def request_eos_ids(model: Any, tokenizer: Any, sampling: Sampling) -> set[int]:
+    """The ids that end a row of this request: none when EOS is ignored from the first token
+    (then no step masks or checks them), else :func:`resolve_eos_ids`."""
+    if sampling.ignore_eos and sampling.min_new_tokens == 0:
+        return set()
+    return resolve_eos_ids(model, tokenizer, sampling.eos_token_ids)
 
 
 class IncrementalText:
@@ -70,59 +78,3 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, str
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, s)
     return best
-
-
-def finished_text(
-    tokenizer: Any,
-    tokens: Sequence[int],
-    stopped_at: tuple[int, str] | None,
-    stops: Sequence[str],
-    cfg: SamplingConfig,
-) -> tuple[str, str | None]:
-    """A finished row's text and the stop string that ended it (``None`` if none did).
-
-    The row's tokens are decoded once in full (incremental text can differ at the edges),
-    the stop string is looked up again in that text - falling back to where the incremental
-    search found it - and the text is cut before it, or after it with ``keep_stop_string``.
-    Both decode loops (dynamic and static) finish rows through this, so they return the same
-    texts.
-    """
-    text = (
-        tokenizer.decode(list(tokens), skip_special_tokens=cfg.skip_special_tokens)
-        if tokenizer is not None
-        else ""
-    )
-    if stopped_at is None:
-        return text, None
-    found = find_stop(text, stops) or stopped_at
-    return text[: found[0] + (len(found[1]) if cfg.keep_stop_string else 0)], found[1]
-
-
-def finished_result(
-    row: Any,
-    index: int,
-    reason: FinishReason,
-    seconds: float,
-    tokenizer: Any,
-    stops: Sequence[str],
-    cfg: SamplingConfig,
-    on_text: Any = None,
-) -> GenerationResult:
-    """A finished row's result: its :func:`finished_text`, after streaming whatever text
-    ``on_text`` has not had yet. ``row`` is either decode loop's row (``tokens``, ``stop``,
-    ``emitted``, ``prompt_tokens``); both loops finish rows through this."""
-    stopped_at = row.stop if reason == "stop" else None
-    text, stop_str = finished_text(tokenizer, row.tokens, stopped_at, stops, cfg)
-    if on_text is not None and len(text) > row.emitted:
-        on_text(index, text[row.emitted :])
-        row.emitted = len(text)
-    return GenerationResult(
-        text=text,
-        token_ids=row.tokens,
-        n_tokens=len(row.tokens),
-        finish_reason=reason,
-        seconds=seconds,
-        prompt_tokens=row.prompt_tokens,
-        stop_string=stop_str,
-        index=index,
-    )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.data.answers import parse_gold
+from shoestring.engine import EngineOptions
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import load_task
@@ -69,7 +70,8 @@ class HeldOutEval:
             on_warning=self.skipped.append,
         )
         self.protocol = protocol
-        sampling = sampling_for(protocol, cfg.max_completion_length, dtype=gen_dtype)
+        sampling = sampling_for(protocol, cfg.max_completion_length)
+        self.options = EngineOptions(dtype=gen_dtype)
         if cfg.stop_strings is not None:  # an explicit setting overrides the protocol's
             sampling = dataclasses.replace(sampling, stop_strings=list(cfg.stop_strings))
         self.sampling = sampling
@@ -98,6 +100,7 @@ class HeldOutEval:
             progress=progress,
             desc=f"eval {tag}",
             sampling=self.sampling,
+            options=self.options,
         )
         text = "".join(json.dumps(s.record()) + "\n" for s in scores)
         atomic_write_text(run_path / f"eval_{tag}.jsonl", text)

@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from shoestring.engine import SamplingConfig, pad_token_id, resolve_eos_ids
+from shoestring.engine import pad_token_id, resolve_eos_ids
 from shoestring.errors import UserError
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 from shoestring.models.portable import make_portable
@@ -117,14 +117,14 @@ class Policy:
     def gen_dtype(self) -> str:
         """Dtype of sampling. On a CPU it runs in the weights' dtype (bf16 for LoRA's frozen
         base, fp32 for a full fine-tune): bf16 autocast would re-cast every fp32 weight at every
-        decode step, which measured 1.5x slower than plain fp32 decoding on a 2-core Xeon with
-        AMX (16 rows, benchmarks/decode_step.py). Training still runs under autocast."""
+        decode step, slower than plain fp32 decoding (docs/grpo.md has the measurement).
+        Training still runs under autocast."""
         cpu = self.device.type == "cpu"
         return "bf16" if self.runtime.dtype == "bf16" and not cpu else "auto"
 
     def pad_id(self) -> int:
         """The id that pads prompt and completion rows (masked out, any valid id works)."""
-        eos_ids = resolve_eos_ids(self.model, self.tokenizer, SamplingConfig())
+        eos_ids = resolve_eos_ids(self.model, self.tokenizer)
         return pad_token_id(self.tokenizer, self.model, eos_ids)
 
     def autocast(self) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shoestring.engine import SamplingConfig, generate_all
+from shoestring.engine import Engine, EngineOptions, Sampling
 from shoestring.engine.padding import pad_left, pad_right
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, prompt_indices
@@ -157,21 +157,18 @@ class RolloutGenerator:
             protocol.stop_strings if cfg.stop_strings is None else cfg.stop_strings
         )
 
-    def sampling(self, gen_index: int) -> SamplingConfig:
+    def sampling(self, gen_index: int) -> Sampling:
         """How batch ``gen_index`` samples: the config's temperature/top-p/top-k, a seed of the
         index, ``num_generations`` samples per prompt sharing its prefill."""
         cfg = self.cfg
-        return SamplingConfig(
+        return Sampling(
             max_new_tokens=cfg.max_completion_length,
-            do_sample=cfg.temperature > 0,
-            temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+            temperature=cfg.temperature,
             top_p=cfg.top_p,
             top_k=cfg.top_k,
             seed=(cfg.seed * 1_000_003 + gen_index) % (2**62),
             stop_strings=self.stop_strings,
             num_return_sequences=cfg.num_generations,
-            dtype=self.policy.gen_dtype,
-            add_special_tokens=False,  # the prompts are token ids already
         )
 
     def generate(self, gen_index: int) -> tuple[Rollout, dict[str, Any]]:
@@ -183,13 +180,12 @@ class RolloutGenerator:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
-        results = generate_all(
+        engine = Engine(
             self.rollout_weights.model_for(policy),
             policy.tokenizer,
-            [prompts.ids[i] for i in idx],
-            self.sampling(gen_index),
-            progress=False,
+            EngineOptions(dtype=policy.gen_dtype),
         )
+        results = engine.generate([prompts.ids[i] for i in idx], self.sampling(gen_index))
         self.rollout_weights.release()
         t1 = time.perf_counter()
         completions = [r.text for r in results]

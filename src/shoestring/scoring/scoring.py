@@ -10,11 +10,11 @@ becomes the tokens the model sees (per-problem few-shot draws, lm-eval's left tr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shoestring.data.gsm8k import Problem
-from shoestring.engine import GenerationResult, SamplingConfig, generate_all
+from shoestring.engine import Engine, EngineOptions, GenerationResult, Sampling
 from shoestring.scoring.lm_eval_rules import left_truncate, prompt_budget
 from shoestring.scoring.protocols import Protocol, Scored
 from shoestring.util.stats import wilson_interval
@@ -58,17 +58,10 @@ class ProblemScore:
         }
 
 
-def sampling_for(
-    protocol: Protocol, max_new_tokens: int, batch_size: int = 0, **extra: Any
-) -> SamplingConfig:
-    """Greedy decoding with the protocol's stop strings and special-token rule."""
-    return SamplingConfig(
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        stop_strings=list(protocol.stop_strings),
-        add_special_tokens=protocol.add_special_tokens,
-        **extra,
-    ).check()
+def sampling_for(protocol: Protocol, max_new_tokens: int) -> Sampling:
+    """Greedy decoding with the protocol's stop strings (its special-token rule applies where
+    :func:`render_prompts` tokenises)."""
+    return Sampling(max_new_tokens=max_new_tokens, stop_strings=list(protocol.stop_strings)).check()
 
 
 @dataclass(frozen=True)
@@ -126,23 +119,29 @@ def score_model(
     progress: bool = True,
     desc: str = "score",
     on_result: Callable[[ProblemScore], None] | None = None,
-    sampling: SamplingConfig | None = None,
+    sampling: Sampling | None = None,
+    options: EngineOptions | None = None,
     fewshot: Sequence[Sequence[Problem]] | None = None,
 ) -> list[ProblemScore]:
     """Answer every question greedily under ``protocol`` and judge it against its gold answer.
 
     ``on_result`` is called as each problem finishes (in completion order), so a caller can
     persist results of a long run before it ends. ``sampling`` replaces the protocol's
-    default decoding settings (it must stay greedy for a score to be reproducible).
+    default decoding settings (it must stay greedy for a score to be reproducible);
+    ``options`` are the engine's (``batch_size``, when set, overrides theirs).
     ``fewshot[i]`` are question ``i``'s shots under a few-shot protocol (see
     :func:`render_prompts`).
     """
     if len(questions) != len(golds):
         raise ValueError(f"{len(questions)} questions but {len(golds)} gold answers")
-    cfg = sampling or sampling_for(protocol, max_new_tokens, batch_size)
+    cfg = sampling or sampling_for(protocol, max_new_tokens)
+    options = options or EngineOptions()
+    if batch_size:
+        options = replace(options, batch_size=batch_size)
     prompts = render_prompts(
         model, tokenizer, questions, protocol, max_new_tokens=cfg.max_new_tokens, fewshot=fewshot
     ).ids
+    # the engine finishes problems out of order; each lands at its own index
     out: list[ProblemScore | None] = [None] * len(prompts)
 
     def judge(i: int, res: GenerationResult) -> None:
@@ -151,7 +150,8 @@ def score_model(
         if on_result is not None:
             on_result(item)
 
-    generate_all(model, tokenizer, prompts, cfg, callback=judge, progress=progress, desc=desc)
+    engine = Engine(model, tokenizer, options)
+    engine.generate(prompts, cfg, on_result=judge, progress=progress, desc=desc)
     return [x for x in out if x is not None]
 
 
