@@ -25,6 +25,7 @@ from shoestring.models.gpt import (
     lm_loss,
 )
 from shoestring.models.param_count import num_parameters_breakdown
+from shoestring.models.shape import HF_NAMES, ModelConfig
 from shoestring.run_config import build_run_config, list_variants
 
 SIZES = ["tiny", "small", "medium", "large"]
@@ -270,21 +271,23 @@ def test_hf_standard_names_and_model_config_roundtrip() -> None:
     assert hasattr(model.model.layers[0].self_attn, "kv_b_proj")
 
 
-def test_config_field_defaults_equality_and_modelconfig_names() -> None:
+def test_hf_config_fields_and_defaults_come_from_the_shape_table() -> None:
     import dataclasses
-    import inspect
 
-    from shoestring.run_config import ModelConfig
-
-    init = inspect.signature(ShoestringGPTConfig.__init__).parameters
     ours = {f.name: f.default for f in dataclasses.fields(ShoestringGPTConfig)}
-    for name in gpt_mod._MODEL_FIELDS:
-        assert name in init, name
-        if name != "tie_word_embeddings":  # a base-class field
-            assert ours[name] == init[name].default, name
-    assert set(gpt_mod._MODEL_FIELDS) == {f.name for f in dataclasses.fields(ModelConfig)}
+    default = ShoestringGPTConfig()
+    for f in dataclasses.fields(ModelConfig):
+        # max_seq_len=0 means train.seq_len in a run config; a bare model needs a number
+        expected = 128 if f.name == "max_seq_len" else f.default
+        assert ours[f.name] == expected, f.name
+        assert getattr(default, f.name) == expected, f.name  # __init__'s default is the field's
+    assert ShoestringGPTConfig.attribute_map == HF_NAMES
+    assert HF_NAMES["hidden_size"] == "d_model" and HF_NAMES["num_hidden_layers"] == "n_layers"
     assert ShoestringGPTConfig(**SMALL) == ShoestringGPTConfig(**SMALL)
     assert ShoestringGPTConfig(**SMALL) != ShoestringGPTConfig(**{**SMALL, "d_model": 128})
+    assert ShoestringGPTConfig(**SMALL) != ShoestringGPTConfig(
+        **{**SMALL, "tie_word_embeddings": False}
+    )
 
 
 # ----------------------------------------------------------------------------- losses and knobs

@@ -3,7 +3,9 @@
 ``RunConfig`` is what ``shoestring train`` (and analyze, search and quickstart, which build
 train runs) is asked; it is written to ``config.json``. How a config is layered and validated
 - typed ``opt`` fields, presets, files, ``--set`` overrides - is :mod:`shoestring.config`,
-shared by every command's config.
+shared by every command's config. The model section is the GPT's shape table,
+:class:`shoestring.models.shape.ModelConfig`, which the model itself reads too; that import
+puts this module in the models layer.
 """
 
 from __future__ import annotations
@@ -22,38 +24,7 @@ from shoestring.config import (
     read_config_file,
     validate,
 )
-
-
-@dataclass
-class ModelConfig:
-    """Shape and attention switches of the shoestring GPT (DeepSeek field names)."""
-
-    vocab_size: int = opt(
-        16000, "vocabulary size (set from the tokenizer when data is prepared)", min=2
-    )
-    d_model: int = opt(256, "residual width (HF: hidden_size)", min=8)
-    n_layers: int = opt(4, "number of transformer blocks (HF: num_hidden_layers)", min=1)
-    n_heads: int = opt(4, "attention heads (HF: num_attention_heads)", min=1)
-    d_ff: int = opt(1024, "MLP hidden width (HF: intermediate_size)", min=1)
-    max_seq_len: int = opt(0, "longest sequence the model accepts; 0 = train.seq_len", min=0)
-    q_lora_rank: int = opt(0, "rank of the low-rank query projection; 0 = full projection", min=0)
-    kv_lora_rank: int = opt(0, "rank of the shared low-rank key/value projection; 0 = full", min=0)
-    qk_rope_head_dim: int = opt(
-        0,
-        "decoupled RoPE dims per head added to q/k (DeepSeek style); 0 = rotate the whole head",
-        min=0,
-    )
-    v_head_dim: int = opt(0, "value dims per head; 0 = d_model / n_heads", min=0)
-    position: str = opt("learned", "position encoding", choices=("learned", "rope"))
-    rope_theta: float = opt(10000.0, "RoPE base frequency", min=1.0)
-    rope_scaling: float = opt(1.0, "linear RoPE scaling factor (1 = none)", min=1.0)
-    attention_bias: bool = opt(False, "bias terms on the attention projections")
-    norm: str = opt("layernorm", "normalisation layer", choices=("layernorm", "rmsnorm"))
-    norm_eps: float = opt(1e-5, "epsilon of the norm layers", min=0.0, max=1.0)
-    mlp: str = opt("gelu", "MLP type", choices=("gelu", "swiglu"))
-    tie_word_embeddings: bool = opt(True, "share input embedding and output head weights")
-    dropout: float = opt(0.0, "dropout probability", min=0.0, max=1.0)
-    initializer_range: float = opt(0.02, "std of the normal weight init", min=0.0)
+from shoestring.models.shape import ModelConfig, check_shape
 
 
 @dataclass
@@ -200,7 +171,7 @@ class RunConfig:
         if self.model.max_seq_len == 0:
             self.model.max_seq_len = self.train.seq_len
         validate(self)
-        check_model_shape(self.model)
+        check_shape(self.model, where="model.")
         if self.hybrid.rank > self.hybrid.history:
             raise ConfigError(
                 f"hybrid.rank={self.hybrid.rank} is larger than hybrid.history="
@@ -212,21 +183,6 @@ class RunConfig:
                 f"{self.model.max_seq_len}; raise model.max_seq_len or lower train.seq_len"
             )
         return self
-
-
-def check_model_shape(m: ModelConfig) -> None:
-    """Cross-field rules of the model shape, with the fix in the message."""
-    if m.d_model % m.n_heads:
-        raise ConfigError(
-            f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}"
-        )
-    head_dim = m.d_model // m.n_heads
-    if m.position == "rope" and m.qk_rope_head_dim == 0 and head_dim % 2:
-        raise ConfigError(f"RoPE needs an even head dim; d_model/n_heads = {head_dim}")
-    if m.qk_rope_head_dim % 2:
-        raise ConfigError(f"model.qk_rope_head_dim={m.qk_rope_head_dim} must be even")
-    if m.qk_rope_head_dim and m.position != "rope":
-        raise ConfigError("model.qk_rope_head_dim > 0 needs model.position='rope'")
 
 
 # ----------------------------------------------------------------------------- presets

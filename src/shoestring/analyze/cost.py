@@ -1,9 +1,9 @@
 """What a configuration costs, computed from its shape: parameters, FLOPs, memory, cache fit.
 
-Why closed-form formulas next to counted values: the tables people choose model shapes from are
-hand-computed and were wrong in the study this project grew from (embeddings left out,
-attention doubled). Every formula here is written from the model's definition
-(:mod:`shoestring.models.gpt`) and checked against the real model: parameters against
+Why closed-form formulas next to counted values: hand-computed tables of model shapes are easy
+to get wrong (embeddings left out, attention counted twice). Every formula here is written from
+the model's definition (:mod:`shoestring.models.gpt`), reads the shape through the one field
+table (:mod:`shoestring.models.shape`) and is checked against the real model: parameters against
 ``num_parameters_breakdown`` of a built model, FLOPs against ``FlopCounterMode``
 (:mod:`shoestring.analyze.count`), activation bytes against the tensors autograd really saves.
 
@@ -24,88 +24,49 @@ FLOP conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from shoestring.run_config import ModelConfig, RunConfig
+from shoestring.models.shape import ModelConfig
+from shoestring.run_config import RunConfig
 
 __all__ = [
     "CACHE_LEVELS",
-    "Shape",
     "activation_bytes_estimate",
+    "attention_matrices",
     "cache_fit",
     "flops_per_token",
     "memory_estimate",
+    "mlp_matrices",
     "param_counts",
 ]
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The derived sizes of a model config that every formula needs (one place, one meaning)."""
+def _norm_params(m: ModelConfig) -> int:
+    """Parameters per normalised dim: 2 for LayerNorm (weight, bias), 1 for RMSNorm."""
+    return 2 if m.norm == "layernorm" else 1
 
-    vocab: int
-    d: int
-    layers: int
-    heads: int
-    d_ff: int
-    head_dim: int  # content dims of q/k per head
-    rope_dim: int  # decoupled RoPE dims per head (0 = none or RoPE on the whole head)
-    v_dim: int  # value dims per head
-    q_rank: int
-    kv_rank: int
-    bias: bool
-    norm_params: int  # parameters per normalised dim: 2 (LayerNorm) or 1 (RMSNorm)
-    mlp_mats: int  # 2 (GELU) or 3 (SwiGLU)
-    learned_pos: int  # rows of the learned position table (0 with RoPE)
-    tied: bool
 
-    @classmethod
-    def of(cls, m: ModelConfig) -> Shape:
-        head_dim = m.d_model // m.n_heads
-        return cls(
-            vocab=m.vocab_size,
-            d=m.d_model,
-            layers=m.n_layers,
-            heads=m.n_heads,
-            d_ff=m.d_ff,
-            head_dim=head_dim,
-            rope_dim=m.qk_rope_head_dim,
-            v_dim=m.v_head_dim or head_dim,
-            q_rank=m.q_lora_rank,
-            kv_rank=m.kv_lora_rank,
-            bias=m.attention_bias,
-            norm_params=2 if m.norm == "layernorm" else 1,
-            mlp_mats=3 if m.mlp == "swiglu" else 2,
-            learned_pos=m.max_seq_len if m.position == "learned" else 0,
-            tied=m.tie_word_embeddings,
-        )
+def attention_matrices(m: ModelConfig) -> list[tuple[int, int]]:
+    """(in, out) of every attention projection, in the model's layout (models/attention.py)."""
+    d, h, r = m.d_model, m.n_heads, m.qk_rope_head_dim
+    mats: list[tuple[int, int]] = []
+    if m.q_lora_rank:
+        mats += [(d, m.q_lora_rank), (m.q_lora_rank, h * m.qk_head_dim)]
+    else:
+        mats.append((d, h * m.qk_head_dim))
+    if m.kv_lora_rank:
+        mats.append((d, m.kv_lora_rank + r))  # the latent and the one shared RoPE key
+        mats.append((m.kv_lora_rank, h * (m.head_dim + m.value_head_dim)))
+    else:
+        mats += [(d, h * m.head_dim + r), (d, h * m.value_head_dim)]
+    mats.append((h * m.value_head_dim, d))
+    return mats
 
-    @property
-    def qk_dim(self) -> int:
-        """Per-head width of q and k as attention sees them (content + decoupled RoPE)."""
-        return self.head_dim + self.rope_dim
 
-    def attention_matrices(self) -> list[tuple[int, int]]:
-        """(in, out) of every attention projection, in the model's layout (gpt.py)."""
-        d, h = self.d, self.heads
-        mats: list[tuple[int, int]] = []
-        if self.q_rank:
-            mats += [(d, self.q_rank), (self.q_rank, h * self.qk_dim)]
-        else:
-            mats.append((d, h * self.qk_dim))
-        if self.kv_rank:
-            mats.append((d, self.kv_rank + self.rope_dim))
-            mats.append((self.kv_rank, h * (self.head_dim + self.v_dim)))
-        else:
-            mats += [(d, h * self.head_dim + self.rope_dim), (d, h * self.v_dim)]
-        mats.append((h * self.v_dim, d))
-        return mats
-
-    def mlp_matrices(self) -> list[tuple[int, int]]:
-        if self.mlp_mats == 3:
-            return [(self.d, self.d_ff), (self.d, self.d_ff), (self.d_ff, self.d)]
-        return [(self.d, self.d_ff), (self.d_ff, self.d)]
+def mlp_matrices(m: ModelConfig) -> list[tuple[int, int]]:
+    """(in, out) of the MLP's matrices: fc/proj (GELU) or gate/up/down (SwiGLU)."""
+    up = [(m.d_model, m.d_ff)] * (2 if m.mlp == "swiglu" else 1)
+    return [*up, (m.d_ff, m.d_model)]
 
 
 def param_counts(m: ModelConfig) -> dict[str, Any]:
@@ -117,31 +78,32 @@ def param_counts(m: ModelConfig) -> dict[str, Any]:
     "mlp", "other" (the two block norms)}; ``attention_matmul``/``mlp_matmul`` are the weight
     matrices alone (what the FLOP formula multiplies by).
     """
-    s = Shape.of(m)
-    att_mats = sum(i * o for i, o in s.attention_matrices())
-    att_bias = sum(o for _, o in s.attention_matrices()) if s.bias else 0
-    att_norms = s.norm_params * (s.q_rank + s.kv_rank)
+    d, n_layers, norm = m.d_model, m.n_layers, _norm_params(m)
+    att_mats = sum(i * o for i, o in attention_matrices(m))
+    att_bias = sum(o for _, o in attention_matrices(m)) if m.attention_bias else 0
+    att_norms = norm * (m.q_lora_rank + m.kv_lora_rank)  # the low-rank latents' norms
     attention = att_mats + att_bias + att_norms
-    mlp = sum(i * o for i, o in s.mlp_matrices())
-    other = 2 * s.norm_params * s.d
+    mlp = sum(i * o for i, o in mlp_matrices(m))
+    other = 2 * norm * d  # the block's two norms
     layer = attention + mlp + other
-    embedding = s.vocab * s.d + s.learned_pos * s.d
-    lm_head = 0 if s.tied else s.vocab * s.d
-    final_norm = s.norm_params * s.d
-    non_embedding = s.layers * layer + final_norm
+    learned_pos = m.max_seq_len if m.position == "learned" else 0
+    embedding = m.vocab_size * d + learned_pos * d
+    lm_head = 0 if m.tie_word_embeddings else m.vocab_size * d
+    final_norm = norm * d
+    non_embedding = n_layers * layer + final_norm
     return {
         "total": embedding + lm_head + non_embedding,
         "embedding": embedding,
         "lm_head": lm_head,
         "non_embedding": non_embedding,
-        "attention": s.layers * attention,
-        "mlp": s.layers * mlp,
-        "norm": s.layers * other + final_norm,
-        "layers": s.layers,
+        "attention": n_layers * attention,
+        "mlp": n_layers * mlp,
+        "norm": n_layers * other + final_norm,
+        "layers": n_layers,
         "per_layer": {"attention": attention, "mlp": mlp, "other": other, "total": layer},
         "attention_matmul": att_mats,
         "mlp_matmul": mlp,
-        "head_matmul": s.vocab * s.d,
+        "head_matmul": m.vocab_size * d,
     }
 
 
@@ -152,13 +114,12 @@ def flops_per_token(m: ModelConfig, seq_len: int) -> dict[str, Any]:
     ``matmul`` (all weight matmuls incl. the head, no attention), and the two attention
     accountings ``full`` / ``causal`` added to ``matmul``; plus the pieces.
     """
-    s = Shape.of(m)
     p = param_counts(m)
     t = seq_len
-    weights = s.layers * (p["attention_matmul"] + p["mlp_matmul"]) + p["head_matmul"]
+    weights = m.n_layers * (p["attention_matmul"] + p["mlp_matmul"]) + p["head_matmul"]
     fwd_matmul = 2 * weights
     # per layer per token: Q K^T is 2 * T * H * qk_dim, P V is 2 * T * H * v_dim (full)
-    att_full = 2 * t * s.heads * (s.qk_dim + s.v_dim) * s.layers
+    att_full = 2 * t * m.n_heads * (m.qk_head_dim + m.value_head_dim) * m.n_layers
     att_causal = att_full * (t + 1) / (2 * t)
     fwd = {
         "matmul": fwd_matmul,
@@ -199,55 +160,56 @@ def activation_bytes_estimate(
     fp32 weight gradient (vocab x d_model), and under autocast the bf16 copies of every weight
     matrix. Dropout masks (dropout > 0) are not included.
     """
-    s = Shape.of(m)
     bf16 = dtype == "bf16"
     c = _compute_bytes(dtype)
-    rms = s.norm_params == 1
+    d, h = m.d_model, m.n_heads
+    qk, dv = m.qk_head_dim, m.value_head_dim  # per-head widths of q/k and of v
+    r, q_rank, kv_rank = m.qk_rope_head_dim, m.q_lora_rank, m.kv_lora_rank
+    swiglu = m.mlp == "swiglu"
+    rms = _norm_params(m) == 1
     stats = 4 if rms else 8  # LayerNorm keeps mean + rstd, RMSNorm rstd
     # RMSNorm (a composite op) also keeps its normalised output for the weight gradient
-    block_norm = 4 * s.d + stats + (4 * s.d if rms else 0)
-    d, h = s.d, s.heads
+    block_norm = 4 * d + stats + (4 * d if rms else 0)
     # inputs read by the first projections: q (or q_a), k/kv_a, v (absent with low-rank kv)
-    readers = 1 + 1 + (0 if s.kv_rank else 1)
+    readers = 1 + 1 + (0 if kv_rank else 1)
     per_tok = block_norm  # input norm: input + statistics
     per_tok += (readers if bf16 else 1) * c * d  # normed input(s) kept by the linear layers
-    if s.q_rank:  # latent: norm input + statistics (+ RMS output) + q_b input
-        per_tok += c * s.q_rank + stats + (c * s.q_rank if rms else 0) + c * s.q_rank
-    if s.kv_rank:  # the kv_a output also holds the shared RoPE key
-        per_tok += c * (s.kv_rank + s.rope_dim) + stats + (c * s.kv_rank if rms else 0)
-        per_tok += c * s.kv_rank
+    if q_rank:  # latent: norm input + statistics (+ RMS output) + q_b input
+        per_tok += c * q_rank + stats + (c * q_rank if rms else 0) + c * q_rank
+    if kv_rank:  # the kv_a output also holds the shared RoPE key
+        per_tok += c * (kv_rank + r) + stats + (c * kv_rank if rms else 0)
+        per_tok += c * kv_rank
     # q, k and v kept by attention. With low-rank kv, k and v are views of the one kv_b
     # output (k gets its own buffer only when the RoPE key is concatenated onto it).
-    # Under bf16 on a CPU the model runs attention in fp32 (models/gpt.py): SDPA keeps fp32
-    # copies of q, k, v and its fp32 output, and o_proj keeps the bf16 cast of that output.
+    # Under bf16 on a CPU the model runs attention in fp32 (models/attention.py): SDPA keeps
+    # fp32 copies of q, k, v and its fp32 output, and o_proj keeps the bf16 cast of that output.
     fp32_attention = bf16 and device == "cpu"
     if fp32_attention:
-        per_tok += 4 * (h * s.qk_dim + h * s.qk_dim + h * s.v_dim)  # q, k, v
+        per_tok += 4 * (h * qk + h * qk + h * dv)  # q, k, v
         per_tok += 4 * h  # log-sum-exp per head
-        per_tok += 4 * h * s.v_dim + c * h * s.v_dim  # fp32 output + o_proj's bf16 input
+        per_tok += 4 * h * dv + c * h * dv  # fp32 output + o_proj's bf16 input
     else:
-        if s.kv_rank:
-            kv_store = h * (s.head_dim + s.v_dim) + (h * s.qk_dim if s.rope_dim else 0)
+        if kv_rank:
+            kv_store = h * (m.head_dim + dv) + (h * qk if r else 0)
         else:
-            kv_store = h * s.qk_dim + h * s.v_dim
-        per_tok += c * (h * s.qk_dim + kv_store)
+            kv_store = h * qk + h * dv
+        per_tok += c * (h * qk + kv_store)
         per_tok += 4 * h  # log-sum-exp per head
-        per_tok += c * h * s.v_dim  # attention output = o_proj input
-        if s.rope_dim:  # q/k built by cat are laid out per head: the output is copied for o_proj
-            per_tok += c * h * s.v_dim
+        per_tok += c * h * dv  # attention output = o_proj input
+        if r:  # q/k built by cat are laid out per head: the output is copied for o_proj
+            per_tok += c * h * dv
     per_tok += block_norm  # post-attention norm
-    mlp_readers = 2 if s.mlp_mats == 3 else 1
+    mlp_readers = 2 if swiglu else 1
     per_tok += (mlp_readers if bf16 else 1) * c * d
-    per_tok += (4 if s.mlp_mats == 3 else 2) * c * s.d_ff
+    per_tok += (4 if swiglu else 2) * c * m.d_ff  # pre- and post-activation (x2: gate and up)
     tokens = seq_len * micro_batch
-    layers = per_tok * s.layers * tokens
-    head = (8 + block_norm + c * d) * tokens + 4 * s.vocab * d
-    rope_width = (s.rope_dim or s.head_dim) if m.position == "rope" else 0
-    rope = 2 * 4 * seq_len * rope_width  # cos and sin, shared by all layers
+    layers = per_tok * m.n_layers * tokens
+    head = (8 + block_norm + c * d) * tokens + 4 * m.vocab_size * d
+    rope = 2 * 4 * seq_len * m.rotary_dim  # cos and sin, shared by all layers
     weight_copies = 0
     if bf16:
         p = param_counts(m)
-        weight_copies = 2 * s.layers * (p["attention_matmul"] + p["mlp_matmul"])
+        weight_copies = 2 * m.n_layers * (p["attention_matmul"] + p["mlp_matmul"])
     total = layers + head + rope + weight_copies
     return {
         "bytes": total,

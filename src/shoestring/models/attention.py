@@ -96,19 +96,19 @@ class ShoestringAttention(nn.Module):
             q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
         else:
             q = self.q_proj(x)
-        q = q.view(bsz, q_len, h, self.qk_head_dim).transpose(1, 2)
+        q = q.view(bsz, q_len, h, self.qk_head_dim).transpose(1, 2)  # [B, H, T, hd + r]
 
         k_rope = None
         if self.kv_lora_rank:
             latent = self.kv_a_proj(x)
-            if self.rope_dim:
+            if self.rope_dim:  # the last r outputs are the one RoPE key all heads share
                 latent, k_rope = latent.split([self.kv_lora_rank, self.rope_dim], dim=-1)
             kv = self.kv_b_proj(self.kv_a_norm(latent))
             kv = kv.view(bsz, q_len, h, self.head_dim + self.v_head_dim).transpose(1, 2)
             k, v = kv.split([self.head_dim, self.v_head_dim], dim=-1)
         else:
             k = self.k_proj(x)
-            if self.rope_dim:
+            if self.rope_dim:  # the last r outputs are the one RoPE key all heads share
                 k, k_rope = k.split([h * self.head_dim, self.rope_dim], dim=-1)
             k = k.view(bsz, q_len, h, self.head_dim).transpose(1, 2)
             v = self.v_proj(x).view(bsz, q_len, h, self.v_head_dim).transpose(1, 2)
@@ -121,19 +121,21 @@ class ShoestringAttention(nn.Module):
         elif self.rope_mode == "decoupled":
             assert rope is not None and k_rope is not None
             cos, sin = rope
+            # rotate only the last r dims of each query head; the content dims stay unrotated
             q_nope, q_pe = q.split([self.head_dim, self.rope_dim], dim=-1)
             q = torch.cat((q_nope, apply_rope(q_pe, cos, sin)), dim=-1)
+            # the shared key is rotated once, as one head, then appended to every head's key
             k_pe = apply_rope(k_rope.view(bsz, 1, q_len, self.rope_dim), cos, sin)
             k = torch.cat((k, k_pe.expand(bsz, h, q_len, self.rope_dim)), dim=-1)
 
-        if past_key_values is not None:
+        if past_key_values is not None:  # cache the rotated keys; get the whole sequence back
             k, v = past_key_values.update(k, v, self.layer_idx)
 
         out_dtype = q.dtype
         fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu"
         if fp32_attention:
-            # CPU flash attention is ~1.6x slower in bf16 than fp32 (fwd+bwd, measured on
-            # AVX512-BF16); attention is a small share of the FLOPs, so run it in fp32.
+            # CPU flash attention is slower in bf16 than in fp32 (docs/train.md has the
+            # measurement); attention is a small share of the FLOPs, so run it in fp32.
             # Autocast must be off around the call: it would cast fp32 inputs back to bf16.
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():

@@ -26,6 +26,7 @@ from shoestring.errors import UserError
 from shoestring.models.gpt import MODEL_TYPE, ShoestringGPTForCausalLM
 from shoestring.models.loading import quiet_hf_progress
 from shoestring.models.portable import make_portable, special_token_ids
+from shoestring.models.shape import HF_NAMES
 
 __all__ = [
     "ExportReport",
@@ -114,15 +115,12 @@ def llama_config_from(config: PretrainedConfig, special: dict[str, int]) -> Llam
     if config.rope_scaling != 1.0:
         rope = {**rope, "rope_type": "linear", "factor": float(config.rope_scaling)}
     return LlamaConfig(
+        # hidden_size, num_hidden_layers, ...: the shape fields that have an HF name
+        **{hf: getattr(config, name) for hf, name in HF_NAMES.items()},
         vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
-        intermediate_size=config.d_ff,
-        num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads,
         num_key_value_heads=config.n_heads,
         head_dim=config.head_dim,
         hidden_act="silu",
-        max_position_embeddings=config.max_seq_len,
         rms_norm_eps=config.norm_eps,
         rope_parameters=rope,
         tie_word_embeddings=config.tie_word_embeddings,

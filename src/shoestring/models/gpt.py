@@ -6,9 +6,10 @@ A nanoGPT-style decoder packaged as a Hugging Face causal LM. Why a ``transforme
 padding, sampling) and wrap with ``peft`` exactly like a Qwen2 or Llama checkpoint, so every
 downstream command treats "our" model and "their" model the same way.
 
-The pieces live next door: attention and its variants (MHA, low-rank q/kv, decoupled RoPE) in
-``attention.py``, RoPE and its scaling in ``rope.py``, norms and the MLP in ``layers.py``,
-parameter counts in ``param_count.py``, the chunked loss in ``fused_ce.py``.
+The pieces live next door: the shape's fields (one table, which the run config, ``analyze`` and
+the exporters read too) in ``shape.py``, attention and its variants (MHA, low-rank q/kv,
+decoupled RoPE) in ``attention.py``, RoPE and its scaling in ``rope.py``, norms and the MLP in
+``layers.py``, parameter counts in ``param_count.py``, the chunked loss in ``fused_ce.py``.
 
 Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` and
 ``AutoModelForCausalLM`` (model type ``shoestring_gpt``), so ``from_pretrained`` needs no
@@ -18,6 +19,7 @@ Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` a
 from __future__ import annotations
 
 import math
+from dataclasses import field, fields, make_dataclass
 from typing import Any
 
 import torch
@@ -33,20 +35,14 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-# Relative imports, and shoestring's own modules only inside ``try``: this file and its four
+# Relative imports, and shoestring's own modules only inside ``try``: this file and its
 # neighbours are copied verbatim into every model directory (``models/portable.py``), where
 # transformers loads them with ``trust_remote_code=True`` and shoestring may not be installed.
 from .attention import ShoestringAttention, sdpa_mask
 from .fused_ce import IGNORE_INDEX, chunked_linear_cross_entropy
 from .layers import ShoestringMLP, make_norm
 from .rope import rope_cos_sin, rope_factor
-
-try:
-    from shoestring.config import ConfigError
-    from shoestring.run_config import ModelConfig
-except ImportError:  # a model directory's copy, loaded where shoestring is not installed
-    ConfigError = ValueError  # type: ignore[misc,assignment]
-    ModelConfig = None  # type: ignore[misc,assignment]
+from .shape import HF_NAMES, ModelConfig, ShapeSizes, check_shape, shape_values
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init
@@ -74,163 +70,48 @@ __all__ = [
 MODEL_TYPE = "shoestring_gpt"
 
 
-# The ModelConfig fields the HF config mirrors one to one (same names, same meanings).
-_MODEL_FIELDS = (
-    "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "q_lora_rank",
-    "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "position", "rope_theta", "rope_scaling",
-    "attention_bias", "norm", "norm_eps", "mlp", "tie_word_embeddings", "dropout",
-    "initializer_range",
-)  # fmt: skip
-
-
 # ============================================================================ config
 
+# The shape table's fields as a dataclass with no methods of its own, for the HF config to
+# inherit: transformers makes every config class a dataclass, and its generated ``__eq__`` and
+# ``fields()`` see only declared fields. The ``rope_scaling`` class attribute this declares also
+# shadows the base class's ``rope_scaling`` -> ``rope_parameters`` property, so assigning our
+# float never reaches that setter.
+_ShapeFields = make_dataclass(
+    "_ShapeFields",
+    [(f.name, f.type, field(default=f.default)) for f in fields(ModelConfig)],
+    bases=(ShapeSizes,),
+    init=False,
+    repr=False,
+    eq=False,
+)
 
-class ShoestringGPTConfig(PretrainedConfig):
-    """HF config of the shoestring GPT; field names and meanings are those of ``ModelConfig``.
+
+class ShoestringGPTConfig(_ShapeFields, PretrainedConfig):
+    """HF config of the shoestring GPT: the fields of the shape table (``shape.ModelConfig``).
 
     ``attribute_map`` exposes the HF standard names (``hidden_size`` ...) so generic tooling
     (``peft``, caches, ``bench``) that reads those names works without knowing our names.
-    ``rope_scaling`` is a plain float (linear position interpolation factor, 1.0 = none), not
-    the HF dict: it shadows the base class's ``rope_scaling`` property on purpose.
+    ``rope_scaling`` is a plain float (linear position interpolation factor, 1.0 = none); it is
+    saved in HF's dict form (``to_dict``) and read in either form.
     """
 
     model_type = MODEL_TYPE
     keys_to_ignore_at_inference = ["past_key_values"]
-    attribute_map = {
-        "hidden_size": "d_model",
-        "num_hidden_layers": "n_layers",
-        "num_attention_heads": "n_heads",
-        "intermediate_size": "d_ff",
-        "max_position_embeddings": "max_seq_len",
-    }
+    attribute_map = dict(HF_NAMES)
 
-    # Field declarations. transformers 5 turns config classes into dataclasses, and the
-    # generated ``__eq__``/``fields()`` only see annotated names, so every field is declared
-    # here (defaults identical to ``__init__``'s; a test checks). ``rope_scaling`` being a class
-    # attribute also shadows the base class's deprecated ``rope_scaling`` -> ``rope_parameters``
-    # property, so assigning our float never reaches that setter.
-    vocab_size: int = 16000
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 1024
+    # A model built outside a run has no train.seq_len for max_seq_len=0 to mean.
     max_seq_len: int = 128
-    q_lora_rank: int = 0
-    kv_lora_rank: int = 0
-    qk_rope_head_dim: int = 0
-    v_head_dim: int = 0
-    position: str = "learned"
-    rope_theta: float = 10000.0
-    rope_scaling: float = 1.0
-    attention_bias: bool = False
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    mlp: str = "gelu"
-    dropout: float = 0.0
-    initializer_range: float = 0.02
     use_cache: bool = True
 
-    def __init__(
-        self,
-        vocab_size: int = 16000,
-        d_model: int = 256,
-        n_layers: int = 4,
-        n_heads: int = 4,
-        d_ff: int = 1024,
-        max_seq_len: int = 128,
-        q_lora_rank: int = 0,
-        kv_lora_rank: int = 0,
-        qk_rope_head_dim: int = 0,
-        v_head_dim: int = 0,
-        position: str = "learned",
-        rope_theta: float = 10000.0,
-        rope_scaling: float | None = 1.0,
-        attention_bias: bool = False,
-        norm: str = "layernorm",
-        norm_eps: float = 1e-5,
-        mlp: str = "gelu",
-        tie_word_embeddings: bool = True,
-        dropout: float = 0.0,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        self.vocab_size = int(vocab_size)
-        self.d_model = int(d_model)
-        self.n_layers = int(n_layers)
-        self.n_heads = int(n_heads)
-        self.d_ff = int(d_ff)
-        self.max_seq_len = int(max_seq_len)
-        self.q_lora_rank = int(q_lora_rank)
-        self.kv_lora_rank = int(kv_lora_rank)
-        self.qk_rope_head_dim = int(qk_rope_head_dim)
-        self.v_head_dim = int(v_head_dim)
-        self.position = str(position)
-        self.rope_theta = float(rope_theta)
-        self.rope_scaling = rope_factor(rope_scaling)
-        self.attention_bias = bool(attention_bias)
-        self.norm = str(norm)
-        self.norm_eps = float(norm_eps)
-        self.mlp = str(mlp)
-        self.dropout = float(dropout)
-        self.initializer_range = float(initializer_range)
+    def __init__(self, use_cache: bool = True, **kwargs: Any) -> None:
+        for f in fields(ModelConfig):
+            value = kwargs.pop(f.name, getattr(type(self), f.name))  # class attr = default
+            # ``config.json`` may hold rope_scaling as HF's dict; ``rope_factor`` reads both
+            setattr(self, f.name, rope_factor(value) if f.name == "rope_scaling" else f.type(value))
         self.use_cache = bool(use_cache)
-        super().__init__(tie_word_embeddings=bool(tie_word_embeddings), **kwargs)
-        self.validate_shape()
-
-    # ------------------------------------------------------------------ derived sizes
-    @property
-    def head_dim(self) -> int:
-        """Per-head width of the content ("nope") part of q/k: d_model // n_heads."""
-        return self.d_model // self.n_heads
-
-    @property
-    def qk_head_dim(self) -> int:
-        """Per-head width of q and k as SDPA sees them (content + decoupled RoPE dims)."""
-        return self.head_dim + self.qk_rope_head_dim
-
-    @property
-    def value_head_dim(self) -> int:
-        """Per-head width of v (``v_head_dim`` or the default head dim when it is 0)."""
-        return self.v_head_dim or self.head_dim
-
-    def validate_shape(self) -> None:
-        """Cross-field rules, checked at construction so a bad checkpoint fails loudly early."""
-        if self.position not in ("learned", "rope"):
-            raise ConfigError(f"position={self.position!r} is not allowed; choose learned or rope")
-        if self.norm not in ("layernorm", "rmsnorm"):
-            raise ConfigError(f"norm={self.norm!r} is not allowed; choose layernorm or rmsnorm")
-        if self.mlp not in ("gelu", "swiglu"):
-            raise ConfigError(f"mlp={self.mlp!r} is not allowed; choose gelu or swiglu")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 = off)")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.qk_rope_head_dim and self.position != "rope":
-            raise ConfigError(
-                f"qk_rope_head_dim={self.qk_rope_head_dim} needs position='rope' "
-                f"(got position={self.position!r}); set position=rope or qk_rope_head_dim=0"
-            )
-        if self.qk_rope_head_dim % 2:
-            raise ConfigError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even")
-        if self.position == "rope" and self.qk_rope_head_dim == 0 and self.head_dim % 2:
-            raise ConfigError(
-                f"RoPE on the whole head needs an even head dim; d_model/n_heads = {self.head_dim}"
-            )
-        if self.position == "learned" and self.max_seq_len < 1:
-            raise ConfigError(
-                "position='learned' needs max_seq_len >= 1 (the size of the position table); "
-                "resolve the run config (max_seq_len=0 means train.seq_len) or pass max_seq_len"
-            )
-        if self.rope_scaling <= 0:
-            raise ConfigError(f"rope_scaling={self.rope_scaling} must be > 0 (1.0 = no scaling)")
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ConfigError(f"dropout={self.dropout} must be in [0, 1]")
+        super().__init__(tie_word_embeddings=self.tie_word_embeddings, **kwargs)
+        check_shape(self)  # a bad checkpoint or shape fails here, before any weight is made
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, **kw: Any) -> ShoestringGPTConfig:
@@ -239,9 +120,7 @@ class ShoestringGPTConfig(PretrainedConfig):
         ``max_seq_len == 0`` in a ``ModelConfig`` means "use train.seq_len"; resolve the run
         config first (``build_run_config`` does) or pass ``max_seq_len=`` here.
         """
-        values: dict[str, Any] = {name: getattr(cfg, name) for name in _MODEL_FIELDS}
-        values.update(kw)
-        return cls(**values)
+        return cls(**{**shape_values(cfg), **kw})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as saved, with ``rope_scaling`` in Hugging Face's form: absent at 1.0,
@@ -249,7 +128,7 @@ class ShoestringGPTConfig(PretrainedConfig):
 
         Why: code that parses ``config.json`` without this class (``AutoTokenizer`` where
         shoestring is not installed, vLLM, converters) reads ``rope_scaling`` as HF's dict and
-        fails on a bare float. ``__init__`` accepts both forms (``rope.rope_factor``).
+        fails on a bare float.
         """
         out = super().to_dict()
         if self.rope_scaling == 1.0:
@@ -260,7 +139,7 @@ class ShoestringGPTConfig(PretrainedConfig):
 
     def to_model_config(self) -> ModelConfig:
         """The shoestring ``ModelConfig`` with this config's values (for run directories)."""
-        return ModelConfig(**{name: getattr(self, name) for name in _MODEL_FIELDS})
+        return ModelConfig(**shape_values(self))
 
 
 # ============================================================================ layers
@@ -340,9 +219,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(ShoestringBlock(config, i) for i in range(config.n_layers))
         self.norm = make_norm(config, config.d_model)
-        self.rope_dim = (
-            (config.qk_rope_head_dim or config.head_dim) if config.position == "rope" else 0
-        )
+        self.rope_dim = config.rotary_dim
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -410,6 +287,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
             attention_mask = None
 
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # left padding: a row's positions count its real tokens only (pads get position 0)
             pos = attention_mask.long().cumsum(-1) - 1
             position_ids = pos.masked_fill(attention_mask == 0, 0)[:, -q_len:]
 
@@ -420,6 +298,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
                         f"sequence of {past_len + q_len} tokens is longer than max_seq_len="
                         f"{self.config.max_seq_len} (learned positions cannot extrapolate)"
                     )
+                # the same positions for every row: a slice of the table, no index tensor
                 hidden = hidden + self.embed_positions.weight[past_len : past_len + q_len]
             else:
                 hidden = hidden + self.embed_positions(position_ids)
@@ -427,7 +306,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         if self.rope_dim:
             if position_ids is None:
                 position_ids = torch.arange(past_len, past_len + q_len, device=device)[None]
-            rope = self._rope_cos_sin(position_ids, device)
+            rope = self._rope_cos_sin(position_ids, device)  # once here, shared by every layer
 
         attn_mask, is_causal = sdpa_mask(attention_mask, q_len, past_len, device)
         hidden = self.drop(hidden)
@@ -565,8 +444,6 @@ def lm_loss(
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
 
-
-# ============================================================================ analysis
 
 # ============================================================================ registration
 

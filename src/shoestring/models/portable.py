@@ -6,8 +6,8 @@ Why one place: ``train`` (and ``quickstart``, which trains), GRPO and ``export``
 ``save_pretrained`` every writer calls :func:`make_portable`, which
 
 * copies the shoestring GPT's modeling code (``gpt.py`` as ``modeling_shoestring_gpt.py`` and
-  the four modules it imports, verbatim: they import each other relatively and shoestring only
-  inside ``try``) and adds ``auto_map`` to ``config.json``, so
+  the modules it imports, ``MODELING_FILES``, verbatim: they import each other relatively and
+  shoestring only inside ``try``) and adds ``auto_map`` to ``config.json``, so
   ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` works without shoestring;
 * fills ``eos_token_id``/``bos_token_id``/``pad_token_id`` in ``config.json`` and
   ``generation_config.json`` from the tokenizer saved next to the weights, where missing;
@@ -35,6 +35,7 @@ MODELING_FILES = {
     "layers.py": "layers.py",
     "rope.py": "rope.py",
     "fused_ce.py": "fused_ce.py",
+    "shape.py": "shape.py",
 }
 _ENTRY = "modeling_shoestring_gpt"
 AUTO_MAP = {
