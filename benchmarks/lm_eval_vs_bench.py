@@ -61,9 +61,9 @@ def run_lm_eval(model: Path, tasks: Path, limit: int) -> tuple[Any, list[dict], 
 
 
 def run_shoestring(model: Path, data: Path, limit: int, threads: int, out: Path) -> tuple:
+    from shoestring.bench import runner as bench_runner
     from shoestring.bench.config import BenchConfig
     from shoestring.bench.records import read_problem_records
-    from shoestring.bench.runner import run_bench
 
     cfg = BenchConfig(
         models=[str(model)],
@@ -74,9 +74,10 @@ def run_shoestring(model: Path, data: Path, limit: int, threads: int, out: Path)
         device="cpu",
         threads=threads,
         out=str(out),
+        quiet=True,
     )
     t0 = time.perf_counter()
-    run_bench(cfg, echo=False, progress=False)
+    bench_runner.run(cfg)
     seconds = time.perf_counter() - t0
     (path,) = (out / "models").glob("*/problems.jsonl")
     records, _ = read_problem_records(path)

@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 
 from shoestring.bench.config import BenchConfig
-from shoestring.bench.runner import BenchRun, run_bench
+from shoestring.bench.problems import load_problems
+from shoestring.bench.protocol import ProtocolChoice
+from shoestring.bench.runner import run
 from shoestring.data import text
 from shoestring.data.documents import iter_documents
 from shoestring.data.gsm8k import load_gsm8k
 from shoestring.data.input_report import MAX_REPORTS, InputReport, json_problem, refuse_binary
 from shoestring.errors import UserError
+from shoestring.rundir.directory import RunDir
 
 
 def _gsm8k_lines(n: int) -> list[bytes]:
@@ -64,10 +67,15 @@ def test_binary_input_refused_by_prepare_and_bench(tmp_path: Path) -> None:
         text.run(binary, tmp_path / "prep", vocab_size=300, quiet=True)
     assert not (tmp_path / "prep" / "meta.json").exists()
     cfg = BenchConfig(
-        models=["unused"], data=str(binary), device="cpu", dtype="fp32", out=str(tmp_path / "b")
+        models=["unused"],
+        data=str(binary),
+        device="cpu",
+        dtype="fp32",
+        out=str(tmp_path / "b"),
+        quiet=True,
     )
     with pytest.raises(UserError, match=r"random.jsonl looks like a binary file \(a NUL byte"):
-        run_bench(cfg, progress=False, echo=False)
+        run(cfg)
     # UTF-16 text is refused too (NUL bytes), with the way out named
     utf16 = tmp_path / "notes.txt"
     utf16.write_text("a line of text\n" * 50, encoding="utf-16")
@@ -83,14 +91,14 @@ def test_many_bad_lines_give_a_summary_not_a_flood(
     p = tmp_path / "many.jsonl"
     p.write_bytes(b"\n".join(lines) + b"\n")
     cfg = BenchConfig(models=["unused"], data=str(p), device="cpu", out=str(tmp_path / "b"))
-    bench = BenchRun(cfg, progress=False, echo=False, on_problem=None)
+    rundir = RunDir(tmp_path / "b", "bench", echo=False)
     with caplog.at_level(logging.WARNING, logger="shoestring.data.gsm8k"):
-        bench.load_data()
-    bench.ctx.rundir.close()
+        problems = load_problems(cfg, ProtocolChoice.resolve(cfg.protocol), rundir.log)
+    rundir.close()
     assert len(caplog.records) == MAX_REPORTS + 2  # the first 20, "... and 280 more", a total
     log = (tmp_path / "b" / "log.txt").read_text()
     assert log.count("data: skipped") == MAX_REPORTS + 1 and "280 more" in log
-    data = bench.data_summary()
+    data = problems.summary(cfg)
     assert data["n_skipped_lines"] == 300 and len(data["skipped_lines"]) == MAX_REPORTS
     assert data["skipped_lines"][0].startswith(f"{p}:6: invalid JSON (Expecting property name")
 

@@ -24,7 +24,7 @@ from shoestring.bench import cli
 from shoestring.bench.config import BenchConfig
 from shoestring.bench.metrics import compare_models
 from shoestring.bench.records import read_problem_records
-from shoestring.bench.runner import run_bench
+from shoestring.bench.runner import run
 from shoestring.config import ConfigError
 from shoestring.errors import UserError
 from shoestring.report.compare import write_run_report
@@ -61,7 +61,8 @@ def run_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shoestring run directory: a tiny GPT trained three steps on synthetic math."""
     from shoestring.data import text
     from shoestring.run_config import build_run_config
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     root = tmp_path_factory.mktemp("run")
     text.run(None, root / "data", vocab_size=300, synthetic=300, quiet=True)
@@ -83,7 +84,7 @@ def run_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "train.dtype=fp32",
         ]
     )
-    return train(cfg, out=root / "runs", name="tiny-gpt", echo=False, progress=False)
+    return train(TrainJobConfig.of(cfg, out=root / "runs", name="tiny-gpt", quiet=True))
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,7 @@ def _cfg(out: Path, models_: list[Path | str], data: Path, **kw: Any) -> BenchCo
         "device": "cpu",
         "threads": 1,
         "out": str(out),
+        "quiet": True,
     }
     base.update(kw)
     return BenchConfig(**base)
@@ -140,12 +142,7 @@ def test_two_models_write_every_output(
 ) -> None:
     out = tmp_path / "b"
     count = Counter()
-    assert (
-        run_bench(
-            _cfg(out, [hf_model, run_model], data), progress=False, echo=False, on_problem=count
-        )
-        == out
-    )
+    assert run(_cfg(out, [hf_model, run_model], data), on_problem=count) == out
     for name in ("config.json", "summary.json", "metrics.jsonl", "log.txt", "report.md"):
         assert (out / name).is_file(), name
     s = json.loads((out / "summary.json").read_text())
@@ -201,7 +198,7 @@ def test_two_models_write_every_output(
 
     # The same command again: nothing is generated, and the models are not even loaded.
     again = Counter()
-    run_bench(_cfg(out, [hf_model, run_model], data), progress=False, echo=False, on_problem=again)
+    run(_cfg(out, [hf_model, run_model], data), on_problem=again)
     assert again.seen == {}
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["status"] == "finished" and s2["models"][0]["metrics"] == llama["metrics"]
@@ -211,15 +208,15 @@ def test_two_models_write_every_output(
 
     # A changed setting is a clear error that points to a new --out; nothing is touched.
     with pytest.raises(UserError, match=r"max_new_tokens.*12 -> 20.*new --out"):
-        run_bench(_cfg(out, [hf_model], data, max_new_tokens=20), progress=False, echo=False)
+        run(_cfg(out, [hf_model], data, max_new_tokens=20))
     with pytest.raises(UserError, match=r"protocol.*new --out"):
-        run_bench(_cfg(out, [hf_model], data, protocol="plain"), progress=False, echo=False)
+        run(_cfg(out, [hf_model], data, protocol="plain"))
     changed = tmp_path / "changed.jsonl"
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     rows[2]["question"] += " Explain."
     changed.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(UserError, match=r"problems.jsonl:\d+: problem 2 differs.*data changed"):
-        run_bench(_cfg(out, [hf_model], changed), progress=False, echo=False)
+        run(_cfg(out, [hf_model], changed))
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     assert (out / "report.md").read_text() == report
     assert len(_lines(out / "models" / "tiny-llama" / "problems.jsonl")) == 6
@@ -232,7 +229,7 @@ def test_resume_after_interrupt_redoes_nothing(
     cfg = _cfg(out, [hf_model, run_model], data, batch_size=2)
     first = Counter(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
-        run_bench(cfg, progress=False, echo=False, on_problem=first)
+        run(cfg, on_problem=first)
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "interrupted"
     assert s["models"][0]["metrics"]["n"] == 3 and not s["models"][0]["complete"]
@@ -246,7 +243,7 @@ def test_resume_after_interrupt_redoes_nothing(
         f.write('{"idx": 5, "question": "cut sho')
 
     second = Counter()
-    run_bench(cfg, progress=False, echo=False, on_problem=second)
+    run(cfg, on_problem=second)
     assert sorted(second.seen["tiny-llama"]) == sorted(set(range(6)) - set(kept))
     assert sorted(second.seen["tiny-gpt"]) == list(range(6))
     recs = _lines(problems)
@@ -259,10 +256,8 @@ def test_resume_after_interrupt_redoes_nothing(
 
     # A larger --limit reuses the six and generates only the new problems.
     third = Counter()
-    run_bench(
+    run(
         _cfg(out, [hf_model], data, limit=N_PROBLEMS, batch_size=2),
-        progress=False,
-        echo=False,
         on_problem=third,
     )
     assert sorted(third.seen["tiny-llama"]) == list(range(6, N_PROBLEMS))
@@ -299,7 +294,8 @@ def test_malformed_data_line_reported_with_file_and_line(
         ]
     )
     assert args.func(args) == 0
-    assert "report:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report:" in printed and printed.splitlines()[-1] == str(tmp_path / "b")
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["data"]["n_selected"] == 3 and s["data"]["idx"] == [0, 1, 3]
     (msg,) = s["data"]["skipped_lines"]
@@ -307,30 +303,47 @@ def test_malformed_data_line_reported_with_file_and_line(
     assert f"{bad}:3:" in (tmp_path / "b" / "log.txt").read_text()
     assert "1 malformed line(s) skipped" in (tmp_path / "b" / "report.md").read_text()
     with pytest.raises(UserError, match=rf"{bad.name}:3"):
-        run_bench(
-            _cfg(tmp_path / "c", [hf_model], bad, strict_data=True), progress=False, echo=False
-        )
+        run(_cfg(tmp_path / "c", [hf_model], bad, strict_data=True))
 
 
 def test_bad_arguments_fail_before_any_model_runs(
     hf_model: Path, data: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(UserError, match="does not exist"):
-        run_bench(
-            _cfg(tmp_path / "a", [hf_model, tmp_path / "nope"], data), progress=False, echo=False
-        )
+        run(_cfg(tmp_path / "a", [hf_model, tmp_path / "nope"], data))
     assert not (tmp_path / "a" / "models").exists()  # the first model never ran
     ckpt = tmp_path / "m.bin"
     ckpt.write_bytes(b"\0" * 64)
     (tmp_path / "tok.model").write_bytes(b"")
     with pytest.raises(UserError, match=r"TOKENIZER\.model.*tok\.model is next to it"):
-        run_bench(_cfg(tmp_path / "b", [ckpt], data), progress=False, echo=False)
+        run(_cfg(tmp_path / "b", [ckpt], data))
     with pytest.raises(ConfigError, match="--limit"):
-        run_bench(_cfg(tmp_path / "c", [hf_model], data, limit=None, subset_seed=1))
+        run(_cfg(tmp_path / "c", [hf_model], data, limit=None, subset_seed=1))
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "summary.json").write_text('{"kind": "train"}')
     with pytest.raises(UserError, match="'train' run directory"):
-        run_bench(_cfg(tmp_path / "train", [hf_model], data), progress=False, echo=False)
+        run(_cfg(tmp_path / "train", [hf_model], data))
+
+
+def test_flags_are_overrides_over_a_config_file(tmp_path: Path) -> None:
+    """defaults < --config FILE < shortcut flags < --set; a typo gets the nearest key."""
+    file = tmp_path / "bench.yaml"
+    file.write_text("models: [a, b]\ndata: gsm.jsonl\nlimit: 10\nmax_new_tokens: 64\nquiet: true\n")
+    parser = argparse.ArgumentParser()
+    cli.add_cli(parser.add_subparsers())
+
+    def build(*argv: str) -> BenchConfig:
+        return cli.bench_config_from_args(parser.parse_args(["bench", *argv]))
+
+    cfg = build("--config", str(file), "--limit", "5", "--set", "limit=7", "--no-progress")
+    assert (cfg.models, cfg.data, cfg.limit, cfg.max_new_tokens) == (["a", "b"], "gsm.jsonl", 7, 64)
+    assert cfg.quiet and not cfg.progress and cfg.split == "test" and cfg.protocol == "auto"
+    cfg = build("--config", str(file), "m", "--limit", "5", "--trust-remote-code")
+    assert (cfg.models, cfg.limit, cfg.trust_remote_code, cfg.progress) == (["m"], 5, True, True)
+    with pytest.raises(ConfigError, match="did you mean 'max_new_tokens'"):
+        build("--config", str(file), "--set", "max_new_token=5")
+    with pytest.raises(ConfigError, match="at least one MODEL"):
+        build("--data", "gsm.jsonl")
 
 
 def test_problem_records_reader_reports_bad_lines(tmp_path: Path) -> None:
@@ -396,8 +409,9 @@ def test_llama2c_stories260k_end_to_end(shared_dir: Path, tmp_path: Path) -> Non
         device="cpu",
         threads=1,
         out=str(tmp_path / "b"),
+        quiet=True,
     )
-    run_bench(cfg, progress=False, echo=False)
+    run(cfg)
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     (model,) = s["models"]
     assert model["source"] == "llama2c" and model["label"] == "stories260K"
@@ -410,6 +424,6 @@ def test_llama2c_stories260k_end_to_end(shared_dir: Path, tmp_path: Path) -> Non
     # --tokenizer-model form, same content: the conversion is reused, the answers too.
     cfg.models, cfg.tokenizer_model = [str(m / "stories260K.bin")], str(m / "tok512.model")
     count = Counter()
-    run_bench(cfg, progress=False, echo=False, on_problem=count)
+    run(cfg, on_problem=count)
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["models"][0]["converted_from"]["cached"] is True and count.seen == {}

@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from _helpers import char_tokenizer
+from shoestring.bench import runner as bench_runner
 from shoestring.bench.config import BenchConfig
 from shoestring.bench.records import read_problem_records
-from shoestring.bench.runner import run_bench
 from shoestring.data.gsm8k import Problem, lm_eval_fewshot_for, load_gsm8k
 from shoestring.scoring.lm_eval_rules import strict_match
 from shoestring.scoring.protocols import get_protocol
@@ -190,8 +190,9 @@ def agreement(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         device="cpu",
         threads=1,
         out=str(root / "bench"),
+        quiet=True,
     )
-    run_bench(cfg, echo=False, progress=False)
+    bench_runner.run(cfg)
     (path,) = (root / "bench" / "models").glob("*/problems.jsonl")
     records, issues = read_problem_records(path)
     assert not issues

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from _helpers import char_tokenizer, save_tiny_llama
+from shoestring.bench import runner as bench_runner
 from shoestring.bench.config import BenchConfig
 from shoestring.bench.records import read_problem_records
-from shoestring.bench.runner import run_bench
 from shoestring.data.synthetic import generate_problems
 from shoestring.models.loading import load_model_and_tokenizer
 from shoestring.quickstart import QUICKSTART_MAX_NEW_TOKENS, score_held_out
@@ -84,8 +84,9 @@ def test_bench_grpo_gate_and_quickstart_judge_identically(
         device="cpu",
         threads=1,
         out=str(tmp_path / "bench"),
+        quiet=True,
     )
-    run_bench(bench_cfg, echo=False, progress=False)
+    bench_runner.run(bench_cfg)
     (records_path,) = (tmp_path / "bench" / "models").glob("*/problems.jsonl")
     records, issues = read_problem_records(records_path)
     assert not issues

@@ -9,19 +9,21 @@ every extractor recorded, and reports each accuracy with its 95% Wilson interval
 pair of models with McNemar's exact test on the same problems, and speed and memory as
 measured (tokens/s over generation time only, the real peak of the resident set).
 
-One job per module:
+One job per module, in the order a run uses them (:func:`.runner.run` reads top to bottom):
 
+- :mod:`.cli` - the flags, each a ``--set`` shortcut over ``--config FILE``; no torch;
 - :mod:`.config` - :class:`~.config.BenchConfig`, what was asked (config.json);
+- :mod:`.runner` - the whole run: preflight, lifecycle, each model, the summary;
+- :mod:`.protocol` - the one place ``--protocol`` is resolved (``auto`` per model);
+- :mod:`.problems` - the problems every model answers, and lm-eval's per-problem shots;
 - :mod:`.models` - MODEL arguments resolved to loadable specs, weight fingerprints, the
   llama2.c conversion cache;
-- :mod:`.records` - problems.jsonl and state.json: the settings hash that guards resume;
-- :mod:`.metrics` - accuracy per extractor, speed and memory per model, paired tests;
 - :mod:`.model_run` - one model: load, generate what is missing, measure its memory;
-- :mod:`.runner` - the whole run: data, lifecycle, summary and report
-  (:func:`~.runner.run_bench`).
+- :mod:`.records` - problems.jsonl and state.json: the settings hash that guards resume;
+- :mod:`.metrics` - accuracy per extractor, speed and memory per model, paired tests.
 
-The command-line wiring lives in :mod:`shoestring.bench.cli`. This ``__init__`` imports
-nothing, so that the wiring can read :mod:`.config` without loading torch.
+This ``__init__`` imports nothing, so that the wiring can read :mod:`.config` without loading
+torch.
 
 Layout of ``--out DIR`` (documented in docs/bench.md)::
 

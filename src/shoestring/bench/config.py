@@ -51,6 +51,13 @@ class BenchConfig:
         False, "reject the data on the first malformed line instead of skipping and reporting it"
     )
     examples: int = opt(2, "correct and incorrect responses shown per model in report.md", min=0)
+    progress: bool = opt(True, "progress bars on stderr")
+    quiet: bool = opt(False, "no progress bars or log lines on stderr (log.txt keeps them)")
+
+    @property
+    def progress_bars(self) -> bool:
+        """Whether to draw progress bars: asked for, and not silenced by ``quiet``."""
+        return self.progress and not self.quiet
 
     def check(self) -> BenchConfig:
         """Validate ranges/choices and cross-field rules; returns self so calls can chain."""

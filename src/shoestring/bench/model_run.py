@@ -2,7 +2,7 @@
 scoring path, append each judged problem to problems.jsonl as it finishes, and measure the
 model's load time and memory.
 
-Why the records are written one by one: a benchmark of a 7B model on a CPU takes hours, and a
+Why the records are written one by one: a benchmark of a large model on a CPU is long, and a
 kill must lose at most the problems in flight (the rerun resumes from the file).
 """
 
@@ -13,19 +13,21 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from shoestring.bench.config import BenchConfig
 from shoestring.bench.metrics import model_metrics
 from shoestring.bench.models import ModelSpec
+from shoestring.bench.problems import ProblemSet
+from shoestring.bench.protocol import ProtocolChoice, recorded_protocol
 from shoestring.bench.records import (
     STATE_VERSION,
+    check_loaded_settings,
     check_stored_settings,
-    describe_changes,
     problem_record,
     problems_path,
     settings_for,
@@ -40,68 +42,48 @@ from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progres
 from shoestring.rundir.directory import RunDir, atomic_write_json, now_iso, read_json
 from shoestring.rundir.monitor import SystemMonitor
 from shoestring.runtime import Runtime
-from shoestring.scoring.protocols import Protocol, get_protocol, has_chat_template, resolve_protocol
+from shoestring.scoring.protocols import Protocol
 from shoestring.scoring.scoring import ProblemScore, render_prompts, sampling_for, score_model
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
-__all__ = ["BenchContext", "OnProblem", "check_settings_early", "partial_result", "run_model"]
+__all__ = ["ModelOutcome", "OnProblem", "check_settings_early", "partial_result", "run_model"]
 
 #: ``on_problem(label, record)``: called after each problem's line is written.
 OnProblem = Callable[[str, dict[str, Any]], None]
-#: A model's result for summary.json, and its records by problem index.
-ModelOutcome = tuple[dict[str, Any], dict[int, dict[str, Any]]]
 
 
-@dataclass
-class BenchContext:
-    """What every model of one ``bench`` invocation shares."""
+@dataclass(frozen=True)
+class ModelOutcome:
+    """What one model contributes to the summary: its entry in ``models`` and its records of
+    the selected problems by index (the paired tests read them)."""
 
-    cfg: BenchConfig
-    out: Path
-    rundir: RunDir
-    problems: list[Problem] = field(default_factory=list)
-    #: each problem's few-shot examples by ``idx`` (protocols with lm-eval's per-problem draw)
-    fewshot: dict[int, tuple[Problem, ...]] = field(default_factory=dict)
-    progress: bool = True
-    on_problem: OnProblem | None = None
-
-    def log(self, msg: str) -> None:
-        self.rundir.log(msg)
-
-    def stored(
-        self, spec: ModelSpec, shash: str | None, quiet: bool = False
-    ) -> dict[int, dict[str, Any]]:
-        """The model's stored records of the selected problems (see ``stored_records``)."""
-        log = None if quiet else self.log
-        return stored_records(self.out, spec.label, self.problems, self.cfg.data, shash, log)
+    result: dict[str, Any]
+    records: dict[int, dict[str, Any]]
 
 
 def _mib(n_bytes: int | None) -> float | None:
     return None if n_bytes is None else round(n_bytes / 2**20, 1)
 
 
-def check_settings_early(ctx: BenchContext, spec: ModelSpec, rt: Runtime) -> dict[str, Any]:
+def check_settings_early(
+    spec: ModelSpec,
+    cfg: BenchConfig,
+    dtype: str,
+    protocol: ProtocolChoice,
+    problems: ProblemSet,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """Check what is known without loading the model against the stored responses; returns
     the model's state.json (empty for a new model)."""
-    c = ctx.cfg
-    cheap: dict[str, Any] = {
+    known = {
         "model": spec.fingerprint,
-        "max_new_tokens": c.max_new_tokens,
-        "dtype": rt.dtype,
+        "max_new_tokens": cfg.max_new_tokens,
+        "dtype": dtype,
+        **protocol.known_settings(),
     }
-    if c.protocol != "auto":
-        cheap["protocol"] = c.protocol
-    return check_stored_settings(ctx.out, spec.label, cheap, ctx.problems, c.data, ctx.log)
-
-
-def _choose_protocol(name: str, tokenizer: Any) -> tuple[Protocol, str]:
-    """The protocol for this model and why (recorded as ``protocol_source``)."""
-    protocol = resolve_protocol(name, tokenizer, fallback="plain")
-    if name != "auto":
-        return protocol, "--protocol"
-    if has_chat_template(tokenizer):
-        return protocol, "default: the tokenizer has a chat template"
-    return protocol, "default: no chat template"
+    return check_stored_settings(
+        Path(cfg.out), spec.label, known, problems.problems, problems.source, log
+    )
 
 
 @contextmanager
@@ -134,26 +116,34 @@ def _measure_memory(session: dict[str, Any], device: str) -> Iterator[None]:
             session["cuda_peak_reserved_mb"] = _mib(torch.cuda.max_memory_reserved())
 
 
-def run_model(ctx: BenchContext, spec: ModelSpec, rt: Runtime) -> ModelOutcome:
+def run_model(
+    spec: ModelSpec,
+    cfg: BenchConfig,
+    rt: Runtime,
+    protocol: ProtocolChoice,
+    problems: ProblemSet,
+    rundir: RunDir,
+    on_problem: OnProblem | None = None,
+) -> ModelOutcome:
     """Load (only when problems are missing), generate the missing problems, score."""
-    c = ctx.cfg
-    label = spec.label
-    state = check_settings_early(ctx, spec, rt)
-    old = state.get("settings")
-    done = ctx.stored(spec, state.get("settings_hash"), quiet=True)
-    missing = [p for p in ctx.problems if p.idx not in done]
-    # "auto" reuses a stored default protocol without loading; a protocol that was given
-    # explicitly last time needs the tokenizer to know whether it is this model's default.
-    stored_default = str(state.get("info", {}).get("protocol_source", "")).startswith("default")
-    if not missing and old is not None and (c.protocol != "auto" or stored_default):
-        ctx.log(f"{label}: all {len(done)} problems already scored; not loading the model")
-        return model_result(ctx, spec, state, get_protocol(old["protocol"]), done)
+    out, label = rundir.path, spec.label
+    # state.json and the stored lines, read where they are used (the preflight only checked)
+    state = check_settings_early(spec, cfg, rt.dtype, protocol, problems, rundir.log)
+    done = stored_records(
+        out, label, problems.problems, problems.source, state.get("settings_hash")
+    )
+    missing = [p for p in problems.problems if p.idx not in done]
+    # Everything stored, and loading could not pick another protocol: report without loading.
+    stored_protocol = protocol.without_loading(state)
+    if not missing and stored_protocol is not None:
+        rundir.log(f"{label}: all {len(done)} problems already scored; not loading the model")
+        return model_result(spec, state, stored_protocol, done, problems)
 
     session: dict[str, Any] = {
         "started_at": now_iso(),
         "device": rt.device,
         "threads": rt.threads,
-        "batch_size": c.batch_size or "auto",
+        "batch_size": cfg.batch_size or "auto",
         "reused_problems": len(done),
         "generated_problems": 0,
         "generated_tokens": 0,
@@ -163,34 +153,22 @@ def run_model(ctx: BenchContext, spec: ModelSpec, rt: Runtime) -> ModelOutcome:
     model = tokenizer = None
     try:
         with _measure_memory(session, rt.device):
-            with quiet_hf_progress(not ctx.progress):
+            with quiet_hf_progress(not cfg.progress_bars):
                 model, tokenizer, info = load_model_and_tokenizer(
                     spec.path,
                     device=rt.device,
                     dtype=rt.dtype,
-                    trust_remote_code=c.trust_remote_code,
+                    trust_remote_code=cfg.trust_remote_code,
                 )
             session["loaded"] = True
             session["load_seconds"] = round(info["load_seconds"], 3)
-            protocol, info["protocol_source"] = _choose_protocol(c.protocol, tokenizer)
+            used, info["protocol_source"] = protocol.for_tokenizer(tokenizer)
             settings = settings_for(
-                spec.fingerprint, protocol, tokenizer, c.max_new_tokens, info["dtype"]
+                spec.fingerprint, used, tokenizer, cfg.max_new_tokens, info["dtype"]
             )
             shash = settings_hash(settings)
             # The settings that needed the tokenizer (default protocol, prompt) are checked now.
-            stale = sorted(i for i, r in done.items() if r.get("settings_hash") != shash)
-            if stale and old is None:  # state.json lost: the lines' own hashes decide
-                raise UserError(
-                    f"{ctx.out}/models/{label}/problems.jsonl holds responses made with "
-                    f"other settings (problems {stale[:5]}...) and no state.json says "
-                    "which; use a new --out"
-                )
-            if old is not None and state.get("settings_hash") != shash:
-                raise UserError(
-                    f"{ctx.out}/models/{label} holds responses made with other settings ("
-                    f"{describe_changes(old, settings)}); use a new --out to benchmark these "
-                    "settings, or rerun with the old ones to continue"
-                )
+            check_loaded_settings(out, label, state, settings, shash, done)
             state.update(
                 {
                     "version": STATE_VERSION,
@@ -202,41 +180,40 @@ def run_model(ctx: BenchContext, spec: ModelSpec, rt: Runtime) -> ModelOutcome:
                 }
             )
             state.setdefault("sessions", [])
-            atomic_write_json(state_path(ctx.out, label), state)
-            _log_loaded(ctx, label, info, protocol, len(done), len(missing))
+            atomic_write_json(state_path(out, label), state)
+            _log_loaded(rundir, label, info, used, len(done), len(missing))
             if missing:
-                n_session = len(state["sessions"])
-                _generate(
-                    ctx, spec, model, tokenizer, protocol, shash, missing, done, session, n_session
-                )
+                n_session = len(state["sessions"])  # this session's number, on every line
+                append = _Appender(out, label, missing, shash, n_session, done, session, on_problem)
+                _generate(model, tokenizer, used, missing, problems, cfg, rundir, session, append)
     finally:
         # The session is recorded even after an interrupt, so resumed timings add up.
         session["finished_at"] = now_iso()
         if state.get("settings_hash"):
             state.setdefault("sessions", []).append(session)
-            atomic_write_json(state_path(ctx.out, label), state)
+            atomic_write_json(state_path(out, label), state)
         model = tokenizer = None  # free before the next model loads
         gc.collect()
         if rt.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    return model_result(ctx, spec, state, protocol, done)
+    return model_result(spec, state, used, done, problems)
 
 
 def _log_loaded(
-    ctx: BenchContext,
+    rundir: RunDir,
     label: str,
     info: dict[str, Any],
     protocol: Protocol,
     reused: int,
     to_generate: int,
 ) -> None:
-    ctx.log(
+    rundir.log(
         f"{label}: loaded {info['path']} ({info['model_type']}, "
         f"{info['n_params'] / 1e6:.2f}M params) on {info['device']} as "
         f"{info['dtype']} in {info['load_seconds']:.2f} s; protocol {protocol.name} "
         f"({info['protocol_source']}); {reused} problems reused, {to_generate} to generate"
     )
-    ctx.rundir.metric(
+    rundir.metric(
         {
             "event": "model_loaded",
             "model": label,
@@ -249,73 +226,101 @@ def _log_loaded(
     )
 
 
+class _Appender:
+    """Where one model's judged problems go as ``score_model`` finishes them: a line appended
+    to problems.jsonl, the record into ``done``, the counts and generation time into the
+    session. Used as a context manager around the generation: the file is open, and the
+    generation clock runs, inside it."""
+
+    def __init__(
+        self,
+        out: Path,
+        label: str,
+        missing: list[Problem],
+        shash: str,
+        n_session: int,
+        done: dict[int, dict[str, Any]],
+        session: dict[str, Any],
+        on_problem: OnProblem | None,
+    ) -> None:
+        self.path, self.label, self.missing = problems_path(out, label), label, missing
+        self.shash, self.n_session = shash, n_session
+        self.done, self.session, self.on_problem = done, session, on_problem
+        self._f: IO[str] | None = None
+        self._t0 = 0.0
+
+    def __enter__(self) -> _Appender:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a", encoding="utf-8")
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+
+    def __call__(self, item: ProblemScore) -> None:
+        assert self._f is not None, "an _Appender receives problems only inside its with block"
+        # item.index is the problem's position in `missing` (completion order varies)
+        p = self.missing[item.index]
+        rec = problem_record(p, item.result, item.scored, self.shash, self.n_session)
+        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._f.flush()  # on disk before the next problem: a kill loses only those in flight
+        self.done[p.idx] = rec
+        self.session["generated_problems"] += 1
+        self.session["generated_tokens"] += item.result.n_tokens
+        self.session["generation_seconds"] = round(time.perf_counter() - self._t0, 4)
+        if self.on_problem is not None:
+            self.on_problem(self.label, rec)
+
+
 def _generate(
-    ctx: BenchContext,
-    spec: ModelSpec,
     model: Any,
     tokenizer: Any,
     protocol: Protocol,
-    shash: str,
     missing: list[Problem],
-    done: dict[int, dict[str, Any]],
+    problems: ProblemSet,
+    cfg: BenchConfig,
+    rundir: RunDir,
     session: dict[str, Any],
-    n_session: int,
+    append: _Appender,
 ) -> None:
-    """Answer ``missing`` through ``score_model``, appending each record as it is judged."""
-    c = ctx.cfg
-    label = spec.label
-    scfg = sampling_for(protocol, c.max_new_tokens, c.batch_size)
+    """Answer ``missing`` through ``score_model``, handing each judged problem to ``append``."""
+    label = append.label
+    scfg = sampling_for(protocol, cfg.max_new_tokens)
     # Prompt lengths, for the context warning and the auto batch size (score_model renders
     # the same prompts again; rendering text is cheap next to generating).
-    fewshot = [ctx.fewshot[p.idx] for p in missing] if protocol.fewshot_sampler else None
+    fewshot = problems.fewshot_for(missing)
     rendered = render_prompts(
         model,
         tokenizer,
         [p.question for p in missing],
         protocol,
-        max_new_tokens=c.max_new_tokens,
+        max_new_tokens=cfg.max_new_tokens,
         fewshot=fewshot,
     )
     lengths = [len(x) for x in rendered.ids]
     ctx_len = getattr(model.config, "max_position_embeddings", None)
     if rendered.truncated:
-        ctx.log(
+        rundir.log(
             f"{label}: {rendered.truncated} of {len(lengths)} prompts left-truncated to their "
-            f"last {rendered.budget} tokens (context minus {c.max_new_tokens} new tokens), as "
+            f"last {rendered.budget} tokens (context minus {cfg.max_new_tokens} new tokens), as "
             "lm-eval's HF backend does"
         )
     elif isinstance(ctx_len, int) and ctx_len > 0:
-        over = sum(1 for n in lengths if n + c.max_new_tokens > ctx_len)
+        over = sum(1 for n in lengths if n + cfg.max_new_tokens > ctx_len)
         if over:
-            ctx.log(
+            rundir.log(
                 f"{label}: WARNING {over} of {len(lengths)} prompts plus "
-                f"{c.max_new_tokens} new tokens exceed the model's context of {ctx_len} "
+                f"{cfg.max_new_tokens} new tokens exceed the model's context of {ctx_len} "
                 f"positions (longest prompt {max(lengths)} tokens); text past it is "
                 "unreliable, and models with learned positions will fail"
             )
     session["batch_size_auto_first"] = (
-        None if c.batch_size else auto_batch_size(model, max(lengths), scfg)
+        None if cfg.batch_size else auto_batch_size(model, max(lengths), scfg.max_new_tokens)
     )
     session["prompt_tokens_mean"] = round(sum(lengths) / len(lengths), 1)
-    path = problems_path(ctx.out, label)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
-    with path.open("a", encoding="utf-8") as f:
-
-        def deliver(item: ProblemScore) -> None:
-            # item.index is the problem's position in `missing` (completion order varies)
-            p = missing[item.index]
-            rec = problem_record(p, item.result, item.scored, shash, n_session)
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()  # on disk before the next problem: a kill loses only those in flight
-            done[p.idx] = rec
-            session["generated_problems"] += 1
-            session["generated_tokens"] += item.result.n_tokens
-            session["generation_seconds"] = round(time.perf_counter() - t0, 4)
-            if ctx.on_problem is not None:
-                ctx.on_problem(label, rec)
-
+    with append:
         score_model(
             model,
             tokenizer,
@@ -323,26 +328,26 @@ def _generate(
             # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
             [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing],
             protocol,
-            max_new_tokens=c.max_new_tokens,
-            batch_size=c.batch_size,
-            progress=ctx.progress,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress_bars,
             desc=label,
-            on_result=deliver,
+            on_result=append,
             sampling=scfg,
             fewshot=fewshot,
         )
 
 
 def model_result(
-    ctx: BenchContext,
     spec: ModelSpec,
     state: dict[str, Any],
     protocol: Protocol,
     done: dict[int, dict[str, Any]],
+    problems: ProblemSet,
 ) -> ModelOutcome:
     """The model's entry in summary.json (``models[i]``) and its records of the selection."""
     info = state.get("info", {})
-    records = [done[p.idx] for p in ctx.problems if p.idx in done]
+    records = [done[p.idx] for p in problems.problems if p.idx in done]
     result = {
         "label": spec.label,
         "model": spec.arg,
@@ -359,25 +364,27 @@ def model_result(
         "primary_extractor": protocol.primary,
         "settings": state.get("settings"),
         "settings_hash": state.get("settings_hash"),
-        "complete": len(records) == len(ctx.problems),
+        "complete": len(records) == len(problems.problems),
         "problems_file": str(Path("models") / spec.label / "problems.jsonl"),
         "metrics": model_metrics(records, state),
     }
     if spec.convert is not None:
         result["converted_from"] = spec.convert
-    return result, {r["idx"]: r for r in records}
+    return ModelOutcome(result, {r["idx"]: r for r in records})
 
 
-def partial_result(ctx: BenchContext, spec: ModelSpec) -> ModelOutcome | None:
+def partial_result(spec: ModelSpec, out: Path, problems: ProblemSet) -> ModelOutcome | None:
     """A result from whatever is on disk (for an interrupted or failed model)."""
-    path = state_path(ctx.out, spec.label)
+    path = state_path(out, spec.label)
     if not path.exists():
         return None
     state = read_json(path)
     if "settings" not in state:
         return None
     try:
-        done = ctx.stored(spec, state.get("settings_hash"), quiet=True)
+        done = stored_records(
+            out, spec.label, problems.problems, problems.source, state.get("settings_hash")
+        )
     except UserError:
         return None
-    return model_result(ctx, spec, state, get_protocol(state["settings"]["protocol"]), done)
+    return model_result(spec, state, recorded_protocol(state), done, problems)

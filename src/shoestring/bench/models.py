@@ -53,8 +53,8 @@ def weights_fingerprint(location: str, source: str) -> str:
     weight file, plus config.json.
 
     Why not the path: a run directory keeps its path when it is trained further, and results
-    of old and new weights must never be mixed on resume. Why not a full hash: a 14 GB model
-    would take half a minute to hash on every run; the head (safetensors header: names, shapes,
+    of old and new weights must never be mixed on resume. Why not a full hash: it would read
+    every byte of a multi-gigabyte model on every run; the head (safetensors header: names, shapes,
     offsets) and the tail (the last tensors' values) change whenever the weights do.
     """
     if source == "hub":
@@ -150,8 +150,8 @@ def resolve_models(
     tokenizer_model: str | None = None,
     log: Callable[[str], None] = print,
 ) -> list[ModelSpec]:
-    """Resolve every MODEL argument before any model runs, so a typo in the last one fails in
-    the first second instead of after an hour of benchmarking the others."""
+    """Resolve every MODEL argument before any model runs, so a typo in the last one fails at
+    once instead of after benchmarking all the others."""
     specs: list[ModelSpec] = []
     seen: dict[str, int] = {}
     for arg in models:

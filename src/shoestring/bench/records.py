@@ -22,6 +22,7 @@ from shoestring.scoring.protocols import Protocol, Scored
 
 __all__ = [
     "STATE_VERSION",
+    "check_loaded_settings",
     "check_stored_settings",
     "describe_changes",
     "problem_record",
@@ -228,3 +229,32 @@ def check_stored_settings(
             )
     stored_records(out, label, problems, data_name, state.get("settings_hash"), log)
     return state
+
+
+def check_loaded_settings(
+    out: Path,
+    label: str,
+    state: dict[str, Any],
+    settings: dict[str, Any],
+    shash: str,
+    done: dict[int, dict[str, Any]],
+) -> None:
+    """Compare the full settings, known once the model is loaded (the default protocol, the
+    prompt fingerprint), with those of the stored responses ``done``.
+
+    Without a state.json (lost) the lines' own hashes decide; with one, its hash does.
+    """
+    old = state.get("settings")
+    stale = sorted(i for i, r in done.items() if r.get("settings_hash") != shash)
+    if stale and old is None:
+        raise UserError(
+            f"{out}/models/{label}/problems.jsonl holds responses made with "
+            f"other settings (problems {stale[:5]}...) and no state.json says "
+            "which; use a new --out"
+        )
+    if old is not None and state.get("settings_hash") != shash:
+        raise UserError(
+            f"{out}/models/{label} holds responses made with other settings ("
+            f"{describe_changes(old, settings)}); use a new --out to benchmark these "
+            "settings, or rerun with the old ones to continue"
+        )
