@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from grpo_vs_trl import build_model, build_tokenizer, load_questions
+    from shoestring.rl import grpo
     from shoestring.rl.config import grpo_config
-    from shoestring.rl.grpo import train_grpo
     from shoestring.rundir.directory import read_metrics
 
     work = Path(tempfile.mkdtemp(prefix="grpo_step_time_"))
@@ -100,12 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         cuda = args.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        run = train_grpo(
-            grpo_config(preset="cpu", overrides=overrides),
-            out=work / "runs",
-            name="step_time",
-            progress=False,
-        )
+        placement = f"output_dir={work / 'runs' / 'step_time'}"
+        run = grpo.run(grpo_config(preset="cpu", overrides=[*overrides, placement]))
         for r in read_metrics(run):
             if "step_seconds" in r:
                 print(

@@ -162,8 +162,8 @@ def _protocol_name(chat: bool) -> str:
 def run_shoestring(
     model_dir: Path, work: Path, args: argparse.Namespace, tag: str, rows: list[dict[str, str]]
 ) -> tuple[list[float], list[float]]:
+    from shoestring.rl import grpo
     from shoestring.rl.config import grpo_config
-    from shoestring.rl.grpo import train_grpo
     from shoestring.rundir.directory import read_metrics
 
     data = work / "prompts.jsonl"
@@ -191,9 +191,11 @@ def run_shoestring(
             "save_steps=100000",
             "log_completions_steps=0",
             "seed=0",
+            f"output_dir={work / 'shoestring' / tag}",
+            "quiet=true",
         ]
     )
-    run = train_grpo(cfg, out=work / "shoestring", name=tag, echo=False, progress=False)
+    run = grpo.run(cfg)
     recs = [r for r in read_metrics(run) if "step_seconds" in r]
     return [r["step_seconds"] for r in recs], [r["time_generation"] for r in recs]
 

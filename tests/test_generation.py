@@ -8,6 +8,7 @@ be reproducible from its seed. Models and tokenizer are built locally - nothing 
 from __future__ import annotations
 
 import argparse
+import json
 import string
 
 import pytest
@@ -23,23 +24,20 @@ from transformers import (
 from _helpers import char_tokenizer
 from shoestring.config import ConfigError
 from shoestring.engine import (
+    Engine,
+    EngineOptions,
+    GenerationResult,
     IncrementalText,
-    SamplingConfig,
+    Sampling,
+    TextOptions,
     auto_batch_size,
     estimate_row_bytes,
-    generate_all,
-    generate_batch,
     select_cache_rows,
     trim_cache_left,
 )
 from shoestring.errors import DeviceUnavailableError, UserError
-from shoestring.models.loading import (
-    host_supports_fast_bf16,
-    load_model_and_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_path,
-)
+from shoestring.models.loading import load_model_and_tokenizer, resolve_model_path
+from shoestring.runtime import host_supports_fast_bf16, resolve_device, resolve_torch_dtype
 
 PROMPTS = [
     "Question: what is 2+2?\nAnswer:",
@@ -120,6 +118,37 @@ def hf_greedy(
     return out[0, ids.shape[1] :].tolist()
 
 
+def gen(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerFast | None,
+    prompts: list,
+    sampling: Sampling | None = None,
+    options: EngineOptions | None = None,
+    **kw: object,
+) -> list[GenerationResult]:
+    """``prompts`` through the engine built with ``options``."""
+    return Engine(model, tok, options).generate(prompts, sampling, **kw)  # type: ignore[arg-type]
+
+
+def dynamic(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerFast,
+    prompts: list[str],
+    sampling: Sampling,
+    max_rows: int,
+) -> list[GenerationResult]:
+    """The dynamic backend alone on ``prompts`` in the given order (the engine sorts them)."""
+    from shoestring.engine.decode import decode_dynamic
+    from shoestring.engine.prefill import encode_prompts
+    from shoestring.engine.rows import Rows
+    from shoestring.engine.stops import request_eos_ids
+
+    ids = encode_prompts(tok, prompts)
+    eos = request_eos_ids(model, tok, sampling)
+    rows = Rows(tok, sampling, TextOptions(), eos, [len(x) for x in ids])
+    return decode_dynamic(model, EngineOptions(), ids, rows, None, max_rows=max_rows)
+
+
 def truncate_at(tokens: list[int], stop_ids: set[int]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in stop_ids:
@@ -131,11 +160,11 @@ def truncate_at(tokens: list[int], stop_ids: set[int]) -> list[int]:
 
 
 def test_batched_greedy_equals_hf_and_single(model, tok):
-    cfg = SamplingConfig(max_new_tokens=16)
-    batched = generate_batch(model, tok, PROMPTS, cfg)
+    cfg = Sampling(max_new_tokens=16)
+    batched = gen(model, tok, PROMPTS, cfg)
     assert [r.index for r in batched] == list(range(len(PROMPTS)))
     for prompt, res in zip(PROMPTS, batched, strict=True):
-        single = generate_batch(model, tok, [prompt], cfg)[0]
+        single = gen(model, tok, [prompt], cfg)[0]
         reference = hf_greedy(model, tok, prompt, 16)
         assert res.token_ids == single.token_ids == reference
         assert res.n_tokens == len(res.token_ids)
@@ -145,14 +174,14 @@ def test_batched_greedy_equals_hf_and_single(model, tok):
 
 
 def test_eos_stops_rows_at_different_times_with_compaction(model, tok):
-    free = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=24, eos_token_ids=[]))
+    free = gen(model, tok, PROMPTS, Sampling(max_new_tokens=24, eos_token_ids=[]))
     # EOS ids taken from what the rows generate, so rows end at different steps.
     eos = {free[0].token_ids[3], free[2].token_ids[9]}
     expected = [truncate_at(r.token_ids, eos) for r in free]
     assert len({len(e) for e in expected}) > 1, "rows should finish at different steps"
     for compact in (True, False):
-        cfg = SamplingConfig(max_new_tokens=24, eos_token_ids=sorted(eos), compact=compact)
-        got = generate_batch(model, tok, PROMPTS, cfg)
+        cfg = Sampling(max_new_tokens=24, eos_token_ids=sorted(eos))
+        got = gen(model, tok, PROMPTS, cfg, EngineOptions(compact=compact))
         assert [r.token_ids for r in got] == expected
         for r, e in zip(got, expected, strict=True):
             assert r.finish_reason == ("eos" if e[-1] in eos else "length")
@@ -161,11 +190,11 @@ def test_eos_stops_rows_at_different_times_with_compaction(model, tok):
 
 
 def test_stop_strings(model, tok):
-    free = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=20, eos_token_ids=[]))
+    free = gen(model, tok, PROMPTS, Sampling(max_new_tokens=20, eos_token_ids=[]))
     stop = free[1].text[5:7]
     assert len(stop) == 2
-    cfg = SamplingConfig(max_new_tokens=20, eos_token_ids=[], stop_strings=[stop])
-    got = generate_batch(model, tok, PROMPTS, cfg)
+    cfg = Sampling(max_new_tokens=20, eos_token_ids=[], stop_strings=[stop])
+    got = gen(model, tok, PROMPTS, cfg)
     for full, res in zip(free, got, strict=True):
         pos = full.text.find(stop)
         if pos < 0:
@@ -176,13 +205,8 @@ def test_stop_strings(model, tok):
         # Generation stops at the token that completes the stop string, not later.
         assert res.token_ids == full.token_ids[: len(res.token_ids)]
         assert stop in tok.decode(res.token_ids) and stop not in tok.decode(res.token_ids[:-1])
-    kept = generate_batch(
-        model,
-        tok,
-        PROMPTS[1:2],
-        SamplingConfig(
-            max_new_tokens=20, eos_token_ids=[], stop_strings=[stop], keep_stop_string=True
-        ),
+    kept = Engine(model, tok, text=TextOptions(keep_stop_string=True)).generate(
+        PROMPTS[1:2], Sampling(max_new_tokens=20, eos_token_ids=[], stop_strings=[stop])
     )[0]
     assert kept.text.endswith(stop)
 
@@ -190,10 +214,8 @@ def test_stop_strings(model, tok):
 def test_streaming_matches_final_text(tok):
     model = make_llama(len(tok))
     pieces: dict[int, list[str]] = {}
-    cfg = SamplingConfig(max_new_tokens=20, eos_token_ids=[], stop_strings=["zz", "Q"])
-    res = generate_batch(
-        model, tok, PROMPTS, cfg, on_text=lambda i, t: pieces.setdefault(i, []).append(t)
-    )
+    cfg = Sampling(max_new_tokens=20, eos_token_ids=[], stop_strings=["zz", "Q"])
+    res = gen(model, tok, PROMPTS, cfg, on_text=lambda i, t: pieces.setdefault(i, []).append(t))
     for i, r in enumerate(res):
         assert "".join(pieces.get(i, [])) == r.text
 
@@ -201,23 +223,17 @@ def test_streaming_matches_final_text(tok):
 def test_token_id_prompts_and_min_new_tokens(tok):
     model = make_llama(len(tok))
     ids = [tok(p).input_ids for p in PROMPTS]
-    assert [r.token_ids for r in generate_batch(model, tok, ids, SamplingConfig(8))] == [
-        r.token_ids for r in generate_batch(model, tok, PROMPTS, SamplingConfig(8))
+    assert [r.token_ids for r in gen(model, tok, ids, Sampling(8))] == [
+        r.token_ids for r in gen(model, tok, PROMPTS, Sampling(8))
     ]
-    free = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, eos_token_ids=[]))
+    free = gen(model, tok, PROMPTS, Sampling(max_new_tokens=12, eos_token_ids=[]))
     eos = free[0].token_ids[0]
-    res = generate_batch(
-        model,
-        tok,
-        PROMPTS[:1],
-        SamplingConfig(max_new_tokens=12, eos_token_ids=[eos], min_new_tokens=12),
+    res = gen(
+        model, tok, PROMPTS[:1], Sampling(max_new_tokens=12, eos_token_ids=[eos], min_new_tokens=12)
     )[0]
     assert res.n_tokens == 12 and eos not in res.token_ids and res.finish_reason == "length"
-    ignored = generate_batch(
-        model,
-        tok,
-        PROMPTS[:1],
-        SamplingConfig(max_new_tokens=12, eos_token_ids=[eos], ignore_eos=True),
+    ignored = gen(
+        model, tok, PROMPTS[:1], Sampling(max_new_tokens=12, eos_token_ids=[eos], ignore_eos=True)
     )[0]
     assert ignored.token_ids == free[0].token_ids
 
@@ -226,91 +242,82 @@ def test_token_id_prompts_and_min_new_tokens(tok):
 
 
 def test_sampling_reproducible_and_topk1_is_greedy(model, tok):
-    cfg = SamplingConfig(
-        max_new_tokens=16, do_sample=True, temperature=1.0, seed=7, eos_token_ids=[]
-    )
-    a = generate_batch(model, tok, PROMPTS, cfg)
-    b = generate_batch(model, tok, PROMPTS, cfg)
+    cfg = Sampling(max_new_tokens=16, temperature=1.0, seed=7, eos_token_ids=[])
+    a = gen(model, tok, PROMPTS, cfg)
+    b = gen(model, tok, PROMPTS, cfg)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     cfg.seed = 8
-    c = generate_batch(model, tok, PROMPTS, cfg)
+    c = gen(model, tok, PROMPTS, cfg)
     assert [r.token_ids for r in a] != [r.token_ids for r in c]
-    greedy = generate_batch(model, tok, PROMPTS, SamplingConfig(16, eos_token_ids=[]))
-    top1 = generate_batch(
-        model, tok, PROMPTS, SamplingConfig(16, do_sample=True, top_k=1, seed=3, eos_token_ids=[])
+    greedy = gen(model, tok, PROMPTS, Sampling(16, eos_token_ids=[]))
+    top1 = gen(
+        model, tok, PROMPTS, Sampling(16, temperature=1.0, top_k=1, seed=3, eos_token_ids=[])
     )
     assert [r.token_ids for r in top1] == [r.token_ids for r in greedy]
-    tiny_p = generate_batch(
-        model,
-        tok,
-        PROMPTS,
-        SamplingConfig(16, do_sample=True, top_p=1e-6, seed=3, eos_token_ids=[]),
+    tiny_p = gen(
+        model, tok, PROMPTS, Sampling(16, temperature=1.0, top_p=1e-6, seed=3, eos_token_ids=[])
     )
     assert [r.token_ids for r in tiny_p] == [r.token_ids for r in greedy]
-    zero_t = generate_batch(
-        model, tok, PROMPTS, SamplingConfig(16, do_sample=True, temperature=0.0, eos_token_ids=[])
-    )
-    assert [r.token_ids for r in zero_t] == [r.token_ids for r in greedy]
+    zero_t = Sampling(16, temperature=0.0, top_k=5, seed=3, eos_token_ids=[])
+    assert zero_t.greedy and not cfg.greedy  # temperature 0 is greedy, whatever else is set
+    assert [r.token_ids for r in gen(model, tok, PROMPTS, zero_t)] == [r.token_ids for r in greedy]
 
 
 def test_num_return_sequences_share_prefill(tok):
     model = make_llama(len(tok))
-    greedy = generate_batch(model, tok, PROMPTS[:2], SamplingConfig(10, eos_token_ids=[]))
-    rep = generate_batch(
-        model, tok, PROMPTS[:2], SamplingConfig(10, eos_token_ids=[], num_return_sequences=3)
-    )
+    greedy = gen(model, tok, PROMPTS[:2], Sampling(10, eos_token_ids=[]))
+    rep = gen(model, tok, PROMPTS[:2], Sampling(10, eos_token_ids=[], num_return_sequences=3))
     assert [r.token_ids for r in rep] == [greedy[0].token_ids] * 3 + [greedy[1].token_ids] * 3
-    sampled = generate_batch(
+    sampled = gen(
         model,
         tok,
         PROMPTS[:2],
-        SamplingConfig(10, do_sample=True, seed=1, eos_token_ids=[], num_return_sequences=3),
+        Sampling(10, temperature=1.0, seed=1, eos_token_ids=[], num_return_sequences=3),
     )
     assert len(sampled) == 6 and len({tuple(r.token_ids) for r in sampled[:3]}) > 1
 
 
-# ----------------------------------------------------------------------------- generate_all
+# ----------------------------------------------------------------------------- batching
 
 
-def test_generate_all_order_callback_and_batches(model, tok):
+def test_generate_order_callback_and_batches(model, tok):
     prompts = PROMPTS * 3
-    expected = [
-        r.token_ids
-        for r in generate_batch(model, tok, prompts, SamplingConfig(8, eos_token_ids=[]))
-    ]
+    cfg = Sampling(8, eos_token_ids=[])
+    expected = [gen(model, tok, [p], cfg)[0].token_ids for p in PROMPTS] * 3  # each alone
     seen: list[int] = []
-    res = generate_all(
+    res = gen(
         model,
         tok,
         prompts,
-        SamplingConfig(8, eos_token_ids=[], batch_size=4),
-        callback=lambda i, r: seen.append(i),
-        progress=False,
+        cfg,
+        EngineOptions(batch_size=4),
+        on_result=lambda i, r: seen.append(i),
     )
     assert [r.token_ids for r in res] == expected
     assert [r.index for r in res] == list(range(len(prompts)))
     assert sorted(seen) == list(range(len(prompts)))
-    auto = generate_all(model, tok, prompts, SamplingConfig(8, eos_token_ids=[]), progress=False)
+    auto = gen(model, tok, prompts, cfg)
     assert [r.token_ids for r in auto] == expected
 
 
 def test_auto_batch_size_is_capped_and_memory_bound(tok):
     model = make_llama(len(tok))
-    cfg = SamplingConfig(max_new_tokens=64)
-    assert auto_batch_size(model, 32, cfg) == 64  # plenty of RAM: the CPU cap applies
-    assert auto_batch_size(model, 32, SamplingConfig(max_batch_size=5)) == 5
+    assert auto_batch_size(model, 32, 64) == 64  # plenty of RAM: the CPU cap applies
+    assert auto_batch_size(model, 32, 256, EngineOptions(max_batch_size=5)) == 5
     per_row = estimate_row_bytes(model.config, 32, 64, 4)
-    assert auto_batch_size(model, 32, cfg, free_bytes=per_row * 6) == 3  # half of free memory
-    assert auto_batch_size(model, 32, cfg, free_bytes=1) == 1
+    assert auto_batch_size(model, 32, 64, free_bytes=per_row * 6) == 3  # half of free memory
+    assert auto_batch_size(model, 32, 64, free_bytes=1) == 1
 
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="top_p"):
-        SamplingConfig(top_p=1.5).check()
+        Sampling(top_p=1.5).check()
     with pytest.raises(ConfigError, match="min_new_tokens"):
-        SamplingConfig(max_new_tokens=4, min_new_tokens=5).check()
+        Sampling(max_new_tokens=4, min_new_tokens=5).check()
     with pytest.raises(ConfigError, match="stop_strings"):
-        SamplingConfig(stop_strings=[""]).check()
+        Sampling(stop_strings=[""]).check()
+    with pytest.raises(ConfigError, match="static_cache"):
+        EngineOptions(static_cache="sometimes").check()
 
 
 # ----------------------------------------------------------------------------- cache helpers
@@ -343,10 +350,10 @@ def test_incremental_text_equals_full_decode(tok):
 
 def test_bf16_autocast_runs(tok):
     model = make_llama(len(tok))
-    res = generate_batch(model, tok, PROMPTS, SamplingConfig(6, dtype="bf16", eos_token_ids=[]))
+    res = gen(model, tok, PROMPTS, Sampling(6, eos_token_ids=[]), EngineOptions(dtype="bf16"))
     assert all(r.n_tokens == 6 for r in res)
     with pytest.raises(ConfigError, match="fp32"):
-        generate_batch(model.to(torch.bfloat16), tok, PROMPTS, SamplingConfig(4, dtype="fp32"))
+        gen(model.to(torch.bfloat16), tok, PROMPTS, Sampling(4), EngineOptions(dtype="fp32"))
 
 
 # ----------------------------------------------------------------------------- loading + CLI
@@ -372,8 +379,8 @@ def test_load_run_dir_and_hf_dir(saved_model, tok):
     assert info["load_seconds"] > 0 and not m1.training
     reference = make_llama(len(tok))
     assert (
-        generate_batch(m1, t1, PROMPTS, SamplingConfig(8))[0].token_ids
-        == generate_batch(reference, tok, PROMPTS, SamplingConfig(8))[0].token_ids
+        gen(m1, t1, PROMPTS, Sampling(8))[0].token_ids
+        == gen(reference, tok, PROMPTS, Sampling(8))[0].token_ids
     )
     m2, _t2, info2 = load_model_and_tokenizer(f"{saved_model}/hf", dtype="bf16")
     assert info2["source"] == "hf" and info2["dtype"] == "bf16"
@@ -392,7 +399,7 @@ def test_loading_errors(tmp_path, saved_model):
         with pytest.raises(DeviceUnavailableError):
             load_model_and_tokenizer(f"{saved_model}/hf", device="cuda")
     with pytest.raises(UserError, match="dtype"):
-        resolve_dtype("int3")
+        resolve_torch_dtype("int3")
 
 
 def test_auto_dtype_follows_cpu_flags():
@@ -400,7 +407,7 @@ def test_auto_dtype_follows_cpu_flags():
     assert host_supports_fast_bf16("cpu", cpuinfo="flags\t\t: fpu amx_bf16 amx_tile\n")
     assert not host_supports_fast_bf16("cpu", cpuinfo="flags\t\t: fpu avx2 avx512f\n")
     expected = torch.bfloat16 if host_supports_fast_bf16("cpu") else torch.float32
-    assert resolve_dtype("auto", "cpu") == expected
+    assert resolve_torch_dtype("auto", "cpu") == expected
 
 
 def _cli(argv: list[str]) -> int:
@@ -412,56 +419,58 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_cli_streams_one_prompt_and_batches_several(saved_model, tok, capsys):
-    assert (
-        _cli(
-            [
-                "generate",
-                f"{saved_model}/run",
-                "--prompt",
-                "Hi",
-                "--max-new-tokens",
-                "8",
-                "--dtype",
-                "fp32",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+def test_cli_streams_one_prompt_and_batches_several(saved_model, tok, capsys, tmp_path):
+    out_dir = ["--out", str(tmp_path)]
+    argv = ["generate", f"{saved_model}/run", "--prompt", "Hi", "--max-new-tokens", "8"]
+    assert _cli([*argv, "--dtype", "fp32", "--device", "cpu", *out_dir]) == 0
     out = capsys.readouterr()
-    expected = generate_batch(make_llama(len(tok)), tok, ["Hi"], SamplingConfig(8))[0].text
-    assert out.out == "Hi" + expected + "\n"
+    expected = gen(make_llama(len(tok)), tok, ["Hi"], Sampling(max_new_tokens=8))[0].text
+    assert out.out == "Hi" + expected + "\n"  # stdout: the text alone
     assert "tokens/s" in out.err and "loaded" in out.err
-    assert (
-        _cli(
-            [
-                "generate",
-                f"{saved_model}/hf",
-                "--prompt",
-                "a",
-                "--prompt",
-                "bcd",
-                "--max-new-tokens",
-                "4",
-                "--temperature",
-                "0.8",
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
+    # the run directory: its path is the last line on stderr
+    run = tmp_path / "generate"
+    assert out.err.splitlines()[-1] == str(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["kind"] == "generate" and summary["status"] == "finished"
+    assert summary["runtime"] == {"device": "cpu", "dtype": "fp32"}
+    assert summary["prompts"] == 1 and summary["tokens_per_second"] > 0
+    (record,) = [json.loads(x) for x in (run / "generations.jsonl").read_text().splitlines()]
+    assert record["prompt"] == "Hi" and record["text"] == expected
+    assert record["tokens"] == summary["tokens"] and record["finish_reason"] in ("eos", "length")
+    config = json.loads((run / "config.json").read_text())
+    assert config["prompts"] == ["Hi"] and config["max_new_tokens"] == 8
+    assert "loaded" in (run / "log.txt").read_text() and (run / "report.md").is_file()
+    argv = ["generate", f"{saved_model}/hf", "--prompt", "a", "--prompt", "bcd"]
+    argv += ["--max-new-tokens", "4", "--temperature", "0.8", "--seed", "1", *out_dir]
+    assert _cli(argv) == 0
     out = capsys.readouterr().out
     assert "=== [0]" in out and "=== [1]" in out
-    # --quiet: the texts still print, nothing goes to stderr (no load line, bar or summary)
+    lines = (tmp_path / "generate-2" / "generations.jsonl").read_text().splitlines()
+    assert [json.loads(x)["prompt"] for x in lines] == ["a", "bcd"]
+    # --quiet: the texts still print; stderr holds the run directory's path alone
     argv = ["generate", f"{saved_model}/hf", "--prompt", "a", "--prompt", "bcd", "--quiet"]
-    assert _cli([*argv, "--max-new-tokens", "4"]) == 0
+    assert _cli([*argv, "--max-new-tokens", "4", *out_dir, "--name", "q"]) == 0
     quiet = capsys.readouterr()
-    assert "=== [1]" in quiet.out and quiet.err == ""
+    assert "=== [1]" in quiet.out and quiet.err == f"{tmp_path / 'q'}\n"
     with pytest.raises(UserError, match="--prompt"):
-        _cli(["generate", f"{saved_model}/hf"])
+        _cli(["generate", f"{saved_model}/hf", *out_dir])
+
+
+def test_cli_config_layers_file_then_flags_then_set(tmp_path):
+    """generate layers like every command: defaults < --config FILE < flags < --set."""
+    from shoestring.generate import cli as generate
+
+    f = tmp_path / "g.yaml"
+    f.write_text("model: m\nprompts: [x]\nmax_new_tokens: 7\ntemperature: 0.5\n")
+    parser = argparse.ArgumentParser()
+    generate.add_cli(parser.add_subparsers())
+    argv = ["generate", "--config", str(f), "--temperature", "0.7", "--set", "seed=3"]
+    cfg = generate.generate_cli_config(parser.parse_args([*argv, "--set", "temperature=0.9", "-q"]))
+    assert cfg.model == "m" and cfg.prompts == ["x"] and cfg.max_new_tokens == 7  # the file
+    assert cfg.temperature == pytest.approx(0.9) and cfg.seed == 3  # --set over the flag
+    assert cfg.output.quiet and cfg.output.dir == "runs" and cfg.output.name == ""
+    with pytest.raises(ConfigError, match="did you mean 'max_new_tokens'"):
+        generate.generate_cli_config(parser.parse_args([*argv, "--set", "max_new_token=3"]))
 
 
 # ----------------------------------------------------------------------------- fast paths
@@ -479,15 +488,10 @@ def test_grouped_prefill_equals_single_padded_prefill(model, tok, monkeypatch):
         [1, 2],
         [3, 4, 0],
     ]
-    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[])
+    cfg = Sampling(max_new_tokens=12, eos_token_ids=[])
     monkeypatch.setattr(prefill, "PREFILL_GROUP_MIN_TOKENS", 1)
-    grouped = generate_batch(model, tok, PROMPTS, cfg)
-    plain = generate_batch(
-        model,
-        tok,
-        PROMPTS,
-        SamplingConfig(max_new_tokens=12, eos_token_ids=[], group_prefill=False, preallocate=False),
-    )
+    grouped = gen(model, tok, PROMPTS, cfg)
+    plain = gen(model, tok, PROMPTS, cfg, EngineOptions(group_prefill=False, preallocate=False))
     assert [r.token_ids for r in grouped] == [r.token_ids for r in plain]
     for prompt, res in zip(PROMPTS, grouped, strict=True):
         assert res.token_ids == hf_greedy(model, tok, prompt, 12, eos=[])
@@ -495,16 +499,11 @@ def test_grouped_prefill_equals_single_padded_prefill(model, tok, monkeypatch):
 
 def test_bf16_cpu_fp32_attention_is_scoped(tok):
     model = make_llama(len(tok)).to(torch.bfloat16)
-    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[])
-    fast = generate_batch(model, tok, PROMPTS, cfg)
+    cfg = Sampling(max_new_tokens=6, eos_token_ids=[])
+    fast = gen(model, tok, PROMPTS, cfg)
     assert model.config._attn_implementation == "sdpa"  # restored after the call
     assert all(r.n_tokens == 6 for r in fast)
-    plain = generate_batch(
-        model,
-        tok,
-        PROMPTS,
-        SamplingConfig(max_new_tokens=6, eos_token_ids=[], cpu_fp32_attention=False),
-    )
+    plain = gen(model, tok, PROMPTS, cfg, EngineOptions(cpu_fp32_attention=False))
     assert all(r.n_tokens == 6 for r in plain)
 
 
@@ -541,33 +540,30 @@ def test_shoestring_gpt_greedy_equals_hf(tok, variant):
         **variant,
     )
     model = gpt.ShoestringGPTForCausalLM(cfg).eval()
-    res = generate_batch(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, eos_token_ids=[]))
+    res = gen(model, tok, PROMPTS, Sampling(max_new_tokens=12, eos_token_ids=[]))
     for prompt, r in zip(PROMPTS, res, strict=True):
         assert r.token_ids == hf_greedy(model, tok, prompt, 12, eos=[])
 
 
 @pytest.mark.parametrize("refill", [False, True])
-def test_generate_all_retries_out_of_memory_with_smaller_batches(tok, monkeypatch, refill):
-    from shoestring.engine import driver
-
+def test_generate_retries_out_of_memory_with_smaller_batches(tok, monkeypatch, refill):
     model = make_llama(len(tok))
-    cfg = SamplingConfig(max_new_tokens=6, eos_token_ids=[], batch_size=5, refill=refill)
-    expected = [r.token_ids for r in generate_batch(model, tok, PROMPTS, cfg)]
-    real = driver.generate_batch_auto
+    cfg = Sampling(max_new_tokens=6, eos_token_ids=[])
+    options = EngineOptions(batch_size=5, refill=refill)
+    expected = [r.token_ids for r in gen(model, tok, PROMPTS, cfg, options)]
+    real = Engine._decode
     sizes: list[int] = []
 
-    def flaky(model, tokenizer, prompts, cfg=None, **kw):
-        rows = kw.get("max_rows") or len(prompts)  # with refill: all prompts, rows bounded
+    def flaky(self, ids_list, n, book, generator, max_rows, processor):
+        rows = max_rows or len(ids_list)  # with refill: all prompts, rows bounded
         sizes.append(rows)
         if rows > 2:
             raise RuntimeError("CPU out of memory (simulated)")
-        return real(model, tokenizer, prompts, cfg, **kw)
+        return real(self, ids_list, n, book, generator, max_rows, processor)
 
-    monkeypatch.setattr(driver, "generate_batch_auto", flaky)
+    monkeypatch.setattr(Engine, "_decode", flaky)
     seen: list[int] = []
-    res = generate_all(
-        model, tok, PROMPTS, cfg, progress=False, callback=lambda i, r: seen.append(i)
-    )
+    res = gen(model, tok, PROMPTS, cfg, options, on_result=lambda i, r: seen.append(i))
     assert [r.token_ids for r in res] == expected
     assert sizes[:2] == [5, 2] and max(sizes[1:]) <= 2
     assert len(sizes) == (2 if refill else 1 + -(-len(PROMPTS) // 2))
@@ -591,39 +587,36 @@ REFILL_PROMPTS = [
 def _varied_eos(model, tok) -> list[int]:
     """EOS ids under which the prompts' greedy answers end at different lengths: the token
     each prompt produces at a different step of its own answer."""
-    cfg = SamplingConfig(max_new_tokens=14, eos_token_ids=[])
-    outs = [r.token_ids for r in generate_batch(model, tok, REFILL_PROMPTS, cfg)]
+    cfg = Sampling(max_new_tokens=14, eos_token_ids=[])
+    outs = [r.token_ids for r in gen(model, tok, REFILL_PROMPTS, cfg)]
     return sorted({out[(3 * i) % 13] for i, out in enumerate(outs)})
 
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_continuous_batching_gives_each_prompt_its_output_alone(tok, monkeypatch, n):
     """Prompts that join the running batch as rows finish (continuous batching) get exactly the
-    greedy tokens they get when generated alone - in the driver's order (longest first) and
+    greedy tokens they get when generated alone - in the engine's order (longest first) and
     in an order where a longer prompt joins a narrower batch (the cache widens on the left)."""
     from shoestring.engine import decode
 
     model = make_llama(len(tok))
     eos = _varied_eos(model, tok)
-    cfg = SamplingConfig(max_new_tokens=14, eos_token_ids=eos, num_return_sequences=n)
-    alone = [generate_batch(model, tok, [p], cfg) for p in REFILL_PROMPTS]
+    cfg = Sampling(max_new_tokens=14, eos_token_ids=eos, num_return_sequences=n)
+    alone = [gen(model, tok, [p], cfg) for p in REFILL_PROMPTS]
     lengths = {len(r[0].token_ids) for r in alone}
     assert len(lengths) >= 3  # answers do end at different lengths
 
     refills: list[int] = []
     real_refill = decode._refill
     monkeypatch.setattr(decode, "_refill", lambda b, new: (refills.append(1), real_refill(b, new)))
-    cfg.batch_size = 3 * n
-    res = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
+    res = gen(model, tok, REFILL_PROMPTS, cfg, EngineOptions(batch_size=3 * n))
     for i, want in enumerate(alone):
         for k in range(n):
             assert res[i * n + k].token_ids == want[k].token_ids, (i, k)
     assert refills  # rows were actually refilled mid-batch
     refills.clear()
     shortest_first = sorted(range(len(REFILL_PROMPTS)), key=lambda i: len(REFILL_PROMPTS[i]))
-    res = generate_batch(
-        model, tok, [REFILL_PROMPTS[i] for i in shortest_first], cfg, max_rows=2 * n
-    )
+    res = dynamic(model, tok, [REFILL_PROMPTS[i] for i in shortest_first], cfg, max_rows=2 * n)
     for j, i in enumerate(shortest_first):
         for k in range(n):
             assert res[j * n + k].token_ids == alone[i][k].token_ids, (i, k)
@@ -632,10 +625,9 @@ def test_continuous_batching_gives_each_prompt_its_output_alone(tok, monkeypatch
 
 def test_without_refill_the_batches_run_one_after_another(tok):
     model = make_llama(len(tok))
-    cfg = SamplingConfig(max_new_tokens=8, eos_token_ids=_varied_eos(model, tok), batch_size=3)
-    with_refill = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
-    cfg.refill = False
-    without = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False)
+    cfg = Sampling(max_new_tokens=8, eos_token_ids=_varied_eos(model, tok))
+    with_refill = gen(model, tok, REFILL_PROMPTS, cfg, EngineOptions(batch_size=3))
+    without = gen(model, tok, REFILL_PROMPTS, cfg, EngineOptions(batch_size=3, refill=False))
     assert [r.token_ids for r in with_refill] == [r.token_ids for r in without]
 
 
@@ -653,7 +645,8 @@ def test_logits_processor_ends_each_prompt_at_its_own_length(tok):
             else:
                 logits[b, EOS] = float("-inf")
 
-    cfg = SamplingConfig(max_new_tokens=12, eos_token_ids=[EOS], batch_size=3)
-    res = generate_all(model, tok, REFILL_PROMPTS, cfg, progress=False, logits_processor=force_eos)
+    cfg = Sampling(max_new_tokens=12, eos_token_ids=[EOS])
+    options = EngineOptions(batch_size=3)
+    res = gen(model, tok, REFILL_PROMPTS, cfg, options, logits_processor=force_eos)
     assert [r.n_tokens for r in res] == want
     assert all(r.finish_reason == "eos" and r.token_ids[-1] == EOS for r in res)

@@ -14,10 +14,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from _helpers import char_tokenizer
 from shoestring.config import ConfigError
+from shoestring.rl import grpo
 from shoestring.rl import rollout as G
-from shoestring.rl.config import grpo_config, list_grpo_presets, load_grpo_preset
+from shoestring.rl.config import grpo_config, list_grpo_presets, load_grpo_preset, resume_config
 from shoestring.rl.data import load_task
-from shoestring.rl.grpo import train_grpo
 from shoestring.rl.logprobs import completion_logps, grouped_completion_logps
 from shoestring.rl.loss import aggregate_loss, compute_advantages, per_token_loss
 from shoestring.rl.trainer import GRPOTrainer
@@ -309,9 +309,7 @@ def test_beta_positive_with_lora_uses_disabled_adapters(tiny_model, tmp_path, mo
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_model, tmp_path, monkeypatch):
     over = _cfg(tiny_model, "num_iterations=2", "save_steps=2", "beta=0.05", "max_steps=4")
-    full = train_grpo(
-        grpo_config(overrides=over), out=tmp_path, name="full", progress=False, echo=False
-    )
+    full = grpo.run(grpo_config(overrides=[*over, f"output_dir={tmp_path / 'full'}", "quiet=true"]))
 
     real_step = GRPOTrainer.train_step
 
@@ -322,13 +320,11 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_model, tmp_path, m
 
     monkeypatch.setattr(GRPOTrainer, "train_step", interrupt_at_3)
     with pytest.raises(KeyboardInterrupt):
-        train_grpo(
-            grpo_config(overrides=over), out=tmp_path, name="cut", progress=False, echo=False
-        )
+        grpo.run(grpo_config(overrides=[*over, f"output_dir={tmp_path / 'cut'}", "quiet=true"]))
     cut = tmp_path / "cut"
     assert json.loads((cut / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(GRPOTrainer, "train_step", real_step)
-    train_grpo(None, resume_dir=cut, progress=False, echo=False)
+    grpo.run(resume_config(cut, ["quiet=true"]))
 
     from safetensors.torch import load_file
 
@@ -363,11 +359,11 @@ def test_ctrl_c_mid_step_ends_the_run_after_that_step(tiny_model, tmp_path, monk
     before = signal.getsignal(signal.SIGINT)
     over = _cfg(tiny_model, "max_steps=4", "save_steps=100")
     with pytest.raises(KeyboardInterrupt):
-        train_grpo(grpo_config(overrides=over), out=tmp_path, name="int", progress=False)
-    run = tmp_path / "int"
-    summary = json.loads((run / "summary.json").read_text())
+        grpo.run(grpo_config(overrides=[*over, f"output_dir={tmp_path / 'int'}"]))
+    run_dir = tmp_path / "int"
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 2
-    assert (run / "checkpoints" / "step_2").is_dir()
+    assert (run_dir / "checkpoints" / "step_2").is_dir()
     assert "stopping after this step" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
 

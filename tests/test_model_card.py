@@ -38,10 +38,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_model_card_quotes_the_summary(prepared: Path, tmp_path: Path) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     cfg = build_run_config(overrides=[f"data.path={prepared}", *TINY])
-    run = train(cfg, out=tmp_path, name="card", echo=False, progress=False)
+    run = train(TrainJobConfig.of(cfg, out=tmp_path, name="card", quiet=True))
     card = (run / "model" / "README.md").read_text()
     s = json.loads((run / "summary.json").read_text())
     assert card.startswith("---\nlibrary_name: transformers\n")
@@ -86,8 +87,8 @@ def _shoestring_base(out: Path) -> Path:
 
 @pytest.mark.parametrize("base_kind", ["llama", "shoestring"])
 def test_grpo_model_dir_is_portable_and_has_a_card(tmp_path: Path, base_kind: str) -> None:
+    from shoestring.rl import grpo
     from shoestring.rl.config import grpo_config
-    from shoestring.rl.grpo import train_grpo
 
     if base_kind == "llama":
         base = save_tiny_llama(tmp_path / "base", char_tokenizer())
@@ -107,9 +108,11 @@ def test_grpo_model_dir_is_portable_and_has_a_card(tmp_path: Path, base_kind: st
             "threads=1",
             "dtype=fp32",
             "device=cpu",
+            f"output_dir={tmp_path / 'g'}",
+            "quiet=true",
         ]
     )
-    run = train_grpo(cfg, out=tmp_path, name="g", echo=False, progress=False)
+    run = grpo.run(cfg)
     card = (run / "model" / "README.md").read_text()
     s = json.loads((run / "summary.json").read_text())
     assert "`shoestring grpo`" in card and f"from `{base}`, fine-tuned with GRPO" in card

@@ -17,8 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from _helpers import char_tokenizer
 from shoestring.config import ConfigError
+from shoestring.rl import progressive
 from shoestring.rl.curriculum_eval import EvalResult, ValidationEvaluator, eval_result
-from shoestring.rl.progressive import run_progressive
 from shoestring.rl.progressive_config import (
     ProgressiveConfig,
     ValidationConfig,
@@ -89,7 +89,9 @@ class BreakingTrainer:
         self.interrupt_on = interrupt_on
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, cfg: Any, out: Path, name: str, resume_dir: Path | None) -> Path:
+    def __call__(self, cfg: Any) -> Path:
+        out, name = Path(cfg.output_dir).parent, Path(cfg.output_dir).name
+        resume_dir = Path(cfg.resume) if cfg.resume else None
         self.calls.append(
             {
                 "name": name,
@@ -149,6 +151,23 @@ def _cfg(model: Path, **kw: Any) -> ProgressiveConfig:
     return apply_dict(ProgressiveConfig(), base).check()
 
 
+def _run(
+    cfg: ProgressiveConfig,
+    *,
+    out: Path | None = None,
+    name: str = "",
+    resume: Path | None = None,
+    quiet: bool = True,
+    **seams: Any,
+) -> Path:
+    """``progressive.run`` with the placement the CLI's --out, --name, --resume and -q set."""
+    if out is not None:
+        cfg.output.dir = str(out)
+    cfg.output.name, cfg.output.quiet = name, quiet
+    cfg.resume = str(resume) if resume else ""
+    return progressive.run(cfg, **seams)
+
+
 def _real_evaluator(run_dir_hint: Path | None = None) -> ValidationEvaluator:
     return ValidationEvaluator(
         ValidationConfig(n=len(PROBLEMS), max_new_tokens=12),
@@ -169,14 +188,12 @@ def test_failing_stage_is_rolled_back_and_retried_with_lower_lr(memorised_model,
         retention_penalty=0.01,
         validation={"n": len(PROBLEMS)},
     )
-    run = run_progressive(
+    run = _run(
         cfg,
         out=tmp_path,
         name="curr",
         trainer=trainer,
         evaluator=_real_evaluator(),
-        echo=False,
-        progress=False,
     )
     s = read_json(run / "summary.json")
     assert s["kind"] == "progressive" and s["status"] == "finished"
@@ -222,9 +239,7 @@ def test_stop_on_regression_keeps_the_pre_stage_model(memorised_model, tmp_path)
     trainer = BreakingTrainer(breaking_lr=2e-5)
     evaluator = ScriptedEvaluator({"00-base": 50, "01-easy": 60, "02-hard": 45})
     cfg = _cfg(memorised_model, on_regression="stop")
-    run = run_progressive(
-        cfg, out=tmp_path, trainer=trainer, evaluator=evaluator, echo=False, progress=False
-    )
+    run = _run(cfg, out=tmp_path, trainer=trainer, evaluator=evaluator)
     s = read_json(run / "summary.json")
     # 45 is 15 points below 60: more than the default threshold of 2, and significant
     # (15 problems lost, none won: McNemar p = 2 * 0.5**15)
@@ -236,7 +251,7 @@ def test_stop_on_regression_keeps_the_pre_stage_model(memorised_model, tmp_path)
     # resuming with a retry allowed retries the stopped stage at a lower lr, then goes on
     evaluator.script.update({"02-hard-retry1": 61, "03-harder": 62})
     cfg2 = _cfg(memorised_model, on_regression="retry", max_retries=1)
-    run_progressive(cfg2, resume_dir=run, trainer=trainer, evaluator=evaluator, echo=False)
+    _run(cfg2, resume=run, trainer=trainer, evaluator=evaluator)
     s = read_json(run / "summary.json")
     assert [r["status"] for r in s["stages"]] == ["accepted", "stopped", "accepted", "accepted"]
     assert trainer.calls[2]["lr"] == pytest.approx(0.5 * trainer.calls[1]["lr"])
@@ -249,9 +264,7 @@ def test_within_threshold_is_accepted_and_retries_are_bounded(memorised_model, t
     )
     cfg = _cfg(memorised_model, max_retries=1, start_from="accepted")
     trainer = BreakingTrainer(breaking_lr=1.0)
-    run = run_progressive(
-        cfg, out=tmp_path, trainer=trainer, evaluator=evaluator, echo=False, progress=False
-    )
+    run = _run(cfg, out=tmp_path, trainer=trainer, evaluator=evaluator)
     s = read_json(run / "summary.json")
     # 49 vs 50 is within 2 points: accepted, but the best model stays the base
     assert [r["status"] for r in s["stages"]] == ["accepted", "rolled_back", "stopped"]
@@ -266,13 +279,11 @@ def test_resume_continues_from_last_completed_stage(memorised_model, tmp_path):
     trainer = BreakingTrainer(breaking_lr=1.0, interrupt_on="02-hard")
     cfg = _cfg(memorised_model)
     with pytest.raises(KeyboardInterrupt):
-        run_progressive(
-            cfg, out=tmp_path, name="r", trainer=trainer, evaluator=evaluator, echo=False
-        )
+        _run(cfg, out=tmp_path, name="r", trainer=trainer, evaluator=evaluator)
     run = tmp_path / "r"
     s = read_json(run / "summary.json")
     assert s["status"] == "interrupted" and [r["label"] for r in s["stages"]] == ["01-easy"]
-    run_progressive(cfg, resume_dir=run, trainer=trainer, evaluator=evaluator, echo=False)
+    _run(cfg, resume=run, trainer=trainer, evaluator=evaluator)
     s = read_json(run / "summary.json")
     assert s["status"] == "finished"
     assert [r["label"] for r in s["stages"]] == ["01-easy", "02-hard", "03-harder"]
@@ -296,21 +307,26 @@ def test_resume_after_training_but_before_validation(memorised_model, tmp_path):
         return evaluator(model_dir, label)
 
     with pytest.raises(KeyboardInterrupt):
-        run_progressive(cfg, out=tmp_path, name="r", trainer=trainer, evaluator=interrupting)
-    run_progressive(cfg, resume_dir=tmp_path / "r", trainer=trainer, evaluator=evaluator)
+        _run(cfg, out=tmp_path, name="r", quiet=False, trainer=trainer, evaluator=interrupting)
+    _run(cfg, resume=tmp_path / "r", quiet=False, trainer=trainer, evaluator=evaluator)
     assert len(trainer.calls) == 1
     s = read_json(tmp_path / "r" / "summary.json")
     assert s["status"] == "finished" and s["stages"][0]["status"] == "accepted"
 
 
 def test_trainer_error_marks_stage_failed(memorised_model, tmp_path):
-    def broken(cfg: Any, out: Path, name: str, resume_dir: Path | None) -> Path:
+    def broken(cfg: Any) -> Path:
         raise RuntimeError("loss is NaN")
 
     evaluator = ScriptedEvaluator({"00-base": 50})
     with pytest.raises(RuntimeError, match="NaN"):
-        run_progressive(
-            _cfg(memorised_model), out=tmp_path, name="f", trainer=broken, evaluator=evaluator
+        _run(
+            _cfg(memorised_model),
+            out=tmp_path,
+            name="f",
+            quiet=False,
+            trainer=broken,
+            evaluator=evaluator,
         )
     s = read_json(tmp_path / "f" / "summary.json")
     assert s["status"] == "failed" and "NaN" in s["error"]
@@ -369,7 +385,7 @@ def test_stages_file_errors_name_the_problem(memorised_model, tmp_path):
     f.write_text(f"model: {memorised_model}\nstages: [{{name: a, learning_rat: 0.1}}]\n")
     cfg = load_stages_file(f)
     with pytest.raises(ConfigError, match="stage 'a'.*did you mean 'learning_rate'"):
-        run_progressive(cfg, out=tmp_path, evaluator=ScriptedEvaluator({}), echo=False)
+        _run(cfg, out=tmp_path, evaluator=ScriptedEvaluator({}))
     assert not (tmp_path / "progressive").exists()  # nothing ran
 
 
@@ -378,8 +394,8 @@ def test_drop_past_threshold_rolls_back_only_when_significant(memorised_model, t
     with the reason in the log, summary and report; significance=1 rolls back on the drop."""
     script = {"00-base": 50, "01-easy": 60, "02-hard": 57, "03-harder": 58}
     cfg = _cfg(memorised_model, on_regression="stop")
-    kw: dict[str, Any] = {"trainer": BreakingTrainer(breaking_lr=1.0), "echo": False}
-    run = run_progressive(cfg, out=tmp_path, evaluator=ScriptedEvaluator(script), **kw)
+    kw: dict[str, Any] = {"trainer": BreakingTrainer(breaking_lr=1.0)}
+    run = _run(cfg, out=tmp_path, evaluator=ScriptedEvaluator(script), **kw)
     s = read_json(run / "summary.json")
     assert [r["status"] for r in s["stages"]] == ["accepted", "accepted", "accepted"]
     hard = s["stages"][1]
@@ -390,9 +406,7 @@ def test_drop_past_threshold_rolls_back_only_when_significant(memorised_model, t
     assert "not significant" in (run / "report.md").read_text()
 
     cfg1 = _cfg(memorised_model, on_regression="stop", significance=1.0)
-    run1 = run_progressive(
-        cfg1, out=tmp_path, name="sig1", evaluator=ScriptedEvaluator(script), **kw
-    )
+    run1 = _run(cfg1, out=tmp_path, name="sig1", evaluator=ScriptedEvaluator(script), **kw)
     s1 = read_json(run1 / "summary.json")
     assert [r["status"] for r in s1["stages"]] == ["accepted", "stopped"]
 
@@ -409,12 +423,11 @@ def test_gate_warns_when_n_cannot_resolve_the_threshold(memorised_model, tmp_pat
     assert gate_resolution_warning(_cfg(memorised_model, validation={"n": 300})) is None
     cfg1 = _cfg(memorised_model, validation={"n": 30}, significance=1.0)
     assert "a single problem decides" in (gate_resolution_warning(cfg1) or "")
-    run = run_progressive(
+    run = _run(
         cfg,
         out=tmp_path,
         trainer=BreakingTrainer(breaking_lr=1.0),
         evaluator=ScriptedEvaluator({"00-base": 10, "01-a": 10}, n=30),
-        echo=False,
     )
     s = read_json(run / "summary.json")
     assert s["warnings"][0] == msg
@@ -454,7 +467,8 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
     """Two stages of the real GRPO trainer on a tiny shoestring GPT, real validation."""
     from shoestring.data import text
     from shoestring.run_config import build_run_config
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     text.run(None, tmp_path / "data", vocab_size=300, synthetic=300, quiet=True)
     tcfg = build_run_config(
@@ -475,7 +489,7 @@ def test_real_grpo_end_to_end(tmp_path, monkeypatch):
             "train.dtype=fp32",
         ]
     )
-    base = train(tcfg, out=tmp_path / "runs", name="base", echo=False, progress=False)
+    base = train(TrainJobConfig.of(tcfg, out=tmp_path / "runs", name="base", quiet=True))
     stages = tmp_path / "stages.yaml"
     stages.write_text(
         "\n".join(

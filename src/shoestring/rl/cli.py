@@ -4,21 +4,38 @@ Why a light module: ``shoestring --help`` imports every command's ``add_cli``; t
 only config dataclasses and argparse, and each handler defers the trainer (torch, transformers,
 peft) until the command actually runs. Both commands layer their settings the same way, lowest
 first: defaults < preset < config file < ``--set key=value`` (the shortcut flags such as
-``--steps`` are ``--set`` in disguise). On ``--resume`` the run's own ``config.json`` takes the
-place of preset and file.
+``--steps``, ``--out``/``--name`` and ``--quiet`` are ``--set`` in disguise). On ``--resume``
+the run's own ``config.json`` takes the place of preset and file. Each handler has one shape:
+build the config, call the API (``shoestring.rl.grpo.run(cfg)``,
+``shoestring.rl.progressive.run(cfg)``), print the run directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli_options import add_quiet_option, add_set_option, shortcut_overrides
+from shoestring.cli_options import (
+    OUTPUT_SHORTCUTS,
+    add_output_options,
+    add_quiet_option,
+    add_set_option,
+    shortcut_overrides,
+)
 from shoestring.config import describe, read_config_file
 from shoestring.errors import UserError
-from shoestring.rl.config import GRPOConfig, grpo_config, list_grpo_presets
-from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file, resume_config
+from shoestring.rl.config import (
+    GRPOConfig,
+    apply_grpo_override,
+    grpo_config,
+    list_grpo_presets,
+    resume_config,
+)
+from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file
+from shoestring.rl.progressive_config import resume_config as progressive_resume_config
 
 __all__ = [
     "add_cli",
@@ -40,6 +57,7 @@ SHORTCUT_FLAGS = (
     ("steps", "max_steps"),
     ("device", "device"),
     ("dtype", "dtype"),
+    ("quiet", "quiet"),
 )
 
 
@@ -82,8 +100,10 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
     add_set_option(p, "num_generations=8")
-    p.add_argument("--out", help="parent directory of run directories (default runs)")
-    p.add_argument("--name", help="run directory name (default grpo-<time>)")
+    p.add_argument(
+        "--out", help="parent directory of the run directory (sets output_dir; default runs)"
+    )
+    p.add_argument("--name", help="run directory name (sets output_dir; default grpo-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--help-config", action="store_true", help="list every field and exit")
     add_quiet_option(p)
@@ -91,30 +111,32 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
 
 
 def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
-    """The GRPOConfig the flags describe: preset < --config file < --set (and shortcuts)."""
+    """The GRPOConfig the flags describe: preset < --config file < --set (and shortcuts); on
+    --resume the run's config.json < --set, set to continue that run."""
     overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
     if args.resume:
-        cfg_path = Path(args.resume) / "config.json"
-        if not cfg_path.is_file():
-            raise UserError(f"{args.resume} is not a GRPO run directory (no config.json)")
         from shoestring.rundir.lock import refuse_if_held
 
+        cfg = resume_config(args.resume, overrides)
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
-        return grpo_config(base=read_config_file(cfg_path), overrides=overrides)
+        return cfg
     if args.config and args.trl_config:
         raise UserError("give --config or --trl-config, not both")
     path = args.config or args.trl_config
     base = read_config_file(path) if path else None
-    return grpo_config(args.preset, overrides, base=base, trl=True if args.trl_config else None)
+    cfg = grpo_config(args.preset, overrides, base=base, trl=True if args.trl_config else None)
+    if args.out or args.name:
+        apply_grpo_override(cfg, f"output_dir={json.dumps(_output_dir(args, cfg))}")
+    return cfg
 
 
-def run_location(args: argparse.Namespace, cfg: GRPOConfig) -> tuple[str, str | None]:
-    """(parent, name) of the run directory: --out/--name, else the config's ``output_dir``
-    (TRL's), else runs/grpo-<time>."""
-    if cfg.output_dir and not args.name:
-        out = Path(cfg.output_dir)
-        return (args.out or str(out.parent)), out.name
-    return (args.out or "runs"), args.name
+def _output_dir(args: argparse.Namespace, cfg: GRPOConfig) -> str:
+    """``--out``/``--name`` over the config's ``output_dir`` (TRL's): each replaces its part
+    (parent, name) of it; the parts neither gives are ``runs`` and ``grpo-<time>``."""
+    current = Path(cfg.output_dir) if cfg.output_dir else None
+    parent = args.out or (str(current.parent) if current else "runs")
+    name = args.name or (current.name if current else f"grpo-{time.strftime('%Y%m%d-%H%M%S')}")
+    return str(Path(parent) / name)
 
 
 def run_grpo_cli(args: argparse.Namespace) -> int:
@@ -124,21 +146,13 @@ def run_grpo_cli(args: argparse.Namespace) -> int:
         return 0
     cfg = grpo_cli_config(args)
     # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.rl.grpo import train_grpo
+    from shoestring.rl.grpo import run
 
     try:
-        out, name = run_location(args, cfg)
-        run = train_grpo(
-            cfg,
-            out=out,
-            name=name,
-            resume_dir=args.resume,
-            echo=not args.quiet,
-            progress=not args.quiet,
-        )
+        path = run(cfg)
     except KeyboardInterrupt:
         return 130
-    print(run)
+    print(path)
     return 0
 
 
@@ -155,9 +169,9 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
             "with a 95% CI); a stage that falls more than `threshold` points below the best is "
             "rolled back and retried with a lower learning rate or the curriculum stops "
             "(on_regression). Config layers: defaults < --stages FILE (a bundled example or "
-            "your own) < --model < --set key=value. Each stage's GRPO settings: grpo_preset < "
-            "the file's shared grpo < the stage's own fields < --set grpo.KEY=V, so "
-            "--set grpo.max_steps=2 runs two steps in every stage."
+            "your own) < --model, --out, --name, -q < --set key=value. Each stage's GRPO "
+            "settings: grpo_preset < the file's shared grpo < the stage's own fields < "
+            "--set grpo.KEY=V, so --set grpo.max_steps=2 runs two steps in every stage."
         ),
     )
     p.add_argument(
@@ -165,22 +179,22 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="starting model (overrides the file's 'model')")
     add_set_option(p, "threshold=3 --set validation.n=100 --set grpo.max_steps=5")
-    p.add_argument("--out", default="runs", help="parent directory of the run directory")
-    p.add_argument("--name", help="run directory name (default: the stages file's name)")
+    add_output_options(p, "the stages file's name")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted progressive run")
     p.add_argument("--help-config", action="store_true", help="list the settings and exit")
-    add_quiet_option(p)
     p.set_defaults(func=run_progressive_cli)
 
 
 def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
     """The curriculum the flags describe: the stages file (or the run's config.json on
-    --resume) < --model < --set; ``--set grpo.KEY=V`` lands above every stage's own fields."""
-    overrides = ([f"model={args.model}"] if args.model else []) + list(args.overrides)
+    --resume) < --model, --out, --name < --set; ``--set grpo.KEY=V`` lands above every stage's
+    own fields."""
+    flags = (("model", "model"), *OUTPUT_SHORTCUTS)
+    overrides = shortcut_overrides(args, flags) + list(args.overrides)
     if args.resume:
-        cfg = resume_config(args.resume, overrides)
         from shoestring.rundir.lock import refuse_if_held
 
+        cfg = progressive_resume_config(args.resume, overrides)
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
         return cfg
     if args.stages:
@@ -194,19 +208,11 @@ def run_progressive_cli(args: argparse.Namespace) -> int:
         _print_fields(ProgressiveConfig(), 26, 12)
         return 0
     cfg = progressive_cli_config(args)
-    name = args.name or (Path(args.stages).stem if args.stages else None)
     # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.rl.progressive import run_progressive
+    from shoestring.rl.progressive import run
 
     try:
-        path = run_progressive(
-            cfg,
-            out=args.out,
-            name=name,
-            resume_dir=args.resume,
-            echo=not args.quiet,
-            progress=not args.quiet,
-        )
+        path = run(cfg)
     except KeyboardInterrupt:
         return 130
     print(path)

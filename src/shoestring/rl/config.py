@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shoestring.config import (
@@ -35,14 +36,19 @@ from shoestring.config import (
     opt,
     parse_override,
     preset_names,
+    read_config_file,
+    to_dict,
     validate,
 )
+from shoestring.errors import UserError
 from shoestring.rl.trl_config import is_trl_config, translate_trl, trl_defaults
 from shoestring.scoring.protocols import PROTOCOLS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 PROTOCOL_CHOICES = ("auto", *PROTOCOLS)
+#: The fields that say how this process runs the config, not what is trained.
+PLACEMENT_KEYS = ("resume", "quiet")
 
 
 @dataclass
@@ -181,11 +187,22 @@ class GRPOConfig:
     warn_steps: int = opt(2, "first steps measured for the 'this cannot learn' warning", min=1)
     preset: str = opt("", "preset this config started from (informational)")
     output_dir: str | None = opt(
-        None, "run directory (TRL name; --out/--name take precedence; None = runs/grpo-<time>)"
+        None,
+        "run directory (TRL name; --out/--name set it; -2, -3 ... appended when it exists; "
+        "None = runs/grpo-<time>)",
     )
+    resume: str = opt(
+        "", "run directory to continue from its newest checkpoint ('' = a new run; --resume)"
+    )
+    quiet: bool = opt(False, "no progress bar or log lines on stderr (log.txt keeps them)")
     notices: list[str] = opt(
         [], "what reading a TRL config did (keys ignored, TRL defaults); logged at the start"
     )
+
+    def run_dict(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the config without how this process runs it (``resume``,
+        ``quiet``), so a copied ``config.json`` used as ``--config`` starts a new run."""
+        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
 
     @property
     def epsilon_low(self) -> float:
@@ -329,6 +346,17 @@ def config_from_dict(values: dict[str, Any]) -> GRPOConfig:
     return apply_dict(GRPOConfig(), _upgrade(values)).resolved()
 
 
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GRPOConfig:
+    """The config an interrupted run was started with (its ``config.json``), plus ``key=value``
+    overrides (e.g. more ``max_steps``), set to continue that run (``resume``)."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir} is not a GRPO run directory (no config.json)")
+    cfg = grpo_config(base=read_config_file(cfg_path), overrides=overrides)
+    cfg.resume = str(run_dir)
+    return cfg
+
+
 #: ``prompt_format`` (before scoring protocols) -> the protocol that prompts the same way.
 OLD_PROMPT_FORMATS = {"auto": "auto", "chat": "chat-cot", "plain": "qa"}
 
@@ -345,6 +373,7 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "LOSS_TYPES",
+    "PLACEMENT_KEYS",
     "PROTOCOL_CHOICES",
     "SCALE_REWARDS",
     "GRPOConfig",
@@ -353,4 +382,5 @@ __all__ = [
     "list_grpo_presets",
     "load_grpo_preset",
     "parse_slice",
+    "resume_config",
 ]

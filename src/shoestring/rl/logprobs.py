@@ -5,11 +5,11 @@ written to do as little as possible - only the completion positions go through t
 head, and :func:`grouped_completion_logps` runs each prompt once per group and repeats its KV
 cache. For Llama-family models and the shoestring GPT the head runs outside the model, chunk by
 chunk (:func:`head_logps`): at Qwen2's 151,936-entry vocabulary the [tokens, vocab] logits of a
-GRPO micro-batch are gigabytes, and their fp32 log-softmax and its backward were a large share
-of the step; here no fp32 [tokens, vocab] tensor ever exists. Other models go through their own
-forward (``logits_to_keep``) and a log-softmax a few rows at a time. The tests check that the
-grouped and plain forms, and the chunked head and the full logits, give the same log-probs and
-gradients.
+GRPO micro-batch are gigabytes, and their fp32 log-softmax and its backward, computed whole,
+are a large share of the step; here no fp32 [tokens, vocab] tensor ever exists. Other models
+go through their own forward (``logits_to_keep``) and a log-softmax a few rows at a time. The
+tests check that the grouped and plain forms, and the chunked head and the full logits, give the
+same log-probs and gradients.
 """
 
 from __future__ import annotations

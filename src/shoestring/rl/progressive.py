@@ -21,8 +21,8 @@ The run directory (kind ``progressive``) holds ``state.json`` (what resume reads
 ``evals/<label>.json`` (per-problem correctness of every evaluated model), each attempt's GRPO
 run under ``stages/<NN-name[-retryK]>/``, ``report.md`` (the ``compare`` sections for this run)
 and ``progressive.png``. The trainer and the evaluator are injectable callables, so tests can
-make a stage fail on purpose; the defaults are the real ``train_grpo`` and
-:class:`~shoestring.rl.curriculum_eval.ValidationEvaluator`.
+make a stage fail on purpose; the defaults are the real GRPO API (:func:`shoestring.rl.grpo.run`)
+and :class:`~shoestring.rl.curriculum_eval.ValidationEvaluator`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ from typing import Any
 
 import torch
 
-from shoestring.config import to_dict
 from shoestring.errors import UserError
 from shoestring.models.loading import resolve_model_path
-from shoestring.report.compare import write_run_report
+from shoestring.report.finalize import command_finalizers
+from shoestring.rl import grpo
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.curriculum_eval import EvalResult, Evaluator, ValidationEvaluator
-from shoestring.rl.grpo import train_grpo
 from shoestring.rl.progressive_config import ProgressiveConfig, stage_grpo_config
 from shoestring.rl.progressive_plot import plot_progressive
 from shoestring.rl.progressive_state import (
@@ -60,21 +59,12 @@ from shoestring.rundir.directory import RunDir, atomic_write_json, read_json, un
 from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.runtime import resolve_device
 
-__all__ = ["ProgressiveRun", "StageTrainer", "run_progressive"]
+__all__ = ["ProgressiveRun", "StageTrainer", "run"]
 
-#: ``trainer(cfg, out, name, resume_dir) -> run_dir``; the run dir must contain ``model/``.
-StageTrainer = Callable[[GRPOConfig, Path, str, Path | None], Path]
-
-
-def _default_trainer(echo: bool, progress: bool) -> StageTrainer:
-    """The real GRPO trainer, with the curriculum's echo/progress settings."""
-
-    def train(cfg: GRPOConfig, out: Path, name: str, resume_dir: Path | None) -> Path:
-        return Path(
-            train_grpo(cfg, out=out, name=name, resume_dir=resume_dir, echo=echo, progress=progress)
-        )
-
-    return train
+#: ``trainer(cfg) -> run_dir``, called as :func:`shoestring.rl.grpo.run` is: a new attempt goes
+#: to ``cfg.output_dir``, an interrupted one continues in ``cfg.resume``; the run dir must
+#: contain ``model/``.
+StageTrainer = Callable[[GRPOConfig], Path]
 
 
 class ProgressiveRun:
@@ -88,16 +78,13 @@ class ProgressiveRun:
         resume: bool,
         trainer: StageTrainer,
         evaluator: Evaluator | None,
-        echo: bool,
-        progress: bool,
     ) -> None:
         self.cfg = cfg
         self.path = path
         self.resume = resume
         self.trainer = trainer
-        self.echo = echo
-        self.progress = progress
-        self.rd = RunDir(path, "progressive", echo=echo)
+        self.echo = self.progress = not cfg.output.quiet
+        self.rd = RunDir(path, "progressive", echo=self.echo)
         self.base_location, _ = resolve_model_path(cfg.model)
         self._evaluator = evaluator
         self._plot: str | None = None
@@ -166,21 +153,24 @@ class ProgressiveRun:
         """Validate the base model, then run attempts until every stage is accepted or the
         curriculum stops; the lifecycle turns Ctrl-C/SIGTERM/errors into the final status."""
         cfg = self.cfg
+        finalizers = command_finalizers()  # report.md, from the final summary
         if self.resume:
-            self.rd.write_config(to_dict(cfg))
+            self.rd.write_config(cfg.run_dict())
             life = RunLifecycle(
                 self.rd,
                 start_fields={"finished_at": None, "error": None},
                 summary=self._summary_fields,
                 close=False,
+                finalizers=finalizers,
             )
         else:
             life = RunLifecycle(
                 self.rd,
-                config=to_dict(cfg),
+                config=cfg.run_dict(),
                 start_fields={"run_name": self.path.name, "base_model": self.base_location},
                 summary=self._summary_fields,
                 close=False,
+                finalizers=finalizers,
             )
         try:
             with life:
@@ -270,6 +260,9 @@ class ProgressiveRun:
         )
         stage_dir = self.path / "stages" / label
         run_dir, resume_dir = leftover_attempt(stage_dir)  # what a killed run left behind
+        gcfg.output_dir = str(stage_dir)
+        gcfg.resume = "" if resume_dir is None else str(resume_dir)
+        gcfg.quiet = cfg.output.quiet
         self.rd.log(
             f"stage {label}: {gcfg.dataset}"
             + (f"[{gcfg.dataset_slice}]" if gcfg.dataset_slice else "")
@@ -278,7 +271,7 @@ class ProgressiveRun:
         )
         t0 = time.perf_counter()
         try:
-            self._train_and_decide(stage, label, attempt, gcfg, stage_dir, run_dir, resume_dir)
+            self._train_and_decide(stage, label, attempt, gcfg, stage_dir, run_dir)
         except KeyboardInterrupt:
             # the time spent so far counts towards the attempt once it is decided after resume
             st["pending_seconds"] = st.get("pending_seconds", 0.0) + time.perf_counter() - t0
@@ -292,7 +285,6 @@ class ProgressiveRun:
         gcfg: GRPOConfig,
         stage_dir: Path,
         run_dir: Path | None,
-        resume_dir: Path | None,
     ) -> None:
         cfg, st = self.cfg, self.state
         start, stage_number = st["start"], st["stage_index"] + 1
@@ -303,7 +295,7 @@ class ProgressiveRun:
         # 1. train (skipped when a killed run had finished training this attempt)
         if run_dir is None:
             try:
-                run_dir = Path(self.trainer(gcfg, stage_dir.parent, label, resume_dir))
+                run_dir = Path(self.trainer(gcfg))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
@@ -412,14 +404,11 @@ class ProgressiveRun:
         }
 
     def _report(self, status: str) -> None:
-        """report.md (the ``compare`` sections of this run), the last log line, close."""
+        """The report the lifecycle wrote (on stderr), the last log line, close."""
         st = self.state
-        try:
-            report = write_run_report(self.path)
-            if self.echo:
-                print(report.read_text(encoding="utf-8"), file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - the summary is written; never mask the run
-            self.rd.log(f"could not write report.md: {type(exc).__name__}: {exc}")
+        report = self.path / "report.md"
+        if self.echo and report.is_file():
+            print(report.read_text(encoding="utf-8"), file=sys.stderr)
         self.rd.log(
             f"{status}: {st['stage_index']}/{len(self.cfg.stages)} stages accepted, "
             f"{st['rollbacks']} rollback(s); best model {(st.get('best') or {}).get('model_dir')}"
@@ -427,40 +416,34 @@ class ProgressiveRun:
         self.rd.close()
 
 
-def run_progressive(
+def run(
     cfg: ProgressiveConfig,
-    out: str | Path = "runs",
-    name: str | None = None,
-    resume_dir: str | Path | None = None,
     *,
     trainer: StageTrainer | None = None,
     evaluator: Evaluator | None = None,
-    echo: bool = True,
-    progress: bool = True,
 ) -> Path:
-    """Run (or resume) a curriculum and return its run directory.
+    """Run (or, with ``resume``, continue) a curriculum and return its run directory:
+    ``output.dir/output.name`` (``-2``, ``-3`` ... appended when taken; '' = ``progressive``).
 
-    ``trainer`` defaults to the real ``train_grpo``; ``evaluator`` to a
-    :class:`ValidationEvaluator` on ``cfg.validation``. Raises ``KeyboardInterrupt`` after
-    saving its state when interrupted (Ctrl-C or SIGTERM).
+    ``trainer`` defaults to the real GRPO API (:func:`shoestring.rl.grpo.run`); ``evaluator``
+    to a :class:`ValidationEvaluator` on ``cfg.validation``: both are seams for tests. Raises
+    ``KeyboardInterrupt`` after saving its state when interrupted (Ctrl-C or SIGTERM).
     """
     cfg.check()
-    if resume_dir is not None:
-        path = Path(resume_dir)
+    if cfg.resume:
+        path = Path(cfg.resume)
         if not (path / "state.json").exists():
             raise UserError(f"{path} is not a progressive run directory (no state.json)")
     else:
-        path = unique_run_dir(out, name or "progressive")
+        path = unique_run_dir(cfg.output.dir, cfg.output.name or "progressive")
     # Validate every stage's GRPO config before spending minutes on the base evaluation.
     for stage in cfg.stages:
         stage_grpo_config(cfg, stage, cfg.model)
     runner = ProgressiveRun(
         cfg,
         path,
-        resume=resume_dir is not None,
-        trainer=trainer or _default_trainer(echo, progress),
+        resume=bool(cfg.resume),
+        trainer=trainer or grpo.run,
         evaluator=evaluator,
-        echo=echo,
-        progress=progress,
     )
     return runner.run()

@@ -40,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from shoestring.cli_options import OutputConfig
 from shoestring.config import (
     ConfigError,
     apply_dict,
@@ -47,6 +48,7 @@ from shoestring.config import (
     opt,
     parse_override,
     read_config_file,
+    to_dict,
     validate,
 )
 from shoestring.errors import UserError
@@ -55,6 +57,7 @@ from shoestring.rundir.directory import read_json
 from shoestring.scoring.protocols import PROTOCOLS
 
 __all__ = [
+    "PLACEMENT_KEYS",
     "ProgressiveConfig",
     "ValidationConfig",
     "apply_cli_overrides",
@@ -65,7 +68,14 @@ __all__ = [
 
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Fields the runner sets itself: a stage that set them would break the curriculum's contract.
-_RUNNER_FIELDS = ("model_name_or_path",)
+_RUNNER_FIELDS = {
+    "model_name_or_path": "each stage starts from the best model so far; set the starting "
+    "model with the top-level 'model' key",
+    "output_dir": "each attempt's GRPO run lives in the run's stages/ folder",
+    "resume": "resume the whole curriculum with --resume RUN_DIR",
+}
+#: The keys of a ProgressiveConfig that place the run rather than configure the curriculum.
+PLACEMENT_KEYS = ("output", "resume")
 
 
 @dataclass
@@ -134,6 +144,13 @@ class ProgressiveConfig:
         max=1.0,
     )
     stages: list[dict[str, Any]] = opt([], "the stages: {name, <GRPOConfig fields>...}")
+    output: OutputConfig = field(default_factory=OutputConfig)
+    resume: str = opt("", "run directory to continue ('' = a new run; --resume)")
+
+    def run_dict(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the curriculum without its placement (``output``,
+        ``resume``), so a copied ``config.json`` used as a stages file starts a new run."""
+        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
 
     def check(self) -> ProgressiveConfig:
         """Validate ranges, stage names and the runner-owned fields before anything runs."""
@@ -160,12 +177,9 @@ class ProgressiveConfig:
             if name in seen:
                 raise ConfigError(f"stage name {name!r} is used twice; names must be unique")
             seen.add(name)
-            for key in _RUNNER_FIELDS:
+            for key, why in _RUNNER_FIELDS.items():
                 if key in stage or key in self.grpo or key in self.grpo_overrides:
-                    raise ConfigError(
-                        f"{key} is set by the curriculum (each stage starts from the best model "
-                        "so far); set the starting model with the top-level 'model' key"
-                    )
+                    raise ConfigError(f"{key} is set by the curriculum ({why})")
         return self
 
 
@@ -176,7 +190,9 @@ def load_stages_file(
     overrides (``grpo.KEY=V`` sets a shared GRPO field)."""
     data = read_config_file(_find_stages_file(path))
     try:
-        cfg = apply_dict(ProgressiveConfig(), data)
+        cfg = ProgressiveConfig()
+        cfg.output.name = Path(path).stem  # the run is named after its stages file
+        apply_dict(cfg, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     apply_cli_overrides(cfg, overrides)
@@ -187,12 +203,14 @@ def resume_config(
     run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> ProgressiveConfig:
     """The curriculum of an existing run directory (its config.json) plus ``key=value``
-    overrides, e.g. ``max_retries=2`` to retry a stage that stopped the run."""
+    overrides, e.g. ``max_retries=2`` to retry a stage that stopped the run, set to continue
+    that run (``resume``)."""
     cfg_path = Path(run_dir) / "config.json"
     if not cfg_path.exists():
         raise UserError(f"{run_dir} is not a progressive run directory (no config.json)")
     cfg = apply_dict(ProgressiveConfig(), read_json(cfg_path))
     apply_cli_overrides(cfg, overrides)
+    cfg.resume = str(run_dir)
     return cfg.check()
 
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from shoestring.config import to_dict
 from shoestring.data.input_report import MAX_REPORTS, report_capped
 from shoestring.errors import UserError
+from shoestring.report.finalize import command_finalizers
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, load_task
 from shoestring.rl.diagnostics import cannot_learn_reasons
@@ -55,8 +55,8 @@ __all__ = ["GRPOTrainer"]
 
 
 class GRPOTrainer:
-    """One GRPO run: model, data, optimizer, run directory. Use :func:`shoestring.rl.grpo.
-    train_grpo`; the tests drive it directly to look inside."""
+    """One GRPO run: model, data, optimizer, run directory. Use :func:`shoestring.rl.grpo.run`;
+    the tests drive it directly to look inside."""
 
     def __init__(
         self,
@@ -162,7 +162,10 @@ class GRPOTrainer:
         assert self.policy is not None
         step = self.step
         stats: dict[str, Any] = {}
+        # a new rollout every num_iterations steps (TRL's mu); a restored run without its
+        # buffer generates one too
         if step % cfg.num_iterations == 0 or self.rollout is None:
+            # rewards see the generation batch's index, as TRL's trainer_state does
             self.reward_context.begin_step(step, step // cfg.num_iterations)
             self.rollout, stats = self.generator.generate(step // cfg.num_iterations)
             self.reward_context.drain_into(stats)  # what rewards logged (log_metric/log_extra)
@@ -172,17 +175,19 @@ class GRPOTrainer:
             stats["time_generation"] = 0.0
             stats["time_scoring"] = 0.0
         r = self.rollout
-        self.model.train()
+        self.model.train()  # the loss runs in train mode (rollouts and evaluation use eval)
         t0 = time.perf_counter()
+        # the schedule's multiplier of this step (warmup, then linear/cosine/constant decay)
         lr = cfg.learning_rate * lr_multiplier(
             step, self.total_steps, cfg.warmup_for(self.total_steps), decay=cfg.lr_scheduler_type
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        # forward + backward per micro-batch; gradients accumulate over the whole rollout
         losses = backward_rollout(self.policy, r, cfg)
         grad_norm = None
-        if cfg.max_grad_norm > 0:
+        if cfg.max_grad_norm > 0:  # the norm before clipping, as TRL logs it
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         self.optimizer.step()
         stats.update(
@@ -320,8 +325,12 @@ class GRPOTrainer:
     def run(self) -> Path:
         """Train to ``total_steps`` (or resume), write the model, evaluate; the run directory."""
         cfg = self.cfg
-        config = None if self.resume else to_dict(cfg)  # a resumed run keeps its config.json
-        with RunLifecycle(self.rundir, config=config, summary=self._end_fields):
+        config = None if self.resume else cfg.run_dict()  # a resumed run keeps its config.json
+        # report.md always; the model card only quotes a finished run (it skips any other)
+        finalizers = command_finalizers(model_card=True)
+        with RunLifecycle(
+            self.rundir, config=config, summary=self._end_fields, finalizers=finalizers
+        ):
             self.setup()
             assert self.policy is not None
             self.rundir.update_summary(
