@@ -40,7 +40,8 @@ from hybrid_vs_baseline import curve, first_crossing, fmt, mean_ci, value_at  # 
 from shoestring.cli_options import add_set_option  # noqa: E402
 from shoestring.run_config import build_run_config  # noqa: E402
 from shoestring.rundir.directory import atomic_write_json, host_info, now_iso  # noqa: E402
-from shoestring.train.entry import train  # noqa: E402
+from shoestring.train.config import TrainJobConfig  # noqa: E402
+from shoestring.train.run import run as train  # noqa: E402
 
 ARMS = ("adamw", "muon", "hybrid_adamw", "hybrid_muon")
 OPTIMIZERS = ("adamw", "muon")
@@ -75,7 +76,8 @@ def run_one(
     over.append(f"train.max_steps={steps}")
     cfg = build_run_config(preset, None, None, over)
     t0 = time.perf_counter()
-    path = train(cfg, out=Path(args.out) / preset / "runs", name=name, echo=False, progress=False)
+    job = TrainJobConfig.of(cfg, out=Path(args.out) / preset / "runs", name=name, quiet=True)
+    path = train(job)
     s = _summary(path)
     extra = ""
     if hybrid:

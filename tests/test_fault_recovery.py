@@ -46,11 +46,12 @@ def test_corrupt_newest_checkpoint_falls_back_and_matches_uninterrupted(
 ) -> None:
     from shoestring.run_config import build_run_config
     from shoestring.rundir.directory import read_json
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     steps = ("train.max_steps=30", "train.save_every=10", "train.eval_every=10")
     cfg = build_run_config(overrides=[f"data.path={prepared}", *TINY, *steps])
-    ref = train(cfg, out=tmp_path, name="ref", echo=False, progress=False)
+    ref = train(TrainJobConfig.of(cfg, out=tmp_path, name="ref", quiet=True))
 
     def stop_at_20(step: int, _val: float) -> None:
         if step == 20:
@@ -58,7 +59,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_matches_uninterrupted(
 
     cfg = build_run_config(overrides=[f"data.path={prepared}", *TINY, *steps])
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, out=tmp_path, name="cut", echo=False, progress=False, on_eval=stop_at_20)
+        train(TrainJobConfig.of(cfg, out=tmp_path, name="cut", quiet=True), on_eval=stop_at_20)
     run = tmp_path / "cut"
     newest = run / "checkpoints" / "step_20"
     assert verify_checkpoint(newest) is None
@@ -70,7 +71,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_matches_uninterrupted(
     assert "SHA-256" in (verify_checkpoint(newest) or "")
 
     cfg = build_run_config(overrides=[f"data.path={prepared}", *TINY, *steps])
-    train(cfg, out=tmp_path, resume_dir=run, echo=False, progress=False)
+    train(TrainJobConfig.of(cfg, out=tmp_path, resume=run, quiet=True))
     log = (run / "log.txt").read_text()
     assert f"checkpoint {newest} is damaged: model.safetensors does not match its SHA-256" in log
     assert "falling back to step_10, the newest intact checkpoint (damaged: step_20)" in log

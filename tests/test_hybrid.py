@@ -255,12 +255,13 @@ def _cfg(data: Path, *extra: str):
 def test_hybrid_run_directory_statistics_add_up(
     prepared: Path, tmp_path: Path, predictor: str
 ) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     cfg = _cfg(
         prepared, "train.max_steps=40", "train.eval_every=20", f"hybrid.predictor={predictor}"
     )
-    run = train(cfg, out=tmp_path, name="h", echo=False, progress=False)
+    run = train(TrainJobConfig.of(cfg, out=tmp_path, name="h", quiet=True))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["trainer"] == "hybrid"
     h = summary["hybrid"]
@@ -292,7 +293,8 @@ def test_hybrid_run_directory_statistics_add_up(
 
 
 def test_hybrid_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     extra = (
         "train.max_steps=24",
@@ -300,7 +302,7 @@ def test_hybrid_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
         "train.save_every=5",
         "train.keep_checkpoints=5",
     )
-    a = train(_cfg(prepared, *extra), out=tmp_path, name="a", echo=False, progress=False)
+    a = train(TrainJobConfig.of(_cfg(prepared, *extra), out=tmp_path, name="a", quiet=True))
     b = tmp_path / "b"
     shutil.copytree(a, b)
     for name in ("step_15", "step_20", "step_24"):
@@ -311,7 +313,7 @@ def test_hybrid_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     hstate = state["hybrid"]
     assert hstate["state"]["phase"] == "predict" and hstate["state"]["phase_steps"] > 0
     assert hstate["anchor"] is not None and hstate["anchor"]["weights"].numel() > 0
-    train(_cfg(prepared, *extra), resume_dir=b, echo=False, progress=False)
+    train(TrainJobConfig.of(_cfg(prepared, *extra), resume=b, quiet=True))
 
     def trace(run: Path) -> list:
         return [

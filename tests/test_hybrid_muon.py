@@ -177,12 +177,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_hybrid_on_muon_phases_and_resume_are_exact(
     prepared: Path, tmp_path: Path, predictor: str
 ) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     over = [f"data.path={prepared}", *TINY, f"hybrid.predictor={predictor}"]
     over += ["train.max_steps=24", "train.eval_every=12", "train.save_every=5"]
     over += ["train.keep_checkpoints=5"]
-    a = train(build_run_config(overrides=over), out=tmp_path, name="a", echo=False, progress=False)
+    a = train(
+        TrainJobConfig.of(build_run_config(overrides=over), out=tmp_path, name="a", quiet=True)
+    )
     summary = json.loads((a / "summary.json").read_text())
     h = summary["hybrid"]
     assert summary["status"] == "finished"
@@ -193,7 +196,7 @@ def test_hybrid_on_muon_phases_and_resume_are_exact(
     shutil.copytree(a, b)
     for name in ("step_15", "step_20", "step_24"):
         shutil.rmtree(b / "checkpoints" / name)
-    train(build_run_config(overrides=over), resume_dir=b, echo=False, progress=False)
+    train(TrainJobConfig.of(build_run_config(overrides=over), resume=b, quiet=True))
 
     def trace(run: Path) -> list:
         return [

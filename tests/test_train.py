@@ -56,12 +56,15 @@ def _cli_train_args(data: Path, out: Path, name: str, *extra: str) -> list[str]:
 
 
 def test_train_writes_run_directory_and_lowers_loss(prepared: Path, tmp_path: Path) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     cfg = _cfg(prepared, "train.max_steps=40", "train.eval_every=20", "train.save_every=20")
-    run = train(cfg, out=tmp_path, name="r", echo=False, progress=False)
-    for name in ("config.json", "summary.json", "metrics.jsonl", "log.txt"):
+    run = train(TrainJobConfig.of(cfg, out=tmp_path, name="r", quiet=True))
+    for name in ("config.json", "summary.json", "metrics.jsonl", "log.txt", "report.md"):
         assert (run / name).is_file(), name
+    assert "finished" in (run / "report.md").read_text()  # written from the final summary
+    assert (run / "model" / "README.md").is_file()  # the model card, also a finalizer
     assert (run / "model" / "model.safetensors").is_file()
     assert (run / "model" / "tokenizer.json").is_file()
     assert (run / "checkpoints" / "step_40" / "state.pt").is_file()
@@ -74,6 +77,7 @@ def test_train_writes_run_directory_and_lowers_loss(prepared: Path, tmp_path: Pa
     assert "torch" in s["versions"]
     cfg_written = json.loads((run / "config.json").read_text())
     assert cfg_written["train"]["max_steps"] == 40 and cfg_written["model"]["vocab_size"] == 300
+    assert "output" not in cfg_written and "resume" not in cfg_written  # placement, not config
     steps = [m["step"] for m in read_metrics(run) if "loss" in m]
     assert steps == list(range(1, 41))
 
@@ -84,14 +88,16 @@ def test_saved_model_loads_with_auto_class_and_cache_matches(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import shoestring.models.gpt  # noqa: F401 - registers the Auto classes
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     run = train(
-        _cfg(prepared, "train.max_steps=10", "model.position=rope"),
-        out=tmp_path,
-        name="r",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(prepared, "train.max_steps=10", "model.position=rope"),
+            out=tmp_path,
+            name="r",
+            quiet=True,
+        )
     )
     model = AutoModelForCausalLM.from_pretrained(run / "model").eval()
     tok = AutoTokenizer.from_pretrained(run / "model")
@@ -156,7 +162,8 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
     from shoestring.models.gpt import ShoestringGPTForCausalLM
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     real_forward = ShoestringGPTForCausalLM.forward
     calls = {"oom": 0}
@@ -169,11 +176,14 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
 
     monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", forward)
     run = train(
-        _cfg(prepared, "train.max_steps=6", "train.batch_size=8", f"train.optimizer={optimizer}"),
-        out=tmp_path,
-        name="oom",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(
+                prepared, "train.max_steps=6", "train.batch_size=8", f"train.optimizer={optimizer}"
+            ),
+            out=tmp_path,
+            name="oom",
+            quiet=True,
+        )
     )
     monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", real_forward)
     s = _summary(run)
@@ -183,17 +193,18 @@ def test_oom_halves_micro_batch_and_keeps_tokens_per_step(
     assert s["tokens"] == 6 * 8 * 32  # tokens per step unchanged
     # the same steps at micro-batch 2 x 4 accumulation from the start give the same losses
     ref = train(
-        _cfg(
-            prepared,
-            "train.max_steps=6",
-            "train.batch_size=2",
-            "train.grad_accum=4",
-            f"train.optimizer={optimizer}",
-        ),
-        out=tmp_path,
-        name="ref",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(
+                prepared,
+                "train.max_steps=6",
+                "train.batch_size=2",
+                "train.grad_accum=4",
+                f"train.optimizer={optimizer}",
+            ),
+            out=tmp_path,
+            name="ref",
+            quiet=True,
+        )
     )
     la = [m["loss"] for m in read_metrics(run) if "loss" in m]
     lb = [m["loss"] for m in read_metrics(ref) if "loss" in m]
@@ -204,7 +215,8 @@ def test_nan_loss_stops_with_last_good_checkpoint(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shoestring.models.gpt import ShoestringGPTForCausalLM
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
     from shoestring.train.step import NonFiniteLossError
 
     real_forward = ShoestringGPTForCausalLM.forward
@@ -221,11 +233,12 @@ def test_nan_loss_stops_with_last_good_checkpoint(
     monkeypatch.setattr(ShoestringGPTForCausalLM, "forward", forward)
     with pytest.raises(NonFiniteLossError, match="nan at step 7"):
         train(
-            _cfg(prepared, "train.max_steps=20", "train.save_every=5"),
-            out=tmp_path,
-            name="n",
-            echo=False,
-            progress=False,
+            TrainJobConfig.of(
+                _cfg(prepared, "train.max_steps=20", "train.save_every=5"),
+                out=tmp_path,
+                name="n",
+                quiet=True,
+            )
         )
     run = tmp_path / "n"
     s = _summary(run)
@@ -373,14 +386,16 @@ def test_cuda_request_without_cuda_is_an_error(prepared: Path, tmp_path: Path) -
 
 def test_tensorboard_scalars_are_written(prepared: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     run = train(
-        _cfg(prepared, "train.max_steps=4", "train.report_to=tensorboard"),
-        out=tmp_path,
-        name="tb",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(prepared, "train.max_steps=4", "train.report_to=tensorboard"),
+            out=tmp_path,
+            name="tb",
+            quiet=True,
+        )
     )
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
@@ -398,15 +413,17 @@ def test_help_config_lists_every_key() -> None:
 def test_auto_compile_decides_from_measured_step_time(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
     from shoestring.train.trainer import Trainer
 
     run = train(
-        _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
-        out=tmp_path,
-        name="short",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
+            out=tmp_path,
+            name="short",
+            quiet=True,
+        )
     )
     info = _summary(run)["compile"]
     assert info["used"] is False and "would not pay off" in info["reason"]
@@ -423,21 +440,23 @@ def test_auto_compile_decides_from_measured_step_time(
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     run = train(
-        _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
-        out=tmp_path,
-        name="long",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(prepared, "train.max_steps=6", "train.compile=auto"),
+            out=tmp_path,
+            name="long",
+            quiet=True,
+        )
     )
     s = _summary(run)
     assert s["status"] == "finished" and s["steps"] == 6
     assert s["compile"]["used"] is False and "C++ compiler" in s["compile"]["failed"]
     ref = train(
-        _cfg(prepared, "train.max_steps=6", "train.compile=off"),
-        out=tmp_path,
-        name="ref",
-        echo=False,
-        progress=False,
+        TrainJobConfig.of(
+            _cfg(prepared, "train.max_steps=6", "train.compile=off"),
+            out=tmp_path,
+            name="ref",
+            quiet=True,
+        )
     )
     assert _summary(ref)["final_train_loss"] == s["final_train_loss"]  # fallback lost nothing
 
@@ -445,7 +464,8 @@ def test_auto_compile_decides_from_measured_step_time(
 def test_on_eval_callback_sees_every_evaluation_and_can_stop_the_run(
     prepared: Path, tmp_path: Path
 ) -> None:
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
     from shoestring.train.trainer import StopTraining
 
     seen: list[tuple[int, float]] = []
@@ -457,7 +477,7 @@ def test_on_eval_callback_sees_every_evaluation_and_can_stop_the_run(
 
     cfg = _cfg(prepared, "train.max_steps=20", "train.eval_every=2", "train.eval_batches=1")
     with pytest.raises(StopTraining):
-        train(cfg, out=tmp_path, name="pruned", echo=False, progress=False, on_eval=on_eval)
+        train(TrainJobConfig.of(cfg, out=tmp_path, name="pruned", quiet=True), on_eval=on_eval)
     assert [s for s, _ in seen] == [2, 4]
     s = _summary(tmp_path / "pruned")
     assert s["status"] == "pruned" and s["steps"] == 4

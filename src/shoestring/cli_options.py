@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shoestring.config import (
+    apply_dict,
+    apply_override,
+    describe,
+    opt,
+    parse_override,
+    read_config_file,
+    validate,
+)
+
+C = TypeVar("C")
 
 
 def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
@@ -35,6 +49,7 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
         "-q",
         "--quiet",
         action="store_true",
+        default=None,  # None = not given, so the config's own value stands (a shortcut)
         help="no progress bars or log lines on stderr (log.txt keeps them); errors and the "
         "result still print",
     )
@@ -52,3 +67,75 @@ def shortcut_overrides(args: argparse.Namespace, flags: Iterable[tuple[str, str]
         if value is not None:
             out.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
     return out
+
+
+@dataclass
+class OutputConfig:
+    """Where a command's run directory goes and how loudly it runs: the ``output`` section of
+    every command config that writes a run directory, so ``run(cfg)`` needs nothing else (as
+    TRL's ``output_dir``)."""
+
+    dir: str = opt("runs", "parent directory of the run directory")
+    name: str = opt("", "run directory name; empty = the command's default, made unique")
+    quiet: bool = opt(False, "no progress bars or log lines on stderr (log.txt keeps them)")
+
+
+#: The shortcut flags every command with an ``output`` section takes: ``--out``, ``--name``,
+#: ``-q`` (argparse destination -> config key).
+OUTPUT_SHORTCUTS = (("out", "output.dir"), ("name", "output.name"), ("quiet", "output.quiet"))
+
+
+def add_config_options(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config FILE``, ``--set KEY=VALUE`` and ``--help-config``: the three ways into a
+    command's config dataclass, the same on every command."""
+    parser.add_argument("--config", help="JSON or YAML config file (keys as for --set)")
+    add_set_option(parser, example)
+    parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+
+
+def add_output_options(parser: argparse.ArgumentParser, default_name: str) -> None:
+    """``--out``, ``--name`` and ``-q``: shortcuts for the ``output`` section's keys."""
+    parser.add_argument("--out", help="parent directory of the run directory (output.dir)")
+    parser.add_argument("--name", help=f"run directory name (output.name; default {default_name})")
+    add_quiet_option(parser)
+
+
+def layered_config(
+    cfg: C,
+    *,
+    preset: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+) -> C:
+    """Layer a config dataclass: its defaults < ``preset`` < ``config_file`` < ``overrides``
+    (``key=value`` strings), then validate it - the one order every command uses. A key that
+    does not exist is an error with the nearest valid key suggested."""
+    if preset:
+        apply_dict(cfg, preset)
+    if config_file:
+        apply_dict(cfg, read_config_file(config_file))
+    for text in overrides:
+        apply_override(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_args(
+    cfg: C,
+    args: argparse.Namespace,
+    shortcuts: Iterable[tuple[str, str]] = (),
+    preset: dict[str, Any] | None = None,
+) -> C:
+    """A command's config from its parsed flags: ``cfg``'s defaults < ``preset`` <
+    ``--config FILE`` < the shortcut flags given < ``--set`` (so an explicit ``--set`` wins)."""
+    overrides = shortcut_overrides(args, shortcuts) + list(getattr(args, "overrides", []))
+    return layered_config(
+        cfg, preset=preset, config_file=getattr(args, "config", None), overrides=overrides
+    )
+
+
+def print_config_keys(cfg: Any) -> int:
+    """``--help-config``: every dotted key with its default and help; the exit code (0)."""
+    for key, default, help_text in describe(cfg):
+        print(f"{key:28s} {default!s:>12}  {help_text}")
+    return 0

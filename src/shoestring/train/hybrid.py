@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from shoestring.errors import UserError
-from shoestring.run_config import RunConfig
 from shoestring.train.batches import step_micro_batches
+from shoestring.train.config import TrainJobConfig
 from shoestring.train.hybrid_controller import HybridController, StepOutcome
 from shoestring.train.trainer import Trainer
 
@@ -34,7 +34,7 @@ class HybridTrainer(Trainer):
     every step is logged with its phase, and the extra checkpoint and summary state.
     """
 
-    def __init__(self, cfg: RunConfig, run_path: Path, **kwargs: Any) -> None:
+    def __init__(self, cfg: TrainJobConfig, run_path: Path, **kwargs: Any) -> None:
         super().__init__(cfg, run_path, **kwargs)
         if self.dist.enabled:
             raise UserError(
@@ -48,8 +48,7 @@ class HybridTrainer(Trainer):
         self._t0 = time.perf_counter()
         return super().run()
 
-    def _build_model(self) -> None:
-        super()._build_model()
+    def _after_build(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.hybrid = HybridController(
             self.cfg.hybrid,
@@ -73,8 +72,9 @@ class HybridTrainer(Trainer):
         """Loss of step ``step``'s batch at the current weights (forward only)."""
         ts = self.state
         total, n = 0.0, 0
-        for x, y in step_micro_batches(self.stream, step, self.global_batch, 0, 1, ts.micro_batch):
-            total += float(self._forward_loss(x, y, self.model)) * x.shape[0]
+        stream = self.data.stream
+        for x, y in step_micro_batches(stream, step, self.global_batch, 0, 1, ts.micro_batch):
+            total += float(self.step_fn.forward_loss(x, y, self.model)) * x.shape[0]
             n += x.shape[0]
         return total / max(n, 1)
 

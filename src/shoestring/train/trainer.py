@@ -1,14 +1,17 @@
 """The pretraining loop: one ``Trainer`` per run, single process or one rank of a DDP run.
 
-The loop is deliberately plain (nanoGPT's shape): AdamW with decay on matrices only, linear
-warmup then cosine decay, gradient clipping and accumulation, evaluation on a fixed validation
-set, and checkpoints that hold everything needed to continue bit-for-bit (the pieces are
-:class:`~shoestring.train.step.StepTrainer`'s). What the loop adds is the behaviour a long
+This module is one idea: the loop of one training run and the state it owns between steps
+(the run directory, the counters, checkpoints, the records); what one step does is
+:mod:`shoestring.train.step`'s, composed in, not inherited. The loop is deliberately plain
+(nanoGPT's shape): AdamW with decay on matrices only, linear warmup then cosine decay, gradient
+clipping and accumulation, evaluation on a fixed validation set, and checkpoints that hold
+everything needed to continue bit-for-bit. What the loop adds is the behaviour a long
 unattended run needs: it records what really ran, it stops with a clear message and an intact
 checkpoint when the loss goes non-finite, and Ctrl-C (or SIGTERM) saves before exit. The run
 directory's status, monitor thread and signal handling are
-:class:`~shoestring.rundir.lifecycle.RunLifecycle`'s; :func:`shoestring.train.entry.train` picks
-this class or the hybrid subclass and runs it.
+:class:`~shoestring.rundir.lifecycle.RunLifecycle`'s, which also writes ``report.md`` and the
+model card at the end; :func:`shoestring.train.run.run` picks this class or the hybrid subclass
+and runs it.
 """
 
 from __future__ import annotations
@@ -16,17 +19,30 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from shoestring.config import to_dict
-from shoestring.models.card import write_model_card
+from shoestring.report.finalize import command_finalizers
+from shoestring.rundir.directory import RunDir
 from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
-from shoestring.train.checkpoint import latest_checkpoint
-from shoestring.train.state import TrainState, summary_fields
-from shoestring.train.step import NonFiniteLossError, StepTrainer
+from shoestring.runtime import Runtime, physical_cores, setup_runtime
+from shoestring.train.autocompile import CompilePolicy
+from shoestring.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_newest_intact,
+    prune_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+    write_model_dir,
+)
+from shoestring.train.config import TrainJobConfig
+from shoestring.train.distributed import init_distributed, rank_device
+from shoestring.train.state import TrainState, checkpoint_state, summary_fields
+from shoestring.train.step import ModelParts, NonFiniteLossError, RunData, Step
 from shoestring.util.progress import progress_bar
 
 __all__ = ["StopTraining", "Trainer"]
@@ -40,14 +56,55 @@ class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an err
     """
 
 
-class Trainer(StepTrainer):
-    """One training run; ``run()`` returns the run directory (on every rank)."""
+class Trainer:
+    """One training run; ``run()`` returns the run directory (on every rank).
+
+    It owns the run (process group, runtime, run directory, state, checkpoints, the loop) and
+    composes what a step needs: :class:`~shoestring.train.step.RunData`,
+    :class:`~shoestring.train.step.ModelParts` and the :class:`~shoestring.train.step.Step`
+    over them, built by ``run()``.
+    """
 
     AUTO_COMPILE_MIN_SECONDS = 600.0  # eager time left above which compiling pays off
+
+    def __init__(
+        self,
+        cfg: TrainJobConfig,
+        run_path: Path,
+        *,
+        resume: bool = False,
+        on_eval: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.on_eval = on_eval
+        self.resume = resume
+        self.dist = init_distributed(cfg.train.device)
+        t = cfg.train
+        threads = t.threads or max(1, physical_cores() // self.dist.world_size)
+        self.rt: Runtime = setup_runtime(
+            rank_device(t.device, self.dist), t.dtype, threads, t.flush_denormal, t.deterministic
+        )
+        self.device = self.rt.torch_device
+        self.run_path = run_path
+        quiet = cfg.output.quiet
+        # only rank 0 writes the run directory; the other ranks' lifecycle handles signals only
+        self.rundir = RunDir(run_path, "train", echo=not quiet) if self.dist.is_main else None
+        self.progress = not quiet and self.dist.is_main
+        self.tb: Any = None
+        self.compile = CompilePolicy(t.compile, self.dist.enabled)
+        self.state = TrainState()  # replaced by run() (fresh or restored from a checkpoint)
+        self.global_batch = 0  # sequences per optimizer step across ranks, set by run()
 
     # ------------------------------------------------------------------ subclass hooks
     # A trainer that changes what one step does (train/hybrid.py) overrides ``_train_step`` and
     # these hooks; the defaults keep the plain loop's behaviour exactly.
+    def _after_build(self) -> None:
+        """Called once the data, model and step exist (before a resume restores state)."""
+
+    def _train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step -> (mean loss, grad norm)."""
+        return self.step_fn(step, self.state, self.global_batch)
+
     def _step_tokens(self, tokens_per_step: int) -> int:
         """Tokens the step just taken trained on (a skipped backward trains on none)."""
         return tokens_per_step
@@ -65,16 +122,108 @@ class Trainer(StepTrainer):
         """Extra summary.json fields written when the run ends."""
         return {}
 
+    def _extra_state(self) -> dict[str, Any]:
+        """Extra checkpoint state (tensors and plain Python values only)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``_extra_state`` saved (called on resume with the whole state dict)."""
+
     def _maybe_auto_compile(self, step_times: list[float]) -> None:
         """``compile=auto``: after a few measured eager steps, compile if enough time is left."""
         steps_left = self.cfg.train.max_steps - self.state.step
         if self.compile.decide(
             step_times, steps_left, self.state.step, self.AUTO_COMPILE_MIN_SECONDS
         ):
-            self.train_model = torch.compile(self.model)
+            self.step_fn.compile_now()
             self.log(
                 f"torch.compile on from step {self.state.step} ({self.compile.info['reason']})"
             )
+
+    # ------------------------------------------------------------------ records
+    def log(self, msg: str) -> None:
+        if self.rundir is not None:
+            self.rundir.log(msg)
+
+    def metric(self, rec: dict[str, Any]) -> None:
+        if self.rundir is not None:
+            self.rundir.metric(rec)
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, rec["step"])
+
+    def _build(self) -> None:
+        """Data first (it sets the vocabulary size), then the model, then the step over both."""
+        self.data = RunData.load(self.cfg, self.dist, self.log)
+        self.parts = ModelParts.build(self.cfg, self.rt)
+        self.model, self.optimizer, self.scheduler = (
+            self.parts.model,
+            self.parts.optimizer,
+            self.parts.scheduler,
+        )
+        self.step_fn = Step(
+            self.parts,
+            self.data,
+            self.rt,
+            self.dist,
+            self.compile,
+            self.cfg.train.grad_clip,
+            self.log,
+            self.metric,
+        )
+        self._after_build()
+
+    # ------------------------------------------------------------------ evaluation, checkpoints
+    def _timed_evaluate(self) -> float:
+        """Evaluate, with its time added to ``eval_seconds`` (kept out of throughput)."""
+        t0 = time.perf_counter()
+        val = self.step_fn.evaluate()
+        self.state.eval_seconds += time.perf_counter() - t0
+        self.state.last_val_loss = val
+        return val
+
+    def _save(self, tag: str | None = None) -> None:
+        if not self.dist.is_main or self.rundir is None:
+            return
+        state = checkpoint_state(self.state, self.optimizer, self.scheduler, self.global_batch)
+        state.update(self._extra_state())
+        name = tag or f"step_{self.state.step}"
+        save_checkpoint(self.rundir.checkpoints_dir / name, self.model, state)
+        if tag is None:
+            prune_checkpoints(self.rundir.checkpoints_dir, self.cfg.train.keep_checkpoints)
+
+    def _save_best(self, val_loss: float) -> None:
+        if not self.dist.is_main or self.rundir is None:
+            return
+        save_checkpoint(
+            self.rundir.checkpoints_dir / "best",
+            self.model,
+            {"step": self.state.step, "val_loss": val_loss},
+        )
+
+    def _restore(self) -> None:
+        ckpt, state = load_newest_intact(
+            self.run_path / "checkpoints",
+            lambda path: load_checkpoint(path, self.model, map_location=self.device),
+            self.log,
+        )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        ts = TrainState(**state["train_state"])
+        self.state = ts
+        self._load_extra_state(state)
+        self.log(
+            f"resumed from {ckpt} at step {ts.step} "
+            f"(data position {state['data_position']} sequences)"
+        )
+        if self.rundir is not None:
+            self.rundir.truncate_metrics_after(ts.step)
+
+    def _write_model(self) -> None:
+        if self.dist.is_main and self.rundir is not None:
+            write_model_dir(self.model, self.rundir.model_dir, self.data.data.tokenizer_dir)
 
     # ------------------------------------------------------------------ main
     def run(self) -> Path:
@@ -83,8 +232,7 @@ class Trainer(StepTrainer):
         checkpoint), ``NonFiniteLossError`` or the original error (failed)."""
         cfg, t = self.cfg, self.cfg.train
         try:
-            self._load_data()
-            self._build_model()
+            self._build()
             self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
             self.state = TrainState(micro_batch=t.batch_size, grad_accum=t.grad_accum)
             if self.resume:
@@ -92,30 +240,32 @@ class Trainer(StepTrainer):
         except BaseException as exc:
             # failed before the lifecycle started: still a complete directory, lock released
             if self.rundir is not None:
-                self.rundir.abandon(exc, config=None if self.resume else to_dict(cfg))
+                self.rundir.abandon(exc, config=None if self.resume else cfg.run_dict())
             raise
         tokens_per_step = self.global_batch * t.seq_len
         life = RunLifecycle(
             self.rundir,
-            config=to_dict(cfg),
+            config=cfg.run_dict(),
             start_fields={
                 "run_name": self.run_path.name,
                 "trainer": t.trainer,
                 "runtime": self.rt.to_dict(),
                 "world_size": self.dist.world_size,
-                "n_params": self.n_params,
+                "n_params": self.parts.n_params,
                 "data": self._data_summary(),
                 "tokens_per_step": tokens_per_step,
             },
             summary=self._summary,
             monitor_interval=0.5,
             close=False,  # the closing log line comes after the final summary
+            # report.md (and the model card where model/ was saved) from the final summary
+            finalizers=command_finalizers(model_card=True),
         )
         try:
             with life:
                 self._open_tensorboard()
                 self.log(
-                    f"{'resuming' if self.resume else 'training'} {self.n_params / 1e6:.2f}M "
+                    f"{'resuming' if self.resume else 'training'} {self.parts.n_params / 1e6:.2f}M "
                     f"params on {self.rt.device} ({self.rt.dtype}, {self.rt.threads} threads, "
                     f"world {self.dist.world_size}); {tokens_per_step} tokens/step, "
                     f"{t.max_steps} steps -> {self.run_path}"
@@ -260,14 +410,14 @@ class Trainer(StepTrainer):
             self.tb = SummaryWriter(str(self.run_path / "tensorboard"))
 
     def _data_summary(self) -> dict[str, Any]:
-        m = self.data.meta
+        m = self.data.data.meta
         return {
             "path": str(Path(self.cfg.data.path).resolve()),
             "train_tokens": m.get("train_tokens"),
             "val_tokens": m.get("val_tokens"),
             "vocab_size": m.get("vocab_size"),
             "tokenizer_sha256": m.get("tokenizer_sha256"),
-            "val_sequences": sum(x.shape[0] for x, _ in self.val),
+            "val_sequences": sum(x.shape[0] for x, _ in self.data.val),
             "split": m.get("split", "document"),
         }
 
@@ -292,4 +442,3 @@ class Trainer(StepTrainer):
             f"{loss(ts.last_val_loss)}; run directory {self.run_path}"
         )
         self.rundir.close()
-        write_model_card(self.run_path)  # after the final summary: the card quotes it

@@ -1,4 +1,4 @@
-"""``train()``: the API behind ``shoestring train`` - choose the run directory and the trainer.
+"""``run(cfg)``: the API behind ``shoestring train`` - place the run directory, pick the trainer.
 
 Why a module of its own: it is the one place that knows both trainers (plain and hybrid), so
 the hybrid trainer can build on the plain one without the two importing each other. It also
@@ -12,11 +12,12 @@ from pathlib import Path
 
 from shoestring.run_config import RunConfig
 from shoestring.rundir.directory import unique_run_dir
+from shoestring.train.config import TrainJobConfig
 from shoestring.train.distributed import launched_distributed, leave_group, wait_for_all
 from shoestring.train.hybrid import HybridTrainer
 from shoestring.train.trainer import Trainer
 
-__all__ = ["TRAINERS", "run_path_for", "train"]
+__all__ = ["TRAINERS", "run", "run_path_for"]
 
 # train.trainer -> the class that runs it
 TRAINERS: dict[str, type[Trainer]] = {"plain": Trainer, "hybrid": HybridTrainer}
@@ -34,25 +35,16 @@ def run_path_for(cfg: RunConfig, out: str | Path, name: str | None) -> Path:
     return unique_run_dir(out, base)
 
 
-def train(
-    cfg: RunConfig,
-    out: str | Path = "runs",
-    name: str | None = None,
-    resume_dir: str | Path | None = None,
-    echo: bool = True,
-    progress: bool = True,
-    on_eval: Callable[[int, float], None] | None = None,
-) -> Path:
-    """Train (or resume) a run and return its directory.
+def run(cfg: TrainJobConfig, on_eval: Callable[[int, float], None] | None = None) -> Path:
+    """Train (or, with ``cfg.resume``, continue) a run and return its directory.
 
     ``on_eval(step, val_loss)`` is called after every evaluation; raising ``StopTraining`` from
     it ends the run with status ``pruned`` (used by ``search --prune``).
     """
-    path = Path(resume_dir) if resume_dir is not None else run_path_for(cfg, out, name)
+    resume = bool(cfg.resume)
+    path = Path(cfg.resume) if resume else run_path_for(cfg, cfg.output.dir, cfg.output.name)
     trainer_cls = TRAINERS.get(cfg.train.trainer, Trainer)
-    trainer = trainer_cls(
-        cfg, path, resume=resume_dir is not None, echo=echo, progress=progress, on_eval=on_eval
-    )
+    trainer = trainer_cls(cfg, path, resume=resume, on_eval=on_eval)
     try:
         path = trainer.run()
         wait_for_all(trainer.dist)

@@ -1,0 +1,83 @@
+"""What one ``shoestring train`` call is asked: the run's config plus where it goes.
+
+:class:`TrainJobConfig` is :class:`~shoestring.run_config.RunConfig` (model, data, train,
+hybrid: what ``config.json`` holds and a resume reads back) with the run's placement added - the
+``output`` section and ``resume`` - so :func:`shoestring.train.run.run` needs nothing but it.
+The placement is not written to ``config.json``: a run's config says what was trained, and a
+copied ``config.json`` used as ``--config`` must start a new run, not continue the old one.
+Imports no torch (the command line builds this before a run starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoestring.cli_options import OutputConfig, layered_config
+from shoestring.config import apply_dict, from_dict, opt, to_dict
+from shoestring.errors import UserError
+from shoestring.run_config import RunConfig, load_preset, load_variant
+
+__all__ = ["PLACEMENT_KEYS", "TrainJobConfig", "build_train_config", "resume_train_config"]
+
+#: The keys of a TrainJobConfig that place the run rather than configure it.
+PLACEMENT_KEYS = ("output", "resume")
+
+
+@dataclass
+class TrainJobConfig(RunConfig):
+    """A training run's config and its placement: ``run(cfg)`` needs nothing else."""
+
+    output: OutputConfig = field(default_factory=OutputConfig)
+    resume: str = opt("", "run directory to continue from its newest checkpoint ('' = a new run)")
+
+    @classmethod
+    def of(
+        cls,
+        run_cfg: RunConfig,
+        *,
+        out: str | Path = "runs",
+        name: str = "",
+        quiet: bool = False,
+        resume: str | Path = "",
+    ) -> TrainJobConfig:
+        """A run's config placed under ``out``/``name`` (or continuing ``resume``)."""
+        fields = {f.name: getattr(run_cfg, f.name) for f in dataclasses.fields(RunConfig)}
+        output = OutputConfig(dir=str(out), name=name, quiet=quiet)
+        return cls(**fields, output=output, resume=str(resume) if resume else "")
+
+    def run_dict(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the run's config without its placement."""
+        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
+
+
+def build_train_config(
+    preset: str | None = None,
+    variant: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> TrainJobConfig:
+    """Layer defaults < preset < variant < file < overrides, then resolve and validate."""
+    cfg = TrainJobConfig()
+    if preset:
+        apply_dict(cfg, load_preset(preset))
+        cfg.preset = preset
+    if variant:
+        apply_dict(cfg, {"model": load_variant(variant)})
+        cfg.variant = variant
+    layered_config(cfg, config_file=config_file, overrides=overrides or [])
+    return cfg.resolved()  # type: ignore[return-value]  # resolved() returns self
+
+
+def resume_train_config(run_dir: str | Path, overrides: list[str]) -> TrainJobConfig:
+    """The config a run was started with, plus overrides (e.g. more steps), set to resume it."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = from_dict(TrainJobConfig, json.loads(path.read_text(encoding="utf-8")))
+    cfg.resume = str(run_dir)
+    layered_config(cfg, overrides=overrides)
+    return cfg.resolved()  # type: ignore[return-value]
