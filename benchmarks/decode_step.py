@@ -146,7 +146,7 @@ def lean_step(rounds: int) -> None:
 
 
 def rollout_precision(rounds: int) -> None:
-    from shoestring.models.loading import host_supports_fast_bf16
+    from shoestring.runtime import host_supports_fast_bf16
 
     if not host_supports_fast_bf16("cpu"):
         print("rollout precision: this CPU has no fast bf16; nothing to compare")

@@ -10,7 +10,6 @@ from scipy import stats as sps
 
 from shoestring.util.stats import (
     format_accuracy,
-    format_mean_std,
     format_p,
     mcnemar_exact,
     mean_std,
@@ -119,5 +118,3 @@ def test_mean_std() -> None:
     assert mean_std([7.0]) == (7.0, None)
     with pytest.raises(ValueError):
         mean_std([])
-    assert format_mean_std([1.0, 2.0, 3.0, 4.0], digits=2) == "2.50 +- 1.29 (n=4)"
-    assert format_mean_std([7.0]) == "7.000 (n=1, no spread)"

@@ -59,7 +59,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if dataclasses.is_dataclass(typ):
         raise ConfigError(f"{where} is a section; set its fields, e.g. {where}.<field>=...")
     origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, types.UnionType):  # ``X | None``: None, or coerce to X
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:
             return None
@@ -75,9 +75,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return bool(value)
         raise ConfigError(f"{where}={value!r} is not a boolean (use true or false)")
     if typ is int:
-        if isinstance(value, bool):
+        if isinstance(value, bool):  # bool is an int subclass: ``true`` is not 1 here
             raise ConfigError(f"{where}={value!r} must be an integer")
-        try:
+        try:  # via float, so "1e3" and 1000.0 are accepted and 2.5 is refused
             f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}={value!r} must be an integer") from None
@@ -128,8 +128,9 @@ def edit_distance(a: str, b: str) -> int:
     for i, ca in enumerate(a, start=1):
         cur = [i] + [0] * len(b)
         for j, cb in enumerate(b, start=1):
+            # deletion, insertion, substitution (free when the characters agree)
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:  # a swap of neighbours
                 cur[j] = min(cur[j], prev2[j - 2] + 1)
         prev2, prev = prev, cur
     return prev[-1]
@@ -163,7 +164,7 @@ def nearest_key(key: str, valid: list[str]) -> str | None:
             rank = (d, 0 if c_section == section else 1, cand)
             if best is None or rank < best:
                 best = rank
-    if best is None or best[0] > max(1, len(leaf) // 3):
+    if best is None or best[0] > max(1, len(leaf) // 3):  # too far to be a typo of it
         return None
     return best[2]
 

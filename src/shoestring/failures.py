@@ -1,7 +1,7 @@
 """One place that turns an error into the one line a user reads: what failed, where, what to do.
 
-Why: a read-only ``--out`` used to end in ``OSError: [Errno 30] Read-only file system`` under a
-40-line traceback, a full disk the same, and a refused pickle in torch's text advising
+Why: left alone, a read-only ``--out`` ends in ``OSError: [Errno 30] Read-only file system``
+under a 40-line traceback, a full disk the same, and a refused pickle in torch's text advising
 ``weights_only=False`` - the one thing a user must not do. :func:`failure_message` knows these
 environment errors (permissions, read-only file systems, a full disk or quota, missing paths,
 damaged files, refused pickles) and shoestring's own ``UserError``/``ConfigError``; the CLI

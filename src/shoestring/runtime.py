@@ -81,7 +81,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
                 f"--device {device} does not exist; this host has {count} CUDA device(s)"
             )
     elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        if not torch.backends.mps.is_available():
             raise DeviceUnavailableError(
                 f"--device {device} was asked for but MPS is not available"
             )
@@ -164,8 +164,10 @@ def setup_runtime(
     # set_flush_denormal returns False where the CPU does not support it (then it is off)
     flush = bool(torch.set_flush_denormal(want_flush)) and want_flush
     if deterministic:
+        # warn_only: an op without a deterministic kernel warns instead of ending the run
         torch.use_deterministic_algorithms(True, warn_only=True)
         if dev.type == "cuda":
+            # cuBLAS is deterministic only with a fixed workspace (CUDA's reproducibility notes)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return Runtime(
         device=str(dev),

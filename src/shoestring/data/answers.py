@@ -74,6 +74,7 @@ def _fraction_to_canonical(value: Fraction) -> str:
     """Render a Fraction exactly: integer, minimal terminating decimal, or reduced a/b."""
     if value.denominator == 1:
         return str(value.numerator)
+    # a fraction terminates in base 10 exactly when its denominator is 2^a * 5^b
     den = value.denominator
     twos = fives = 0
     while den % 2 == 0:
@@ -84,7 +85,7 @@ def _fraction_to_canonical(value: Fraction) -> str:
         fives += 1
     if den != 1:  # does not terminate in base 10: keep it exact
         return f"{value.numerator}/{value.denominator}"
-    places = max(twos, fives)
+    places = max(twos, fives)  # the smallest power of ten the denominator divides
     scaled = abs(value.numerator) * (10**places // value.denominator)
     digits = str(scaled).rjust(places + 1, "0")
     text = f"{digits[:-places]}.{digits[-places:]}".rstrip("0").rstrip(".")
@@ -104,7 +105,7 @@ def _match_to_fraction(m: re.Match[str]) -> Fraction | None:
         if den_value == 0:
             return None
         value /= den_value
-    negative = bool(m.group("sign")) != bool(m.group("sign2"))
+    negative = bool(m.group("sign")) != bool(m.group("sign2"))  # "-$-5": two signs cancel
     return -value if negative else value
 
 
@@ -217,7 +218,7 @@ def parse_gold(answer_field: str) -> str:
     Raises :class:`AnswerFormatError` when there is no ``####`` or it holds no number, so a
     loader can report the bad line instead of scoring against garbage.
     """
-    marker = answer_field.rfind("####")
+    marker = answer_field.rfind("####")  # GSM8K's final line; the last marker wins
     if marker < 0:
         raise AnswerFormatError("no '#### N' line in the answer")
     tail = answer_field[marker + 4 :].strip()

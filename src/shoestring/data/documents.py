@@ -66,7 +66,7 @@ def _text_documents(path: Path, policy: DecodePolicy) -> Iterator[str]:
         for line_no, raw in byte_lines(f):
             line, bad = policy.line(path, line_no, raw)
             blank = not line.strip()
-            if wikitext is None:
+            if wikitext is None:  # the first non-blank line decides the file's format
                 if blank:
                     continue
                 wikitext = bool(WIKITEXT_HEADING.match(line.rstrip("\r\n")))
@@ -74,7 +74,7 @@ def _text_documents(path: Path, policy: DecodePolicy) -> Iterator[str]:
                 if pending is not None:
                     if blank and buf:  # confirmed: the heading starts a new article
                         yield from flush()
-                    buf.append(pending[0])
+                    buf.append(pending[0])  # heading or not, the line stays in the text
                     tainted = tainted or pending[1]
                     pending = None
                 if prev_blank and not blank and WIKITEXT_HEADING.match(line.rstrip("\r\n")):
@@ -176,6 +176,7 @@ class Source:
         if self.all_splits or self.root is None or not self.root.is_dir():
             return []
         files = self._all_files()
+        # only the leading word counts: "test_socratic.jsonl" is held out, "contest.txt" is not
         held = [p for p in files if re.split(r"[._\-]", p.name.lower())[0] in HELD_OUT_SPLITS]
         if held and len(held) == len(files):
             names = ", ".join(p.name for p in held[:5])
@@ -194,6 +195,7 @@ class Source:
         found: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             here = Path(dirpath)
+            # in place, so os.walk skips hidden and output directories; sorted for a fixed order
             dirnames[:] = sorted(
                 d
                 for d in dirnames
@@ -259,6 +261,3 @@ def iter_documents(
             yield from _jsonl_documents(path, field, policy)
         else:
             yield from _text_documents(path, policy)
-
-
-# ----------------------------------------------------------------------------- tokenizer

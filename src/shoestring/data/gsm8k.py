@@ -290,6 +290,7 @@ def select_subset(
         return problems[:limit]
     order = list(range(len(problems)))
     random.Random(subset_seed).shuffle(order)
+    # a prefix of one seeded permutation: a larger limit keeps the smaller subset
     return [problems[i] for i in sorted(order[:limit])]
 
 
@@ -367,6 +368,7 @@ def lm_eval_fewshot_for(
     """
     if not problems:
         return []
+    # draws are sequential: problem idx needs every draw before it, scored or not
     draws = lm_eval_fewshot_indices(len(pool), max(p.idx for p in problems) + 1, k)
     return [tuple(pool[j] for j in draws[p.idx]) for p in problems]
 

@@ -35,6 +35,8 @@ BINARY_SAMPLE_BYTES = 64 * 1024
 # share of the sample's characters that may be undecodable before a file counts as binary
 BINARY_BAD_FRACTION = 0.1
 
+# where the registered codec handler records bad bytes: a handler is found by name and gets
+# no context of its own, so the offsets of the decode in progress live here
 _ERROR_OFFSETS: list[int] = []
 
 
@@ -160,8 +162,8 @@ class InputReport:
     skipped_documents: int = 0
 
     def _warn(self, message: str, n: int) -> None:
-        # deferred: tqdm costs a tenth of a second and gsm8k (which `--help` loads) imports
-        # this module; tqdm.write clears and redraws progress bars around the line
+        # deferred: tqdm is slow to import and gsm8k (which `--help` loads) imports this
+        # module; tqdm.write clears and redraws progress bars around the line
         from tqdm import tqdm
 
         if self.echo and n <= MAX_REPORTS:
@@ -237,6 +239,3 @@ class DecodePolicy:
                 "(or skip) to report and skip bad lines"
             )
         self.report.bad_line(where, why)
-
-
-# ----------------------------------------------------------------------------- documents

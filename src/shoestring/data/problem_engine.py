@@ -178,9 +178,10 @@ def fill(template: Template, ctx: Ctx, work: Work) -> tuple[list[str], str, list
     facts = [f.format(**v) for f in template.facts]
     pool = list(template.distractors)
     if template.about is not None:
-        v["who"] = v[template.about]
+        v["who"] = v[template.about]  # the generic distractors speak of ``{who}``
         pool += GENERIC_DISTRACTORS
 
+    # a factory, not a lambda in the comprehension: each closure must bind its own ``d``
     def sentence(d: Distractor) -> MakeSentence:
         return lambda x: d.text.format(**v, x=d.number(x))
 

@@ -1,8 +1,8 @@
 """The data root: where a bare dataset name (``dataset=gsm8k``) is looked up.
 
 Why one documented place: a default path relative to the current directory works in the
-repository and fails everywhere else (``shoestring grpo`` from ``/tmp`` found no GSM8K). The
-root is, in this order:
+repository and fails everywhere else (``shoestring grpo`` run from ``/tmp`` would find no
+GSM8K). The root is, in this order:
 
 1. ``$SHOESTRING_DATA`` (a directory holding ``gsm8k/train.jsonl`` ...);
 2. ``$SHOESTRING_SHARED/data`` (the project's shared directory);

@@ -9,9 +9,7 @@ and renamed, so a half-written shard never carries the final name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -42,8 +40,6 @@ class ShardWriter:
         self.tokens = 0
         self.documents = 0
         self.bytes = 0
-        encode = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
-        self._encode: Callable[..., list[Any]] = encode
 
     def add(self, doc: str) -> None:
         self.batch.append(doc)
@@ -54,8 +50,10 @@ class ShardWriter:
     def flush(self) -> None:
         if not self.batch:
             return
-        encodings = self._encode(self.batch, add_special_tokens=False)
+        # the fast variant skips the character offsets, which a shard never stores
+        encodings = self.tok.encode_batch_fast(self.batch, add_special_tokens=False)
         lengths = [len(e.ids) for e in encodings]
+        # the whole batch as one array (each document's ids, then EOS) and one write
         out = np.empty(sum(lengths) + len(lengths), dtype=self.dtype)
         pos = 0
         for enc, n in zip(encodings, lengths, strict=True):
@@ -65,7 +63,7 @@ class ShardWriter:
         out.tofile(self.f)
         self.tokens += len(out)
         self.documents += len(self.batch)
-        self.bytes += sum(len(d.encode("utf-8")) for d in self.batch)
+        self.bytes += sum(len(d.encode("utf-8")) for d in self.batch)  # for bytes/token
         self.batch, self.chars = [], 0
 
     def close(self) -> None:

@@ -42,7 +42,6 @@ __all__ = [
     "generate_problems",
     "iter_problems",
     "problems_to_text",
-    "template_names",
     "write_corpus",
     "write_jsonl",
 ]
@@ -55,12 +54,6 @@ _TEMPLATES: dict[int, tuple[Template, ...]] = {
     2: templates_two_step.TEMPLATES,
     3: templates_multi_step.TEMPLATES,
 }
-
-
-def template_names(level: int | None = None) -> list[str]:
-    """Names of the templates of one level (or all), in registration order."""
-    levels = LEVELS if level is None else (level,)
-    return [t.name for lv in levels for t in _TEMPLATES[lv]]
 
 
 def _numbers(text: str) -> list[int]:
@@ -85,13 +78,14 @@ def _make(rng: random.Random, level: int) -> dict[str, Any]:
         # numbers a distractor may not use: anything the solution or question already holds
         used = {v for expr, val in work.ops for v in [*_numbers(expr), val]}
         used.update(_numbers(" ".join(sentences) + ask))
-        want = rng.choice((1, 2, 2))
+        want = rng.choice((1, 2, 2))  # one or two distractors, two twice as often
         placed = 0
-        for make in rng.sample(distractors, k=len(distractors)):
-            for _ in range(50):
+        for make in rng.sample(distractors, k=len(distractors)):  # a shuffled copy
+            for _ in range(50):  # redraw the number; give up on this sentence after 50 clashes
                 sentence = make(rng.randint(3, 60))
                 if not set(_numbers(sentence)) & used:
                     used.update(_numbers(sentence))
+                    # never first: the first sentence introduces the character a distractor names
                     sentences.insert(rng.randint(1, len(sentences)), sentence)
                     placed += 1
                     break
@@ -160,6 +154,8 @@ def write_corpus(
     score never rewards memorising a training question.
     """
     out = Path(out_dir)
+    # a generous bound on draws: repeats (frequent at level 1) are skipped, so the test set
+    # needs more than n_test draws, but a seed that cannot supply it must end, not loop
     stream = iter_problems(10 * (n_train + n_test) + 1000, level, seed)
     train = [next(stream) for _ in range(n_train)]
     seen = {p["question"] for p in train}

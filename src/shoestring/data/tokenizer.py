@@ -118,6 +118,3 @@ def save_hf_tokenizer(tok: Tokenizer, eos: str, source_dir: Path | None, out: Pa
     hf.save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-
-
-# ----------------------------------------------------------------------------- writing

@@ -129,13 +129,13 @@ def _how_to_load(model_cfg: dict[str, Any], refusals: list[str] | None) -> list[
     ]
     if custom:
         lines += [
-            "This directory ships its modeling code (`modeling_shoestring_gpt.py` and the four "
+            "This directory ships its modeling code (`modeling_shoestring_gpt.py` and the "
             "modules it imports, `auto_map` in `config.json`), so it loads where shoestring is "
             "not installed; transformers runs that code only with `trust_remote_code=True`. "
             "With shoestring installed, no flag is needed.",
             "",
         ]
-        if refusals == []:
+        if refusals == []:  # checked, nothing refused (None: not checked)
             lines.append(
                 "This variant is exactly Llama: `shoestring export RUN --to llama --out DIR` "
                 "writes a `LlamaForCausalLM` directory (no custom code) and `--to gguf` a file "

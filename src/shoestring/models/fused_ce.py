@@ -1,13 +1,14 @@
 """Chunked linear + cross-entropy: the LM head and its loss without the [tokens, vocab] tensor.
 
 With a 16k vocabulary the logits of a 32x128 batch are 65M floats: materialising them, upcasting
-them to fp32 for ``log_softmax`` and running its backward costs about a sixth of a training step
-on a CPU. This function computes the head and the loss chunk by chunk and, in the same pass,
-the exact gradients with respect to the hidden states and the head weight ((softmax - onehot) /
-n, times the chunk's inputs), so the full logits never exist and no ``log_softmax`` backward
-runs. The arithmetic is the same as ``F.cross_entropy(hidden @ W.T, targets)``: matmuls in the
-compute dtype (bf16 under autocast, else fp32), softmax statistics in fp32. The benchmark
-``benchmarks/train_throughput.py`` measures the step it belongs to against the HF peer.
+them to fp32 for ``log_softmax`` and running its backward is a large share of a CPU training
+step (docs/train.md). This function computes the head and the loss chunk by chunk and, in the
+same pass, the exact gradients with respect to the hidden states and the head weight
+((softmax - onehot) / n, times the chunk's inputs), so the full logits never exist and no
+``log_softmax`` backward runs. The arithmetic is the same as
+``F.cross_entropy(hidden @ W.T, targets)``: matmuls in the compute dtype (bf16 under autocast,
+else fp32), softmax statistics in fp32. The benchmark ``benchmarks/train_throughput.py``
+measures the step it belongs to against the HF peer.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             m = valid[start:end]
             logits = (h @ w.t()).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
-            safe_t = t.clamp(min=0)
+            safe_t = t.clamp(min=0)  # a valid index for ignored rows; their mask zeroes them
             picked = logits.gather(1, safe_t[:, None]).squeeze(1)
             loss += ((lse - picked) * m).sum()
             # d(loss / n_valid) / d(logits) = (softmax - onehot) * valid / n_valid
-            probs = logits.sub_(lse[:, None]).exp_()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax in place: logits are done
             r = rows[: end - start]
             probs[r, safe_t] -= 1.0
             probs.mul_((m.to(acc) / n_valid)[:, None])
@@ -60,6 +61,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_hidden[start:end] = g @ w
             if grad_weight is not None:
                 grad_weight.add_((g.t() @ h).to(acc))
+        # the gradients are final already; backward only scales them by the incoming grad
         ctx.save_for_backward(
             grad_hidden, grad_weight if grad_weight is not None else torch.empty(0)
         )
@@ -91,6 +93,7 @@ def chunked_linear_cross_entropy(
         compute_dtype = torch.promote_types(hidden.dtype, weight.dtype)
     flat = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1).to(flat.device)
+    # autocast off: the dtypes inside are chosen explicitly (compute_dtype, fp32 softmax)
     with torch.autocast(device_type, enabled=False):
         if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
             return _loss_only(flat, weight, flat_t, chunk, compute_dtype)

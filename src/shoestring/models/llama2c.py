@@ -101,16 +101,17 @@ class Llama2cHeader:
         """The exact file size this header implies (used to reject truncated files)."""
         d, h, n, v = self.dim, self.hidden_dim, self.n_layers, self.vocab_size
         kv = self.n_kv_heads * self.head_size
-        norms = n * d * 2 + d
+        norms = n * d * 2 + d  # rms_att and rms_ffn per layer, rms_final
+        # the embedding, then per layer wq, wk, wv, wo and the three MLP matrices
         mats = v * d + n * (d * d + 2 * kv * d + d * d + 3 * d * h)
         cls = 0 if self.shared_classifier else v * d
         if self.version == 0:
-            freqs = 2 * self.seq_len * self.head_size // 2
+            freqs = 2 * self.seq_len * self.head_size // 2  # freq_cis real and imaginary
             return self.header_bytes + 4 * (norms + mats + freqs + cls)
         if self.version == 1:
             return self.header_bytes + 4 * (norms + mats + cls)
         assert self.group_size is not None
-        qvals = mats + cls
+        qvals = mats + cls  # Q8_0: one int8 per weight plus one fp32 scale per group
         return self.header_bytes + 4 * norms + qvals + 4 * (qvals // self.group_size)
 
 
@@ -135,14 +136,14 @@ def read_header(path: str | Path) -> Llama2cHeader:
         if version not in (1, 2):
             raise UserError(f"{path}: llama2.c format version {version} is not supported (0-2)")
         params = struct.unpack_from("<7i", head, 8)
-        shared = bool(head[36])
+        shared = bool(head[36])  # the flag byte after magic, version and the 7 ints
         if version == 2:
             group_size = struct.unpack_from("<i", head, 37)[0]
         vocab = params[5]
     else:
         version = 0
         params = struct.unpack_from("<7i", head, 0)
-        shared = params[5] > 0
+        shared = params[5] > 0  # version 0 stores an unshared classifier as a negative vocab
         vocab = abs(params[5])
     dim, hidden, n_layers, n_heads, n_kv, _, seq_len = params
     sane = (
@@ -250,7 +251,7 @@ def _read_raw(path: Path, h: Llama2cHeader) -> dict[str, torch.Tensor]:
     assert h.group_size is not None
     qs = [(name, shape, r.take("i1", int(np.prod(shape)))) for name, shape in order]
     for name, shape, q in qs:
-        scales = r.f32(q.size // h.group_size)
+        scales = r.f32(q.size // h.group_size)  # the scales follow in the same matrix order
         values = torch.from_numpy(np.array(q, dtype=np.float32)).view(-1, h.group_size)
         t[name] = (values * scales[:, None]).reshape(shape)
     return t
@@ -373,8 +374,8 @@ def _convert_tokenizer(sp_model: Path, workdir: Path, vocab_size: int) -> str:
         )
         if spec.add_dummy_prefix:
             # "first" only prepends when the text still starts at original offset 0, which
-            # is no longer true once leading spaces were trimmed; "always" matches
-            # sentencepiece (these vocabularies have no special tokens inside text).
+            # trimmed leading spaces break; "always" matches sentencepiece (these
+            # vocabularies have no special tokens inside text).
             tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
                 replacement="\u2581", prepend_scheme="always", split=False
             )
@@ -440,6 +441,7 @@ def convert_llama2c(
         config = llama2c_config(header)
         model = LlamaForCausalLM(config)
         missing, unexpected = model.load_state_dict(state, strict=False)
+        # a shared classifier has no lm_head tensor of its own: tie_weights supplies it
         missing = [k for k in missing if not (header.shared_classifier and k == "lm_head.weight")]
         if missing or unexpected:
             raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")

@@ -34,14 +34,7 @@ from transformers.utils import logging as hf_logging
 
 import shoestring.models.gpt  # noqa: F401 - importing it registers the GPT with the Auto classes
 from shoestring.errors import CorruptFileError, RefusedPickleError, UserError
-from shoestring.runtime import (  # noqa: F401 - re-exported for callers of loading
-    DTYPE_NAMES,
-    SHORT_NAMES,
-    cpu_flags,
-    host_supports_fast_bf16,
-    resolve_device,
-)
-from shoestring.runtime import resolve_torch_dtype as resolve_dtype
+from shoestring.runtime import SHORT_NAMES, resolve_device, resolve_torch_dtype
 from shoestring.util.safe_load import named_read_error
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -98,7 +91,7 @@ def _weight_file_damage(path: Path) -> str | None:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                for key in list(f.keys())[:1]:
+                for key in list(f.keys())[:1]:  # the header parses; touch one tensor's data
                     f.get_slice(key)
         except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
             return f"not a readable safetensors file ({str(exc).splitlines()[0]})"
@@ -148,7 +141,7 @@ def _load_tokenizer(location: str, kind: str, run_dir: Path | None, trust_remote
         except (OSError, ValueError, KeyError, TypeError) as exc:
             errors.append(f"{loc}: {exc}")
         tok_file = Path(loc) / "tokenizer.json"
-        if kind != "hub" and tok_file.is_file():
+        if kind != "hub" and tok_file.is_file():  # a bare tokenizer.json without its config
             return PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
     raise UserError(
         "could not load a tokenizer saved with the model ("
@@ -176,7 +169,7 @@ def load_model_and_tokenizer(
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    torch_dtype = resolve_torch_dtype(dtype, dev)
     location, kind = resolve_model_path(path)
     run_dir = Path(path).expanduser() if kind == "run" else None
 
@@ -214,11 +207,4 @@ def load_model_and_tokenizer(
     return model, tokenizer, info
 
 
-__all__ = [
-    "cpu_flags",
-    "host_supports_fast_bf16",
-    "load_model_and_tokenizer",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_model_path",
-]
+__all__ = ["load_model_and_tokenizer", "quiet_hf_progress", "resolve_model_path"]

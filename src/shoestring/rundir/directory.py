@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 
 def _file_mode() -> int:
     """0666 less the process umask: what ``open()`` would give (mkstemp alone gives 0600)."""
-    mask = os.umask(0)
+    mask = os.umask(0)  # the umask can only be read by setting it: set, then restore
     os.umask(mask)
     return 0o666 & ~mask
 
@@ -71,8 +71,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.fsync(f.fileno())  # on disk before the rename, or a crash could expose it empty
+        os.replace(tmp, path)  # atomic within one file system: old file or new, never half
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -92,7 +92,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
+    if hasattr(obj, "item"):  # numpy and torch scalars
         return obj.item()
     if isinstance(obj, Path):
         return str(obj)
@@ -233,7 +233,7 @@ class RunDir:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by the kill
-                if rec.get("step", 0) <= step:
+                if rec.get("step", 0) <= step:  # later steps will be run and logged again
                     kept.append(line)
         atomic_write_text(path, "".join(k + "\n" for k in kept))
         self._metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115
@@ -289,6 +289,7 @@ class RunDir:
         if not self.finished:
             with contextlib.suppress(Exception):
                 self.log(f"{status}: {error}", echo=False)  # the caller shows the error
+        # an earlier run's summary that this process never touched stays as it is
         if not self.finished and (self._wrote_summary or not self.summary):
             with contextlib.suppress(Exception):
                 if config is not None and not (self.path / "config.json").exists():

@@ -1,7 +1,7 @@
 """One run lifecycle for every command: start, monitor, signals, status and summary.
 
-Why one context manager: before it, train, bench, grpo, progressive, analyze and search each
-wrote their own SIGTERM handler, monitor thread and status bookkeeping, and each got a
+Why one context manager: train, bench, grpo, progressive, analyze and search all need the same
+SIGTERM handling, monitor thread and status bookkeeping, and separate copies each get a
 different corner wrong. :class:`RunLifecycle` owns all of it::
 
     rundir = RunDir(path, "bench")

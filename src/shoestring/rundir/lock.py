@@ -1,7 +1,7 @@
 """One writer per run directory: an exclusive lock held from the first write to the last.
 
-Why: ``shoestring train --resume R`` while R was still training used to be accepted, and both
-processes trained the same steps into the same files. :class:`RunDirLock` is taken by
+Why: without it, ``shoestring train --resume R`` while R is still training would be accepted,
+and both processes would train the same steps into the same files. :class:`RunDirLock` is taken by
 :class:`~shoestring.rundir.directory.RunDir` before it opens or writes anything, and released when
 the run directory is closed (the :class:`~shoestring.rundir.lifecycle.RunLifecycle` closes it on
 any exit; the kernel drops the lock when a process dies, even by SIGKILL).
@@ -142,12 +142,11 @@ class RunDirLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self.took_over: dict[str, Any] | None = None  # the stale holder replaced, if any
 
     def acquire(self) -> str | None:
         """Take the lock or raise :class:`RunDirLockedError`; returns a message when a stale
         lock of a dead process was taken over (the caller logs it), else None."""
-        for _ in range(5):
+        for _ in range(5):  # retry when the file is replaced between our open and our flock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 has_flock = self._flock(fd)
@@ -156,6 +155,7 @@ class RunDirLock:
                     # the holder released and removed the file while we opened it: again
                     os.close(fd)
                     continue
+                # with a flock the kernel already refused a live holder; without one, ask psutil
                 if holder is not None and (not has_flock) and _holder_alive_here(holder):
                     raise self._refusal(holder)
                 self._write_holder(fd)
@@ -168,7 +168,6 @@ class RunDirLock:
             mine = holder is not None and holder.get("pid") == os.getpid()
             if holder is None or (mine and holder.get("host") == socket.gethostname()):
                 return None  # a fresh lock, or this process's own left-over file
-            self.took_over = holder
             gone = (
                 "which is no longer running"
                 if holder.get("host") == socket.gethostname()
@@ -215,7 +214,7 @@ class RunDirLock:
 
     def _write_holder(self, fd: int) -> None:
         data = (json.dumps(_this_holder()) + "\n").encode("utf-8")
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # a stale holder's longer line must not leave a tail behind
         os.pwrite(fd, data, 0)
         os.fsync(fd)
 
@@ -226,6 +225,8 @@ class RunDirLock:
         fd, self.fd = self.fd, None
         if self._finalizer is not None:
             self._finalizer.detach()
+        # unlink while still holding the flock, and only our own file: a writer that opened it
+        # meanwhile sees its inode vanish (_replaced_meanwhile) and retries on a fresh file
         with contextlib.suppress(OSError):
             if not self._replaced_meanwhile(fd):
                 os.unlink(self.path)

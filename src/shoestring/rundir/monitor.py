@@ -1,8 +1,9 @@
 """Background system sampler: CPU utilisation, peak RSS, available memory, CUDA memory.
 
 The numbers are sampled by a daemon thread with psutil, never by the training loop, so the
-loop's timing is not disturbed and a run that hangs still has its last samples. Peak RSS is a
-peak of the resident set (not the change in RSS that earlier reports called "memory").
+loop's timing is not disturbed and a run that hangs still has its last samples. Peak RSS is the
+peak of the resident set, not its growth during the run: a growth figure hides whatever was
+already loaded (Python, torch, the weights) and so understates what a host must have.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class SystemMonitor:
         self.min_available = avail if self.min_available is None else min(self.min_available, avail)
 
     def _run(self) -> None:
+        # the first cpu_percent(None) only starts the measuring interval (it returns 0.0)
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None)
         while not self._stop.wait(self.interval):
@@ -53,7 +55,7 @@ class SystemMonitor:
                 self._cpu.append(self._proc.cpu_percent(None) / self.n_cpus)
                 self._sys_cpu.append(psutil.cpu_percent(None))
                 self._sample()
-            except psutil.Error:
+            except psutil.Error:  # the process could not be read this tick: skip the sample
                 continue
 
     def start(self) -> SystemMonitor:

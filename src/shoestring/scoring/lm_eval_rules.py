@@ -40,7 +40,6 @@ __all__ = [
     "flexible_extract",
     "left_truncate",
     "prompt_budget",
-    "reference",
     "regex_filter",
     "strict_match",
 ]
@@ -65,7 +64,7 @@ def regex_filter(response: str, pattern: re.Pattern[str], group_select: int) -> 
     matches = pattern.findall(response)
     if not matches:
         return None
-    match = matches[group_select]
+    match = matches[group_select]  # 0: the first match (strict), -1: the last (flexible)
     if isinstance(match, tuple):  # several groups: the first non-empty one
         groups = [m for m in match if m]
         if not groups:
@@ -90,11 +89,6 @@ def _ignore(text: str) -> str:
     return text.lower()
 
 
-def reference(gold: str) -> str:
-    """The reference string lm-eval compares against, from a gold answer or its whole field."""
-    return _ignore(gold)
-
-
 def exact_match(pred: str | None, gold: str) -> bool:
     """lm-eval's gsm8k ``exact_match`` of one filtered prediction against a gold answer.
 
@@ -109,7 +103,7 @@ def exact_match(pred: str | None, gold: str) -> bool:
 
 def context_length(config: Any, tokenizer: Any = None) -> int:
     """The context lm-eval's HF backend assumes for a model (``resolve_max_length``)."""
-    cfg = getattr(config, "text_config", None) or config
+    cfg = getattr(config, "text_config", None) or config  # multimodal configs nest the LM
     for attr in _SEQLEN_ATTRS:
         value = getattr(cfg, attr, None)
         if value is not None:

@@ -1,9 +1,9 @@
 """Scoring protocols as data: how a problem is asked, when an answer ends, what counts as right.
 
-Why this module exists: an accuracy is a property of a model *and* a protocol. Before it,
-``bench``, GRPO's held-out evaluation, progressive's stage gates and quickstart each built
-prompts and extracted answers their own way, so one model got different numbers from different
-commands. Now every command names a :class:`Protocol` from :data:`PROTOCOLS` (like an
+Why this module exists: an accuracy is a property of a model *and* a protocol. If ``bench``,
+GRPO's held-out evaluation, progressive's stage gates and quickstart each built prompts and
+extracted answers their own way, one model would get different numbers from different
+commands. So every command names a :class:`Protocol` from :data:`PROTOCOLS` (like an
 lm-evaluation-harness task file declares prompt, stop strings, filters and metric), scores
 through :mod:`shoestring.scoring.scoring`, and records ``protocol.to_dict()`` in its run
 directory; ``compare`` flags accuracies scored under different protocols.
@@ -34,8 +34,8 @@ The protocols
     documents (quickstart, GRPO on a model without a chat template); the corpus teaches
     "#### N", so correctness is ``strict``.
 
-Every extractor in :data:`shoestring.data.answers.EXTRACTORS` is still run and recorded on
-every response; the protocol's ``primary`` extractor is the one that decides "correct" - in a
+Every extractor in :data:`shoestring.data.answers.EXTRACTORS` is run and recorded on every
+response; the protocol's ``primary`` extractor is the one that decides "correct" - in a
 bench table, a GRPO evaluation, a stage gate and GRPO's correctness reward alike. Under the
 ``lm-eval`` matcher, ``strict`` and ``flexible`` record lm-eval's own filter output (the raw
 text it compares) and are judged by its exact match; ``answer-is`` and ``boxed`` (not lm-eval
@@ -152,6 +152,7 @@ class Protocol:
         extracted = extract_all(response)
         correct = {name: is_correct(pred, gold) for name, pred in extracted.items()}
         if self.matcher == "lm-eval":
+            # lm-eval's own filter text and exact match replace the numeric ones it defines
             for name, fn in _LM_EVAL_FILTERS.items():
                 extracted[name] = fn(response)
                 correct[name] = lm_eval_rules.exact_match(extracted[name], gold)
@@ -159,6 +160,8 @@ class Protocol:
 
     def judge(self, response: str, gold: str) -> bool:
         """Whether ``response`` is right under this protocol (the primary extractor only)."""
+        # the same verdict as score(...).ok, without running every extractor (a reward per
+        # completion calls this)
         if self.matcher == "lm-eval" and self.primary in _LM_EVAL_FILTERS:
             return lm_eval_rules.exact_match(_LM_EVAL_FILTERS[self.primary](response), gold)
         return is_correct(self.extract(response), gold)

@@ -1,13 +1,15 @@
 """Memory facts every command needs the same way: is this exception an OOM, what is the peak RSS.
 
-One definition: the trainer's micro-batch back-off, search's OOM retry, the generation engine's
-batch halving and bench/analyze's per-model peak memory all used to carry their own copy.
+One definition, so the trainer's micro-batch back-off, search's OOM retry, the generation
+engine's batch halving and bench/analyze's per-model peak memory agree on what an OOM is and
+what "peak" measures.
 """
 
 from __future__ import annotations
 
 import re
 import resource
+import sys
 from pathlib import Path
 
 import psutil
@@ -40,7 +42,7 @@ def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM, Linux >= 4.0) so a later read is the peak of
     what ran since; False where that is not possible."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM (proc(5))
         return True
     except OSError:
         return False
@@ -52,9 +54,11 @@ def peak_rss_bytes() -> int | None:
     if hwm is not None:
         return hwm
     try:
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     except OSError:
         return None
+    # getrusage(2): Linux counts ru_maxrss in KiB, macOS in bytes
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def current_rss_bytes() -> int:

@@ -43,7 +43,7 @@ class PlainLines:
         self._last = ""
 
     def write(self, text: str) -> int:
-        for part in text.replace("\n", "\r").split("\r"):
+        for part in text.replace("\n", "\r").split("\r"):  # every frame, whichever ending
             line = part.strip()
             if line and line != self._last:
                 self.stream.write(line + "\n")
@@ -61,6 +61,7 @@ class _PlainProgress(tqdm):
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         now = time.monotonic()
+        # getattr: tqdm's __init__ draws the first frame before these attributes exist
         last = getattr(self, "_plain_last", None)
         closing = getattr(self, "_plain_closing", False)
         if not closing and last is not None and now - last < plain_interval():

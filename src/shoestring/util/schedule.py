@@ -24,7 +24,7 @@ def lr_multiplier(
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, not {decay!r}")
     if warmup and step < warmup:
-        return (step + 1) / warmup
+        return (step + 1) / warmup  # step 0 already moves the weights, so it starts above 0
     if decay == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

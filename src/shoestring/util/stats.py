@@ -17,7 +17,6 @@ __all__ = [
     "McNemarResult",
     "WelchResult",
     "format_accuracy",
-    "format_mean_std",
     "format_p",
     "mcnemar_exact",
     "mean_std",
@@ -42,6 +41,7 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1.0 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # exact ends at k = 0 and k = n (float rounding would put them a hair inside)
     lo = 0.0 if k == 0 else max(0.0, center - half)
     hi = 1.0 if k == n else min(1.0, center + half)
     return (lo, hi)
@@ -150,14 +150,6 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(var)
 
 
-def format_mean_std(xs: Sequence[float], digits: int = 3) -> str:
-    """``"0.512 +- 0.013 (n=3)"``; a single value says ``(n=1, no spread)``."""
-    mean, std = mean_std(xs)
-    if std is None:
-        return f"{mean:.{digits}f} (n=1, no spread)"
-    return f"{mean:.{digits}f} +- {std:.{digits}f} (n={len(xs)})"
-
-
 def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult | None:
     """Two-sided Welch t-test for two independent samples (e.g. metrics over seeds).
 
@@ -179,6 +171,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchResult | None:
             return WelchResult(0.0, 1.0)
         return WelchResult(math.copysign(math.inf, ma - mb), 0.0)
     t = (ma - mb) / math.sqrt(se2)
+    # Welch-Satterthwaite degrees of freedom
     df = se2 * se2 / (sa * sa / (len(a) - 1) + sb * sb / (len(b) - 1))
     p = float(2.0 * t_dist.sf(abs(t), df))
     return WelchResult(float(t), min(1.0, p))
