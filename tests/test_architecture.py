@@ -193,6 +193,28 @@ def test_no_module_imports_from_a_higher_layer() -> None:
     assert not upward, "imports that run up the layers:\n" + "\n".join(upward)
 
 
+def test_architecture_page_draws_the_same_layers() -> None:
+    """docs/architecture.md's diagram numbers the layers; each names this table's members."""
+    page = (TESTS.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    diagram = page.split("## The layers", 1)[1].split("```")[1]
+    blocks: dict[int, str] = {}
+    current = -1
+    for line in diagram.splitlines():
+        m = re.match(r"\s*(\d+)\s{2}", line)
+        if m:
+            current = int(m.group(1))
+        if current >= 0:
+            blocks[current] = blocks.get(current, "") + line + "\n"
+    assert sorted(blocks) == list(range(len(LAYERS))), sorted(blocks)
+    missing = [
+        f"{name} (layer {index}: {title})"
+        for index, (title, members) in enumerate(LAYERS)
+        for name in members
+        if name != "shoestring" and not re.search(rf"\b{name}(/|\.py)", blocks[index])
+    ]
+    assert not missing, f"docs/architecture.md's diagram does not place: {missing}"
+
+
 def test_layer_check_catches_an_upward_import() -> None:
     assert layer_of("shoestring.data.gsm8k") < layer_of("shoestring.scoring.protocols")
     assert layer_of("shoestring.rundir.lock") < layer_of("shoestring.report.compare")
