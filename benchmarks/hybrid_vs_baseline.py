@@ -19,7 +19,9 @@ and 95% t-intervals over seeds: (1) training wall time to reach a target validat
 evaluations; (2) validation loss at equal training wall time; (3) at equal training tokens.
 "Training wall time" is the time in training steps only (``train_seconds`` in metrics.jsonl);
 evaluation time is recorded separately (``eval_seconds``) and excluded. Every run is a normal
-run directory under ``OUT/runs``; ``OUT/hybrid_benchmark.json`` holds the table.
+run directory under ``OUT/runs`` (``shoestring compare OUT`` reports them, phases and curves);
+``OUT/hybrid_benchmark.json`` holds the table and ``OUT/hybrid_benchmark.md`` shows it, with a
+note on every speed-up whose interval over seeds includes 1.0.
 
     python benchmarks/hybrid_vs_baseline.py --data data/wt2 --out runs/hybrid_benchmark
 """
@@ -38,9 +40,17 @@ import numpy as np
 from scipy import stats as sps
 
 from shoestring.cli_options import add_set_option
-from shoestring.run_config import RunConfig, build_run_config
-from shoestring.rundir.directory import atomic_write_json, host_info, now_iso, read_metrics
-from shoestring.train.entry import train
+from shoestring.report.blocks import Table, md_table
+from shoestring.run_config import build_run_config
+from shoestring.rundir.directory import (
+    atomic_write_json,
+    atomic_write_text,
+    host_info,
+    now_iso,
+    read_metrics,
+)
+from shoestring.train.config import TrainJobConfig
+from shoestring.train.run import run as train
 from shoestring.train.trainer import Trainer
 
 ARMS = ("baseline", "hybrid", "random_skip", "short_baseline")
@@ -53,7 +63,9 @@ class RandomSkipTrainer(Trainer):
     resumable; the schedule still advances on skipped steps, as it does in the hybrid trainer.
     """
 
-    def __init__(self, cfg: RunConfig, run_path: Path, skip_rate: float, **kwargs: Any) -> None:
+    def __init__(
+        self, cfg: TrainJobConfig, run_path: Path, skip_rate: float, **kwargs: Any
+    ) -> None:
         super().__init__(cfg, run_path, **kwargs)
         self.skip_rate = skip_rate
         self._skipped_now = False
@@ -187,9 +199,10 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, steps: int, skip: flo
     if arm == "random_skip":
         assert skip is not None
         path = runs / name
-        RandomSkipTrainer(cfg, path, skip, echo=False, progress=False).run()
+        job = TrainJobConfig.of(cfg, out=runs, name=name, quiet=True)
+        RandomSkipTrainer(job, path, skip).run()
     else:
-        path = train(cfg, out=runs, name=name, echo=False, progress=False)
+        path = train(TrainJobConfig.of(cfg, out=runs, name=name, quiet=True))
     s = json.loads((path / "summary.json").read_text())
     print(
         f"  {name:22s} {steps:5d} steps  final val {s['final_val_loss']:.4f}  "
@@ -337,6 +350,110 @@ def print_report(res: dict[str, Any]) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- hybrid_benchmark.md
+
+#: The table's columns: (key, header, digits).
+MD_COLUMNS = (
+    ("steps", "steps", 0),
+    ("train_seconds", "train s", 1),
+    ("final_val_loss", "final val loss", 4),
+    ("time_to_target", "s to target loss", 1),
+    ("speedup_vs_baseline", "speed-up vs baseline", 3),
+    ("val_at_equal_time", "val loss at equal time", 4),
+    ("val_at_equal_tokens", "val loss at equal tokens", 4),
+)
+
+
+def ci_cell(v: Any, digits: int = 3) -> str:
+    """A :func:`mean_ci` value as ``mean [lo, hi] (n=..)``, the way a reader weighs it."""
+    if not isinstance(v, dict):
+        return "-" if v is None else str(v)
+    if v.get("mean") is None:
+        miss = v.get("missing", 0)
+        return f"not reached ({miss}/{miss + v.get('n', 0)})" if miss else "-"
+    out = f"{v['mean']:.{digits}f}"
+    if v.get("ci_low") is not None and v.get("ci_high") is not None:
+        out += f" [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}]"
+    out += f" (n={v.get('n')})"
+    return out + (f", {v['missing']} not reached" if v.get("missing") else "")
+
+
+def speedup_notes(doc: dict[str, Any]) -> list[str]:
+    """A speed-up whose 95% interval over seeds includes 1.0 is not a speed-up; one from a
+    single seed has no interval at all."""
+    out = []
+    for row in doc.get("table") or []:
+        sp, arm = row.get("speedup_vs_baseline"), row.get("arm")
+        if arm == "baseline" or not isinstance(sp, dict) or sp.get("mean") is None:
+            continue
+        lo, hi = sp.get("ci_low"), sp.get("ci_high")
+        if lo is None:
+            out.append(
+                f"**note**: `{arm}` speed-up {sp['mean']:.3f}x over the baseline from "
+                f"{sp.get('n')} seed(s): no interval, so it cannot be told from seed noise."
+            )
+        elif lo <= 1.0 <= hi:
+            out.append(
+                f"**CAUTION**: `{arm}` speed-up {sp['mean']:.3f}x [{lo:.3f}, {hi:.3f}] (95% "
+                f"t-interval over {sp.get('n')} seeds) includes 1.0: no speed-up beyond seed "
+                "noise."
+            )
+    return out
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """hybrid_benchmark.md: the arms' means with 95% t-intervals, where the hybrid arm's time
+    went, and the speed-ups that are not beyond seed noise."""
+    arms = doc.get("arms") or {}
+    seeds = sorted({s for a in arms.values() for s in a})
+    wall = doc.get("wall_seconds")
+    lines = [
+        "# Hybrid vs baseline benchmark",
+        "",
+        "Means over seeds with 95% t-intervals (a single seed has no interval). Arms "
+        + ", ".join(f"`{a}`" for a in arms)
+        + f"; seeds {', '.join(seeds) or '-'}"
+        + (f"; wall {wall:,.0f} s" if wall is not None else "")
+        + ". Every arm's run is a run directory under `runs/`: `shoestring compare` on this "
+        "directory reports their loss curves and the hybrid runs' phases.",
+        "",
+    ]
+    table = doc.get("table") or []
+    cols = [c for c in MD_COLUMNS if any(c[0] in row for row in table)]
+    rows = [
+        [str(row.get("arm", "?"))] + [ci_cell(row.get(k), d) for k, _, d in cols] for row in table
+    ]
+    lines += md_table(Table(["arm"] + [c[1] for c in cols], rows, "l" + "r" * len(cols))) + [""]
+    phases = doc.get("hybrid_time_by_phase") or {}
+    if phases:
+        base = doc.get("baseline_seconds_per_step")
+        caption = (
+            f"Where the hybrid arm's training time went (all seeds); baseline "
+            f"{'-' if base is None else f'{base:.4f}'} s/step; skip rate "
+            f"{ci_cell(doc.get('skip_rate'))}."
+        )
+        prow = []
+        for name, v in phases.items():
+            sps_, share = v.get("seconds_per_step"), v.get("share_of_time")
+            prow.append(
+                [name, f"{v.get('steps', 0):,}", f"{v.get('seconds', 0.0):,.1f}"]
+                + ["-" if sps_ is None else f"{sps_:.4f}"]
+                + ["-" if share is None else f"{100 * share:.1f}%"]
+            )
+        head = ["hybrid phase", "steps", "seconds", "s/step", "share of time"]
+        lines += md_table(Table(head, prow, "lrrrr", caption)) + [""]
+    notes = speedup_notes(doc)
+    lines += ["## Speed-ups against seed noise", ""]
+    lines += [f"- {n}" for n in notes] if notes else ["Every speed-up's interval excludes 1.0."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_results(out: Path, doc: dict[str, Any]) -> None:
+    """hybrid_benchmark.json (the numbers) and hybrid_benchmark.md (them, for a reader)."""
+    atomic_write_json(out / "hybrid_benchmark.json", doc)
+    atomic_write_text(out / "hybrid_benchmark.md", render_markdown(doc))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -374,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         res = analyse(args, blocks)
         print_report(res)
         old.update(res, reanalysed_at=now_iso())
-        atomic_write_json(out / "hybrid_benchmark.json", old)
+        write_results(out, old)
         return 0
     (out / "runs").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -395,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t0,
         **res,
     }
-    atomic_write_json(out / "hybrid_benchmark.json", doc)
-    print(f"\nwrote {out / 'hybrid_benchmark.json'} ({doc['wall_seconds']:.0f} s)")
+    write_results(out, doc)
+    print(f"\nwrote {out / 'hybrid_benchmark.md'} and .json ({doc['wall_seconds']:.0f} s)")
     return 0
 
 

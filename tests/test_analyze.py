@@ -10,10 +10,11 @@ import torch
 
 from shoestring.analyze import cost, count, probe
 from shoestring.analyze.cli import parse_count
+from shoestring.analyze.config import CACHE_STUDY_PRESETS
 from shoestring.analyze.row import speed_ratios
 from shoestring.analyze.spec import expand_sweep, parse_sweep, resolve_targets
 from shoestring.cli import main
-from shoestring.config import to_dict
+from shoestring.config import ConfigError, to_dict
 from shoestring.errors import UserError
 from shoestring.models.param_count import num_parameters_breakdown
 from shoestring.run_config import RunConfig, build_run_config
@@ -191,7 +192,7 @@ def test_mfu_above_100_percent_is_flagged_as_a_bad_peak() -> None:
     attach_host(row, {"key": "k", "matmul_gflops": {"fp32": 36.0, "bf16": 90.0}})
     assert row["mfu"] == pytest.approx(103.7 / 90.0)
     assert "MFU 115.2% is above 100%" in str(row["mfu_flag"]) and "--probe" in str(row["mfu_flag"])
-    from shoestring.report.sections.analysis import summary_row
+    from shoestring.report.kinds.analysis import summary_row
 
     assert "115.2% (bad peak)" in summary_row({**row, "label": "x"})
     ok: dict[str, object] = {**row}
@@ -291,6 +292,29 @@ def test_analyze_quick_end_to_end_writes_the_analysis_directory(
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     steps = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert {s.get("phase") for s in steps} >= {"warmup", "timed"}
+
+
+def test_config_layers_and_training_keys_reach_every_target(tmp_path: Path) -> None:
+    from shoestring.analyze.cli import analysis_cli_config
+    from shoestring.cli import build_parser
+
+    cfg_file = tmp_path / "analyze.yaml"
+    cfg_file.write_text("targets: [tiny]\nsettings: {steps: 4}\noverrides: [train.threads=2]\n")
+    argv = ["analyze", "--quick", "--config", str(cfg_file), "--steps", "3", "--device", "cpu"]
+    argv += ["--set", "train.batch_size=4", "--set", "settings.steps=1", "--tokens", "2k", "-q"]
+    cfg = analysis_cli_config(build_parser().parse_args(argv))
+    assert cfg.targets == ["tiny"] and cfg.quick and cfg.output.quiet  # file, preset, -q
+    assert cfg.settings.warmup == 1  # the quick preset, below the file
+    assert cfg.settings.steps == 1 and cfg.settings.min_steps == 1  # --set wins over --steps
+    # the file's own overrides first, then the flags' and --set's training keys in order
+    assert cfg.overrides == ["train.threads=2", "train.device=cpu", "train.batch_size=4"]
+    assert cfg.tokens == 2000.0 and "output" not in cfg.run_dict()
+    bare = analysis_cli_config(build_parser().parse_args(["analyze"]))
+    assert bare.targets == list(CACHE_STUDY_PRESETS) and bare.settings.steps == 5
+    with pytest.raises(ConfigError, match="did you mean 'settings.steps'"):
+        analysis_cli_config(build_parser().parse_args(["analyze", "--set", "settings.step=2"]))
+    with pytest.raises(ConfigError, match="settings.steps=0 is out of range"):
+        analysis_cli_config(build_parser().parse_args(["analyze", "--steps", "0"]))
 
 
 def test_bad_target_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

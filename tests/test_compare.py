@@ -16,8 +16,8 @@ import pytest
 from shoestring.cli import main as cli_main
 from shoestring.errors import UserError
 from shoestring.report.compare import compare
-from shoestring.report.findings.naming import speed_words_in
 from shoestring.report.kinds import detect_kind, load_runs
+from shoestring.report.rules import speed_words_in
 from shoestring.rundir.directory import RunDir, atomic_write_json
 
 # ----------------------------------------------------------------------------- crafted runs
@@ -424,6 +424,23 @@ def test_format_json_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert data["images"] == []  # no --out: nothing written
 
 
+def test_text_cli_layers_config_and_prints_the_report_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a = make_train_run(tmp_path, "a")
+    rep = tmp_path / "rep"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"dirs": [str(a)], "title": "from file"}))
+    assert cli_main(["compare", "--config", str(cfg), "--out", str(rep)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == str(rep) and lines[-2].startswith(f"report: {rep / 'report.md'}")
+    assert (rep / "report.md").read_text().startswith("# from file")
+    assert cli_main(["compare", str(a), "--out", str(rep), "-q", "--set", "title=t"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(rep)]  # quiet: the path alone
+    assert cli_main(["compare", str(a), "--set", "titel=x", "--out", str(rep)]) == 2
+    assert "title" in capsys.readouterr().err  # the nearest key is suggested
+
+
 # ----------------------------------------------------------------------------- other kinds
 
 
@@ -593,7 +610,8 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny real training runs of different sizes on synthetic text."""
     from shoestring.data import text
     from shoestring.run_config import build_run_config
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as train
 
     root = tmp_path_factory.mktemp("cmp")
     text.run(None, root / "data", vocab_size=300, synthetic=300, quiet=True)
@@ -617,7 +635,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                 "train.dtype=fp32",
             ]
         )
-        out.append(train(cfg, out=root / "runs", name=name, echo=False, progress=False))
+        out.append(train(TrainJobConfig.of(cfg, out=root / "runs", name=name, quiet=True)))
     return out
 
 
@@ -701,7 +719,27 @@ def test_report_html_in_headless_chromium(
     assert (tmp_path / "phone.png").stat().st_size > 5000
 
 
-def test_hybrid_benchmark_brings_its_runs(tmp_path: Path) -> None:
+def _benchmark_script(name: str) -> Any:
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(folder))
+
+
+def test_hybrid_benchmark_output_is_read_without_src_knowing_it(tmp_path: Path) -> None:
+    """benchmarks/hybrid_vs_baseline.py renders its own table; its arms are ordinary run
+    directories under OUT/runs, which compare finds from OUT itself."""
+    bench = _benchmark_script("hybrid_vs_baseline")
     out = tmp_path / "hb"
     base = make_train_run(out / "runs", "s0-baseline", tokens_per_second=10000, wall=10)
     hyb = make_train_run(out / "runs", "s0-hybrid", trainer="hybrid", wall=9)
@@ -709,8 +747,8 @@ def test_hybrid_benchmark_brings_its_runs(tmp_path: Path) -> None:
     def ci(mean: float, lo: float | None, hi: float | None, n: int = 3) -> dict[str, Any]:
         return {"n": n, "missing": 0, "mean": mean, "ci_low": lo, "ci_high": hi}
 
-    atomic_write_json(
-        out / "hybrid_benchmark.json",
+    bench.write_results(
+        out,
         {
             "kind": "hybrid_benchmark",
             "arms": {"baseline": {"0": str(base)}, "hybrid": {"0": str(hyb)}},
@@ -721,20 +759,23 @@ def test_hybrid_benchmark_brings_its_runs(tmp_path: Path) -> None:
                     "final_val_loss": ci(3.52, 3.41, 3.63),
                     "speedup_vs_baseline": ci(1.08, 0.95, 1.21),
                 },
+                {"arm": "random_skip", "speedup_vs_baseline": ci(1.3, 1.2, 1.4)},
             ],
             "hybrid_time_by_phase": {
                 "full": {"steps": 10, "seconds": 2.0, "seconds_per_step": 0.2, "share_of_time": 0.5}
             },
         },
     )
-    assert detect_kind(out) == "hybrid_benchmark"
+    md = (out / "hybrid_benchmark.md").read_text()
+    assert "| hybrid | 3.5200 [3.4100, 3.6300] (n=3) | 1.080 [0.950, 1.210] (n=3) |" in md
+    assert "| full | 10 | 2.0 | 0.2000 | 50.0% |" in md
+    assert "`hybrid` speed-up 1.080x [0.950, 1.210]" in md
+    assert "includes 1.0: no speed-up beyond seed noise" in md
+    assert "`random_skip` speed-up" not in md  # [1.2, 1.4] excludes 1.0: a speed-up
     rep = tmp_path / "rep"
     _, data = compare([out], rep)
-    assert {r["label"] for r in data["runs"]} == {out.name, "s0-baseline", "s0-hybrid"}
-    md = (rep / "report.md").read_text()
-    assert "Hybrid vs baseline benchmark" in md and "1.080 [0.950, 1.210] (n=3)" in md
-    noise = " ".join(f["text"] for f in _findings(data, "noise"))
-    assert "includes 1.0: no speed-up beyond seed noise" in noise
+    assert {r["label"] for r in data["runs"]} == {"s0-baseline", "s0-hybrid"}
+    assert "Hybrid training: phases" in (rep / "report.md").read_text()
 
 
 # ----------------------------------------------------------------------------- a run's own report

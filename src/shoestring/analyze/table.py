@@ -1,7 +1,7 @@
 """The terminal view of an analysis: one host line and the summary table, printed by the CLI.
 
 The table is the analysis section's own summary table (the same rows, built by the same code
-as report.md's, :mod:`shoestring.report.sections.analysis`), rendered as Markdown; the host line
+as report.md's, :mod:`shoestring.report.kinds.analysis`), rendered as Markdown; the host line
 is the short form of the section's host paragraph. Every number comes from analysis.json.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoestring.report.blocks import Table, fmt, fmt_size, md_table
-from shoestring.report.sections.analysis import SUMMARY_HEADERS, summary_row
+from shoestring.report.kinds.analysis import SUMMARY_HEADERS, summary_row
 
 __all__ = ["host_line", "summary_table"]
 

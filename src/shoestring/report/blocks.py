@@ -1,12 +1,9 @@
-"""The report as data: sections of paragraphs, tables, images and findings, then rendered.
+"""The report as data (sections of paragraphs, tables, images; findings), rendered three ways.
 
-Why an intermediate form: ``compare`` writes the same report three ways (report.md,
-report.html, ``--format json``). Building it once as plain data and rendering it three times
-keeps the three from drifting apart: a number is formatted in one place, and a table in the
-HTML is the table in the Markdown.
-
-Inline text uses two Markdown marks only, ``**bold**`` and ```code```; the HTML renderer
-converts exactly those (after escaping), so a run name with ``<`` in it cannot break the page.
+Why: ``compare`` writes report.md, report.html and ``--format json``; building the report once
+and rendering it three times keeps them from drifting apart. Inline text uses only ``**bold**``
+and ```code```; the HTML renderer converts exactly those after escaping, so a run name with
+``<`` in it cannot break the page.
 """
 
 from __future__ import annotations
@@ -14,25 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = [
-    "Block",
-    "Bullets",
-    "Code",
-    "Finding",
-    "Image",
-    "Para",
-    "Report",
-    "Section",
-    "Table",
-    "fmt",
-    "fmt_duration",
-    "fmt_int",
-    "fmt_mib",
-    "fmt_millions",
-    "fmt_size",
-    "render_markdown",
-    "report_to_dict",
-]
+__all__ = ["NO_FINDINGS", "Block", "Bullets", "Code", "Finding", "Image", "Para", "Report"]
+__all__ += ["Section", "Severity", "Table", "fmt", "fmt_cpu", "fmt_duration", "fmt_int", "fmt_mib"]
+__all__ += ["fmt_millions", "fmt_size", "md_table", "render_markdown", "report_to_dict"]
 
 
 @dataclass
@@ -57,24 +38,22 @@ class Code:
 
     def shown(self) -> str:
         """The text as shown: cut with a note of how much was left out."""
-        t = self.text
-        return (
-            t if len(t) <= self.limit else t[: self.limit] + f" [... {len(t) - self.limit} chars]"
-        )
+        t, n = self.text, self.limit
+        return t if len(t) <= n else t[:n] + f" [... {len(t) - n} chars]"
 
 
 @dataclass
 class Table:
-    """``align`` per column: "l" or "r" (numbers right-aligned)."""
+    """``align``: one letter per column, "l" or "r" (numbers right-aligned); "l" where absent."""
 
     headers: list[str]
     rows: list[list[str]]
-    align: list[str] = field(default_factory=list)
+    align: str = ""
     caption: str = ""
     kind: Literal["table"] = "table"
 
     def aligns(self) -> list[str]:
-        return self.align + ["l"] * (len(self.headers) - len(self.align))
+        return list(self.align.ljust(len(self.headers), "l"))
 
 
 @dataclass
@@ -88,6 +67,7 @@ class Image:
 
 
 Block = Para | Bullets | Code | Table | Image
+Severity = Literal["warning", "caution", "info"]
 
 
 @dataclass
@@ -103,7 +83,7 @@ class Finding:
     a result), caution (a difference that cannot be trusted), info (context)."""
 
     rule: str
-    severity: Literal["warning", "caution", "info"]
+    severity: Severity
     text: str
     runs: list[str] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
@@ -124,10 +104,14 @@ def fmt(x: Any, spec: str = ".1f", unit: str = "") -> str:
     if x is None or isinstance(x, bool):
         return "-" if x is None else str(x)
     if isinstance(x, (int, float)):
-        if x != x:  # NaN
-            return "nan"
-        return f"{x:{spec}}{unit}"
+        return "nan" if x != x else f"{x:{spec}}{unit}"  # x != x: NaN
     return str(x)
+
+
+def fmt_cpu(system: dict[str, Any]) -> str:
+    """A process's CPU share of all host cores, ``mean / peak`` percent, from its ``system``."""
+    mean, peak = system.get("cpu_percent_mean"), system.get("cpu_percent_peak")
+    return f"{fmt(mean, '.0f')} / {fmt(peak, '.0f')}"
 
 
 def fmt_int(x: Any) -> str:
@@ -176,6 +160,7 @@ def md_table(t: Table) -> list[str]:
     return lines
 
 
+NO_FINDINGS = "No rule fired: nothing contradicts the names, and no difference was tested."
 _SEVERITY_MARK = {"warning": "WARNING", "caution": "CAUTION", "info": "note"}
 
 
@@ -186,7 +171,7 @@ def render_markdown(report: Report) -> str:
         lines += [p, ""]
     lines += ["## Findings", ""]
     if not report.findings:
-        lines += ["No rule fired: nothing contradicts the names, and no difference was tested.", ""]
+        lines += [NO_FINDINGS, ""]
     for f in report.findings:
         lines.append(f"- **{_SEVERITY_MARK[f.severity]}** ({f.rule}): {f.text}")
     lines.append("")
@@ -212,6 +197,8 @@ def render_markdown(report: Report) -> str:
 def report_to_dict(report: Report) -> dict[str, Any]:
     """The whole report as JSON-ready data (``--format json`` and report.json)."""
     d = asdict(report)
+    for block in (b for s in d["sections"] for b in s["blocks"] if b["kind"] == "table"):
+        block["align"] = list(block["align"])  # JSON readers get one entry per column given
     d["kind"] = "compare_report"
     d["schema_version"] = 1
     d["images"] = [b.file for s in report.sections for b in s.blocks if isinstance(b, Image)]

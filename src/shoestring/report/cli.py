@@ -2,44 +2,77 @@
 
 Why a module of its own: the command registry imports every command's ``add_cli`` to build the
 help, so this module imports nothing heavy; the report code (matplotlib for the plots) is
-imported only when the command runs.
+imported only when the command runs. Config layers, lowest first:
+:class:`~shoestring.report.compare_config.CompareConfig` defaults < ``--config FILE`` < the
+shortcut flags (the DIR arguments, ``--out``, ``--title``, ``--format``, ``-q``) < ``--set``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
-__all__ = ["add_cli"]
+from shoestring.cli_options import (
+    add_config_options,
+    add_quiet_option,
+    config_from_args,
+    print_config_keys,
+)
+from shoestring.report.compare_config import CompareConfig
+
+__all__ = ["SHORTCUT_FLAGS", "add_cli"]
+
+# shortcut flag (argparse destination) -> the CompareConfig key it overrides
+SHORTCUT_FLAGS = (
+    ("dirs", "dirs"),
+    ("out", "out"),
+    ("title", "title"),
+    ("format", "format"),
+    ("quiet", "quiet"),
+)
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Build the config, write the report, print the report directory (stderr with JSON)."""
+    if args.help_config:
+        return print_config_keys(CompareConfig())
+    cfg = config_from_args(CompareConfig(), args, SHORTCUT_FLAGS).check()
     # deferred: matplotlib is heavy; shoestring --help must not load it
     from shoestring.report.compare import run
 
-    return run(args)
+    path = run(cfg)
+    if path is not None:
+        # with --format json stdout is the JSON alone, so the path goes to stderr
+        print(path, file=sys.stderr if cfg.format == "json" else sys.stdout)
+    return 0
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: Any) -> None:
+    """Register ``compare`` on the top-level parser."""
     p = sub.add_parser(
         "compare",
         help="report over run directories: tables, plots, findings (md, html, json)",
         description="Compare run directories (train, hybrid, bench, grpo, progressive, study, "
-        "analysis, hybrid benchmark): writes report.md, a self-contained report.html, "
+        "analysis, prepare): writes report.md, a self-contained report.html, "
         "report.json and PNG plots into --out. Each directory's kind is detected from its "
-        "files; a directory holding run directories stands for them.",
+        "files; a directory holding run directories stands for them. Config layers: defaults "
+        "< --config FILE < the flags below < --set key=value.",
     )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories to compare")
     p.add_argument(
-        "--out",
-        default=None,
-        metavar="REPORT_DIR",
-        help="report directory (created; not a run directory)",
+        "dirs",
+        nargs="*",
+        default=argparse.SUPPRESS,  # absent rather than [], so a config file's dirs stand
+        metavar="DIR",
+        help="run directories to compare (--set dirs=[...])",
     )
-    p.add_argument("--title", default=None, help="report title (default: the run names)")
+    p.add_argument("--out", metavar="REPORT_DIR", help="report directory (created; not a run dir)")
+    p.add_argument("--title", help="report title (default: the run names)")
     p.add_argument(
         "--format",
         choices=("text", "json"),
-        default="text",
-        help="stdout: findings and paths (text) or the whole report as JSON",
+        help="stdout: findings and paths (text, the default) or the whole report as JSON",
     )
+    add_quiet_option(p)
+    add_config_options(p, "title=ablation")
     p.set_defaults(func=_run)

@@ -1,25 +1,16 @@
 """``shoestring compare``: a report over run directories that people would rather look at than read.
 
-Why: the comparisons this project grew from were written by hand - config tables next to
-completion times, loss tables, phase distributions - and were slow to write and wrong in places
-a tool catches (a variant named "extreme fast" that measured slowest, a 2-problem difference in
-50 called a degradation). ``compare`` writes them from the run directories alone:
-
-    shoestring compare runs/a runs/b runs/c --out reports/abc [--title ...] [--format json]
-
-It detects each directory's kind from its files (:mod:`shoestring.report.kinds`), builds one
-report (one section per kind, :mod:`shoestring.report.sections`; findings by the rules of
-:mod:`shoestring.report.findings`, from the numbers of :mod:`shoestring.report.measures`) and writes
-it three ways into ``--out``: ``report.md``, a self-contained ``report.html`` and
-``report.json``, plus the PNG plots. The report directory is not a run directory (it has no
-summary.json), and compare refuses to write into one. The CLI wiring is
-:mod:`shoestring.report.cli`; :func:`write_run_report` gives a command its own report.md from the
-same sections.
+Why: the comparisons this project grew from were written by hand, slowly, and wrong in places a
+tool catches (a variant named "extreme fast" that measured slowest, a 2-problem difference in
+50 called a degradation). ``compare runs/a runs/b --out reports/ab`` builds one report from
+every kind's sections and findings (:mod:`shoestring.report.kinds`) and writes it as
+``report.md``, a self-contained ``report.html`` and ``report.json`` plus PNG plots; the report
+directory is never a run directory. :func:`write_run_report` gives a command its own report.md
+from the same sections.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -28,23 +19,23 @@ from typing import Any
 
 from shoestring.errors import UserError
 from shoestring.report.blocks import Report, render_markdown, report_to_dict
-from shoestring.report.findings import all_findings
+from shoestring.report.compare_config import CompareConfig
 from shoestring.report.html import render_html
-from shoestring.report.kinds import RunInfo, load_run, load_runs
-from shoestring.report.sections import build_sections, run_record
-from shoestring.report.sections.common import SectionContext
+from shoestring.report.kinds import all_findings, build_sections, load_run, load_runs, run_record
+from shoestring.report.parts import SectionContext
+from shoestring.report.run import RunInfo
 from shoestring.rundir.directory import atomic_write_text, now_iso, read_json
 
 __all__ = ["build_report", "compare", "run", "write_run_report"]
 
 
 def _intro(runs: list[RunInfo]) -> list[str]:
-    kinds = Counter(r.kind for r in runs)
-    kinds_text = ", ".join(f"{n} {k}" for k, n in kinds.items())
-    states = Counter(r.status for r in runs)
+    kinds, states = (
+        ", ".join(f"{n} {k}" for k, n in Counter(c).items())
+        for c in ([r.kind for r in runs], [r.status for r in runs])
+    )
     lines = [
-        f"{len(runs)} director{'y' if len(runs) == 1 else 'ies'} ({kinds_text}); status: "
-        + ", ".join(f"{n} {s}" for s, n in states.items())
+        f"{len(runs)} director{'y' if len(runs) == 1 else 'ies'} ({kinds}); status: {states}"
         + f". Written {now_iso()} by `shoestring compare` from the run directories alone "
         "(summary.json, config.json, metrics.jsonl and each kind's result files).",
     ]
@@ -73,19 +64,11 @@ def build_report(
 
     ``own_dir``: the run directory whose own report.md this is (its sections may then show the
     PNGs the command drew there)."""
-    ctx = SectionContext(out, own_dir)
-    sections = build_sections(runs, ctx)
-    return Report(
-        title=title
-        or "shoestring compare: "
-        + ", ".join(r.label for r in runs[:6])
-        + (f" and {len(runs) - 6} more" if len(runs) > 6 else ""),
-        generated_at=now_iso(),
-        intro=_intro(runs),
-        findings=all_findings(runs),
-        sections=sections,
-        runs=[run_record(r) for r in runs],
-    )
+    sections = build_sections(runs, SectionContext(out, own_dir))
+    more = f" and {len(runs) - 6} more" if len(runs) > 6 else ""
+    title = title or "shoestring compare: " + ", ".join(r.label for r in runs[:6]) + more
+    runs_json = [run_record(r) for r in runs]
+    return Report(title, now_iso(), _intro(runs), all_findings(runs), sections, runs_json)
 
 
 def _check_out(out: Path, runs: list[RunInfo]) -> None:
@@ -102,16 +85,11 @@ def _check_out(out: Path, runs: list[RunInfo]) -> None:
 
 def _remove_old_images(out: Path) -> None:
     """A report rewritten into the same directory drops the PNGs of the previous report."""
-    old = out / "report.json"
-    if not old.is_file():
-        return
     try:
-        data = read_json(old)
+        data = read_json(out / "report.json")
     except (OSError, json.JSONDecodeError):
-        return
-    if data.get("kind") != "compare_report":
-        return
-    for name in data.get("images", []):
+        return  # no earlier report (or a damaged one): nothing to remove
+    for name in data.get("images", []) if data.get("kind") == "compare_report" else []:
         p = out / Path(name).name
         if p.suffix == ".png" and p.is_file():
             p.unlink()
@@ -154,27 +132,23 @@ def write_run_report(run_dir: str | Path, title: str | None = None) -> Path:
     return target
 
 
-def run(args: argparse.Namespace) -> int:
-    """The command (wired by :mod:`shoestring.report.cli`): write the report, print findings."""
-    if args.out is None and args.format != "json":
-        raise UserError(
-            "give --out REPORT_DIR for report.md/report.html (or --format json to "
-            "print the report as JSON only)"
-        )
-    report, data = compare(args.dirs, args.out, args.title)
-    if args.format == "json":
+def run(cfg: CompareConfig) -> Path | None:
+    """The command's API (wired by :mod:`shoestring.report.cli`): write the report into
+    ``cfg.out`` and print its findings, or print the whole report as JSON. The report
+    directory; None where ``--format json`` without ``--out`` wrote nothing."""
+    cfg.check()
+    out = Path(cfg.out) if cfg.out else None
+    report, data = compare(cfg.dirs, out, cfg.title or None)
+    if cfg.format == "json":
         json.dump(data, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
-        return 0
+        return out
+    if out is None or cfg.quiet:
+        return out
     for f in report.findings:
         print(f"[{f.severity}] {f.rule}: {f.text}")
     if not report.findings:
         print("no findings")
-    out = Path(args.out)
-    images = data["images"]
-    print(
-        f"report: {out / 'report.md'}  {out / 'report.html'}  ({len(images)} plots: "
-        + ", ".join(images)
-        + ")"
-    )
-    return 0
+    plots = f"{len(data['images'])} plots: " + ", ".join(data["images"])
+    print(f"report: {out / 'report.md'}  {out / 'report.html'}  ({plots})")
+    return out

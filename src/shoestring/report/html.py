@@ -1,10 +1,7 @@
 """report.html: one self-contained file (plots embedded as base64 PNG), readable offline and
-on a phone.
-
-Why self-contained: a report is mailed, attached to an issue or opened from a laptop with no
-network; a page that loads its images or styles from elsewhere breaks in all three. Why the
-small stylesheet: wide tables scroll sideways inside their own box instead of making the whole
-page wider than a phone's screen, and images shrink to the screen's width.
+on a phone: a report is mailed or attached to an issue, where a page that loads its images or
+styles from elsewhere breaks; wide tables scroll inside their own box and images shrink to
+the screen's width, so the page is never wider than a phone's screen.
 """
 
 from __future__ import annotations
@@ -14,18 +11,16 @@ import html
 import re
 from pathlib import Path
 
-from shoestring.report.blocks import Bullets, Code, Image, Para, Report, Table
+from shoestring.report.blocks import NO_FINDINGS, Bullets, Code, Image, Para, Report, Table
 
 __all__ = ["render_html"]
 
 CSS = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
+:root { color-scheme: light; } * { box-sizing: border-box; }
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1b1b;
   margin: 0 auto; padding: 12px 16px 40px; max-width: 1200px; background: #fff; }
-h1 { font-size: 1.5em; margin: 0.4em 0; }
+h1 { font-size: 1.5em; margin: 0.4em 0; } p { margin: 0.5em 0; }
 h2 { font-size: 1.2em; margin: 1.6em 0 0.5em; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
-p { margin: 0.5em 0; }
 code { font: 0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   background: #f3f3f3; padding: 0 3px; border-radius: 3px; overflow-wrap: anywhere; }
 .table-wrap { overflow-x: auto; -webkit-overflow-scrolling: touch; margin: 0.5em 0 1em;
@@ -37,11 +32,9 @@ td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; white-space:
 tr:last-child td { border-bottom: none; }
 /* the first column (run or field name) stays in view while a wide table scrolls sideways */
 th:first-child, td:first-child { position: sticky; left: 0; background: #fff; z-index: 1; }
-th:first-child { background: #f6f6f6; z-index: 2; }
-.caption { margin: 0.8em 0 0.2em; }
-figure { margin: 0.8em 0 1.2em; }
+th:first-child { background: #f6f6f6; z-index: 2; } .caption { margin: 0.8em 0 0.2em; }
+figure { margin: 0.8em 0 1.2em; } figcaption { font-size: 0.85em; color: #555; }
 figure img { max-width: 100%; height: auto; display: block; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #555; }
 ul.findings { list-style: none; padding: 0; }
 ul.findings li { border-left: 4px solid #999; background: #fafafa; padding: 6px 10px;
   margin: 6px 0; }
@@ -51,16 +44,12 @@ ul.findings li.info { border-color: #1f77b4; background: #f2f7fc; }
 .tag { font-size: 0.75em; font-weight: 700; text-transform: uppercase; letter-spacing: 0.04em;
   margin-right: 6px; }
 li.warning .tag { color: #c62828; } li.caution .tag { color: #a86300; }
-li.info .tag { color: #1f5f94; }
-.meta { color: #555; font-size: 0.9em; }
+li.info .tag { color: #1f5f94; } .meta { color: #555; font-size: 0.9em; }
 pre { font: 0.85em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f6f6f6;
   padding: 6px 8px; border-radius: 4px; white-space: pre-wrap; overflow-wrap: anywhere; }
 nav { font-size: 0.9em; } nav a { margin-right: 10px; white-space: nowrap; }
-@media (max-width: 600px) {
-  body { font-size: 14px; padding: 8px 10px 30px; }
-  table { font-size: 0.8em; }
-  th, td { padding: 3px 5px; }
-}
+@media (max-width: 600px) { body { font-size: 14px; padding: 8px 10px 30px; }
+  table { font-size: 0.8em; } th, td { padding: 3px 5px; } }
 """
 
 
@@ -71,23 +60,18 @@ def inline(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
 
 
+def _row(tag: str, cells: list[str], aligns: list[str]) -> str:
+    tds = (f'<{tag} class="{a}">{inline(c)}</{tag}>' for c, a in zip(cells, aligns, strict=False))
+    return "<tr>" + "".join(tds) + "</tr>"
+
+
 def _table(t: Table) -> str:
-    al = t.aligns()
-    parts = []
-    if t.caption:
-        parts.append(f'<p class="caption">{inline(t.caption)}</p>')
-    head = "".join(f'<th class="{a}">{inline(h)}</th>' for h, a in zip(t.headers, al, strict=False))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{a}">{inline(c)}</td>' for c, a in zip(row, al, strict=False))
-        + "</tr>"
-        for row in t.rows
-    )
-    parts.append(
-        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+    cap = f'<p class="caption">{inline(t.caption)}</p>' if t.caption else ""
+    body = "".join(_row("td", row, t.aligns()) for row in t.rows)
+    return (
+        f'{cap}<div class="table-wrap"><table><thead>{_row("th", t.headers, t.aligns())}</thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
-    return "".join(parts)
 
 
 def _image(img: Image, base: Path) -> str:
@@ -113,20 +97,13 @@ def render_html(report: Report, base: Path) -> str:
         f'<a href="#{html.escape(s.anchor or str(i))}">{html.escape(s.title)}</a>'
         for i, s in enumerate(report.sections)
     ]
-    out.append("<nav>" + " ".join(nav) + "</nav>")
-    out.append('<h2 id="findings">Findings</h2>')
-    if not report.findings:
-        out.append(
-            "<p>No rule fired: nothing contradicts the names, and no difference was tested.</p>"
-        )
-    else:
-        out.append('<ul class="findings">')
-        for f in report.findings:
-            out.append(
-                f'<li class="{f.severity}"><span class="tag">{f.severity}</span>'
-                f'<span class="tag">{html.escape(f.rule)}</span>{inline(f.text)}</li>'
-            )
-        out.append("</ul>")
+    out += ["<nav>" + " ".join(nav) + "</nav>", '<h2 id="findings">Findings</h2>']
+    lis = [
+        f'<li class="{f.severity}"><span class="tag">{f.severity}</span>'
+        f'<span class="tag">{html.escape(f.rule)}</span>{inline(f.text)}</li>'
+        for f in report.findings
+    ]
+    out += ['<ul class="findings">', *lis, "</ul>"] if lis else [f"<p>{NO_FINDINGS}</p>"]
     for i, s in enumerate(report.sections):
         out.append(f'<h2 id="{html.escape(s.anchor or str(i))}">{html.escape(s.title)}</h2>')
         for b in s.blocks:

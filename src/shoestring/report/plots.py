@@ -1,9 +1,9 @@
-"""PNG plots for ``compare``: every figure drawn with matplotlib's Agg backend (no display).
+"""PNG plots for ``compare``, drawn with matplotlib's Agg backend (no display).
 
-Why these choices: runs being compared share one set of axes per figure (a shared scale is the
-comparison), every run keeps one colour across all figures, a run that did not finish is drawn
-dashed and labelled with its status so a partial curve is never read as a result, and every
-PNG is written to a temporary file and renamed like every other file shoestring writes.
+Why these choices: runs compared share one axes per figure (a shared scale is the comparison),
+a run keeps one colour across all figures, a run that did not finish is drawn dashed and
+labelled with its status so a partial curve is never read as a result, and every PNG is
+written atomically (temp file + rename) like every other file shoestring writes.
 """
 
 from __future__ import annotations
@@ -21,16 +21,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from shoestring.rundir.directory import atomic_write_bytes  # noqa: E402
 
-__all__ = [
-    "PHASE_COLORS",
-    "Palette",
-    "accuracy_intervals",
-    "grpo_curves",
-    "loss_curves",
-    "phase_loss_plot",
-    "phase_share_plot",
-    "study_plot",
-]
+__all__ = ["PHASE_COLORS", "Palette", "accuracy_intervals", "grpo_curves", "loss_curves"]
+__all__ += ["phase_loss_plot", "phase_share_plot", "phase_order", "study_plot"]
 
 PHASE_COLORS = {"warmup": "#7f7f7f", "full": "#1f77b4", "predict": "#2ca02c", "correct": "#d62728"}
 DPI = 110
@@ -66,6 +58,19 @@ def _style(ax: Any, xlabel: str, ylabel: str, title: str = "") -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _look(s: dict[str, Any], palette: Palette) -> tuple[Any, str, str]:
+    """A run's colour, line style (dashed: not finished) and legend name (with its status)."""
+    if s["finished"]:
+        return palette(s["label"]), "-", s["label"]
+    return palette(s["label"]), "--", f"{s['label']} [{s['status']}]"
+
+
+def phase_order(names: Any) -> list[str]:
+    """Hybrid phases in the trainer's order, then any other phase by name."""
+    seen = set(names)
+    return [p for p in PHASE_COLORS if p in seen] + sorted(seen - set(PHASE_COLORS))
+
+
 def loss_curves(
     series: Sequence[dict[str, Any]], x: str, xlabel: str, path: Path, palette: Palette
 ) -> str | None:
@@ -78,9 +83,7 @@ def loss_curves(
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for s in series:
-        color = palette(s["label"])
-        dash = "-" if s["finished"] else "--"
-        name = s["label"] if s["finished"] else f"{s['label']} [{s['status']}]"
+        color, dash, name = _look(s, palette)
         tr = [(r[x], r["loss"]) for r in s["train"] if r.get(x) is not None]
         va = [(r[x], r["val_loss"]) for r in s["val"] if r.get(x) is not None]
         if tr:
@@ -88,15 +91,8 @@ def loss_curves(
                 *zip(*tr, strict=True), dash, color=color, lw=1.3, alpha=0.8, label=f"{name} train"
             )
         if va:
-            ax.plot(
-                *zip(*va, strict=True),
-                "o" + dash,
-                color=color,
-                lw=2.0,
-                ms=5,
-                label=f"{name} val",
-                markerfacecolor="white",
-            )
+            look = {"color": color, "lw": 2.0, "ms": 5, "markerfacecolor": "white"}
+            ax.plot(*zip(*va, strict=True), "o" + dash, label=f"{name} val", **look)
     _style(ax, xlabel, "loss (nats/token)")
     # below the axes: a legend inside would hide the curves it names
     ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
@@ -112,18 +108,10 @@ def phase_loss_plot(
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     ax.plot([r[x] for r in pts], [r["loss"] for r in pts], "-", color="#bbbbbb", lw=0.8)
-    seen = {str(r.get("phase", "?")) for r in pts}
-    phases = [p for p in PHASE_COLORS if p in seen] + sorted(seen - set(PHASE_COLORS))
-    for ph in phases:
-        sel = [r for r in pts if str(r.get("phase", "?")) == ph]
-        ax.scatter(
-            [r[x] for r in sel],
-            [r["loss"] for r in sel],
-            s=14,
-            color=PHASE_COLORS.get(ph, "#9467bd"),
-            label=ph,
-            zorder=3,
-        )
+    for ph in phase_order(str(r.get("phase", "?")) for r in pts):
+        sel = [(r[x], r["loss"]) for r in pts if str(r.get("phase", "?")) == ph]
+        color = PHASE_COLORS.get(ph, "#9467bd")
+        ax.scatter(*zip(*sel, strict=True), s=14, color=color, label=ph, zorder=3)
     _style(ax, xlabel, "train loss (nats/token)", title)
     ax.legend(fontsize=8, title="phase")
     return save_png(fig, path)
@@ -137,8 +125,7 @@ def phase_share_plot(
         return None
     fig, ax = plt.subplots(figsize=(7.5, 1.3 + 0.5 * len(rows)))
     labels = [r[0] for r in rows]
-    phases = [p for p in PHASE_COLORS if any(p in r[1] for r in rows)]
-    phases += sorted({p for r in rows for p in r[1]} - set(phases))
+    phases = phase_order(p for r in rows for p in r[1])
     left = [0.0] * len(rows)
     for ph in phases:
         vals = [float(r[1].get(ph, 0.0) or 0.0) for r in rows]
@@ -152,6 +139,22 @@ def phase_share_plot(
     return save_png(fig, path)
 
 
+def _intervals(
+    rows: Sequence[dict[str, Any]], xlabel: str, path: Path, title: str, xlim: Any = None
+) -> str:
+    """One row per item: a point at ``x`` with the interval ``lo``..``hi`` drawn around it."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(rows)))
+    for i, r in enumerate(rows):
+        err = [[r["x"] - r["lo"]], [r["hi"] - r["x"]]]
+        ax.errorbar([r["x"]], [i], xerr=err, fmt="o", color=r["color"], capsize=4)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
+    ax.invert_yaxis()
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    _style(ax, xlabel, "", title)
+    return save_png(fig, path)
+
+
 def accuracy_intervals(
     rows: Sequence[dict[str, Any]], xlabel: str, path: Path, title: str = ""
 ) -> str | None:
@@ -159,41 +162,31 @@ def accuracy_intervals(
 
     ``rows`` items: ``label``, ``accuracy``, ``lo``, ``hi`` (fractions), optional ``color``.
     """
-    rows = [r for r in rows if r.get("accuracy") is not None]
-    if not rows:
+    pts = [
+        {"label": r["label"], "color": r.get("color", "#1f77b4")}
+        | {k: 100 * r[f] for k, f in (("x", "accuracy"), ("lo", "lo"), ("hi", "hi"))}
+        for r in rows
+        if r.get("accuracy") is not None
+    ]
+    if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(rows)))
-    for i, r in enumerate(rows):
-        acc, lo, hi = 100 * r["accuracy"], 100 * r["lo"], 100 * r["hi"]
-        color = r.get("color", "#1f77b4")
-        ax.errorbar([acc], [i], xerr=[[acc - lo], [hi - acc]], fmt="o", color=color, capsize=4)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlim(-2, 102)
-    _style(ax, xlabel, "", title)
-    return save_png(fig, path)
+    return _intervals(pts, xlabel, path, title, (-2, 102))
 
 
 def study_plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> str | None:
-    """Mean validation loss per configuration with +- one standard deviation over seeds."""
-    rows = [r for r in rows if r.get("mean") is not None]
-    if not rows:
+    """Mean validation loss per configuration with +- one standard deviation over seeds (grey,
+    without a bar: a configuration of one seed)."""
+    pts = [
+        {"label": r["label"], "x": r["mean"], "lo": r["mean"] - (r.get("std") or 0.0)}
+        | {"hi": r["mean"] + (r.get("std") or 0.0)}
+        | {"color": "#1f77b4" if r.get("std") is not None else "#999999"}
+        for r in rows
+        if r.get("mean") is not None
+    ]
+    if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.45 * len(rows)))
-    for i, r in enumerate(rows):
-        std = r.get("std") or 0.0
-        ax.errorbar(
-            [r["mean"]],
-            [i],
-            xerr=[[std], [std]],
-            fmt="o",
-            capsize=4,
-            color="#1f77b4" if r.get("std") is not None else "#999999",
-        )
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
-    ax.invert_yaxis()
-    _style(ax, "validation loss, mean +- std over seeds (grey: one seed)", "", title)
-    return save_png(fig, path)
+    xlabel = "validation loss, mean +- std over seeds (grey: one seed)"
+    return _intervals(pts, xlabel, path, title)
 
 
 def grpo_curves(series: Sequence[dict[str, Any]], path: Path, palette: Palette) -> str | None:
@@ -209,35 +202,21 @@ def grpo_curves(series: Sequence[dict[str, Any]], path: Path, palette: Palette) 
         recs = [r for r in s["records"] if r.get("reward_mean") is not None]
         if not recs:
             continue
-        color = palette(s["label"])
-        dash = "-" if s["finished"] else "--"
-        xs = [r["step"] for r in recs]
-        ys = [r["reward_mean"] for r in recs]
-        name = s["label"] if s["finished"] else f"{s['label']} [{s['status']}]"
+        color, dash, name = _look(s, palette)
+        xs, ys = [r["step"] for r in recs], [r["reward_mean"] for r in recs]
         ax.plot(xs, ys, dash, color=color, label=name, lw=1.5)
-        sd = [r.get("reward_std") for r in recs]
-        if all(v is not None for v in sd):
-            ax.fill_between(
-                xs,
-                [y - d for y, d in zip(ys, sd, strict=True)],
-                [y + d for y, d in zip(ys, sd, strict=True)],
-                color=color,
-                alpha=0.12,
-            )
+        if None not in (sd := [r.get("reward_std") for r in recs]):
+            band = [(y - d, y + d) for y, d in zip(ys, sd, strict=True)]
+            ax.fill_between(xs, *zip(*band, strict=True), color=color, alpha=0.12)
     _style(ax, "step", "reward (mean, band +- std)")
     ax.legend(fontsize=8)
+    for s in series if has_acc else ():
+        if recs := [
+            (r["step"], 100 * r["accuracy"]) for r in s["records"] if r.get("accuracy") is not None
+        ]:
+            color, dash, _ = _look(s, palette)
+            axes[0][1].plot(*zip(*recs, strict=True), dash, color=color, lw=1.5)
     if has_acc:
-        ax2 = axes[0][1]
-        for s in series:
-            recs = [r for r in s["records"] if r.get("accuracy") is not None]
-            if recs:
-                ax2.plot(
-                    [r["step"] for r in recs],
-                    [100 * r["accuracy"] for r in recs],
-                    "-" if s["finished"] else "--",
-                    color=palette(s["label"]),
-                    lw=1.5,
-                )
-        _style(ax2, "step", "training-batch accuracy (%)")
+        _style(axes[0][1], "step", "training-batch accuracy (%)")
     fig.tight_layout()
     return save_png(fig, path)
