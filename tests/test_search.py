@@ -21,9 +21,10 @@ from optuna.trial import TrialState
 from shoestring.errors import UserError
 from shoestring.search import grid
 from shoestring.search.attempt import SIMULATE_OOM_ENV
+from shoestring.search.config import SearchConfig, StudyOutput
 from shoestring.search.location import sqlite_url
 from shoestring.search.results import summarize
-from shoestring.search.spec import StudySpec, derived_seed, parse_range, trial_config
+from shoestring.search.spec import derived_seed, trial_config
 from shoestring.search.storage import AskTellGridSampler, open_storage
 from shoestring.search.study import join, open_study
 from shoestring.search.study import run as search
@@ -55,10 +56,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _spec(data: Path, variants: list[str], seeds: int = 1, **kw) -> StudySpec:
-    return StudySpec(
-        sizes=["tiny"], variants=variants, seeds=seeds, data=str(data), overrides=list(TINY), **kw
-    )
+def _spec(
+    data: Path, variants: list[str], seeds: int = 1, out: Path | None = None, **kw
+) -> SearchConfig:
+    """A tiny study, quiet, trained in the worker process unless ``isolate`` is given."""
+    kw = {"isolate": False, **kw}
+    return SearchConfig(
+        sizes=["tiny"], variants=variants, seeds=seeds, data=str(data), overrides=list(TINY),
+        output=StudyOutput(dir=str(out or ""), quiet=True), **kw,
+    )  # fmt: skip
 
 
 def _finished_points(study_dir: Path, name: str | None = None, url: str | None = None) -> Counter:
@@ -91,7 +97,7 @@ def test_oom_trial_succeeds_on_retry_with_half_micro_batch(
     # evaluation batches above 4 sequences "run out of memory"; the asked batch is 8
     monkeypatch.setenv(SIMULATE_OOM_ENV, "4")
     # default isolation: each attempt in its own spawned process (the hook travels in the env)
-    out = search(_spec(prepared, ["baseline"]), tmp_path / "study", echo=False, progress=False)
+    out = search(_spec(prepared, ["baseline"], out=tmp_path / "study", isolate=True))
     res = json.loads((out / "results.json").read_text())
     (row,) = res["trials"]
     assert row["status"] == "finished", row
@@ -163,9 +169,9 @@ def test_killed_sweep_resumes_and_runs_each_grid_point_exactly_once(
     assert "running" in before.values()  # the trial the kill interrupted
 
     # the same study, resumed (here in-process; `shoestring search` with the same arguments)
-    spec = _spec(prepared, ["baseline", "rope_only"], seeds=2)
+    spec = _spec(prepared, ["baseline", "rope_only"], seeds=2, out=study, heartbeat=1)
     spec.overrides += longer
-    search(spec, study, heartbeat=1, isolate=False, echo=False, progress=False)
+    search(spec)
     points = _finished_points(study)
     assert len(points) == 4 and set(points.values()) == {1}, points
     after = _run_dirs(study)
@@ -182,10 +188,10 @@ def test_two_workers_share_a_sqlite_study_without_duplicate_points(
 ) -> None:
     # trials of 200 steps (1-2 s each), so that the second worker - a spawned process
     # that takes seconds to import torch - starts before the first has done them all
-    spec = _spec(prepared, ["baseline", "rope_only"], seeds=3)
+    spec = _spec(prepared, ["baseline", "rope_only"], seeds=3, out=tmp_path / "study",
+                 workers=2, threads=1, heartbeat=2)  # fmt: skip
     spec.overrides += ["train.max_steps=200", "train.eval_every=200"]
-    out = search(spec, tmp_path / "study", workers=2, threads=1, heartbeat=2, isolate=False,
-                 echo=False, progress=False)  # fmt: skip
+    out = search(spec)
     points = _finished_points(out)
     assert len(points) == 6 and set(points.values()) == {1}, points
     assert sum(v == "finished" for v in _run_dirs(out).values()) == 6
@@ -218,9 +224,9 @@ def test_tpe_over_a_range_runs_its_budget_with_median_pruning(
     prepared: Path, tmp_path: Path
 ) -> None:
     spec = _spec(prepared, ["baseline"], sampler="tpe", trials=5, prune="median",
-                 ranges=[parse_range("train.lr=1e-4:1e-2:log")])  # fmt: skip
+                 ranges=["train.lr=1e-4:1e-2:log"], out=tmp_path / "tpe")  # fmt: skip
     spec.overrides += ["train.max_steps=4", "train.eval_every=2"]
-    out = search(spec, tmp_path / "tpe", isolate=False, echo=False, progress=False)
+    out = search(spec)
     rows = json.loads((out / "results.json").read_text())["trials"]
     assert len(rows) == 5
     lrs = [r["extra_params"]["train.lr"] for r in rows]
@@ -229,6 +235,43 @@ def test_tpe_over_a_range_runs_its_budget_with_median_pruning(
     for r in rows:  # the config each trial trained with is the one TPE chose
         cfg = json.loads((Path(r["run_dir"]) / "config.json").read_text())
         assert cfg["train"]["lr"] == r["extra_params"]["train.lr"]
+
+
+def test_cli_config_layers_and_an_identity_free_of_placement(
+    prepared: Path, tmp_path: Path
+) -> None:
+    from shoestring.cli import build_parser
+    from shoestring.config import ConfigError
+    from shoestring.search.cli import search_cli_config
+
+    def cfg(*argv: str) -> SearchConfig:
+        return search_cli_config(build_parser().parse_args(["search", *argv]))
+
+    cfg_file = tmp_path / "search.yaml"
+    cfg_file.write_text("seeds: 2\nworkers: 3\noverrides: [train.max_steps=9]\n")
+    base = ["--variants", "baseline,rope_only", "--data", str(prepared), "--config", str(cfg_file)]
+    base += [a for o in TINY for a in ("--set", o)]
+    c = cfg("--sizes", "all", *base, "--choice", "model.n_layers=2,4", "--sampler", "tpe",
+            "--trials", "3", "--range", "train.lr=1e-4:1e-3:log", "--no-isolate", "-q",
+            "--out", str(tmp_path / "s"), "--set", "workers=2")  # fmt: skip
+    assert c.sizes == ["tiny", "small", "medium", "large"]  # 'all' = the four sizes, in order
+    assert c.variants == ["baseline", "rope_only"]
+    assert c.seeds == 2 and c.workers == 2  # the file, then --set over it
+    assert c.overrides == ["train.max_steps=9", *TINY]  # the file's, then every --set of train.*
+    assert c.choices == {"model.n_layers": [2, 4]} and c.ranges[0]["kind"] == "log"
+    assert not c.isolate and c.output.quiet and c.study_dir() == tmp_path / "s"
+    assert c.data == str(prepared.resolve())
+    # the study is the spec alone: placement, quiet and how this process works are not in it
+    other = cfg("--sizes", "all", *base, "--choice", "model.n_layers=2,4", "--sampler", "tpe",
+                "--trials", "3", "--range", "train.lr=1e-4:1e-3:log", "--threads", "1",
+                "--storage", "sqlite:///x.db", "--out", "elsewhere", "--name", "n")  # fmt: skip
+    assert other.identity() == c.identity() and other.study_dir() == Path("elsewhere/n")
+    assert "output" not in c.to_json() and "workers" not in c.to_json()
+    assert cfg("--join", str(tmp_path)).study_dir() == tmp_path  # a worker's default directory
+    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
+        cfg("--sizes", "tiny", *base, "--set", "seed=2")
+    with pytest.raises(UserError, match="say what to search"):
+        cfg("--data", str(prepared))
 
 
 def test_resume_with_a_different_grid_is_refused(prepared: Path, tmp_path: Path) -> None:
@@ -309,22 +352,23 @@ def postgres_url():
 def test_postgresql_storage_with_a_joining_worker(
     prepared: Path, tmp_path: Path, postgres_url: str
 ) -> None:
-    spec = _spec(prepared, ["baseline", "rope_only"])
+    spec = _spec(prepared, ["baseline", "rope_only"], out=tmp_path / "a", storage=postgres_url,
+                 study_name="pg", max_trials=1)  # fmt: skip
     # the first process stops after one trial (as if its machine went away) ...
-    search(spec, tmp_path / "a", storage=postgres_url, study_name="pg", isolate=False,
-           echo=False, progress=False, max_trials=1)  # fmt: skip
+    search(spec)
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["trials_done"] == 1
     assert summary["storage"].startswith("postgresql://")
     # ... and a worker on "another machine" joins by name and finishes the study
-    ran = join("pg", storage=postgres_url, out=tmp_path / "b", isolate=False, echo=False,
-               progress=False)  # fmt: skip
+    worker = SearchConfig(join="pg", storage=postgres_url, isolate=False,
+                          output=StudyOutput(dir=str(tmp_path / "b"), quiet=True))  # fmt: skip
+    ran = join(worker.check())
     assert ran == 1
     points = _finished_points(tmp_path, name="pg", url=postgres_url)
     assert len(points) == 2 and set(points.values()) == {1}
     # results come from the storage, so they include the trial run on the other machine
-    search(spec, tmp_path / "a", storage=postgres_url, study_name="pg", isolate=False,
-           echo=False, progress=False)  # fmt: skip
+    spec.max_trials = 0
+    search(spec)
     rows = json.loads((tmp_path / "a" / "results.json").read_text())["trials"]
     assert sorted(r["variant"] for r in rows) == ["baseline", "rope_only"]
     assert any("/b/trials/" in r["run_dir"] for r in rows)

@@ -120,6 +120,20 @@ def layered_config(
     return cfg
 
 
+def split_overrides(texts: Iterable[str], sections: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``KEY=VALUE`` texts split into (the others, those whose key lies under ``sections``).
+
+    For a command whose config carries overrides of the training runs it makes (``analyze``,
+    ``search``): one ``--set`` takes both its own keys and ``train.lr=...`` for every run.
+    """
+    inner = set(sections)
+    own, passed_on = [], []
+    for text in texts:
+        section, dot, _ = parse_override(text)[0].partition(".")
+        (passed_on if dot and section in inner else own).append(text)
+    return own, passed_on
+
+
 def config_from_args(
     cfg: C,
     args: argparse.Namespace,

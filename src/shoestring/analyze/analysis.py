@@ -4,21 +4,21 @@ For every configuration (and sweep point) it builds the row of :mod:`shoestring.
 attaches the host's measured peak, projections and time to train, and writes
 ``analysis.json`` (``{"host": probe, "configs": [rows], "speed_ratios": ...}``),
 ``throughput_vs_flops.png``, ``report.md`` (through the one report system,
-:func:`shoestring.report.compare.write_run_report`) and the usual
+the run lifecycle's finalizers) and the usual
 ``config.json``/``summary.json``/``metrics.jsonl``/``log.txt``. The run's status, monitor and
 SIGTERM handling are :class:`~shoestring.rundir.lifecycle.RunLifecycle`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
+from shoestring.analyze.config import AnalysisConfig
 from shoestring.analyze.plot import plot_throughput
 from shoestring.analyze.probe import load_probe, read_cache_sizes
 from shoestring.analyze.row import (
@@ -31,7 +31,6 @@ from shoestring.analyze.row import (
     speed_ratios,
 )
 from shoestring.analyze.spec import (
-    AnalysisSpec,
     SweepPoint,
     expand_sweep,
     parse_sweep,
@@ -39,7 +38,7 @@ from shoestring.analyze.spec import (
     training_tokens,
 )
 from shoestring.config import to_dict
-from shoestring.report.compare import write_run_report
+from shoestring.report.finalize import command_finalizers
 from shoestring.rundir.directory import RunDir, atomic_write_json, unique_run_dir
 from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.util.progress import progress_bar
@@ -64,48 +63,41 @@ def _host_busy_percent() -> float:
     return float(psutil.cpu_percent(interval=0.5))
 
 
-def run(
-    spec: AnalysisSpec,
-    out: str | Path = "runs",
-    name: str | None = None,
-    echo: bool = True,
-    progress: bool = True,
-) -> Path:
-    """Analyse every target (and sweep point), write the run directory, return its path."""
-    targets = resolve_targets(spec.targets, spec.overrides)
-    points = expand_sweep(targets, parse_sweep(spec.sweep))
-    path = unique_run_dir(out, name or "analysis")
-    rd = RunDir(path, "analysis", echo=echo)
+def run(cfg: AnalysisConfig) -> Path:
+    """Analyse every target (and sweep point), write the run directory, return its path.
+
+    The directory is ``cfg.output.dir``/``cfg.output.name`` (``analysis`` by default), made
+    unique; ``cfg.output.quiet`` keeps the log lines and the progress bar off stderr.
+    """
+    cfg.check()
+    targets = resolve_targets(cfg.targets, cfg.overrides)
+    points = expand_sweep(targets, parse_sweep(cfg.sweep))
+    path = unique_run_dir(cfg.output.dir, cfg.output.name or "analysis")
+    rd = RunDir(path, "analysis", echo=not cfg.output.quiet)
     config = {
-        **asdict(spec),
+        **cfg.run_dict(),
         "configs": [
             {"label": lb, "source": src, "sweep": pt, "config": to_dict(c)}
             for lb, src, c, pt, _ in points
         ],
     }
     life = RunLifecycle(
-        rd, config=config, start_fields={"run_name": path.name, "n_configs": len(points)}
+        rd,
+        config=config,
+        start_fields={"run_name": path.name, "n_configs": len(points)},
+        # report.md reads the final summary.json; an analysis that stopped early gets one too,
+        # for the rows it has (a failing report is a warning, never the run's own error)
+        finalizers=command_finalizers(),
     )
-    try:
-        with life:
-            _analyze(points, spec, rd, life, progress)
-    except BaseException:
-        # an analysis that stopped early still gets a report for the rows it has; best effort,
-        # so a report error never hides the run's own
-        with contextlib.suppress(Exception):
-            write_run_report(path)
-        raise
-    # report.md reads the final summary.json, so it is written after the lifecycle's exit
-    write_run_report(path)
+    with life:
+        _analyze(points, cfg, rd, life)
     return path
 
 
-def _analyze(
-    points: list[SweepPoint], spec: AnalysisSpec, rd: RunDir, life: RunLifecycle, progress: bool
-) -> None:
+def _analyze(points: list[SweepPoint], cfg: AnalysisConfig, rd: RunDir, life: RunLifecycle) -> None:
     """The lifecycle's body: measure every point, then write analysis.json and the plot."""
-    tokens, token_source = training_tokens(spec)
-    busy = _host_busy_percent() if spec.measure else None
+    tokens, token_source = training_tokens(cfg)
+    busy = _host_busy_percent() if cfg.measure else None
     if busy is not None and busy > BUSY_WARN_PERCENT:
         rd.log(
             f"warning: the host was {busy:.0f}% busy before measuring (other processes); "
@@ -116,18 +108,18 @@ def _analyze(
         f"analysing {len(points)} configuration(s); caches ({caches['source']}): "
         + ", ".join(f"{k} {caches[k] // 1024} KiB" for k in ("L1d", "L2", "L3") if caches.get(k))
     )
-    total_steps = len(points) * (spec.settings.warmup + spec.settings.steps) if spec.measure else 0
+    total_steps = len(points) * (cfg.settings.warmup + cfg.settings.steps) if cfg.measure else 0
     bar = progress_bar(
         total=total_steps or len(points),
         desc="analyze",
-        unit="step" if spec.measure else "config",
-        disable=not progress,
+        unit="step" if cfg.measure else "config",
+        disable=cfg.output.quiet,
         leave=False,
     )
     state = _Progress()
     try:
         for point in points:
-            state.rows.append(_analyze_point(point, spec, rd, caches, bar, state))
+            state.rows.append(_analyze_point(point, cfg, rd, caches, bar, state))
             attach_time_to_train(state.rows[-1], tokens, token_source)
     except KeyboardInterrupt:
         life.set_status("interrupted", "interrupted by the user; the rows so far are written")
@@ -140,7 +132,7 @@ def _analyze(
 
 def _analyze_point(
     point: SweepPoint,
-    spec: AnalysisSpec,
+    asked: AnalysisConfig,
     rd: RunDir,
     caches: dict[str, Any],
     bar: Any,
@@ -154,11 +146,11 @@ def _analyze_point(
         bar.update(1)
         rd.metric({"config": label, "phase": phase, "step": i, "seconds": round(dt, 4)})
 
-    row = analyze_config(label, cfg, caches, spec, on_step=on_step)
+    row = analyze_config(label, cfg, caches, asked, on_step=on_step)
     row["source"] = source
     row["sweep"] = sweep or None
     row["base_label"] = base_label
-    if spec.measure:
+    if asked.measure:
         # the matmul peak depends on the thread count: probe (or read the cache) once per count
         threads = row["measured"]["runtime"]["threads"]
         if threads not in state.probes:
@@ -166,15 +158,15 @@ def _analyze_point(
             state.probes[threads] = load_probe(
                 measure_if_missing=True,
                 device=row["measured"]["runtime"]["device"],
-                quick=spec.quick,
+                quick=asked.quick,
             )
         attach_host(row, state.probes[threads])
         state.host_probe = state.host_probe or state.probes[threads]
         # a config that stopped timing early (--seconds) still moves the bar to its end
-        bar.update(max(0, spec.settings.steps - row["measured"]["timed_steps"]))
+        bar.update(max(0, asked.settings.steps - row["measured"]["timed_steps"]))
     else:
         bar.update(1)
-    attach_projection(row, spec)
+    attach_projection(row, asked)
     rd.metric(
         {
             "config": label,

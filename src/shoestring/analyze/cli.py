@@ -2,9 +2,12 @@
 
 ``analyze [TARGET ...]`` (presets, ``preset+variant``, config files or run directories; default:
 the four CPU-cache-study presets) prints one summary table and writes an ``analysis`` run
-directory (:func:`shoestring.analyze.analysis.run`). ``analyze --probe`` measures and caches the
-host facts other commands use for MFU. This module imports no torch, so ``shoestring --help``
-stays fast; the handler imports the measuring code when it runs.
+directory. The handler builds an :class:`~shoestring.analyze.config.AnalysisConfig` (defaults <
+``--quick`` < ``--config FILE`` < the shortcut flags < ``--set key=value``; every flag but
+``--json`` and ``--probe`` is a ``--set`` in disguise) and calls
+:func:`shoestring.analyze.analysis.run`. ``analyze --probe`` measures and caches the host facts
+other commands use for MFU. This module imports no torch, so ``shoestring --help`` stays fast;
+the handler imports the measuring code when it runs.
 """
 
 from __future__ import annotations
@@ -13,20 +16,45 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
-from shoestring.analyze.spec import (
+from shoestring.analyze.config import (
     CACHE_STUDY_PRESETS,
-    AnalysisSpec,
-    MeasureSettings,
-    expand_sweep,
-    parse_sweep,
-    resolve_targets,
+    RUN_SECTIONS,
+    AnalysisConfig,
+    analysis_config,
 )
-from shoestring.cli_options import add_quiet_option, add_set_option
+from shoestring.analyze.spec import expand_sweep, parse_sweep, resolve_targets
+from shoestring.cli_options import (
+    OUTPUT_SHORTCUTS,
+    add_config_options,
+    add_output_options,
+    print_config_keys,
+    shortcut_overrides,
+)
 from shoestring.errors import UserError
 from shoestring.rundir.directory import read_json
 
-__all__ = ["add_cli", "parse_count", "run_cli"]
+__all__ = ["SHORTCUT_FLAGS", "add_cli", "analysis_cli_config", "parse_count", "run_cli"]
+
+# (argparse destination, config key) of the flags that are shortcuts for --set; a key under a
+# training-config section (train.device ...) becomes an override of every target
+SHORTCUT_FLAGS = (
+    ("targets", "targets"),
+    ("sweep", "sweep"),
+    ("projected", "projected"),
+    ("tokens", "tokens"),
+    ("data", "data"),
+    ("epochs", "epochs"),
+    ("measure", "measure"),
+    ("warmup", "settings.warmup"),
+    ("steps", "settings.steps"),
+    ("seconds", "settings.seconds"),
+    ("device", "train.device"),
+    ("dtype", "train.dtype"),
+    ("threads", "train.threads"),
+    *OUTPUT_SHORTCUTS,
+)
 
 
 def parse_count(text: str) -> float:
@@ -56,6 +84,7 @@ def _parse_projected(items: list[str]) -> dict[str, float]:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``analyze`` on the top-level parser."""
     p = sub.add_parser(
         "analyze",
         help="parameters, FLOPs, memory, cache fit and measured speed of configs on this host",
@@ -64,14 +93,20 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "measure its training throughput, GFLOP/s and MFU here. TARGETs are presets, "
         "PRESET+VARIANT, config files or run directories; default: "
         + ", ".join(CACHE_STUDY_PRESETS)
-        + ".",
+        + ". Config layers: defaults < --quick < --config FILE < the flags below < --set "
+        "key=value; a --set of model.*, train.*, data.* or hybrid.* applies to every target.",
     )
-    p.add_argument("targets", nargs="*", metavar="TARGET", help="what to analyse")
-    add_set_option(p, "train.threads=1")
+    # Every shortcut defaults to None: only a flag that was given overrides the layers below.
+    p.add_argument(
+        "targets",
+        nargs="*",
+        default=argparse.SUPPRESS,  # absent rather than [], so the default targets stand
+        metavar="TARGET",
+        help="what to analyse",
+    )
     p.add_argument(
         "--sweep",
         action="append",
-        default=[],
         metavar="KEY=V1,V2,...",
         help="measure across values of one or two fields (repeat the flag for two), e.g. "
         "--sweep train.batch_size=8,16,32 --sweep train.threads=1,2; prints the best",
@@ -79,13 +114,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--projected",
         action="append",
-        default=[],
         metavar="CONFIG=TOKENS_PER_S",
         help="a projected throughput to set against the measurement (repeatable)",
     )
     p.add_argument("--tokens", help="estimate time to train on this many tokens (e.g. 300M)")
     p.add_argument("--data", help="estimate time to train on a prepared dataset (its train split)")
-    p.add_argument("--epochs", type=float, default=1.0, help="epochs of --data (default 1)")
+    p.add_argument("--epochs", type=float, help="epochs of --data (default 1)")
     p.add_argument("--device", help="same as --set train.device=...")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), help="same as --set train.dtype=")
     p.add_argument("--threads", type=int, help="same as --set train.threads=N")
@@ -94,15 +128,20 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seconds", type=float, help="stop timing a config after this long, >= 3 steps (15)"
     )
-    p.add_argument("--no-measure", action="store_true", help="formulas and counts only, no timing")
+    p.add_argument(
+        "--no-measure",
+        dest="measure",
+        action="store_false",
+        default=None,
+        help="formulas and counts only, no timing",
+    )
     p.add_argument("--quick", action="store_true", help="short measurement and probe (tests)")
     p.add_argument(
         "--probe", action="store_true", help="measure and cache this host's facts, then exit"
     )
-    p.add_argument("--out", default="runs", help="parent directory of the analysis directory")
-    p.add_argument("--name", help="analysis directory name (default: analysis)")
     p.add_argument("--json", action="store_true", help="print analysis.json instead of the table")
-    add_quiet_option(p)
+    add_config_options(p, "train.threads=1")
+    add_output_options(p, "analysis")
     p.set_defaults(func=run_cli)
 
 
@@ -157,70 +196,66 @@ def _run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def analysis_cli_config(args: argparse.Namespace) -> AnalysisConfig:
+    """The checked AnalysisConfig the flags describe: defaults < --quick < --config < the
+    shortcut flags < --set (``--tokens 300M`` and ``--projected A=N`` read into numbers first)."""
+    shortcuts = argparse.Namespace(**vars(args))
+    if args.tokens is not None:
+        shortcuts.tokens = parse_count(args.tokens)
+    if args.projected is not None:
+        shortcuts.projected = _parse_projected(args.projected)
+    overrides = shortcut_overrides(shortcuts, SHORTCUT_FLAGS) + list(args.overrides)
+    return analysis_config(quick=args.quick, config_file=args.config, overrides=overrides)
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """The ``analyze`` handler: build an :class:`AnalysisSpec` from the flags, run it, print."""
+    """The ``analyze`` handler: build the config, run it, print the table and the run
+    directory (analysis.json alone with --json); 130 after Ctrl-C."""
+    if args.help_config:
+        print_config_keys(AnalysisConfig())
+        sections = ", ".join(f"{s}.*" for s in RUN_SECTIONS)
+        print(f"{sections}: training-config keys (as for train), applied to every target")
+        return 0
     if args.probe:
         return _run_probe(args)
-    settings = MeasureSettings.quick() if args.quick else MeasureSettings()
-    for flag in ("warmup", "steps", "seconds"):
-        value = getattr(args, flag)
-        if value is not None:
-            if value < 0 or (flag == "steps" and value < 1):
-                raise UserError(f"--{flag} {value} is out of range; use a positive number")
-            setattr(settings, flag, value)
-    settings.min_steps = min(settings.min_steps, settings.steps)
-    overrides = []
-    for flag, key in (
-        ("device", "train.device"),
-        ("dtype", "train.dtype"),
-        ("threads", "train.threads"),
-    ):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    spec = AnalysisSpec(
-        targets=list(args.targets) or list(CACHE_STUDY_PRESETS),
-        overrides=overrides + list(args.overrides),
-        sweep=list(args.sweep),
-        projected=_parse_projected(args.projected),
-        tokens=parse_count(args.tokens) if args.tokens else None,
-        data=args.data,
-        epochs=args.epochs,
-        measure=not args.no_measure,
-        quick=args.quick,
-        settings=settings,
-    )
+    cfg = analysis_cli_config(args)
     # a bad target, --set or --sweep is reported before torch is imported (within a second)
-    expand_sweep(resolve_targets(spec.targets, spec.overrides), parse_sweep(spec.sweep))
+    expand_sweep(resolve_targets(cfg.targets, cfg.overrides), parse_sweep(cfg.sweep))
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.analyze.analysis import run
 
     try:
-        path = run(spec, out=args.out, name=args.name, echo=not args.quiet, progress=not args.quiet)
+        path = run(cfg)
     except KeyboardInterrupt:
         return 130
-    analysis = read_json(path / "analysis.json")
     if args.json:
-        print(json.dumps(analysis, indent=2))
+        print(json.dumps(read_json(path / "analysis.json"), indent=2))
     else:
-        # deferred: the report sections load matplotlib; shoestring --help must not
-        from shoestring.analyze.table import host_line, summary_table
-
-        print(host_line(analysis["host"]))
-        print(summary_table(analysis["configs"]))
-        for row in analysis["configs"]:
-            for flag in ("peak_flag", "mfu_flag"):
-                if row.get(flag):
-                    print(f"warning: {row['label']}: {row[flag]}", file=sys.stderr)
-            if not row["flops"]["within_tolerance"]:
-                print(
-                    f"warning: {row['label']}: analytic FLOPs differ from the counted ones by "
-                    f"{row['flops']['train_rel_error']:+.2%} (tolerance "
-                    f"{row['flops']['tolerance']:.0%})",
-                    file=sys.stderr,
-                )
-        summary = read_json(path / "summary.json")
-        if summary.get("best") and spec.sweep:
-            for base, b in summary["best"].items():
-                print(f"best for {base}: {b['sweep']} at {b['tokens_per_second']:,.0f} tokens/s")
+        _print_results(path, swept=bool(cfg.sweep))
         print(path)
     return 0
+
+
+def _print_results(path: Path, swept: bool) -> None:
+    """The summary table, the warnings its rows carry and, for a sweep, the best settings."""
+    analysis = read_json(path / "analysis.json")
+    # deferred: the report sections load matplotlib; shoestring --help must not
+    from shoestring.analyze.table import host_line, summary_table
+
+    print(host_line(analysis["host"]))
+    print(summary_table(analysis["configs"]))
+    for row in analysis["configs"]:
+        for flag in ("peak_flag", "mfu_flag"):
+            if row.get(flag):
+                print(f"warning: {row['label']}: {row[flag]}", file=sys.stderr)
+        if not row["flops"]["within_tolerance"]:
+            print(
+                f"warning: {row['label']}: analytic FLOPs differ from the counted ones by "
+                f"{row['flops']['train_rel_error']:+.2%} (tolerance "
+                f"{row['flops']['tolerance']:.0%})",
+                file=sys.stderr,
+            )
+    summary = read_json(path / "summary.json")
+    if summary.get("best") and swept:
+        for base, b in summary["best"].items():
+            print(f"best for {base}: {b['sweep']} at {b['tokens_per_second']:,.0f} tokens/s")

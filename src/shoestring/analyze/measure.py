@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from shoestring.analyze.config import MeasureSettings
 from shoestring.analyze.count import build_model, saved_bytes
-from shoestring.analyze.spec import MeasureSettings
 from shoestring.errors import UserError
 from shoestring.run_config import RunConfig
 from shoestring.runtime import Runtime, setup_runtime

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from shoestring.analyze import cost
+from shoestring.analyze.config import AnalysisConfig
 from shoestring.analyze.count import build_model, count_flops_per_token
 from shoestring.analyze.measure import measure_training
 from shoestring.analyze.probe import matmul_peak_for
-from shoestring.analyze.spec import AnalysisSpec, preset_projection
+from shoestring.analyze.spec import preset_projection
 from shoestring.config import to_dict
 from shoestring.models.param_count import num_parameters_breakdown
 from shoestring.run_config import RunConfig
@@ -47,10 +48,10 @@ def analyze_config(
     label: str,
     cfg: RunConfig,
     caches: dict[str, Any],
-    spec: AnalysisSpec,
+    asked: AnalysisConfig,
     on_step: Callable[[str, int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """One row of analysis.json: static costs always, measured speed when ``spec.measure``."""
+    """One row of analysis.json: static costs always, measured speed when ``asked.measure``."""
     m, t = cfg.model, cfg.train
     params = cost.param_counts(m)
     analytic = cost.flops_per_token(m, t.seq_len)
@@ -97,8 +98,8 @@ def analyze_config(
         "peak_gflops": None,
         "mfu": None,
     }
-    if spec.measure:
-        meas = measure_training(cfg, spec.settings, on_step=on_step)
+    if asked.measure:
+        meas = measure_training(cfg, asked.settings, on_step=on_step)
         row["measured"] = meas
         row["tokens_per_second"] = meas["tokens_per_second"]
         row["achieved_gflops"] = meas["tokens_per_second"] * counted["train"] / 1e9
@@ -141,13 +142,13 @@ def attach_host(row: dict[str, Any], probe: dict[str, Any] | None) -> None:
         )
 
 
-def attach_projection(row: dict[str, Any], spec: AnalysisSpec) -> None:
+def attach_projection(row: dict[str, Any], asked: AnalysisConfig) -> None:
     """A projected tokens/s (``--projected``, else the preset's notes) against the measured."""
-    proj = spec.projected.get(row["label"], spec.projected.get(row.get("base_label", "")))
+    proj = asked.projected.get(row["label"], asked.projected.get(row.get("base_label", "")))
     source = "--projected"
     if proj is None and row.get("preset"):
         base = row["preset"] + (f"+{row['variant']}" if row.get("variant") else "")
-        proj = spec.projected.get(base)
+        proj = asked.projected.get(base)
         if proj is None:
             proj = preset_projection(row["preset"])
             source = "preset notes"

@@ -1,8 +1,9 @@
-"""What one ``analyze`` call is asked: targets, overrides, sweep grid, projections, timing.
+"""Reading an ``analyze`` request: targets to training configs, the sweep grid, the token count.
 
-Kept apart from the measuring code so that reading a request - the CLI's defaults, resolving
-targets to configs, expanding a sweep - never imports torch. Everything here turns user input
-into validated :class:`~shoestring.run_config.RunConfig` objects or raises a
+Kept apart from the measuring code so that reading a request - resolving targets to configs,
+expanding a sweep - never imports torch, and a bad target fails before a model is built.
+Everything here turns an :class:`~shoestring.analyze.config.AnalysisConfig` into validated
+:class:`~shoestring.run_config.RunConfig` objects or raises a
 :class:`~shoestring.errors.UserError` that says what to type instead.
 """
 
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from shoestring.analyze.config import AnalysisConfig
 from shoestring.config import (
     ConfigError,
     apply_dict,
@@ -27,9 +28,6 @@ from shoestring.errors import UserError
 from shoestring.run_config import RunConfig, build_run_config, list_presets
 
 __all__ = [
-    "CACHE_STUDY_PRESETS",
-    "AnalysisSpec",
-    "MeasureSettings",
     "SweepPoint",
     "expand_sweep",
     "parse_sweep",
@@ -38,48 +36,10 @@ __all__ = [
     "training_tokens",
 ]
 
-#: The four configurations of the CPU-cache study this project grew from (the default).
-CACHE_STUDY_PRESETS = (
-    "autoregressive_fast",
-    "wiki_cache_optimized",
-    "wiki_gpu_optimized",
-    "wiki_performance_tuned",
-)
 MAX_SWEEP_FIELDS = 2
 
 #: (label, source, config, sweep point, base label): one configuration to analyse.
 SweepPoint = tuple[str, str, RunConfig, dict[str, Any], str]
-
-
-@dataclass
-class MeasureSettings:
-    """How long to measure: ``warmup`` steps, then up to ``steps`` timed steps, stopping early
-    (after at least ``min_steps``) once ``seconds`` of timed steps have passed."""
-
-    warmup: int = 2
-    steps: int = 5
-    min_steps: int = 3
-    seconds: float = 15.0
-
-    @classmethod
-    def quick(cls) -> MeasureSettings:
-        return cls(warmup=1, steps=2, min_steps=2, seconds=2.0)
-
-
-@dataclass
-class AnalysisSpec:
-    """Everything one ``analyze`` call was asked (written to config.json)."""
-
-    targets: list[str] = field(default_factory=lambda: list(CACHE_STUDY_PRESETS))
-    overrides: list[str] = field(default_factory=list)
-    sweep: list[str] = field(default_factory=list)
-    projected: dict[str, float] = field(default_factory=dict)
-    tokens: float | None = None
-    data: str | None = None
-    epochs: float = 1.0
-    measure: bool = True
-    quick: bool = False
-    settings: MeasureSettings = field(default_factory=MeasureSettings)
 
 
 def preset_projection(name: str) -> float | None:
@@ -180,18 +140,18 @@ def expand_sweep(
     return out
 
 
-def training_tokens(spec: AnalysisSpec) -> tuple[float | None, str | None]:
+def training_tokens(cfg: AnalysisConfig) -> tuple[float | None, str | None]:
     """The token count a time-to-train estimate is for, and where it came from."""
-    if spec.tokens:
-        return float(spec.tokens), "--tokens"
-    if spec.data:
-        meta = Path(spec.data) / "meta.json"
+    if cfg.tokens:
+        return float(cfg.tokens), "--tokens"
+    if cfg.data:
+        meta = Path(cfg.data) / "meta.json"
         if not meta.is_file():
             raise UserError(
-                f"--data {spec.data} has no meta.json; give a directory made by "
+                f"--data {cfg.data} has no meta.json; give a directory made by "
                 "`shoestring prepare`, or pass --tokens N"
             )
         info = json.loads(meta.read_text(encoding="utf-8"))
-        n = float(info["train_tokens"]) * spec.epochs
-        return n, f"{spec.data} ({info['train_tokens']:,} train tokens x {spec.epochs:g} epochs)"
+        n = float(info["train_tokens"]) * cfg.epochs
+        return n, f"{cfg.data} ({info['train_tokens']:,} train tokens x {cfg.epochs:g} epochs)"
     return None, None

@@ -1,6 +1,6 @@
 """One attempt of a trial: ``train`` in a fresh child process, described as a plain dict.
 
-Each trial attempt runs :func:`shoestring.train.entry.train` in a fresh child process (spawned,
+Each trial attempt runs :func:`shoestring.train.run.run` in a fresh child process (spawned,
 not forked) by default. That costs a few seconds of imports per trial and buys three things a
 sweep needs: the peak memory a trial reports is its own (a long-lived worker's resident set only
 ever grows, so later trials would inherit the peaks of earlier ones); a segfault or the kernel's
@@ -32,8 +32,10 @@ from shoestring.models.gpt import ShoestringGPTForCausalLM
 from shoestring.run_config import RunConfig
 from shoestring.search.storage import open_storage, pruner_for
 from shoestring.train.batches import validation_batches
-from shoestring.train.entry import train
-from shoestring.train.trainer import StopTraining, Trainer
+from shoestring.train.config import TrainJobConfig
+from shoestring.train.run import run as run_training
+from shoestring.train.step import Step
+from shoestring.train.trainer import StopTraining
 from shoestring.util.memory import is_oom_error
 
 __all__ = ["SIMULATE_OOM_ENV", "run_attempt", "run_isolated"]
@@ -56,16 +58,16 @@ def _oom_in_chain(exc: BaseException | None) -> bool:
 
 
 def _install_simulated_oom() -> None:
-    """Wrap ``Trainer.evaluate`` (once per process) to fail like an allocator when asked to."""
+    """Wrap ``Step.evaluate`` (once per process) to fail like an allocator when asked to."""
     if not os.environ.get(SIMULATE_OOM_ENV):
         return
-    if getattr(Trainer.evaluate, "_simulated_oom", False):
+    if getattr(Step.evaluate, "_simulated_oom", False):
         return
-    original = Trainer.evaluate
+    original = Step.evaluate
 
     def evaluate(self: Any) -> float:
         cap = os.environ.get(SIMULATE_OOM_ENV)  # read per call: tests change it
-        rows = max((x.shape[0] for x, _ in self.val_mine), default=0)
+        rows = max((x.shape[0] for x, _ in self.data.val_mine), default=0)
         if cap and rows > int(cap):
             raise RuntimeError(
                 f"DefaultCPUAllocator: can't allocate memory (simulated out of memory: "
@@ -74,7 +76,7 @@ def _install_simulated_oom() -> None:
         return original(self)
 
     evaluate._simulated_oom = True  # type: ignore[attr-defined]
-    Trainer.evaluate = evaluate  # type: ignore[method-assign]
+    Step.evaluate = evaluate  # type: ignore[method-assign]
 
 
 def _validation_accuracy(run: Path, cfg: RunConfig) -> float | None:
@@ -130,7 +132,8 @@ def run_attempt(job: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"run_dir": str(run), "status": "finished", "error": None, "oom": False}
     t0 = time.perf_counter()
     try:
-        train(cfg, out=run.parent, name=run.name, echo=False, progress=False, on_eval=on_eval)
+        placed = TrainJobConfig.of(cfg, out=run.parent, name=run.name, quiet=True)
+        run_training(placed, on_eval=on_eval)
     except StopTraining as exc:
         out.update(status="pruned", error=str(exc))
     except KeyboardInterrupt:

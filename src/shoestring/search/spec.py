@@ -7,18 +7,22 @@ and a resumed sweep can refuse to mix two different grids in one study.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from shoestring.config import ConfigError, parse_override, to_dict
+from shoestring.config import ConfigError, opt, parse_override, to_dict, validate
 from shoestring.run_config import RunConfig, build_run_config, list_presets, list_variants
 
 SIZES = ("tiny", "small", "medium", "large")
+SAMPLERS = ("grid", "tpe")
+PRUNERS = ("none", "median")
 SPEC_ATTR = "shoestring_spec"  # study user attribute holding the spec (StudySpec.to_json)
 
 
@@ -89,28 +93,34 @@ def parse_range(text: str) -> dict[str, Any]:
 
 @dataclass
 class StudySpec:
-    """Everything that defines the trials of a study (stored in the study, compared on resume)."""
+    """Everything that defines the trials of a study (stored in the study, compared on resume).
 
-    sizes: list[str]
-    variants: list[str]
-    seeds: int = 3
-    mode: str = "fast"
-    data: str = ""
-    overrides: list[str] = field(default_factory=list)
-    choices: dict[str, list[Any]] = field(default_factory=dict)
-    ranges: list[dict[str, Any]] = field(default_factory=list)
-    sampler: str = "grid"
-    trials: int = 0
-    prune: str = "none"
-    base_seed: int = 1337
-    oom_retries: int = 2
+    ``sizes`` and ``variants`` may be given as ``"a,b"`` or ``"all"`` (a flag's or a ``--set``'s
+    text) and ``ranges`` as ``KEY=LOW:HIGH[:log|:int]`` texts: :meth:`check` reads them into
+    lists and range descriptions, so the stored spec is always in that one form.
+    """
+
+    sizes: list[str] = opt([], "size presets (tiny, small, medium, large or any preset) or all")
+    variants: list[str] = opt([], "attention variants (presets/variants) or all")
+    seeds: int = opt(3, "seeds per configuration", min=1)
+    mode: str = opt("fast", "search mode preset: steps, batch and evaluation cadence")
+    data: str = opt("", "prepared data directory (from `shoestring prepare`)")
+    overrides: list[str] = opt([], "training-config overrides for every trial")
+    choices: dict[str, list[Any]] = opt({}, "extra grid dimensions: KEY -> values")
+    ranges: list[Any] = opt([], "ranges for sampler tpe: KEY=LOW:HIGH[:log|:int] texts")
+    sampler: str = opt("grid", "the full grid, or a TPE budget of `trials`", choices=SAMPLERS)
+    trials: int = opt(0, "trial budget of sampler tpe", min=0)
+    prune: str = opt("none", "median: stop trials the median pruner rejects", choices=PRUNERS)
+    base_seed: int = opt(1337, "base seed every trial seed derives from")
+    oom_retries: int = opt(2, "retries of an out-of-memory trial at half micro-batch", min=0)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec alone (what the study stores), also from a config that extends it."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(StudySpec)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StudySpec:
-        return cls(**data)
+        return StudySpec(**data)
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a resumed or joined sweep to be the same study."""
@@ -133,20 +143,29 @@ class StudySpec:
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.search_space().values())
 
-    def validate(self) -> None:
-        if self.sampler not in ("grid", "tpe"):
-            raise ConfigError(f"--sampler {self.sampler}: choose grid or tpe")
+    def check(self) -> StudySpec:
+        """Read the list texts, validate every field, and build every grid corner once, so a
+        bad ``--set`` or an impossible shape is reported before Optuna and torch load."""
+        validate(self)
+        presets = list_presets()
+        size_names = [s for s in SIZES if s in presets] + [p for p in presets if p not in SIZES]
+        if isinstance(self.sizes, str):
+            every = self.sizes.strip() == "all"
+            self.sizes = parse_list(self.sizes, size_names, "sizes")
+            if every:  # 'all' is the four sizes, in size order
+                self.sizes = [s for s in SIZES if s in self.sizes]
+        if isinstance(self.variants, str):
+            self.variants = parse_list(self.variants, list_variants(), "variants")
+        self.ranges = [parse_range(r) if isinstance(r, str) else r for r in self.ranges]
+        if self.data:  # absolute: trials run in other directories and other processes
+            self.data = str(Path(self.data).resolve())
         if self.sampler == "grid" and self.ranges:
             raise ConfigError(
                 "--range needs --sampler tpe (a grid needs discrete values: use --choice)"
             )
         if self.sampler == "tpe" and self.trials < 1:
             raise ConfigError("--sampler tpe needs a budget: --trials N (N >= 1)")
-        if self.seeds < 1:
-            raise ConfigError("--seeds must be at least 1")
-        if self.prune not in ("none", "median"):
-            raise ConfigError(f"--prune {self.prune}: choose none or median")
-        bad = [s for s in self.sizes if s not in list_presets()]
+        bad = [s for s in self.sizes if s not in presets]
         if bad:
             raise ConfigError(f"unknown size preset(s) {bad}; available: {', '.join(SIZES)}")
         bad = [v for v in self.variants if v not in list_variants()]
@@ -156,6 +175,7 @@ class StudySpec:
         for size in self.sizes:
             for variant in self.variants:
                 trial_config(self, {"size": size, "variant": variant, "seed": 0})
+        return self
 
 
 def derived_seed(base_seed: int, seed_index: int, config: dict[str, Any]) -> int:

@@ -1,29 +1,29 @@
-"""A study, start to finish: ``shoestring search``'s API (:func:`run`, :func:`join`).
+"""A study, start to finish: ``shoestring search``'s API, :func:`run` (and :func:`join`).
 
 The study directory holds the SQLite storage (by default), one ordinary ``train`` run directory
 per trial under ``trials/``, ``results.json``/``results.csv``, ``report.md`` (the one report
 system's sections for a study), the plots under ``plots/`` and a ``summary.json`` of kind
 ``study``, kept by :class:`~shoestring.rundir.lifecycle.RunLifecycle`. Running the same command
-again resumes the study; :func:`join` adds a worker (here or on another machine) to an existing
-study.
+again resumes the study; a config with ``join`` set adds a worker (here or on another machine)
+to an existing study instead - the one ``run(cfg)`` dispatches to :func:`join`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from shoestring.errors import UserError
-from shoestring.report.compare import write_run_report
+from shoestring.report.finalize import command_finalizers
 from shoestring.run_config import RunConfig
 from shoestring.rundir.directory import RunDir
 from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.runtime import physical_cores, resolve_device, resolve_dtype
+from shoestring.search.config import SearchConfig
 from shoestring.search.local_workers import spawn_workers, wait_workers
-from shoestring.search.location import DEFAULT_HEARTBEAT, redact, sqlite_url
+from shoestring.search.location import redact, sqlite_url
 from shoestring.search.plots import make_plots
 from shoestring.search.results import (
     format_success,
@@ -94,40 +94,53 @@ def default_threads(workers: int) -> int:
     return max(1, physical_cores() // max(1, workers))
 
 
-def run(
-    spec: StudySpec,
-    out: str | Path,
-    *,
-    storage: str | None = None,
-    study_name: str | None = None,
-    workers: int = 1,
-    threads: int = 0,
-    heartbeat: float = DEFAULT_HEARTBEAT,
-    isolate: bool = True,
-    echo: bool = True,
-    progress: bool = True,
-    max_trials: int = 0,
-) -> Path:
-    """Run (or resume) a study to completion and write its results; return the study dir."""
-    spec.validate()
-    _check_data(spec.data)
-    study_dir = Path(out)
+def run(cfg: SearchConfig) -> Path:
+    """Run (or resume) the study ``cfg`` describes to completion and write its results - or,
+    with ``cfg.join``, work on an existing study as one more worker; return the study
+    directory."""
+    cfg.check()
+    if cfg.join:
+        n = join(cfg)
+        if cfg.echo:
+            print(f"worker {cfg.worker_id}: ran {n} trial(s)")
+        return cfg.study_dir()
+    return _run_study(cfg)
+
+
+def _options(cfg: SearchConfig, study_dir: Path, threads: int) -> WorkerOptions:
+    """How this process runs trials: the parts of ``cfg`` that are no part of the study."""
+    return WorkerOptions(
+        trials_dir=study_dir / "trials",
+        threads=threads,
+        heartbeat=cfg.heartbeat,
+        isolate=cfg.isolate,
+        worker=cfg.worker_id,
+        echo=cfg.echo,
+        progress=cfg.progress_bars,
+        max_trials=cfg.max_trials,
+    )
+
+
+def _run_study(cfg: SearchConfig) -> Path:
+    """A new or resumed study, with this process as its first worker (or its N local ones)."""
+    _check_data(cfg.data)
+    study_dir = cfg.study_dir()
     study_dir.mkdir(parents=True, exist_ok=True)
-    url = storage or sqlite_url(study_dir)
-    name = study_name or study_dir.resolve().name
-    study, spec = open_study(url, name, spec, heartbeat)
-    threads = threads or default_threads(workers)
-    rundir = RunDir(study_dir, "study", echo=echo)
+    url = cfg.storage or sqlite_url(study_dir)
+    name = cfg.study_name or study_dir.resolve().name
+    study, spec = open_study(url, name, cfg, cfg.heartbeat)
+    threads = cfg.threads or default_threads(cfg.workers)
+    rundir = RunDir(study_dir, "study", echo=cfg.echo)
     life = RunLifecycle(
         rundir,
         config={
             "spec": spec.to_json(),
             "storage": redact(url),
             "study_name": name,
-            "workers": workers,
+            "workers": cfg.workers,
         },
         start_fields={
-            "runtime": _runtime(_first_config(spec), threads, workers),
+            "runtime": _runtime(_first_config(spec), threads, cfg.workers),
             "study_name": name,
             "storage": redact(url),
             "sampler": spec.sampler,
@@ -140,28 +153,21 @@ def run(
             "error": None,
         },
         close=False,  # the closing lines (success rate) still go to log.txt
+        finalizers=command_finalizers(),  # report.md from the final summary, however it ended
     )
     outcome: dict[str, Any] = {}
-    opts = WorkerOptions(
-        trials_dir=study_dir / "trials",
-        threads=threads,
-        heartbeat=heartbeat,
-        isolate=isolate,
-        echo=echo,
-        progress=progress,
-        max_trials=max_trials,
-    )
+    opts = _options(cfg, study_dir, threads)
     try:
         with life:
             rundir.log(
                 f"study '{name}' in {redact(url)}: {spec.sampler} over {spec.search_space()}, "
-                f"mode {spec.mode}, {workers} worker(s) x {threads} thread(s)"
+                f"mode {spec.mode}, {cfg.workers} worker(s) x {threads} thread(s)"
             )
             try:
-                if workers <= 1:
+                if cfg.workers <= 1:
                     work(study, spec, opts, url)
                 else:
-                    _run_local_workers(study, spec, study_dir, url, name, workers, opts, rundir)
+                    _run_local_workers(study, spec, study_dir, url, name, cfg.workers, opts, rundir)
             except KeyboardInterrupt:
                 life.set_status("interrupted", "interrupted; run the same command again to resume")
                 raise
@@ -178,10 +184,8 @@ def run(
                 # results are written however the workers ended: every finished trial counts
                 outcome.update(_write_outcome(study, spec, study_dir, rundir))
                 life.fields.update(outcome["fields"])
-    except BaseException:
-        _wrap_up(study_dir, rundir, outcome, echo, best_effort=True)
-        raise
-    _wrap_up(study_dir, rundir, outcome, echo, best_effort=False)
+    finally:
+        _wrap_up(rundir, outcome, cfg.echo)
     return study_dir
 
 
@@ -234,79 +238,40 @@ def _write_outcome(
     return {"summary": summary, "success": succ, "validation": val, "fields": fields}
 
 
-def _wrap_up(
-    study_dir: Path, rundir: RunDir, outcome: dict[str, Any], echo: bool, best_effort: bool
-) -> None:
-    """After the final summary: the table and success rate, report.md, the closing lines.
-
-    report.md is built from the final summary.json (the one report system's study section);
-    when the study failed it is best effort, so a report error never hides the study's own.
-    """
+def _wrap_up(rundir: RunDir, outcome: dict[str, Any], echo: bool) -> None:
+    """After the final summary and report.md (the lifecycle's finalizers): the table and
+    success rate, the closing lines."""
     if outcome and echo:
         print(format_table(outcome["summary"]), flush=True)
     if outcome:
         rundir.log(format_success(outcome["success"]))
     rundir.close()
-    if best_effort:
-        with contextlib.suppress(Exception):
-            write_run_report(study_dir)
-    else:
-        write_run_report(study_dir)
     if outcome and echo:
         val = outcome["validation"]
         print(
             f"validation: {val['val_sequences']} sequences, identical for all trials: "
             f"{val['identical_for_all_trials']}"
         )
-        print(f"study directory: {study_dir}")
 
 
-def join(
-    study: str,
-    *,
-    storage: str | None = None,
-    out: str | Path | None = None,
-    data: str | None = None,
-    threads: int = 0,
-    heartbeat: float = DEFAULT_HEARTBEAT,
-    isolate: bool = True,
-    worker: str = "w0",
-    echo: bool = True,
-    progress: bool = True,
-    max_trials: int = 0,
-) -> int:
-    """Work on an existing study until it is done; return the number of trials run here."""
-    if storage:
-        url, name = storage, study
-        study_dir = Path(out or study)
+def join(cfg: SearchConfig) -> int:
+    """Work on the existing study ``cfg.join`` until it is done; return the number of trials
+    run here. Its trials go under ``cfg.study_dir()``; its spec is the one the study stores."""
+    if cfg.storage:
+        url, name = cfg.storage, cfg.join
     else:
-        study_dir = Path(out or study)
-        if not (Path(study) / "study.db").is_file():
+        if not (Path(cfg.join) / "study.db").is_file():
             raise UserError(
-                f"{study} holds no study.db; give the study directory, or the study name with "
-                "--storage URL"
+                f"{cfg.join} holds no study.db; give the study directory, or the study name "
+                "with --storage URL"
             )
-        url = sqlite_url(study)
-        name = _only_study_name(url, study)
-    st, spec = open_study(url, name, None, heartbeat)
-    if data:
-        spec.data = data
+        url = sqlite_url(cfg.join)
+        name = cfg.study_name or _only_study_name(url, cfg.join)
+    st, spec = open_study(url, name, None, cfg.heartbeat)
+    if cfg.data:
+        spec.data = cfg.data
     _check_data(spec.data)
-    return work(
-        st,
-        spec,
-        WorkerOptions(
-            trials_dir=study_dir / "trials",
-            threads=threads or default_threads(1),
-            heartbeat=heartbeat,
-            isolate=isolate,
-            worker=worker,
-            echo=echo,
-            progress=progress,
-            max_trials=max_trials,
-        ),
-        url,
-    )
+    return work(st, spec, _options(cfg, cfg.study_dir(), cfg.threads or default_threads(1)), url)
 
 
 def _only_study_name(url: str, study: str) -> str:
