@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine and reports", ("engine", "report")),
     ("scoring", ("scoring",)),
     ("pretraining", ("train",)),
-    ("commands", ("analyze", "bench", "generate", "rl", "search", "quickstart")),
+    ("commands", ("analyze", "bench", "generate", "prepare", "rl", "search", "quickstart")),
     ("command line", ("cli", "__main__")),
 ]
 

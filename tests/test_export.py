@@ -113,6 +113,26 @@ def test_export_cli_refuses_non_llama_and_foreign_models(
     assert "not a shoestring GPT" in capsys.readouterr().err
 
 
+def test_export_cli_writes_the_directory_and_its_report(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flags are --set shortcuts; the model directory gets report.md with the check's
+    figure, and the path is the last line printed."""
+    src = _model_dir(tmp_path, tokenizer_dir, seed=2, **LLAMA_LIKE)
+    out = tmp_path / "llama"
+    assert main(["export", str(src), "--out", str(out), "--set", "to=llama"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == str(out) and printed[1].startswith("check: max |logit difference|")
+    diff = printed[1].rsplit("= ", 1)[1]
+    report = (out / "report.md").read_text()
+    assert f"on a fixed probe sequence = {diff}" in report and '"to": "llama"' in report
+    assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+    assert main(["export", str(src), "--out", str(out), "--to", "llama", "-q"]) == 2
+    assert "--overwrite" in capsys.readouterr().err  # the existing directory is kept
+    assert main(["export", str(src), "--out", str(out), "--set", "to=onnx"]) == 2
+    assert "llama or gguf" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- GGUF
 
 
@@ -125,8 +145,10 @@ def test_gguf_export_read_back_matches_logits(
 
     src = _model_dir(tmp_path, tokenizer_dir, **LLAMA_LIKE)
     out = tmp_path / "m.gguf"
-    rc = main(["export", str(src), "--to", "gguf", "--out", str(out), "--dtype", dtype])
+    rc = main(["export", str(src), "--to", "gguf", "--out", str(out), "--dtype", dtype, "-q"])
     assert rc == 0 and out.is_file()
+    report = (tmp_path / "m.gguf.report.md").read_text()  # beside the file
+    assert f"GGUF, {dtype}" in report and "max \\|logit difference\\| to the source" in report
     orig = ShoestringGPTForCausalLM.from_pretrained(src).eval()
     tok = AutoTokenizer.from_pretrained(src)
     ids = tok("Question: Sam has 12 apples and buys 7.", return_tensors="pt").input_ids

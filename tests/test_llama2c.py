@@ -119,6 +119,10 @@ def test_cli_prints_what_it_wrote(tmp_path: Path, shared_dir: Path, capsys) -> N
     assert "llama2.c v0: dim=64 hidden=172 layers=5 heads=8 kv_heads=4 vocab=512" in printed
     assert "model.safetensors" in printed and "tokenizer.json" in printed
     assert (out / "model.safetensors").is_file()
+    assert printed.splitlines()[-1] == str(out)  # the written directory, last
+    report = (out / "report.md").read_text()  # what was read and checked, inside the directory
+    assert "llama2.c v0" in report and "dim=64 hidden=172 layers=5" in report
+    assert "matches sentencepiece" in report
 
 
 # --- synthetic checkpoints against a reference llama2.c forward -------------------------------

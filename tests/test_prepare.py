@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from shoestring.data import cli as prepare_cli
+from shoestring.config import ConfigError
 from shoestring.data import synthetic
 from shoestring.data.documents import iter_documents
 from shoestring.data.input_report import InputReport
@@ -23,6 +23,7 @@ from shoestring.data.prepared import load_prepared
 from shoestring.data.shards import EOS_TOKEN, dtype_for
 from shoestring.data.text import run
 from shoestring.errors import UserError
+from shoestring.prepare import cli as prepare_cli
 
 VOCAB = 300
 
@@ -305,8 +306,34 @@ def test_cli_synthetic(tmp_path: Path) -> None:
     assert data.meta["train_documents"] == 36 and data.meta["val_documents"] == 4
     tok = Tokenizer.from_file(str(data.tokenizer_path))
     assert _shard_docs(data.val, data.eos_id, tok)[0].startswith("Question: ")
+    # the data directory is a run directory of kind prepare, with its own report.md
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["kind"] == "prepare" and summary["status"] == "finished"
+    assert summary["tokens"] == data.meta["train_tokens"] + data.meta["val_tokens"]
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["synthetic"] == 40
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "| documents train / val | 36 / 4 |" in report and "| input problems | 0" in report
     with pytest.raises(UserError, match="INPUT"):
         _cli(["prepare", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()  # refused before the directory was made
+
+
+def test_cli_config_layers(tmp_path: Path, capsys) -> None:
+    """--config FILE < the flags < --set, validated, with the nearest key suggested."""
+    cfg_file = tmp_path / "p.json"
+    cfg_file.write_text(json.dumps({"synthetic": 30, "vocab_size": 280, "seed": 3}))
+    out = str(tmp_path / "d")
+    argv = ["prepare", "--config", str(cfg_file), "--vocab-size", "290", "--out", out, "-q"]
+    assert _cli([*argv, "--set", "seed=4"]) == 0
+    assert capsys.readouterr().out.strip() == out  # quiet: the directory's path alone
+    meta = load_prepared(tmp_path / "d").meta
+    assert (meta["vocab_size_requested"], meta["seed"]) == (290, 4)
+    with pytest.raises(ConfigError, match="vocab_size"):
+        _cli(["prepare", "--synthetic", "30", "--out", out, "--set", "vocab_sise=300"])
+    with pytest.raises(ConfigError, match="257"):
+        _cli(["prepare", "--synthetic", "30", "--out", out, "--vocab-size", "200"])
+    assert _cli(["prepare", "--help-config"]) == 0
+    assert "on_decode_error" in capsys.readouterr().out
 
 
 @pytest.mark.shared

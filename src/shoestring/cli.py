@@ -24,7 +24,7 @@ from shoestring.failures import failure_message
 # command name -> module holding add_cli(); order is the order shown in --help
 COMMANDS: list[str] = [
     "shoestring.quickstart",
-    "shoestring.data.cli",
+    "shoestring.prepare.cli",
     "shoestring.train.cli",
     "shoestring.generate.cli",
     "shoestring.bench.cli",

@@ -11,12 +11,21 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoestring.cli_options import add_quiet_option
+from shoestring.cli_options import (
+    OUTPUT_SHORTCUTS,
+    OutputConfig,
+    add_config_options,
+    add_quiet_option,
+    config_from_args,
+    print_config_keys,
+)
+from shoestring.config import opt, validate
 from shoestring.data.answers import parse_gold
-from shoestring.errors import UserError
+from shoestring.prepare.config import PrepareConfig
 from shoestring.run_config import build_run_config
 from shoestring.rundir.directory import atomic_write_json
 from shoestring.scoring.protocols import Protocol, get_protocol
@@ -52,43 +61,77 @@ QUICKSTART_TRAIN = {
 }
 
 
+@dataclass
+class QuickstartConfig:
+    """What ``quickstart`` is asked. ``output.dir`` holds everything it writes (``corpus/``,
+    ``data/``, ``runs/``); ``output.name`` names the training run inside ``runs/``."""
+
+    steps: int = opt(1000, "training steps", min=1)
+    problems: int = opt(12000, "synthetic training problems", min=2)
+    eval_problems: int = opt(100, "held-out problems to answer", min=1)
+    vocab_size: int = opt(1024, "tokenizer vocabulary size", min=257)
+    split_digits: bool = opt(
+        False,
+        "one token per digit (as Llama and Qwen): slower to learn in 1000 steps, but arithmetic "
+        "is then the same skill for every number, which GRPO can improve (docs/grpo.md)",
+    )
+    device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
+    seed: int = opt(0, "seed of the data, the split and training", min=0)
+    output: OutputConfig = field(
+        default_factory=lambda: OutputConfig(dir="quickstart", name="quickstart")
+    )
+
+
+# shortcut flag (argparse destination) -> the QuickstartConfig key it overrides
+SHORTCUT_FLAGS = (
+    ("steps", "steps"),
+    ("problems", "problems"),
+    ("eval_problems", "eval_problems"),
+    ("vocab_size", "vocab_size"),
+    ("split_digits", "split_digits"),
+    ("device", "device"),
+    ("seed", "seed"),
+    *OUTPUT_SHORTCUTS,
+)
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``quickstart``; every flag is a ``--set`` shortcut (defaults: the config's)."""
     p = sub.add_parser(
         "quickstart",
         help="end-to-end demo on built-in synthetic data (no download)",
         description=__doc__,
     )
-    p.add_argument("--out", default="quickstart", help="directory for data and the run")
-    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    p.add_argument("--eval-problems", type=int, default=100, help="held-out problems to answer")
-    p.add_argument("--problems", type=int, default=12000, help="synthetic training problems")
-    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--out", help="directory for the corpus, data and run (output.dir; quickstart)")
+    p.add_argument("--name", help="training run name under OUT/runs (output.name; quickstart)")
+    p.add_argument("--steps", type=int, help="training steps (default 1000)")
+    p.add_argument("--eval-problems", type=int, help="held-out problems to answer (default 100)")
+    p.add_argument("--problems", type=int, help="synthetic training problems (default 12000)")
+    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary size (default 1024)")
     p.add_argument(
         "--split-digits",
         action="store_true",
+        default=None,  # None = not given: the config's own value stands
         help="one token per digit (as Llama and Qwen): slower to learn in 1000 steps, but "
         "arithmetic is then the same skill for every number, which GRPO can improve (docs/grpo.md)",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
     add_quiet_option(p)
+    add_config_options(p, "steps=300")
     p.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    run_dir = run(
-        Path(args.out),
-        steps=args.steps,
-        n_problems=args.problems,
-        vocab_size=args.vocab_size,
-        split_digits=args.split_digits,
-        device=args.device,
-        seed=args.seed,
-        n_eval=args.eval_problems,
-        echo=not args.quiet,
-    )
-    if args.quiet:
-        print(run_dir)
+    """Build the config from the flags, run the pipeline, print the run directory."""
+    if args.help_config:
+        return print_config_keys(QuickstartConfig())
+    cfg = config_from_args(QuickstartConfig(), args, SHORTCUT_FLAGS)
+    try:
+        path = run(cfg)
+    except KeyboardInterrupt:
+        return 130
+    print(path)
     return 0
 
 
@@ -123,46 +166,42 @@ def score_held_out(
     )
 
 
-def run(
-    out: Path,
-    steps: int = 1000,
-    n_problems: int = 12000,
-    vocab_size: int = 1024,
-    split_digits: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    echo: bool = True,
-    n_eval: int = 100,
-) -> Path:
+def run(cfg: QuickstartConfig) -> Path:
+    """The whole pipeline under ``cfg.output.dir``; the training run's directory (which holds
+    ``report.md``, ``quickstart_eval.json`` and ``model/``)."""
     # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.data import synthetic, text
+    from shoestring.data import synthetic
+    from shoestring.prepare.run import run as run_prepare
     from shoestring.scoring.scoring import accuracy_summary
-    from shoestring.train.entry import train
+    from shoestring.train.config import TrainJobConfig
+    from shoestring.train.run import run as run_training
 
-    if steps < 1:
-        raise UserError("--steps must be at least 1")
+    validate(cfg)
+    out, echo = Path(cfg.output.dir), not cfg.output.quiet
+    steps, n_eval, device, seed = cfg.steps, cfg.eval_problems, cfg.device, cfg.seed
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     say = print if echo else (lambda *a, **k: None)
 
-    say(f"[1/4] generating {n_problems} synthetic math problems (+ held-out test set)")
+    say(f"[1/4] generating {cfg.problems} synthetic math problems (+ held-out test set)")
     corpus = out / "corpus"
-    synthetic.write_corpus(corpus, n_train=n_problems, n_test=max(n_eval, 1), seed=seed)
+    synthetic.write_corpus(corpus, n_train=cfg.problems, n_test=max(n_eval, 1), seed=seed)
 
-    say(f"[2/4] training a {vocab_size}-token BPE tokenizer and writing token shards")
+    say(f"[2/4] training a {cfg.vocab_size}-token BPE tokenizer and writing token shards")
     data_dir = out / "data"
-    text.run(
-        str(corpus / "train.jsonl"),
-        data_dir,
-        vocab_size=vocab_size,
+    prepare = PrepareConfig(
+        input=str(corpus / "train.jsonl"),
+        out=str(data_dir),
+        vocab_size=cfg.vocab_size,
         seed=seed,
         val_fraction=0.05,
-        split_digits=split_digits,
+        split_digits=cfg.split_digits,
         quiet=not echo,
     )
+    run_prepare(prepare)
 
     say(f"[3/4] pretraining a tiny GPT for {steps} steps")
-    cfg = build_run_config(
+    train_cfg = build_run_config(
         base={"model": QUICKSTART_MODEL, "train": QUICKSTART_TRAIN},
         overrides=[
             f"data.path={data_dir}",
@@ -171,7 +210,8 @@ def run(
             f"train.seed={seed}",
         ],
     )
-    run_dir = train(cfg, out=out / "runs", name="quickstart", echo=echo, progress=echo)
+    job = TrainJobConfig.of(train_cfg, out=out / "runs", name=cfg.output.name, quiet=not echo)
+    run_dir = run_training(job)
     summary = json.loads((run_dir / "summary.json").read_text())
 
     say(f"[4/4] answering {n_eval} held-out problems (greedy, batched KV-cache decoding)")
@@ -198,8 +238,9 @@ def run(
     )
 
     v0, v1 = summary["initial_val_loss"], summary["final_val_loss"]
+    ln_vocab = math.log(train_cfg.model.vocab_size)
     say(
-        f"validation loss {v0:.3f} -> {v1:.3f} (ln vocab = {math.log(cfg.model.vocab_size):.3f}); "
+        f"validation loss {v0:.3f} -> {v1:.3f} (ln vocab = {ln_vocab:.3f}); "
         f"{summary['tokens_per_second']:,.0f} training tokens/s on {summary['runtime']['device']} "
         f"({summary['runtime']['dtype']})"
     )

@@ -24,7 +24,8 @@ What it does, and why it is done this way:
 
 The pieces: documents (``documents.py``), input reports (``input_report.py``), the tokenizer
 (``tokenizer.py``), shard format and writer (``shards.py``), reading back
-(``prepared.py``); the command-line wiring is ``cli.py``.
+(``prepared.py``); the command - this inside the run lifecycle, with its report and CLI -
+is :mod:`shoestring.prepare`.
 """
 
 from __future__ import annotations
@@ -289,6 +290,3 @@ def format_summary(meta: dict[str, Any], out: str | Path | None = None) -> str:
         f"save {t.get('save', 0):.1f} s)"
     )
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- reading back
