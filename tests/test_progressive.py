@@ -558,3 +558,15 @@ def test_cli_layers_preset_then_file_then_set(tmp_path):
     assert cfg.learning_rate == pytest.approx(2e-5)  # the file over the preset
     assert cfg.temperature == pytest.approx(0.7)  # --set over the file
     assert cfg.num_generations == 8 and cfg.preset == "cpu" and cfg.max_steps == 3
+
+
+def test_progressive_takes_its_stages_file_as_config_like_every_command():
+    import argparse
+
+    from shoestring.rl import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_cli(parser.add_subparsers())
+    for flag in ("--config", "--stages"):
+        args = parser.parse_args(["progressive", flag, "gsm8k_curriculum.yaml"])
+        assert args.stages == "gsm8k_curriculum.yaml"

@@ -175,7 +175,12 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--stages", metavar="STAGES.yaml", help="stages file, or a bundled example's name"
+        "--stages",
+        "--config",
+        dest="stages",
+        metavar="STAGES.yaml",
+        help="stages file (the command's config file, hence also --config), or a bundled "
+        "example's name",
     )
     p.add_argument("--model", help="starting model (overrides the file's 'model')")
     add_set_option(p, "threshold=3 --set validation.n=100 --set grpo.max_steps=5")
