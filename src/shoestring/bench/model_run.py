@@ -91,9 +91,9 @@ def _measure_memory(session: dict[str, Any], device: str) -> Iterator[None]:
     """Peak memory of what runs inside, into ``session``: the sampled peak of the resident
     set and the kernel's high-water mark (reset first, so it is this model's, not the whole
     process's), plus CUDA's peak allocation on a GPU."""
-    monitor = SystemMonitor(interval=0.1)
+    monitor = SystemMonitor(interval=0.1)  # sampling misses short spikes; the kernel's doesn't
     session["rss_before_load_mb"] = _mib(current_rss_bytes())
-    hwm_reset = reset_peak_rss()
+    hwm_reset = reset_peak_rss()  # False where the kernel cannot reset it (then sampled only)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     monitor.start()
@@ -102,6 +102,7 @@ def _measure_memory(session: dict[str, Any], device: str) -> Iterator[None]:
     finally:
         stats = monitor.stop()
         hwm = _mib(peak_rss_bytes()) if hwm_reset else None
+        # the larger of the two: each can miss what the other sees
         peak = max(x for x in (stats.get("peak_rss_mb"), hwm) if x is not None)
         session.update(
             {
@@ -132,7 +133,7 @@ def run_model(
     done = stored_records(
         out, label, problems.problems, problems.source, state.get("settings_hash")
     )
-    missing = [p for p in problems.problems if p.idx not in done]
+    missing = [p for p in problems.problems if p.idx not in done]  # what this session generates
     # Everything stored, and loading could not pick another protocol: report without loading.
     stored_protocol = protocol.without_loading(state)
     if not missing and stored_protocol is not None:

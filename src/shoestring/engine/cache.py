@@ -66,6 +66,7 @@ if DynamicLayer is not None:
 
         def _views(self) -> None:
             assert self._kbuf is not None and self._vbuf is not None
+            # [B, H, filled, d] views of the [B, H, capacity, d] buffers: no copy
             self.keys = self._kbuf[:, :, : self._len]
             self.values = self._vbuf[:, :, : self._len]
 
@@ -74,7 +75,7 @@ if DynamicLayer is not None:
         ) -> tuple[torch.Tensor, torch.Tensor]:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            need = self._len + key_states.shape[-2]
+            need = self._len + key_states.shape[-2]  # positions filled after this write
             if self._kbuf is None or need > self._kbuf.shape[-2]:
                 self._grow(key_states, value_states, need)
             assert self._kbuf is not None and self._vbuf is not None
@@ -86,7 +87,7 @@ if DynamicLayer is not None:
 
         def _grow(self, k: torch.Tensor, v: torch.Tensor, need: int) -> None:
             old = 0 if self._kbuf is None else self._kbuf.shape[-2]
-            cap = max(need + self.reserve, 2 * old)
+            cap = max(need + self.reserve, 2 * old)  # doubling: amortised O(1) per token
             b, h, _, d = k.shape
             dtype = self.store_dtype or k.dtype
             kbuf = k.new_empty((b, h, cap, d), dtype=dtype)
@@ -122,6 +123,7 @@ if DynamicLayer is not None:
             assert self._kbuf is not None and self._vbuf is not None
             w = keys.shape[-2]
             idx = rows.to(self._kbuf.device)
+            # right-aligned: every row's last prompt token sits in column width - 1
             self._kbuf[idx, :, width - w : width] = keys.to(self._kbuf.dtype)
             self._vbuf[idx, :, width - w : width] = values.to(self._vbuf.dtype)
             self._views()
@@ -137,7 +139,7 @@ if DynamicLayer is not None:
             self._views()
 
         def _select(self, buf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            if 2 * self._len >= buf.shape[2]:
+            if 2 * self._len >= buf.shape[2]:  # mostly filled: one plain copy is cheaper
                 return buf.index_select(0, idx)
             out = buf.new_empty((idx.numel(), *buf.shape[1:]))
             torch.index_select(buf[:, :, : self._len], 0, idx, out=out[:, :, : self._len])
@@ -156,6 +158,7 @@ if DynamicLayer is not None:
                 self._views()
                 return
             width = max(self._len, other._len)
+            # free columns after the merge: the larger of the two, so neither side must grow
             cap = max(self._kbuf.shape[2] - self._len, other._kbuf.shape[2] - other._len)
             self._kbuf = _stack_right_aligned(self._kbuf, self._len, other._kbuf, other._len, cap)
             self._vbuf = _stack_right_aligned(self._vbuf, self._len, other._vbuf, other._len, cap)
@@ -206,6 +209,7 @@ def _stack_right_aligned(
     width = max(a_len, b_len)
     out = a.new_empty((a.shape[0] + b.shape[0], a.shape[1], width + free, a.shape[3]))
     ra = a.shape[0]
+    # zeros, not empty: the masked padding must hold finite values (0 * NaN is NaN)
     out[:ra, :, : width - a_len].zero_()
     out[:ra, :, width - a_len : width].copy_(a[:, :, :a_len])
     out[ra:, :, : width - b_len].zero_()
@@ -256,11 +260,12 @@ def make_cache(model: Any, reserve: int, store_dtype: torch.dtype | None = None)
     if layers is None:
         return None
     if layers:
-        cache.layers = [
+        cache.layers = [  # exact type: a DynamicLayer subclass (sliding window) keeps its own
             PreallocatedLayer(reserve, store_dtype) if type(layer) is DynamicLayer else layer
             for layer in layers
         ]
     elif getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+        # a cache that makes its layers lazily, one per model layer on first update
         cache.layer_class_to_replicate = lambda: PreallocatedLayer(reserve, store_dtype)
     else:
         return None
@@ -306,7 +311,7 @@ def select_cache_rows(cache: Any, index: torch.Tensor) -> Any | None:
     if getattr(cache, "offloading", False) or not all(_sliceable(layer) for layer in layers):
         return None
     for layer in layers:
-        if getattr(layer, "is_initialized", True):
+        if getattr(layer, "is_initialized", True):  # a layer not yet written has no rows
             layer.batch_select_indices(index)
     return cache
 
@@ -325,7 +330,7 @@ def trim_cache_left(cache: Any, n: int) -> bool:
         if isinstance(layer, PreallocatedLayer):
             layer.trim_left(n)
         elif getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[:, :, n:, :]
+            layer.keys = layer.keys[:, :, n:, :]  # [B, H, T - n, d]: a view, no copy
             layer.values = layer.values[:, :, n:, :]
     return True
 

@@ -114,7 +114,7 @@ def _decode(
     def prefill(count: int) -> _Batch:
         """Prefill the next ``count`` queued prompts (their samples share it)."""
         take, queue[:] = queue[:count], queue[count:]
-        active = [i * n + k for i in take for k in range(n)]
+        active = [i * n + k for i in take for k in range(n)]  # output index of sample k of i
         rows.start(active)
         logits, cache, mask = prefill_prompts(
             model,
@@ -126,6 +126,7 @@ def _decode(
             device,
             store_dtype,
         )
+        # next position per row = its unpadded prompt length (left padding is not counted)
         pos = torch.tensor([lengths[i] for i in take], dtype=torch.long, device=device)
         if n > 1:  # samples of one prompt share its prefill: repeat the cache rows
             repeated = repeat_cache_rows(cache, n)
@@ -135,6 +136,7 @@ def _decode(
                     f"({type(cache)}); repeat the prompts instead"
                 )
             cache = repeated
+            # interleave (p0 p0 p1 p1 ...) to match the output order i * n + k
             logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
             pos = pos.repeat_interleave(n, dim=0)
@@ -153,11 +155,12 @@ def _decode(
             young = [len(rows.rows[o].tokens) < min_new for o in batch.active]
             if any(young):
                 index = torch.tensor(young, device=device).nonzero().squeeze(1)
+                # [young rows, 1] x [1, n_eos] broadcast: every EOS id of every young row
                 logits[index[:, None], eos_tensor[None, :]] = float("-inf")
         if logits_processor is not None:
             generated = [len(rows.rows[o].tokens) for o in batch.active]
             logits_processor(batch.active, generated, logits)
-        next_tokens = choose_next_tokens(logits, sampling, generator)
+        next_tokens = choose_next_tokens(logits, sampling, generator)  # [rows], on device
 
         # 2. Append it to each live row (one host sync for the whole batch); a row that ends
         #    delivers its result.
@@ -191,12 +194,14 @@ def _decode(
                 batch.active = [batch.active[b] for b in keep]
                 alive = [True] * len(batch.active)
                 # Columns that are padding in every remaining row cost attention for nothing.
+                # argmax of the column-wise "any real token" finds the first such column.
                 lead = int(batch.mask.any(dim=0).to(torch.int8).argmax())
                 if lead > 0 and trim_cache_left(batch.cache, lead):
                     batch.mask = batch.mask[:, lead:]
 
         # 4. One forward pass for the new tokens (the lean step where the model allows it)
         #    gives the next step's logits and extends the cache by one column.
+        # the new token is real in every row: the mask grows by one column of ones
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], 1)
         if lean is not None:
             batch.logits = lean.step(next_tokens, batch.mask, batch.pos, batch.cache)
@@ -208,7 +213,7 @@ def _decode(
 
         # 5. Refill: prompts from the queue take the places of finished rows, once enough
         #    places are free for the prefill to pay (REFILL_MIN_FRACTION).
-        free = (max_rows or 0) - len(batch.active)
+        free = (max_rows or 0) - len(batch.active)  # 0 without max_rows: never refills
         if (
             queue
             and compact
@@ -216,7 +221,7 @@ def _decode(
             and free >= max(n, REFILL_MIN_FRACTION * per_batch)
             and can_append_rows(batch.cache)
         ):
-            _refill(batch, prefill(free // n))
+            _refill(batch, prefill(free // n))  # whole prompts only: n rows each
             alive = [True] * len(batch.active)
 
     return rows.results()
@@ -245,6 +250,8 @@ def _refill(batch: _Batch, new: _Batch) -> None:
     right-aligned to the wider of the two, logits and positions concatenated."""
     if not append_cache_rows(batch.cache, new.cache):  # pragma: no cover - checked before
         raise RuntimeError("the prefill's cache cannot be appended to the running batch")
+    # left padding keeps every row's newest token in the last column, so aligning the right
+    # edges aligns the tokens; the narrower side gets zero (padding) columns on the left
     width = max(batch.mask.shape[1], new.mask.shape[1])
     batch.mask = torch.cat([_pad_mask_left(batch.mask, width), _pad_mask_left(new.mask, width)])
     batch.logits = torch.cat([batch.logits, new.logits.to(batch.logits.dtype)])

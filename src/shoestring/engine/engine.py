@@ -93,6 +93,7 @@ class Engine:
         n = sampling.num_return_sequences
         ids_list = encode_prompts(self.tokenizer, prompts, self.text.add_special_tokens)
         eos = request_eos_ids(model, self.tokenizer, sampling)
+        # longest first: little padding per batch, and the likeliest out-of-memory batch first
         order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
         results: list[GenerationResult | None] = [None] * (len(ids_list) * n)
         device = model_device(model)
@@ -129,12 +130,12 @@ class Engine:
 
             def caller_index(local: int, chunk: list[int] = chunk) -> int:
                 """The caller's output index of the batch's output ``local``."""
-                return chunk[local // n] * n + local % n
+                return chunk[local // n] * n + local % n  # (prompt, sample) -> caller index
 
             def deliver(local: int, res: GenerationResult) -> None:
                 """Hand a finished output over once, in the caller's numbering."""
                 out = caller_index(local)
-                if results[out] is not None:
+                if results[out] is not None:  # delivered by an attempt before an OOM retry
                     return
                 res.index = out
                 results[out] = res
@@ -152,7 +153,7 @@ class Engine:
                     [len(ids_list[i]) for i in chunk[first : first + count]],
                     on_text=None if on_text is None else _renumbered(on_text, caller_index),
                     on_result=deliver,
-                    first=first * n,
+                    first=first * n,  # the rows' batch-local output indices start here
                 )
 
             processor = None
@@ -173,12 +174,12 @@ class Engine:
                 if not is_oom_error(exc) or prompts_per_batch == 1 or len(chunk) == 1:
                     raise
                 if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                    torch.cuda.empty_cache()  # hand the failed batch's blocks back first
                 sticky_cap = max(1, min(prompts_per_batch, len(chunk)) // 2)
                 # Prompts whose every sample already arrived are done; retry the rest.
                 pending = [i for i in chunk if any(results[i * n + k] is None for k in range(n))]
                 order[start : start + len(chunk)] = pending
-                continue
+                continue  # same start: the smaller cap applies to the pending prompts
             start += len(chunk)
         bar.close()
         missing = [i for i, r in enumerate(results) if r is None]
@@ -215,6 +216,7 @@ class Engine:
             rows = book(0, len(ids_list))
             decode_dynamic(model, options, ids_list, rows, generator, max_rows, logits_processor)
             return
+        # the static backend takes no new prompts mid-call: the queue goes in fixed batches
         per_call = len(ids_list) if max_rows is None else max(1, max_rows // n)
         for first in range(0, len(ids_list), per_call):
             part = ids_list[first : first + per_call]

@@ -248,11 +248,11 @@ class _Layer:
         if gpt:
             self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
         else:
-            self.scaling = float(attn.scaling)
+            self.scaling = float(attn.scaling)  # the model's own (may differ from 1/sqrt(d))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
-            gate, up = self.up(x)
+            gate, up = self.up(x)  # one fused product split in two where allowed
             return self.down(F.silu(gate) * up)[0]
         return self.down(F.gelu(self.up(x)[0]))[0]
 
@@ -306,8 +306,9 @@ class LeanDecoder:
         self, input_ids: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Hidden states [B, 1, D] and cos/sin [B, 1, 1, d] (``None`` without RoPE)."""
+        # F.embedding, not the module: no dispatch, same lookup; [B] -> [B, 1, D]
         h = F.embedding(input_ids[:, None], self.inner.embed_tokens.weight)
-        pos = positions[:, None]
+        pos = positions[:, None]  # [B, 1]: one position per row (rows differ by padding)
         if not self.gpt:
             cos, sin = self.inner.rotary_emb(h, pos)  # [B, 1, d] in h's dtype
             return h, (cos[:, None], sin[:, None])
@@ -340,6 +341,7 @@ class LeanDecoder:
             # columns of the fused product (dtypes as the model's own forward gets them)
             y = layer.qkv.fused(x)
             if y is not None:
+                # fused columns: [q heads | k heads | v heads]; q and k rotate as one tensor
                 qk = y[..., : (hq + hkv) * d].view(b, 1, hq + hkv, d)
                 v = y[..., (hq + hkv) * d :]
                 if rope is not None:
@@ -350,14 +352,16 @@ class LeanDecoder:
                 q, k = q.view(b, 1, hq, d), k.view(b, 1, hkv, d)
                 if rope is not None:
                     q, k = self._rotate(q, rope), self._rotate(k, rope)
+            # [B, 1, heads, d] -> [B, heads, 1, d]: the cache and SDPA want heads first
             keys, values = cache.update(
                 k.transpose(1, 2), v.view(b, 1, hkv, dv).transpose(1, 2), i
-            )  # [B, hkv, T, d]
+            )  # [B, hkv, T, d], this token's column included
             out = self._attend(q.transpose(1, 2), keys, values, attn_mask, bias, layer.scaling)
+            # [B, hq, 1, dv] -> [B, 1, hq*dv]; back to the activations' dtype (fp32 cache)
             h = h + layer.o(out.transpose(1, 2).reshape(b, 1, hq * dv).to(x.dtype))[0]
             h = h + layer.mlp(layer.norm2(h))
         h = self.final_norm(h)
-        return self.head(h[:, -1])[0].float()
+        return self.head(h[:, -1])[0].float()  # [B, D] -> [B, V], fp32 for sampling
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
@@ -394,7 +398,7 @@ class LeanDecoder:
                 values,
                 attn_mask=attn_mask,
                 scale=scale,
-                enable_gqa=keys.shape[1] != q.shape[1],
+                enable_gqa=keys.shape[1] != q.shape[1],  # fewer kv heads: no repeat copy
             )
 
 
@@ -425,7 +429,7 @@ def single_query_attention(
     hkv, t = keys.shape[1], keys.shape[2]
     qg = q.reshape(b, hkv, hq // hkv, d).float()  # the query heads that share a kv head
     scores = torch.matmul(qg, keys.float().transpose(-1, -2))  # [B, hkv, g, T]
-    scores.mul_(scale).add_(bias.view(b, 1, 1, t))
+    scores.mul_(scale).add_(bias.view(b, 1, 1, t))  # in place: one [B, hkv, g, T] buffer
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, values.float())  # [B, hkv, g, dv]
     return out.view(b, hq, 1, values.shape[-1])

@@ -43,7 +43,7 @@ def packing_available() -> bool:
         w = torch.randn(48, 40, generator=gen).to(torch.bfloat16)
         b = torch.randn(48, generator=gen).to(torch.bfloat16)
         packed = torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT)
-        for rows in (1, 3, ROWS_HINT, 37):
+        for rows in (1, 3, ROWS_HINT, 37):  # below, at and above the hint, odd sizes too
             x = torch.randn(rows, 1, 40, generator=gen).to(torch.bfloat16)
             if not torch.equal(packed_linear(x, packed, b), F.linear(x, w, b)):
                 return False
@@ -75,4 +75,5 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with the weight from :func:`pack_weight`."""
+    # "none", [None], "": no fused post-op (the pointwise op's activation slot is unused)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [None], "")

@@ -80,7 +80,8 @@ def prefill_groups(
     for i in order:
         if groups:
             g = groups[-1]
-            longest = lengths[g[0]]
+            longest = lengths[g[0]]  # rows arrive longest first: the group's first is longest
+            # close enough in length, or the group is still too small to be worth a pass
             if lengths[i] >= ratio * longest or longest * len(g) < min_tokens:
                 g.append(i)
                 continue
@@ -140,7 +141,7 @@ def _grouped_prefill(
     for g in groups:
         ids, mask = pad_left([ids_list[i] for i in g], pad)
         ids, mask = ids.to(device), mask.to(device)
-        part_logits, part = forward_last_logits(
+        part_logits, part = forward_last_logits(  # room 0: this cache only carries the prompts
             model, params, ids, mask, positions_from_mask(mask), make_cache(model, 0, store_dtype)
         )
         part_layers = cache_layers(part) or []
@@ -155,6 +156,6 @@ def _grouped_prefill(
         logits[rows] = part_logits
         for dst, src in zip(layers, part_layers, strict=True):
             dst.place(rows, src.keys, src.values, len(ids_list), width)
-    _ids, mask = pad_left(ids_list, pad)
+    _ids, mask = pad_left(ids_list, pad)  # the merged cache's mask: every prompt, left-padded
     assert logits is not None
     return logits, merged, mask.to(device)

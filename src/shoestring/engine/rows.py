@@ -70,7 +70,7 @@ class Rows:
         if track_text and tokenizer is None:
             raise ValueError("stop strings and streaming need a tokenizer")
         n = sampling.num_return_sequences
-        self.rows = [
+        self.rows = [  # row i is sample i % n of prompt i // n
             RowState(prompt_tokens=prompt_lengths[i // n]) for i in range(len(prompt_lengths) * n)
         ]
         if track_text:
@@ -112,7 +112,7 @@ class Rows:
                     row.stop = hit
                     reason = "stop"
             if reason is None and self.on_text is not None:
-                safe = len(row.text.text) - (self.hold if self.stops else 0)
+                safe = len(row.text.text) - (self.hold if self.stops else 0)  # may stream up to
                 if safe > row.emitted:
                     self.on_text(self.first + i, row.text.text[row.emitted : safe])
                     row.emitted = safe
@@ -188,5 +188,5 @@ def finished_text(
     )
     if stopped_at is None:
         return decoded, None
-    found = find_stop(decoded, stops) or stopped_at
+    found = find_stop(decoded, stops) or stopped_at  # (character position, stop string)
     return decoded[: found[0] + (len(found[1]) if text.keep_stop_string else 0)], found[1]

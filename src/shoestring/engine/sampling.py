@@ -39,19 +39,21 @@ def sample_categorical(
     u = torch.rand((rows, 1), generator=generator, dtype=torch.float64, device=probs.device)
     if vocab <= SAMPLE_BLOCK:
         cdf = probs.to(torch.float64).cumsum(-1)
+        # u scaled to the row's total (rows need not sum to 1); right=True skips p = 0 entries
         idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
         return torch.minimum(idx, _last_positive(probs)).squeeze(1)
-    nb = -(-vocab // SAMPLE_BLOCK)
+    nb = -(-vocab // SAMPLE_BLOCK)  # ceil division: number of blocks
     if nb * SAMPLE_BLOCK != vocab:
-        probs = F.pad(probs, (0, nb * SAMPLE_BLOCK - vocab))
+        probs = F.pad(probs, (0, nb * SAMPLE_BLOCK - vocab))  # zero-probability tail entries
     blocks = probs.view(rows, nb, SAMPLE_BLOCK)
     mass = blocks.sum(-1, dtype=torch.float64)  # [B, nb]
     cdf = mass.cumsum(-1)
-    x = u * cdf[:, -1:]
+    x = u * cdf[:, -1:]  # [B, 1]: the target cumulative mass
     # the block holding x; the guard matters only if x rounded up to the total
     b = torch.minimum(torch.searchsorted(cdf, x, right=True), _last_positive(mass))
+    # mass of the blocks before the chosen one: x - below is the target inside the block
     below = torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(x))
-    inner = blocks.gather(1, b[..., None].expand(rows, 1, SAMPLE_BLOCK)).squeeze(1)
+    inner = blocks.gather(1, b[..., None].expand(rows, 1, SAMPLE_BLOCK)).squeeze(1)  # [B, BLOCK]
     icdf = inner.to(torch.float64).cumsum(-1)
     j = torch.minimum(torch.searchsorted(icdf, x - below, right=True), _last_positive(inner))
     return (b * SAMPLE_BLOCK + j).squeeze(1)
@@ -64,13 +66,15 @@ def filtered_logits(logits: torch.Tensor, cfg: Sampling) -> torch.Tensor:
     logits = logits / cfg.temperature
     vocab = logits.shape[-1]
     if 0 < cfg.top_k < vocab:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]  # [B, 1]: k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # ties with the k-th stay
     if cfg.top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # ascending order: the unlikely tail comes first; drop it while its mass <= 1 - top_p
         remove = cum <= (1.0 - cfg.top_p)
         remove[:, -1] = False  # always keep the most likely token
+        # back from sorted order to vocabulary order
         logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
     return logits
 

@@ -69,8 +69,10 @@ def estimate_row_bytes(
     vocab = int(_cfg_get(config, "vocab_size", default=32000))
     seq = prompt_len + max_new_tokens
     kv = layers * kv_heads * (k_dim + v_dim) * seq * dtype_bytes
-    kv = int(kv * 1.5)
+    kv = int(kv * 1.5)  # a growing cache briefly holds its old and new copy
+    # prefill activations of one layer: hidden-size tensors, the MLP's, the [H, T, T] scores
     acts = prompt_len * (6 * hidden + 3 * inter + 2 * heads * prompt_len) * dtype_bytes
+    # logits in the model dtype plus an fp32 copy, twice (the softmax's output)
     logits = (1 if logits_to_keep else prompt_len) * vocab * (dtype_bytes + 4) * 2
     return kv + acts + logits
 

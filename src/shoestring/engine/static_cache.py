@@ -35,8 +35,8 @@ def row_bucket(rows: int) -> int:
     if rows < 1:
         raise ValueError(f"a batch needs at least one row, got {rows}")
     if rows <= ROW_STEP:
-        return 1 << (rows - 1).bit_length()
-    return -(-rows // ROW_STEP) * ROW_STEP
+        return 1 << (rows - 1).bit_length()  # next power of two (5 -> 8, 8 -> 8)
+    return -(-rows // ROW_STEP) * ROW_STEP  # ceil to a multiple of ROW_STEP
 
 
 def width_bucket(positions: int) -> int:
@@ -73,6 +73,7 @@ class StaticKVCache:
             torch.zeros((rows, h, width, dv), dtype=dtype, device=device)
             for h, _, dv in layer_shapes
         ]
+        # a device tensor, not an int: the captured step reads and advances it on the device
         self.col = torch.zeros(1, dtype=torch.long, device=device)
 
     @property
@@ -85,6 +86,7 @@ class StaticKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one token's keys/values ``[rows, kv_heads, 1, dim]`` at column :attr:`col`."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
+        # dim 2 is the position; index_copy_ takes the column as a tensor, so no host sync
         keys.index_copy_(2, self.col, key_states.to(keys.dtype))
         values.index_copy_(2, self.col, value_states.to(values.dtype))
         return keys, values
@@ -99,5 +101,5 @@ class StaticKVCache:
             if repeats > 1:
                 k, v = k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0)
             n, _, w, _ = k.shape
-            dst_k[:n, :, :w].copy_(k)
+            dst_k[:n, :, :w].copy_(k)  # rows past n are bucket padding: left as zeros
             dst_v[:n, :, :w].copy_(v)

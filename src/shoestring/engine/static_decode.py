@@ -136,14 +136,16 @@ def _decode(
     pad = pad_token_id(rows.tokenizer, model, rows.eos)
     params = forward_params(model)
     logits, cache, mask = prefill_prompts(model, params, ids_list, options, 1, pad, device, None)
+    # (keys, values) per layer, each [prompts, kv heads, prompt width + 1, head dim]
     layers = [(layer.keys, layer.values) for layer in cache_layers(cache) or []]
     if not layers:
         raise UserError(f"{type(model).__name__} built a cache without layers; static_cache=off")
-    shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in layers]
+    shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in layers]  # (heads, dk, dv)
     slot_rows = list(range(len(rows)))  # output row of each occupied batch slot
     key = RunnerKey(
+        # rounded up to a few sizes, so the captured steps are reused across calls
         rows=row_bucket(len(slot_rows)),
-        width=width_bucket(mask.shape[1] + cfg.max_new_tokens),
+        width=width_bucket(mask.shape[1] + cfg.max_new_tokens),  # the whole sequence fits
         dtype=layers[0][0].dtype,
         greedy=cfg.greedy,
         temperature=float(cfg.temperature),
@@ -169,7 +171,7 @@ def _decode(
 
     def fetch(lo: int, hi: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Start copying output columns ``lo..hi`` to the host; the event marks its end."""
-        part = runner.out[: len(slot_rows), lo:hi]
+        part = runner.out[: len(slot_rows), lo:hi]  # [occupied slots, steps]: token ids
         if device.type != "cuda":
             return part.clone(), None
         host = part.to("cpu", non_blocking=True)  # pinned: the copy runs behind the stream
@@ -199,7 +201,7 @@ def _decode(
         produced += ahead
         # Few rows left: move them to a bucket a quarter the size or smaller (its step is
         # captured once per shape), so finished rows stop costing compute.
-        keep = [s for s, i in enumerate(slot_rows) if rows.open[i]]
+        keep = [s for s, i in enumerate(slot_rows) if rows.open[i]]  # slots still decoding
         if row_bucket(len(keep)) * DOWNSHIFT_RATIO <= runner.key.rows:
             smaller = runner_for(dataclasses.replace(runner.key, rows=row_bucket(len(keep))))
             smaller.adopt(runner, keep)

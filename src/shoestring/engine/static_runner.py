@@ -66,7 +66,7 @@ def cuda_graph_capture(step: Callable[[], None]) -> Callable[[], None]:
     ``thread_local`` capture mode, so the system monitor's thread may still query memory
     while this thread captures.
     """
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream()  # warm-up off the default stream, as capture requires
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(CAPTURE_WARMUP):
@@ -89,8 +89,12 @@ def sample_with_uniform(logits: torch.Tensor, cfg: Any, u: torch.Tensor) -> torc
     vocab = logits.shape[-1]
     logits = filtered_logits(logits, cfg)
     probs = logits.softmax(dim=-1)
-    cdf = probs.to(torch.float64).cumsum(dim=-1)
+    cdf = probs.to(torch.float64).cumsum(dim=-1)  # [B, V]; float64 so the tail sums stay exact
+    # u scaled by the row's total (cdf[-1] may be a hair off 1); right=True skips zero-width
+    # entries, so a token of probability zero is never hit: [B, 1] token ids
     idx = torch.searchsorted(cdf, u[:, None].to(torch.float64) * cdf[:, -1:], right=True)
+    # the last token with p > 0 (argmax of the flipped row finds the first from the end):
+    # rounding can put u * total past the cdf's last step, where searchsorted returns V
     last_positive = vocab - 1 - (probs.flip(-1) > 0).to(torch.int8).argmax(-1, keepdim=True)
     return torch.minimum(idx, last_positive).squeeze(1)
 
@@ -131,9 +135,11 @@ class StaticRunner:
         self.tokens = torch.zeros(r, dtype=torch.long, device=device)  # last chosen token
         self.pos = torch.zeros(r, dtype=torch.long, device=device)  # its position id
         self.step_idx = torch.zeros(1, dtype=torch.long, device=device)  # next output column
+        # which cache columns each row may see once written: prompt (left-padded) + decode
         self.base_mask = torch.zeros((r, t), dtype=torch.bool, device=device)
         self.cols = torch.arange(t, device=device)
-        self.out = torch.zeros((r, t), dtype=torch.long, device=device)
+        self.out = torch.zeros((r, t), dtype=torch.long, device=device)  # [rows, step] tokens
+        # one random number per (step, row), drawn per call: the graph cannot call the RNG
         self.uniforms = torch.zeros((t, r), dtype=torch.float64, device=device)
         self.eos_cols: torch.Tensor | None = None
         if key.min_new_tokens > 0 and key.eos:
@@ -150,14 +156,16 @@ class StaticRunner:
     # -- the step (device tensors only: it is what the graph records)
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.eos_cols is not None:  # EOS masked out until min_new_tokens exist
+            # [V] & [1] -> [V]: the EOS columns while too young, else nothing (no host branch)
             block = self.eos_cols & (self.step_idx < self.key.min_new_tokens)
             logits = logits.masked_fill(block, float("-inf"))
         if self.key.greedy:
             return logits.argmax(dim=-1)
-        u = self.uniforms.index_select(0, self.step_idx).squeeze(0)
+        u = self.uniforms.index_select(0, self.step_idx).squeeze(0)  # [rows]: this step's draw
         return sample_with_uniform(logits, self.sampling, u)
 
     def _emit(self, token: torch.Tensor) -> None:
+        # index_copy_ with a device index: no host integer in the captured step
         self.out.index_copy_(1, self.step_idx, token[:, None])
         self.tokens.copy_(token)
         self.step_idx.add_(1)
@@ -166,9 +174,9 @@ class StaticRunner:
         """Forward the last tokens (written at column ``col``), choose the next ones."""
         cache = self.cache
         mask = self.base_mask & (self.cols <= cache.col)  # prompt + tokens written so far
-        logits = self.decoder.step(self.tokens, mask, self.pos, cache)
+        logits = self.decoder.step(self.tokens, mask, self.pos, cache)  # writes column col
         self._emit(self._choose(logits))
-        self.pos.add_(1)
+        self.pos.add_(1)  # in place: the graph reads the same tensors on every replay
         cache.col.add_(1)
 
     # -- host side
@@ -189,12 +197,12 @@ class StaticRunner:
         mask = prompt_mask.to(self.base_mask.device).bool().repeat_interleave(repeats, dim=0)
         self.base_mask.zero_()
         self.base_mask[:rows, :width] = mask
-        self.base_mask[:rows, width:] = True
+        self.base_mask[:rows, width:] = True  # decode columns; `cols <= col` hides future ones
         self.base_mask[rows:, 0] = True  # padding rows attend one column: finite, ignored
         pos = torch.tensor(lengths, dtype=torch.long).repeat_interleave(repeats)
         self.pos.zero_()
         self.pos[:rows] = pos.to(self.pos.device)
-        self.cache.col.fill_(width)
+        self.cache.col.fill_(width)  # the first decode token goes right after the prompt
         self.step_idx.zero_()
         if not self.key.greedy:
             self.uniforms.copy_(
@@ -210,7 +218,7 @@ class StaticRunner:
     def first(self, logits: torch.Tensor) -> None:
         """Choose the first token from the prefill's logits ``[rows, V]`` (padded to the
         bucket here); it is written to the cache by the first replay."""
-        full = logits.new_zeros((self.key.rows, logits.shape[-1]))
+        full = logits.new_zeros((self.key.rows, logits.shape[-1]))  # empty slots choose junk
         full[: logits.shape[0]] = logits
         self._emit(self._choose(full))
 
@@ -229,7 +237,7 @@ class StaticRunner:
         self.base_mask.zero_()
         self.base_mask[:n] = src.base_mask.index_select(0, idx)
         self.base_mask[n:, 0] = True  # padding rows attend one column: finite, ignored
-        self.uniforms[:, :n] = src.uniforms.index_select(1, idx)
+        self.uniforms[:, :n] = src.uniforms.index_select(1, idx)  # a row keeps its draws
         self.step_idx.copy_(src.step_idx)
         self.cache.col.copy_(src.cache.col)
 
@@ -275,7 +283,7 @@ class StaticEngineState:
 
     def check_weights(self, model: torch.nn.Module) -> None:
         """Drop every runner if any parameter now lives at another address."""
-        fp = tuple(p.data_ptr() for p in model.parameters())
+        fp = tuple(p.data_ptr() for p in model.parameters())  # addresses, not values
         if fp != self.fingerprint:
             self.runners.clear()
             self.fingerprint = fp

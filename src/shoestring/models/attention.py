@@ -93,23 +93,24 @@ class ShoestringAttention(nn.Module):
         h = self.n_heads
 
         if self.q_lora_rank:
-            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
+            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))  # d_model -> rank -> H*(d+r)
         else:
             q = self.q_proj(x)
         q = q.view(bsz, q_len, h, self.qk_head_dim).transpose(1, 2)  # [B, H, T, hd + r]
 
         k_rope = None
         if self.kv_lora_rank:
-            latent = self.kv_a_proj(x)
+            latent = self.kv_a_proj(x)  # [B, T, kv_lora_rank + r]
             if self.rope_dim:  # the last r outputs are the one RoPE key all heads share
                 latent, k_rope = latent.split([self.kv_lora_rank, self.rope_dim], dim=-1)
-            kv = self.kv_b_proj(self.kv_a_norm(latent))
+            kv = self.kv_b_proj(self.kv_a_norm(latent))  # the latent expands to every head
             kv = kv.view(bsz, q_len, h, self.head_dim + self.v_head_dim).transpose(1, 2)
-            k, v = kv.split([self.head_dim, self.v_head_dim], dim=-1)
+            k, v = kv.split([self.head_dim, self.v_head_dim], dim=-1)  # [B, H, T, d], [.., dv]
         else:
             k = self.k_proj(x)
             if self.rope_dim:  # the last r outputs are the one RoPE key all heads share
                 k, k_rope = k.split([h * self.head_dim, self.rope_dim], dim=-1)
+            # [B, T, H*d] -> [B, H, T, d]: SDPA wants the heads before the sequence
             k = k.view(bsz, q_len, h, self.head_dim).transpose(1, 2)
             v = self.v_proj(x).view(bsz, q_len, h, self.v_head_dim).transpose(1, 2)
 
@@ -126,16 +127,17 @@ class ShoestringAttention(nn.Module):
             q = torch.cat((q_nope, apply_rope(q_pe, cos, sin)), dim=-1)
             # the shared key is rotated once, as one head, then appended to every head's key
             k_pe = apply_rope(k_rope.view(bsz, 1, q_len, self.rope_dim), cos, sin)
+            # expand is a view (no per-head copy); the cat gives keys [B, H, T, d + r]
             k = torch.cat((k, k_pe.expand(bsz, h, q_len, self.rope_dim)), dim=-1)
 
         if past_key_values is not None:  # cache the rotated keys; get the whole sequence back
-            k, v = past_key_values.update(k, v, self.layer_idx)
+            k, v = past_key_values.update(k, v, self.layer_idx)  # [B, H, past + T, *]
 
         out_dtype = q.dtype
         fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu"
         if fp32_attention:
             # CPU flash attention is slower in bf16 than in fp32 (docs/train.md has the
-            # measurement); attention is a small share of the FLOPs, so run it in fp32.
+            # figures); attention is a small share of the FLOPs, so run it in fp32.
             # Autocast must be off around the call: it would cast fp32 inputs back to bf16.
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
@@ -147,6 +149,7 @@ class ShoestringAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=is_causal,
             )
+        # [B, H, T, dv] -> [B, T, H*dv]: the heads side by side again for o_proj
         y = y.to(out_dtype).transpose(1, 2).reshape(bsz, q_len, h * self.v_head_dim)
         return self.o_proj(y)
 
@@ -159,7 +162,7 @@ def sdpa_mask(
         return attention_mask, False  # caller built the full mask already
     if attention_mask is None:
         if past_len == 0:
-            return None, q_len > 1
+            return None, q_len > 1  # SDPA's own causal mask; one token needs none
         if q_len == 1:
             return None, False  # one new token sees the whole cache
     kv_len = past_len + q_len
@@ -168,10 +171,11 @@ def sdpa_mask(
             f"attention_mask covers {attention_mask.shape[-1]} positions but the cache "
             f"plus input hold {kv_len}; pass the mask of the whole sequence so far"
         )
-    q_idx = torch.arange(past_len, kv_len, device=device)[:, None]
+    q_idx = torch.arange(past_len, kv_len, device=device)[:, None]  # new tokens' positions
     k_idx = torch.arange(kv_len, device=device)[None, :]
-    mask = k_idx <= q_idx  # [T, kv_len]
+    mask = k_idx <= q_idx  # [T, kv_len], True = may attend (causal over cache + input)
     if attention_mask is not None:
+        # [B, kv_len] padding mask -> [B, 1, 1, kv_len]: broadcast over heads and queries
         keep = attention_mask[:, None, None, -kv_len:].to(device=device, dtype=torch.bool)
         # A padded query row would see no key at all (softmax of all -inf = NaN, which
         # then leaks through 0 * NaN); letting every query see itself keeps it finite.

@@ -167,6 +167,7 @@ class ShoestringBlock(_BlockBase):
         a = self.self_attn(
             self.input_layernorm(hidden_states), rope, attn_mask, is_causal, past_key_values
         )
+        # pre-norm: the residual stream itself is never normalised, only each branch's input
         hidden_states = hidden_states + self.resid_dropout(a)
         m = self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states + self.resid_dropout(m)
@@ -192,6 +193,7 @@ class ShoestringGPTPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             if getattr(module, "_shoestring_residual", False):
+                # two residual adds per block (attention, MLP): 2 * n_layers in all
                 std = std / math.sqrt(2 * self.config.n_layers)
             _init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -257,7 +259,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        bsz, q_len = hidden.shape[:2]
+        bsz, q_len = hidden.shape[:2]  # hidden: [B, T, d_model]; T = new tokens only
         device = hidden.device
 
         if use_cache is None:
@@ -265,7 +267,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
             # use_cache explicitly, and a caller that hands in a cache clearly wants it used.
             use_cache = past_key_values is not None
         if self.gradient_checkpointing and self.training:
-            use_cache = False
+            use_cache = False  # a recomputed block would append its keys to the cache twice
         if use_cache and past_key_values is None:
             if DynamicCache is None:  # pragma: no cover
                 raise RuntimeError("this transformers version has no DynamicCache")
@@ -275,6 +277,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
                 "past_key_values must be a transformers Cache (e.g. DynamicCache), "
                 f"got {type(past_key_values).__name__}; legacy tuples are not supported"
             )
+        # tokens already cached: the new tokens' positions start here
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
 
         # A 2D mask of all ones carries no information; dropping it keeps the fused path.
@@ -289,6 +292,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # left padding: a row's positions count its real tokens only (pads get position 0)
             pos = attention_mask.long().cumsum(-1) - 1
+            # the mask spans cache + input; only the last q_len positions are new tokens
             position_ids = pos.masked_fill(attention_mask == 0, 0)[:, -q_len:]
 
         if self.embed_positions is not None:
@@ -305,6 +309,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         rope = None
         if self.rope_dim:
             if position_ids is None:
+                # [1, T]: the same positions for every row, broadcast over the batch
                 position_ids = torch.arange(past_len, past_len + q_len, device=device)[None]
             rope = self._rope_cos_sin(position_ids, device)  # once here, shared by every layer
 
@@ -314,7 +319,7 @@ class ShoestringGPTModel(ShoestringGPTPreTrainedModel):
         all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
         for block in self.layers:
             if all_hidden is not None:
-                all_hidden.append(hidden)
+                all_hidden.append(hidden)  # HF convention: the input of each layer, then the end
             hidden = block(
                 hidden,
                 rope=rope,
@@ -401,11 +406,13 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         loss = logits = None
         if targets is None:
+            # no loss: slice before the head, so generation pays for [B, 1, V] only
             logits = self.lm_head(_keep_last(hidden, logits_to_keep))
         elif not return_logits and num_items_in_batch is None:
+            # training: head + loss per chunk, the [B, T, V] logits never exist at once
             loss = chunked_linear_cross_entropy(hidden, self.lm_head.weight, targets)
         else:
-            logits = self.lm_head(hidden)
+            logits = self.lm_head(hidden)  # [B, T, V]
             loss = lm_loss(logits, targets, num_items_in_batch)
             logits = _keep_last(logits, logits_to_keep)
         result = CausalLMOutputWithPast(
@@ -419,8 +426,8 @@ class ShoestringGPTForCausalLM(ShoestringGPTPreTrainedModel, GenerationMixin):
 
 def _keep_last(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
     if isinstance(logits_to_keep, int):
-        return x if logits_to_keep == 0 else x[:, -logits_to_keep:]
-    return x[:, logits_to_keep]
+        return x if logits_to_keep == 0 else x[:, -logits_to_keep:]  # 0 = HF's "keep all"
+    return x[:, logits_to_keep]  # a tensor of positions to keep
 
 
 def lm_loss(
@@ -433,12 +440,14 @@ def lm_loss(
     Upcasts to fp32 only when the logits are not fp32 already (under bf16 autocast
     ``cross_entropy`` computes in fp32 anyway), so the fp32 path makes no extra copy.
     """
-    flat = logits.reshape(-1, logits.size(-1))
+    flat = logits.reshape(-1, logits.size(-1))  # [B, T, V] -> [B*T, V]
     if flat.dtype != torch.float32:
         flat = flat.float()
     flat_t = targets.reshape(-1).to(flat.device)
     if num_items_in_batch is None:
         return F.cross_entropy(flat, flat_t, ignore_index=IGNORE_INDEX)
+    # sum, then divide by the tokens of the whole accumulated batch: every micro-batch's
+    # tokens weigh the same, however many each holds
     total = F.cross_entropy(flat, flat_t, ignore_index=IGNORE_INDEX, reduction="sum")
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)

@@ -26,7 +26,7 @@ class ShoestringRMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if weight is not None and weight.dtype != x.dtype:
-            weight = weight.to(x.dtype)
+            weight = weight.to(x.dtype)  # mixed dtypes would miss the fused kernel
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
@@ -47,14 +47,15 @@ class ShoestringMLP(nn.Module):
             self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
             self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
             self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
-            self.down_proj._shoestring_residual = True
+            self.down_proj._shoestring_residual = True  # scaled init: it feeds the residual
         else:
             self.fc = nn.Linear(config.d_model, config.d_ff, bias=False)
             self.act = nn.GELU()
             self.proj = nn.Linear(config.d_ff, config.d_model, bias=False)
-            self.proj._shoestring_residual = True
+            self.proj._shoestring_residual = True  # scaled init: it feeds the residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
+            # SwiGLU: silu(gate) selects, up carries the value; [B, T, d_ff] -> [B, T, d_model]
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         return self.proj(self.act(self.fc(x)))

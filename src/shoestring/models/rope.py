@@ -38,9 +38,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [B, h, T, d] by cos/sin [b, 1, T, d] (HF "rotate_half" convention)."""
-    cos = cos.to(x.dtype)
+    cos = cos.to(x.dtype)  # fp32 tables would promote a bf16 x to fp32
     sin = sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    return x * cos + rotate_half(x) * sin  # pair i rotates with pair i + d/2 by pos * freq_i
 
 
 def rope_cos_sin(
@@ -56,12 +56,15 @@ def rope_cos_sin(
     devices or meta-device loading (a cached table would be one more buffer to move).
     ``scaling`` > 1 divides the positions (linear position interpolation).
     """
+    # one frequency per dim pair: theta^(-2i/rope_dim), i = 0 .. rope_dim/2 - 1
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, rope_dim, 2, device=device, dtype=torch.float32) / rope_dim)
     )
     pos = position_ids.to(device=device, dtype=torch.float32)
     if scaling != 1.0:
         pos = pos / scaling  # linear position interpolation
-    freqs = pos[..., None] * inv_freq
+    freqs = pos[..., None] * inv_freq  # [b, T, rope_dim/2]: angle per position and pair
+    # both halves get the same angles (rotate_half pairs i with i + d/2); [:, None] is the
+    # head axis, so one table broadcasts over all heads: [b, 1, T, rope_dim]
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]
     return emb.cos(), emb.sin()

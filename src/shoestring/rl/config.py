@@ -357,13 +357,13 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     return cfg
 
 
-#: ``prompt_format`` (before scoring protocols) -> the protocol that prompts the same way.
+#: ``prompt_format`` (a stored config's prompt key) -> the protocol that prompts the same way.
 OLD_PROMPT_FORMATS = {"auto": "auto", "chat": "chat-cot", "plain": "qa"}
 
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
-    """Runs written before scoring protocols stored ``prompt_format``; it maps onto the protocol
-    that prompts the same way (chat -> chat-cot, plain -> qa), so those runs still resume."""
+    """A stored ``config.json`` may name ``prompt_format`` rather than ``protocol``; it maps onto
+    the protocol that prompts the same way (chat -> chat-cot, plain -> qa), so such runs resume."""
     values = dict(values)
     if "prompt_format" in values:
         old = values.pop("prompt_format")

@@ -68,22 +68,24 @@ class _HeadLogps(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         w = weight.to(compute_dtype)
+        # needs_input_grad is (hidden, weight, ...): reversed -> (head trains, hidden trains)
         train_head, train_hidden = ctx.needs_input_grad[0:2][::-1]
-        frozen_grad = train_hidden and not train_head
+        frozen_grad = train_hidden and not train_head  # LoRA: only dL/dhidden is needed
         logits = hidden.to(compute_dtype) @ w.t()  # [N, V], compute dtype
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         ents = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
         lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
-            z = logits[a:b].float()
+            z = logits[a:b].float()  # [chunk, V] fp32: the only fp32 vocabulary-wide tensor
+            # .float() of fp32 logits is the logits themselves: divide to get a copy anyway
             if temperature != 1.0 or logits.dtype == torch.float32:
                 z = z / temperature  # a copy: the logits stay as they are
-            lse = torch.logsumexp(z, dim=-1)
-            lses[a:b] = lse
-            logps[a:b] = z.gather(1, targets[a:b, None]).squeeze(1) - lse
+            lse = torch.logsumexp(z, dim=-1)  # [chunk]: log of the softmax's denominator
+            lses[a:b] = lse  # kept for backward: softmax = exp(z - lse) without a new reduction
+            logps[a:b] = z.gather(1, targets[a:b, None]).squeeze(1) - lse  # log p(target)
             if want_entropy or frozen_grad:
-                log_p = z.sub_(lse[:, None])
+                log_p = z.sub_(lse[:, None])  # in place on the fp32 copy: z is not used again
                 probs = log_p.exp()
                 if want_entropy:
                     ents[a:b] = -(probs * log_p).sum(-1)  # = lse - sum p * z
@@ -93,6 +95,7 @@ class _HeadLogps(torch.autograd.Function):
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         ctx.train_head = train_head
         if frozen_grad:
+            # d logp / d hidden = (W[target] - softmax @ W) / T: [N, d], the logits can go
             dh = (w[targets].float() - (logits @ w).float()).div_(temperature)
             ctx.save_for_backward(dh)
         elif train_head:
@@ -114,9 +117,10 @@ class _HeadLogps(torch.autograd.Function):
                 z = z / temp
             # d logp / d logits = (onehot - softmax) / T, times each token's upstream grad
             gc = g[a:b, None] / temp
-            grad = z.sub_(lses[a:b, None]).exp_().mul_(-gc)
-            grad.scatter_add_(1, targets[a:b, None], gc)
+            grad = z.sub_(lses[a:b, None]).exp_().mul_(-gc)  # -softmax * g / T, in place
+            grad.scatter_add_(1, targets[a:b, None], gc)  # + onehot(target) * g / T
             logits[a:b] = grad  # in place: the logits become the logits' gradient
+        # [N, V] @ [V, d] -> [N, d]: the hidden states' gradient
         grad_h = (logits @ w).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         # the head's gradient block by block of the vocabulary, written straight into the
         # weight's dtype: no [V, d] compute-dtype copy next to the fp32 one
@@ -124,7 +128,7 @@ class _HeadLogps(torch.autograd.Function):
         h = hidden.to(w.dtype)
         for v in range(0, w.shape[0], HEAD_GRAD_VOCAB_BLOCK):
             block = slice(v, v + HEAD_GRAD_VOCAB_BLOCK)
-            grad_w[block] = logits[:, block].t() @ h
+            grad_w[block] = logits[:, block].t() @ h  # [block, N] @ [N, d]
         return grad_h, grad_w, None, None, None, None, None
 
 
@@ -146,7 +150,8 @@ def head_logps(
     else:
         cd = torch.promote_types(hidden.dtype, weight.dtype)
     bsz, t = targets.shape
-    flat = hidden.reshape(bsz * t, hidden.shape[-1])
+    flat = hidden.reshape(bsz * t, hidden.shape[-1])  # [B, T, d] -> [B*T, d]
+    # autocast off: the function casts to cd itself and must keep its fp32 statistics fp32
     with torch.autocast(device_type, enabled=False):
         lp, ent = _HeadLogps.apply(
             flat, weight, targets.reshape(-1), float(temperature), cd, want_entropy, chunk
@@ -184,15 +189,15 @@ def selective_logps_and_entropy(
     the completions were sampled from (as TRL does)."""
     logps, ents = [], []
     for i in range(0, logits.size(0), chunk):
-        lg = logits[i : i + chunk].float()
+        lg = logits[i : i + chunk].float()  # [chunk, T, V]: fp32 for a few rows only
         if temperature != 1.0:
             lg = lg / temperature
         lse = torch.logsumexp(lg, dim=-1)
         logps.append(lg.gather(-1, targets[i : i + chunk].unsqueeze(-1)).squeeze(-1) - lse)
         if want_entropy:
-            with torch.no_grad():
+            with torch.no_grad():  # entropy is a metric: no graph through it
                 p = torch.softmax(lg, dim=-1)
-                ents.append(lse - (p * lg).sum(-1))
+                ents.append(lse - (p * lg).sum(-1))  # H = lse - sum p * z
     return torch.cat(logps), (torch.cat(ents) if want_entropy else None)
 
 
@@ -220,8 +225,10 @@ def completion_logps(
         hidden = decoder(
             input_ids=ids,
             attention_mask=mask,
+            # left padding: a row's positions count its real tokens (pads clamp to 0)
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=False,
+            # position i predicts token i + 1: the c states before each completion token
         ).last_hidden_state[:, -(c + 1) : -1]
         return head_logps(hidden, weight, completion_ids, want_entropy, temperature)
     params = forward_params(model)
@@ -231,7 +238,7 @@ def completion_logps(
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = c + 1
     out = model(**kwargs)
-    logits = out.logits[:, -(c + 1) : -1, :]
+    logits = out.logits[:, -(c + 1) : -1, :]  # [B, C, V]: the states predicting each token
     return selective_logps_and_entropy(
         logits, completion_ids, want_entropy, temperature=temperature
     )
@@ -281,6 +288,7 @@ def grouped_completion_logps(
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
+    # the prompt's last position predicts every completion's first token: [P, 1, V] -> [P*g, ..]
     first = out.logits[:, -1:, :].repeat_interleave(g, dim=0)
     c = completion_ids.size(1)
     if c == 1:
@@ -288,8 +296,9 @@ def grouped_completion_logps(
             first, completion_ids, want_entropy, temperature=temperature
         )
     cache = out.past_key_values
-    cache.batch_repeat_interleave(g)
+    cache.batch_repeat_interleave(g)  # differentiable: each sample's grad reaches the prompt
     pmask = prompt_mask.repeat_interleave(g, dim=0)
+    # the last completion token predicts nothing we score, so it is not fed
     mask = torch.cat([pmask, completion_mask[:, :-1]], dim=1)
     kwargs = {
         "input_ids": completion_ids[:, :-1],
@@ -298,7 +307,7 @@ def grouped_completion_logps(
         "use_cache": True,
     }
     if "position_ids" in params:
-        start = pmask.sum(-1, keepdim=True)
+        start = pmask.sum(-1, keepdim=True)  # [P*g, 1]: real prompt tokens = first new position
         kwargs["position_ids"] = start + torch.arange(c - 1, device=mask.device)[None]
     rest = model(**kwargs).logits
     logits = torch.cat([first, rest], dim=1)
@@ -327,7 +336,7 @@ def _grouped_head_logps(
         past_key_values=DynamicCache(),
         use_cache=True,
     )
-    hidden = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)
+    hidden = out.last_hidden_state[:, -1:].repeat_interleave(g, dim=0)  # [P*g, 1, d]
     c = completion_ids.size(1)
     if c > 1:
         cache = out.past_key_values

@@ -19,7 +19,8 @@ def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         x = x.flatten()
         dim = 0
     mean = torch.nanmean(x, dim=dim, keepdim=True)
-    valid = (~torch.isnan(x)).sum(dim=dim)
+    valid = (~torch.isnan(x)).sum(dim=dim)  # the count of non-NaN entries per reduction
+    # n - 1 (Bessel); clamp: a single valid value gives std 0, not a division by zero
     var = torch.nansum((x - mean) ** 2, dim=dim) / (valid - 1).clamp(min=1)
     return var.sqrt()
 
@@ -38,10 +39,13 @@ def compute_advantages(
     whole batch (``batch``), or not divided (``none``). ``is_std_zero`` is per completion
     whether its group's std is zero (for the 'groups without signal' metric).
     """
-    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)  # [N]: no function scored it
+    # [N, F] * [1, F] -> sum over functions -> [N]; NaN (not scored) counts as 0
     rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-    rewards[unscorable] = float("nan")
+    rewards[unscorable] = float("nan")  # nansum gave 0; NaN keeps it out of the group stats
+    # [N] -> [prompts, G]: a prompt's completions are adjacent rows
     grouped = rewards.view(-1, num_generations)
+    # per-group stats back to one value per completion: [prompts] -> [N]
     mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
     if num_generations > 1:
         group_std = nanstd(grouped, dim=1).repeat_interleave(num_generations)
@@ -57,8 +61,8 @@ def compute_advantages(
         raise ValueError(f"scale_rewards={scale_rewards!r}")
     adv = rewards - mean
     if scale_rewards != "none":
-        adv = adv / (std + 1e-4)
-    adv = torch.nan_to_num(adv, nan=0.0)
+        adv = adv / (std + 1e-4)  # + 1e-4 (TRL's): a group of equal rewards gives 0, not NaN
+    adv = torch.nan_to_num(adv, nan=0.0)  # unscorable completions teach nothing
     is_std_zero = torch.isclose(group_std, torch.zeros_like(group_std))
     return adv, rewards, is_std_zero
 
@@ -74,17 +78,20 @@ def per_token_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Clipped surrogate per token (+ ``beta`` * k3 KL), shapes [B, T]; returns
     ``(loss, clipped, kl)`` where ``clipped`` marks tokens whose ratio hit the active bound."""
+    # [B] -> [B, 1]: a sequence's advantage applies to each of its tokens
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-    ratio = torch.exp(logps - old_logps)
+    ratio = torch.exp(logps - old_logps)  # pi / pi_old per token, from log-probs
     clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    # PPO's pessimistic bound: the smaller objective, negated into a loss
     loss = -torch.min(ratio * adv, clipped_ratio * adv)
+    # the clip is active only where it lowers the objective: below for adv < 0, above for > 0
     clipped = ((ratio < 1 - epsilon_low) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
     kl = None
     if beta != 0.0:
         if ref_logps is None:
             raise ValueError("beta > 0 needs reference log-probs")
         delta = ref_logps - logps
-        kl = torch.exp(delta) - delta - 1
+        kl = torch.exp(delta) - delta - 1  # k3 estimator: unbiased, always >= 0
         loss = loss + beta * kl
     return loss, clipped, kl
 
@@ -105,13 +112,15 @@ def aggregate_loss(
     divided by ``accumulation_steps``. ``dapo``: token sum / tokens of the whole step
     (``step_tokens``, every micro-batch), so no further division. Same as TRL with one process.
     """
-    mask = mask.to(token_loss.dtype)
+    mask = mask.to(token_loss.dtype)  # [B, T]: 1 on completion tokens, 0 on padding
     if loss_type == "grpo":
+        # each sequence weighs the same, whatever its length (clamp: an empty completion)
         loss = ((token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
         return loss / accumulation_steps
     if loss_type == "bnpo":
         return (token_loss * mask).sum() / mask.sum().clamp(min=1.0) / accumulation_steps
     if loss_type == "dr_grpo":
+        # a constant denominator: no length bias toward short or long completions
         loss = (token_loss * mask).sum() / (token_loss.size(0) * max_completion_length)
         return loss / accumulation_steps
     if loss_type == "dapo":

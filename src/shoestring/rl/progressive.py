@@ -255,7 +255,7 @@ class ProgressiveRun:
             cfg,
             stage,
             start["model_dir"],
-            lr_factor=cfg.retry_lr_factor**attempt,
+            lr_factor=cfg.retry_lr_factor**attempt,  # each retry of a stage lowers the lr again
             retention_reference=self.base_location,
         )
         stage_dir = self.path / "stages" / label
@@ -323,6 +323,8 @@ class ProgressiveRun:
         # 3. the rollback rule updates best/start/stage_index; then record and log the verdict
         best_before = dict(st["best"])
         best_so_far_before = st["best_so_far"]
+        # paired tests on the same problems: against the best (gates the rollback) and
+        # against this attempt's starting model (reported)
         p_best = mcnemar_p(self._per_problem(best_before["label"]), res.per_problem)
         verdict = decide(st, cfg, label, model_dir, res, attempt, p_vs_best=p_best)
         p = mcnemar_p(self._per_problem(start["label"]), res.per_problem)

@@ -88,22 +88,23 @@ class Rollout:
         per group when the slice holds whole groups), in fp32; ``autocast`` is the runtime's
         autocast context."""
         g = cfg.num_generations
-        grouped = (
+        grouped = (  # the slice must cut at group boundaries so each prompt's samples share it
             cfg.share_prompt_prefix
             and g > 1
             and not cfg.gradient_checkpointing
             and s.start % g == 0
             and (s.stop - s.start) % g == 0
         )
+        # logps of the distribution the samples came from; greedy (0) means no scaling
         temp = cfg.temperature if cfg.temperature > 0 else 1.0
         with autocast:
             if grouped:
                 lp, ent = grouped_completion_logps(
                     model,
-                    self.prompt_ids[s][::g],
+                    self.prompt_ids[s][::g],  # one row per prompt: rows repeat it g times
                     self.prompt_mask[s][::g],
                     self.completion_ids[s],
-                    self.gen_mask[s],
+                    self.gen_mask[s],  # every generated token is attended (loss mask aside)
                     g,
                     want_entropy,
                     temperature=temp,
@@ -166,6 +167,7 @@ class RolloutGenerator:
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             top_k=cfg.top_k,
+            # a seed per batch from (run seed, index): a resumed run resamples the same batch
             seed=(cfg.seed * 1_000_003 + gen_index) % (2**62),
             stop_strings=self.stop_strings,
             num_return_sequences=cfg.num_generations,
@@ -186,11 +188,11 @@ class RolloutGenerator:
             EngineOptions(dtype=policy.gen_dtype),
         )
         results = engine.generate([prompts.ids[i] for i in idx], self.sampling(gen_index))
-        self.rollout_weights.release()
+        self.rollout_weights.release()  # the bf16 copy goes before the training forward
         t1 = time.perf_counter()
         completions = [r.text for r in results]
         comp_ids = [list(r.token_ids) for r in results]
-        truncated = torch.tensor([r.finish_reason == "length" for r in results])
+        truncated = torch.tensor([r.finish_reason == "length" for r in results])  # [N] bool
         # rewards: every function sees each completion with its prompt's dataset columns
         prompts_rep = [prompts.texts[i] for i in idx for _ in range(g)]
         columns = {
@@ -200,13 +202,15 @@ class RolloutGenerator:
             score(self.reward_fns, prompts_rep, completions, comp_ids, columns)
         ).T  # [N, F]
         adv, rewards, std_zero = compute_advantages(per_func, self.weights, g, cfg.scale_rewards)
+        # prompts left-padded, completions right-padded: concatenated, each row's prompt ends
+        # and its completion starts in the same column
         prompt_ids, prompt_mask = pad_left(
             [prompts.ids[i] for i in idx for _ in range(g)], self.pad_id
         )
         completion_ids, gen_mask = pad_right(comp_ids, self.pad_id)
         loss_mask = gen_mask.clone()
         if cfg.mask_truncated_completions:
-            loss_mask[truncated] = 0
+            loss_mask[truncated] = 0  # a cut-off answer is neither right nor wrong: no loss
         dev = policy.device
         r = Rollout(
             prompt_ids.to(dev),
@@ -262,6 +266,7 @@ class RolloutGenerator:
                 }
                 for k, lab in enumerate(self.reward_labels)
             },
+            # [N] -> [prompts, g], first column: one flag per group, not per completion
             "frac_zero_std": float(std_zero.view(-1, g)[:, 0].float().mean()),
             "completion_length_mean": float(lengths.mean()),
             "completion_length_max": int(lengths.max()),

@@ -28,6 +28,7 @@ def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
     memo: dict[int, Any] = {}
     for p in model.parameters():  # a tied parameter appears once
         memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+    # deepcopy takes the memo's entries for those ids: no fp32 copy is made on the way
     shadow = copy.deepcopy(model, memo)
     return shadow.eval()
 

@@ -181,7 +181,7 @@ class GRPOTrainer:
         lr = cfg.learning_rate * lr_multiplier(
             step, self.total_steps, cfg.warmup_for(self.total_steps), decay=cfg.lr_scheduler_type
         )
-        for group in self.optimizer.param_groups:
+        for group in self.optimizer.param_groups:  # set directly: no scheduler to checkpoint
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         # forward + backward per micro-batch; gradients accumulate over the whole rollout

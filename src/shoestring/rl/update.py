@@ -43,9 +43,9 @@ def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, A
             accumulation_steps=len(slices),
             step_tokens=step_tokens,
         )
-        loss.backward()
-        tot_loss += float(loss.detach())
-        m = mask.float()
+        loss.backward()  # per micro-batch: its graph is freed before the next forward
+        tot_loss += float(loss.detach())  # the pieces are pre-scaled: their sum is the loss
+        m = mask.float()  # KL and clip statistics count the tokens the loss counts
         n_tok += float(m.sum())
         clip_sum += float((clipped.float() * m).sum())
         if ent is not None:  # over every generated token, masked from the loss or not
@@ -54,7 +54,7 @@ def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, A
             n_gen += float(gm.sum())
         if kl is not None:
             kl_sum += float((kl.detach() * m).sum())
-    ret = policy.retention_term()
+    ret = policy.retention_term()  # one term per step, not per micro-batch
     retention = None
     if ret is not None:
         ret.backward()

@@ -92,6 +92,7 @@ def _validation_accuracy(run: Path, cfg: RunConfig) -> float | None:
         for x, y in validation_batches(data.val, t.seq_len, t.batch_size, t.eval_batches):
             for i in range(0, x.shape[0], 8):  # 8 rows at a time keeps the logits small
                 logits = model(input_ids=x[i : i + 8]).logits
+                # y is x shifted by one: position t's target is token t + 1
                 right += int((logits.argmax(-1) == y[i : i + 8]).sum())
                 total += y[i : i + 8].numel()
     return right / total if total else None
@@ -100,8 +101,8 @@ def _validation_accuracy(run: Path, cfg: RunConfig) -> float | None:
 def _drop_resume_state(run: Path) -> None:
     """Delete a finished trial's ``checkpoints/step_*`` (weights + optimizer state).
 
-    Why: a finished trial is never resumed, and its resume state is 3x the model (a 12-trial
-    WikiText-2 sweep of tiny/small kept 2.7 GB). ``model/`` (final weights) and
+    Why: a finished trial is never resumed, and its resume state is about 3x the model
+    (weights plus AdamW's two moments), once per trial of a sweep. ``model/`` (final weights) and
     ``checkpoints/best/`` stay, so every trial can still be loaded, evaluated or fine-tuned.
     """
     for step_dir in (run / "checkpoints").glob("step_*"):
@@ -113,6 +114,7 @@ def run_attempt(job: dict[str, Any]) -> dict[str, Any]:
     hf_logging.disable_progress_bar()  # one line per trial from the worker, not shard bars
     _install_simulated_oom()
     cfg = from_dict(RunConfig, job["config"]).resolved()
+    # a spawned child starts with torch's default; the trial's own setting wins
     torch.set_num_threads(max(1, cfg.train.threads or torch.get_num_threads()))
     run = Path(job["run_dir"])
     on_eval = None
@@ -122,6 +124,7 @@ def run_attempt(job: dict[str, Any]) -> dict[str, Any]:
             storage=open_storage(job["storage_url"], job.get("heartbeat", 30.0)),
             pruner=pruner_for(job["prune"]),
         )
+        # the worker's trial, reopened by id: reports go to the shared storage
         trial = optuna.trial.Trial(study, job["trial_id"])
 
         def on_eval(step: int, val: float) -> None:
@@ -139,7 +142,7 @@ def run_attempt(job: dict[str, Any]) -> dict[str, Any]:
     except KeyboardInterrupt:
         out.update(status="interrupted", error="interrupted")
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded with its text
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]  # one line for the table
         out.update(status="failed", error=text, oom=_oom_in_chain(exc))
     out["wall_seconds"] = time.perf_counter() - t0
     if out["status"] == "finished":
@@ -190,9 +193,10 @@ def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_attempt_entry, args=(job, send, os.getpid()), daemon=True)
     proc.start()
-    send.close()
+    send.close()  # the child holds the only send end: its death then ends recv with EOF
     result: dict[str, Any] | None = None
     try:
+        # a result sent just before exit is still in the pipe: poll after the child is gone
         while result is None and (proc.is_alive() or recv.poll()):
             if recv.poll(0.5):
                 try:
@@ -208,7 +212,7 @@ def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
     if result is not None:
         return result
     code = proc.exitcode
-    killed = code is not None and code < 0 and -code == 9
+    killed = code is not None and code < 0 and -code == 9  # negative = killed by that signal
     return {
         "run_dir": job["run_dir"],
         "status": "failed",

@@ -65,14 +65,16 @@ def open_study(url: str, name: str, spec: StudySpec | None, heartbeat: float) ->
         storage=storage,
         sampler=sampler,
         pruner=pruner_for(spec.prune),
-        direction="minimize",
-        load_if_exists=True,
+        direction="minimize",  # the validation loss
+        load_if_exists=True,  # a rerun of the same command resumes the study
     )
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, spec.to_json())
     else:
         old = StudySpec.from_json(stored)
+        # the grid's identity (data, sizes, variants, seeds ...) must match: mixing trials
+        # of two grids in one study would rank points no single grid holds
         if old.identity() != spec.identity():
             diff = [
                 f"{k}: stored {old.identity()[k]!r}, asked {v!r}"
@@ -205,7 +207,7 @@ def _run_local_workers(
     )
     procs = spawn_workers(workers, study_dir, url, name, args)
     wait_workers(procs, study, spec, opts.progress)
-    bad = [p.returncode for p in procs if p.returncode]
+    bad = [p.returncode for p in procs if p.returncode]  # nonzero only; None = still running
     if bad:
         rundir.log(f"worker exit codes {bad}; see worker-*.log in {study_dir}")
 
@@ -232,6 +234,7 @@ def _write_outcome(
         "success": succ,
         "validation": val,
         "counts": counts,
+        # unranked rows (no finished trial with a loss) sort last: no rank 1 means no best
         "best": summary[0] if summary and summary[0]["rank"] == 1 else None,
         "files": {**files, **plots, "report_md": str(study_dir / "report.md")},
     }

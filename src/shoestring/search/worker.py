@@ -121,14 +121,14 @@ def _work(study: optuna.Study, spec: StudySpec, opts: WorkerOptions, storage_url
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
-    poll = max(1.0, min(opts.heartbeat, 5.0))
+    poll = max(1.0, min(opts.heartbeat, 5.0))  # how often an idle worker looks again
     said_waiting = False
     try:
         while not opts.max_trials or ran < opts.max_trials:
             # a trial whose worker stopped beating is failed here and re-queued by the storage
             fail_stale_trials(study)
             state = progress_of(study, spec)
-            if state.done != bar.n:
+            if state.done != bar.n:  # other workers finish trials too: follow the study
                 bar.n = state.done
                 bar.refresh()
             if state.complete:
@@ -148,7 +148,7 @@ def _work(study: optuna.Study, spec: StudySpec, opts: WorkerOptions, storage_url
             trial = study.ask()
             study._storage.record_heartbeat(trial._trial_id)
             params = _suggest(trial, spec)
-            frozen = study._storage.get_trial(trial._trial_id)
+            frozen = study._storage.get_trial(trial._trial_id)  # its system attrs: the origin
             # two workers may draw the same grid point: the lower origin runs it, this one yields
             reason = grid.stand_down_reason(
                 trial.number,

@@ -50,7 +50,7 @@ def rng_state() -> dict[str, Any]:
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [
             np_state[0],
-            torch.from_numpy(np_state[1].astype(np.int64)),
+            torch.from_numpy(np_state[1].astype(np.int64)),  # a tensor: weights_only loads it
             int(np_state[2]),
             int(np_state[3]),
             float(np_state[4]),
@@ -76,7 +76,7 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     seen: dict[int, str] = {}
     out = {}
     for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
+        key = tensor.data_ptr()  # tied weights share storage: same address, kept once
         if key in seen and tensor.numel() > 0:
             continue
         seen[key] = name
@@ -96,6 +96,7 @@ def save_checkpoint(
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    # same directory as the target: the rename stays on one file system, hence atomic
     tmp = ckpt_dir.parent / f".tmp_{ckpt_dir.name}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -104,7 +105,7 @@ def save_checkpoint(
         weights = _state_tensors(model) if tensors is None else tensors
         save_file(weights, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
-        for f in tmp.iterdir():
+        for f in tmp.iterdir():  # on disk before the rename, or a crash leaves empty files
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         write_manifest(tmp)  # after the files are complete, before the rename makes them visible
@@ -117,6 +118,8 @@ def save_checkpoint(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(ckpt_dir)) from exc
         raise
     if ckpt_dir.exists():
+        # a rename cannot land on a non-empty directory: move the old one aside first (a crash
+        # between the two leaves .old_*, which prune_checkpoints removes)
         old = ckpt_dir.parent / f".old_{ckpt_dir.name}_{os.getpid()}"
         os.replace(ckpt_dir, old)
         os.replace(tmp, ckpt_dir)
@@ -152,8 +155,8 @@ def write_manifest(ckpt_dir: Path) -> None:
 def verify_checkpoint(ckpt_dir: str | Path) -> str | None:
     """What is wrong with a checkpoint according to its manifest, or None when it is intact.
 
-    A checkpoint written before manifests existed has none; it is accepted here and checked by
-    loading it (damage then shows as a :class:`CorruptFileError`).
+    A checkpoint without a manifest is accepted here and checked by loading it (damage then
+    shows as a :class:`CorruptFileError`).
     """
     ckpt_dir = Path(ckpt_dir)
     manifest = ckpt_dir / MANIFEST
@@ -202,6 +205,7 @@ def load_checkpoint(
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if isinstance(getattr(model, "_tied_weights_keys", None), dict):
         tied = set(model._tied_weights_keys)
+    # tied weights are stored once (see _state_tensors): their second name is "missing"
     real_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if real_missing or unexpected:
         raise UserError(
@@ -228,7 +232,7 @@ def load_newest_intact(
     if not found:
         raise UserError(f"{root.parent} has no complete checkpoint to resume from")
     damaged: list[str] = []
-    for _step, path in reversed(found):
+    for _step, path in reversed(found):  # newest first
         reason = verify_checkpoint(path)
         if reason is None:
             try:

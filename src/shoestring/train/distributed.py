@@ -75,8 +75,9 @@ def all_mean(value: float, info: DistInfo, device: torch.device) -> float:
     """Mean of a scalar over all ranks (the value itself in a single process)."""
     if not info.enabled:
         return value
+    # on the rank's device: nccl reduces CUDA tensors only; fp64 keeps the sum exact enough
     t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t)  # SUM by default; divided below
     return float(t.item()) / info.world_size
 
 
@@ -91,9 +92,9 @@ def rank_slice(
     world, rank = info.world_size, info.rank
     mine = []
     for x, y in batches:
-        per = -(-x.shape[0] // world)
+        per = -(-x.shape[0] // world)  # ceil: the last rank may get fewer rows, or none
         lo, hi = rank * per, (rank + 1) * per
-        if x[lo:hi].shape[0]:
+        if x[lo:hi].shape[0]:  # evaluate weighs by rows, so an empty slice just drops out
             mine.append((x[lo:hi], y[lo:hi]))
     return mine
 

@@ -147,6 +147,7 @@ class HybridController:
     def memory_report(self) -> dict[str, int]:
         """Bytes held beyond model + optimizer, by purpose (the cost of predicting)."""
         n4 = self.numel * 4
+        # fp32 weights, plus both AdamW moments when coasting changes them
         anchor = n4 * (3 if self.predictor.mutates_optimizer else 1)
         return {
             "parameters": self.numel,
@@ -179,6 +180,7 @@ class HybridController:
         else:
             d = loss - s.loss_ema
             s.loss_ema += LOSS_EMA * d
+            # exponentially weighted variance (West's update), from the pre-update residual
             s.loss_var = (1 - LOSS_EMA) * (s.loss_var + LOSS_EMA * d * d)
 
     def _loss_std(self) -> float:
@@ -193,8 +195,9 @@ class HybridController:
         y = torch.tensor([h[1] for h in hist], dtype=torch.float64)
         xm, ym = x.mean(), y.mean()
         var = ((x - xm) ** 2).sum()
+        # least-squares slope; the line passes through the means
         slope = ((x - xm) * (y - ym)).sum() / var if var > 0 else torch.tensor(0.0)
-        resid = y - (ym + slope * (x - xm))
+        resid = y - (ym + slope * (x - xm))  # noise around the trend, not around a mean
         std = float(resid.std()) if len(hist) > 2 else 0.0
         return float(ym + slope * (step - xm)), std
 
@@ -224,6 +227,7 @@ class HybridController:
     def _restore_anchor(self) -> None:
         assert self.anchor is not None
         copy_flat_(self.params, self.anchor["weights"])
+        # strict=False: without saved moments (a predictor that leaves them alone) nothing runs
         for p, saved in zip(self.params, self.anchor.get("moments", []), strict=False):
             st = self.optimizer.state.get(p, {})
             for k, v in saved.items():
@@ -249,21 +253,23 @@ class HybridController:
     def _real_step(self, step: int, real_step: Callable[[], tuple[float, float]]) -> StepOutcome:
         s, h = self.s, self.h
         phase = s.phase
-        fit = phase in ("full", "correct")
-        scored = (
+        fit = phase in ("full", "correct")  # steps the predictor learns from
+        scored = (  # only the tail of a full span is scored: each score costs two weight copies
             fit
             and self.predictor.ready()
             and (phase == "correct" or s.phase_steps >= s.full_required - h.score_full_steps)
         )
         lr = self._lr()
+        # the shadow prediction, made before the real step so it cannot peek at its result
         pred = self.predictor.predict(step - s.last_observed, lr) if scored else None
         loss_pred, loss_noise = self._trend(step)
         need_delta = scored or (fit and self.predictor.needs_updates)
         before = flatten(self.params) if need_delta else None
         norm_before = weight_norm(self.params)
         loss, gnorm = real_step()
+        # the real update as one flat fp32 vector: weights after - before (in place, one copy)
         delta = flatten(self.params).sub_(before) if before is not None else None
-        del before
+        del before  # a full copy of the weights: free it before the predictor's work
         norm_after = weight_norm(self.params)
         change = abs(norm_after - norm_before)
         s.norm_change_ema = (
@@ -276,16 +282,17 @@ class HybridController:
             cos = _cosine(pred, delta)
             dn = float(delta.norm())
             rel = float((pred - delta).norm()) / dn if dn > 0 else float("inf")
-            ratio = float(pred.norm()) / dn if dn > 0 else 0.0
+            ratio = float(pred.norm()) / dn if dn > 0 else 0.0  # r = |predicted| / |real|
             z = None
             loss_ok = 1.0
             if loss_pred is not None:
-                noise = max(loss_noise, self._loss_std(), 1e-6)
-                z = (loss - loss_pred) / noise
+                noise = max(loss_noise, self._loss_std(), 1e-6)  # the larger noise: cautious
+                z = (loss - loss_pred) / noise  # how far above the trend, in noise units
                 span = max(h.divergence_sigma - 1.0, 1e-6)
+                # 1 up to z = 1, falling linearly to 0 at z = divergence_sigma
                 loss_ok = min(1.0, max(0.0, (h.divergence_sigma - z) / span))
-            norm_ok = min(ratio, 1.0 / ratio) if ratio > 0 else 0.0
-            score = max(0.0, cos) * norm_ok * loss_ok
+            norm_ok = min(ratio, 1.0 / ratio) if ratio > 0 else 0.0  # too long = too short
+            score = max(0.0, cos) * norm_ok * loss_ok  # a wrong direction scores 0, not < 0
             a = h.confidence_ema
             s.confidence = (1 - a) * s.confidence + a * score
             s.n_scored += 1
@@ -311,14 +318,14 @@ class HybridController:
         self._loss_stats(loss)
         if math.isfinite(loss):
             s.loss_hist.append([float(step), float(loss)])
-            del s.loss_hist[: -h.loss_window]
+            del s.loss_hist[: -h.loss_window]  # keep the newest loss_window points
         s.phase_steps += 1
         # transitions decided after the step: the phase of the next step
         if phase == "warmup" and s.phase_steps >= h.warmup_steps:
             self._enter(step, "full", f"warmup done ({h.warmup_steps} steps)")
         elif phase == "full" and s.phase_steps >= s.full_required:
             if self.predictor.ready() and s.confidence >= h.confidence_threshold:
-                self._save_anchor(step + 1)
+                self._save_anchor(step + 1)  # the weights the first predicted step starts from
                 self._enter(
                     step, "predict", f"confidence {s.confidence:.3f} >= {h.confidence_threshold}"
                 )
@@ -338,6 +345,7 @@ class HybridController:
     def _predicted_step(self, step: int, monitor_loss: Callable[[], float]) -> StepOutcome:
         s, h = self.s, self.h
         lr = self._lr()
+        # steps since the last real update: a predictor may extrapolate further each step
         delta = self.predictor.predict(step - s.last_observed, lr)
         dnorm = float(delta.norm())
         reason = None
@@ -351,7 +359,7 @@ class HybridController:
             self.predictor.after_predicted_step()
             norm_after = weight_norm(self.params)
             change = abs(norm_after - norm_before)
-            typical = s.norm_change_ema or 0.0
+            typical = s.norm_change_ema or 0.0  # a real step's weight-norm change, smoothed
             if not math.isfinite(norm_after):
                 reason = "non-finite weights"
             elif typical > 0 and change > h.norm_jump * typical:
@@ -360,7 +368,7 @@ class HybridController:
                     f"{typical:.3g}"
                 )
         del delta
-        self.scheduler.step()
+        self.scheduler.step()  # the schedule advances as if the step were real
         s.phase_steps += 1
         s.backward_skipped += 1
         if reason is None and h.monitor_every and s.phase_steps % h.monitor_every == 0:
@@ -394,6 +402,7 @@ class HybridController:
         if anchor is None or "verify_step" not in anchor or self.batch_loss is None:
             return None
         vstep = anchor["verify_step"]
+        # reuse the monitor's forward when it just measured this very batch
         after = loss_now if (loss_now is not None and vstep == step) else None
         if after is None:
             after = float(self.batch_loss(vstep))
@@ -419,7 +428,7 @@ class HybridController:
             reason=f"restored the weights saved when predict began (step {s.anchor_step})",
         )
         self.log(f"hybrid: divergence at step {step + 1} ({reason}); weights restored")
-        s.confidence = 0.0
+        s.confidence = 0.0  # trust is earned again over a full span
         self.anchor = None
         self._enter(step, "full", "rollback")
 

@@ -51,12 +51,12 @@ def orthogonalise(m: torch.Tensor, dtype: torch.dtype, steps: int = NS_STEPS) ->
     x = m.to(dtype, copy=True)
     tall = x.size(0) > x.size(1)
     if tall:
-        x = x.T
+        x = x.T  # work on the wide side: the Gram matrix x @ x.T is the smaller square
     x.div_(x.norm().clamp(min=NS_EPS))  # spectral norm <= Frobenius norm = 1
     for _ in range(steps):
-        gram = x @ x.T
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, poly, x, beta=a)
+        gram = x @ x.T  # A = X X^T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # B = b A + c A^2
+        x = torch.addmm(x, poly, x, beta=a)  # X <- a X + B X: each singular value s -> p(s)
     return x.T if tall else x
 
 
@@ -103,6 +103,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self._adamw = make(adamw_groups, lr=adamw_lr, betas=betas)
         for g in self._adamw.param_groups:
             g["kind"] = "adamw"
+        # the inner AdamW's group dicts themselves (not copies): one LambdaLR edits both
         super().__init__([muon_group, *self._adamw.param_groups], defaults={})
         self._rebind()
 
@@ -137,11 +138,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p.grad)
             buf = st["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - mom)
+            buf.lerp_(p.grad, 1 - mom)  # B <- mu B + (1 - mu) g
+            # Nesterov: look ahead along the momentum, g + mu (B - g)
             update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
-            ortho = orthogonalise(update, dtype)
-            p.mul_(1 - lr * wd)
-            p.add_(ortho, alpha=-lr * muon_lr_scale(p.shape))
+            ortho = orthogonalise(update, dtype)  # ~U V^T: every direction the same size
+            p.mul_(1 - lr * wd)  # decoupled decay, as AdamW
+            p.add_(ortho, alpha=-lr * muon_lr_scale(p.shape))  # RMS matched to AdamW's
 
     @torch.no_grad()
     def coast_update(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | None:

@@ -51,6 +51,7 @@ def add_flat_(params: Sequence[torch.Tensor], vec: torch.Tensor, alpha: float = 
     with torch.no_grad():
         for p in params:
             n = p.numel()
+            # this parameter's slice of the flat vector, reshaped to it; cast to its dtype
             p.add_(vec[off : off + n].view_as(p).to(p.dtype), alpha=alpha)
             off += n
 
@@ -68,8 +69,8 @@ def copy_flat_(params: Sequence[torch.Tensor], vec: torch.Tensor) -> None:
 def weight_norm(params: Sequence[torch.Tensor]) -> float:
     """Global L2 norm of the parameters without building a flat copy."""
     with torch.no_grad():
-        norms = torch._foreach_norm([p.detach().float() for p in params])
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
+        norms = torch._foreach_norm([p.detach().float() for p in params])  # one norm each
+        return float(torch.linalg.vector_norm(torch.stack(norms)))  # sqrt(sum of squares)
 
 
 def _safe_lr(lr: float) -> float:
@@ -149,7 +150,7 @@ class CoastingPredictor(UpdatePredictor):
         self.optimizer = optimizer
         self._offsets: dict[int, int] = {}
         off = 0
-        for p in self.params:
+        for p in self.params:  # where each parameter starts in the flat vector
             self._offsets[id(p)] = off
             off += p.numel()
 
@@ -190,16 +191,18 @@ class CoastingPredictor(UpdatePredictor):
             )
             buckets.setdefault(key, []).append((p, st))
         for (glr, eps, wd, beta1, beta2, step), items in buckets.items():
-            t = step + 1.0
+            t = step + 1.0  # the step about to be taken, for the bias corrections
             ms = [st["exp_avg"] for _, st in items]
             vs = [st["exp_avg_sq"] for _, st in items]
+            # grad = 0: v -> beta2 v, so sqrt(v_hat) + eps = sqrt(beta2 v / (1 - beta2^t)) + eps
             denom = torch._foreach_mul(vs, beta2 / (1.0 - beta2**t))
             torch._foreach_sqrt_(denom)
             torch._foreach_add_(denom, eps)
             upd = torch._foreach_div(ms, denom)
             del denom
+            # m -> beta1 m, bias-corrected, times -lr: the AdamW step itself
             torch._foreach_mul_(upd, -glr * beta1 / (1.0 - beta1**t))
-            if wd:
+            if wd:  # decoupled decay: -lr * wd * theta
                 torch._foreach_add_(upd, [p.detach() for p, _ in items], alpha=-glr * wd)
             for (p, _), u in zip(items, upd, strict=True):
                 off = self._offsets[id(p)]
@@ -209,7 +212,7 @@ class CoastingPredictor(UpdatePredictor):
     @torch.no_grad()
     def after_predicted_step(self) -> None:  # noqa: B027 - optional hook, default no-op
         for group, _p, st in self._groups():
-            if "momentum_buffer" in st:
+            if "momentum_buffer" in st:  # Muon's momentum with a zero gradient: mu B
                 st["momentum_buffer"].mul_(group["momentum"])
             if "exp_avg" not in st:
                 continue
@@ -244,13 +247,14 @@ class LinearPredictor(UpdatePredictor):
 
     @torch.no_grad()
     def observe(self, delta: torch.Tensor, lr: float) -> None:
+        # EMA of the per-unit-lr updates: v <- beta v + (1 - beta) delta / lr
         self.velocity.mul_(self.beta).add_(delta, alpha=(1.0 - self.beta) / _safe_lr(lr))
         self.count += 1
 
     @torch.no_grad()
     def predict(self, ahead: int, lr: float) -> torch.Tensor:
-        correction = 1.0 - self.beta**self.count if self.count else 1.0
-        return self.velocity * (lr / correction)
+        correction = 1.0 - self.beta**self.count if self.count else 1.0  # Adam-style bias fix
+        return self.velocity * (lr / correction)  # back from per-unit-lr to this step's lr
 
     def reset(self) -> None:  # noqa: B027 - optional hook, default no-op
         self.velocity.zero_()
@@ -302,23 +306,24 @@ class LowRankPredictor(UpdatePredictor):
 
     @torch.no_grad()
     def observe(self, delta: torch.Tensor, lr: float) -> None:
-        slot = self.count % self.history
+        slot = self.count % self.history  # ring buffer: the oldest update is overwritten
         self.buffer[slot] = delta / _safe_lr(lr)
+        # [K, N] @ [N] -> [K]: the new row's dot with every stored row (one product)
         dots = (self.buffer @ self.buffer[slot]).double().cpu()
-        self.gram[slot, :] = dots
+        self.gram[slot, :] = dots  # G is symmetric: row and column
         self.gram[:, slot] = dots
         self.count += 1
 
     def _order(self) -> list[int]:
         n = min(self.count, self.history)
-        return [(self.count - n + i) % self.history for i in range(n)]
+        return [(self.count - n + i) % self.history for i in range(n)]  # ring slots, oldest first
 
     @torch.no_grad()
     def weights(self, ahead: int) -> tuple[list[int], torch.Tensor]:
         """(row order, w) with the predicted per-unit-lr update = ``buffer[order]^T w``."""
         order = self._order()
         n = len(order)
-        g = self.gram[order][:, order]
+        g = self.gram[order][:, order]  # [n, n] in time order, so the line fit sees time
         evals, evecs = torch.linalg.eigh(g)  # ascending
         top = evals[-1].clamp_min(0.0)
         w = torch.zeros(n, dtype=torch.float64)
@@ -326,14 +331,15 @@ class LowRankPredictor(UpdatePredictor):
         target = n - 1 + min(max(ahead, 1), 1)  # one step of trend, then hold
         for j in range(1, min(self.rank, n) + 1):
             lam = evals[-j]
-            if lam <= 1e-12 * top or lam <= 0:
+            if lam <= 1e-12 * top or lam <= 0:  # a numerically empty direction
                 continue
             e = evecs[:, -j]
             coef = lam.sqrt() * e  # coefficient of each stored update along direction j
             xm, ym = steps.mean(), coef.mean()
             var = ((steps - xm) ** 2).sum()
             slope = ((steps - xm) * (coef - ym)).sum() / var if var > 0 else 0.0
-            pred = ym + slope * (target - xm)
+            pred = ym + slope * (target - xm)  # the coefficient the line gives at the target
+            # direction j = H^T e / sqrt(lam): weight on the stored rows is e * pred / sqrt(lam)
             w += (pred / lam.sqrt()) * e
         return order, w
 
@@ -342,7 +348,7 @@ class LowRankPredictor(UpdatePredictor):
         order, w = self.weights(ahead)
         full = torch.zeros(self.history, dtype=torch.float64)
         full[order] = w  # weights per ring slot: no K x N gather
-        return (full.to(self.buffer.dtype).to(self.device) * lr) @ self.buffer
+        return (full.to(self.buffer.dtype).to(self.device) * lr) @ self.buffer  # [K] @ [K, N]
 
     def reset(self) -> None:  # noqa: B027 - optional hook, default no-op
         self.buffer.zero_()
@@ -392,7 +398,7 @@ class LeapPredictor(UpdatePredictor):
 
     @torch.no_grad()
     def observe(self, delta: torch.Tensor, lr: float) -> None:
-        self.block.add_(delta)
+        self.block.add_(delta)  # theta_t - theta_{t-d}, accumulated update by update
         self.block_lr += lr
         self.block_steps += 1
         if self.block_steps >= self.span:

@@ -69,6 +69,7 @@ class RunData:
             cfg.model.vocab_size = vocab
         t = cfg.train
         stream = WindowStream(data.train, t.seq_len, t.seed)
+        # built for the whole world, then sliced per rank: the same set at any world size
         val = validation_batches(
             data.val, t.seq_len, t.batch_size * info.world_size, t.eval_batches
         )
@@ -128,7 +129,7 @@ class Step:
         if compile_policy.compile_from_start():
             self.train_model = torch.compile(parts.model)
         if info.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
+            ids = [self.device.index] if self.device.type == "cuda" else None  # CPU: None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
 
     def compile_now(self) -> None:
@@ -138,9 +139,10 @@ class Step:
     def forward_loss(
         self, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module
     ) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True)  # [micro, seq_len]; y is x shifted by one
         y = y.to(self.device, non_blocking=True)
         with self.rt.autocast():
+            # return_logits=False: chunked head + loss, the [B, T, V] logits never exist
             return model(input_ids=x, targets=y, return_logits=False).loss
 
     def __call__(self, step: int, ts: TrainState, global_batch: int) -> tuple[float, float]:
@@ -152,7 +154,7 @@ class Step:
                 return self._try_step(step, ts, global_batch)
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if self.compile.fall_back(exc):
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad(set_to_none=True)  # the failed try's partial grads
                     self.train_model = self.parts.model
                     failed = self.compile.info["failed"]
                     self.log(
@@ -162,7 +164,7 @@ class Step:
                 if not is_oom_error(exc):
                     raise
                 optimizer.zero_grad(set_to_none=True)
-                gc.collect()
+                gc.collect()  # the failed try's activations, before the smaller retry
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 event = halve_micro_batch(ts, step, exc, self.info.enabled)
@@ -175,11 +177,12 @@ class Step:
 
     def _try_step(self, step: int, ts: TrainState, global_batch: int) -> tuple[float, float]:
         info, parts = self.info, self.parts
-        micro = list(
+        micro = list(  # this rank's share of the step's global batch, in micro-batches
             step_micro_batches(
                 self.data.stream, step, global_batch, info.rank, info.world_size, ts.micro_batch
             )
         )
+        # summed on the device: a float() per micro-batch would sync the host every time
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         n = len(micro)
         for i, (x, y) in enumerate(micro):
@@ -188,10 +191,10 @@ class Step:
             ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with ctx:
                 loss = self.forward_loss(x, y, self.train_model)
-                (loss / n).backward()
+                (loss / n).backward()  # / n: the accumulated gradient is the step's mean
             total += loss.detach().float() / n
-        loss_value = all_mean(float(total), info, self.device)
-        if not math.isfinite(loss_value):
+        loss_value = all_mean(float(total), info, self.device)  # the same on every rank
+        if not math.isfinite(loss_value):  # every rank sees it: all stop at the same step
             parts.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(f"loss became {loss_value} at step {step}")
         params = parts.model.parameters()
@@ -213,10 +216,10 @@ class Step:
         """Mean loss over the fixed validation set (all ranks' shares, all-reduced)."""
         model = self.parts.model
         model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, rows]
         for x, y in self.data.val_mine:
             loss = self.forward_loss(x, y, model)
-            total[0] += float(loss) * x.shape[0]
+            total[0] += float(loss) * x.shape[0]  # weighted by rows: batches may differ
             total[1] += x.shape[0]
         if self.info.enabled:
             dist.all_reduce(total)

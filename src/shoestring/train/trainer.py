@@ -80,6 +80,7 @@ class Trainer:
         self.resume = resume
         self.dist = init_distributed(cfg.train.device)
         t = cfg.train
+        # ranks on one host split its cores; oversubscribed threads slow every rank down
         threads = t.threads or max(1, physical_cores() // self.dist.world_size)
         self.rt: Runtime = setup_runtime(
             rank_device(t.device, self.dist), t.dtype, threads, t.flush_denormal, t.deterministic
@@ -219,6 +220,7 @@ class Trainer:
             f"(data position {state['data_position']} sequences)"
         )
         if self.rundir is not None:
+            # steps logged after this checkpoint are redone: their old records would repeat
             self.rundir.truncate_metrics_after(ts.step)
 
     def _write_model(self) -> None:
@@ -326,6 +328,7 @@ class Trainer:
             # the untrained model's loss is the baseline every curve starts from
             if ts.initial_val_loss is None:
                 ts.initial_val_loss = val = self._timed_evaluate()
+                # min(.., 50): a diverged loss must not overflow exp() into an error
                 self.metric({"step": 0, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
                 self.log(
                     f"step 0: val loss {val:.4f} (ln vocab = "
@@ -340,7 +343,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, gnorm = self._train_step(step)
                 if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize()  # kernels run async: time the work, not the launch
                 dt = time.perf_counter() - t0
                 # 2. count it: steps, training time, tokens (a predicted step trains on none)
                 ts.step = step + 1
@@ -357,7 +360,7 @@ class Trainer:
                 bar.update(1)
                 # 4. a metrics record every log_every steps, throughput over the window
                 if self._log_step_due(ts.step):
-                    tps = window_tokens / max(window_time, 1e-9)
+                    tps = window_tokens / max(window_time, 1e-9)  # eval time is not counted
                     self.metric(
                         {
                             "step": ts.step,
