@@ -117,9 +117,8 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
     if args.resume:
         from shoestring.rundir.lock import refuse_if_held
 
-        cfg = resume_config(args.resume, overrides)
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
-        return cfg
+        return resume_config(args.resume, overrides)
     if args.config and args.trl_config:
         raise UserError("give --config or --trl-config, not both")
     path = args.config or args.trl_config
@@ -199,9 +198,8 @@ def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
     if args.resume:
         from shoestring.rundir.lock import refuse_if_held
 
-        cfg = progressive_resume_config(args.resume, overrides)
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
-        return cfg
+        return progressive_resume_config(args.resume, overrides)
     if args.stages:
         return load_stages_file(args.stages, overrides)
     raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")

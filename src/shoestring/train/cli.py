@@ -65,10 +65,10 @@ def run_cli(args: argparse.Namespace) -> int:
         return print_config_keys(TrainJobConfig())
     overrides = shortcut_overrides(args, SHORTCUT_FLAGS) + list(args.overrides)
     if args.resume:
-        cfg = resume_train_config(args.resume, overrides)
         from shoestring.rundir.lock import refuse_if_held
 
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
+        cfg = resume_train_config(args.resume, overrides)
     else:
         cfg = build_train_config(args.preset, args.variant, args.config, overrides)
     # deferred: torch is heavy; shoestring --help must not load it
