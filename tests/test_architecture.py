@@ -42,7 +42,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine and reports", ("engine", "report")),
     ("scoring", ("scoring",)),
     ("pretraining", ("train",)),
-    ("commands", ("analyze", "bench", "generate", "prepare", "rl", "search", "quickstart")),
+    (
+        "commands",
+        ("analyze", "bench", "compare", "generate", "prepare", "rl", "search", "quickstart"),
+    ),
     ("command line", ("cli", "__main__")),
 ]
 
@@ -217,7 +220,7 @@ def test_architecture_page_draws_the_same_layers() -> None:
 
 def test_layer_check_catches_an_upward_import() -> None:
     assert layer_of("shoestring.data.gsm8k") < layer_of("shoestring.scoring.protocols")
-    assert layer_of("shoestring.rundir.lock") < layer_of("shoestring.report.compare")
+    assert layer_of("shoestring.rundir.lock") < layer_of("shoestring.compare.run")
     assert layer_of("shoestring.cli") == len(LAYERS) - 1
 
 

@@ -27,7 +27,7 @@ from shoestring.bench.records import read_problem_records
 from shoestring.bench.runner import run
 from shoestring.config import ConfigError
 from shoestring.errors import UserError
-from shoestring.report.compare import write_run_report
+from shoestring.report.build import write_run_report
 from shoestring.scoring.protocols import get_protocol
 
 CHAT_TEMPLATE = (

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from shoestring.cli import main as cli_main
+from shoestring.compare.run import compare
 from shoestring.errors import UserError
-from shoestring.report.compare import compare
 from shoestring.report.kinds import detect_kind, load_runs
 from shoestring.report.rules import speed_words_in
 from shoestring.rundir.directory import RunDir, atomic_write_json
@@ -782,7 +782,7 @@ def test_hybrid_benchmark_output_is_read_without_src_knowing_it(tmp_path: Path) 
 
 
 def test_write_run_report_for_each_kind(tmp_path: Path) -> None:
-    from shoestring.report.compare import write_run_report
+    from shoestring.report.build import write_run_report
 
     bench = make_bench(tmp_path, "bench", {"weak": _fifty(5), "strong": _fifty(40)})
     dirs = [make_train_run(tmp_path, "tr"), bench, *_make_other_kinds(tmp_path)]

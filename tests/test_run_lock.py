@@ -144,7 +144,7 @@ def test_failure_before_the_lifecycle_leaves_a_failed_summary(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from shoestring.cli import main
-    from shoestring.report.compare import compare
+    from shoestring.compare.run import compare
 
     def train(data: Path, name: str, *extra: str) -> int:
         args = ["train", "--data", str(data), "--out", str(tmp_path), "--name", name]
@@ -185,7 +185,7 @@ def test_bench_early_failure_leaves_a_failed_summary(tmp_path: Path) -> None:
 
 
 def test_compare_shows_bare_failed_runs_of_every_kind(tmp_path: Path) -> None:
-    from shoestring.report.compare import compare
+    from shoestring.compare.run import compare
 
     for kind in ("train", "bench", "grpo", "progressive", "study", "analysis"):
         (tmp_path / kind).mkdir()

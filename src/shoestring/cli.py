@@ -32,7 +32,7 @@ COMMANDS: list[str] = [
     "shoestring.analyze.cli",
     "shoestring.search.cli",
     "shoestring.rl.cli",
-    "shoestring.report.cli",
+    "shoestring.compare.cli",
 ]
 
 

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from shoestring.report.blocks import Finding
+from shoestring.report.parts import group_by
 from shoestring.util.stats import wilson_interval
 
 __all__ = ["NOT_RECORDED", "acc_text", "eval_cell", "eval_text", "evals_overlap", "interval_row"]
@@ -82,23 +83,20 @@ def evals_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def interval_row(label: str, correct: int, n: int, color: Any) -> dict[str, Any]:
-    """One point of :func:`shoestring.report.plots.accuracy_intervals`: accuracy and interval."""
+    """One point of :func:`shoestring.report.plots.intervals`: accuracy and interval, in %."""
     lo, hi = wilson_interval(int(correct), int(n))
-    return {"label": label, "accuracy": correct / n, "lo": lo, "hi": hi, "color": color}
+    return {"label": label, "x": 100 * correct / n, "lo": 100 * lo, "hi": 100 * hi, "color": color}
 
 
 def protocol_findings(sources: list[tuple[str, str | None, str]]) -> list[Finding]:
     """One warning when the accuracies of a report - ``sources``: (label, protocol identity,
     protocol name) from every kind - were scored under more than one protocol."""
     # group the sources by protocol identity; an unrecorded protocol is a group of its own
-    groups: dict[str | None, tuple[str, list[str]]] = {}
-    for label, key, name in sources:
-        groups.setdefault(key, (name, []))[1].append(label)
-    if len(groups) < 2:
+    if len(groups := group_by(sources, lambda s: s[1])) < 2:
         return []
     text = "; ".join(
-        f"{protocol_label(key, name)}: " + ", ".join(f"`{x}`" for x in labels)
-        for key, (name, labels) in groups.items()
+        f"{protocol_label(key, g[0][2])}: " + ", ".join(f"`{x[0]}`" for x in g)
+        for key, g in groups.items()
     )
     text = (
         f"The accuracies compared here were scored under different protocols ({text}): a "
@@ -106,5 +104,5 @@ def protocol_findings(sources: list[tuple[str, str | None, str]]) -> list[Findin
         "measurement, so these accuracies are not comparable and no paired or noise test is "
         "made between them."
     )
-    nums = {"protocols": {(k or NOT_RECORDED): v[1] for k, v in groups.items()}}
+    nums = {"protocols": {(k or NOT_RECORDED): [x[0] for x in g] for k, g in groups.items()}}
     return [Finding("protocol", "warning", text, [label for label, _, _ in sources], nums)]

@@ -1,19 +1,20 @@
-"""The report as data (sections of paragraphs, tables, images; findings), rendered three ways.
+"""The report as data (sections of paragraphs, tables, images; findings), as Markdown and JSON.
 
-Why: ``compare`` writes report.md, report.html and ``--format json``; building the report once
-and rendering it three times keeps them from drifting apart. Inline text uses only ``**bold**``
-and ```code```; the HTML renderer converts exactly those after escaping, so a run name with
-``<`` in it cannot break the page.
+Why: every command's report.md, ``compare``'s report.md, report.json and ``--format json`` (and
+its HTML page, :mod:`shoestring.compare.html`) render one report built once, so they cannot
+drift apart. Inline text uses only ``**bold**`` and ```code```.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 __all__ = ["NO_FINDINGS", "Block", "Bullets", "Code", "Finding", "Image", "Para", "Report"]
 __all__ += ["Section", "Severity", "Table", "fmt", "fmt_cpu", "fmt_duration", "fmt_int", "fmt_mib"]
-__all__ += ["fmt_millions", "fmt_size", "md_table", "render_markdown", "report_to_dict"]
+__all__ += ["fmt_millions", "fmt_size", "md_table", "render_markdown"]
+__all__ += ["report_to_dict"]
 
 
 @dataclass
@@ -162,6 +163,15 @@ def md_table(t: Table) -> list[str]:
 
 NO_FINDINGS = "No rule fired: nothing contradicts the names, and no difference was tested."
 _SEVERITY_MARK = {"warning": "WARNING", "caution": "CAUTION", "info": "note"}
+#: Each block kind as Markdown lines (the renderer puts a blank line after each block).
+_MARKDOWN: dict[str, Callable[[Any], list[str]]] = {
+    "para": lambda b: [b.text],
+    "bullets": lambda b: [f"- {i}" for i in b.items],
+    # a fence inside the text would end the block early: break it up
+    "code": lambda b: ["```text", b.shown().replace("```", "` ` `"), "```"],
+    "table": md_table,
+    "image": lambda b: [f"![{b.alt}]({b.file})"] + (["", f"*{b.caption}*"] if b.caption else []),
+}
 
 
 def render_markdown(report: Report) -> str:
@@ -178,19 +188,7 @@ def render_markdown(report: Report) -> str:
     for s in report.sections:
         lines += [f"## {s.title}", ""]
         for b in s.blocks:
-            if isinstance(b, Para):
-                lines += [b.text, ""]
-            elif isinstance(b, Bullets):
-                lines += [f"- {i}" for i in b.items] + [""]
-            elif isinstance(b, Code):
-                # a fence inside the text would end the block early: break it up
-                lines += ["```text", b.shown().replace("```", "` ` `"), "```", ""]
-            elif isinstance(b, Table):
-                lines += md_table(b) + [""]
-            elif isinstance(b, Image):
-                lines += [f"![{b.alt}]({b.file})", ""]
-                if b.caption:
-                    lines += [f"*{b.caption}*", ""]
+            lines += [*_MARKDOWN[b.kind](b), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shoestring.models.card import write_model_card
-from shoestring.report.compare import write_run_report
+from shoestring.report.build import write_run_report
 
 __all__ = ["command_finalizers"]
 

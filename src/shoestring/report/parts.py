@@ -6,18 +6,21 @@ cells and tables several kinds share, so a cell reads the same in every section.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shoestring.report import plots
 from shoestring.report.blocks import Finding, Image, Para, Section, Table
 from shoestring.report.rules import SpeedItem
 from shoestring.report.run import RunInfo, flatten
 
-__all__ = ["Kind", "SectionContext", "cell", "config_table", "of_kind", "overview_section"]
-__all__ += ["safe_name", "status_cell", "unfinished_blocks"]
+__all__ = ["Kind", "SectionContext", "cell", "config_table", "group_by", "groups_text", "of_kind"]
+__all__ += ["overview_section", "safe_name", "status_cell", "unfinished_blocks"]
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 class SectionContext:
@@ -55,12 +58,14 @@ def _none(_: Any) -> list[Any]:
 @dataclass(frozen=True)
 class Kind:
     """What a run kind module registers: how its directories are recognised and read, and what
-    the report shows of them. Every hook but ``load`` and ``record`` gets all the runs of the
-    report and picks its own (a kind may read another's runs: a study's seed spread, say)."""
+    the report shows of them. ``sections``, ``speed`` and ``accuracies`` get the report's runs
+    of this kind and of ``covers`` (called only where there are some); ``findings`` gets every
+    run (a rule may read another kind's runs: a study's seed spread, say)."""
 
     name: str
     writer: str  # what writes it: shown when a directory is of no known kind
     sections: Callable[[list[RunInfo], SectionContext], list[Section]]
+    covers: tuple[str, ...] = ()  # the other kinds whose runs it shows as its own
     summary_kind: str | None = None  # the summary.json "kind" it claims ...
     claims: Callable[[dict[str, Any]], bool] = lambda summary: True  # ... when this says so
     result_file: str | None = None  # its own result file, read into RunInfo.result
@@ -75,6 +80,19 @@ class Kind:
 
 def of_kind(runs: Sequence[RunInfo], *kinds: str) -> list[RunInfo]:
     return [r for r in runs if r.kind in kinds]
+
+
+def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """``items`` grouped by ``key``; groups in the order of their first item."""
+    out: dict[K, list[T]] = {}
+    for x in items:
+        out.setdefault(key(x), []).append(x)
+    return out
+
+
+def groups_text(groups: dict[str, list[RunInfo]]) -> str:
+    """``value: `a`, `b`; other: `c``` - which runs share which value."""
+    return "; ".join(f"{v}: " + ", ".join(f"`{r.label}`" for r in g) for v, g in groups.items())
 
 
 def cell(v: Any) -> str:

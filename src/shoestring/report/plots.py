@@ -21,9 +21,20 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from shoestring.rundir.directory import atomic_write_bytes  # noqa: E402
 
-__all__ = ["PHASE_COLORS", "Palette", "accuracy_intervals", "grpo_curves", "loss_curves"]
-__all__ += ["phase_loss_plot", "phase_share_plot", "phase_order", "study_plot"]
+__all__ = [
+    "ACCURACY_AXIS",
+    "ACCURACY_XLIM",
+    "PHASE_COLORS",
+    "Palette",
+    "grpo_curves",
+    "intervals",
+    "loss_curves",
+    "phase_loss_plot",
+]
+__all__ += ["phase_share_plot", "phase_order"]
 
+#: The axis of accuracies drawn by :func:`intervals`, in percent, and its range.
+ACCURACY_AXIS, ACCURACY_XLIM = "accuracy (%), 95% Wilson interval", (-2, 102)
 PHASE_COLORS = {"warmup": "#7f7f7f", "full": "#1f77b4", "predict": "#2ca02c", "correct": "#d62728"}
 DPI = 110
 
@@ -139,10 +150,13 @@ def phase_share_plot(
     return save_png(fig, path)
 
 
-def _intervals(
-    rows: Sequence[dict[str, Any]], xlabel: str, path: Path, title: str, xlim: Any = None
-) -> str:
-    """One row per item: a point at ``x`` with the interval ``lo``..``hi`` drawn around it."""
+def intervals(
+    rows: Sequence[dict[str, Any]], xlabel: str, path: Path, title: str = "", xlim: Any = None
+) -> str | None:
+    """One row per item (``label``, ``color``): a point at ``x`` with the interval ``lo``..``hi``
+    around it - accuracies with their Wilson interval, a study's losses +- their seed std."""
+    if not rows:
+        return None
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(rows)))
     for i, r in enumerate(rows):
         err = [[r["x"] - r["lo"]], [r["hi"] - r["x"]]]
@@ -153,40 +167,6 @@ def _intervals(
         ax.set_xlim(*xlim)
     _style(ax, xlabel, "", title)
     return save_png(fig, path)
-
-
-def accuracy_intervals(
-    rows: Sequence[dict[str, Any]], xlabel: str, path: Path, title: str = ""
-) -> str | None:
-    """Accuracies as points with their 95% Wilson intervals, one row per item.
-
-    ``rows`` items: ``label``, ``accuracy``, ``lo``, ``hi`` (fractions), optional ``color``.
-    """
-    pts = [
-        {"label": r["label"], "color": r.get("color", "#1f77b4")}
-        | {k: 100 * r[f] for k, f in (("x", "accuracy"), ("lo", "lo"), ("hi", "hi"))}
-        for r in rows
-        if r.get("accuracy") is not None
-    ]
-    if not pts:
-        return None
-    return _intervals(pts, xlabel, path, title, (-2, 102))
-
-
-def study_plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> str | None:
-    """Mean validation loss per configuration with +- one standard deviation over seeds (grey,
-    without a bar: a configuration of one seed)."""
-    pts = [
-        {"label": r["label"], "x": r["mean"], "lo": r["mean"] - (r.get("std") or 0.0)}
-        | {"hi": r["mean"] + (r.get("std") or 0.0)}
-        | {"color": "#1f77b4" if r.get("std") is not None else "#999999"}
-        for r in rows
-        if r.get("mean") is not None
-    ]
-    if not pts:
-        return None
-    xlabel = "validation loss, mean +- std over seeds (grey: one seed)"
-    return _intervals(pts, xlabel, path, title)
 
 
 def grpo_curves(series: Sequence[dict[str, Any]], path: Path, palette: Palette) -> str | None:

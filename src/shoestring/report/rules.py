@@ -21,7 +21,8 @@ __all__ += ["speed_words_in", "status_findings"]
 
 SEVERITY_ORDER = {"warning": 0, "caution": 1, "info": 2}
 # within a severity, findings keep the order of the rules
-RULE_ORDER = {"status": 0, "naming": 1, "comparable": 2, "protocol": 3, "noise": 4}
+RULE_ORDER = {"status": 0, "naming": 1, "comparable": 2, "protocol": 3, "input": 4, "vocabulary": 5}
+RULE_ORDER |= {"noise": 6}
 MAX_PAIR_FINDINGS = 20
 # Word stems that claim speed. Matched against the words of a name (split at anything that is
 # not a letter or digit, and at camelCase), so "wiki_cache_optimized" and "TurboNet" match and

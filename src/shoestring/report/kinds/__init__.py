@@ -17,28 +17,20 @@ from typing import Any
 from shoestring.errors import UserError
 from shoestring.report.accuracy import protocol_findings
 from shoestring.report.blocks import Finding, Section
-from shoestring.report.kinds import (
-    analysis,
-    bench,
-    grpo,
-    hybrid,
-    prepare,
-    progressive,
-    study,
-    train,
-)
-from shoestring.report.parts import Kind, SectionContext, overview_section
+from shoestring.report.parts import Kind, SectionContext, of_kind, overview_section
 from shoestring.report.rules import naming_findings, order_findings, status_findings
 from shoestring.report.run import RunInfo, last_step, read_json_or_error
 from shoestring.rundir.directory import read_metrics
 from shoestring.rundir.lock import dead_holder
+
+from . import analysis, bench, generate, grpo, hybrid, prepare, progressive, study, train
 
 __all__ = ["KINDS", "all_findings", "build_sections", "detect_kind", "load_run", "load_runs"]
 __all__ += ["run_record"]
 
 #: Every kind, in the order of the report's sections.
 KINDS: tuple[Kind, ...] = tuple(
-    m.KIND for m in (train, hybrid, bench, grpo, progressive, study, analysis, prepare)
+    m.KIND for m in (train, hybrid, bench, grpo, progressive, study, analysis, prepare, generate)
 )
 
 
@@ -161,21 +153,24 @@ def load_runs(paths: list[str | Path]) -> list[RunInfo]:
     return runs
 
 
+def _own(runs: list[RunInfo]) -> list[tuple[Kind, list[RunInfo]]]:
+    """Every kind present, with its own runs (see :attr:`Kind.covers`)."""
+    return [(k, mine) for k in KINDS if (mine := of_kind(runs, k.name, *k.covers))]
+
+
 def build_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
     """The overview, then each kind's sections for the kinds present, in :data:`KINDS` order
     (a report on one bench or one analysis adds the detail sections its command showed)."""
-    return [overview_section(runs)] + [s for k in KINDS for s in k.sections(runs, ctx)]
+    return [overview_section(runs)] + [s for k, mine in _own(runs) for s in k.sections(mine, ctx)]
 
 
 def all_findings(runs: list[RunInfo]) -> list[Finding]:
     """Every rule over every run: the shared ones (status, naming, protocol) and each kind's."""
     out = status_findings(runs)
-    for k in KINDS:
-        out += [f for items, group in k.speed(runs) for f in naming_findings(items, group)]
-    out += protocol_findings([a for k in KINDS for a in k.accuracies(runs)])
-    for k in KINDS:
-        out += k.findings(runs)
-    return order_findings(out)
+    for k, mine in _own(runs):
+        out += [f for items, group in k.speed(mine) for f in naming_findings(items, group)]
+    out += protocol_findings([a for k, mine in _own(runs) for a in k.accuracies(mine)])
+    return order_findings(out + [f for k in KINDS for f in k.findings(runs)])
 
 
 def run_record(r: RunInfo) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from shoestring.report.blocks import (
     fmt_millions,
     fmt_size,
 )
-from shoestring.report.parts import Kind, SectionContext, of_kind, status_cell
+from shoestring.report.parts import Kind, SectionContext, status_cell
 from shoestring.report.rules import SpeedItem
 from shoestring.report.run import RunInfo, dig
 
@@ -126,8 +126,6 @@ def _speed_ratios(data: dict[str, Any], _: list[dict[str, Any]]) -> list[Any]:
 
 
 def _parameters(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
-    if not any(isinstance(c.get("params"), dict) for c in configs):
-        return []
     keys = [("total",), ("embedding",), ("lm_head",), ("non_embedding",)]
     keys += [("per_layer", k) for k in ("attention", "mlp", "other")]
     rows = [
@@ -146,8 +144,6 @@ def _parameters(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
 
 
 def _flops(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
-    if not any(isinstance(c.get("flops"), dict) for c in configs):
-        return []
     rows = []
     for c in configs:
         err = dig(c, "flops", "train_rel_error")
@@ -169,8 +165,6 @@ def _flops(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
 
 
 def _memory(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
-    if not any(isinstance(c.get("memory"), dict) for c in configs):
-        return []
     rows = [
         [_label(c), *(fmt_mib(dig(c, "memory", key)) for _, key in MEMORY_KEYS)]
         + [fmt(dig(c, "memory", "activation_bytes_per_token"), ",.0f")]
@@ -188,8 +182,6 @@ def _memory(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
 
 
 def _cache_fit(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
-    if not any(isinstance(c.get("cache_fit"), dict) for c in configs):
-        return []
     fit = lambda c, k: (
         f"{fmt_size(dig(c, 'cache_fit', k, 'bytes'))} ({dig(c, 'cache_fit', k, 'fits')})"
     )
@@ -232,15 +224,15 @@ def _measured(_: dict[str, Any], configs: list[dict[str, Any]]) -> list[Any]:
 
 
 Detail = Callable[[dict[str, Any], list[dict[str, Any]]], list[Any]]
-#: The detail sections analysis.md showed below its summary: (title, anchor, blocks), each
-#: empty where the analysis did not record that part.
-DETAILS: tuple[tuple[str, str, Detail], ...] = (
-    ("Speed against FLOPs", "speed", _speed_ratios),
-    ("Parameters", "params", _parameters),
-    ("FLOPs per token (GFLOP)", "flops", _flops),
-    ("Memory (MiB)", "memory", _memory),
-    ("Cache fit", "cache", _cache_fit),
-    ("Measured training throughput", "measured", _measured),
+#: The detail sections analysis.md showed below its summary: (title, anchor, the part of a
+#: config it needs, blocks), each left out where no config (or the analysis) recorded it.
+DETAILS: tuple[tuple[str, str, str | None, Detail], ...] = (
+    ("Speed against FLOPs", "speed", None, _speed_ratios),
+    ("Parameters", "params", "params", _parameters),
+    ("FLOPs per token (GFLOP)", "flops", "flops", _flops),
+    ("Memory (MiB)", "memory", "memory", _memory),
+    ("Cache fit", "cache", "cache_fit", _cache_fit),
+    ("Measured training throughput", "measured", None, _measured),
 )
 
 
@@ -251,8 +243,9 @@ def detail_sections(
     per swept target (target -> label, tokens/s, sweep)."""
     out = [
         Section(title, blocks, f"analysis-{anchor}")
-        for title, anchor, make in DETAILS
-        if (blocks := make(data, configs))
+        for title, anchor, part, make in DETAILS
+        if (part is None or any(isinstance(c.get(part), dict) for c in configs))
+        and (blocks := make(data, configs))
     ]
     if best and any(c.get("sweep") for c in configs):
         items = [
@@ -268,10 +261,7 @@ def _configs(r: RunInfo) -> list[dict[str, Any]]:
     return [c for c in (r.result or {}).get("configs") or [] if isinstance(c, dict)]
 
 
-def analysis_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    an = of_kind(runs, "analysis")
-    if not an:
-        return []
+def analysis_sections(an: list[RunInfo], ctx: SectionContext) -> list[Section]:
     blocks: list[Any] = []
     details: list[Section] = []
     for r in an:
@@ -296,7 +286,7 @@ def _speed(runs: list[RunInfo]) -> list[tuple[list[SpeedItem], str]]:
 
     return [
         ([item(c) for c in _configs(r)], f"configurations measured by analysis `{r.label}`")
-        for r in of_kind(runs, "analysis")
+        for r in runs
     ]
 
 

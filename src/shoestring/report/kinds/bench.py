@@ -262,10 +262,7 @@ def _across_benches(models: list[BenchModel]) -> list[str]:
     return items
 
 
-def bench_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    benches = of_kind(runs, "bench")
-    if not benches:
-        return []
+def bench_sections(benches: list[RunInfo], ctx: SectionContext) -> list[Section]:
     blocks: list[Any] = [
         Para(
             "Accuracy is the primary extractor of the model's protocol (chat-cot, qa and "
@@ -277,13 +274,13 @@ def bench_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
     ]
     for r in benches:
         blocks += _bench_blocks(r)
-    models = bench_models(runs)
+    models = bench_models(benches)
     if len({m.bench for m in models}) > 1 and (items := _across_benches(models)):
         blocks += [Para("Across bench directories:"), Bullets(items)]
     points = [interval_row(m.label, m.correct, m.n, ctx.palette(m.label)) for m in models if m.n]
     blocks += ctx.plot(
         "bench_accuracy.png",
-        lambda p: plots.accuracy_intervals(points, "accuracy (%), 95% Wilson interval", p),
+        lambda p: plots.intervals(points, plots.ACCURACY_AXIS, p, xlim=plots.ACCURACY_XLIM),
         "benchmark accuracies with 95% intervals",
     )
     out = [Section("Benchmarks (GSM8K)", blocks, "bench")]

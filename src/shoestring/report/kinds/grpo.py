@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoestring.report import plots
+from shoestring.report import parts, plots
 from shoestring.report.accuracy import eval_cell, eval_text, evals_overlap, protocol_of, valid_eval
 from shoestring.report.blocks import Bullets, Finding, Para, Section, Table, fmt, fmt_cpu, fmt_int
-from shoestring.report.kinds.train import groups_text
-from shoestring.report.parts import Kind, SectionContext, config_table, of_kind, unfinished_blocks
+from shoestring.report.parts import Kind, SectionContext
 from shoestring.report.rules import SpeedItem
 from shoestring.report.run import RunInfo
 
@@ -48,13 +47,10 @@ def _result_row(r: RunInfo) -> list[str]:
     ]
 
 
-def grpo_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    gr = of_kind(runs, "grpo")
-    if not gr:
-        return []
+def grpo_sections(gr: list[RunInfo], ctx: SectionContext) -> list[Section]:
     blocks: list[Any] = [
         Para("Configuration (**bold** = differs between runs):"),
-        config_table(gr, GRPO_KEY_FIELDS),
+        parts.config_table(gr, GRPO_KEY_FIELDS),
     ]
     done = [r for r in gr if r.finished]
     if done:
@@ -77,7 +73,7 @@ def grpo_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
         if isinstance(r.summary.get("eval_mcnemar"), dict)
     ]:
         blocks.append(Bullets(paired))
-    blocks += unfinished_blocks(gr, "GRPO runs that did **not** finish (not results):")
+    blocks += parts.unfinished_blocks(gr, "GRPO runs that did **not** finish (not results):")
     curves = [r.series(records=[m for m in r.metrics if not m.get("event")]) for r in gr]
     blocks += ctx.plot(
         "grpo_rewards.png",
@@ -113,14 +109,10 @@ def _noise(r: RunInfo) -> Finding | None:
 
 def _findings(runs: list[RunInfo]) -> list[Finding]:
     """Runs on different datasets (rewards on different tasks), and each run's noise check."""
-    gr = of_kind(runs, "grpo")
-    out = []
-    datasets: dict[str, list[str]] = {}
-    for r in gr:
-        datasets.setdefault(str(r.config.get("dataset")), []).append(r.label)
-    if len(datasets) > 1:
+    gr, out = parts.of_kind(runs, "grpo"), []
+    if len(datasets := parts.group_by(gr, lambda r: str(r.config.get("dataset")))) > 1:
         text = (
-            f"The GRPO runs train on different datasets ({groups_text(datasets)}): their "
+            f"The GRPO runs train on different datasets ({parts.groups_text(datasets)}): their "
             "rewards are not on the same task."
         )
         out.append(Finding("comparable", "warning", text, [r.label for r in gr], {}))
@@ -133,13 +125,13 @@ def _speed(runs: list[RunInfo]) -> list[tuple[list[SpeedItem], str]]:
         rate = (1.0 / sps) * 60 if sps else None
         return SpeedItem(r.label, r.name_text, rate, "steps/min", wall, "training time")
 
-    return [([item(r) for r in of_kind(runs, "grpo") if r.finished], "GRPO runs")]
+    return [([item(r) for r in runs if r.finished], "GRPO runs")]
 
 
 def _accuracies(runs: list[RunInfo]) -> list[tuple[str, str | None, str]]:
     return [
         (r.label, *protocol_of(r.summary))
-        for r in of_kind(runs, "grpo")
+        for r in runs
         if valid_eval(r.summary.get("eval_before")) or valid_eval(r.summary.get("eval_after"))
     ]
 

@@ -11,7 +11,7 @@ from typing import Any
 from shoestring.report import plots
 from shoestring.report.blocks import Bullets, Section, Table, fmt, fmt_int
 from shoestring.report.kinds.train import time_axis, train_record
-from shoestring.report.parts import Kind, SectionContext, of_kind, safe_name
+from shoestring.report.parts import Kind, SectionContext, safe_name
 from shoestring.report.run import RunInfo
 
 __all__ = ["KIND"]
@@ -59,10 +59,7 @@ def _counts(h: dict[str, Any]) -> Bullets:
     )
 
 
-def hybrid_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    hy = of_kind(runs, "hybrid")
-    if not hy:
-        return []
+def hybrid_sections(hy: list[RunInfo], ctx: SectionContext) -> list[Section]:
     blocks: list[Any] = []
     shares = []
     for r in hy:

@@ -1,11 +1,10 @@
 """Prepared data directories (``shoestring prepare``): what the corpus became.
 
-Why: this is ``prepare``'s own report.md as well as a part of every comparison that includes a
-data directory, so it shows the figures a person checks before training on the data - documents
-and tokens per split, vocabulary (asked for and obtained), bytes per token - and every input line
-or byte sequence that was skipped or replaced, since nothing may be dropped silently. Every
-number comes from ``meta.json`` (the record of the data, written last) or, for a prepare that
-did not finish, ``summary.json``; nothing is recomputed except ratios.
+Why: this is ``prepare``'s own report.md and a part of every comparison with a data directory,
+so it shows what a person checks before training on the data - documents and tokens per split,
+vocabulary (asked for and obtained), bytes per token - and every input line or byte sequence
+skipped or replaced, since nothing may be dropped silently. Every number comes from
+``meta.json`` (written last) or, for a prepare that did not finish, ``summary.json``.
 """
 
 from __future__ import annotations
@@ -18,67 +17,49 @@ from shoestring.report.run import RunInfo
 
 __all__ = ["KIND"]
 
+ROWS = ["source", "documents train / val", "tokens train / val", "vocabulary", "UTF-8 bytes"]
+ROWS += ["digits split", "input problems", "held-out files left out", "seconds"]
+CLEAN = "0 problems"
+RECORD_KEYS = ("source", "train_documents", "val_documents", "train_tokens", "val_tokens")
+RECORD_KEYS += ("vocab_size", "vocab_size_requested", "bytes", "n_bad_lines", "n_decode_errors")
+
 
 def _figures(r: RunInfo) -> dict[str, Any]:
     """meta.json when the directory has one (a finished prepare), else the summary's copy."""
     return r.result if isinstance(r.result, dict) else r.summary
 
 
-def _pair(f: dict[str, Any], key: str) -> str:
-    return f"{fmt_int(f.get('train_' + key))} / {fmt_int(f.get('val_' + key))}"
-
-
-def _vocab(f: dict[str, Any]) -> str:
-    asked = f.get("vocab_size_requested")
-    if asked is None:
-        return f"{fmt_int(f.get('vocab_size'))} (reused {f.get('tokenizer_source') or '-'})"
-    return f"{fmt_int(f.get('vocab_size'))} of {fmt_int(asked)} asked"
-
-
-def _bytes(f: dict[str, Any]) -> str:
-    tokens = (f.get("train_tokens") or 0) + (f.get("val_tokens") or 0)
-    if f.get("bytes") is None or not tokens:
-        return fmt_int(f.get("bytes"))
-    return f"{fmt_int(f.get('bytes'))} ({f['bytes'] / tokens:.2f} per token)"
-
-
 def _input(f: dict[str, Any]) -> str:
-    """Undecodable bytes, skipped documents and bad lines; '0' when the input was clean."""
-    parts = [
-        f"{f[k]:,} {what}"
-        for k, what in (
-            ("n_decode_errors", f"undecodable byte sequences ({f.get('on_decode_error')})"),
-            ("skipped_documents", "documents skipped"),
-            ("n_bad_lines", "bad lines skipped"),
-        )
-        if f.get(k)
+    """Undecodable bytes, skipped documents and bad lines; :data:`CLEAN` when there were none."""
+    problems = (("n_decode_errors", f"undecodable byte sequences ({f.get('on_decode_error')})"),)
+    problems += (("skipped_documents", "documents skipped"), ("n_bad_lines", "bad lines skipped"))
+    return "; ".join(f"{f[k]:,} {what}" for k, what in problems if f.get(k)) or CLEAN
+
+
+def _column(f: dict[str, Any]) -> list[str]:
+    """One directory's figures, a cell per name in :data:`ROWS`."""
+    pair = lambda key: f"{fmt_int(f.get('train_' + key))} / {fmt_int(f.get('val_' + key))}"
+    asked, vocab, size = f.get("vocab_size_requested"), fmt_int(f.get("vocab_size")), f.get("bytes")
+    tokens = (f.get("train_tokens") or 0) + (f.get("val_tokens") or 0)
+    per_token = f" ({size / tokens:.2f} per token)" if size is not None and tokens else ""
+    reused = f"{vocab} (reused {f.get('tokenizer_source') or '-'})"
+    return [str(f.get("source") or "-"), pair("documents"), pair("tokens")] + [
+        reused if asked is None else f"{vocab} of {fmt_int(asked)} asked",
+        fmt_int(size) + per_token,
+        fmt(f.get("split_digits")),
+        _input(f),
+        str(len(f.get("held_out_files_skipped") or [])),
+        fmt(f.get("seconds"), ".1f"),
     ]
-    return "; ".join(parts) or "0 problems"
 
 
-ROWS = (
-    ("source", lambda f: str(f.get("source") or "-")),
-    ("documents train / val", lambda f: _pair(f, "documents")),
-    ("tokens train / val", lambda f: _pair(f, "tokens")),
-    ("vocabulary", _vocab),
-    ("UTF-8 bytes", _bytes),
-    ("digits split", lambda f: fmt(f.get("split_digits"))),
-    ("input problems", _input),
-    ("held-out files left out", lambda f: str(len(f.get("held_out_files_skipped") or []))),
-    ("seconds", lambda f: fmt(f.get("seconds"), ".1f")),
-)
-
-
-def prepare_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    prepared = of_kind(runs, "prepare")
-    if not prepared:
-        return []
+def prepare_sections(prepared: list[RunInfo], ctx: SectionContext) -> list[Section]:
     done = [r for r in prepared if r.finished]
     blocks: list[Any] = unfinished_blocks(
         prepared, "Prepares that did not finish (no meta.json: the directory is not usable):"
     )
     if done:
-        rows = [[name, *[get(_figures(r)) for r in done]] for name, get in ROWS]
+        rows = [list(row) for row in zip(ROWS, *[_column(_figures(r)) for r in done], strict=True)]
         blocks += [
             Para(
                 "What each corpus became (from meta.json). The validation split takes whole "
@@ -92,40 +73,17 @@ def prepare_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
 def prepare_findings(runs: list[RunInfo]) -> list[Finding]:
     """Input that was skipped or replaced, and a vocabulary smaller than asked for."""
     out = []
-    for r in of_kind(runs, "prepare"):
-        f = _figures(r)
-        if not r.finished:
-            continue
-        if any(f.get(k) for k in ("n_decode_errors", "skipped_documents", "n_bad_lines")):
-            out.append(
-                Finding(
-                    "input",
-                    "caution",
-                    f"{r.label}: {_input(f)}; meta.json lists the first of them with file:line",
-                    [r.label],
-                )
-            )
+    for r, f in ((r, _figures(r)) for r in of_kind(runs, "prepare") if r.finished):
+        if (problems := _input(f)) != CLEAN:
+            text = f"{r.label}: {problems}; meta.json lists the first of them with file:line"
+            out.append(Finding("input", "caution", text, [r.label]))
         asked, got = f.get("vocab_size_requested"), f.get("vocab_size")
         if asked is not None and got is not None and got < asked:
-            out.append(
-                Finding(
-                    "vocabulary",
-                    "info",
-                    f"{r.label}: the tokenizer has {got:,} tokens of the {asked:,} asked for - "
-                    "the training text supports no more at its minimum pair frequency",
-                    [r.label],
-                    {"vocab_size": got, "vocab_size_requested": asked},
-                )
-            )
+            text = f"{r.label}: the tokenizer has {got:,} tokens of the {asked:,} asked for - "
+            text += "the training text supports no more at its minimum pair frequency"
+            nums = {"vocab_size": got, "vocab_size_requested": asked}
+            out.append(Finding("vocabulary", "info", text, [r.label], nums))
     return out
-
-
-def prepare_record(r: RunInfo) -> dict[str, Any]:
-    """A prepared directory's part of report.json: the corpus figures."""
-    f = _figures(r)
-    keys = ("source", "train_documents", "val_documents", "train_tokens", "val_tokens")
-    keys += ("vocab_size", "vocab_size_requested", "bytes", "n_bad_lines", "n_decode_errors")
-    return {k: f.get(k) for k in keys + ("skipped_documents",)}
 
 
 KIND = Kind(
@@ -135,6 +93,6 @@ KIND = Kind(
     summary_kind="prepare",
     result_file="meta.json",
     result_key="train_tokens",
-    record=prepare_record,
+    record=lambda r: {k: _figures(r).get(k) for k in (*RECORD_KEYS, "skipped_documents")},
     findings=prepare_findings,
 )

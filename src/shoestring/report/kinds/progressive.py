@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoestring.report import plots
-from shoestring.report.accuracy import (
-    eval_text,
-    evals_overlap,
-    interval_row,
-    protocol_label,
-    protocol_of,
-    valid_eval,
-)
+from shoestring.report import accuracy, plots
+from shoestring.report.accuracy import eval_text, interval_row, protocol_of, valid_eval
 from shoestring.report.blocks import Bullets, Finding, Para, Section, Table, fmt, fmt_int
 from shoestring.report.parts import Kind, SectionContext, cell, of_kind, safe_name
 from shoestring.report.run import RunInfo
@@ -87,7 +80,7 @@ def _run_blocks(r: RunInfo, ctx: SectionContext) -> list[Any]:
     caption = (
         f"**{r.label}**: rollbacks {fmt_int(s.get('rollbacks'))}; best model "
         f"`{s.get('best_model_dir', '-')}`; scored under protocol "
-        f"{protocol_label(*protocol_of(s))}{state}"
+        f"{accuracy.protocol_label(*protocol_of(s))}{state}"
     )
     rows = [base] + [_stage_row(st) for st in s.get("stages", [])]
     blocks: list[Any] = [Table(HEADERS, rows, "lrlrlrrrrl", caption), Para(_rules_text(s))]
@@ -97,7 +90,7 @@ def _run_blocks(r: RunInfo, ctx: SectionContext) -> list[Any]:
     title = f"{r.label}: accuracy per stage"
     img = ctx.plot(
         f"progressive_{safe_name(r.label)}.png",
-        lambda p: plots.accuracy_intervals(points, "accuracy (%), 95% Wilson interval", p, title),
+        lambda p: plots.intervals(points, plots.ACCURACY_AXIS, p, title, plots.ACCURACY_XLIM),
         alt,
     )
     # a run's own report shows the plot progressive drew into its directory
@@ -106,9 +99,8 @@ def _run_blocks(r: RunInfo, ctx: SectionContext) -> list[Any]:
 
 
 def progressive_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    blocks = [b for r in of_kind(runs, "progressive") for b in _run_blocks(r, ctx)]
-    title = "Progressive training: per-stage accuracy"
-    return [Section(title, blocks, "progressive")] if blocks else []
+    blocks = [b for r in runs for b in _run_blocks(r, ctx)]
+    return [Section("Progressive training: per-stage accuracy", blocks, "progressive")]
 
 
 def _noise(runs: list[RunInfo]) -> list[Finding]:
@@ -123,7 +115,7 @@ def _noise(runs: list[RunInfo]) -> list[Finding]:
                 continue
             gain = ev["correct"] / ev["n"] > prev["correct"] / prev["n"]
             p = st.get("p_vs_start")
-            within = float(p) >= 0.05 if p is not None else evals_overlap(prev, ev)
+            within = float(p) >= 0.05 if p is not None else accuracy.evals_overlap(prev, ev)
             how = "the 95% intervals overlap"
             if p is not None:
                 how = f"McNemar exact p={format_p(float(p))} on the same problems"
@@ -155,8 +147,6 @@ KIND = Kind(
     },
     findings=_noise,
     accuracies=lambda runs: [
-        (r.label, *protocol_of(r.summary))
-        for r in of_kind(runs, "progressive")
-        if _reports_accuracy(r.summary)
+        (r.label, *protocol_of(r.summary)) for r in runs if _reports_accuracy(r.summary)
     ],
 )

@@ -31,6 +31,7 @@ __all__ = ["KIND"]
 
 HEADERS = ["rank", "size", "variant", "params", "seeds", "val loss mean +- std", "val acc"]
 HEADERS += ["vs baseline", "tokens/s mean"]
+LOSS_AXIS = "validation loss, mean +- std over seeds (grey: one seed)"
 
 
 def _variant_name(row: dict[str, Any]) -> str:
@@ -92,8 +93,7 @@ def _success_and_validation(res: dict[str, Any]) -> list[str]:
     return out
 
 
-def study_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    st = of_kind(runs, "study")
+def study_sections(st: list[RunInfo], ctx: SectionContext) -> list[Section]:
     blocks: list[Any] = []
     for r in st:
         res = r.result or {}
@@ -106,17 +106,20 @@ def study_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
             blocks.append(Table(HEADERS, [_row(row) for row in summ], "rllrrrrlr"))
         if extra := _success_and_validation(res):
             blocks.append(Bullets(extra))
+        # +- one seed std; grey without a bar: a configuration of one seed
+        losses = [(x, x.get("val_loss_mean"), x.get("val_loss_std") or 0.0) for x in summ]
         points = [
-            {"label": f"{x.get('size')}/{x.get('variant')}", "mean": x.get("val_loss_mean")}
-            | {"std": x.get("val_loss_std")}
-            for x in summ
+            {"label": f"{x.get('size')}/{x.get('variant')}", "x": m, "lo": m - sd, "hi": m + sd}
+            | {"color": "#999999" if x.get("val_loss_std") is None else "#1f77b4"}
+            for x, m, sd in losses
+            if m is not None
         ]
         blocks += ctx.plot(
             f"study_{safe_name(r.label)}.png",
-            lambda p, points=points, r=r: plots.study_plot(points, p, r.label),
+            lambda p, points=points, r=r: plots.intervals(points, LOSS_AXIS, p, r.label),
             f"validation loss per configuration of {r.label}",
         )
-    return [Section("Studies", blocks, "study")] if st else []
+    return [Section("Studies", blocks, "study")]
 
 
 def _noise(runs: list[RunInfo]) -> list[Finding]:

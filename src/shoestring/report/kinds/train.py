@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shoestring.report import plots
+from shoestring.report import parts, plots
 from shoestring.report.blocks import Finding, Para, Section, Severity, Table, fmt, fmt_cpu, fmt_int
-from shoestring.report.parts import Kind, SectionContext, config_table, of_kind, unfinished_blocks
+from shoestring.report.parts import Kind, SectionContext, of_kind
 from shoestring.report.rules import SpeedItem, cap_findings
 from shoestring.report.run import RunInfo, flatten
-from shoestring.util.stats import format_p, welch_t_test
+from shoestring.util.stats import format_p, mean_std, welch_t_test
 
 __all__ = ["KIND", "TRAINING_KINDS", "time_axis", "train_record"]
 
@@ -104,17 +104,14 @@ def _result_row(r: RunInfo) -> list[str]:
     ]
 
 
-def training_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]:
-    tr = of_kind(runs, *TRAINING_KINDS)
-    if not tr:
-        return []
+def training_sections(tr: list[RunInfo], ctx: SectionContext) -> list[Section]:
     params = [("parameters", lambda r: fmt_int(r.summary.get("n_params")))]
     blocks: list[Any] = [
         Para(
             "Configuration: the key fields, and every other field whose value differs between "
             "the runs (**bold** = differs)."
         ),
-        config_table(tr, TRAIN_KEY_FIELDS, params),
+        parts.config_table(tr, TRAIN_KEY_FIELDS, params),
     ]
     if done := [r for r in tr if r.finished]:
         head = ["run", "steps", "wall s", "train s", "tokens/s", "samples/s", "CPU % mean/peak"]
@@ -128,7 +125,7 @@ def training_sections(runs: list[RunInfo], ctx: SectionContext) -> list[Section]
             ),
             Table(head, [_result_row(r) for r in done], "lrrrrrrrrrl"),
         ]
-    blocks += unfinished_blocks(
+    blocks += parts.unfinished_blocks(
         tr,
         "Runs that did **not** finish: not results. Their last values are shown only to say "
         "where they stopped; their curves are dashed.",
@@ -156,8 +153,8 @@ def train_record(r: RunInfo) -> dict[str, Any]:
     return {"measured": training_measures(r), "config": r.config}
 
 
-def _speed(runs: list[RunInfo]) -> list[tuple[list[SpeedItem], str]]:
-    done = [(r, r.summary) for r in of_kind(runs, *TRAINING_KINDS) if r.finished]
+def _speed(tr: list[RunInfo]) -> list[tuple[list[SpeedItem], str]]:
+    done = [(r, r.summary) for r in tr if r.finished]
     rate, wall = "tokens_per_second", "session_wall_seconds"
     items = [SpeedItem(r.label, r.name_text, s.get(rate), "tokens/s", s.get(wall)) for r, s in done]
     return [(items, "training runs")]
@@ -181,21 +178,13 @@ def data_key(r: RunInfo) -> dict[str, Any]:
     }
 
 
-def groups_text(groups: dict[str, list[str]]) -> str:
-    """``value: `a`, `b`; other: `c``` - which runs share which value."""
-    return "; ".join(f"{v}: " + ", ".join(f"`{x}`" for x in labels) for v, labels in groups.items())
-
-
 def _comparable(tr: list[RunInfo]) -> list[Finding]:
     """Training runs on different data, tokenizers, lengths or hosts."""
-    out = []
+    out, keys = [], {r.label: data_key(r) for r in tr}
     for key, (severity, what) in _COMPARABLE.items() if len(tr) > 1 else ():
-        groups: dict[str, list[str]] = {}
-        for r in tr:
-            if (v := data_key(r)[key]) is not None:
-                groups.setdefault(str(v), []).append(r.label)
-        if len(groups) > 1:
-            text = f"The training runs use {what} ({groups_text(groups)}): {_WHY[key]}."
+        known = [r for r in tr if keys[r.label][key] is not None]
+        if len(groups := parts.group_by(known, lambda r, key=key: str(keys[r.label][key]))) > 1:
+            text = f"The training runs use {what} ({parts.groups_text(groups)}): {_WHY[key]}."
             labels = [r.label for r in tr]
             out.append(Finding("comparable", severity, text, labels, {key: list(groups)}))
     return out
@@ -204,12 +193,10 @@ def _comparable(tr: list[RunInfo]) -> list[Finding]:
 def _study_seed_std(runs: list[RunInfo], data_path: Any) -> tuple[float, str] | None:
     """The median seed std of a study trained on the same data as the runs compared, if any:
     a seed spread measured on other data says nothing about these runs."""
-    for r in of_kind(runs, "study"):
+    for r in of_kind(runs, "study") if data_path is not None else ():
         spec = r.config.get("spec") if isinstance(r.config.get("spec"), dict) else r.config
         sdata = spec.get("data") if isinstance(spec, dict) else None
-        if not sdata or data_path is None:
-            continue
-        if Path(str(sdata)).resolve() != Path(str(data_path)).resolve():
+        if not sdata or Path(str(sdata)).resolve() != Path(str(data_path)).resolve():
             continue
         rows = (r.result or {}).get("summary", [])
         stds = sorted(float(x["val_loss_std"]) for x in rows if x.get("val_loss_std") is not None)
@@ -218,51 +205,30 @@ def _study_seed_std(runs: list[RunInfo], data_path: Any) -> tuple[float, str] | 
     return None
 
 
-def _seed_groups(tr: list[RunInfo]) -> list[list[RunInfo]]:
-    """The runs grouped by configuration apart from the seed: repeats of one configuration."""
-    groups: dict[str, list[RunInfo]] = {}
-    for r in tr:
-        flat = {k: v for k, v in flatten(r.config).items() if k not in _SEED_KEYS}
-        groups.setdefault(json.dumps(flat, sort_keys=True, default=str), []).append(r)
-    return list(groups.values())
-
-
-def _finals(g: list[RunInfo]) -> list[float]:
-    return [float(x.summary["final_val_loss"]) for x in g]
-
-
-def _std(v: list[float]) -> float:
-    """The sample standard deviation (n - 1) of ``v``."""
-    m = sum(v) / len(v)
-    return (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5
-
-
 def _val_loss_noise(runs: list[RunInfo], tr: list[RunInfo]) -> list[Finding]:
     """Validation-loss differences against the spread over seeds, where it was measured."""
     tr = [r for r in tr if r.finished and r.summary.get("final_val_loss") is not None]
     if len(tr) < 2:
         return []
-    glist = _seed_groups(tr)
+    # repeats of one configuration: the runs grouped by their config apart from the seed
+    config = lambda r: {k: v for k, v in flatten(r.config).items() if k not in _SEED_KEYS}
+    groups = parts.group_by(tr, lambda r: json.dumps(config(r), sort_keys=True, default=str))
+    glist = list(groups.values())
+    finals = lambda g: [float(x.summary["final_val_loss"]) for x in g]
+    name = lambda g: ", ".join(f"`{x.label}`" for x in g)
     ref: tuple[float, str] | None = None
     if multi := [g for g in glist if len(g) >= 2]:
-        sd = max(_std(_finals(g)) for g in multi)
+        sd = max(mean_std(finals(g))[1] or 0.0 for g in multi)
         ref = (sd, "the largest seed std among these runs' repeated configurations")
     else:
         ref = _study_seed_std(runs, data_key(tr[0])["data"])
-
-    def name(g: list[RunInfo]) -> str:
-        return ", ".join(f"`{x.label}`" for x in g)
-
-    def same_data(a: RunInfo, b: RunInfo) -> bool:
-        # the comparable rule already says runs on other data or tokenizers do not compare
-        ka, kb = data_key(a), data_key(b)
-        return ka["data"] == kb["data"] and ka["vocab"] == kb["vocab"]
-
-    pairs = [(a, b) for a, b in itertools.combinations(glist, 2) if same_data(a[0], b[0])]
+    # the comparable rule already says runs on other data or tokenizers do not compare
+    same = lambda a, b: all(data_key(a)[k] == data_key(b)[k] for k in ("data", "vocab"))
+    pairs = [(a, b) for a, b in itertools.combinations(glist, 2) if same(a[0], b[0])]
     out: list[Finding] = []
     for ga, gb in pairs:
-        va, vb = _finals(ga), _finals(gb)
-        ma, mb = sum(va) / len(va), sum(vb) / len(vb)
+        va, vb = finals(ga), finals(gb)
+        (ma, _), (mb, _) = mean_std(va), mean_std(vb)
         gap, labels = abs(ma - mb), [x.label for x in ga + gb]
         if (wt := welch_t_test(va, vb)) is not None:
             sig = wt.p < 0.05
@@ -284,7 +250,7 @@ def _val_loss_noise(runs: list[RunInfo], tr: list[RunInfo]) -> list[Finding]:
             sev = "caution" if within else "info"
             out.append(Finding("noise", sev, text, labels, {"gap": gap, "seed_std": std}))
     if ref is None and not multi and pairs:
-        gaps = sorted(abs(_finals(a)[0] - _finals(b)[0]) for a, b in pairs)
+        gaps = sorted(abs(finals(a)[0] - finals(b)[0]) for a, b in pairs)
         text = (
             "Each configuration ran with one seed, so the spread of the validation loss over "
             f"seeds is unknown: the gaps between runs ({gaps[0]:.4f} to {gaps[-1]:.4f}) cannot "
@@ -303,6 +269,7 @@ KIND = Kind(
     name="train",
     writer="`shoestring train` (summary.json kind 'train', trainer 'plain')",
     sections=training_sections,
+    covers=("hybrid",),
     summary_kind="train",
     claims=lambda summary: summary.get("trainer") != "hybrid",
     record=train_record,

@@ -3,7 +3,7 @@
 Why a module of its own: the command registry imports every command's ``add_cli`` to build the
 help, so this module imports nothing heavy; the report code (matplotlib for the plots) is
 imported only when the command runs. Config layers, lowest first:
-:class:`~shoestring.report.compare_config.CompareConfig` defaults < ``--config FILE`` < the
+:class:`~shoestring.compare.config.CompareConfig` defaults < ``--config FILE`` < the
 shortcut flags (the DIR arguments, ``--out``, ``--title``, ``--format``, ``-q``) < ``--set``.
 """
 
@@ -13,33 +13,22 @@ import argparse
 import sys
 from typing import Any
 
-from shoestring.cli_options import (
-    add_config_options,
-    add_quiet_option,
-    config_from_args,
-    print_config_keys,
-)
-from shoestring.report.compare_config import CompareConfig
+from shoestring import cli_options
+from shoestring.compare.config import CompareConfig
 
 __all__ = ["SHORTCUT_FLAGS", "add_cli"]
 
-# shortcut flag (argparse destination) -> the CompareConfig key it overrides
-SHORTCUT_FLAGS = (
-    ("dirs", "dirs"),
-    ("out", "out"),
-    ("title", "title"),
-    ("format", "format"),
-    ("quiet", "quiet"),
-)
+# shortcut flag (argparse destination) -> the CompareConfig key it overrides: the same names
+SHORTCUT_FLAGS = tuple((k, k) for k in ("dirs", "out", "title", "format", "quiet"))
 
 
 def _run(args: argparse.Namespace) -> int:
     """Build the config, write the report, print the report directory (stderr with JSON)."""
     if args.help_config:
-        return print_config_keys(CompareConfig())
-    cfg = config_from_args(CompareConfig(), args, SHORTCUT_FLAGS).check()
+        return cli_options.print_config_keys(CompareConfig())
+    cfg = cli_options.config_from_args(CompareConfig(), args, SHORTCUT_FLAGS).check()
     # deferred: matplotlib is heavy; shoestring --help must not load it
-    from shoestring.report.compare import run
+    from shoestring.compare.run import run
 
     path = run(cfg)
     if path is not None:
@@ -54,7 +43,7 @@ def add_cli(sub: Any) -> None:
         "compare",
         help="report over run directories: tables, plots, findings (md, html, json)",
         description="Compare run directories (train, hybrid, bench, grpo, progressive, study, "
-        "analysis, prepare): writes report.md, a self-contained report.html, "
+        "analysis, prepare, generate): writes report.md, a self-contained report.html, "
         "report.json and PNG plots into --out. Each directory's kind is detected from its "
         "files; a directory holding run directories stands for them. Config layers: defaults "
         "< --config FILE < the flags below < --set key=value.",
@@ -73,6 +62,6 @@ def add_cli(sub: Any) -> None:
         choices=("text", "json"),
         help="stdout: findings and paths (text, the default) or the whole report as JSON",
     )
-    add_quiet_option(p)
-    add_config_options(p, "title=ablation")
+    cli_options.add_quiet_option(p)
+    cli_options.add_config_options(p, "title=ablation")
     p.set_defaults(func=_run)

@@ -1,9 +1,8 @@
 """``CompareConfig``: what one ``shoestring compare`` call is asked, and where the report goes.
 
-Why a module apart from :mod:`shoestring.report.cli` and :mod:`shoestring.report.compare`: the
-command line builds this config (defaults < ``--config FILE`` < the shortcut flags < ``--set``)
-before matplotlib is imported, and the API :func:`shoestring.report.compare.run` takes it; kept
-here, neither of the two imports the other.
+Why a module apart from :mod:`.cli` and :mod:`.run`: the command line builds this config
+(defaults < ``--config FILE`` < the shortcut flags < ``--set``) before matplotlib is imported,
+and the API :func:`shoestring.compare.run.run` takes it; kept here, neither imports the other.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ __all__ = ["CompareConfig"]
 
 @dataclass
 class CompareConfig:
-    """What ``compare`` is asked; the command-line wiring is :mod:`shoestring.report.cli`."""
+    """What ``compare`` is asked; the command-line wiring is :mod:`shoestring.compare.cli`."""
 
     dirs: list[str] = opt([], "run directories (a directory holding runs stands for them)")
     out: str = opt("", "report directory (created; not a run directory); '' = none (json only)")

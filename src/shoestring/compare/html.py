@@ -1,7 +1,10 @@
-"""report.html: one self-contained file (plots embedded as base64 PNG), readable offline and
-on a phone: a report is mailed or attached to an issue, where a page that loads its images or
-styles from elsewhere breaks; wide tables scroll inside their own box and images shrink to
-the screen's width, so the page is never wider than a phone's screen.
+"""report.html: the report as one self-contained page, readable offline and on a phone.
+
+Why self-contained (plots embedded as base64 PNG): a report is mailed or attached to an issue,
+where a page that loads its images or styles from elsewhere breaks. Wide tables scroll inside
+their own box and images shrink to the screen's width, so the page is never wider than a
+phone's. Inline text is escaped first and only ``**bold**`` and ```code``` become tags, so a run
+name with ``<`` in it cannot break the page.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from shoestring.report.blocks import NO_FINDINGS, Bullets, Code, Image, Para, Report, Table
+from shoestring.report.blocks import NO_FINDINGS, Image, Report, Table
 
 __all__ = ["render_html"]
 
@@ -83,6 +88,16 @@ def _image(img: Image, base: Path) -> str:
     )
 
 
+#: Each block kind as HTML; ``base``: the directory holding the PNGs.
+_HTML: dict[str, Callable[[Any, Path], str]] = {
+    "para": lambda b, _: f"<p>{inline(b.text)}</p>",
+    "bullets": lambda b, _: "<ul>" + "".join(f"<li>{inline(x)}</li>" for x in b.items) + "</ul>",
+    "code": lambda b, _: f"<pre>{html.escape(b.shown(), quote=False)}</pre>",
+    "table": lambda b, _: _table(b),
+    "image": _image,
+}
+
+
 def render_html(report: Report, base: Path) -> str:
     """The HTML page; ``base`` is the directory holding the PNGs the report references."""
     out = [
@@ -106,16 +121,6 @@ def render_html(report: Report, base: Path) -> str:
     out += ['<ul class="findings">', *lis, "</ul>"] if lis else [f"<p>{NO_FINDINGS}</p>"]
     for i, s in enumerate(report.sections):
         out.append(f'<h2 id="{html.escape(s.anchor or str(i))}">{html.escape(s.title)}</h2>')
-        for b in s.blocks:
-            if isinstance(b, Para):
-                out.append(f"<p>{inline(b.text)}</p>")
-            elif isinstance(b, Bullets):
-                out.append("<ul>" + "".join(f"<li>{inline(x)}</li>" for x in b.items) + "</ul>")
-            elif isinstance(b, Code):
-                out.append(f"<pre>{html.escape(b.shown(), quote=False)}</pre>")
-            elif isinstance(b, Table):
-                out.append(_table(b))
-            elif isinstance(b, Image):
-                out.append(_image(b, base))
+        out += [_HTML[b.kind](b, base) for b in s.blocks]
     out.append("</body></html>")
     return "\n".join(out) + "\n"

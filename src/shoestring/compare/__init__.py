@@ -1,0 +1,1 @@
+"""``shoestring compare``: a report over run directories (md, html, json, PNG plots)."""
