@@ -9,8 +9,7 @@ are Hugging Face models"); importers and exporters are the one place foreign for
 allowed, so the rest of the code never needs to know about them. This module imports nothing
 heavy, so ``shoestring --help`` stays fast. Config layers, lowest first: the config's defaults <
 ``--config FILE`` < the shortcut flags (the positionals, ``--out`` ... ``-q``) < ``--set``; the
-APIs are :func:`shoestring.models.convert.run_import` and
-:func:`~shoestring.models.convert.run_export`, each ``(cfg) -> Path`` of what it wrote, over
+API is :func:`shoestring.models.convert.run`, ``(cfg) -> Path`` of what it wrote, over
 the configs of :mod:`shoestring.models.convert_config`.
 """
 
@@ -135,9 +134,9 @@ def run_llama2c(args: argparse.Namespace) -> int:
         return print_config_keys(ImportConfig())
     cfg = config_from_args(ImportConfig(), args, IMPORT_SHORTCUTS).check()
     # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.models.convert import run_import
+    from shoestring.models.convert import run
 
-    print(run_import(cfg))
+    print(run(cfg))
     return 0
 
 
@@ -147,7 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
         return print_config_keys(ExportConfig())
     cfg = config_from_args(ExportConfig(), args, EXPORT_SHORTCUTS).check()
     # deferred: torch is heavy; shoestring --help must not load it
-    from shoestring.models.convert import run_export as export
+    from shoestring.models.convert import run as export
 
     print(export(cfg))
     return 0

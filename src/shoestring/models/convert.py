@@ -24,7 +24,7 @@ from shoestring.models.export_llama import ExportReport, export_llama
 from shoestring.models.llama2c import ConversionReport, convert_llama2c
 from shoestring.rundir.directory import atomic_write_text, now_iso
 
-__all__ = ["report_path", "run_export", "run_import"]
+__all__ = ["report_path", "run"]
 
 
 def report_path(artifact: Path) -> Path:
@@ -79,7 +79,12 @@ def export_report(cfg: ExportConfig, rep: ExportReport) -> str:
     return _markdown(f"shoestring export: {rep.out.name}", intro, rows, to_dict(cfg))
 
 
-def run_import(cfg: ImportConfig) -> Path:
+def run(cfg: ImportConfig | ExportConfig) -> Path:
+    """The API of ``import`` and ``export``: the config's type says which; the path written."""
+    return _import(cfg) if isinstance(cfg, ImportConfig) else _export(cfg)
+
+
+def _import(cfg: ImportConfig) -> Path:
     """Convert a llama2.c checkpoint into ``cfg.out`` (+ report.md); the model directory."""
     cfg.check()
     rep = convert_llama2c(cfg.model, cfg.tokenizer, cfg.out, overwrite=cfg.overwrite)
@@ -89,7 +94,7 @@ def run_import(cfg: ImportConfig) -> Path:
     return rep.out_dir
 
 
-def run_export(cfg: ExportConfig) -> Path:
+def _export(cfg: ExportConfig) -> Path:
     """Export ``cfg.source`` to ``cfg.out`` and check it (+ its report); the artifact's path."""
     cfg.check()
     if cfg.to == "llama":
