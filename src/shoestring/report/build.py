@@ -20,14 +20,15 @@ from shoestring.rundir.directory import atomic_write_text, now_iso
 __all__ = ["build_report", "write_run_report"]
 
 
-def _intro(runs: list[RunInfo]) -> list[str]:
+def _intro(runs: list[RunInfo], own: bool) -> list[str]:
     kinds, states = (
         ", ".join(f"{n} {k}" for k, n in Counter(c).items())
         for c in ([r.kind for r in runs], [r.status for r in runs])
     )
     lines = [
         f"{len(runs)} director{'y' if len(runs) == 1 else 'ies'} ({kinds}); status: {states}"
-        + f". Written {now_iso()} by `shoestring compare` from the run directories alone "
+        + f". Written {now_iso()} by {'the run itself' if own else '`shoestring compare`'} "
+        "from the run directories alone "
         "(summary.json, config.json, metrics.jsonl and each kind's result files).",
     ]
     hosts = {
@@ -59,7 +60,9 @@ def build_report(
     more = f" and {len(runs) - 6} more" if len(runs) > 6 else ""
     title = title or "shoestring compare: " + ", ".join(r.label for r in runs[:6]) + more
     runs_json = [run_record(r) for r in runs]
-    return Report(title, now_iso(), _intro(runs), all_findings(runs), sections, runs_json)
+    return Report(
+        title, now_iso(), _intro(runs, own_dir is not None), all_findings(runs), sections, runs_json
+    )
 
 
 def write_run_report(run_dir: str | Path, title: str | None = None) -> Path:
