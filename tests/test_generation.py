@@ -507,6 +507,33 @@ def test_bf16_cpu_fp32_attention_is_scoped(tok):
     assert all(r.n_tokens == 6 for r in plain)
 
 
+def test_fp32_attention_refused_mid_decode_retries_from_fresh_rows(tok, monkeypatch):
+    """A model that refuses the fp32 cache in a decode step (after every row got a token) is
+    rerun with its own dtype from empty rows: no row keeps the failed attempt's token."""
+    from shoestring.engine import decode
+
+    model = make_llama(len(tok)).to(torch.bfloat16)
+    cfg = Sampling(max_new_tokens=6, eos_token_ids=[])
+    options = EngineOptions(lean_decode=False)
+    plain = gen(
+        model, tok, PROMPTS, cfg, EngineOptions(lean_decode=False, cpu_fp32_attention=False)
+    )
+    real = decode.forward_last_logits
+    calls = []
+
+    def refuse_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("expected scalar type BFloat16 but found Float (dtype mismatch)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "forward_last_logits", refuse_once)
+    retried = gen(model, tok, PROMPTS, cfg, options)
+    assert len(calls) > 1 and model._shoestring_no_fp32_attention
+    assert [r.token_ids for r in retried] == [r.token_ids for r in plain]
+    assert all(r.n_tokens == 6 for r in retried)
+
+
 @pytest.mark.parametrize(
     "variant",
     [

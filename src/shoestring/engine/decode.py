@@ -80,6 +80,7 @@ def decode_dynamic(
             raise
         with contextlib.suppress(AttributeError, TypeError):
             model._shoestring_no_fp32_attention = True
+        rows.restart()  # the failed attempt may have appended a token to every row
         return decode_dynamic(model, options, ids_list, rows, generator, max_rows, logits_processor)
 
 

@@ -66,16 +66,19 @@ class Rows:
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.on_text = on_text
         self.on_result = on_result
-        track_text = bool(self.stops) or on_text is not None
-        if track_text and tokenizer is None:
+        self.track_text = bool(self.stops) or on_text is not None
+        if self.track_text and tokenizer is None:
             raise ValueError("stop strings and streaming need a tokenizer")
         n = sampling.num_return_sequences
-        self.rows = [  # row i is sample i % n of prompt i // n
-            RowState(prompt_tokens=prompt_lengths[i // n]) for i in range(len(prompt_lengths) * n)
-        ]
-        if track_text:
+        self.prompt_tokens = [prompt_lengths[i // n] for i in range(len(prompt_lengths) * n)]
+        self.restart()
+
+    def restart(self) -> None:
+        """Every row empty and open again (a backend that retries a batch from its prefill)."""
+        self.rows = [RowState(prompt_tokens=k) for k in self.prompt_tokens]  # row i: i // n, i % n
+        if self.track_text:
             for r in self.rows:
-                r.text = IncrementalText(tokenizer, text.skip_special_tokens)
+                r.text = IncrementalText(self.tokenizer, self.text_options.skip_special_tokens)
         self.open = [True] * len(self.rows)
         self.results_by_row: list[GenerationResult | None] = [None] * len(self.rows)
 
