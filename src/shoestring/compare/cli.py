@@ -28,12 +28,14 @@ def _run(args: argparse.Namespace) -> int:
         return cli_options.print_config_keys(CompareConfig())
     cfg = cli_options.config_from_args(CompareConfig(), args, SHORTCUT_FLAGS).check()
     # deferred: matplotlib is heavy; shoestring --help must not load it
-    from shoestring.compare.run import run
+    from shoestring.compare.run import print_json, run
 
+    if not cfg.out:  # --format json alone: a print, not a run (check() allows nothing else)
+        print_json(cfg)
+        return 0
     path = run(cfg)
-    if path is not None:
-        # with --format json stdout is the JSON alone, so the path goes to stderr
-        print(path, file=sys.stderr if cfg.format == "json" else sys.stdout)
+    # with --format json stdout is the JSON alone, so the path goes to stderr
+    print(path, file=sys.stderr if cfg.format == "json" else sys.stdout)
     return 0
 
 

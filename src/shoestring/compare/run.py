@@ -24,7 +24,7 @@ from shoestring.report.kinds import load_runs
 from shoestring.report.run import RunInfo
 from shoestring.rundir.directory import atomic_write_text, read_json
 
-__all__ = ["compare", "run"]
+__all__ = ["compare", "print_json", "run"]
 
 
 def _check_out(out: Path, runs: list[RunInfo]) -> None:
@@ -73,23 +73,34 @@ def compare(
     return report, data
 
 
-def run(cfg: CompareConfig) -> Path | None:
+def run(cfg: CompareConfig) -> Path:
     """The command's API (wired by :mod:`shoestring.compare.cli`): write the report into
-    ``cfg.out`` and print its findings, or print the whole report as JSON. The report
-    directory; None where ``--format json`` without ``--out`` wrote nothing."""
+    ``cfg.out`` and print its findings (or, with ``format=json``, the whole report as JSON);
+    the report directory."""
     cfg.check()
-    out = Path(cfg.out) if cfg.out else None
+    if not cfg.out:
+        raise UserError("compare.run writes a report directory: set out (print_json prints only)")
+    out = Path(cfg.out)
     report, data = compare(cfg.dirs, out, cfg.title or None)
     if cfg.format == "json":
-        json.dump(data, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-        return out
-    if out is None or cfg.quiet:
-        return out
-    for f in report.findings:
-        print(f"[{f.severity}] {f.rule}: {f.text}")
-    if not report.findings:
-        print("no findings")
-    plots = f"{len(data['images'])} plots: " + ", ".join(data["images"])
-    print(f"report: {out / 'report.md'}  {out / 'report.html'}  ({plots})")
+        _dump(data)
+    elif not cfg.quiet:
+        for f in report.findings:
+            print(f"[{f.severity}] {f.rule}: {f.text}")
+        if not report.findings:
+            print("no findings")
+        plots = f"{len(data['images'])} plots: " + ", ".join(data["images"])
+        print(f"report: {out / 'report.md'}  {out / 'report.html'}  ({plots})")
     return out
+
+
+def print_json(cfg: CompareConfig) -> None:
+    """``--format json`` without ``--out``: the report as JSON on stdout, nothing written (for
+    scripts: ``compare runs/a runs/b --format json | jq``)."""
+    cfg.check()
+    _dump(compare(cfg.dirs, None, cfg.title or None)[1])
+
+
+def _dump(data: dict[str, Any]) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
