@@ -108,3 +108,16 @@ def test_cli_reports_typo_without_traceback(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "did you mean 'train.max_steps'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_comes_only_from_the_resume_flag(capsys):
+    """``resume`` in a config file or ``--set`` would continue a run under a config other than
+    its own config.json: every resumable command refuses it in one line."""
+    from shoestring.cli import main
+
+    for argv in (
+        ["train", "--preset", "tiny", "--set", "resume=runs/x"],
+        ["grpo", "--set", "resume=runs/x"],
+    ):
+        assert main(argv) == 2
+        assert "use --resume runs/x" in capsys.readouterr().err

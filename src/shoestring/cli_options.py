@@ -21,6 +21,7 @@ from shoestring.config import (
     read_config_file,
     validate,
 )
+from shoestring.errors import UserError
 
 C = TypeVar("C")
 
@@ -53,6 +54,18 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
         help="no progress bars or log lines on stderr (log.txt keeps them); errors and the "
         "result still print",
     )
+
+
+def refuse_resume_key(cfg: Any) -> Any:
+    """A new run's config must not name a run to resume: ``resume`` set by a config file or
+    ``--set`` would continue that run under this config instead of the one in its
+    ``config.json``. Only ``--resume RUN_DIR`` sets it (and reads that file). Returns ``cfg``."""
+    if getattr(cfg, "resume", ""):
+        raise UserError(
+            f"resume={cfg.resume!r} came from a config file or --set; to continue that run use "
+            f"--resume {cfg.resume} (it reads the run's own config.json)"
+        )
+    return cfg
 
 
 def shortcut_overrides(args: argparse.Namespace, flags: Iterable[tuple[str, str]]) -> list[str]:

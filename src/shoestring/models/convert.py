@@ -1,5 +1,5 @@
-"""``import`` and ``export`` as APIs: ``run_import(cfg) -> Path`` and ``run_export(cfg) -> Path``,
-each writing the artifact and a ``report.md`` of what it read, wrote and measured.
+"""``import`` and ``export`` as one API, ``run(cfg) -> Path`` (the config's type says which),
+writing the artifact and a ``report.md`` of what it read, wrote and measured.
 
 Why the report is beside the artifact rather than a run directory around it: the artifact is a
 Hugging Face model directory (whose ``config.json`` is the model's, so a run directory's

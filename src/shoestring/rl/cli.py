@@ -23,6 +23,7 @@ from shoestring.cli_options import (
     add_output_options,
     add_quiet_option,
     add_set_option,
+    refuse_resume_key,
     shortcut_overrides,
 )
 from shoestring.config import describe, read_config_file
@@ -126,7 +127,7 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
     cfg = grpo_config(args.preset, overrides, base=base, trl=True if args.trl_config else None)
     if args.out or args.name:
         apply_grpo_override(cfg, f"output_dir={json.dumps(_output_dir(args, cfg))}")
-    return cfg
+    return refuse_resume_key(cfg)
 
 
 def _output_dir(args: argparse.Namespace, cfg: GRPOConfig) -> str:
@@ -201,7 +202,7 @@ def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
         refuse_if_held(args.resume)  # a run still training: refused before torch loads
         return progressive_resume_config(args.resume, overrides)
     if args.stages:
-        return load_stages_file(args.stages, overrides)
+        return refuse_resume_key(load_stages_file(args.stages, overrides))
     raise UserError("give --stages STAGES.yaml (or --resume RUN_DIR)")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli_options import OutputConfig, layered_config
+from shoestring.cli_options import OutputConfig, layered_config, refuse_resume_key
 from shoestring.config import apply_dict, from_dict, opt, to_dict
 from shoestring.errors import UserError
 from shoestring.run_config import RunConfig, load_preset, load_variant
@@ -69,6 +69,7 @@ def build_train_config(
         apply_dict(cfg, {"model": load_variant(variant)})
         cfg.variant = variant
     layered_config(cfg, config_file=config_file, overrides=overrides or [])
+    refuse_resume_key(cfg)
     return cfg.resolved()  # type: ignore[return-value]  # resolved() returns self
 
 
