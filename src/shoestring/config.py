@@ -20,6 +20,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import field
 from importlib import resources
 from pathlib import Path
@@ -265,6 +266,14 @@ def apply_override(cfg: Any, key: str, value: Any) -> None:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def run_dict(cfg: Any, placement: Iterable[str]) -> dict[str, Any]:
+    """What a run's ``config.json`` holds: the config without the ``placement`` keys, which only
+    say where the run goes and how loudly it runs (so a copied ``config.json`` used as
+    ``--config`` starts a new run rather than pointing at the old one)."""
+    skip = set(placement)
+    return {k: v for k, v in to_dict(cfg).items() if k not in skip}
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoestring.cli_options import OutputConfig, layered_config, split_overrides
-from shoestring.config import ConfigError, opt, to_dict, validate
+from shoestring.config import ConfigError, opt, run_dict, to_dict, validate
 from shoestring.run_config import RunConfig
 
 __all__ = [
@@ -97,7 +97,7 @@ class AnalysisConfig:
 
     def run_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds: the request without its placement (``output``)."""
-        return {k: v for k, v in to_dict(self).items() if k != "output"}
+        return run_dict(self, ("output",))
 
 
 def analysis_config(

@@ -10,7 +10,6 @@ report.md written from the final summary by its finalizers), each model through
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from shoestring.bench.model_run import (
 from shoestring.bench.models import ModelSpec, resolve_models
 from shoestring.bench.problems import ProblemSet, load_problems
 from shoestring.bench.protocol import ProtocolChoice
+from shoestring.config import run_dict
 from shoestring.errors import UserError
 from shoestring.report.blocks import fmt
 from shoestring.report.finalize import command_finalizers
@@ -77,7 +77,7 @@ def run(cfg: BenchConfig, *, on_problem: OnProblem | None = None) -> Path:
 
     life = RunLifecycle(
         rundir,
-        config=dataclasses.asdict(cfg),
+        config=run_dict(cfg, ("quiet", "progress")),  # how loudly it runs is not a setting
         start_fields={
             "runtime": rt.to_dict(),
             "finished_at": None,

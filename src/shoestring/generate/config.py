@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoestring.cli_options import OutputConfig
-from shoestring.config import ConfigError, opt, to_dict, validate
+from shoestring.config import ConfigError, opt, run_dict, validate
 from shoestring.errors import UserError
 
 __all__ = ["PLACEMENT_KEYS", "GenerateConfig"]
@@ -54,4 +54,4 @@ class GenerateConfig:
 
     def run_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds: the request without its placement (``output``)."""
-        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
+        return run_dict(self, PLACEMENT_KEYS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shoestring.config import ConfigError, opt, to_dict, validate
+from shoestring.config import ConfigError, opt, run_dict, validate
 from shoestring.errors import UserError
 
 __all__ = ["PLACEMENT_KEYS", "PrepareConfig"]
@@ -66,4 +66,4 @@ class PrepareConfig:
 
     def run_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds: the request without its placement."""
-        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
+        return run_dict(self, PLACEMENT_KEYS)

@@ -37,7 +37,7 @@ from shoestring.config import (
     parse_override,
     preset_names,
     read_config_file,
-    to_dict,
+    run_dict,
     validate,
 )
 from shoestring.errors import UserError
@@ -202,7 +202,7 @@ class GRPOConfig:
     def run_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds: the config without how this process runs it (``resume``,
         ``quiet``), so a copied ``config.json`` used as ``--config`` starts a new run."""
-        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
+        return run_dict(self, PLACEMENT_KEYS)
 
     @property
     def epsilon_low(self) -> float:

@@ -48,7 +48,7 @@ from shoestring.config import (
     opt,
     parse_override,
     read_config_file,
-    to_dict,
+    run_dict,
     validate,
 )
 from shoestring.errors import UserError
@@ -150,7 +150,7 @@ class ProgressiveConfig:
     def run_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds: the curriculum without its placement (``output``,
         ``resume``), so a copied ``config.json`` used as a stages file starts a new run."""
-        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
+        return run_dict(self, PLACEMENT_KEYS)
 
     def check(self) -> ProgressiveConfig:
         """Validate ranges, stage names and the runner-owned fields before anything runs."""

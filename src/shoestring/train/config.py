@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.cli_options import OutputConfig, layered_config, refuse_resume_key
-from shoestring.config import apply_dict, from_dict, opt, to_dict
+from shoestring.config import apply_dict, from_dict, opt, run_dict
 from shoestring.errors import UserError
 from shoestring.run_config import RunConfig, load_preset, load_variant
 
@@ -51,7 +51,7 @@ class TrainJobConfig(RunConfig):
 
     def run_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds: the run's config without its placement."""
-        return {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_KEYS}
+        return run_dict(self, PLACEMENT_KEYS)
 
 
 def build_train_config(
@@ -79,6 +79,6 @@ def resume_train_config(run_dir: str | Path, overrides: list[str]) -> TrainJobCo
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
     cfg = from_dict(TrainJobConfig, json.loads(path.read_text(encoding="utf-8")))
-    cfg.resume = str(run_dir)
     layered_config(cfg, overrides=overrides)
+    cfg.resume = str(run_dir)  # after the overrides: the run resumed is the one --resume named
     return cfg.resolved()  # type: ignore[return-value]
