@@ -248,8 +248,11 @@ def test_lifecycle_runs_finalizers_after_the_final_summary_and_survives_one_fail
     def record(path):
         seen.append(read_json(path / "summary.json")["status"])
 
-    with RunLifecycle(RunDir(tmp_path / "r", "test"), config={}, finalizers=[broken, record]):
+    with RunLifecycle(
+        RunDir(tmp_path / "r", "test"), config={}, finalizers=[broken, record]
+    ) as life:
         pass
     assert seen == ["finished"]  # ran after the final summary, despite the one before failing
+    assert life.finalizer_failures == ["broken"]
     assert "broken could not finish" in capsys.readouterr().err
     assert read_json(tmp_path / "r" / "summary.json")["status"] == "finished"

@@ -128,7 +128,8 @@ def run_model(
 ) -> ModelOutcome:
     """Load (only when problems are missing), generate the missing problems, score."""
     out, label = rundir.path, spec.label
-    # state.json and the stored lines, read where they are used (the preflight only checked)
+    # state.json and the stored lines, read again here: the preflight checked every model
+    # before any loaded, and this model's lines are the ones its generation continues from
     state = check_settings_early(spec, cfg, rt.dtype, protocol, problems, rundir.log)
     done = stored_records(
         out, label, problems.problems, problems.source, state.get("settings_hash")

@@ -105,8 +105,11 @@ def run(cfg: BenchConfig, *, on_problem: OnProblem | None = None) -> Path:
                 # summary.json after each model, so a kill keeps every finished one
                 rundir.update_summary(models=[o.result for o in outcomes])
     finally:
-        # Finished, interrupted or failed: the lifecycle's finalizer wrote the report.
-        rundir.log(f"{life.status or 'finished'}: report in {out / 'report.md'}")
+        # Finished, interrupted or failed: the lifecycle's finalizer wrote the report (a
+        # finalizer that failed has said so on stderr, and no report is named here)
+        written = not life.finalizer_failures
+        where = f"report in {out / 'report.md'}" if written else "no report (see the warning)"
+        rundir.log(f"{life.status or 'finished'}: {where}")
         rundir.close()
     return out
 

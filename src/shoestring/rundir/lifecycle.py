@@ -121,6 +121,7 @@ class RunLifecycle:
         self.monitor_interval = monitor_interval
         self.close_on_exit = close
         self.finalizers = list(finalizers)
+        self.finalizer_failures: list[str] = []  # names of the finalizers that raised
         self.fields: dict[str, Any] = {}
         self.status: str | None = None
         self.error: str | None = None
@@ -200,6 +201,7 @@ class RunLifecycle:
                 finalizer(path)
             except Exception as exc:  # noqa: BLE001 - the run's outcome is already recorded
                 name = getattr(finalizer, "__name__", repr(finalizer))
+                self.finalizer_failures.append(name)
                 print(
                     f"warning: {name} could not finish {path}: {short_reason(exc)}",
                     file=sys.stderr,
