@@ -7,7 +7,8 @@ Errors meant for the user (bad config, missing files) are raised as ``UserError`
 damaged files, refused pickles: :mod:`shoestring.failures`) are printed as one clear line
 instead of a traceback. ``--debug`` (anywhere on the command line, or ``SHOESTRING_DEBUG=1``)
 prints the traceback as well. A run directory still open when a command fails is finished as
-``failed`` with the same line (``interrupted`` on Ctrl-C), so none is left half-written.
+``failed`` with the same line (``interrupted`` on Ctrl-C or SIGTERM, which exit with 130 and
+one line, never a ``KeyboardInterrupt`` traceback), so none is left half-written.
 """
 
 from __future__ import annotations
@@ -81,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM that a command did not turn into its exit code: still one line
         _abandon_open_run_dirs(exc)
-        raise
+        if debug:
+            traceback.print_exc()
+        print(f"shoestring {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = failure_message(exc)
         _abandon_open_run_dirs(exc)

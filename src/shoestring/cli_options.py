@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from shoestring.config import (
+    ConfigError,
     apply_dict,
     apply_override,
     describe,
@@ -68,15 +71,74 @@ def refuse_resume_key(cfg: Any) -> Any:
     return cfg
 
 
+#: A run directory's ``kind`` (summary.json) -> the command that makes it, where they differ.
+COMMAND_OF_KIND = {"analysis": "analyze", "study": "search"}
+
+
+def _read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ``UserError`` naming the file (binary, cut, not a
+    mapping) - never a ``UnicodeDecodeError`` traceback."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable JSON file ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_resume_config(run_dir: str | Path, kind: str) -> dict[str, Any]:
+    """The stored ``config.json`` of a run that ``--resume`` continues, checked to be a run of
+    ``kind`` (``train``, ``grpo``, ``progressive``: its ``summary.json``'s ``kind``).
+
+    Why: a run of another kind fails later with "unknown config key 'model'" and 60 valid keys;
+    this says in one line what the directory is and which command continues it. A missing,
+    binary or cut ``config.json`` or ``summary.json`` is one line naming the file.
+    """
+    run = Path(run_dir)
+    config_path, summary_path = run / "config.json", run / "summary.json"
+    if not config_path.is_file():
+        raise UserError(f"{run} is not a {kind} run directory (no config.json)")
+    if summary_path.is_file():
+        found = _read_json_dict(summary_path).get("kind")
+        if isinstance(found, str) and found != kind:
+            command = COMMAND_OF_KIND.get(found, found)
+            raise UserError(
+                f"{run} is a {found} run, not a {kind} run; it was made by `shoestring "
+                f"{command}` (resume it there, or give --resume a {kind} run directory)"
+            )
+    return _read_json_dict(config_path)
+
+
+def check_run_name(name: str, where: str = "output.name") -> str:
+    """``name`` if it is one path component - the name of a directory inside ``--out`` - else a
+    ``ConfigError`` naming ``where``. Returns ``name``.
+
+    Why: a run name is joined onto ``--out``; ``../x`` would write beside it, ``/x`` at the
+    file-system root and ``a/b`` a nested directory, each where the user never looks (and
+    ``compare runs/*`` never finds). An empty name would be ``--out`` itself.
+    """
+    separators = {"/", os.sep, os.altsep or "/"}
+    if not name or name in (".", "..") or any(s in name for s in separators) or "\0" in name:
+        raise ConfigError(
+            f"{where}={name!r} is not a directory name: give one name without '/' (not '', "
+            "'.' or '..'); the parent directory is --out (output.dir)"
+        )
+    return name
+
+
 def shortcut_overrides(args: argparse.Namespace, flags: Iterable[tuple[str, str]]) -> list[str]:
     """``KEY=VALUE`` overrides for the convenience flags that were given (``--steps 5`` ...).
 
     ``flags`` pairs an argparse destination with the config key it stands for; flags left at
-    ``None`` add nothing, so ``--set`` and config files keep their say.
+    ``None`` add nothing, so ``--set`` and config files keep their say. A ``--name`` given is
+    checked here (an empty one too, which as ``output.name`` would mean the default).
     """
     out = []
     for flag, key in flags:
         value = getattr(args, flag, None)
+        if flag == "name" and value is not None:
+            check_run_name(value, "--name")
         if value is not None:
             out.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
     return out
@@ -130,6 +192,9 @@ def layered_config(
     for text in overrides:
         apply_override(cfg, *parse_override(text))
     validate(cfg)
+    run_name = getattr(getattr(cfg, "output", None), "name", "")
+    if isinstance(run_name, str) and run_name:  # '' = the command's default name
+        check_run_name(run_name)
     return cfg
 
 

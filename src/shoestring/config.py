@@ -304,7 +304,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # a binary file given as --config
+        raise ConfigError(f"config file {p} is not text (UTF-8): {exc.reason}") from exc
     try:
         if p.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text) or {}

@@ -55,17 +55,23 @@ def compare(
     dirs: list[str | Path], out: str | Path | None, title: str | None = None
 ) -> tuple[Report, dict[str, Any]]:
     """Load ``dirs``, build the report and (with ``out``) write report.md/.html/.json + PNGs;
-    the report directory is never a run directory."""
+    the report directory is never a run directory. A directory that cannot be read is one
+    ``skipped:`` line on stderr, in the report's introduction and in report.json's
+    ``skipped``; the report covers the others."""
     if not dirs:
         raise UserError("compare needs at least one run directory")
-    runs = load_runs(list(dirs))
+    skipped: list[str] = []  # directories that could not be read: reported, not fatal
+    runs = load_runs(list(dirs), skipped)
+    for reason in skipped:
+        print(f"shoestring compare: skipped: {reason}", file=sys.stderr, flush=True)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_out(out_path, runs)
         out_path.mkdir(parents=True, exist_ok=True)
         _remove_old_images(out_path)
-    report = build_report(runs, out_path, title)
+    report = build_report(runs, out_path, title, skipped=skipped)
     data = report_to_dict(report)
+    data["skipped"] = skipped
     if out_path is not None:
         atomic_write_text(out_path / "report.md", render_markdown(report))
         atomic_write_text(out_path / "report.html", render_html(report, out_path))

@@ -34,6 +34,9 @@ DEFAULT_SYNTHETIC = 10000
 # File names of held-out splits (first part of the name: "test.txt", "test_socratic.jsonl",
 # "valid.txt", "wiki.valid.tokens" is not one - only the leading word counts)
 HELD_OUT_SPLITS = ("valid", "validation", "val", "dev", "test")
+# Names of a corpus directory's notes about the data (any suffix, any case: SOURCE.md,
+# README.txt, LICENSE): documentation that came with the data, not part of it
+NOTE_NAMES = ("readme", "source", "license", "licence", "notice", "changelog", "citation")
 # WikiText article heading " = Title = " (sections are " = = Title = = " and deeper)
 WIKITEXT_HEADING = re.compile(r"^ = [^=](?:.*[^=])? = ?$")
 
@@ -164,8 +167,16 @@ class Source:
         files when it has none of those. Hidden files and the output directory are skipped,
         and so are held-out split files (:meth:`held_out_files`) unless ``all_splits``.
         """
-        held = set(self.held_out_files())
-        return [p for p in self._all_files() if p not in held]
+        left_out = set(self.held_out_files()) | set(self.note_files())
+        return [p for p in self._all_files() if p not in left_out]
+
+    def note_files(self) -> list[Path]:
+        """Files of a directory that are notes about the data (``SOURCE.md``, ``README.txt``,
+        ``LICENSE`` ...: :data:`NOTE_NAMES`), left out so a corpus is not trained on its own
+        description. A file given as INPUT is always read."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        return [p for p in self._all_files() if p.stem.lower() in NOTE_NAMES]
 
     def held_out_files(self) -> list[Path]:
         """Files of a directory that are validation or test splits (``valid.txt``,
@@ -178,7 +189,8 @@ class Source:
         files = self._all_files()
         # only the leading word counts: "test_socratic.jsonl" is held out, "contest.txt" is not
         held = [p for p in files if re.split(r"[._\-]", p.name.lower())[0] in HELD_OUT_SPLITS]
-        if held and len(held) == len(files):
+        notes = set(self.note_files())
+        if held and len(held) == len([p for p in files if p not in notes]):
             names = ", ".join(p.name for p in held[:5])
             raise UserError(
                 f"every file in {self.root} is a validation or test split ({names}); give one "

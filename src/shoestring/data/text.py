@@ -129,6 +129,15 @@ def run(
             "directory's own validation/test text is never trained on; --all-splits reads them)",
             file=sys.stderr,
         )
+    notes = [str(p) for p in src.note_files()]
+    if notes:
+        print(
+            f"note: left out {', '.join(notes)} (notes about the data, not data; give a file "
+            "as INPUT to prepare it on purpose)",
+            file=sys.stderr,
+        )
+    if notes and not src.files():
+        raise UserError(f"{src.root} holds no data files, only notes about the data: {notes[0]}")
     existing = load_existing_tokenizer(tokenizer) if tokenizer is not None else None
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -227,6 +236,7 @@ def run(
         "source": src.description,
         "files": [str(p) for p in src.files()],
         "held_out_files_skipped": held_out,
+        "notes_skipped": notes,
         "field": field,
         "split": "document",
         "val_fraction": val_fraction,
@@ -272,6 +282,9 @@ def format_summary(meta: dict[str, Any], out: str | Path | None = None) -> str:
     if meta.get("held_out_files_skipped"):
         names = ", ".join(Path(f).name for f in meta["held_out_files_skipped"])
         lines.append(f"  held out   {names} left out (never trained on; --all-splits reads them)")
+    if meta.get("notes_skipped"):
+        names = ", ".join(Path(f).name for f in meta["notes_skipped"])
+        lines.append(f"  notes      {names} left out (about the data, not data)")
     problems = []
     if meta.get("n_decode_errors"):
         problems.append(

@@ -37,7 +37,11 @@ from shoestring.errors import CorruptFileError, RefusedPickleError, UserError
 from shoestring.runtime import SHORT_NAMES, resolve_device, resolve_torch_dtype
 from shoestring.util.safe_load import named_read_error
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# a Hub id as `from_pretrained` takes one: owner/name (a bare name is a local path here)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# every path this process resolved as a local model: missing later (deleted during a bench),
+# it is a local path that is gone, never a Hub name that happens to look like it
+_LOCAL_SEEN: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -59,13 +63,17 @@ def resolve_model_path(path: str | Path) -> tuple[str, str]:
     """Where the weights are and what ``path`` was: ``(location, 'run' | 'hf' | 'hub')``.
 
     A shoestring run directory holds the HF model in ``model/``; a plain HF directory holds
-    ``config.json`` itself; anything else that looks like ``org/name`` is tried on the Hub.
+    ``config.json`` itself. A path that does not exist is "does not exist" - never a network
+    lookup - unless it has the Hub's ``owner/name`` form, ``owner`` is no local directory and
+    this process never resolved that path as a local model (one deleted meanwhile stays local).
     """
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "model" / "config.json").is_file():
+            _LOCAL_SEEN.update((p.absolute(), (p / "model").absolute()))
             return str(p / "model"), "run"
         if (p / "config.json").is_file():
+            _LOCAL_SEEN.add(p.absolute())
             return str(p), "hf"
         raise UserError(
             f"{p} is neither a shoestring run directory (no model/config.json) nor a Hugging "
@@ -75,7 +83,13 @@ def resolve_model_path(path: str | Path) -> tuple[str, str]:
     if p.exists():
         raise UserError(f"{p} is a file; pass a run directory or a model directory")
     text = str(path)
-    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+    if p.absolute() in _LOCAL_SEEN:
+        raise UserError(
+            f"{path} does not exist any more (it was a model directory earlier in this run; "
+            "was it moved or deleted?)"
+        )
+    owner = text.partition("/")[0]
+    if _HUB_ID.match(text) and not Path(owner).expanduser().exists():
         return text, "hub"
     raise UserError(
         f"{path} does not exist (expected a run directory, a model directory or a "

@@ -10,6 +10,7 @@ the corpus figures, ``log.txt``, ``report.md``), so a failed or interrupted prep
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ SUMMARY_KEYS = (
     "n_decode_errors",
     "skipped_documents",
     "held_out_files_skipped",
+    "notes_skipped",
     "timings",
 )
 
@@ -62,8 +64,18 @@ def run(cfg: PrepareConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     synthetic = cfg.synthetic or None
-    # an unusable INPUT is refused before the directory becomes a (failed) run
-    resolve_source(cfg.input or None, synthetic=synthetic, seed=cfg.seed, out=out)
+    # an unusable INPUT is refused before the directory becomes a (failed) run: one that does
+    # not exist, a directory of nothing but notes (SOURCE.md) or held-out splits
+    source = resolve_source(
+        cfg.input or None, synthetic=synthetic, seed=cfg.seed, out=out, all_splits=cfg.all_splits
+    )
+    notes = ", ".join(p.name for p in source.note_files())
+    if notes and not source.files():
+        raise UserError(
+            f"INPUT {source.root} holds no data files (only notes about the data: {notes}); "
+            "give the file itself as INPUT to prepare a note on purpose"
+        )
+    created_here = not out.exists()
     meta: dict[str, Any] = {}
     rundir = RunDir(out, "prepare", echo=not cfg.quiet)
     life = RunLifecycle(
@@ -72,6 +84,26 @@ def run(cfg: PrepareConfig) -> Path:
         summary=lambda: corpus_summary(meta) if meta else {},
         finalizers=command_finalizers(),
     )
+    try:
+        _prepare_in(out, cfg, synthetic, rundir, life, meta)
+    except Exception:
+        # a failure before any data was written leaves no directory of ours behind: --out
+        # held nothing before this run, and a failed one without shards is nothing to keep
+        if created_here and not (out / "train.bin").exists() and rundir.closed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def _prepare_in(
+    out: Path,
+    cfg: PrepareConfig,
+    synthetic: int | None,
+    rundir: RunDir,
+    life: RunLifecycle,
+    meta: dict[str, Any],
+) -> None:
+    """The data layer's work inside the lifecycle; ``meta`` gets the corpus figures."""
     with life:
         meta.update(
             text.run(
@@ -92,4 +124,3 @@ def run(cfg: PrepareConfig) -> Path:
         )
         for line in text.format_summary(meta, out).splitlines():
             rundir.log(line, echo=False)  # the library printed it already (unless quiet)
-    return out

@@ -20,7 +20,7 @@ from shoestring.rundir.directory import atomic_write_text, now_iso
 __all__ = ["build_report", "write_run_report"]
 
 
-def _intro(runs: list[RunInfo], own: bool) -> list[str]:
+def _intro(runs: list[RunInfo], own: bool, skipped: list[str]) -> list[str]:
     kinds, states = (
         ", ".join(f"{n} {k}" for k, n in Counter(c).items())
         for c in ([r.kind for r in runs], [r.status for r in runs])
@@ -31,6 +31,11 @@ def _intro(runs: list[RunInfo], own: bool) -> list[str]:
         "from the run directories alone "
         "(summary.json, config.json, metrics.jsonl and each kind's result files).",
     ]
+    if skipped:  # named, so a reader knows the report is not over every directory given
+        lines.append(
+            f"Left out: {len(skipped)} director{'y' if len(skipped) == 1 else 'ies'} that "
+            "could not be read: " + "; ".join(skipped)
+        )
     hosts = {
         (h.get("hostname"), h.get("cpu"), h.get("logical_cores"))
         for r in runs
@@ -50,18 +55,28 @@ def _intro(runs: list[RunInfo], own: bool) -> list[str]:
 
 
 def build_report(
-    runs: list[RunInfo], out: Path | None, title: str | None = None, own_dir: Path | None = None
+    runs: list[RunInfo],
+    out: Path | None,
+    title: str | None = None,
+    own_dir: Path | None = None,
+    skipped: list[str] | None = None,
 ) -> Report:
     """The report over loaded runs; plots are drawn into ``out`` (none when it is None).
 
     ``own_dir``: the run directory whose own report.md this is (its sections may then show the
-    PNGs the command drew there)."""
+    PNGs the command drew there). ``skipped``: why each directory that could not be read was
+    left out (named in the introduction)."""
     sections = build_sections(runs, SectionContext(out, own_dir))
     more = f" and {len(runs) - 6} more" if len(runs) > 6 else ""
     title = title or "shoestring compare: " + ", ".join(r.label for r in runs[:6]) + more
     runs_json = [run_record(r) for r in runs]
     return Report(
-        title, now_iso(), _intro(runs, own_dir is not None), all_findings(runs), sections, runs_json
+        title,
+        now_iso(),
+        _intro(runs, own_dir is not None, skipped or []),
+        all_findings(runs),
+        sections,
+        runs_json,
     )
 
 

@@ -104,11 +104,17 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def read_json_or_error(path: Path) -> Any:
-    """``path`` parsed, or a UserError that says the directory is damaged and what to do."""
+    """``path`` parsed, or a UserError that says the directory is damaged and what to do.
+
+    Binary garbage (a ``UnicodeDecodeError``) and an unreadable file are the same one line as
+    invalid JSON: a reader of run directories names the bad file, never a traceback."""
     try:
         return read_json(path)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        what = "is not valid JSON" if isinstance(exc, json.JSONDecodeError) else "is unreadable"
+        if isinstance(exc, UnicodeDecodeError):
+            what = "is not text (binary or damaged)"
         raise UserError(
-            f"{path} is not valid JSON ({exc}); the run directory is damaged - rerun the "
-            "command that wrote it, or leave this directory out of the comparison"
+            f"{path} {what}; the run directory is damaged - rerun the command that wrote it, or "
+            "leave this directory out of the comparison"
         ) from None

@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from shoestring.cli_options import check_run_name
 from shoestring.failures import short_reason
 from shoestring.rundir.lock import RunDirLock
 
@@ -157,7 +158,11 @@ def host_info() -> dict[str, Any]:
 
 
 def unique_run_dir(out: str | Path, name: str) -> Path:
-    """``out/name``, or ``out/name-2`` ... when it exists, so a run never overwrites another."""
+    """``out/name``, or ``out/name-2`` ... when it exists, so a run never overwrites another.
+
+    ``name`` must be one path component (:func:`shoestring.cli_options.check_run_name`), so the
+    directory is always inside ``out``, whichever API made the name."""
+    check_run_name(name, "run name")
     base = Path(out) / name
     if not base.exists():
         return base
@@ -190,7 +195,9 @@ class RunDir:
         if (self.path / "summary.json").exists():
             try:
                 self.summary = read_json(self.path / "summary.json")
-            except (OSError, json.JSONDecodeError):
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                self.summary = {}  # a damaged summary is rewritten whole by this run
+            if not isinstance(self.summary, dict):
                 self.summary = {}
         _OPEN.add(self)
         if took_over:
@@ -228,12 +235,14 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         kept = []
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line cut by the kill
-                if rec.get("step", 0) <= step:  # later steps will be run and logged again
+                    continue  # a line cut by the kill (or damaged bytes)
+                if (
+                    isinstance(rec, dict) and rec.get("step", 0) <= step
+                ):  # later steps will be run and logged again
                     kept.append(line)
         atomic_write_text(path, "".join(k + "\n" for k in kept))
         self._metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115
@@ -327,16 +336,20 @@ def abandon_open_run_dirs(error: BaseException | str, status: str | None = None)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl, skipping a last line cut short by a kill."""
+    """All records of a metrics.jsonl, skipping a last line cut short by a kill (and lines
+    that are not JSON objects, so a damaged file never stops a reader)."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
     out = []
     if not p.exists():
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    # bytes that are not UTF-8 (a damaged file) become lines that fail to parse, skipped below
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out

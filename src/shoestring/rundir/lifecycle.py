@@ -27,6 +27,14 @@ the lock is released. A finalizer that fails is one warning line on stderr, neve
 status: the run's own outcome is already on disk. Exceptions are never swallowed: the caller
 still sees them. With ``rundir=None`` (a DDP rank other than 0) only the signal handling
 applies.
+
+A stop signal the body does not respond to within :attr:`RunLifecycle.STOP_GRACE_SECONDS`, or
+three times its longest step (reported with :meth:`RunLifecycle.work_took`) - a step that
+cannot end - is not waited on for ever: the lifecycle's
+:class:`~shoestring.rundir.stop_watchdog.StopWatchdog` writes the final ``interrupted`` summary
+(and that of every other run directory this process has open) and ends the process, so no
+signal leaves a run at ``running``. A body that starts a long cleanup after a signal (a
+checkpoint) says so with :meth:`RunLifecycle.responded`.
 """
 
 from __future__ import annotations
@@ -41,8 +49,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from shoestring.failures import short_reason
-from shoestring.rundir.directory import STATUSES, RunDir
+from shoestring.rundir.directory import STATUSES, RunDir, abandon_open_run_dirs
 from shoestring.rundir.monitor import SystemMonitor
+from shoestring.rundir.stop_watchdog import StopWatchdog, stop_responded, work_took
 
 __all__ = ["RunLifecycle", "StepBoundaryInterrupts", "raise_keyboard_interrupt"]
 
@@ -103,6 +112,9 @@ class StepBoundaryInterrupts:
 class RunLifecycle:
     """Context manager that owns a run directory's status from ``running`` to the end."""
 
+    #: Seconds a run may take to respond to SIGINT/SIGTERM before it is ended from outside.
+    STOP_GRACE_SECONDS = 15.0
+
     def __init__(
         self,
         rundir: RunDir | None,
@@ -129,6 +141,7 @@ class RunLifecycle:
         self._prev_handler: Any = None
         self._installed = False
         self._t0 = 0.0
+        self._watchdog: StopWatchdog | None = None
 
     # -- the body's say
     def set_status(self, status: str, error: str | None = None) -> None:
@@ -136,6 +149,18 @@ class RunLifecycle:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
         self.status, self.error = status, error
+
+    @staticmethod
+    def responded() -> None:
+        """The body has heard a stop signal and is cleaning up (saving a checkpoint, waiting
+        for a child that saves one): the process's watchdog no longer ends it meanwhile."""
+        stop_responded()
+
+    @staticmethod
+    def work_took(seconds: float) -> None:
+        """One unit of work a stop waits for (a step, an evaluation) took ``seconds``: the
+        watchdog then waits at least three times the longest before it ends the process."""
+        work_took(seconds)
 
     @property
     def wall_seconds(self) -> float:
@@ -156,6 +181,8 @@ class RunLifecycle:
                 self.rundir.abandon(exc)
                 raise
             self.monitor = SystemMonitor(self.monitor_interval).start()
+            self._watchdog = StopWatchdog(self.STOP_GRACE_SECONDS, self._stop_from_outside)
+            self._watchdog.start()
         if threading.current_thread() is threading.main_thread():
             prev = signal.getsignal(signal.SIGTERM)
             if prev in (signal.SIG_DFL, None):
@@ -169,6 +196,10 @@ class RunLifecycle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            stop_responded()  # heard: an outer run's watchdog (if it has one) waits for us
+        if self._watchdog is not None:  # the body ended: whatever follows is ours to finish
+            self._watchdog.close()
         if self._installed:
             signal.signal(signal.SIGTERM, self._prev_handler or signal.SIG_DFL)
             self._installed = False
@@ -179,6 +210,14 @@ class RunLifecycle:
         status = self.status or "finished"
         if self.rundir is None:
             return
+        self.rundir.finish(status, **self._final_fields())
+        self._finalize(self.rundir.path)
+        if self.close_on_exit:
+            self.rundir.close()
+
+    def _final_fields(self) -> dict[str, Any]:
+        """summary.json's closing fields: the body's ``summary()`` and ``fields``, the system
+        metrics, the wall time and the error."""
         fields: dict[str, Any] = {}
         if self.summary is not None:
             try:
@@ -189,10 +228,23 @@ class RunLifecycle:
         fields["system"] = self.monitor.stop() if self.monitor is not None else {}
         fields.setdefault("session_wall_seconds", round(self.wall_seconds, 3))
         fields["error"] = self.error
-        self.rundir.finish(status, **fields)
-        self._finalize(self.rundir.path)
-        if self.close_on_exit:
-            self.rundir.close()
+        return fields
+
+    def _stop_from_outside(self, signum: int, reason: str) -> None:
+        """The watchdog's last word (its thread; the main thread is stuck in a step): the
+        final ``interrupted`` summary and report, every other open run directory finished
+        too. Never raises - the process ends right after."""
+        print(f"shoestring: {reason}", file=sys.stderr, flush=True)
+        if self.rundir is None:
+            return
+        try:
+            self.status, self.error = "interrupted", reason
+            self.rundir.log(f"interrupted: {reason}", echo=False)
+            self.rundir.finish("interrupted", **self._final_fields())
+            self._finalize(self.rundir.path)
+        except Exception as exc:  # noqa: BLE001 - the process ends either way
+            print(f"warning: could not finish {self.rundir.path}: {exc}", file=sys.stderr)
+        abandon_open_run_dirs(reason, "interrupted")  # e.g. a search trial inside a study
 
     def _finalize(self, path: Path) -> None:
         """Run every finalizer on the finished directory; a failure is a warning, not a status."""

@@ -30,6 +30,7 @@ from shoestring.config import from_dict
 from shoestring.data.prepared import load_prepared
 from shoestring.models.gpt import ShoestringGPTForCausalLM
 from shoestring.run_config import RunConfig
+from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.search.storage import open_storage, pruner_for
 from shoestring.train.batches import validation_batches
 from shoestring.train.config import TrainJobConfig
@@ -205,6 +206,7 @@ def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
                     break
         proc.join(timeout=60)
     except KeyboardInterrupt:
+        RunLifecycle.responded()  # heard: the wait below is cleanup, not a stuck step
         proc.join(timeout=60)  # the child got the same Ctrl-C and is saving its checkpoint
         if proc.is_alive():
             proc.terminate()

@@ -16,6 +16,8 @@ it joins ``overrides``, the overrides of every trial.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,14 @@ from shoestring.run_config import RunConfig
 from shoestring.search.location import DEFAULT_HEARTBEAT
 from shoestring.search.spec import StudySpec
 
-__all__ = ["RUN_SECTIONS", "SearchConfig", "StudyOutput", "search_config"]
+__all__ = ["RUN_SECTIONS", "SearchConfig", "StudyOutput", "default_worker_id", "search_config"]
+
+
+def default_worker_id() -> str:
+    """``HOST-PID``: a name no other live worker has, on this machine or another (a fixed
+    default made two ``search`` processes on one study both ``w0``)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
 
 #: The sections of a training config: a ``--set`` under one of them goes to every trial.
 RUN_SECTIONS = tuple(
@@ -60,7 +69,7 @@ class SearchConfig(StudySpec):
     )
     isolate: bool = opt(True, "train each trial in a child process (false: peak memory adds up)")
     max_trials: int = opt(0, "this worker stops after N trials; 0 = when the study is done", min=0)
-    worker_id: str = opt("w0", "this worker's name in the results")
+    worker_id: str = opt("", "this worker's name in the results; '' = HOST-PID (unique)")
     progress: bool = opt(True, "a progress bar on stderr")
     output: StudyOutput = field(default_factory=StudyOutput)
 
@@ -84,6 +93,8 @@ class SearchConfig(StudySpec):
     def check(self) -> SearchConfig:
         """Validate this invocation's fields and, for a new or resumed study, the spec."""
         validate(self)
+        # two processes on one study must never share a name in its results
+        self.worker_id = self.worker_id or default_worker_id()
         if self.join:  # the spec is the stored one; only where its data lives may differ here
             if self.data:
                 self.data = str(Path(self.data).resolve())

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.search.spec import StudySpec
 from shoestring.search.worker import progress_of
 from shoestring.util.progress import progress_bar
@@ -37,7 +38,7 @@ def spawn_workers(
             "--out",
             str(study_dir),
             "--worker-id",
-            f"w{i}",
+            f"{args['worker_id']}-w{i}",  # the spawner's unique name: unique across spawners
             "--heartbeat",
             str(args["heartbeat"]),
             "--threads",
@@ -78,6 +79,7 @@ def wait_workers(
                 bar.n = done
                 bar.refresh()
     except KeyboardInterrupt:
+        RunLifecycle.responded()  # heard: waiting for the workers to requeue is cleanup
         for p in procs:
             try:
                 p.wait(timeout=60)

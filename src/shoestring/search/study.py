@@ -203,7 +203,11 @@ def _run_local_workers(
 ) -> None:
     """``--workers N``: N joining worker processes on this machine, watched until they end."""
     args = dict(
-        heartbeat=opts.heartbeat, threads=opts.threads, data=spec.data, isolate=opts.isolate
+        heartbeat=opts.heartbeat,
+        threads=opts.threads,
+        data=spec.data,
+        isolate=opts.isolate,
+        worker_id=opts.worker,
     )
     procs = spawn_workers(workers, study_dir, url, name, args)
     wait_workers(procs, study, spec, opts.progress)

@@ -2,7 +2,10 @@
 
 torch.compile costs 10-60 s up front and saved 11% (2M params) to 33% (13M params) of a CPU
 step in our measurements, so it pays only for long runs. ``auto`` measures a few eager steps
-and compiles only if the eager time left exceeds a threshold; a compile error then falls back
+after the warm-up ones (the first steps pay for allocations, thread pools and caches: on a
+2-core host they ran several times slower than the rest, and a decision from them turned
+compile on for a three-minute quickstart) and compiles only if the eager time left exceeds a
+threshold; a compile error then falls back
 to eager instead of ending the run. The decision and its reasons are recorded
 (``summary.json`` ``compile``) so a reader knows what really ran. DDP runs stay eager under
 ``auto`` (the ranks would have to agree). The policy holds no model: the trainer swaps its
@@ -16,6 +19,10 @@ from typing import Any
 from shoestring.util.memory import is_oom_error
 
 __all__ = ["CompilePolicy"]
+
+#: Eager steps left out of ``auto``'s estimate (warm-up), and steps measured after them.
+WARMUP_STEPS = 2
+MEASURED_STEPS = 3
 
 
 class CompilePolicy:
@@ -36,17 +43,21 @@ class CompilePolicy:
     def decide(
         self, step_times: list[float], steps_left: int, step: int, min_seconds: float
     ) -> bool:
-        """``compile=auto``: True once, when three eager steps predict > ``min_seconds`` left.
+        """``compile=auto``: True once, when the steady eager steps predict > ``min_seconds`` left.
 
-        The median of the last three step times is the estimate; the decision is made once and
-        recorded either way (``eager_step_seconds``, ``eager_seconds_left``, ``reason``).
+        ``step_times`` are this process's eager steps; the first :data:`WARMUP_STEPS` are left
+        out and the median of the next :data:`MEASURED_STEPS` is the estimate. The decision is
+        made once and recorded either way (``eager_step_seconds``, ``eager_seconds_left``,
+        ``warmup_steps_ignored``, ``reason``).
         """
         info = self.info
         if self.mode != "auto" or info["used"] or "decided" in info or self.distributed:
             return False
-        if len(step_times) < 3:
+        if len(step_times) < WARMUP_STEPS + MEASURED_STEPS:
             return False
-        step_time = sorted(step_times[-3:])[1]
+        steady = sorted(step_times[WARMUP_STEPS : WARMUP_STEPS + MEASURED_STEPS])
+        step_time = steady[len(steady) // 2]
+        info["warmup_steps_ignored"] = WARMUP_STEPS
         left = step_time * steps_left
         info["decided"] = True
         info["eager_step_seconds"] = round(step_time, 4)

@@ -11,14 +11,17 @@ Imports no torch (the command line builds this before a run starts).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli_options import OutputConfig, layered_config, refuse_resume_key
+from shoestring.cli_options import (
+    OutputConfig,
+    layered_config,
+    read_resume_config,
+    refuse_resume_key,
+)
 from shoestring.config import apply_dict, from_dict, opt, run_dict
-from shoestring.errors import UserError
 from shoestring.run_config import RunConfig, load_preset, load_variant
 
 __all__ = ["PLACEMENT_KEYS", "TrainJobConfig", "build_train_config", "resume_train_config"]
@@ -75,10 +78,7 @@ def build_train_config(
 
 def resume_train_config(run_dir: str | Path, overrides: list[str]) -> TrainJobConfig:
     """The config a run was started with, plus overrides (e.g. more steps), set to resume it."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    cfg = from_dict(TrainJobConfig, json.loads(path.read_text(encoding="utf-8")))
+    cfg = from_dict(TrainJobConfig, read_resume_config(run_dir, "train"))
     layered_config(cfg, overrides=overrides)
     cfg.resume = str(run_dir)  # after the overrides: the run resumed is the one --resume named
     return cfg.resolved()  # type: ignore[return-value]

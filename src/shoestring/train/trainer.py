@@ -41,6 +41,7 @@ from shoestring.train.checkpoint import (
 )
 from shoestring.train.config import TrainJobConfig
 from shoestring.train.distributed import init_distributed, rank_device
+from shoestring.train.sizes import check_batch_fits_data, check_batch_fits_memory
 from shoestring.train.state import TrainState, checkpoint_state, summary_fields
 from shoestring.train.step import ModelParts, NonFiniteLossError, RunData, Step
 from shoestring.util.progress import progress_bar
@@ -95,6 +96,7 @@ class Trainer:
         self.compile = CompilePolicy(t.compile, self.dist.enabled)
         self.state = TrainState()  # replaced by run() (fresh or restored from a checkpoint)
         self.global_batch = 0  # sequences per optimizer step across ranks, set by run()
+        self.last_val_step: int | None = None  # step of the last evaluation in this process
 
     # ------------------------------------------------------------------ subclass hooks
     # A trainer that changes what one step does (train/hybrid.py) overrides ``_train_step`` and
@@ -155,8 +157,14 @@ class Trainer:
                     self.tb.add_scalar(k, v, rec["step"])
 
     def _build(self) -> None:
-        """Data first (it sets the vocabulary size), then the model, then the step over both."""
+        """Data first (it sets the vocabulary size), then the sizes it allows (a batch larger
+        than the data or than the memory is refused before the model exists), then the model,
+        then the step over both."""
         self.data = RunData.load(self.cfg, self.dist, self.log)
+        check_batch_fits_data(
+            self.cfg, self.data.stream.n_windows, self.dist.world_size, self.cfg.data.path
+        )
+        check_batch_fits_memory(self.cfg, self.rt.dtype, self.device)
         self.parts = ModelParts.build(self.cfg, self.rt)
         self.model, self.optimizer, self.scheduler = (
             self.parts.model,
@@ -180,8 +188,10 @@ class Trainer:
         """Evaluate, with its time added to ``eval_seconds`` (kept out of throughput)."""
         t0 = time.perf_counter()
         val = self.step_fn.evaluate()
+        RunLifecycle.work_took(time.perf_counter() - t0)  # bounds the first step's time too
         self.state.eval_seconds += time.perf_counter() - t0
         self.state.last_val_loss = val
+        self.last_val_step = self.state.step
         return val
 
     def _save(self, tag: str | None = None) -> None:
@@ -291,6 +301,7 @@ class Trainer:
             self._save()
             raise StopTraining(error) from None
         except KeyboardInterrupt:
+            life.responded()  # the checkpoint below may take longer than the stop watchdog's grace
             self.log(f"interrupted at step {self.state.step}; saving a checkpoint")
             self._save()
             raise  # the lifecycle records "interrupted"
@@ -345,6 +356,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # kernels run async: time the work, not the launch
                 dt = time.perf_counter() - t0
+                RunLifecycle.work_took(dt)  # a stop signal waits for a step this long
                 # 2. count it: steps, training time, tokens (a predicted step trains on none)
                 ts.step = step + 1
                 ts.train_seconds += dt
@@ -440,8 +452,12 @@ class Trainer:
         def loss(value: float | None) -> str:
             return "-" if value is None else f"{value:.4f}"
 
+        # an interrupted run's last evaluation may be many steps back: say which step it was
+        at = ""
+        if self.last_val_step is not None and self.last_val_step != ts.step:
+            at = f" (evaluated at step {self.last_val_step})"
         self.log(
             f"{status}: {ts.step:,} steps, val loss {loss(ts.initial_val_loss)} -> "
-            f"{loss(ts.last_val_loss)}; run directory {self.run_path}"
+            f"{loss(ts.last_val_loss)}{at}; run directory {self.run_path}"
         )
         self.rundir.close()

@@ -105,6 +105,10 @@ def load_run(path: str | Path) -> RunInfo:
     summary = read("summary.json", {}) or inferred
     run = RunInfo(p, kind.name, str(summary.get("run_name") or p.resolve().name), summary)
     run.config, run.result = read("config.json", {}), read(kind.result_file, None)
+    if not isinstance(run.config, dict):
+        raise UserError(
+            f"{p / 'config.json'} does not hold a JSON object; the directory is damaged"
+        )
     if (p / "metrics.jsonl").is_file():
         run.metrics = read_metrics(p)
     if kind.load is not None:
@@ -118,34 +122,71 @@ def load_run(path: str | Path) -> RunInfo:
     return run
 
 
-def _expand(path: Path, depth: int = 2) -> list[Path]:
+def _claims_to_be_a_run(path: Path) -> bool:
+    """Whether ``path`` has a run directory's summary.json (so a failure to read it is news;
+    a model directory's config.json alone is not)."""
+    return (path / "summary.json").is_file()
+
+
+def _expand(path: Path, skipped: list[str] | None, depth: int = 2) -> list[Path]:
     """A directory that is not a run but holds runs (``runs/``; a benchmark's output folder
-    holding ``runs/``, ``depth`` levels down at most) stands for those runs."""
+    holding ``runs/``, ``depth`` levels down at most) stands for those runs.
+
+    A child that looks like a run (it has summary.json) but cannot be read goes to
+    ``skipped`` with its one-line reason (raised where ``skipped`` is None); other folders
+    (``data/``, ``model/``) are not runs and are passed over."""
     try:
         detect_kind(path)
         return [path]
     except UserError as err:
-        if not path.is_dir() or depth == 0:
+        if not path.is_dir() or depth == 0 or _claims_to_be_a_run(path):
             raise
         children = []
         for child in sorted(c for c in path.iterdir() if c.is_dir()):
             try:
-                children += _expand(child, depth - 1)
-            except UserError:
-                continue
+                children += _expand(child, skipped, depth - 1)
+            except UserError as child_err:
+                if _claims_to_be_a_run(child):
+                    if skipped is None:
+                        raise
+                    skipped.append(str(child_err))
         if not children:
             raise err from None
         return children
 
 
-def load_runs(paths: list[str | Path]) -> list[RunInfo]:
-    """Load every directory (a parent of run directories stands for its runs); labels unique."""
+def load_runs(paths: list[str | Path], skipped: list[str] | None = None) -> list[RunInfo]:
+    """Load every directory (a parent of run directories stands for its runs); labels unique.
+
+    With ``skipped`` (a list), a directory that cannot be read (a binary summary.json, a
+    config.json that is not JSON ...) is left out and its one-line reason appended, so one bad
+    directory never stops a report on the good ones; when none can be read the first reason is
+    raised. Without it, the first bad directory raises."""
     expanded: list[Path] = []
+    first_error: UserError | None = None
     for p in paths:
-        for q in _expand(Path(p)):
+        try:
+            found = _expand(Path(p), skipped)
+        except UserError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            first_error = first_error or err
+            continue
+        for q in found:
             if q.resolve() not in {e.resolve() for e in expanded}:
                 expanded.append(q)
-    runs = [load_run(p) for p in expanded]
+    runs = []
+    for p in expanded:
+        try:
+            runs.append(load_run(p))
+        except UserError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            first_error = first_error or err
+    if not runs and first_error is not None:
+        raise first_error
     seen = Counter(r.label for r in runs)
     for r in runs:
         if seen[r.label] > 1:
