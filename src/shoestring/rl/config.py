@@ -1,5 +1,7 @@
 """``GRPOConfig``: the options of ``shoestring grpo``, named and meant as in TRL's ``GRPOConfig``.
 
+This module is one idea: the GRPO config - its fields, their layers and the checks across them.
+
 Why TRL's names: users move configurations between TRL and shoestring, and the original study
 published its settings in TRL's vocabulary (``num_generations``, ``beta``, ``loss_type`` ...).
 A field that exists in TRL means the same thing here; the few TRL does not have (LoRA, the
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoestring.cli_options import read_resume_config
 from shoestring.config import (
     ConfigError,
     _coerce,
@@ -36,15 +39,15 @@ from shoestring.config import (
     opt,
     parse_override,
     preset_names,
-    read_config_file,
     run_dict,
     validate,
 )
-from shoestring.errors import UserError
+from shoestring.rl.trackers import check_trackers
 from shoestring.rl.trl_config import is_trl_config, translate_trl, trl_defaults
 from shoestring.scoring.protocols import PROTOCOLS
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo", "cispo", "sapo", "vespo")  # TRL 1.16's
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 SCALE_REWARDS = ("group", "batch", "none")
 PROTOCOL_CHOICES = ("auto", *PROTOCOLS)
 #: The fields that say how this process runs the config, not what is trained.
@@ -122,14 +125,23 @@ class GRPOConfig:
     # --- GRPO loss (TRL names and meanings)
     beta: float = opt(0.0, "KL coefficient to the reference model; 0 = no reference pass", min=0.0)
     epsilon: float = opt(0.2, "lower clipping range of the policy ratio", min=0.0)
-    epsilon_high: float | None = opt(None, "upper clipping range (None = epsilon)", min=0.0)
+    epsilon_high: float | None = opt(None, "upper clip (None = epsilon); cispo: ratio cap", min=0.0)
     num_iterations: int = opt(1, "optimizer steps per generated batch (mu)", min=1)
     loss_type: str = opt(
         "dapo",
-        "token aggregation: grpo (per-sequence mean), bnpo (tokens of the micro-batch), "
-        "dr_grpo (constant batch*max_completion_length), dapo (tokens of the whole step)",
+        "TRL's: grpo, bnpo, dr_grpo, dapo, luspo (clipped surrogate, aggregated differently), "
+        "cispo (capped detached ratio), sapo (soft gate), vespo (Gamma sequence weight)",
         choices=LOSS_TYPES,
     )
+    importance_sampling_level: str = opt(
+        "token", "policy ratio per token or per sequence (GSPO)", choices=IMPORTANCE_SAMPLING_LEVELS
+    )
+    sapo_temperature_pos: float = opt(1.0, "sapo: gate temperature where advantage > 0", min=1e-6)
+    sapo_temperature_neg: float = opt(1.05, "sapo: gate temperature where advantage <= 0", min=1e-6)
+    vespo_k_pos: float = opt(2.0, "vespo: power k of the weight where advantage >= 0", min=0.0)
+    vespo_lambda_pos: float = opt(3.0, "vespo: decay lambda where advantage >= 0", min=0.0)
+    vespo_k_neg: float = opt(3.0, "vespo: power k of the weight where advantage < 0", min=0.0)
+    vespo_lambda_neg: float = opt(2.0, "vespo: decay lambda where advantage < 0", min=0.0)
     scale_rewards: str = opt(
         "group",
         "divide advantages by the std of the group, the batch, or not",
@@ -172,6 +184,11 @@ class GRPOConfig:
     threads: int = opt(0, "torch threads; 0 = physical cores", min=0)
     logging_steps: int = opt(1, "write a metrics line every N steps", min=1)
     log_completions_steps: int = opt(10, "log sample completions every N steps (0 = never)", min=0)
+    report_to: list[str] = opt(
+        ["none"],
+        "trackers that get metrics.jsonl's numbers under TRL's names (TRL name): tensorboard "
+        "(RUN/tensorboard), wandb (offline without network), none",
+    )
     num_completions_to_print: int = opt(4, "completions per samples record", min=1)
     save_steps: int = opt(50, "resumable checkpoint every N steps (and at the end)", min=1)
     save_total_limit: int = opt(2, "step checkpoints kept", min=1)
@@ -188,8 +205,8 @@ class GRPOConfig:
     preset: str = opt("", "preset this config started from (informational)")
     output_dir: str | None = opt(
         None,
-        "run directory (TRL name; --out/--name set it; -2, -3 ... appended when it exists; "
-        "None = runs/grpo-<time>)",
+        "run directory (TRL name; --out/--name set it; an existing non-empty one is refused: "
+        "resume it or name another; None = runs/grpo-<time>)",
     )
     resume: str = opt(
         "", "run directory to continue from its newest checkpoint ('' = a new run; --resume)"
@@ -254,6 +271,7 @@ class GRPOConfig:
             raise ConfigError('rewards is empty; use e.g. rewards=["correctness","format"]')
         if self.dataset_slice is not None:
             parse_slice(self.dataset_slice)
+        self.report_to = check_trackers(self.report_to) or ["none"]  # a name or a list
         if self.max_steps == 0:
             raise ConfigError(
                 "max_steps=0 trains nothing; use -1 (from epochs) or a positive number"
@@ -349,10 +367,8 @@ def config_from_dict(values: dict[str, Any]) -> GRPOConfig:
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GRPOConfig:
     """The config an interrupted run was started with (its ``config.json``), plus ``key=value``
     overrides (e.g. more ``max_steps``), set to continue that run (``resume``)."""
-    cfg_path = Path(run_dir) / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir} is not a GRPO run directory (no config.json)")
-    cfg = grpo_config(base=read_config_file(cfg_path), overrides=overrides)
+    # a train run's config is not a GRPO config: one line naming the kind, not an unknown key
+    cfg = grpo_config(base=read_resume_config(run_dir, "grpo"), overrides=overrides)
     cfg.resume = str(run_dir)
     return cfg
 
@@ -372,6 +388,7 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "IMPORTANCE_SAMPLING_LEVELS",
     "LOSS_TYPES",
     "PLACEMENT_KEYS",
     "PROTOCOL_CHOICES",

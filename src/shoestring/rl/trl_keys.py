@@ -31,7 +31,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TRL_DEFAULTS", "TRL_KEYS", "TRL_LORA_DEFAULTS", "TRL_SCRIPT_REWARDS", "TrlKey"]
+__all__ = [
+    "TRL_DEFAULTS",
+    "TRL_DEFAULTS_NOT_APPLIED",
+    "TRL_KEYS",
+    "TRL_LORA_DEFAULTS",
+    "TRL_SCRIPT_REWARDS",
+    "TrlKey",
+]
 
 #: the reward names TRL's ``trl grpo`` script knows (its registry; ``trl:NAME`` here)
 TRL_SCRIPT_REWARDS = (
@@ -87,10 +94,22 @@ _add(
     "epsilon",
     "epsilon_high",
     "reward_weights",
-    "loss_type",
+    "sapo_temperature_neg",
+    "sapo_temperature_pos",
+    "vespo_k_pos",
+    "vespo_lambda_pos",
+    "vespo_k_neg",
+    "vespo_lambda_neg",
     "mask_truncated_completions",
 )
 _add(GRPO, "same", "same field; true -> group, false -> none (TRL's old booleans)", "scale_rewards")
+_add(
+    GRPO,
+    "same",
+    "same field; every TRL 1.16 loss type: grpo, bnpo, dr_grpo, dapo, luspo, cispo, sapo, vespo",
+    "loss_type",
+)
+_add(GRPO, "same", "same field; token or sequence (GSPO)", "importance_sampling_level")
 _add(GRPO, "same", "same field; null (TRL: all) keeps shoestring's 4", "num_completions_to_print")
 _add(
     TA,
@@ -185,13 +204,6 @@ _add(
 )
 
 # ----------------------------------------------------------------------------- unsupported
-_add(
-    GRPO,
-    "unsupported",
-    "sequence-level importance sampling (GSPO)",
-    "importance_sampling_level",
-    accept=("token",),
-)
 _add(
     GRPO,
     "unsupported",
@@ -315,17 +327,6 @@ _add(LEGACY, "ignored", _ENGINE, "vllm_guided_decoding_regex", "use_liger_loss")
 _add(
     GRPO,
     "ignored",
-    "parameters of loss types shoestring refuses (loss_type is checked)",
-    "sapo_temperature_neg",
-    "sapo_temperature_pos",
-    "vespo_k_pos",
-    "vespo_lambda_pos",
-    "vespo_k_neg",
-    "vespo_lambda_neg",
-)
-_add(
-    GRPO,
-    "ignored",
     "only used with sync_ref_model (refused unless false)",
     "ref_model_mixup_alpha",
     "ref_model_sync_steps",
@@ -361,14 +362,30 @@ _add(
 )
 _add(
     TA,
-    "ignored",
-    "metrics go to metrics.jsonl and report.md; no trackers",
+    "same",
+    "same field: tensorboard (RUN/tensorboard), wandb (offline without network) or none; "
+    "other trackers logged and dropped; metrics.jsonl is always written",
     "report_to",
+)
+_add(
+    TA,
+    "ignored",
+    "a run is named by its directory (the W&B project: $WANDB_PROJECT, default shoestring)",
     "run_name",
     "project",
+)
+_add(
+    TA,
+    "ignored",
+    "trackio is not written (report_to: tensorboard or wandb)",
     "trackio_space_id",
     "trackio_bucket_id",
     "trackio_static_space_id",
+)
+_add(
+    TA,
+    "ignored",
+    "metrics go to metrics.jsonl, report.md and report_to's trackers",
     "logging_first_step",
     "log_on_each_node",
     "logging_nan_inf_filter",
@@ -380,7 +397,7 @@ _add(
     "skip_memory_metrics",
     "debug",
 )
-_add(LEGACY, "ignored", "metrics go to metrics.jsonl and report.md; no trackers", "logging_dir")
+_add(LEGACY, "ignored", "TensorBoard files go to RUN/tensorboard (report_to)", "logging_dir")
 _add(
     TA,
     "ignored",
@@ -494,7 +511,7 @@ _add(
 _add(
     LEGACY,
     "ignored",
-    "a run never overwrites another (a new directory name is chosen)",
+    "nothing is overwritten: a non-empty output_dir is refused (resume it or name another)",
     "overwrite_output_dir",
 )
 _add(LEGACY, "ignored", "device from use_cpu or device", "use_mps_device")
@@ -525,12 +542,20 @@ _add(MIXTURE, "ignored", "no dataset mixtures", "streaming", "test_split_size")
 #: (detected or ``--trl-config``) gets these for the keys it does not set, so it means what it
 #: means in TRL; a shoestring config keeps shoestring's defaults (docs/grpo.md says why each).
 TRL_DEFAULTS: dict[str, Any] = {
+    "max_prompt_length": None,  # TRL 1.x has no such key: prompts are never cut
     "max_completion_length": 512,
     "disable_dropout": False,
     "gradient_checkpointing": True,
     "logging_steps": 10,
     "save_steps": 500,
     "log_completions": False,
+}
+#: TRL's defaults a TRL config does not get, and why; the log names each one it leaves unset.
+TRL_DEFAULTS_NOT_APPLIED: dict[str, str] = {
+    "output_dir": "TRL: trainer_output; here runs/grpo-<time>, so runs never share a directory",
+    "save_total_limit": "TRL: keep every checkpoint; here the newest 2, as a checkpoint holds "
+    "the whole model",
+    "num_completions_to_print": "TRL: all; here 4 per samples record",
 }
 #: ModelConfig's LoRA defaults, applied when ``use_peft`` is true and the key is unset.
 TRL_LORA_DEFAULTS: dict[str, Any] = {

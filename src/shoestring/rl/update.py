@@ -11,21 +11,39 @@ from __future__ import annotations
 from typing import Any
 
 from shoestring.rl.config import GRPOConfig
-from shoestring.rl.loss import aggregate_loss, per_token_loss
+from shoestring.rl.loss import aggregate_loss, clip_counts, per_token_loss
+from shoestring.rl.loss_variants import LossVariant
 from shoestring.rl.policy import Policy
 from shoestring.rl.rollout import Rollout, micro_slices
 
-__all__ = ["backward_rollout"]
+__all__ = ["backward_rollout", "loss_variant"]
+
+
+def loss_variant(cfg: GRPOConfig) -> LossVariant:
+    """The per-token loss ``cfg`` asks for, with the parameters only that loss reads."""
+    return LossVariant(
+        loss_type=cfg.loss_type,
+        importance_sampling_level=cfg.importance_sampling_level,
+        sapo_temperature_pos=cfg.sapo_temperature_pos,
+        sapo_temperature_neg=cfg.sapo_temperature_neg,
+        vespo_k_pos=cfg.vespo_k_pos,
+        vespo_lambda_pos=cfg.vespo_lambda_pos,
+        vespo_k_neg=cfg.vespo_k_neg,
+        vespo_lambda_neg=cfg.vespo_lambda_neg,
+    )
 
 
 def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, Any]:
     """Accumulate the step's gradients in ``policy``'s trained parameters (the caller zeroes
     them before and steps the optimizer after) and return the step's loss statistics:
-    ``loss`` (retention included), ``kl``, ``entropy``, ``clip_fraction``, ``retention``."""
+    ``loss`` (retention included), ``kl``, ``entropy``, ``clip_fraction`` (None for the soft
+    losses, which clip nothing), ``retention``."""
     model = policy.model
+    variant = loss_variant(cfg)
     step_tokens = float(r.completion_mask.sum())  # dapo divides by the whole step's tokens
     slices = micro_slices(r.size, cfg.per_device_train_batch_size)
-    tot_loss = kl_sum = ent_sum = clip_sum = n_tok = n_gen = 0.0
+    tot_loss = kl_sum = ent_sum = clip_sum = clip_n = n_tok = n_gen = 0.0
+    hard_clip = False
     for s in slices:
         mask = r.completion_mask[s]
         logps, ent = r.logps(model, s, cfg, policy.autocast(), want_entropy=True)
@@ -33,7 +51,15 @@ def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, A
         old = logps.detach() if r.old_logps is None else r.old_logps[s]
         ref = None if r.ref_logps is None else r.ref_logps[s]
         tl, clipped, kl = per_token_loss(
-            logps, old, r.advantages[s], cfg.epsilon_low, cfg.upper_epsilon, cfg.beta, ref
+            logps,
+            old,
+            r.advantages[s],
+            cfg.epsilon_low,
+            cfg.upper_epsilon,
+            cfg.beta,
+            ref,
+            mask=mask,
+            variant=variant,
         )
         loss = aggregate_loss(
             tl,
@@ -47,7 +73,11 @@ def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, A
         tot_loss += float(loss.detach())  # the pieces are pre-scaled: their sum is the loss
         m = mask.float()  # KL and clip statistics count the tokens the loss counts
         n_tok += float(m.sum())
-        clip_sum += float((clipped.float() * m).sum())
+        hard_clip = clipped is not None  # the same for every micro-batch: it is the loss type's
+        if clipped is not None:
+            n_clipped, n_counted = clip_counts(clipped, mask)
+            clip_sum += n_clipped
+            clip_n += n_counted
         if ent is not None:  # over every generated token, masked from the loss or not
             gm = r.gen_mask[s].float()
             ent_sum += float((ent.detach() * gm).sum())
@@ -64,6 +94,6 @@ def backward_rollout(policy: Policy, r: Rollout, cfg: GRPOConfig) -> dict[str, A
         "loss": tot_loss,
         "kl": (kl_sum / max(n_tok, 1.0)) if cfg.beta > 0 else None,
         "entropy": ent_sum / max(n_gen, 1.0),
-        "clip_fraction": clip_sum / max(n_tok, 1.0),
+        "clip_fraction": clip_sum / max(clip_n, 1.0) if hard_clip else None,
         "retention": retention,
     }
