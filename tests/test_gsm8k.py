@@ -68,7 +68,11 @@ def test_bad_lines_reported_with_file_and_line(tmp_path: Path, caplog) -> None:
 
 def test_strict_mode_rejects_first_bad_line(tmp_path: Path) -> None:
     path = _write(tmp_path / "bad.jsonl", [*_problems(2), "{oops"])
-    with pytest.raises(UserError, match=r"bad\.jsonl:3: invalid JSON"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:3: invalid JSON") as one:
+        load_gsm8k(path, strict=True)
+    assert "more)" not in str(one.value)  # one bad line: no "(and 0 more)"
+    path = _write(tmp_path / "two.jsonl", [*_problems(2), "{oops", "[]"])
+    with pytest.raises(UserError, match=r"two\.jsonl:3: invalid JSON.* \(and 1 more\)"):
         load_gsm8k(path, strict=True)
 
 

@@ -328,7 +328,8 @@ def load_gsm8k(
         )
     if issues:
         if strict:
-            raise UserError(f"bad GSM8K record: {issues[0]} (and {len(issues) - 1} more)")
+            more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+            raise UserError(f"bad GSM8K record: {issues[0]}{more}")
         report_capped(issues, lambda msg: log.warning("skipped %s", msg))
         for msg in issues:
             if on_warning is not None:

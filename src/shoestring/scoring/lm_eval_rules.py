@@ -19,7 +19,13 @@ way lm-eval does:
   only its last ``max_length - max_gen_toks`` tokens, where ``max_length`` is the first of the
   config's ``n_positions``, ``max_position_embeddings``, ``n_ctx`` (of ``text_config`` when the
   config nests one), else the tokenizer's ``model_max_length`` unless unset, else 2048
-  (``models/utils.py: resolve_max_length``).
+  (``models/utils.py: resolve_max_length``); a prompt whose text already starts with the
+  tokenizer's BOS token (a chat template that writes it) is encoded without special tokens,
+  any other with the tokenizer's default (``tok_batch_encode``);
+- the chain-of-thought tasks (``gsm8k-cot.yaml``, ``gsm8k-cot-zeroshot.yaml``) keep the metric
+  and ``flexible-extract`` but their ``strict-match`` regex is ``The answer is
+  (\\-?[0-9\\.\\,]+).`` (its final ``.`` is any character); ``gsm8k_cot``'s reference is
+  ``answer.split('####')[-1].strip()`` rather than the whole answer (:func:`reference`).
 """
 
 from __future__ import annotations
@@ -31,21 +37,26 @@ from typing import Any
 from shoestring.errors import UserError
 
 __all__ = [
+    "COT_STRICT_PATTERN",
     "DEFAULT_MAX_LENGTH",
     "FLEXIBLE_PATTERN",
     "IGNORE_REGEXES",
     "STRICT_PATTERN",
+    "adds_special_tokens",
     "context_length",
     "exact_match",
     "flexible_extract",
     "left_truncate",
     "prompt_budget",
+    "reference",
     "regex_filter",
     "strict_match",
 ]
 
 STRICT_PATTERN = r"#### (\-?[0-9\.\,]+)"
 FLEXIBLE_PATTERN = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+#: gsm8k-cot.yaml and gsm8k-cot-zeroshot.yaml ``strict-match`` (first match).
+COT_STRICT_PATTERN = r"The answer is (\-?[0-9\.\,]+)."
 #: gsm8k.yaml ``metric_list[0].regexes_to_ignore``, applied in this order.
 IGNORE_REGEXES: tuple[str, ...] = (",", r"\$", r"(?s).*#### ", r"\.$")
 #: lm-eval's ``DEFAULT_MAX_LENGTH`` (used when neither config nor tokenizer names a context).
@@ -59,9 +70,9 @@ _FLEXIBLE_RE = re.compile(FLEXIBLE_PATTERN)
 _IGNORE_RES = tuple(re.compile(p) for p in IGNORE_REGEXES)
 
 
-def regex_filter(response: str, pattern: re.Pattern[str], group_select: int) -> str | None:
+def regex_filter(response: str, pattern: str | re.Pattern[str], group_select: int) -> str | None:
     """lm-eval's ``RegexFilter`` on one response; None where lm-eval writes ``[invalid]``."""
-    matches = pattern.findall(response)
+    matches = re.findall(pattern, response)  # re caches a pattern given as text
     if not matches:
         return None
     match = matches[group_select]  # 0: the first match (strict), -1: the last (flexible)
@@ -81,6 +92,20 @@ def strict_match(response: str) -> str | None:
 def flexible_extract(response: str) -> str | None:
     """lm-eval's ``flexible-extract`` answer: the last number-like match (unnormalised)."""
     return regex_filter(response, _FLEXIBLE_RE, -1)
+
+
+def reference(answer: str, rule: str) -> str:
+    """lm-eval's reference for a GSM8K answer field under a task's ``doc_to_target``.
+
+    ``answer``: the whole field (``gsm8k``, ``gsm8k_cot_zeroshot``); ``after-hashes``:
+    ``answer.split('####')[-1].strip()`` (``gsm8k_cot``). A canonical gold number passes
+    through both unchanged.
+    """
+    if rule == "answer":
+        return answer
+    if rule == "after-hashes":
+        return answer.split("####")[-1].strip()
+    raise ValueError(f"unknown lm-eval reference rule {rule!r}; use 'answer' or 'after-hashes'")
 
 
 def _ignore(text: str) -> str:
@@ -124,6 +149,13 @@ def prompt_budget(config: Any, tokenizer: Any, max_new_tokens: int) -> int:
             f"context of {ctx} tokens (lm-eval refuses this too); lower --max-new-tokens"
         )
     return budget
+
+
+def adds_special_tokens(text: str, tokenizer: Any) -> bool:
+    """Whether lm-eval's HF backend lets the tokenizer add special tokens to ``text``: not when
+    the text already starts with the BOS token (a chat template that writes it), else yes."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
 
 
 def left_truncate(ids: Sequence[int], budget: int) -> list[int]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from shoestring.data.gsm8k import Problem
 from shoestring.engine import Engine, EngineOptions, GenerationResult, Sampling
+from shoestring.errors import UserError
+from shoestring.models.context import context_limit, fit_prompts, has_learned_positions
 from shoestring.scoring.lm_eval_rules import left_truncate, prompt_budget
 from shoestring.scoring.protocols import Protocol, Scored
 from shoestring.util.stats import wilson_interval
@@ -82,13 +84,17 @@ def render_prompts(
     *,
     max_new_tokens: int,
     fewshot: Sequence[Sequence[Problem]] | None = None,
+    fit_context: bool = True,
 ) -> RenderedPrompts:
     """Prompt tokens for every question under ``protocol``.
 
     ``fewshot[i]`` are question ``i``'s worked examples (a few-shot protocol's per-problem
     draw); without them a few-shot protocol uses its fixed first draw. A ``left``-truncating
     protocol keeps each prompt's last (context - ``max_new_tokens``) tokens, the context
-    resolved as lm-eval resolves it (:func:`shoestring.scoring.lm_eval_rules.context_length`).
+    resolved as lm-eval resolves it (:func:`shoestring.scoring.lm_eval_rules.context_length`);
+    any other protocol's prompts are fitted by the context policy
+    (:mod:`shoestring.models.context`) unless ``fit_context`` is false (a caller that fits,
+    counts and hashes them itself: bench).
     """
     if fewshot is not None and len(fewshot) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(fewshot)} few-shot draws")
@@ -96,12 +102,21 @@ def render_prompts(
         protocol.prompt(q, tokenizer, None if fewshot is None else fewshot[i])
         for i, q in enumerate(questions)
     ]
-    ids = [
-        list(x)
-        for x in tokenizer(texts, add_special_tokens=protocol.add_special_tokens)["input_ids"]
-    ]
+    ids = protocol.encode(tokenizer, texts)
     if protocol.truncation != "left":
-        return RenderedPrompts(ids, 0, None)
+        if not fit_context:
+            return RenderedPrompts(ids, 0, None)
+        # the context policy (models/context.py): a prompt past the context is cut from the
+        # left, never a crash deep in the forward pass
+        fit = fit_prompts(
+            ids,
+            context_limit(model, tokenizer),
+            max_new_tokens,
+            extrapolates=not has_learned_positions(model),
+        )
+        if fit.no_room is not None:
+            raise UserError(f"{fit.no_room} (the evaluation's max_new_tokens)")
+        return RenderedPrompts(fit.kept_ids(), fit.truncated, fit.budget)
     budget = prompt_budget(getattr(model, "config", None), tokenizer, max_new_tokens)
     cut = sum(1 for x in ids if len(x) > budget)
     return RenderedPrompts([left_truncate(x, budget) for x in ids], cut, budget)
@@ -122,6 +137,7 @@ def score_model(
     sampling: Sampling | None = None,
     options: EngineOptions | None = None,
     fewshot: Sequence[Sequence[Problem]] | None = None,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> list[ProblemScore]:
     """Answer every question greedily under ``protocol`` and judge it against its gold answer.
 
@@ -130,7 +146,8 @@ def score_model(
     default decoding settings (it must stay greedy for a score to be reproducible);
     ``options`` are the engine's (``batch_size``, when set, overrides theirs).
     ``fewshot[i]`` are question ``i``'s shots under a few-shot protocol (see
-    :func:`render_prompts`).
+    :func:`render_prompts`). ``prompt_ids`` are the prompts already rendered and fitted
+    (bench fits, counts and hashes them itself), one per question.
     """
     if len(questions) != len(golds):
         raise ValueError(f"{len(questions)} questions but {len(golds)} gold answers")
@@ -138,9 +155,19 @@ def score_model(
     options = options or EngineOptions()
     if batch_size:
         options = replace(options, batch_size=batch_size)
-    prompts = render_prompts(
-        model, tokenizer, questions, protocol, max_new_tokens=cfg.max_new_tokens, fewshot=fewshot
-    ).ids
+    if prompt_ids is not None:
+        if len(prompt_ids) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(prompt_ids)} prompts")
+        prompts = [list(x) for x in prompt_ids]
+    else:
+        prompts = render_prompts(
+            model,
+            tokenizer,
+            questions,
+            protocol,
+            max_new_tokens=cfg.max_new_tokens,
+            fewshot=fewshot,
+        ).ids
     # the engine finishes problems out of order; each lands at its own index
     out: list[ProblemScore | None] = [None] * len(prompts)
 
