@@ -106,6 +106,7 @@ def test_model_dir_carries_code_eos_and_context(model_dirs: dict[str, Path]) -> 
         assert cfg["auto_map"]["AutoModelForCausalLM"].startswith("modeling_shoestring_gpt.")
         assert cfg["eos_token_id"] == gen["eos_token_id"] == 2, name  # char_tokenizer's </s>
         assert tok_cfg["model_max_length"] == cfg["max_seq_len"], name
+        assert gen["max_length"] == cfg["max_seq_len"], name  # transformers stops at the context
         for target in MODELING_FILES.values():
             text = (path / target).read_text()
             assert "\nfrom shoestring" not in text and "\nimport shoestring" not in text, target

@@ -36,6 +36,10 @@ COMMANDS: list[str] = [
     "shoestring.compare.cli",
 ]
 
+#: commands that split their work over torchrun's ranks (docs/distributed.md); any other
+#: launched with several ranks is refused before it starts, instead of N copies racing
+DISTRIBUTED_COMMANDS = ("train", "bench", "generate")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -79,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         from shoestring.util.progress import silence_library_bars
 
         silence_library_bars()  # transformers' own bars are \r frames in a log file
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+        print(
+            f"shoestring {args.command}: error: it runs in a single process, but torchrun "
+            f"started {world}; launch it without torchrun (or --nproc_per_node=1); under "
+            f"torchrun: {', '.join(DISTRIBUTED_COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:

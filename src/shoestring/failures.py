@@ -15,6 +15,7 @@ This module is light on purpose (no torch): ``shoestring --help`` imports the CL
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 
 from shoestring.config import ConfigError
@@ -44,6 +45,10 @@ _WHAT_TO_DO = {
 _DISK_FULL_TEXTS = ("No space left on device", "StorageFull", "code: 28,", "Disk quota exceeded")
 
 
+#: what gloo says on the surviving ranks when a peer process exits or stops answering
+_PEER_RANK_TEXTS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting")
+
+
 def _os_message(exc: OSError) -> str | None:
     what = _WHAT_TO_DO.get(exc.errno or -1)
     if what is None:
@@ -67,6 +72,12 @@ def _one(exc: BaseException) -> str | None:
         )
     if any(m in str(exc) for m in _DISK_FULL_TEXTS):
         return _WHAT_TO_DO[errno.ENOSPC] + " (the path was not given by the library that wrote)"
+    if any(m in str(exc) for m in _PEER_RANK_TEXTS) and os.environ.get("WORLD_SIZE", "1") != "1":
+        # gloo's words on this rank when another rank of the torchrun job died or hangs
+        return (
+            "another rank of this torchrun job stopped or is stuck (see its own output); the "
+            "run directory is resumable: rerun the same command"
+        )
     if type(exc).__name__ == "SafetensorError":
         first = str(exc).splitlines()[0] if str(exc) else "unreadable"
         return f"a safetensors file is damaged ({first}); rewrite or re-download it"

@@ -142,14 +142,16 @@ def _run(args: argparse.Namespace) -> int:
     cfg = bench_config_from_args(args)  # a bad flag fails before torch loads
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.bench.runner import run
+    from shoestring.distributed import is_main_process
 
     try:
         out = run(cfg)
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume from {cfg.out}", file=sys.stderr)
         return 130
-    _print_results(out)
-    print(out)
+    if is_main_process():  # under torchrun: once, by rank 0 (the one that wrote the files)
+        _print_results(out)
+        print(out)
     return 0
 
 

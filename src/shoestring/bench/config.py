@@ -50,6 +50,11 @@ class BenchConfig:
     strict_data: bool = opt(
         False, "reject the data on the first malformed line instead of skipping and reporting it"
     )
+    log_prompts: bool = opt(
+        False,
+        "keep each problem's full prompt text in problems.jsonl (its lm-eval prompt_hash is "
+        "always kept)",
+    )
     examples: int = opt(2, "correct and incorrect responses shown per model in report.md", min=0)
     progress: bool = opt(True, "progress bars on stderr")
     quiet: bool = opt(False, "no progress bars or log lines on stderr (log.txt keeps them)")

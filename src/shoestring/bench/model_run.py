@@ -13,17 +13,17 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from shoestring.bench.config import BenchConfig
-from shoestring.bench.metrics import model_metrics
 from shoestring.bench.models import ModelSpec
 from shoestring.bench.problems import ProblemSet
-from shoestring.bench.protocol import ProtocolChoice, recorded_protocol
+from shoestring.bench.prompts import BenchPrompts, bench_prompts
+from shoestring.bench.protocol import ProtocolChoice
+from shoestring.bench.ranks import Order, answer_over_ranks, send
 from shoestring.bench.records import (
     STATE_VERSION,
     check_loaded_settings,
@@ -32,33 +32,26 @@ from shoestring.bench.records import (
     problems_path,
     settings_for,
     settings_hash,
+    sort_problem_lines,
     state_path,
     stored_records,
 )
+from shoestring.bench.results import ModelOutcome, model_result
 from shoestring.data.gsm8k import Problem
+from shoestring.distributed import DistInfo
 from shoestring.engine import auto_batch_size
-from shoestring.errors import UserError
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
-from shoestring.rundir.directory import RunDir, atomic_write_json, now_iso, read_json
+from shoestring.rundir.directory import RunDir, atomic_write_json, now_iso
 from shoestring.rundir.monitor import SystemMonitor
 from shoestring.runtime import Runtime
 from shoestring.scoring.protocols import Protocol
-from shoestring.scoring.scoring import ProblemScore, render_prompts, sampling_for, score_model
+from shoestring.scoring.scoring import ProblemScore, sampling_for, score_model
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
-__all__ = ["ModelOutcome", "OnProblem", "check_settings_early", "partial_result", "run_model"]
+__all__ = ["OnProblem", "check_settings_early", "run_model"]
 
 #: ``on_problem(label, record)``: called after each problem's line is written.
 OnProblem = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class ModelOutcome:
-    """What one model contributes to the summary: its entry in ``models`` and its records of
-    the selected problems by index (the paired tests read them)."""
-
-    result: dict[str, Any]
-    records: dict[int, dict[str, Any]]
 
 
 def _mib(n_bytes: int | None) -> float | None:
@@ -125,8 +118,11 @@ def run_model(
     problems: ProblemSet,
     rundir: RunDir,
     on_problem: OnProblem | None = None,
+    ranks: DistInfo | None = None,
 ) -> ModelOutcome:
-    """Load (only when problems are missing), generate the missing problems, score."""
+    """Load (only when problems are missing), generate the missing problems, score; under
+    torchrun (``ranks``, on rank 0) the generation is dealt over the ranks."""
+    ranks = ranks or DistInfo()
     out, label = rundir.path, spec.label
     # state.json and the stored lines, read again here: the preflight checked every model
     # before any loaded, and this model's lines are the ones its generation continues from
@@ -139,12 +135,14 @@ def run_model(
     stored_protocol = protocol.without_loading(state)
     if not missing and stored_protocol is not None:
         rundir.log(f"{label}: all {len(done)} problems already scored; not loading the model")
+        send(Order(), ranks)  # nothing for the other ranks either
         return model_result(spec, state, stored_protocol, done, problems)
 
     session: dict[str, Any] = {
         "started_at": now_iso(),
         "device": rt.device,
         "threads": rt.threads,
+        "world_size": ranks.world_size,  # torchrun ranks that generated (threads are per rank)
         "batch_size": cfg.batch_size or "auto",
         "reused_problems": len(done),
         "generated_problems": 0,
@@ -186,8 +184,42 @@ def run_model(
             _log_loaded(rundir, label, info, used, len(done), len(missing))
             if missing:
                 n_session = len(state["sessions"])  # this session's number, on every line
-                append = _Appender(out, label, missing, shash, n_session, done, session, on_problem)
-                _generate(model, tokenizer, used, missing, problems, cfg, rundir, session, append)
+                prompts = bench_prompts(
+                    model,
+                    tokenizer,
+                    used,
+                    missing,
+                    problems.fewshot_for(missing),
+                    cfg.max_new_tokens,
+                    label,
+                )
+                state["context"] = prompts.context  # for the summary's context of this model
+                append = _Appender(
+                    out, label, missing, prompts, cfg, shash, n_session, done, session, on_problem
+                )
+                if ranks.enabled:  # torchrun: the generation dealt over the ranks
+                    with append:
+                        answer_over_ranks(
+                            model,
+                            tokenizer,
+                            used,
+                            missing,
+                            prompts,
+                            cfg,
+                            rundir,
+                            label,
+                            session,
+                            append,
+                            ranks,
+                        )
+                else:
+                    _generate(
+                        model, tokenizer, used, missing, prompts, cfg, rundir, session, append
+                    )
+                if len(done) == len(problems.problems):  # complete: lines in problem order
+                    sort_problem_lines(problems_path(out, label), problems.problems)
+            else:
+                send(Order(), ranks)
     finally:
         # The session is recorded even after an interrupt, so resumed timings add up.
         session["finished_at"] = now_iso()
@@ -239,6 +271,8 @@ class _Appender:
         out: Path,
         label: str,
         missing: list[Problem],
+        prompts: BenchPrompts,
+        cfg: BenchConfig,
         shash: str,
         n_session: int,
         done: dict[int, dict[str, Any]],
@@ -246,6 +280,7 @@ class _Appender:
         on_problem: OnProblem | None,
     ) -> None:
         self.path, self.label, self.missing = problems_path(out, label), label, missing
+        self.prompts, self.log_prompts = prompts, cfg.log_prompts
         self.shash, self.n_session = shash, n_session
         self.done, self.session, self.on_problem = done, session, on_problem
         self._f: IO[str] | None = None
@@ -264,8 +299,17 @@ class _Appender:
     def __call__(self, item: ProblemScore) -> None:
         assert self._f is not None, "an _Appender receives problems only inside its with block"
         # item.index is the problem's position in `missing` (completion order varies)
-        p = self.missing[item.index]
-        rec = problem_record(p, item.result, item.scored, self.shash, self.n_session)
+        i, p = item.index, self.missing[item.index]
+        rec = problem_record(
+            p,
+            item.result,
+            item.scored,
+            self.shash,
+            self.n_session,
+            prompt=self.prompts.texts[i],
+            prompt_tokens_cut=self.prompts.fit.cut[i],
+            log_prompt=self.log_prompts,
+        )
         self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         self._f.flush()  # on disk before the next problem: a kill loses only those in flight
         self.done[p.idx] = rec
@@ -281,54 +325,32 @@ def _generate(
     tokenizer: Any,
     protocol: Protocol,
     missing: list[Problem],
-    problems: ProblemSet,
+    prompts: BenchPrompts,
     cfg: BenchConfig,
     rundir: RunDir,
     session: dict[str, Any],
     append: _Appender,
 ) -> None:
-    """Answer ``missing`` through ``score_model``, handing each judged problem to ``append``."""
-    label = append.label
+    """Answer ``missing`` from their fitted prompts, judged as ``score_model`` judges."""
+    label, fit = append.label, prompts.fit
     scfg = sampling_for(protocol, cfg.max_new_tokens)
-    # Prompt lengths, for the context warning and the auto batch size (score_model renders
-    # the same prompts again; rendering text is cheap next to generating).
-    fewshot = problems.fewshot_for(missing)
-    rendered = render_prompts(
-        model,
-        tokenizer,
-        [p.question for p in missing],
-        protocol,
-        max_new_tokens=cfg.max_new_tokens,
-        fewshot=fewshot,
-    )
-    lengths = [len(x) for x in rendered.ids]
-    ctx_len = getattr(model.config, "max_position_embeddings", None)
-    if rendered.truncated:
-        rundir.log(
-            f"{label}: {rendered.truncated} of {len(lengths)} prompts left-truncated to their "
-            f"last {rendered.budget} tokens (context minus {cfg.max_new_tokens} new tokens), as "
-            "lm-eval's HF backend does"
-        )
-    elif isinstance(ctx_len, int) and ctx_len > 0:
-        over = sum(1 for n in lengths if n + cfg.max_new_tokens > ctx_len)
-        if over:
-            rundir.log(
-                f"{label}: WARNING {over} of {len(lengths)} prompts plus "
-                f"{cfg.max_new_tokens} new tokens exceed the model's context of {ctx_len} "
-                f"positions (longest prompt {max(lengths)} tokens); text past it is "
-                "unreliable, and models with learned positions will fail"
-            )
+    lengths = prompts.lengths
+    prompts.log_fit(rundir, label, cfg.max_new_tokens)
     session["batch_size_auto_first"] = (
         None if cfg.batch_size else auto_batch_size(model, max(lengths), scfg.max_new_tokens)
     )
     session["prompt_tokens_mean"] = round(sum(lengths) / len(lengths), 1)
-    with append:
+    # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
+    golds = [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing]
+
+    if fit.kept() != list(range(len(missing))):  # the policy truncates; it refuses none here
+        raise RuntimeError(f"{label}: prompts were refused by the context policy")
+    with append:  # the one scoring path, from the prompts fitted, counted and hashed above
         score_model(
             model,
             tokenizer,
             [p.question for p in missing],
-            # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
-            [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing],
+            golds,
             protocol,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
@@ -336,57 +358,5 @@ def _generate(
             desc=label,
             on_result=append,
             sampling=scfg,
-            fewshot=fewshot,
+            prompt_ids=fit.kept_ids(),
         )
-
-
-def model_result(
-    spec: ModelSpec,
-    state: dict[str, Any],
-    protocol: Protocol,
-    done: dict[int, dict[str, Any]],
-    problems: ProblemSet,
-) -> ModelOutcome:
-    """The model's entry in summary.json (``models[i]``) and its records of the selection."""
-    info = state.get("info", {})
-    records = [done[p.idx] for p in problems.problems if p.idx in done]
-    result = {
-        "label": spec.label,
-        "model": spec.arg,
-        "source": spec.source,
-        "path": info.get("path", spec.path),
-        "model_type": info.get("model_type"),
-        "n_params": info.get("n_params"),
-        "device": info.get("device"),
-        "dtype": info.get("dtype"),
-        "protocol": protocol.name,
-        "protocol_key": protocol.key(),
-        "protocol_spec": protocol.to_dict(),
-        "protocol_source": info.get("protocol_source"),
-        "primary_extractor": protocol.primary,
-        "settings": state.get("settings"),
-        "settings_hash": state.get("settings_hash"),
-        "complete": len(records) == len(problems.problems),
-        "problems_file": str(Path("models") / spec.label / "problems.jsonl"),
-        "metrics": model_metrics(records, state),
-    }
-    if spec.convert is not None:
-        result["converted_from"] = spec.convert
-    return ModelOutcome(result, {r["idx"]: r for r in records})
-
-
-def partial_result(spec: ModelSpec, out: Path, problems: ProblemSet) -> ModelOutcome | None:
-    """A result from whatever is on disk (for an interrupted or failed model)."""
-    path = state_path(out, spec.label)
-    if not path.exists():
-        return None
-    state = read_json(path)
-    if "settings" not in state:
-        return None
-    try:
-        done = stored_records(
-            out, spec.label, problems.problems, problems.source, state.get("settings_hash")
-        )
-    except UserError:
-        return None
-    return model_result(spec, state, recorded_protocol(state), done, problems)

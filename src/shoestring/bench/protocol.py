@@ -11,12 +11,26 @@ resolution of ``--protocol``; everything after it takes a resolved
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from shoestring.scoring.protocols import Protocol, get_protocol, has_chat_template, resolve_protocol
 
-__all__ = ["ProtocolChoice", "recorded_protocol"]
+__all__ = ["ProtocolChoice", "protocol_key", "recorded_protocol"]
+
+
+def protocol_key(protocol: Protocol, max_new_tokens: int) -> str:
+    """The identity of a score: the protocol's definition and the generation budget.
+
+    ``Protocol.key()`` alone would let a 160-token quickstart score and a 256-token bench score
+    share one key, though an answer cut at 160 tokens can be wrong where the same answer at
+    256 is right; the budget is part of what decides a score, so it is part of the key. Same
+    form as ``Protocol.key()``: ``name@hash``.
+    """
+    blob = json.dumps({**protocol.to_dict(), "max_new_tokens": max_new_tokens}, sort_keys=True)
+    return f"{protocol.name}@{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
 def recorded_protocol(state: dict[str, Any]) -> Protocol:

@@ -17,7 +17,7 @@ from typing import Any
 
 from shoestring.data.gsm8k import Problem
 from shoestring.errors import UserError
-from shoestring.rundir.directory import read_json
+from shoestring.rundir.directory import atomic_write_text, read_json
 from shoestring.scoring.protocols import Protocol, Scored
 
 __all__ = [
@@ -27,9 +27,11 @@ __all__ = [
     "describe_changes",
     "problem_record",
     "problems_path",
+    "prompt_hash",
     "read_problem_records",
     "settings_for",
     "settings_hash",
+    "sort_problem_lines",
     "state_path",
     "stored_records",
 ]
@@ -75,7 +77,7 @@ def settings_for(
         "stop_strings": list(protocol.stop_strings),
         "add_special_tokens": protocol.add_special_tokens,
     }
-    if protocol.style == "fewshot":
+    if "fewshot" in protocol.to_dict():  # few-shot, in one prompt or as chat turns
         out["fewshot"] = protocol.to_dict()["fewshot"]
     out["prompt"] = protocol.prompt_fingerprint(tokenizer)
     return out
@@ -139,12 +141,51 @@ def read_problem_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return records, issues
 
 
+def sort_problem_lines(path: Path, problems: Sequence[Problem]) -> None:
+    """Rewrite a model's complete problems.jsonl in the order of ``problems``, lines kept
+    byte for byte (those of problems not selected now, and unreadable ones, follow in their
+    order). One process appends lines as problems finish, torchrun's rank 0 round by round;
+    sorted, the finished file is the same whichever ran it, and reads in problem order."""
+    position = {p.idx: k for k, p in enumerate(problems)}
+    keyed = []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for n_line, line in enumerate(lines):
+        try:
+            idx = json.loads(line).get("idx")
+        except (json.JSONDecodeError, AttributeError):
+            idx = None  # reported when the file was read; kept, at the end
+        keyed.append((position.get(idx, len(position)), n_line, line))
+    text = "".join(line for *_, line in sorted(keyed))
+    if text != "".join(lines):
+        atomic_write_text(path, text)
+
+
+def prompt_hash(prompt: str) -> str:
+    """The hash lm-eval logs per sample as ``prompt_hash``: SHA-256 of the whole prompt text
+    sent to the model (few-shot examples and chat template included, before any truncation),
+    as ``lm_eval.utils.hash_string`` computes it - so bench's problems.jsonl and lm-eval's
+    samples file can be joined problem by problem."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
 def problem_record(
-    problem: Problem, result: Any, scored: Scored, shash: str, session: int
+    problem: Problem,
+    result: Any,
+    scored: Scored,
+    shash: str,
+    session: int,
+    *,
+    prompt: str,
+    prompt_tokens_cut: int = 0,
+    log_prompt: bool = False,
 ) -> dict[str, Any]:
     """The problems.jsonl line of one generated, judged problem (``result`` is the engine's
-    GenerationResult; every extractor's answer and verdict is kept, not only the primary)."""
-    return {
+    GenerationResult; every extractor's answer and verdict is kept, not only the primary).
+
+    ``prompt`` is the text the model was asked (its hash is always kept, the text itself
+    with ``log_prompt``); ``prompt_tokens_cut`` the tokens the context policy removed from
+    its left (``models/context.py``; 0 = the whole prompt was read)."""
+    out = {
         "idx": problem.idx,
         "question": problem.question,
         "gold": problem.gold,
@@ -156,9 +197,14 @@ def problem_record(
         "finish_reason": result.finish_reason,
         "stop_string": result.stop_string,
         "seconds": round(result.seconds, 4),
+        "prompt_hash": prompt_hash(prompt),
+        "prompt_tokens_cut": prompt_tokens_cut,
         "settings_hash": shash,
         "session": session,
     }
+    if log_prompt:
+        out["prompt"] = prompt
+    return out
 
 
 def stored_records(

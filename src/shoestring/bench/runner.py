@@ -1,9 +1,10 @@
 """The whole ``bench`` run (:func:`run`): one set of problems, every model in turn, one lifecycle.
 
 Read top to bottom it is the run in order: a preflight that resolves everything a bad argument
-can break (device, protocol, data, MODEL arguments, stored settings) before config.json or
-summary.json is touched, so a typo never turns a finished benchmark into a "failed" one; then,
-inside :class:`~shoestring.rundir.lifecycle.RunLifecycle` (status, system monitor, SIGTERM, and
+can break (device, protocol, data, MODEL arguments, stored settings, a context that
+``--max-new-tokens`` fills) before config.json or summary.json is touched, so a typo never
+turns a finished benchmark into a "failed" one; then, inside
+:class:`~shoestring.rundir.lifecycle.RunLifecycle` (status, system monitor, SIGTERM, and
 report.md written from the final summary by its finalizers), each model through
 :func:`~shoestring.bench.model_run.run_model`; then the summary's end-of-run fields.
 """
@@ -16,23 +17,28 @@ from typing import Any
 
 from shoestring.bench.config import BenchConfig
 from shoestring.bench.metrics import compare_models
-from shoestring.bench.model_run import (
-    ModelOutcome,
-    OnProblem,
-    check_settings_early,
-    partial_result,
-    run_model,
-)
+from shoestring.bench.model_run import OnProblem, check_settings_early, run_model
 from shoestring.bench.models import ModelSpec, resolve_models
 from shoestring.bench.problems import ProblemSet, load_problems
+from shoestring.bench.prompts import check_context_early
 from shoestring.bench.protocol import ProtocolChoice
+from shoestring.bench.ranks import Plan, send, serve
+from shoestring.bench.results import ModelOutcome, partial_result
 from shoestring.config import run_dict
+from shoestring.distributed import (
+    DistInfo,
+    init_distributed,
+    leave_group,
+    rank_device,
+    rank_threads,
+    wait_for_all,
+)
 from shoestring.errors import UserError
 from shoestring.report.blocks import fmt
 from shoestring.report.finalize import command_finalizers
 from shoestring.rundir.directory import RunDir, read_json
 from shoestring.rundir.lifecycle import RunLifecycle
-from shoestring.runtime import setup_runtime
+from shoestring.runtime import Runtime, setup_runtime
 from shoestring.scoring.protocols import CHAT_COT_INSTRUCTION, PROTOCOLS
 
 __all__ = ["run"]
@@ -43,25 +49,53 @@ def run(cfg: BenchConfig, *, on_problem: OnProblem | None = None) -> Path:
 
     ``on_problem(label, record)`` is called after each problem's line is written (tests use
     it to interrupt a run part-way). Ctrl-C (or SIGTERM) marks the run ``interrupted``, keeps
-    every line written so far and re-raises KeyboardInterrupt; rerunning resumes.
+    every line written so far and re-raises KeyboardInterrupt; rerunning resumes. Under
+    torchrun rank 0 runs the benchmark and writes the directory, and every rank generates
+    its share of the problems (:mod:`shoestring.bench.ranks`).
     """
     cfg.check()
+    ranks = init_distributed(cfg.device)
+    try:
+        out = _run(cfg, ranks, on_problem) if ranks.is_main else _serve(cfg, ranks)
+        wait_for_all(ranks)  # leave together: rank 0 may still be writing
+        return out
+    finally:
+        leave_group(ranks)
+
+
+def _runtime(cfg: BenchConfig, ranks: DistInfo) -> Runtime:
+    """This rank's device, dtype and threads (ranks on one host split its cores)."""
+    return setup_runtime(
+        rank_device(cfg.device, ranks), cfg.dtype, rank_threads(cfg.threads, ranks)
+    )
+
+
+def _serve(cfg: BenchConfig, ranks: DistInfo) -> Path:
+    """A rank other than 0: generate what rank 0 hands out; the directory is rank 0's."""
+    serve(cfg, _runtime(cfg, ranks), ranks)
+    return Path(cfg.out)
+
+
+def _run(cfg: BenchConfig, ranks: DistInfo, on_problem: OnProblem | None) -> Path:
+    """The benchmark, as one process (or rank 0) runs it."""
     out = Path(cfg.out)
     _refuse_other_kind(out)
     rundir = RunDir(out, "bench", echo=not cfg.quiet)
     # Preflight: everything that can fail on a bad argument fails here, before config.json
     # or summary.json is touched.
     try:
-        rt = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
+        rt = _runtime(cfg, ranks)
         protocol = ProtocolChoice.resolve(cfg.protocol)  # the one resolution of --protocol
         problems = load_problems(cfg, protocol, rundir.log)
         specs = resolve_models(cfg.models, out, cfg.tokenizer_model, rundir.log)
         for spec in specs:
             check_settings_early(spec, cfg, rt.dtype, protocol, problems, rundir.log)
+            check_context_early(spec, cfg.max_new_tokens, cfg.trust_remote_code)
     except BaseException as exc:
         # a new directory gets a failed summary; a rerun into an earlier bench keeps its record
         rundir.abandon(exc)
         raise
+    send(Plan(specs), ranks)  # the other ranks follow the models in this order
 
     outcomes: list[ModelOutcome] = []  # one per model that ran, in order; read by the summary
 
@@ -80,6 +114,7 @@ def run(cfg: BenchConfig, *, on_problem: OnProblem | None = None) -> Path:
         config=run_dict(cfg, ("quiet", "progress")),  # how loudly it runs is not a setting
         start_fields={
             "runtime": rt.to_dict(),
+            "world_size": ranks.world_size,  # processes that generated (rank 0 writes)
             "finished_at": None,
             "error": None,
             "models": [],
@@ -94,12 +129,13 @@ def run(cfg: BenchConfig, *, on_problem: OnProblem | None = None) -> Path:
             rundir.log(
                 f"bench into {out}: {len(cfg.models)} model(s), device {rt.device}, "
                 f"dtype {rt.dtype}, {rt.threads} threads"
+                + (f" per rank, {ranks.world_size} ranks" if ranks.enabled else "")
             )
             rundir.update_summary(
                 data=problems.summary(cfg), model_specs=[s.to_dict() for s in specs]
             )
             for spec in specs:
-                outcome = run_model(spec, cfg, rt, protocol, problems, rundir, on_problem)
+                outcome = run_model(spec, cfg, rt, protocol, problems, rundir, on_problem, ranks)
                 outcomes.append(outcome)
                 _record_result(rundir, spec, outcome.result)
                 # summary.json after each model, so a kill keeps every finished one
@@ -183,6 +219,8 @@ def _final_fields(
         "comparisons": comps,
         "protocol": single["protocol_spec"] if single else None,
         "protocol_key": single["protocol_key"] if single else None,
+        # prompts the context policy cut from the left, over every model (per model: context)
+        "prompts_truncated": sum(r["context"]["prompts_truncated"] for r in results),
         "settings": {
             "max_new_tokens": cfg.max_new_tokens,
             "protocol": protocol.asked,

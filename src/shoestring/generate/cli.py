@@ -110,11 +110,13 @@ def _run_generate(args: argparse.Namespace) -> int:
         return print_config_keys(GenerateConfig())
     cfg = generate_cli_config(args)
     # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.distributed import is_main_process
     from shoestring.generate.run import run
 
     try:
         path = run(cfg)
     except KeyboardInterrupt:
         return 130
-    print(path, file=sys.stderr)  # stderr: stdout is the generated text alone
+    if is_main_process():  # under torchrun: once, by rank 0
+        print(path, file=sys.stderr)  # stderr: stdout is the generated text alone
     return 0

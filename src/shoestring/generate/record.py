@@ -5,7 +5,8 @@ and a number such as tokens/s means nothing without the model, device, dtype and
 produced it. The directory (``output.dir/output.name``, ``generate`` by default, ``-2``, ``-3``
 ... appended when taken) holds ``config.json`` (the request), ``log.txt`` (the lines the
 terminal saw on stderr), ``generations.jsonl`` (one record per prompt: prompt, text, tokens,
-finish reason), ``summary.json`` (status, device, dtype, tokens, tokens/s) and ``report.md``
+finish reason, tokens the context policy cut from the prompt's left), ``summary.json`` (status,
+device, dtype, context, prompts truncated, tokens, tokens/s) and ``report.md``
 (written by the lifecycle's finalizers, as for every command). Standard output stays the
 generated text alone; the log lines go to stderr (none with ``quiet``).
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from shoestring.engine import GenerationResult
 from shoestring.generate.config import GenerateConfig
+from shoestring.models.context import PromptFit
 from shoestring.report.finalize import command_finalizers
 from shoestring.rundir.directory import RunDir, atomic_write_text, unique_run_dir
 from shoestring.rundir.lifecycle import RunLifecycle
@@ -38,11 +40,12 @@ class GenerateRecord:
     """Context manager around one generate call: opens the run directory, owns its lifecycle
     (status, monitor, summary, report) and records what was loaded and generated."""
 
-    def __init__(self, cfg: GenerateConfig) -> None:
+    def __init__(self, cfg: GenerateConfig, world_size: int = 1) -> None:
         self.cfg = cfg
         self.path = unique_run_dir(cfg.output.dir, cfg.output.name or "generate")
         self.rundir = RunDir(self.path, "generate", echo=not cfg.output.quiet)
-        self.fields: dict[str, Any] = {}
+        # processes that generated (torchrun ranks; only this one, rank 0, writes)
+        self.fields: dict[str, Any] = {"world_size": world_size}
         self.life = RunLifecycle(
             self.rundir,
             config=cfg.run_dict(),
@@ -75,8 +78,37 @@ class GenerateRecord:
         )
         self.rundir.update_summary(**self.fields)
 
+    def fitted(self, fit: PromptFit, max_new_tokens: int) -> None:
+        """The context the prompts were fitted to: a warning per truncated prompt, and the
+        limit and count in the summary."""
+        for i, cut in enumerate(fit.cut):
+            if cut:
+                self.rundir.log(
+                    f"WARNING prompt {i} is longer than the model's context of {fit.limit} "
+                    f"tokens minus {max_new_tokens} new tokens: its first {cut} tokens were cut, "
+                    f"the model reads its last {fit.budget}"
+                )
+        if fit.past_context:
+            self.rundir.log(
+                f"WARNING max_new_tokens={max_new_tokens} is more than the model's context of "
+                f"{fit.limit} tokens: the answer runs past the positions it was trained on"
+            )
+        self.fields.update(
+            context={
+                "limit": fit.limit,
+                "prompt_budget": fit.budget,
+                "past_context": fit.past_context,
+            },
+            prompts_truncated=fit.truncated,
+        )
+        self.rundir.update_summary(**self.fields)
+
     def generated(
-        self, prompts: list[str], results: list[GenerationResult], seconds: float
+        self,
+        prompts: list[str],
+        results: list[GenerationResult],
+        seconds: float,
+        prompt_tokens_cut: list[int],
     ) -> None:
         """``generations.jsonl``, the throughput in the summary and the closing log line."""
         lines = [
@@ -87,12 +119,15 @@ class GenerateRecord:
                     "text": res.text,
                     "tokens": res.n_tokens,
                     "prompt_tokens": res.prompt_tokens,
+                    "prompt_tokens_cut": cut,
                     "finish_reason": res.finish_reason,
                     "stop_string": res.stop_string,
                 }
             )
             + "\n"
-            for i, (prompt, res) in enumerate(zip(prompts, results, strict=True))
+            for i, (prompt, res, cut) in enumerate(
+                zip(prompts, results, prompt_tokens_cut, strict=True)
+            )
         ]
         atomic_write_text(self.path / "generations.jsonl", "".join(lines))
         tokens = sum(r.n_tokens for r in results)

@@ -5,6 +5,16 @@ batches through the same engine the GSM8K benchmark and GRPO use, with a progres
 print in the order given. ``--temperature 0`` (the default) is greedy decoding. Every call
 writes a run directory (:mod:`shoestring.generate.record`); standard output carries the
 generated text alone, and the run directory's path is the last line on stderr.
+
+Prompts are fitted to the model's context before the run directory opens (the context policy,
+:mod:`shoestring.models.context`): a prompt longer than the context minus ``max_new_tokens``
+keeps its last tokens, with a warning and the count recorded, and ``max_new_tokens`` that fill
+the whole context are refused in one line.
+
+Under ``torchrun`` every rank loads the model and generates its share of the prompts (dealt
+round-robin); rank 0 gathers the results in prompt order, prints them and writes the one run
+directory, so ``generations.jsonl`` holds what one process writes (with greedy decoding;
+sampled text differs, as the engine draws from one generator per call).
 """
 
 from __future__ import annotations
@@ -16,9 +26,35 @@ from typing import Any
 
 import torch
 
-from shoestring.engine import Engine, EngineOptions, Sampling
+from shoestring.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    gather_ordered,
+    init_distributed,
+    leave_group,
+    rank_device,
+    rank_threads,
+    shard_positions,
+    wait_for_all,
+)
+from shoestring.engine import (
+    Engine,
+    EngineOptions,
+    GenerationResult,
+    Sampling,
+    TextOptions,
+    encode_prompts,
+)
+from shoestring.errors import UserError
 from shoestring.generate.config import GenerateConfig
 from shoestring.generate.record import GenerateRecord
+from shoestring.models.context import (
+    PromptFit,
+    context_limit,
+    fit_prompts,
+    has_learned_positions,
+    tokenizing_long_prompts,
+)
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 
 __all__ = ["run"]
@@ -43,14 +79,49 @@ def run(cfg: GenerateConfig) -> Path:
     path, a refused pickle) is an error that leaves no directory behind."""
     cfg.check()
     sampling = _sampling(cfg)
-    with quiet_hf_progress(cfg.output.quiet):  # transformers' loading bar obeys --quiet too
+    ranks = init_distributed(cfg.device)
+    try:
+        path = _run(cfg, sampling, ranks)
+        wait_for_all(ranks)  # leave together: rank 0 may still be writing
+        return path
+    finally:
+        leave_group(ranks)
+
+
+def _run(cfg: GenerateConfig, sampling: Sampling, ranks: DistInfo) -> Path:
+    """:func:`run` on one rank: every rank generates its share, rank 0 records the run."""
+    if ranks.enabled:  # ranks on one host split its cores (one process keeps torch's default)
+        torch.set_num_threads(rank_threads(0, ranks))
+    with quiet_hf_progress(cfg.output.quiet or not ranks.is_main):  # the bar obeys --quiet
         model, tokenizer, info = load_model_and_tokenizer(
-            cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+            cfg.model,
+            device=rank_device(cfg.device, ranks),
+            dtype=cfg.dtype,
+            trust_remote_code=cfg.trust_remote_code,
         )
-    with GenerateRecord(cfg) as record:
+    fit = _fit(cfg, model, tokenizer)
+    if not ranks.is_main:
+        _generate(cfg, sampling, model, tokenizer, fit, None, ranks)
+        return broadcast_from_main(Path(), ranks)  # the run directory rank 0 wrote
+    with GenerateRecord(cfg, ranks.world_size) as record:
         record.loaded(info)
-        _generate(cfg, sampling, model, tokenizer, record)
-    return record.path
+        record.fitted(fit, cfg.max_new_tokens)
+        _generate(cfg, sampling, model, tokenizer, fit, record, ranks)
+    return broadcast_from_main(record.path, ranks)
+
+
+def _fit(cfg: GenerateConfig, model: torch.nn.Module, tokenizer: Any) -> PromptFit:
+    """The prompts' token ids fitted to the model's context (left truncation; the engine
+    tokenises text prompts the same way, with its default ``TextOptions``)."""
+    with tokenizing_long_prompts():
+        ids = encode_prompts(tokenizer, cfg.prompts, TextOptions().add_special_tokens)
+    learned = has_learned_positions(model)  # RoPE can read past its context; a table cannot
+    fit = fit_prompts(
+        ids, context_limit(model, tokenizer), cfg.max_new_tokens, extrapolates=not learned
+    )
+    if fit.no_room is not None:
+        raise UserError(f"{cfg.model}: {fit.no_room} (generate --max-new-tokens N)")
+    return fit
 
 
 def _generate(
@@ -58,12 +129,20 @@ def _generate(
     sampling: Sampling,
     model: torch.nn.Module,
     tokenizer: Any,
-    record: GenerateRecord,
+    fit: PromptFit,
+    record: GenerateRecord | None,
+    ranks: DistInfo,
 ) -> None:
-    """Generate and print the text (log lines go through the run directory)."""
+    """Generate this rank's share of the fitted prompts; on rank 0 (``record`` set) print
+    every prompt's text in the order given and record them (log lines go through the run
+    directory). A truncated prompt is still printed as it was given."""
     engine = Engine(model, tokenizer, EngineOptions(batch_size=cfg.batch_size))
+    ids = [x for x in fit.ids if x is not None]  # truncation refuses no prompt
+    # round-robin: one process takes every prompt; a single prompt is rank 0's alone
+    mine = shard_positions(len(ids), ranks, strided=True)
     t0 = time.perf_counter()
-    if len(cfg.prompts) == 1:
+    local: list[GenerationResult] = []
+    if len(cfg.prompts) == 1 and mine:
         # one prompt: stream its tokens to the terminal as they are produced
         out = sys.stdout
         out.write(cfg.prompts[0])
@@ -73,13 +152,19 @@ def _generate(
             out.write(text)
             out.flush()
 
-        results = engine.generate(cfg.prompts, sampling, on_text=stream)
+        local = engine.generate(ids, sampling, on_text=stream)
         out.write("\n")
         out.flush()
-    else:
-        # several: batched, printed in the order given once all are done
-        results = engine.generate(cfg.prompts, sampling, progress=not cfg.output.quiet)
+    elif mine:
+        show = not cfg.output.quiet and record is not None  # one progress bar: rank 0's
+        local = engine.generate([ids[i] for i in mine], sampling, progress=show)
+    for pos, res in zip(mine, local, strict=True):
+        res.index = pos  # the prompt's position in the whole list, not in this rank's share
+    results = gather_ordered(local, len(ids), ranks, strided=True)
+    if record is None:
+        return
+    if len(cfg.prompts) > 1:  # several: printed in the order given once all are done
         for i, (prompt, res) in enumerate(zip(cfg.prompts, results, strict=True)):
             print(f"=== [{i}] finish={res.finish_reason} tokens={res.n_tokens}")
             print(prompt + res.text)
-    record.generated(cfg.prompts, results, time.perf_counter() - t0)
+    record.generated(cfg.prompts, results, time.perf_counter() - t0, fit.cut)

@@ -114,12 +114,16 @@ def make_portable(model_dir: str | Path) -> list[str]:
         if generation.get(key) is None:
             generation[key] = value
             changed = True
+    context = _context_length(config)
+    # without it transformers' generate defaults to 20 tokens and warns past the context
+    if context is not None and generation.get("max_length") is None:
+        generation["max_length"] = context
+        changed = True
     if changed:
         atomic_write_json(model_dir / "generation_config.json", generation)
-        done.append("generation_config eos/bos/pad")
+        done.append("generation_config eos/bos/pad/max_length")
 
     tok_cfg = _read_json(model_dir / "tokenizer_config.json")
-    context = _context_length(config)
     if tok_cfg is not None and context is not None:
         current = tok_cfg.get("model_max_length")
         if not isinstance(current, int) or current >= _UNSET_LENGTH:

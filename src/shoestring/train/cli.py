@@ -12,6 +12,7 @@ presets.
 from __future__ import annotations
 
 import argparse
+import os
 
 from shoestring.cli_options import (
     OUTPUT_SHORTCUTS,
@@ -78,5 +79,6 @@ def run_cli(args: argparse.Namespace) -> int:
         path = run(cfg)
     except KeyboardInterrupt:
         return 130
-    print(path)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the path
+        print(path)
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from shoestring.distributed import refuse_distributed
 from shoestring.errors import UserError
 from shoestring.train.batches import step_micro_batches
 from shoestring.train.config import TrainJobConfig
@@ -36,10 +37,7 @@ class HybridTrainer(Trainer):
 
     def __init__(self, cfg: TrainJobConfig, run_path: Path, **kwargs: Any) -> None:
         super().__init__(cfg, run_path, **kwargs)
-        if self.dist.enabled:
-            raise UserError(
-                "train.trainer=hybrid runs in a single process; launch it without torchrun"
-            )
+        refuse_distributed("train.trainer=hybrid")  # its controller is one process's
         self._outcome: StepOutcome | None = None
         self._wall_before = 0.0
         self._t0 = time.perf_counter()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from shoestring.distributed import launched_distributed, leave_group, wait_for_all
 from shoestring.run_config import RunConfig
 from shoestring.rundir.directory import unique_run_dir
 from shoestring.train.config import TrainJobConfig
-from shoestring.train.distributed import launched_distributed, leave_group, wait_for_all
 from shoestring.train.hybrid import HybridTrainer
 from shoestring.train.trainer import Trainer
 

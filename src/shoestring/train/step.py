@@ -24,13 +24,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from shoestring.data.prepared import PreparedData, load_prepared
+from shoestring.distributed import DistInfo, all_mean, rank_slice
 from shoestring.errors import UserError
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 from shoestring.run_config import RunConfig
 from shoestring.runtime import Runtime
 from shoestring.train.autocompile import CompilePolicy
 from shoestring.train.batches import WindowStream, step_micro_batches, validation_batches
-from shoestring.train.distributed import DistInfo, all_mean, rank_slice
 from shoestring.train.optimizer import build_optimizer
 from shoestring.train.state import TrainState, halve_micro_batch
 from shoestring.util.memory import is_oom_error

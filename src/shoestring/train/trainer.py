@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from shoestring.distributed import init_distributed, rank_device, rank_threads
 from shoestring.report.finalize import command_finalizers
 from shoestring.rundir.directory import RunDir
 from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
-from shoestring.runtime import Runtime, physical_cores, setup_runtime
+from shoestring.runtime import Runtime, setup_runtime
 from shoestring.train.autocompile import CompilePolicy
 from shoestring.train.checkpoint import (
     latest_checkpoint,
@@ -40,7 +41,6 @@ from shoestring.train.checkpoint import (
     write_model_dir,
 )
 from shoestring.train.config import TrainJobConfig
-from shoestring.train.distributed import init_distributed, rank_device
 from shoestring.train.sizes import check_batch_fits_data, check_batch_fits_memory
 from shoestring.train.state import TrainState, checkpoint_state, summary_fields
 from shoestring.train.step import ModelParts, NonFiniteLossError, RunData, Step
@@ -81,8 +81,7 @@ class Trainer:
         self.resume = resume
         self.dist = init_distributed(cfg.train.device)
         t = cfg.train
-        # ranks on one host split its cores; oversubscribed threads slow every rank down
-        threads = t.threads or max(1, physical_cores() // self.dist.world_size)
+        threads = rank_threads(t.threads, self.dist)  # ranks on one host split its cores
         self.rt: Runtime = setup_runtime(
             rank_device(t.device, self.dist), t.dtype, threads, t.flush_denormal, t.deterministic
         )
