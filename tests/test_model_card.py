@@ -47,7 +47,9 @@ def test_train_model_card_quotes_the_summary(prepared: Path, tmp_path: Path) -> 
     s = json.loads((run / "summary.json").read_text())
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "- custom_code" in card and "trust_remote_code=True" in card
-    assert "`shoestring train`" in card and str(prepared) in card
+    # the data by its name, not the training machine's absolute path
+    assert "`shoestring train`" in card and f"on `{prepared.name}`" in card
+    assert str(prepared) not in card
     assert f"{s['final_val_loss']:.4g}" in card and f"{s['initial_val_loss']:.4g}" in card
     assert f"{s['n_params'] / 1e6:.2f}M-parameter" in card
     assert "the Python API" in card  # this process is pytest, not the CLI
@@ -126,3 +128,29 @@ def test_grpo_model_dir_is_portable_and_has_a_card(tmp_path: Path, base_kind: st
     else:  # GRPO's output of a shoestring GPT ships the modeling code again
         assert "- custom_code" in card and "auto_map" in model_cfg
         assert (run / "model" / "modeling_shoestring_gpt.py").is_file()
+
+
+def test_card_names_data_relative_to_the_data_root(tmp_path: Path, monkeypatch) -> None:
+    """A GRPO run's data file appears relative to the data root (or by its name outside any
+    root), never as the absolute path of the machine that trained it."""
+    from shoestring.models.card import data_label, render_model_card
+
+    root = tmp_path / "root"
+    (root / "gsm8k").mkdir(parents=True)
+    monkeypatch.setenv("SHOESTRING_DATA", str(root))
+    inside, outside = root / "gsm8k" / "train.jsonl", tmp_path / "elsewhere" / "mine.jsonl"
+    assert data_label(str(inside)) == "gsm8k/train.jsonl"
+    assert data_label(str(outside)) == "mine.jsonl"
+    assert data_label("data/prepared") == "data/prepared"  # relative: as given
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    for dataset, path, shown in (
+        ("gsm8k", inside, "`gsm8k (gsm8k/train.jsonl)`"),
+        (f"gsm8k:{outside}", outside, "`gsm8k:mine.jsonl`"),
+    ):
+        summary = {"kind": "grpo", "status": "finished", "data": {"path": str(path)}}
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "config.json").write_text(json.dumps({"dataset": dataset}))
+        card = render_model_card(run)
+        assert f"fine-tuned with GRPO on {shown}" in card and str(tmp_path) not in card

@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from _helpers import char_tokenizer
+from _helpers import char_tokenizer, save_tiny_llama
 from shoestring.config import ConfigError
 from shoestring.rl import progressive
 from shoestring.rl.curriculum_eval import EvalResult, ValidationEvaluator, eval_result
@@ -570,3 +570,40 @@ def test_progressive_takes_its_stages_file_as_config_like_every_command():
     for flag in ("--config", "--stages"):
         args = parser.parse_args(["progressive", flag, "gsm8k_curriculum.yaml"])
         assert args.stages == "gsm8k_curriculum.yaml"
+
+
+def test_summary_records_the_files_the_data_came_from(tmp_path):
+    """summary.json names the absolute file each stage trains on and says the synthetic
+    validation set is generated - never ``data: null``."""
+    model = save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS), encoding="utf-8")
+    stages = [{"name": "local", "dataset": f"gsm8k:{data}", "max_steps": 1}]
+    cfg = _cfg(model, stages=stages, validation={"dataset": "synthetic:1"})
+    evaluator = ScriptedEvaluator({"00-base": 50, "01-local": 50})
+    run = _run(cfg, out=tmp_path, name="curr", trainer=BreakingTrainer(), evaluator=evaluator)
+    s = read_json(run / "summary.json")
+    assert s["data"]["stages"]["local"]["path"] == str(data.resolve())
+    validation = s["data"]["validation"]
+    assert validation["dataset"] == "synthetic:1" and validation["split"] == "test"
+    assert validation["path"] is None and validation["generated"]
+
+
+def test_report_to_tensorboard_logs_the_curriculum_and_reaches_every_stage(tmp_path):
+    """report_to: the evals and stage verdicts of metrics.jsonl as TensorBoard scalars (read
+    back with tensorboard's own reader); each stage's GRPO config gets the same trackers."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+    stages = [{"name": "one", "dataset": "synthetic:1", "max_steps": 1}]
+    cfg = _cfg(model, stages=stages, report_to="tensorboard")
+    assert stage_grpo_config(cfg, stages[0], model).report_to == ["tensorboard"]
+    evaluator = ScriptedEvaluator({"00-base": 40, "01-one": 60})
+    run = _run(cfg, out=tmp_path, name="tb", trainer=BreakingTrainer(), evaluator=evaluator)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    accuracy = [(e.step, e.value) for e in events.Scalars("eval/accuracy")]
+    assert accuracy == [(0, pytest.approx(0.4)), (1, pytest.approx(0.6))]
+    (stage,) = events.Scalars("stage/learning_rate")  # the verdict record of attempt 1
+    assert stage.step == 1 and stage.value == pytest.approx(1e-4)

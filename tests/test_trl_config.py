@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +24,15 @@ from shoestring.config import ConfigError, read_config_file
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig, grpo_config
 from shoestring.rl.run_checks import check_target_modules, peft_target_modules, setting_notices
+from shoestring.rl.trackers import tracker_names
 from shoestring.rl.trl_config import trl_key_table
 from shoestring.rl.trl_keys import TRL_DEFAULTS, TRL_KEYS, TRL_LORA_DEFAULTS
 from shoestring.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[1]
 TRL_YAML = REPO / "tests" / "data" / "trl_grpo_qwen2.5-0.5b_gsm8k.yaml"
+#: a TRL YAML with its reward module beside it (run from that folder, as `trl grpo` is)
+LOCAL_REWARDS = REPO / "tests" / "data" / "trl_local_rewards"
 NATIVE = {f.name for f in dataclasses.fields(GRPOConfig)}
 
 
@@ -66,11 +73,36 @@ def test_trl_defaults_are_installed_trls() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(trl_grpo)}
     defaults |= {f.name: f.default for f in dataclasses.fields(model_config)}
     for key, value in {**TRL_DEFAULTS, **TRL_LORA_DEFAULTS}.items():
+        if key not in defaults:  # a key TRL dropped: TRL no longer does it (None = no limit)
+            assert TRL_KEYS[key].source == "older TRL/transformers" and value is None, key
+            continue
         assert defaults[key] == value, key
     # and each differs from shoestring's, or it would not need applying
     ours = GRPOConfig()
     for key in TRL_DEFAULTS.keys() & NATIVE:
         assert getattr(ours, key) != TRL_DEFAULTS[key], key
+
+
+def test_the_logged_defaults_name_every_key_whose_trl_default_differs() -> None:
+    """A TRL config that sets nothing: every shared key whose TRL 1.16 default differs from
+    shoestring's is either applied or named as not applied, prompt length included."""
+    trl_grpo, *_ = _trl_dataclasses()
+    if "max_prompt_length" in {f.name for f in dataclasses.fields(trl_grpo)}:
+        pytest.skip("this TRL still has max_prompt_length")
+    cfg = grpo_config(base={"bf16": False})
+    assert cfg.max_prompt_length is None  # TRL 1.x does not cut prompts
+    text = "\n".join(cfg.notices)
+    assert "max_prompt_length=None" in text
+    ours = GRPOConfig()
+    for f in dataclasses.fields(trl_grpo):
+        if f.name not in NATIVE or f.name == "model_name_or_path":
+            continue
+        trl_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "report_to":  # TRL's "none" is shoestring's ["none"]: no tracker either way
+            assert tracker_names(trl_default) == tracker_names(ours.report_to)
+            continue
+        if trl_default != getattr(ours, f.name):
+            assert re.search(rf"\b{f.name}\b", text), f"{f.name} missing from the logged list"
 
 
 def test_docs_carry_the_key_table() -> None:
@@ -92,8 +124,8 @@ def test_trl_yaml_resolves_with_only_notices() -> None:
     assert cfg.log_completions_steps == 5 and cfg.gradient_checkpointing
     # every key without a meaning here is named exactly once
     text = "\n".join(cfg.notices)
+    assert cfg.report_to == ["tensorboard"]  # honoured, not ignored
     for key in (
-        "report_to",
         "push_to_hub",
         "hub_model_id",
         "use_vllm",
@@ -140,7 +172,29 @@ def test_trl_yaml_trains_a_step_through_the_cli(tmp_path: Path, capsys) -> None:
         p.numel() for p in LlamaForCausalLM.from_pretrained(model).parameters()
     )
     log = (run / "log.txt").read_text()
-    assert re.search(r"config: .*report_to: ignored", log) and "use_vllm: ignored" in log
+    ignored_keys = [
+        line.split("config: ")[-1].split(": ignored")[0]
+        for line in log.splitlines()
+        if ": ignored" in line
+    ]
+    assert "use_vllm: ignored" in log and not any("report_to" in k for k in ignored_keys)
+    # report_to: [tensorboard] - the file's tracker got metrics.jsonl's numbers under TRL's names
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    tags = set(events.Tags()["scalars"])
+    for tag, value in (
+        ("train/reward", record["reward_mean"]),
+        ("train/rewards/correctness/mean", record["rewards"]["correctness"]["mean"]),
+        ("train/learning_rate", record["lr"]),
+        ("train/loss", record["loss"]),
+        ("train/completions/mean_length", record["completion_length_mean"]),
+    ):
+        assert tag in tags, sorted(tags)
+        (scalar,) = events.Scalars(tag)
+        assert scalar.step == 1 and scalar.value == pytest.approx(value)
 
 
 # ----------------------------------------------------------------------------- mapping rules
@@ -158,23 +212,23 @@ def test_bf16_false_is_honoured_and_fp16_refused() -> None:
 
 
 def test_unsupported_features_are_refused_ignored_keys_logged() -> None:
-    with pytest.raises(ConfigError, match="importance_sampling_level"):
-        grpo_config(base={**_trl_yaml(), "importance_sampling_level": "sequence"})
+    with pytest.raises(ConfigError, match="sync_ref_model"):
+        grpo_config(base={**_trl_yaml(), "sync_ref_model": True})
     with pytest.raises(ConfigError, match="cosine_with_min_lr"):
         grpo_config(base={**_trl_yaml(), "lr_scheduler_type": "cosine_with_min_lr"})
     with pytest.raises(ConfigError, match="did you mean 'lora_alpha'"):
         grpo_config(base={**_trl_yaml(), "lora_alpah": 8})
     with pytest.raises(ConfigError, match="downloads nothing"):
         grpo_config(base={**_trl_yaml(), "dataset_name": "some/other-dataset"})
-    # accepted at the value where TRL does what shoestring does; an unsupported loss type is
-    # still GRPOConfig's error
-    grpo_config(base={**_trl_yaml(), "importance_sampling_level": "token", "use_vllm": True})
+    # accepted at the value where TRL does what shoestring does; a loss type TRL does not
+    # have is still GRPOConfig's error
+    grpo_config(base={**_trl_yaml(), "sync_ref_model": False, "use_vllm": True})
     with pytest.raises(ConfigError, match="loss_type"):
-        grpo_config(base={**_trl_yaml(), "loss_type": "cispo"})
+        grpo_config(base={**_trl_yaml(), "loss_type": "ppo"})
 
 
 def test_trl_defaults_sit_below_preset_and_file() -> None:
-    trl_only = {"report_to": "none"}
+    trl_only = {"push_to_hub": False}
     assert grpo_config(base=trl_only).max_completion_length == 512  # TRL's default
     assert grpo_config("cpu", base=trl_only).max_completion_length == 256  # the preset's
     assert grpo_config(base={"max_steps": 3}).max_completion_length == 256  # shoestring config
@@ -183,8 +237,8 @@ def test_trl_defaults_sit_below_preset_and_file() -> None:
     peft = grpo_config(base={"use_peft": True})
     assert peft.lora_rank == 16 and peft.lora_target_modules == ["peft-default"]
     # --set speaks TRL too on a TRL config
-    cfg = grpo_config(base=_trl_yaml(), overrides=["lora_r=4", "use_cpu=true", "report_to=none"])
-    assert (cfg.lora_rank, cfg.device) == (4, "cpu") and cfg.notices[-1].startswith("report_to")
+    cfg = grpo_config(base=_trl_yaml(), overrides=["lora_r=4", "use_cpu=true", "hub_token=x"])
+    assert (cfg.lora_rank, cfg.device) == (4, "cpu") and cfg.notices[-1].startswith("hub_token")
     assert grpo_config(base=_trl_yaml(), overrides=["use_peft=false"]).lora_rank == 0
 
 
@@ -276,3 +330,148 @@ def test_trl_text_rewards_need_conversational_prompts(tmp_path: Path) -> None:
     trainer = GRPOTrainer(cfg, tmp_path / "run", echo=False, progress=False)
     with pytest.raises(UserError, match="conversational"):
         trainer.setup()
+
+
+# ----------------------------------------------------------------------------- reward modules
+
+
+def _local_rewards_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of tests/data/trl_local_rewards (config + reward module + data) and a tiny model."""
+    work = tmp_path / "work"
+    shutil.copytree(LOCAL_REWARDS, work)
+    return work, save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+
+
+def test_reward_module_beside_the_config_imports_as_in_trl(tmp_path: Path) -> None:
+    """`shoestring grpo --config grpo.yaml` from the folder holding my_trl_rewards.py, through
+    the installed console script with no PYTHONPATH: the working directory is on sys.path
+    first, as `trl grpo` puts it, so the dotted reward names resolve and score every step."""
+    script = Path(sys.executable).with_name("shoestring")
+    if not script.is_file():
+        pytest.skip("the shoestring console script is not installed in this environment")
+    work, model = _local_rewards_folder(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    argv = [str(script), "grpo", "--config", "grpo.yaml", "--model", str(model), "-q"]
+    proc = subprocess.run(
+        [*argv, "--set", "threads=1"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    run = work / "grpo-local-rewards"  # TRL's output_dir, relative to the working directory
+    assert proc.stdout.strip() == "grpo-local-rewards"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["data"]["path"] == str((work / "gsm8k_tiny.jsonl").resolve())
+    step = next(
+        json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "rewards" in x
+    )
+    assert set(step["rewards"]) == {"format_reward", "short_answer_reward"}
+
+
+def test_a_bad_reward_name_fails_before_the_model_loads(tmp_path: Path, monkeypatch, capsys):
+    """A reward function that does not exist is a one-line config error (exit 2) raised
+    before any model is read: the model path here does not even exist."""
+    work, _ = _local_rewards_folder(tmp_path)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the import puts the cwd first
+    monkeypatch.delitem(sys.modules, "my_trl_rewards", raising=False)
+    argv = ["grpo", "--config", "grpo.yaml", "--model", str(tmp_path / "no-such-model")]
+    capsys.readouterr()  # what saving the tiny model printed
+    assert main([*argv, "--set", 'reward_funcs=["my_trl_rewards.missing"]']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "my_trl_rewards has no callable 'missing'" in err[0], err
+    assert not (work / "grpo-local-rewards").exists()  # nothing was started
+    # a module that is nowhere: the message says where it was looked for and what to do
+    assert main([*argv, "--set", 'reward_funcs=["nowhere_rewards.fn"]']) == 2
+    err = capsys.readouterr().err
+    assert "working directory" in err and "PYTHONPATH" in err
+
+
+# ----------------------------------------------------------------------------- output_dir
+
+
+def test_output_dir_is_the_run_directory_or_refused(tmp_path: Path, capsys) -> None:
+    """TRL's output_dir is the directory the run uses and config.json names; a rerun into a
+    non-empty one is refused in one line saying how to resume it or pick another."""
+    model = save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+    capsys.readouterr()  # what saving the tiny model printed
+    out = tmp_path / "out"
+    argv = ["grpo", "--config", str(TRL_YAML), "--out", str(out), "-q"]
+    for override in (
+        f"model_name_or_path={model}",
+        "dataset=synthetic:1",
+        "dataset_size=8",
+        "max_steps=1",
+        "max_completion_length=4",
+        "per_device_train_batch_size=8",
+        "gradient_accumulation_steps=1",
+        "threads=1",
+        'rewards=["correctness"]',
+    ):
+        argv += ["--set", override]
+    assert main(argv) == 0
+    run = out / "Qwen2.5-0.5B-Instruct-GRPO-gsm8k"
+    assert capsys.readouterr().out.strip() == str(run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["output_dir"] == str(run)
+    assert (run / "log.txt").read_text().splitlines()[0].endswith(f"GRPO run directory: {run}")
+    assert main(argv) == 2  # the same output_dir again: refused, never suffixed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"shoestring grpo --resume {run}" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == [run.name]
+
+
+# ----------------------------------------------------------------------------- trackers
+
+
+def test_tracker_names_follow_trl() -> None:
+    from shoestring.rl.trackers import tracker_names, tracker_scalars
+
+    assert tracker_names("none") == [] and tracker_names(None) == []
+    assert tracker_names("tensorboard, wandb") == ["tensorboard", "wandb"]
+    assert "tensorboard" in tracker_names("all")
+    record = {
+        "step": 3,
+        "reward_mean": 0.5,
+        "rewards": {"format": {"mean": 1.0, "std": 0.0}},
+        "kl": None,
+        "accuracy": 0.25,
+    }
+    assert tracker_scalars(record) == {
+        "train/reward": 0.5,
+        "train/rewards/format/mean": 1.0,
+        "train/rewards/format/std": 0.0,
+        "train/accuracy": 0.25,  # a number TRL does not log keeps its own name
+    }
+
+
+def test_report_to_wandb_needs_wandb_or_runs_offline(tmp_path: Path, monkeypatch, capsys):
+    """Without the wandb package: one line saying to install it, before any model loads (the
+    model path does not exist). With it: an offline W&B run inside the run directory."""
+    model = tmp_path / "no-such-model"
+    argv = ["grpo", "--model", str(model), "--dataset", "synthetic:1", "--steps", "1", "-q"]
+    argv += ["--out", str(tmp_path), "--name", "w", "--set", "report_to=wandb"]
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "report_to=wandb" in line and "pip install wandb" in line
+        return
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    save_tiny_llama(model, char_tokenizer())
+    for override in ("dataset_size=8", "num_generations=2", "per_device_train_batch_size=2"):
+        argv += ["--set", override]
+    assert main([*argv, "--set", "max_completion_length=4", "--set", "threads=1"]) == 0
+    assert any((tmp_path / "w" / "wandb").glob("offline-run-*"))
+
+
+def test_report_to_none_writes_no_tracker_files(tmp_path: Path) -> None:
+    model = save_tiny_llama(tmp_path / "tiny", char_tokenizer())
+    argv = ["grpo", "--model", str(model), "--dataset", "synthetic:1", "--steps", "1", "-q"]
+    argv += ["--out", str(tmp_path), "--name", "n"]
+    for override in ("dataset_size=8", "num_generations=2", "per_device_train_batch_size=2"):
+        argv += ["--set", override]
+    assert main([*argv, "--set", "max_completion_length=4", "--set", "threads=1"]) == 0
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["report_to"] == ["none"]
+    assert not (tmp_path / "n" / "tensorboard").exists()
+    assert not (tmp_path / "n" / "wandb").exists()

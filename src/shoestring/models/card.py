@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shoestring.data.root import data_root_candidates
+from shoestring.errors import UserError
 from shoestring.models.export_llama import llama_refusals
 from shoestring.models.gpt import MODEL_TYPE, ShoestringGPTConfig
 from shoestring.rundir.directory import atomic_write_text
 from shoestring.util.stats import format_accuracy
 
-__all__ = ["render_model_card", "write_model_card"]
+__all__ = ["data_label", "render_model_card", "write_model_card"]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -72,10 +74,43 @@ def _architecture(model_cfg: dict[str, Any]) -> str:
     return "shoestring GPT (`shoestring_gpt`): " + ", ".join(parts)
 
 
+def data_label(path: str | None) -> str:
+    """How the card names a run's data: its path relative to the data root it lies under
+    (``gsm8k/train.jsonl``), else its own file or folder name; a relative path as given. Never
+    the training machine's absolute path, which means nothing on another machine and says
+    more about that machine than a published card should."""
+    if not path:
+        return "?"
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        roots = [root for root, _ in data_root_candidates()]
+    except UserError:  # $SHOESTRING_DATA names no directory: no root to be relative to
+        roots = []
+    for root in roots:
+        try:
+            return p.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+    return p.name
+
+
+def _dataset_label(spec: str, data: dict[str, Any]) -> str:
+    """A GRPO ``dataset`` spec with its file as :func:`data_label` names it (``gsm8k:PATH``
+    shortened; bare ``gsm8k`` followed by the file it was read from)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "gsm8k" and arg:
+        return f"gsm8k:{data_label(arg)}"
+    if data.get("path"):
+        return f"{spec} ({data_label(data['path'])})"
+    return spec
+
+
 def _train_facts(s: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     data = s.get("data") or {}
     on = (
-        f"on `{data.get('path', '?')}` ({_count(data.get('train_tokens'))} training tokens, "
+        f"on `{data_label(data.get('path'))}` ({_count(data.get('train_tokens'))} training tokens, "
         f"{_count(data.get('val_tokens'))} validation tokens, vocabulary {data.get('vocab_size')})"
     )
     rows = [
@@ -97,7 +132,8 @@ def _train_facts(s: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
 
 def _grpo_facts(s: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     base = (s.get("model") or {}).get("path") or cfg.get("model_name_or_path")
-    on = f"from `{base}`, fine-tuned with GRPO on `{cfg.get('dataset', '?')}`"
+    dataset = _dataset_label(str(cfg.get("dataset", "?")), s.get("data") or {})
+    on = f"from `{base}`, fine-tuned with GRPO on `{dataset}`"
     rows = [
         ("optimizer steps", f"{s.get('steps')} of {s.get('max_steps')}"),
         ("final mean reward", _fmt(s.get("final_reward_mean"))),

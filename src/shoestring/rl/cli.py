@@ -23,6 +23,7 @@ from shoestring.cli_options import (
     add_output_options,
     add_quiet_option,
     add_set_option,
+    check_run_name,
     refuse_resume_key,
     shortcut_overrides,
 )
@@ -37,6 +38,7 @@ from shoestring.rl.config import (
 )
 from shoestring.rl.progressive_config import ProgressiveConfig, load_stages_file
 from shoestring.rl.progressive_config import resume_config as progressive_resume_config
+from shoestring.rl.rewards import check_rewards
 
 __all__ = [
     "add_cli",
@@ -59,6 +61,7 @@ SHORTCUT_FLAGS = (
     ("device", "device"),
     ("dtype", "dtype"),
     ("quiet", "quiet"),
+    ("report_to", "report_to"),
 )
 
 
@@ -100,6 +103,12 @@ def _add_grpo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="same as --set max_steps=N")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="tensorboard, wandb (offline without network), both comma-separated, or none "
+        "(TRL's report_to; metrics.jsonl is always written)",
+    )
     add_set_option(p, "num_generations=8")
     p.add_argument(
         "--out", help="parent directory of the run directory (sets output_dir; default runs)"
@@ -125,7 +134,7 @@ def grpo_cli_config(args: argparse.Namespace) -> GRPOConfig:
     path = args.config or args.trl_config
     base = read_config_file(path) if path else None
     cfg = grpo_config(args.preset, overrides, base=base, trl=True if args.trl_config else None)
-    if args.out or args.name:
+    if args.out or args.name is not None:
         apply_grpo_override(cfg, f"output_dir={json.dumps(_output_dir(args, cfg))}")
     return refuse_resume_key(cfg)
 
@@ -134,6 +143,8 @@ def _output_dir(args: argparse.Namespace, cfg: GRPOConfig) -> str:
     """``--out``/``--name`` over the config's ``output_dir`` (TRL's): each replaces its part
     (parent, name) of it; the parts neither gives are ``runs`` and ``grpo-<time>``."""
     current = Path(cfg.output_dir) if cfg.output_dir else None
+    if args.name is not None:
+        check_run_name(args.name, "--name")  # one directory inside --out, never ../ or /
     parent = args.out or (str(current.parent) if current else "runs")
     name = args.name or (current.name if current else f"grpo-{time.strftime('%Y%m%d-%H%M%S')}")
     return str(Path(parent) / name)
@@ -145,6 +156,7 @@ def run_grpo_cli(args: argparse.Namespace) -> int:
         _print_fields(GRPOConfig(), 30, 14)
         return 0
     cfg = grpo_cli_config(args)
+    check_rewards(cfg.rewards)  # with the other config errors, before torch is imported
     # deferred: torch is heavy; shoestring --help must not load it
     from shoestring.rl.grpo import run
 
@@ -183,6 +195,11 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
         "example's name",
     )
     p.add_argument("--model", help="starting model (overrides the file's 'model')")
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="tensorboard, wandb or none: the curriculum's evals and every stage's metrics",
+    )
     add_set_option(p, "threshold=3 --set validation.n=100 --set grpo.max_steps=5")
     add_output_options(p, "the stages file's name")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted progressive run")
@@ -194,7 +211,7 @@ def progressive_cli_config(args: argparse.Namespace) -> ProgressiveConfig:
     """The curriculum the flags describe: the stages file (or the run's config.json on
     --resume) < --model, --out, --name < --set; ``--set grpo.KEY=V`` lands above every stage's
     own fields."""
-    flags = (("model", "model"), *OUTPUT_SHORTCUTS)
+    flags = (("model", "model"), ("report_to", "report_to"), *OUTPUT_SHORTCUTS)
     overrides = shortcut_overrides(args, flags) + list(args.overrides)
     if args.resume:
         from shoestring.rundir.lock import refuse_if_held

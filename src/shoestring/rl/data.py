@@ -26,6 +26,7 @@ from shoestring.data.gsm8k import load_gsm8k
 from shoestring.data.root import data_root_candidates, find_dataset
 from shoestring.data.synthetic import iter_problems
 from shoestring.errors import UserError
+from shoestring.models.context import fit_prompts, no_room_reason, tokenizing_long_prompts
 from shoestring.rl.config import parse_slice
 from shoestring.scoring.protocols import Protocol
 
@@ -51,6 +52,24 @@ def _gsm8k_dir() -> Path:
         f"(tried {tried}); set SHOESTRING_DATA to the directory holding gsm8k/, or pass "
         "dataset=gsm8k:PATH with a GSM8K JSONL file or directory"
     )
+
+
+def _gsm8k_target(arg: str) -> Path:
+    """What ``gsm8k:PATH`` names (a file or a folder), or the data root's ``gsm8k/``."""
+    return Path(arg) if arg else _gsm8k_dir()
+
+
+def data_source(spec: str, split: str = "train") -> dict[str, Any]:
+    """Where ``spec``'s ``split`` comes from, for ``summary.json``: the absolute file GSM8K
+    problems are read from (a folder's ``{split}.jsonl``), or ``path: None`` for synthetic
+    problems, which are generated. Recorded so a run can be traced to its data, whatever
+    the data root was on the machine that ran it."""
+    kind, _, arg = spec.partition(":")
+    if kind == "gsm8k":
+        target = _gsm8k_target(arg)
+        file = target / f"{split}.jsonl" if target.is_dir() else target
+        return {"dataset": spec, "split": split, "path": str(file.resolve())}
+    return {"dataset": spec, "split": split, "path": None, "generated": "shoestring.data.synthetic"}
 
 
 def _synthetic(level: int | None, split: str, seed: int, n: int | None, exclude: set[str]) -> list:
@@ -112,8 +131,7 @@ def load_task(
             rows = rows[a:b]
         return [{**r, "solution": parse_gold(r["answer"])} for r in rows]
     if kind == "gsm8k":
-        target = Path(arg) if arg else _gsm8k_dir()
-        problems = load_gsm8k(target, split=split, on_warning=on_warning)
+        problems = load_gsm8k(_gsm8k_target(arg), split=split, on_warning=on_warning)
         rows = [
             {"question": p.question, "answer": p.answer, "solution": p.gold, "idx": p.idx}
             for p in problems
@@ -134,10 +152,14 @@ def load_task(
 class PromptSet:
     """The training prompts of a run: the problems, their text under the protocol, their ids.
 
-    ``ids`` keep only the last ``max_prompt_length`` tokens of a longer prompt; ``cut`` counts
-    those prompts so the trainer can warn. ``columns`` are the dataset columns a reward
-    function receives as keyword arguments. ``messages`` are the prompts as chat messages when
-    the protocol asks through the chat template (TRL's conversational prompts), else None.
+    ``ids`` keep only the last ``max_prompt_length`` tokens of a longer prompt (``cut`` counts
+    those), and then only as many as the model's context leaves room for next to
+    ``max_completion_length`` (``context_cut`` counts those): the context policy of
+    :mod:`shoestring.models.context`, left truncation as lm-eval does it, decided before the
+    first forward pass so a long question never crashes a rollout. ``columns`` are the dataset
+    columns a reward function receives as keyword arguments. ``messages`` are the prompts as
+    chat messages when the protocol asks through the chat template (TRL's conversational
+    prompts), else None.
     """
 
     rows: list[dict[str, Any]]
@@ -146,6 +168,9 @@ class PromptSet:
     columns: list[str]
     cut: int
     messages: list[list[dict[str, str]]] | None = None
+    context_cut: int = 0
+    context_limit: int | None = None
+    context_budget: int | None = None
 
     def messages_by_text(self) -> dict[str, list[dict[str, str]]] | None:
         """Prompt text -> its chat messages (for conversational rewards), or None."""
@@ -160,26 +185,56 @@ class PromptSet:
         tokenizer: Any,
         protocol: Protocol,
         max_prompt_length: int | None,
+        context: int | None = None,
+        max_completion_length: int = 0,
     ) -> PromptSet:
         """Prompt each question as ``protocol`` asks it and tokenize it as the protocol says
-        (BOS for a plain layout, none for a chat template, which carries its own)."""
+        (BOS for a plain layout, none for a chat template, which carries its own); then fit it
+        to ``max_prompt_length`` and to ``context`` (the model's limit, None = unknown) with
+        room for ``max_completion_length`` generated tokens."""
         texts = [protocol.prompt(r["question"], tokenizer) for r in rows]
-        enc = tokenizer(texts, add_special_tokens=protocol.add_special_tokens)["input_ids"]
+        with tokenizing_long_prompts():  # fitted below, so the tokenizer's warning is false
+            enc = protocol.encode(tokenizer, texts)  # the protocol's BOS rule, as bench
         limit = max_prompt_length
         ids = [list(x)[-limit:] if limit else list(x) for x in enc]
         cut = sum(1 for x in enc if limit and len(x) > limit)
+        reason = no_room_reason(context, max_completion_length)
+        if reason is not None:
+            raise UserError(reason.replace("max_new_tokens", "max_completion_length"))
+        fit = fit_prompts(ids, context, max_completion_length)  # left truncation, never refusal
         columns = sorted({k for r in rows for k in r if k != "ops"})
         messages = None
-        if protocol.style == "chat":  # the user turn Protocol.prompt renders through the template
+        if protocol.is_chat:  # the turns Protocol.prompt renders through the template
             messages = [protocol.messages(r["question"]) for r in rows]
-        return cls(rows, texts, ids, columns, cut, messages)
+        kept = [x for x in fit.ids if x is not None]
+        return cls(rows, texts, kept, columns, cut, messages, fit.truncated, context, fit.budget)
 
-    def cut_warning(self, limit: int | None) -> str:
-        """What the run's warnings say when ``cut`` prompts lost their start."""
-        return (
-            f"{self.cut} of {len(self.ids)} prompts are longer than max_prompt_length={limit} "
-            f"and keep only their last {limit} tokens (the start of the question is lost)"
-        )
+    def cut_warnings(self, max_prompt_length: int | None) -> list[str]:
+        """What the run's warnings say about prompts that lost their start, and why."""
+        out = []
+        if self.cut:
+            out.append(
+                f"{self.cut} of {len(self.ids)} prompts are longer than max_prompt_length="
+                f"{max_prompt_length} and keep only their last {max_prompt_length} tokens (the "
+                "start of the question is lost)"
+            )
+        if self.context_cut:
+            out.append(
+                f"{self.context_cut} of {len(self.ids)} prompts do not fit the model's context of "
+                f"{self.context_limit} tokens next to max_completion_length and keep only their "
+                f"last {self.context_budget} tokens (left truncation, as lm-eval does)"
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The prompt counts ``summary.json`` records (``prompts``)."""
+        return {
+            "n": len(self.ids),
+            "cut_by_max_prompt_length": self.cut,
+            "cut_by_context": self.context_cut,
+            "context_limit": self.context_limit,
+            "prompt_budget": self.context_budget,
+        }
 
 
 def prompt_indices(gen_index: int, n: int, per_step: int, seed: int) -> list[int]:
@@ -198,4 +253,4 @@ def prompt_indices(gen_index: int, n: int, per_step: int, seed: int) -> list[int
     return out
 
 
-__all__ = ["PromptSet", "load_task", "prompt_indices", "synthetic_split_of"]
+__all__ = ["PromptSet", "data_source", "load_task", "prompt_indices", "synthetic_split_of"]

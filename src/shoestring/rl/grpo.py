@@ -11,11 +11,15 @@ checkpoints in :mod:`shoestring.rl.grpo_checkpoint`, the held-out accuracy in
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
+from shoestring.cli_options import read_resume_config
+from shoestring.distributed import refuse_distributed
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig
+from shoestring.rl.rewards import check_rewards
 from shoestring.rl.trainer import GRPOTrainer
 from shoestring.rundir.directory import unique_run_dir
 
@@ -23,12 +27,25 @@ __all__ = ["new_run_path", "run"]
 
 
 def new_run_path(cfg: GRPOConfig) -> Path:
-    """Where a new run goes: ``output_dir`` (TRL's), else ``runs/grpo-<time>``; a directory
-    that exists gets ``-2``, ``-3`` ... appended, so a run never overwrites another."""
-    if cfg.output_dir:
-        out = Path(cfg.output_dir)
-        return unique_run_dir(out.parent, out.name)
-    return unique_run_dir("runs", f"grpo-{time.strftime('%Y%m%d-%H%M%S')}")
+    """Where a new run goes: ``output_dir`` itself, as TRL uses it - never a suffixed
+    neighbour, so the directory ``config.json`` names is the one written; else
+    ``runs/grpo-<time>`` (``-2`` ... only when two runs start in the same second).
+
+    Raises:
+        UserError: ``output_dir`` exists and holds files (one line: how to resume that run or
+            name another directory), so a rerun never mixes into an earlier run.
+    """
+    if not cfg.output_dir:
+        return unique_run_dir("runs", f"grpo-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(cfg.output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        resumable = (out / "config.json").is_file() and (out / "summary.json").is_file()
+        how = f"resume it with `shoestring grpo --resume {out}`, or " if resumable else ""
+        raise UserError(
+            f"output_dir {out} already exists and is not empty; {how}set output_dir (or "
+            "--out/--name) to a new directory"
+        )
+    return out
 
 
 def run(cfg: GRPOConfig) -> Path:
@@ -41,11 +58,17 @@ def run(cfg: GRPOConfig) -> Path:
     ``KeyboardInterrupt``; a config with ``resume`` set (:func:`shoestring.rl.config.
     resume_config`) continues it with the same result as an uninterrupted run.
     """
+    # not split over ranks yet: N copies would train N runs into one directory
+    refuse_distributed("grpo")
     quiet = cfg.quiet
+    check_rewards(cfg.rewards)  # a bad reward name fails now, not after the model has loaded
     if cfg.resume:
         path = Path(cfg.resume)
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a GRPO run directory (no config.json)")
+        # no config.json, or a run of another kind: one line naming it
+        read_resume_config(path, "grpo")
         return GRPOTrainer(cfg, path, resume=True, echo=not quiet, progress=not quiet).run()
     cfg = cfg.resolved()
-    return GRPOTrainer(cfg, new_run_path(cfg), echo=not quiet, progress=not quiet).run()
+    path = new_run_path(cfg)
+    # config.json names the directory the run really uses
+    cfg = dataclasses.replace(cfg, output_dir=str(path))
+    return GRPOTrainer(cfg, path, echo=not quiet, progress=not quiet).run()

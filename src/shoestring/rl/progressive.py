@@ -36,12 +36,15 @@ from typing import Any
 
 import torch
 
+from shoestring.cli_options import read_resume_config
+from shoestring.distributed import refuse_distributed
 from shoestring.errors import UserError
 from shoestring.models.loading import resolve_model_path
 from shoestring.report.finalize import command_finalizers
 from shoestring.rl import grpo
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.curriculum_eval import EvalResult, Evaluator, ValidationEvaluator
+from shoestring.rl.data import data_source
 from shoestring.rl.progressive_config import ProgressiveConfig, stage_grpo_config
 from shoestring.rl.progressive_plot import plot_progressive
 from shoestring.rl.progressive_state import (
@@ -55,6 +58,8 @@ from shoestring.rl.progressive_state import (
     pts,
     stage_label,
 )
+from shoestring.rl.rewards import check_rewards
+from shoestring.rl.trackers import Trackers
 from shoestring.rundir.directory import RunDir, atomic_write_json, read_json, unique_run_dir
 from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.runtime import resolve_device
@@ -88,6 +93,7 @@ class ProgressiveRun:
         self.base_location, _ = resolve_model_path(cfg.model)
         self._evaluator = evaluator
         self._plot: str | None = None
+        self.trackers = Trackers([], path, {}, self.rd.log)  # run() opens report_to's
         resumed = resume and self.state_path.exists()
         self.state: dict[str, Any] = (
             read_json(self.state_path) if resumed else new_state(self.base_location)
@@ -175,6 +181,7 @@ class ProgressiveRun:
         try:
             with life:
                 self._announce()
+                self.trackers = Trackers(cfg.report_to, self.path, cfg.run_dict(), self.rd.log)
                 try:
                     if self.state["base_eval"] is None:
                         self._base_eval()
@@ -196,6 +203,7 @@ class ProgressiveRun:
                     # state first: the summary, the plot and --resume all read it
                     self._save_state()
                     self._draw_plot()
+                    self.trackers.close()
         finally:
             self._report(life.status or "finished")
         return self.path
@@ -241,7 +249,7 @@ class ProgressiveRun:
         st["start"] = dict(st["best"])
         st["best_so_far"] = res.accuracy
         self._save_state()
-        self.rd.metric({"event": "eval", "label": "00-base", **res.to_dict()})
+        self._metric({"event": "eval", "label": "00-base", **res.to_dict()}, step=0)
         self.rd.log(f"base model: {fmt_eval(res.to_dict())}")
 
     def _attempt(self) -> None:
@@ -317,7 +325,8 @@ class ProgressiveRun:
             raise UserError(f"stage {label} finished without a model directory ({model_dir})")
         # 2. validate on the fixed set
         res = self._evaluate(model_dir, label)
-        self.rd.metric({"event": "eval", "label": label, **res.to_dict()})
+        attempt_number = len(st["records"]) + 1  # the tracker's x axis: attempts so far
+        self._metric({"event": "eval", "label": label, **res.to_dict()}, step=attempt_number)
         seconds = train_seconds + res.seconds + st.get("pending_seconds", 0.0)
         st["pending_seconds"] = 0.0
         # 3. the rollback rule updates best/start/stage_index; then record and log the verdict
@@ -356,8 +365,15 @@ class ProgressiveRun:
         """Append an attempt's record to the state, metrics.jsonl and state.json."""
         rec = attempt_record(self.state, **fields)
         self.state["records"].append(rec)
-        self.rd.metric({"event": "stage", **{k: v for k, v in rec.items() if k != "eval"}})
+        fields = {k: v for k, v in rec.items() if k != "eval"}
+        self._metric({"event": "stage", **fields}, step=len(self.state["records"]))
         self._save_state()
+
+    def _metric(self, record: dict[str, Any], step: int) -> None:
+        """One metrics.jsonl record, also sent to the report_to trackers (``eval/...`` and
+        ``stage/...`` by the record's event, at the attempt's number)."""
+        self.rd.metric(record)
+        self.trackers.log(record, step, prefix=f"{record['event']}/")
 
     # -- reporting
     def _draw_plot(self) -> None:
@@ -368,6 +384,24 @@ class ProgressiveRun:
             self._plot = str(plot_progressive(self.state, out, self.cfg.threshold))
         except Exception as exc:  # noqa: BLE001 - a plot must never lose the run's summary
             self.rd.log(f"could not draw the plot: {type(exc).__name__}: {exc}")
+
+    def _data_sources(self) -> dict[str, Any]:
+        """The files the validation set and each stage read (``rl.data.data_source``); a
+        dataset that cannot be found records why instead of failing the summary."""
+
+        def source(spec: str, split: str) -> dict[str, Any]:
+            try:
+                return data_source(spec, split)
+            except UserError as exc:
+                return {"dataset": spec, "split": split, "path": None, "error": str(exc)}
+
+        cfg = self.cfg
+        stages = {}
+        for stage in cfg.stages:
+            dataset = stage_grpo_config(cfg, stage, cfg.model).dataset
+            stages[stage["name"]] = source(dataset, "train")
+        v = cfg.validation
+        return {"validation": source(v.dataset, v.split), "stages": stages}
 
     def _summary_fields(self) -> dict[str, Any]:
         """What summary.json adds to the lifecycle's fields at the end of the run."""
@@ -390,6 +424,7 @@ class ProgressiveRun:
                 "protocol": v.protocol,
                 "fingerprint": st.get("validation_fingerprint"),
             },
+            "data": self._data_sources(),
             "protocol": st.get("protocol"),
             "protocol_key": st.get("protocol_key"),
             "threshold_points": self.cfg.threshold,
@@ -432,15 +467,18 @@ def run(
     ``KeyboardInterrupt`` after saving its state when interrupted (Ctrl-C or SIGTERM).
     """
     cfg.check()
+    refuse_distributed("progressive")  # its GRPO stages are not split over ranks yet
     if cfg.resume:
         path = Path(cfg.resume)
+        read_resume_config(path, "progressive")  # a run of another kind: one line naming it
         if not (path / "state.json").exists():
             raise UserError(f"{path} is not a progressive run directory (no state.json)")
     else:
         path = unique_run_dir(cfg.output.dir, cfg.output.name or "progressive")
-    # Validate every stage's GRPO config before spending minutes on the base evaluation.
+    # Validate every stage's GRPO config and reward functions before spending minutes on
+    # the base evaluation.
     for stage in cfg.stages:
-        stage_grpo_config(cfg, stage, cfg.model)
+        check_rewards(stage_grpo_config(cfg, stage, cfg.model).rewards)
     runner = ProgressiveRun(
         cfg,
         path,

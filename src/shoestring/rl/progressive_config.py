@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from shoestring.cli_options import OutputConfig
+from shoestring.cli_options import OutputConfig, read_resume_config
 from shoestring.config import (
     ConfigError,
     apply_dict,
@@ -51,9 +51,8 @@ from shoestring.config import (
     run_dict,
     validate,
 )
-from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig, apply_grpo_override, grpo_config
-from shoestring.rundir.directory import read_json
+from shoestring.rl.trackers import check_trackers
 from shoestring.scoring.protocols import PROTOCOLS
 
 __all__ = [
@@ -144,6 +143,11 @@ class ProgressiveConfig:
         max=1.0,
     )
     stages: list[dict[str, Any]] = opt([], "the stages: {name, <GRPOConfig fields>...}")
+    report_to: list[str] = opt(
+        ["none"],
+        "trackers for the curriculum's evals and stage verdicts and (unless a stage sets its "
+        "own) every stage's GRPO metrics: tensorboard, wandb, none",
+    )
     output: OutputConfig = field(default_factory=OutputConfig)
     resume: str = opt("", "run directory to continue ('' = a new run; --resume)")
 
@@ -162,6 +166,7 @@ class ProgressiveConfig:
                 raise ConfigError(
                     f"{name} must be a mapping of GRPOConfig fields, got {getattr(self, name)!r}"
                 )
+        self.report_to = check_trackers(self.report_to) or ["none"]  # a name or a list
         if not self.stages:
             raise ConfigError("stages is empty; give at least one {name: ..., dataset: ...}")
         seen: set[str] = set()
@@ -205,10 +210,8 @@ def resume_config(
     """The curriculum of an existing run directory (its config.json) plus ``key=value``
     overrides, e.g. ``max_retries=2`` to retry a stage that stopped the run, set to continue
     that run (``resume``)."""
-    cfg_path = Path(run_dir) / "config.json"
-    if not cfg_path.exists():
-        raise UserError(f"{run_dir} is not a progressive run directory (no config.json)")
-    cfg = apply_dict(ProgressiveConfig(), read_json(cfg_path))
+    # not a train or GRPO run's: one line naming the kind, not an unknown key
+    cfg = apply_dict(ProgressiveConfig(), read_resume_config(run_dir, "progressive"))
     apply_cli_overrides(cfg, overrides)
     cfg.resume = str(run_dir)
     return cfg.check()
@@ -254,7 +257,8 @@ def stage_grpo_config(
     """The GRPOConfig of one stage attempt: preset < shared ``grpo`` < stage fields <
     ``grpo_overrides`` (the command line), then the runner's own fields (start model, retry
     learning rate, retention reference)."""
-    fields: dict[str, Any] = {"eval_problems": 0}  # the curriculum validates; no second eval
+    # the curriculum validates (no second eval); its trackers follow every stage by default
+    fields: dict[str, Any] = {"eval_problems": 0, "report_to": cfg.report_to}
     fields.update(cfg.grpo)
     fields.update({k: v for k, v in stage.items() if k != "name"})
     fields.update(cfg.grpo_overrides)

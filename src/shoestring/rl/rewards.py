@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,10 +91,27 @@ def builtin_rewards(protocol: Protocol) -> dict[str, RewardFn]:
 
 
 def load_reward(name: str, protocol: Protocol) -> RewardFn:
-    """A built-in reward by name (judged by ``protocol``), or a user function from
-    ``module:function``."""
+    """A built-in reward by name (judged by ``protocol``), or :func:`user_reward`."""
     if name in BUILTIN_NAMES:
         return builtin_rewards(protocol)[name]
+    return user_reward(name)
+
+
+def check_rewards(names: Sequence[str]) -> None:
+    """Resolve every reward that is not built in (import its module, find the function, check
+    its signature) so that a bad name fails with the other config errors, before any model
+    loads - not after minutes of loading."""
+    for name in names:
+        if name not in BUILTIN_NAMES:
+            user_reward(name)
+
+
+def user_reward(name: str) -> RewardFn:
+    """``trl:NAME`` (TRL's script rewards) or a user function from ``module:function``.
+
+    The module is imported as ``trl grpo`` imports it: with the working directory first on
+    ``sys.path``, so ``my_rewards.py`` next to the config is found without ``PYTHONPATH``.
+    """
     if name.startswith("trl:"):
         return trl_script_reward(name[4:])
     if ":" not in name:
@@ -101,11 +120,17 @@ def load_reward(name: str, protocol: Protocol) -> RewardFn:
             "rewards) or module:function (a Python function with TRL's reward signature)"
         )
     module_name, _, attr = name.partition(":")
+    cwd = os.getcwd()
+    if not sys.path or sys.path[0] != cwd:
+        sys.path.insert(0, cwd)  # as trl grpo does: the working directory comes first
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(
-            f"cannot import reward module {module_name!r} ({exc}); put it on PYTHONPATH"
+            f"cannot import reward module {module_name!r} for reward {name!r} ({exc}); it is "
+            f"looked for in the working directory ({cwd}) and on PYTHONPATH - run from the "
+            f"folder that holds {module_name.replace('.', '/')}.py or add that folder to "
+            "PYTHONPATH"
         ) from exc
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
@@ -177,10 +202,12 @@ def score(
 __all__ = [
     "BUILTIN_NAMES",
     "builtin_rewards",
+    "check_rewards",
     "completion_text",
     "load_reward",
     "reward_label",
     "reward_weights",
     "score",
     "trl_script_reward",
+    "user_reward",
 ]

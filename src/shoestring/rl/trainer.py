@@ -9,7 +9,8 @@ What happens in one optimizer step (TRL's algorithm, shoestring's engine):
 2. rewards are scored per function under the run's scoring protocol, weighted and summed;
    advantages are the reward minus its group mean, divided by the group/batch std
    (:func:`shoestring.rl.loss.compute_advantages`);
-3. the clipped surrogate loss (plus ``beta`` * KL to the reference, k3 estimator) is
+3. the per-token policy loss of ``loss_type`` (clipped surrogate, CISPO, SAPO or VESPO; per
+   token or per sequence) plus ``beta`` * KL to the reference (k3 estimator) is
    aggregated over tokens as ``loss_type`` says and back-propagated per micro-batch
    (:mod:`shoestring.rl.update`).
 
@@ -21,9 +22,11 @@ The run directory's lifecycle (status, monitor, SIGTERM) is :class:`RunLifecycle
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,10 @@ import torch
 
 from shoestring.data.input_report import MAX_REPORTS, report_capped
 from shoestring.errors import UserError
+from shoestring.models.context import context_limit
 from shoestring.report.finalize import command_finalizers
 from shoestring.rl.config import GRPOConfig
-from shoestring.rl.data import PromptSet, load_task
+from shoestring.rl.data import PromptSet, data_source, load_task
 from shoestring.rl.diagnostics import cannot_learn_reasons
 from shoestring.rl.grpo_checkpoint import load_grpo_checkpoint, save_grpo_checkpoint
 from shoestring.rl.heldout import HeldOutEval
@@ -42,6 +46,7 @@ from shoestring.rl.reward_contract import RewardContext, contract_rewards
 from shoestring.rl.rewards import reward_label, reward_weights
 from shoestring.rl.rollout import Rollout, RolloutGenerator
 from shoestring.rl.run_checks import announce_settings
+from shoestring.rl.trackers import Trackers
 from shoestring.rl.update import backward_rollout
 from shoestring.rundir.directory import RunDir
 from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
@@ -82,6 +87,7 @@ class GRPOTrainer:
         self._last_gen_stats: dict[str, Any] = {}
         self._last_reward: float | None = None
         self.time_split = {"generation": 0.0, "scoring": 0.0, "backward": 0.0}
+        self.trackers = Trackers([], run_path, {}, self.log)  # none until run() opens them
 
     def log(self, msg: str) -> None:
         self.rundir.log(msg)
@@ -130,10 +136,20 @@ class GRPOTrainer:
             cfg.dataset_size or None,
             on_warning=skipped.append,
         )
+        # the absolute file the prompts came from (never data: null), then any skipped lines
+        self.rundir.update_summary(data={**data_source(cfg.dataset), "n_problems": len(rows)})
         self._record_skipped(skipped, cfg.dataset, "data")
-        self.prompts = PromptSet.encode(rows, self.tokenizer, self.protocol, cfg.max_prompt_length)
-        if self.prompts.cut:
-            msg = self.prompts.cut_warning(cfg.max_prompt_length)
+        # the context policy: prompts fit the model's real limit next to the completions
+        self.prompts = PromptSet.encode(
+            rows,
+            self.tokenizer,
+            self.protocol,
+            cfg.max_prompt_length,
+            context_limit(self.model, self.tokenizer),
+            cfg.max_completion_length,
+        )
+        self.rundir.update_summary(prompts=self.prompts.summary())
+        for msg in self.prompts.cut_warnings(cfg.max_prompt_length):
             self.log(f"WARNING: {msg}")
             self.warnings.append(msg)
         if cfg.prompts_per_step < 1:
@@ -254,6 +270,7 @@ class GRPOTrainer:
             assert self.policy is not None
             train_q = {r["question"] for r in self.prompts.rows}
             self.heldout = HeldOutEval(self.cfg, self.protocol, train_q, self.policy.gen_dtype)
+            self.rundir.update_summary(eval_data=data_source(self.heldout.spec, "test"))
             self._record_skipped(self.heldout.skipped, self.heldout.spec, "eval_data")
         return self.heldout
 
@@ -264,8 +281,15 @@ class GRPOTrainer:
             return
         report_capped(skipped, lambda msg: self.log(f"{key}: skipped {msg}"))
         self.warnings.append(f"{len(skipped)} malformed line(s) of {spec} skipped")
+        known = self.rundir.summary.get(key) or {}  # the data source recorded before
         self.rundir.update_summary(
-            **{key: {"skipped_lines": skipped[:MAX_REPORTS], "n_skipped_lines": len(skipped)}}
+            **{
+                key: {
+                    **known,
+                    "skipped_lines": skipped[:MAX_REPORTS],
+                    "n_skipped_lines": len(skipped),
+                }
+            }
         )
 
     def evaluate(self, tag: str) -> dict[str, Any] | None:
@@ -328,10 +352,17 @@ class GRPOTrainer:
         config = None if self.resume else cfg.run_dict()  # a resumed run keeps its config.json
         # report.md always; the model card only quotes a finished run (it skips any other)
         finalizers = command_finalizers(model_card=True)
-        with RunLifecycle(
-            self.rundir, config=config, summary=self._end_fields, finalizers=finalizers
+        with (
+            RunLifecycle(
+                self.rundir, config=config, summary=self._end_fields, finalizers=finalizers
+            ),
+            contextlib.ExitStack() as stack,
         ):
+            # the first line names the directory config.json and summary.json are in
+            self.log(f"{'resuming' if self.resume else 'GRPO'} run directory: {self.run_path}")
             self.setup()
+            # report_to: every metrics record also goes to TensorBoard / W&B (closed on exit)
+            self.trackers = stack.enter_context(self._open_trackers())
             assert self.policy is not None
             self.rundir.update_summary(
                 runtime=self.runtime.to_dict(),
@@ -376,6 +407,15 @@ class GRPOTrainer:
             )
         return self.run_path
 
+    @contextlib.contextmanager
+    def _open_trackers(self) -> Iterator[Trackers]:
+        """The run's ``report_to`` trackers, closed however the run ends."""
+        trackers = Trackers(self.cfg.report_to, self.run_path, self.cfg.run_dict(), self.log)
+        try:
+            yield trackers
+        finally:
+            trackers.close()
+
     def _train_loop(self) -> None:
         """Optimizer steps up to ``total_steps``; Ctrl-C/SIGTERM saves a checkpoint first."""
         bar = progress_bar(
@@ -393,6 +433,7 @@ class GRPOTrainer:
                 self._steps(bar, interrupts)
         except KeyboardInterrupt:
             bar.close()
+            RunLifecycle.responded()  # the save below may outlast the stop watchdog's grace
             if self.step > 0:
                 self.save()
             self.log(f"interrupted at step {self.step}; resume with --resume {self.run_path}")
@@ -409,6 +450,7 @@ class GRPOTrainer:
             t0 = time.perf_counter()
             stats = self.train_step()
             dt = time.perf_counter() - t0
+            RunLifecycle.work_took(dt)  # a stop signal's watchdog waits for steps this long
             # time accounting: total and per phase (generation, scoring, backward)
             self.train_seconds += dt
             for k in self.time_split:
@@ -419,7 +461,9 @@ class GRPOTrainer:
             rec["step_seconds"] = dt
             rec["_answer_present"] = stats.get("_answer_present", 1.0)
             if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
-                self.rundir.metric({k: v for k, v in rec.items() if k[0] != "_"})
+                logged = {k: v for k, v in rec.items() if k[0] != "_"}
+                self.rundir.metric(logged)
+                self.trackers.log(logged, self.step)  # the same numbers, TRL's names
             # the first warn_steps records decide the "cannot learn" warning
             if len(self._first_steps) < cfg.warn_steps:
                 self._check_can_learn(rec)

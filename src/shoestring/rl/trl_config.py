@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.config import ConfigError
+from shoestring.rl.trackers import TRACKERS, tracker_names
 from shoestring.rl.trl_keys import (
     TRL_DEFAULTS,
+    TRL_DEFAULTS_NOT_APPLIED,
     TRL_KEYS,
     TRL_LORA_DEFAULTS,
     TRL_SCRIPT_REWARDS,
@@ -116,6 +118,15 @@ def translate_trl(values: dict[str, Any], native: set[str]) -> dict[str, Any]:
 
 def _same(key: str, value: Any, notices: list[str]) -> Any:
     """A shared field, with TRL-only values translated."""
+    if key == "report_to":  # TRL's other trackers (trackio, mlflow ...) are named and dropped
+        names = tracker_names(value)
+        other = [n for n in names if n not in TRACKERS]
+        if other:
+            notices.append(
+                f"report_to: {', '.join(other)} ignored - shoestring writes tensorboard and "
+                "wandb (metrics.jsonl always)"
+            )
+        return [n for n in names if n in TRACKERS] or ["none"]
     if key == "scale_rewards" and isinstance(value, bool):
         return "group" if value else "none"
     if key in ("num_completions_to_print", "save_total_limit") and value is None:
@@ -296,7 +307,10 @@ def trl_defaults(values: dict[str, Any]) -> dict[str, Any]:
                 applied.append("log_completions=false")
             continue
         out[key] = value
-        applied.append(f"{key}={value}")
+        if key == "max_prompt_length":
+            applied.append("max_prompt_length=None (TRL 1.x has none and never cuts prompts)")
+        else:
+            applied.append(f"{key}={value}")
     if values.get("use_peft"):
         for key, value in TRL_LORA_DEFAULTS.items():
             if key not in values:
@@ -309,6 +323,9 @@ def trl_defaults(values: dict[str, Any]) -> dict[str, Any]:
             "use_bias_correction_kl (TRL: true) is not implemented: the KL term is the plain k3"
         )
     notices = ["TRL defaults for unset keys: " + "; ".join(applied)] if applied else []
+    kept = [f"{k} ({why})" for k, why in TRL_DEFAULTS_NOT_APPLIED.items() if k not in values]
+    if kept:
+        notices.append("TRL defaults not applied to unset keys: " + "; ".join(kept))
     if "reward_funcs" not in values and "rewards" not in values:
         notices.append(
             "reward_funcs is not set: shoestring's rewards run (correctness 1.0 + format 0.1, "
