@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from shoestring.engine import Engine, EngineOptions, Sampling, auto_batch_size
+from shoestring.host import describe_host
 from shoestring.runtime import host_supports_fast_bf16
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
 
     questions, source = load_questions(args.problems)
     prompts = [f"Question: {q}\nAnswer:" for q in questions]

@@ -1,12 +1,15 @@
 """Where a decode step goes at a real shape: the engine's lean step against its own matmuls.
 
-At Qwen2.5-0.5B's shape (default; random weights, bf16, real 151,936-entry tied vocabulary),
+At Qwen2.5-0.5B's shape (default; random weights in the host class's dtype - ``--dtype auto``:
+bf16 where the CPU has bf16 dot products, else fp32 -, real 151,936-entry tied vocabulary),
 ``--rows`` rows with ``--cached`` tokens in the KV cache, one process, interleaved:
 
-1. **step vs matmuls**: the engine's decode step (``LeanDecoder.step``: bf16 weights, fp32 KV
-   cache and attention on a CPU) and the transformers forward of one token (bf16 cache, SDPA)
-   against the same step's matmuls alone - plain ``F.linear`` calls on the same shapes and
-   dtypes (q/k/v, o, gate/up, down per layer, and the head). The ratio step/matmuls is what
+1. **step vs matmuls**: the engine's decode step (``LeanDecoder.step``: prepacked weights where
+   the engine packs them, fp32 KV cache and attention on a CPU) and the transformers forward
+   of one token (cache in the weights' dtype, SDPA) against the same step's matmuls alone -
+   plain ``F.linear`` calls on the same shapes and dtypes (q/k/v, o, gate/up, down per layer,
+   and the head), and where the engine packs, the
+   same products prepacked and its step without packing. The ratio step/matmuls is what
    everything around the matmuls costs.
 2. **single-query attention**: the engine's plain fp32 matmul-softmax-matmul against SDPA in
    fp32 and in bf16, for all layers of one step.
@@ -18,6 +21,7 @@ costs seconds and changes nothing here) and cropped back after every step, so ev
 step sees the same cache length.
 
     python benchmarks/decode_profile.py --rows 16 --cached 128 --rounds 10
+    python benchmarks/decode_profile.py --dtype fp32 --rounds 5   # the AVX2 host's dtype
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate_vs_hf import QWEN25_05B, build_model  # noqa: E402 - a sibling script
+from generate_vs_hf import DTYPE_HELP, QWEN25_05B, build_model  # noqa: E402 - a sibling script
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import make_cache  # noqa: E402
 from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention  # noqa: E402
+from shoestring.host import describe_host  # noqa: E402
+from shoestring.runtime import resolve_dtype  # noqa: E402
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
@@ -82,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile-steps", type=int, default=5)
     p.add_argument("--read-mib", type=int, default=1024, help="size of the memory-read probe")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=DTYPE_HELP)
     add_shape_options(p, **QWEN25_05B)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
     model = build_model(args, eos=0)
     wdtype = next(model.parameters()).dtype
     cfg = model.config

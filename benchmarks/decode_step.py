@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from shoestring.host import describe_host
+
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
     """Median seconds of each function, calls interleaved round by round. A function that
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds per comparison")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds (medians)")
     sampling(args.rounds)
     lean_step(args.rounds)

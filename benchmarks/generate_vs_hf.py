@@ -15,10 +15,11 @@ Two workloads, the same rule applied to both engines:
 * **fixed**: every answer exactly ``--fixed-tokens`` long (EOS masked until then).
 
 The model is Qwen2-shaped with RANDOM weights (default Qwen2.5-0.5B's shape with its real
-151,936-entry vocabulary, tied; nothing downloaded), in bf16 (``--dtype``). Prompts are GSM8K
-test questions (``Question: ...\\nAnswer:``) tokenised by a small BPE fitted on GSM8K text;
-both engines get the same token ids. Throughput counts the tokens the rule asks for
-(generated answers), so a static batch's padding steps cost it time but add no tokens. Peak
+151,936-entry vocabulary, tied; nothing downloaded), in the host class's dtype (``--dtype``
+auto: bf16 where the CPU has bf16 dot products, else fp32; the first line names the class).
+Prompts are GSM8K test questions (``Question: ...\\nAnswer:``) tokenised by a small BPE fitted
+on GSM8K text; both engines get the same token ids. Throughput counts the tokens the rule asks
+for (generated answers), so a static batch's padding steps cost it time but add no tokens. Peak
 RSS is each run's own (the mark is reset before it).
 
     python benchmarks/generate_vs_hf.py --rounds 2
@@ -52,9 +53,17 @@ from engine_split import Timers, print_split, split_timers  # noqa: E402
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import Engine, EngineOptions, Sampling  # noqa: E402
 from shoestring.engine.decode import REFILL_MIN_FRACTION  # noqa: E402
+from shoestring.host import describe_host  # noqa: E402
+from shoestring.runtime import resolve_dtype  # noqa: E402
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 #: Qwen2.5-0.5B's shape (494M parameters with tied embeddings)
+# Each engine runs at the host's best dtype unless told otherwise: a peer measured in a dtype
+# its host emulates (bf16 on an AVX2 CPU) would make any ratio flattering.
+DTYPE_HELP = (
+    "auto (default): the host class's dtype, bf16 where the CPU has bf16 dot products "
+    "(AVX512-BF16, AMX), else fp32; the same for both engines"
+)
 QWEN25_05B = {
     "hidden": 896,
     "intermediate": 4864,
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-tokens", type=int, default=64)
     p.add_argument("--workloads", default="variable,fixed")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=DTYPE_HELP)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the answer-length draw")
     p.add_argument("--min-answer", type=int, default=50, help="variable: shortest answer")
@@ -210,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     add_shape_options(p, **QWEN25_05B)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))  # both engines: the best here
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
 
     workloads = [w for w in args.workloads.split(",") if w]
     n_prompts = max(

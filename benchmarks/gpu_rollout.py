@@ -239,11 +239,13 @@ def _run(args: argparse.Namespace, work: Path, b: Bench) -> int:
     from shoestring.engine import Engine, EngineOptions, Sampling
     from shoestring.engine.lora_view import merged_lora
     from shoestring.engine.static_runner import engine_state
+    from shoestring.host import describe_host
     from shoestring.models.loading import load_model_and_tokenizer
 
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if b.cuda else "CPU"
     print(f"device: {name}; torch {torch.__version__}", flush=True)
+    print(describe_host(device), flush=True)  # the host class every figure belongs to
     b.figures["device"] = name
     tok = build_tokenizer(work / "model", min(args.vocab, 4000), load_questions("synthetic", 64))
     n_params = build_model(work / "model", tok, args, vocab_size=args.vocab)

@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from grpo_vs_trl import build_model, build_tokenizer, load_questions
+    from shoestring.host import describe_host
     from shoestring.rl import grpo
     from shoestring.rl.config import grpo_config
     from shoestring.rundir.directory import read_metrics
 
+    print(describe_host(torch.device(args.device)), flush=True)  # the host class of the figures
     work = Path(tempfile.mkdtemp(prefix="grpo_step_time_"))
     try:
         rows = load_questions(args.dataset, 256)

@@ -289,7 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-completion-length", type=int, default=64)
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--loss-type", default="dapo")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto (default): the host class's dtype, bf16 where the CPU has bf16 dot products "
+        "(AVX512-BF16, AMX), else fp32; the same for both trainers",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument(
@@ -319,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from shoestring.host import describe_host
+    from shoestring.runtime import resolve_dtype
+
     torch.set_num_threads(args.threads)
+    args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))  # both trainers: the best here
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
     work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl_"))
     try:
         return _run(args, work)

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import stats as sps
 
 from shoestring.cli_options import add_set_option
+from shoestring.host import describe_host
 from shoestring.report.blocks import Table, md_table
 from shoestring.run_config import build_run_config
 from shoestring.rundir.directory import (
@@ -49,6 +50,7 @@ from shoestring.rundir.directory import (
     now_iso,
     read_metrics,
 )
+from shoestring.runtime import resolve_device
 from shoestring.train.config import TrainJobConfig
 from shoestring.train.run import run as train
 from shoestring.train.trainer import Trainer
@@ -494,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results(out, old)
         return 0
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    print(describe_host(resolve_device("auto")), flush=True)  # the host class of every figure
     t0 = time.perf_counter()
     blocks: dict[int, dict[str, Path]] = {}
     for i, seed in enumerate(args.seeds):

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from bench_throughput import build_tokenizer, load_questions  # noqa: E402 - sibling script
 from generate_vs_hf import (  # noqa: E402
+    DTYPE_HELP,
     QWEN25_05B,
     answer_lengths,
     build_model,
@@ -32,6 +33,8 @@ from generate_vs_hf import (  # noqa: E402
 )
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import decode  # noqa: E402
+from shoestring.host import describe_host  # noqa: E402
+from shoestring.runtime import resolve_dtype  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rows", default="4,1", help="two refill thresholds, in free rows")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=DTYPE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the answer-length draw")
     p.add_argument("--min-answer", type=int, default=50)
     p.add_argument("--max-answer", type=int, default=300)
     add_shape_options(p, **QWEN25_05B)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
     first, second = (int(x) for x in args.rows.split(","))
 
     questions, source = load_questions(args.prompts)

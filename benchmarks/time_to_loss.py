@@ -38,8 +38,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hybrid_vs_baseline import curve, first_crossing, fmt, mean_ci, value_at  # noqa: E402
 from shoestring.cli_options import add_set_option  # noqa: E402
+from shoestring.host import describe_host  # noqa: E402
 from shoestring.run_config import build_run_config  # noqa: E402
 from shoestring.rundir.directory import atomic_write_json, host_info, now_iso  # noqa: E402
+from shoestring.runtime import resolve_device  # noqa: E402
 from shoestring.train.config import TrainJobConfig  # noqa: E402
 from shoestring.train.run import run as train  # noqa: E402
 
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: v for k, v in vars(args).items()},
         "presets": {},
     }
+    print(describe_host(resolve_device("auto")), flush=True)  # the host class of every figure
     for preset in args.presets:
         if args.lr:
             swept: dict[str, Any] = {o: {"best_lr": args.lr[o]} for o in OPTIMIZERS}

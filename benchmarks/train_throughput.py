@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from shoestring.analyze.probe import measure_matmul_peak
+from shoestring.host import describe_host
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 from shoestring.run_config import build_run_config
 from shoestring.runtime import setup_runtime
@@ -120,6 +121,7 @@ def main() -> None:
     seq = args.seq or cfg.train.seq_len
     batch = args.batch or cfg.train.batch_size
     rt = setup_runtime("cpu", "auto", args.threads, "auto")
+    print(describe_host(), flush=True)  # the host class every figure below belongs to
     print(
         f"host: {rt.threads} threads, shoestring default dtype on this host: {rt.dtype}, "
         f"flush denormals: {rt.flush_denormal}"

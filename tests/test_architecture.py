@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "config",
             "cli_options",
             "runtime",
+            "distributed",
+            "host",
             "util",
         ),
     ),

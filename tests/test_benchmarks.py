@@ -1,5 +1,6 @@
 """The GRPO and decode-step benchmark scripts run end to end on tiny shapes (they are user-
-facing commands; these keep them from rotting). Timings are printed, never asserted."""
+facing commands; these keep them from rotting), each naming its host class on its first line.
+Timings are printed, never asserted."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from shoestring.engine import packed_linear
+from shoestring.host import auto_dtype
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_SHAPE = ["--hidden", "32", "--intermediate", "64", "--layers", "1", "--heads", "2"]
 TINY_SHAPE += ["--kv-heads", "1", "--vocab", "600"]
+
+
+def _names_its_host(out: str) -> bool:
+    """Whether a benchmark's output starts with the host-class line (after any preamble)."""
+    return any(line.startswith("host class ") for line in out.splitlines()[:3])
 
 
 def _load(name: str):
@@ -35,6 +45,7 @@ def test_grpo_step_time_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "step 1:" in out and "peak resident memory" in out
+    assert _names_its_host(out)
 
 
 def test_grpo_vs_trl_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,6 +57,8 @@ def test_grpo_vs_trl_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "ratio TRL/shoestring" in out and "median split" in out
     assert "peak RSS (max over runs) shoestring" in out
+    best = "bf16" if auto_dtype() == torch.bfloat16 else "fp32"
+    assert _names_its_host(out) and f"{best}, CPU" in out  # both trainers at the host's dtype
 
 
 def test_benchmark_model_keeps_the_requested_vocab(tmp_path: Path) -> None:
@@ -72,6 +85,7 @@ def test_decode_step_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("sampling 16 x") == 3 and out.count("decode step,") == 2
     diffs = [float(x) for x in re.findall(r"max \|logit diff\| ([0-9.e+-]+)\)", out)]
     assert len(diffs) == 2 and max(diffs) < 1e-4  # lean step and forward agree (fp32)
+    assert _names_its_host(out)
 
 
 def test_decode_profile_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,11 +94,26 @@ def test_decode_profile_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(args + TINY_SHAPE) == 0
     out = capsys.readouterr().out
     assert "decode step, 16 rows: engine (lean)" in out and "host: memory read" in out
-    assert "weight matmuls" in out
-    from shoestring.engine.packed_linear import packing_available
+    assert "weight matmuls" in out and _names_its_host(out)
+    # the host class's dtype (auto): bf16 weights are packed wherever oneDNN packs bf16; tiny
+    # fp32 weights sit in the caches and are not
+    packs = auto_dtype() == torch.bfloat16 and packed_linear.packing_available()
+    assert ("prepacked weights: engine step" in out) == packs
 
-    if packing_available():  # bf16 on a CPU that packs: the packed step is measured too
-        assert "prepacked weights: engine step" in out
+
+@pytest.mark.skipif(
+    not packed_linear.packing_available(torch.float32), reason="no fp32 oneDNN packing here"
+)
+def test_decode_profile_measures_packed_fp32(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(packed_linear, "FP32_MIN_BYTES", 0)  # tiny weights packed as big ones
+    bench = _load("decode_profile")
+    args = ["--threads", "1", "--rounds", "1", "--profile-steps", "1", "--read-mib", "8"]
+    assert bench.main([*args, "--dtype", "fp32", *TINY_SHAPE]) == 0
+    out = capsys.readouterr().out
+    assert "fp32 weights" in out and "engine step: weights prepacked" in out
+    assert "prepacked weights: engine step" in out
 
 
 def test_refill_threshold_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,6 +127,7 @@ def test_refill_threshold_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.count("refill at 2 free rows:") == 2 and "median: refill at 2" in out
     assert before == decode.REFILL_MIN_FRACTION  # the engine's threshold is put back
+    assert _names_its_host(out)
 
 
 def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,6 +140,7 @@ def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(args + TINY_SHAPE) == 0
     out = capsys.readouterr().out
     assert "[variable] 7 prompts" in out and "[fixed] 3 prompts" in out
+    assert _names_its_host(out)
     # the split run times each engine's parts; a fixed-length run wastes no rows on either side
     splits = [line for line in out.splitlines() if line.strip().startswith("split ")]
     assert len(splits) == 4 and all("decode step" in line for line in splits)

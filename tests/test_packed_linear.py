@@ -1,20 +1,29 @@
-"""Prepacked oneDNN weights in the CPU's bf16 decode step: bit-identical to ``F.linear``, used
-only where they are exact and fit in memory, and invisible in the engine's output."""
+"""Prepacked oneDNN weights in the CPU's decode step and their exactness policy: bf16 products
+bit-identical to ``F.linear``; fp32 products within fp32 rounding of it, packed only for weights
+past the caches, with greedy tokens identical to transformers' ``generate`` on a trained model
+(stories260K); used only where they fit in memory, and invisible in the engine's output."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import LlamaForCausalLM
 
 from _helpers import char_tokenizer
 from shoestring.engine import Engine, EngineOptions, Sampling, lean_decode, packed_linear
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.models.llama2c import llama2c_config, load_llama2c_state_dict
 from test_lean_decode import VOCAB, _prefill, make
 
 needs_packing = pytest.mark.skipif(
     not packed_linear.packing_available(), reason="no bf16 oneDNN packing on this CPU"
+)
+needs_fp32_packing = pytest.mark.skipif(
+    not packed_linear.packing_available(torch.float32), reason="no fp32 oneDNN packing here"
 )
 
 
@@ -30,17 +39,97 @@ def test_packed_product_equals_f_linear(rows: int) -> None:
     assert torch.equal(packed_linear.packed_linear(x, packed, None), F.linear(x, w))
 
 
-def test_only_bf16_cpu_weights_with_memory_to_spare_are_packed(monkeypatch) -> None:
+def test_which_cpu_weights_are_packed(monkeypatch) -> None:
     w = torch.zeros(8, 8)
-    assert not packed_linear.can_pack([w])  # fp32: packed sums differ, so never packed
     assert not packed_linear.can_pack([])
+    assert not packed_linear.can_pack([w, w.to(torch.bfloat16)])  # one dtype per model
+    assert not packed_linear.can_pack([w.half()])  # fp16: no policy, never packed
+    assert not packed_linear.can_pack([w])  # fp32 below FP32_MIN_BYTES: sits in the caches
+    if packed_linear.packing_available(torch.float32):
+        monkeypatch.setattr(packed_linear, "FP32_MIN_BYTES", w.numel() * 4)
+        assert packed_linear.can_pack([w])  # fp32 big enough to stream from memory
     if packed_linear.packing_available():
         assert packed_linear.can_pack([w.to(torch.bfloat16)])
-        monkeypatch.setattr(packed_linear, "MEMORY_MARGIN_BYTES", 2**60)
-        assert not packed_linear.can_pack([w.to(torch.bfloat16)])
-    model = make("qwen2")
-    lean = LeanDecoder.build(model)
-    assert lean is not None and not lean.packed  # an fp32 model keeps F.linear
+    monkeypatch.setattr(packed_linear, "MEMORY_MARGIN_BYTES", 2**60)
+    assert not packed_linear.can_pack([w.to(torch.bfloat16)])
+    assert not packed_linear.can_pack([w])  # no memory to spare: nothing packed
+    lean = LeanDecoder.build(make("qwen2"))
+    assert lean is not None and not lean.packed  # a small fp32 model keeps F.linear
+
+
+@needs_fp32_packing
+@pytest.mark.parametrize("rows", [1, 5, 16, 33])
+def test_packed_fp32_product_is_within_fp32_rounding(rows: int) -> None:
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(70, 300, generator=g), torch.randn(70, generator=g)
+    x = torch.randn(rows, 1, 300, generator=g)
+    got = packed_linear.packed_linear(x, packed_linear.pack_weight(w), b)
+    ones = torch.ones(rows, 1, 1)  # the bias as one more term of each sum
+    xb, wb = torch.cat([x, ones], dim=-1), torch.cat([w, b[:, None]], dim=1)
+    assert packed_linear.within_fp32_rounding(got, F.linear(x, w, b), xb, wb)
+    # the policy tells a lower-precision kernel apart: a product through bf16 inputs fails it
+    low = F.linear(x.bfloat16(), w.bfloat16(), b.bfloat16()).float()
+    assert not packed_linear.within_fp32_rounding(low, F.linear(x, w, b), xb, wb)
+
+
+def _stories260k(shared_dir: Path) -> LlamaForCausalLM:
+    """The trained stories260K Llama from llama2.c's checkpoint, fp32 (weights only)."""
+    path = shared_dir / "models" / "stories260K" / "stories260K.bin"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    header, state = load_llama2c_state_dict(path)
+    model = LlamaForCausalLM(llama2c_config(header))
+    model.load_state_dict(state, strict=False)  # strict=False: a tied head has no own key
+    return model.eval()
+
+
+@needs_fp32_packing
+def test_fp32_packed_greedy_tokens_equal_transformers_on_a_trained_model(
+    shared_dir: Path,
+) -> None:
+    """The fp32 policy on real weights: the packed lean step's logits stay within fp32
+    rounding noise of the model's forward, and 48 greedy tokens of 6 rows (left-padded)
+    equal transformers' batched ``generate`` token for token."""
+    model = _stories260k(shared_dir)
+    lean = LeanDecoder.build(model, pack=True)
+    assert lean is not None and lean.packed
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (6, 5), generator=g)
+    ids[:, 0] = 1  # BOS, as the model was trained
+    mask = torch.ones_like(ids)
+    mask[2, :2] = mask[4, :3] = 0  # left padding
+    ids = ids.masked_fill(mask == 0, 0)
+    steps = 48
+    with torch.inference_mode():
+        want = model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=steps,
+            min_new_tokens=steps,  # no EOS stop: every row runs all the steps
+            pad_token_id=0,
+        )[:, ids.shape[1] :]
+        eos = model.config.eos_token_id
+        logits, cache = _prefill(model, ids, mask)
+        logits[:, eos] = float("-inf")  # no EOS, as min_new_tokens does for generate
+        pos, nxt, got, worst = mask.sum(-1), logits.argmax(-1), [], 0.0
+        ref_cache = _prefill(model, ids, mask)[1]
+        for _ in range(steps):
+            got.append(nxt)
+            mask = torch.cat([mask, mask.new_ones((6, 1))], dim=1)
+            step = lean.step(nxt, mask, pos, cache)
+            ref = model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=pos[:, None],
+                past_key_values=ref_cache,
+                use_cache=True,
+            ).logits[:, -1]
+            worst = max(worst, float((step - ref).abs().max() / ref.abs().max()))
+            step[:, eos] = float("-inf")
+            nxt, pos = step.argmax(-1), pos + 1
+    assert worst < 1e-5, f"packed fp32 logits differ from the forward by {worst:.2e} (relative)"
+    assert torch.equal(torch.stack(got, dim=1), want)
 
 
 @needs_packing

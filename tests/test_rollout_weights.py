@@ -1,14 +1,21 @@
-"""The bf16 rollout copy of a CPU full fine-tune: made without an fp32 detour, tied weights
-stay tied, made from the trained weights for every rollout and dropped after it, and used
-only where it applies (bf16 asked for, fp32 weights, no LoRA, no hooks)."""
+"""The weights a CPU rollout samples with. The bf16 copy of a full fine-tune: made without an
+fp32 detour, tied weights stay tied, made from the trained weights for every rollout and dropped
+after it, and used only where it applies (bf16 asked for, fp32 weights, no LoRA, no hooks). A
+LoRA run's adapters merged into plain layers for the rollout, with the unmerged model's tokens."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from _helpers import char_tokenizer
+from shoestring.engine import Engine, EngineOptions, Sampling
+from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.engine.lora_view import lora_linear_layers
 from shoestring.rl.rollout_weights import RolloutWeights, bf16_copy
 
 
@@ -69,3 +76,40 @@ def test_rollout_weights_follow_training_and_apply_only_where_they_should() -> N
     assert fresh.model_for(_policy(model)) is model  # hooks: left as it is
     handle.remove()
     assert fresh.shadow is None
+
+
+def test_lora_rollout_samples_with_merged_plain_layers_and_the_same_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CPU LoRA rollout: the engine decodes with the adapters merged into plain linear layers
+    (the lean step fuses them: one q/k/v product instead of three LoRA layers) and gives the
+    tokens the unmerged LoRA model gives; the LoRA layers are back after the call."""
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+    )
+    lcfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(LlamaForCausalLM(cfg), lcfg).get_base_model().eval()
+    prompts = ["Question: 2+2?", "Hi", "a b c d e f g h"]
+    sampling = Sampling(max_new_tokens=12, eos_token_ids=[], num_return_sequences=2)
+    fused: list[bool] = []
+    real_build = LeanDecoder.build
+
+    def recording(m, fuse=None, pack=None):  # type: ignore[no-untyped-def]
+        lean = real_build(m, fuse, pack)
+        fused.append(bool(lean and lean.layers[0].qkv.single))
+        return lean
+
+    monkeypatch.setattr(LeanDecoder, "build", recording)
+    merged = Engine(model, tok, EngineOptions(merge_lora=True)).generate(prompts, sampling)
+    plain = Engine(model, tok, EngineOptions(merge_lora=False)).generate(prompts, sampling)
+    assert fused == [True, False]  # merged: one plain q/k/v product; unmerged: LoRA modules
+    assert [r.token_ids for r in merged] == [r.token_ids for r in plain]
+    assert len(lora_linear_layers(model)) == 2 * 7  # every LoRA layer is back in place

@@ -1,4 +1,5 @@
-"""Device, dtype and thread settings, checked against what this host really has.
+"""Device, dtype and thread settings, checked against what this host really has (its class:
+:mod:`shoestring.host`).
 
 shoestring never falls back silently: asking for CUDA on a host without it is an error that
 says so. What actually ran (device, dtype, threads, denormal flushing) is returned so every
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
 from shoestring.errors import DeviceUnavailableError, UserError
+from shoestring.host import auto_dtype, bf16_is_fast, cpu_flags
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -28,28 +29,10 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """CPU feature flags from ``/proc/cpuinfo`` (empty where it does not exist, e.g. macOS)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def host_supports_fast_bf16(device: torch.device | str = "cpu", cpuinfo: str | None = None) -> bool:
-    """Whether bf16 is a speed-up here rather than an emulation: CUDA with bf16 support, or a
-    CPU with native bf16 dot products (AVX512-BF16 or AMX)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
-    return False
+    """Whether bf16 is a speed-up here rather than an emulation (the host class decides:
+    :func:`shoestring.host.bf16_is_fast`); ``cpuinfo`` = another host's /proc/cpuinfo."""
+    return bf16_is_fast(device, None if cpuinfo is None else cpu_flags(cpuinfo))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -93,13 +76,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_torch_dtype(
     dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu"
 ) -> torch.dtype:
-    """``auto`` = bf16 where the host computes it fast, else fp32; names: fp32, bf16, fp16."""
+    """``auto`` = the host class's dtype (:func:`shoestring.host.auto_dtype`: bf16 where
+    the host computes it fast, else fp32); names: fp32, bf16, fp16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).strip().lower()
     device = torch.device(device)
     if name == "auto":
-        return torch.bfloat16 if host_supports_fast_bf16(device) else torch.float32
+        return auto_dtype(device)
     if name not in DTYPE_NAMES:
         raise UserError(f"unknown dtype '{dtype}'; use auto, fp32, bf16 or fp16")
     want = DTYPE_NAMES[name]

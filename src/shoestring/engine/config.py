@@ -112,7 +112,7 @@ class EngineOptions:
         8, "static cache: decode steps between host checks for EOS and stop strings", min=1
     )
     merge_lora: bool = opt(
-        True, "static cache: run peft LoRA layers as plain linear layers with merged weights"
+        True, "run peft LoRA layers as plain linear layers with merged weights (both backends)"
     )
 
     def check(self) -> EngineOptions:

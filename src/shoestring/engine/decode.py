@@ -29,6 +29,7 @@ from shoestring.engine.cache import (
 from shoestring.engine.config import EngineOptions, GenerationResult
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.engine.lora_view import merged_lora
 from shoestring.engine.model_io import (
     compute_dtype,
     forward_last_logits,
@@ -59,12 +60,17 @@ def decode_dynamic(
     """Decode every prompt of ``ids_list`` (token ids) into ``rows``; results in output order.
 
     Sets up inference mode and precision (``options.dtype``, fp32 attention for a bf16 model
-    on a CPU) around :func:`_decode`. With ``max_rows``, at most that many rows decode together
-    and the other prompts join (in the given order) as rows finish.
+    on a CPU) around :func:`_decode`. With ``options.merge_lora``, peft LoRA layers run as
+    plain linear layers with merged weights (:mod:`.lora_view`), as on the static backend: one
+    product per layer instead of three, which the lean step fuses and prepacks like any plain
+    layer (a CPU rollout of the LoRA recipe). With ``max_rows``, at most that many rows decode
+    together and the other prompts join (in the given order) as rows finish.
     """
     store_dtype = None
+    merging = merged_lora(model) if options.merge_lora else contextlib.nullcontext(0)
     try:
         with (
+            merging,  # first: its merged weights are made outside inference mode, kept for reuse
             torch.inference_mode(),
             compute_dtype(model, options.dtype),
             cpu_fp32_attention(model, options.cpu_fp32_attention) as store_dtype,

@@ -11,11 +11,11 @@ every call. ``benchmarks/decode_step.py`` (small models) and ``benchmarks/decode
 the transformers forward, interleaved; the figures are in docs/generate.md.
 
 :class:`LeanDecoder` runs the same arithmetic with less around it: the model's own weights
-(q/k/v and gate/up concatenated into one product each when the copy is small; bf16 weights on
-a CPU prepacked for oneDNN, :mod:`~shoestring.engine.packed_linear`), one attention
-mask per step for all layers, the model's own rotary embedding, and the engine's KV cache
-updated through its public ``update``. Anything it does not recognise - another architecture,
-sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks, wrapped
+(q/k/v and gate/up concatenated into one product each when the copy is small; weights on a CPU
+prepacked for oneDNN, :mod:`~shoestring.engine.packed_linear`, under its exactness policy), one
+attention mask per step for all layers, the model's own rotary embedding, and the engine's KV
+cache updated through its public ``update``. Anything it does not recognise - another
+architecture, sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks, wrapped
 embeddings - makes :meth:`LeanDecoder.build` return ``None`` and the engine uses the model's
 own forward; a linear layer it cannot read (peft LoRA, quantised) is called as its own module.
 The tests check its logits against the model's forward for each supported family and variant,
@@ -59,7 +59,7 @@ class _Proj:
     allowed; otherwise each part is called as its own module (peft LoRA layers, quantised
     layers), which is exactly what the model's forward does. With ``pack``, a plain or fused
     weight is multiplied in oneDNN's prepacked layout (:mod:`~shoestring.engine.packed_linear`:
-    bit-identical, without the per-call reorder)."""
+    bit-identical in bf16, within fp32 rounding in fp32)."""
 
     def __init__(self, mods: list[Any], fuse: bool, pack: bool = False) -> None:
         self.mods = mods
@@ -293,7 +293,8 @@ class LeanDecoder:
         """A decoder for ``model``, or ``None`` where only the model's own forward is right.
 
         ``pack`` (default: where :func:`~shoestring.engine.packed_linear.can_pack` allows it,
-        i.e. bf16 weights on a CPU with memory to spare) multiplies prepacked weights."""
+        i.e. bf16 weights, or fp32 weights too big for the caches, on a CPU with memory to
+        spare) multiplies prepacked weights."""
         if _supported(model) is not None:
             return None
         if fuse is None:

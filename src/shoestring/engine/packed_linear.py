@@ -1,51 +1,95 @@
-"""Linear layers with weights prepacked for oneDNN, for the CPU's bf16 decode step.
+"""Linear layers with weights prepacked for oneDNN, for the CPU's decode step (bf16 and fp32).
 
-Why: on a CPU, ``F.linear`` on bf16 weights goes through oneDNN, which first reorders the
-weight into its blocked layout - on every call. A decode step multiplies a few rows (one token
-per sequence) by every weight of the model, so that reorder costs as much as the product
-itself. Reordering once per generation call (``torch.ops.mkldnn._reorder_linear_weight``) and
+Why: a decode step multiplies a few rows (one token per sequence) by every weight of the model.
+On a CPU, ``F.linear`` on bf16 weights goes through oneDNN, which first reorders the weight into
+its blocked layout - on every call - so that reorder costs as much as the product itself; fp32
+``F.linear`` goes to MKL's sgemm, which at 16 rows streams the weight far below the host's fp32
+rate. Reordering once per generation call (``torch.ops.mkldnn._reorder_linear_weight``) and
 multiplying with the packed weight (``torch.ops.mkldnn._linear_pointwise``, the pair
-``torch.compile`` uses for frozen CPU models) runs the same kernel without the per-call reorder:
-the result is bit-identical to ``F.linear`` on a contiguous input, which a probe checks before
-packing is used at all. ``benchmarks/decode_profile.py`` measures both against each other.
+``torch.compile`` uses for frozen CPU models) runs oneDNN's kernel on a layout it streams well.
+``benchmarks/decode_profile.py`` measures both against each other; docs/generate.md has the
+figures per host class.
 
-Only bf16 weights are packed: fp32 packed products sum in another order (not bit-identical),
-and the engine keeps its fp32 greedy outputs identical to the model's own forward. The packed
-copy costs the weights' size in memory for the length of one generation call, so packing is
-skipped when the host has less than that to spare.
+The exactness policy, per dtype (a probe checks it before packing is used at all):
+
+* **bf16**: the packed product is bit-identical to ``F.linear`` (the same oneDNN kernel).
+* **fp32**: the packed product sums in another order than MKL, so it is not bit-identical; it
+  must be a correct fp32 evaluation of the same sums - within the rounding bound of any
+  summation order, ``2 * K * eps * (|x| @ |w|^T)`` for ``K`` terms (:func:`within_fp32_rounding`)
+  - which rules out a kernel computing in bf16 or TF32 behind fp32's back. Greedy tokens stay
+  those of the model's own forward on a trained model (tested on stories260K against
+  transformers' ``generate``). fp32 weights are packed only where they are big enough to stream
+  from memory (:data:`FP32_MIN_BYTES`, past the last-level cache of common CPUs): that is where
+  the packed layout pays, and small models keep logits bit-identical to their forward.
+
+The packed copy costs the weights' size in memory for the length of one generation call, so
+packing is skipped when the host has less than that to spare.
 """
 
 from __future__ import annotations
 
 import functools
 
+import psutil
 import torch
 import torch.nn.functional as F
 
-__all__ = ["can_pack", "pack_weight", "packed_linear", "packing_available"]
+__all__ = [
+    "FP32_MIN_BYTES",
+    "can_pack",
+    "pack_weight",
+    "packed_linear",
+    "packing_available",
+    "within_fp32_rounding",
+]
 
 # Packed weights are built for this many rows (a hint to oneDNN; other row counts work).
 ROWS_HINT = 16
 # Keep this much memory free beyond the packed copy.
 MEMORY_MARGIN_BYTES = 2**30
+# fp32 weights smaller than this (in all) are not packed: they sit in the caches, where MKL's
+# product is as fast, and the model's own forward stays bit-identical to the engine's step.
+FP32_MIN_BYTES = 64 * 2**20
+PACKABLE = (torch.bfloat16, torch.float32)
+
+
+def within_fp32_rounding(
+    got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, w: torch.Tensor
+) -> bool:
+    """Whether ``got`` and ``want`` (two evaluations of ``x @ w.T`` in fp32) differ by no more
+    than two summation orders may: each is within ``K * eps * sum_k |x_k w_k|`` of the exact
+    value (the classic bound on a K-term dot product), so they are within twice that."""
+    k = x.shape[-1]
+    eps = torch.finfo(torch.float32).eps
+    bound = 2 * k * eps * (x.abs().double() @ w.abs().double().T)
+    return bool(((got.double() - want.double()).abs() <= bound).all())
 
 
 @functools.cache
-def packing_available() -> bool:
-    """True where the packing ops exist, this CPU runs bf16 oneDNN kernels, and a packed
-    product equals ``F.linear`` exactly on a probe (bias included)."""
+def packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """True where the packing ops exist for ``dtype`` on this CPU and a packed product meets
+    the dtype's exactness policy against ``F.linear`` on a probe (bias included): equal for
+    bf16, within fp32 rounding for fp32."""
+    if dtype not in PACKABLE:
+        return False
     try:
         if not torch.backends.mkldnn.is_available():
             return False
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
         gen = torch.Generator().manual_seed(0)
-        w = torch.randn(48, 40, generator=gen).to(torch.bfloat16)
-        b = torch.randn(48, generator=gen).to(torch.bfloat16)
+        w = torch.randn(48, 40, generator=gen).to(dtype)
+        b = torch.randn(48, generator=gen).to(dtype)
         packed = torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT)
         for rows in (1, 3, ROWS_HINT, 37):  # below, at and above the hint, odd sizes too
-            x = torch.randn(rows, 1, 40, generator=gen).to(torch.bfloat16)
-            if not torch.equal(packed_linear(x, packed, b), F.linear(x, w, b)):
+            x = torch.randn(rows, 1, 40, generator=gen).to(dtype)
+            got, want = packed_linear(x, packed, b), F.linear(x, w, b)
+            if dtype == torch.bfloat16:
+                exact = torch.equal(got, want)
+            else:  # the bias is one more term of each sum: a column of ones in x against it
+                xb = torch.cat([x, torch.ones(rows, 1, 1)], dim=-1)
+                exact = within_fp32_rounding(got, want, xb, torch.cat([w, b[:, None]], dim=1))
+            if not exact:
                 return False
         return True
     except (AttributeError, RuntimeError, NotImplementedError):
@@ -53,19 +97,18 @@ def packing_available() -> bool:
 
 
 def can_pack(weights: list[torch.Tensor]) -> bool:
-    """Whether these weights (all bf16, on a CPU) should be packed: the ops work here and
-    the copy fits in the memory available now with a margin."""
-    if not weights or any(w.device.type != "cpu" or w.dtype != torch.bfloat16 for w in weights):
+    """Whether these weights (all bf16, or all fp32 and at least :data:`FP32_MIN_BYTES`, on a
+    CPU) should be packed: the ops meet the dtype's policy here and the copy fits in the memory
+    available now with a margin."""
+    if not weights or any(w.device.type != "cpu" for w in weights):
         return False
-    if not packing_available():
+    dtypes = {w.dtype for w in weights}
+    if len(dtypes) != 1 or not packing_available(dtype := dtypes.pop()):
         return False
-    need = sum(w.numel() * w.element_size() for w in weights) + MEMORY_MARGIN_BYTES
-    try:
-        import psutil
-
-        return psutil.virtual_memory().available > need
-    except Exception:  # pragma: no cover - psutil is a dependency; be safe without it
+    size = sum(w.numel() * w.element_size() for w in weights)
+    if dtype == torch.float32 and size < FP32_MIN_BYTES:
         return False
+    return psutil.virtual_memory().available > size + MEMORY_MARGIN_BYTES
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ rollout therefore decodes with a bf16 copy of the weights, made before each roll
 dropped after it (one cast of each weight per rollout instead of one per token) - what TRL's
 bf16 run computes in, without its per-step casts. Dropping it keeps the copy out of the
 training step, where the run's peak memory is (gradients, optimizer state, activations).
-LoRA runs need none: their frozen base is stored in bf16 already. A model with hooks (gradient
-checkpointing's input hooks, offloading) is left as it is.
+LoRA runs need none: their frozen base is stored in the run's dtype already, and the engine
+samples with the adapters merged into plain linear layers (``EngineOptions.merge_lora``, on a
+CPU as on a GPU), which its decode step fuses and prepacks like a full model's. A model with
+hooks (gradient checkpointing's input hooks, offloading) is left as it is.
 """
 
 from __future__ import annotations
