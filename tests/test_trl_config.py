@@ -24,9 +24,9 @@ from shoestring.config import ConfigError, read_config_file
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig, grpo_config
 from shoestring.rl.run_checks import check_target_modules, peft_target_modules, setting_notices
-from shoestring.rl.trackers import tracker_names
 from shoestring.rl.trl_config import trl_key_table
 from shoestring.rl.trl_keys import TRL_DEFAULTS, TRL_KEYS, TRL_LORA_DEFAULTS
+from shoestring.rundir.trackers import tracker_names
 from shoestring.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -424,7 +424,7 @@ def test_output_dir_is_the_run_directory_or_refused(tmp_path: Path, capsys) -> N
 
 
 def test_tracker_names_follow_trl() -> None:
-    from shoestring.rl.trackers import tracker_names, tracker_scalars
+    from shoestring.rundir.trackers import tracker_names, tracker_scalars
 
     assert tracker_names("none") == [] and tracker_names(None) == []
     assert tracker_names("tensorboard, wandb") == ["tensorboard", "wandb"]

@@ -87,7 +87,9 @@ class TrainConfig:
     )
     deterministic: bool = opt(False, "deterministic algorithms (bitwise-repeatable on CPU)")
     trainer: str = opt("plain", "training algorithm", choices=("plain", "hybrid"))
-    report_to: str = opt("none", "extra metric sinks", choices=("none", "tensorboard"))
+    report_to: str = opt(
+        "none", "a tracker that also gets the metrics", choices=("none", "tensorboard", "wandb")
+    )
 
 
 @dataclass

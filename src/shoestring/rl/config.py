@@ -42,8 +42,8 @@ from shoestring.config import (
     run_dict,
     validate,
 )
-from shoestring.rl.trackers import check_trackers
 from shoestring.rl.trl_config import is_trl_config, translate_trl, trl_defaults
+from shoestring.rundir.trackers import check_trackers
 from shoestring.scoring.protocols import PROTOCOLS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo", "cispo", "sapo", "vespo")  # TRL 1.16's

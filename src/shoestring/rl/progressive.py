@@ -59,9 +59,9 @@ from shoestring.rl.progressive_state import (
     stage_label,
 )
 from shoestring.rl.rewards import check_rewards
-from shoestring.rl.trackers import Trackers
 from shoestring.rundir.directory import RunDir, atomic_write_json, read_json, unique_run_dir
 from shoestring.rundir.lifecycle import RunLifecycle
+from shoestring.rundir.trackers import Trackers
 from shoestring.runtime import resolve_device
 
 __all__ = ["ProgressiveRun", "StageTrainer", "run"]

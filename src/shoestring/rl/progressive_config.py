@@ -52,7 +52,7 @@ from shoestring.config import (
     validate,
 )
 from shoestring.rl.config import GRPOConfig, apply_grpo_override, grpo_config
-from shoestring.rl.trackers import check_trackers
+from shoestring.rundir.trackers import check_trackers
 from shoestring.scoring.protocols import PROTOCOLS
 
 __all__ = [

@@ -46,10 +46,10 @@ from shoestring.rl.reward_contract import RewardContext, contract_rewards
 from shoestring.rl.rewards import reward_label, reward_weights
 from shoestring.rl.rollout import Rollout, RolloutGenerator
 from shoestring.rl.run_checks import announce_settings
-from shoestring.rl.trackers import Trackers
 from shoestring.rl.update import backward_rollout
 from shoestring.rundir.directory import RunDir
 from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
+from shoestring.rundir.trackers import Trackers
 from shoestring.runtime import setup_runtime
 from shoestring.scoring.protocols import resolve_protocol
 from shoestring.train.optimizer import adamw

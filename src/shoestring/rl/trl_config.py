@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.config import ConfigError
-from shoestring.rl.trackers import TRACKERS, tracker_names
 from shoestring.rl.trl_keys import (
     TRL_DEFAULTS,
     TRL_DEFAULTS_NOT_APPLIED,
@@ -38,6 +37,7 @@ from shoestring.rl.trl_keys import (
     TRL_LORA_DEFAULTS,
     TRL_SCRIPT_REWARDS,
 )
+from shoestring.rundir.trackers import TRACKERS, tracker_names
 
 __all__ = ["is_trl_config", "translate_trl", "trl_defaults", "trl_key_table"]
 

@@ -42,7 +42,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"))
     p.add_argument("--trainer", choices=("plain", "hybrid"))
-    p.add_argument("--report-to", choices=("none", "tensorboard"))
+    p.add_argument("--report-to", choices=("none", "tensorboard", "wandb"))
     add_output_options(p, "preset[-variant]")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     p.set_defaults(func=run_cli)

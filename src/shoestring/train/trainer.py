@@ -29,6 +29,7 @@ from shoestring.distributed import init_distributed, rank_device, rank_threads
 from shoestring.report.finalize import command_finalizers
 from shoestring.rundir.directory import RunDir
 from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
+from shoestring.rundir.trackers import Trackers, check_trackers, tracker_names
 from shoestring.runtime import Runtime, setup_runtime
 from shoestring.train.autocompile import CompilePolicy
 from shoestring.train.checkpoint import (
@@ -91,7 +92,7 @@ class Trainer:
         # only rank 0 writes the run directory; the other ranks' lifecycle handles signals only
         self.rundir = RunDir(run_path, "train", echo=not quiet) if self.dist.is_main else None
         self.progress = not quiet and self.dist.is_main
-        self.tb: Any = None
+        self.trackers: Trackers | None = None
         self.compile = CompilePolicy(t.compile, self.dist.enabled)
         self.state = TrainState()  # replaced by run() (fresh or restored from a checkpoint)
         self.global_batch = 0  # sequences per optimizer step across ranks, set by run()
@@ -150,10 +151,8 @@ class Trainer:
     def metric(self, rec: dict[str, Any]) -> None:
         if self.rundir is not None:
             self.rundir.metric(rec)
-        if self.tb is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, rec["step"])
+        if self.trackers is not None:  # report_to: the same numbers, under train/
+            self.trackers.log(rec, rec["step"])
 
     def _build(self) -> None:
         """Data first (it sets the vocabulary size), then the sizes it allows (a batch larger
@@ -243,6 +242,7 @@ class Trainer:
         checkpoint), ``NonFiniteLossError`` or the original error (failed)."""
         cfg, t = self.cfg, self.cfg.train
         try:
+            check_trackers(t.report_to)  # a missing tracker library: one line, before the model
             self._build()
             self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
             self.state = TrainState(micro_batch=t.batch_size, grad_accum=t.grad_accum)
@@ -274,7 +274,7 @@ class Trainer:
         )
         try:
             with life:
-                self._open_tensorboard()
+                self._open_trackers()
                 self.log(
                     f"{'resuming' if self.resume else 'training'} {self.parts.n_params / 1e6:.2f}M "
                     f"params on {self.rt.device} ({self.rt.dtype}, {self.rt.threads} threads, "
@@ -416,12 +416,11 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(ts.step, val)
 
-    def _open_tensorboard(self) -> None:
-        if self.rundir is not None and self.cfg.train.report_to == "tensorboard":
-            # deferred: tensorboard is optional and slow to import
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run_path / "tensorboard"))
+    def _open_trackers(self) -> None:
+        """The ``report_to`` trackers (rank 0 only: one run directory, one dashboard)."""
+        names = tracker_names(self.cfg.train.report_to)
+        if self.rundir is not None and names:
+            self.trackers = Trackers(names, self.run_path, self.cfg.run_dict(), self.log)
 
     def _data_summary(self) -> dict[str, Any]:
         m = self.data.data.meta
@@ -442,8 +441,8 @@ class Trainer:
         return {**fields, **self._summary_extra()}
 
     def _close(self, status: str) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
         if self.rundir is None:
             return
         ts = self.state

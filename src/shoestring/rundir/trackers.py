@@ -14,9 +14,9 @@ without trackers imports neither. W&B runs offline (files under the run director
 sync`` uploads them later) when ``WANDB_MODE`` is unset and its server cannot be reached, so a
 machine with no network trains instead of waiting on a connection.
 
-Any command can use :class:`Trackers`: open it with the run directory, call :meth:`log` with
-each record it writes to ``metrics.jsonl`` and :meth:`close` at the end (``bench`` could log
-each model's accuracy record the same way).
+Every command that writes ``metrics.jsonl`` uses :class:`Trackers` (train, grpo, progressive):
+open it with the run directory, call :meth:`log` with each record it writes there and
+:meth:`close` at the end.
 """
 
 from __future__ import annotations
