@@ -39,13 +39,12 @@ from shoestring.bench.records import (
 from shoestring.bench.results import ModelOutcome, model_result
 from shoestring.data.gsm8k import Problem
 from shoestring.distributed import DistInfo
-from shoestring.engine import auto_batch_size
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 from shoestring.rundir.directory import RunDir, atomic_write_json, now_iso
 from shoestring.rundir.monitor import SystemMonitor
 from shoestring.runtime import Runtime
 from shoestring.scoring.protocols import Protocol
-from shoestring.scoring.scoring import ProblemScore, sampling_for, score_model
+from shoestring.scoring.scoring import ProblemScore, score_model
 from shoestring.util.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 __all__ = ["OnProblem", "check_settings_early", "run_model"]
@@ -332,19 +331,10 @@ def _generate(
     append: _Appender,
 ) -> None:
     """Answer ``missing`` from their fitted prompts, judged as ``score_model`` judges."""
-    label, fit = append.label, prompts.fit
-    scfg = sampling_for(protocol, cfg.max_new_tokens)
-    lengths = prompts.lengths
-    prompts.log_fit(rundir, label, cfg.max_new_tokens)
-    session["batch_size_auto_first"] = (
-        None if cfg.batch_size else auto_batch_size(model, max(lengths), scfg.max_new_tokens)
+    label = append.label
+    scfg, golds, _ = prompts.start(
+        model, protocol, missing, cfg.max_new_tokens, cfg.batch_size, (rundir, label, session)
     )
-    session["prompt_tokens_mean"] = round(sum(lengths) / len(lengths), 1)
-    # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
-    golds = [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing]
-
-    if fit.kept() != list(range(len(missing))):  # the policy truncates; it refuses none here
-        raise RuntimeError(f"{label}: prompts were refused by the context policy")
     with append:  # the one scoring path, from the prompts fitted, counted and hashed above
         score_model(
             model,
@@ -358,5 +348,5 @@ def _generate(
             desc=label,
             on_result=append,
             sampling=scfg,
-            prompt_ids=fit.kept_ids(),
+            prompt_ids=prompts.fit.kept_ids(),
         )

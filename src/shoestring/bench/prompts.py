@@ -23,6 +23,7 @@ from transformers import AutoConfig
 
 from shoestring.bench.models import ModelSpec
 from shoestring.data.gsm8k import Problem
+from shoestring.engine import Sampling, auto_batch_size
 from shoestring.errors import UserError
 from shoestring.models.context import (
     PromptFit,
@@ -36,7 +37,7 @@ from shoestring.models.loading import resolve_model_path
 from shoestring.rundir.directory import RunDir
 from shoestring.scoring.lm_eval_rules import context_length
 from shoestring.scoring.protocols import Protocol
-from shoestring.scoring.scoring import render_prompts
+from shoestring.scoring.scoring import render_prompts, sampling_for
 
 __all__ = ["BenchPrompts", "bench_prompts", "check_context_early"]
 
@@ -61,6 +62,31 @@ class BenchPrompts:
             "prompt_budget": self.fit.budget,
             "past_context": self.fit.past_context,
         }
+
+    def start(
+        self,
+        model: Any,
+        protocol: Protocol,
+        missing: Sequence[Problem],
+        max_new_tokens: int,
+        batch_size: int,
+        log: tuple[RunDir, str, dict[str, Any]],
+    ) -> tuple[Sampling, list[str], int]:
+        """What answering ``missing`` needs, the same in one process and over torchrun's
+        ranks: the greedy sampling, each problem's gold as the protocol compares it, and the
+        rows decoded together; logs the fit and records the batch in the session."""
+        rundir, label, session = log
+        if self.fit.kept() != list(range(len(missing))):  # the policy truncates, refusing none
+            raise RuntimeError(f"{label}: prompts were refused by the context policy")
+        sampling = sampling_for(protocol, max_new_tokens)
+        self.log_fit(rundir, label, max_new_tokens)
+        lengths = self.lengths
+        rows = batch_size or auto_batch_size(model, max(lengths), sampling.max_new_tokens)
+        session["batch_size_auto_first"] = None if batch_size else rows
+        session["prompt_tokens_mean"] = round(sum(lengths) / len(lengths), 1)
+        # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
+        golds = [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing]
+        return sampling, golds, rows
 
     def log_fit(self, rundir: RunDir, label: str, max_new_tokens: int) -> None:
         """Say in the log what the context policy did to this model's prompts."""

@@ -28,12 +28,12 @@ from shoestring.bench.models import ModelSpec
 from shoestring.bench.prompts import BenchPrompts
 from shoestring.data.gsm8k import Problem
 from shoestring.distributed import DistInfo, broadcast_from_main, gather_ordered, shard_positions
-from shoestring.engine import Engine, EngineOptions, GenerationResult, Sampling, auto_batch_size
+from shoestring.engine import Engine, EngineOptions, GenerationResult, Sampling
 from shoestring.models.loading import load_model_and_tokenizer, quiet_hf_progress
 from shoestring.rundir.directory import RunDir
 from shoestring.runtime import Runtime
 from shoestring.scoring.protocols import Protocol
-from shoestring.scoring.scoring import ProblemScore, sampling_for
+from shoestring.scoring.scoring import ProblemScore
 from shoestring.util.progress import progress_bar
 
 __all__ = [
@@ -143,23 +143,14 @@ def answer_over_ranks(
     """Rank 0's side of one model in a torchrun job: what one process's generation does (log
     the prompts' fit, judge each answer under ``protocol``, hand it to ``on_item`` with
     ``index`` = its position in ``missing``), with the generation dealt over the ranks."""
-    fit = prompts.fit
-    scfg = sampling_for(protocol, cfg.max_new_tokens)
-    lengths = prompts.lengths
-    prompts.log_fit(rundir, label, cfg.max_new_tokens)
-    rows = cfg.batch_size or auto_batch_size(model, max(lengths), scfg.max_new_tokens)
-    session["batch_size_auto_first"] = None if cfg.batch_size else rows
-    session["prompt_tokens_mean"] = round(sum(lengths) / len(lengths), 1)
-    # lm-eval compares with the whole answer field (its "#### 12.00" is not 12)
-    golds = [p.answer if protocol.matcher == "lm-eval" else p.gold for p in missing]
-    kept = fit.kept()  # every problem (the policy truncates here, refusing none)
-    order = Order(fit.kept_ids(), ROUND_BATCHES * rows, scfg)
+    scfg, golds, rows = prompts.start(
+        model, protocol, missing, cfg.max_new_tokens, cfg.batch_size, (rundir, label, session)
+    )
+    order = Order(prompts.fit.kept_ids(), ROUND_BATCHES * rows, scfg)
     send(order, ranks)
 
-    def judge(j: int, res: GenerationResult) -> None:
-        i = kept[j]  # the problem's position in `missing`
-        scored = protocol.score(res.text, golds[i])
-        on_item(ProblemScore(i, missing[i].question, golds[i], res, scored))
+    def judge(i: int, res: GenerationResult) -> None:  # i: the problem's place in `missing`
+        on_item(ProblemScore.judge(i, missing[i].question, golds[i], res, protocol))
 
     engine = Engine(model, tokenizer, EngineOptions(batch_size=cfg.batch_size))
     generate_in_rounds(engine, order, ranks, judge, progress=cfg.progress_bars, desc=label)

@@ -41,6 +41,14 @@ class ProblemScore:
     result: GenerationResult
     scored: Scored
 
+    @classmethod
+    def judge(
+        cls, index: int, question: str, gold: str, result: GenerationResult, protocol: Protocol
+    ) -> ProblemScore:
+        """``result`` judged under ``protocol`` against ``gold``: the one verdict every
+        command records."""
+        return cls(index, question, gold, result, protocol.score(result.text, gold))
+
     @property
     def ok(self) -> bool:
         return self.scored.ok
@@ -172,7 +180,7 @@ def score_model(
     out: list[ProblemScore | None] = [None] * len(prompts)
 
     def judge(i: int, res: GenerationResult) -> None:
-        item = ProblemScore(i, questions[i], golds[i], res, protocol.score(res.text, golds[i]))
+        item = ProblemScore.judge(i, questions[i], golds[i], res, protocol)
         out[i] = item
         if on_result is not None:
             on_result(item)
