@@ -147,8 +147,13 @@ def test_render_prompts_left_truncates_only_under_lm_eval_protocols() -> None:
     assert out.budget == 44 and out.truncated == 2
     full = tok(LM_EVAL.prompt(questions[1], fewshot=shots[1]))["input_ids"]
     assert out.ids[1] == full[-44:]
+    # any other protocol is fitted by the context policy (models/context.py): cut from the left
+    # to the same room, so a long prompt never crashes a learned-position model
+    whole = tok(f"Question: {questions[1]}\nAnswer:")["input_ids"]
     plain = render_prompts(model, tok, questions, get_protocol("qa"), max_new_tokens=256)
-    assert (
-        plain.truncated == 0
-        and plain.ids[1] == tok(f"Question: {questions[1]}\nAnswer:")["input_ids"]
+    assert plain.truncated == 1 and plain.budget == 44 and plain.ids[1] == whole[-44:]
+    # bench fits, counts and hashes its prompts itself: fit_context=False leaves them whole
+    kept = render_prompts(
+        model, tok, questions, get_protocol("qa"), max_new_tokens=256, fit_context=False
     )
+    assert kept.truncated == 0 and kept.ids[1] == whole
