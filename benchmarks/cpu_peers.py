@@ -95,19 +95,22 @@ def write_qwen2_gguf(model: Any, model_dir: Path, path: Path, dtype: str) -> Non
     import gguf
     import numpy as np
 
-    from shoestring.models.export_gguf import add_gguf_tokenizer
+    from shoestring.models.export_gguf import add_gguf_shape, add_gguf_tokenizer
 
     c = model.config
     w = gguf.GGUFWriter(str(path), "qwen2")
     w.add_name("qwen2.5-0.5b-shape-random")
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    add_gguf_shape(
+        w,
+        context=c.max_position_embeddings,
+        hidden=c.hidden_size,
+        layers=c.num_hidden_layers,
+        ffn=c.intermediate_size,
+        heads=c.num_attention_heads,
+        kv_heads=c.num_key_value_heads,
+        norm_eps=c.rms_norm_eps,
+        rope_theta=c.rope_parameters["rope_theta"],
+    )
     ftype = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
     w.add_file_type(int(ftype))
     add_gguf_tokenizer(w, gguf, model_dir, c.vocab_size)
@@ -305,23 +308,6 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- compare
 
 
-def host_line() -> str:
-    """The host class, from shoestring's probe when it is importable, else from /proc."""
-    try:
-        from shoestring.host import describe_host
-
-        return describe_host()
-    except ImportError:
-        flags = set()
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-        wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-        return f"host: {os.cpu_count()} CPUs, flags {' '.join(x for x in wanted if x in flags)}"
-
-
 def compare(args: argparse.Namespace) -> int:
     """Every engine on every workload - one fresh process per engine, loaded once - and the
     ratios of shoestring's tokens/s to each engine's."""
@@ -333,7 +319,9 @@ def compare(args: argparse.Namespace) -> int:
     asked = [e for e in args.engines.split(",") if e]
     engines = [e for e in asked if e in pythons]
     workloads = [w for w in args.workloads.split(",") if w]
-    print(host_line(), flush=True)
+    from shoestring.host import describe_host  # this (shoestring's) environment
+
+    print(describe_host(), flush=True)  # the host class every figure belongs to
     print(f"threads: {args.threads} per engine; workloads: {', '.join(workloads)}", flush=True)
     if len(engines) < len(asked):
         left = [e for e in asked if e not in pythons]

@@ -16,7 +16,7 @@ identical to lm-eval's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoConfig
@@ -121,22 +121,18 @@ def bench_prompts(
 ) -> BenchPrompts:
     """Render, fit and describe the prompts of ``problems``; a one-line error when
     ``max_new_tokens`` leaves no room for any prompt."""
-    questions = [p.question for p in problems]
-    texts = [
-        protocol.prompt(q, tokenizer, None if fewshot is None else fewshot[i])
-        for i, q in enumerate(questions)
-    ]
-    # the untruncated ids (the one rendering path), so the tokens cut are counted here
+    # the untruncated prompts (the one rendering path), so the tokens cut are counted here
     with tokenizing_long_prompts():
-        whole = render_prompts(
+        rendered = render_prompts(
             model,
             tokenizer,
-            questions,
-            replace(protocol, truncation="none"),
+            [p.question for p in problems],
+            protocol,
             max_new_tokens=max_new_tokens,
             fewshot=fewshot,
             fit_context=False,  # fitted below, where the tokens cut are counted
-        ).ids
+        )
+    texts, whole = rendered.texts, rendered.ids
     if protocol.truncation == "left":  # lm-eval's protocols: lm-eval's idea of the context
         limit: int | None = context_length(getattr(model, "config", None), tokenizer)
     else:

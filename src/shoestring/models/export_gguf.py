@@ -37,7 +37,14 @@ from shoestring.models.export_llama import (
     resolve_model_dir,
 )
 
-__all__ = ["GGUF_DTYPES", "add_gguf_tokenizer", "export_gguf", "gguf_logits", "gguf_pre_tokenizer"]
+__all__ = [
+    "GGUF_DTYPES",
+    "add_gguf_shape",
+    "add_gguf_tokenizer",
+    "export_gguf",
+    "gguf_logits",
+    "gguf_pre_tokenizer",
+]
 
 GGUF_DTYPES = ("f32", "f16")
 
@@ -108,6 +115,30 @@ def gguf_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
     )
 
 
+def add_gguf_shape(
+    writer: Any,
+    *,
+    context: int,
+    hidden: int,
+    layers: int,
+    ffn: int,
+    heads: int,
+    kv_heads: int,
+    norm_eps: float,
+    rope_theta: float,
+) -> None:
+    """The hyper-parameters every llama.cpp decoder architecture reads (``llama``, ``qwen2``
+    ...), under the writer's architecture prefix."""
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(norm_eps)
+    writer.add_rope_freq_base(float(rope_theta))
+
+
 def add_gguf_tokenizer(writer: Any, gguf: Any, model_dir: Path, n_vocab: int) -> list[str]:
     """Tokens, merges, special ids and the split; returns notes for the report."""
     tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -153,14 +184,17 @@ def _write(model: Any, model_dir: Path, path: Path, dtype: str) -> list[str]:
     c = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(model_dir.parent.name if model_dir.name == "model" else model_dir.name)
-    writer.add_context_length(c.max_seq_len)
-    writer.add_embedding_length(c.d_model)
-    writer.add_block_count(c.n_layers)
-    writer.add_feed_forward_length(c.d_ff)
-    writer.add_head_count(c.n_heads)
-    writer.add_head_count_kv(c.n_heads)
-    writer.add_layer_norm_rms_eps(c.norm_eps)
-    writer.add_rope_freq_base(c.rope_theta)
+    add_gguf_shape(
+        writer,
+        context=c.max_seq_len,
+        hidden=c.d_model,
+        layers=c.n_layers,
+        ffn=c.d_ff,
+        heads=c.n_heads,
+        kv_heads=c.n_heads,
+        norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+    )
     writer.add_rope_dimension_count(c.head_dim)
     writer.add_vocab_size(c.vocab_size)
     if c.rope_scaling != 1.0:

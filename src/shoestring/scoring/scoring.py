@@ -10,7 +10,7 @@ becomes the tokens the model sees (per-problem few-shot draws, lm-eval's left tr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoestring.data.gsm8k import Problem
@@ -77,11 +77,13 @@ def sampling_for(protocol: Protocol, max_new_tokens: int) -> Sampling:
 @dataclass(frozen=True)
 class RenderedPrompts:
     """Each problem's prompt as the model sees it: token ids (protocol's special-token rule
-    applied, truncated where the protocol truncates), and how many were cut."""
+    applied, truncated where the protocol truncates), how many were cut, and the prompt texts
+    as rendered (before truncation: what lm-eval's ``prompt_hash`` hashes)."""
 
     ids: list[list[int]]
     truncated: int
     budget: int | None  # prompt tokens kept at most (None: the protocol never truncates)
+    texts: list[str] = field(default_factory=list)
 
 
 def render_prompts(
@@ -101,8 +103,8 @@ def render_prompts(
     protocol keeps each prompt's last (context - ``max_new_tokens``) tokens, the context
     resolved as lm-eval resolves it (:func:`shoestring.scoring.lm_eval_rules.context_length`);
     any other protocol's prompts are fitted by the context policy
-    (:mod:`shoestring.models.context`) unless ``fit_context`` is false (a caller that fits,
-    counts and hashes them itself: bench).
+    (:mod:`shoestring.models.context`). ``fit_context=False`` returns every prompt whole, for a
+    caller that fits, counts and hashes them itself (bench).
     """
     if fewshot is not None and len(fewshot) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(fewshot)} few-shot draws")
@@ -111,9 +113,9 @@ def render_prompts(
         for i, q in enumerate(questions)
     ]
     ids = protocol.encode(tokenizer, texts)
+    if not fit_context:  # the caller fits (and counts) them itself
+        return RenderedPrompts(ids, 0, None, texts)
     if protocol.truncation != "left":
-        if not fit_context:
-            return RenderedPrompts(ids, 0, None)
         # the context policy (models/context.py): a prompt past the context is cut from the
         # left, never a crash deep in the forward pass
         fit = fit_prompts(
@@ -124,10 +126,10 @@ def render_prompts(
         )
         if fit.no_room is not None:
             raise UserError(f"{fit.no_room} (the evaluation's max_new_tokens)")
-        return RenderedPrompts(fit.kept_ids(), fit.truncated, fit.budget)
+        return RenderedPrompts(fit.kept_ids(), fit.truncated, fit.budget, texts)
     budget = prompt_budget(getattr(model, "config", None), tokenizer, max_new_tokens)
     cut = sum(1 for x in ids if len(x) > budget)
-    return RenderedPrompts([left_truncate(x, budget) for x in ids], cut, budget)
+    return RenderedPrompts([left_truncate(x, budget) for x in ids], cut, budget, texts)
 
 
 def score_model(
