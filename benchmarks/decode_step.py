@@ -2,8 +2,9 @@
 
 Three comparisons, each interleaved (A, B, A, B ...) and printed as a ratio:
 
-1. **Sampling**: ``shoestring.engine.sampling.sample_categorical`` vs ``torch.multinomial`` for
-   16 rows at vocabularies of 2,048, 32,000 and 151,936 (Qwen2's) tokens.
+1. **Sampling**: ``shoestring.engine.sampling.sample_categorical`` (with its rows' numbers from
+   ``stream_uniforms``, as the engine draws them) vs ``torch.multinomial`` for 16 rows at
+   vocabularies of 2,048, 32,000 and 151,936 (Qwen2's) tokens.
 2. **Lean decode step**: ``LeanDecoder.step`` vs the model's own forward (with the engine's
    preallocated cache, as the engine calls it) per token, 16 rows after a 60-token prefill, on
    a random Qwen2 of the GRPO benchmark's shape and a random shoestring GPT of the quickstart's
@@ -44,15 +45,22 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, flo
 
 
 def sampling(rounds: int) -> None:
-    from shoestring.engine.sampling import sample_categorical
+    from shoestring.engine.sampling import row_keys, sample_categorical, stream_uniforms
 
     gen = torch.Generator().manual_seed(0)
+    keys = row_keys(range(16), 1)  # 16 rows, one stream each
+    step = torch.zeros(16, dtype=torch.long)
+
+    def shoestring(p: torch.Tensor) -> torch.Tensor:
+        step.add_(1)  # the next token position: a new number per call, as in a decode loop
+        return sample_categorical(p, stream_uniforms(0, keys, step))
+
     for vocab in (2048, 32000, 151936):
         probs = torch.randn(16, vocab, generator=gen).mul(3).softmax(-1)
         t = interleaved(
             {
                 "multinomial": lambda p=probs: torch.multinomial(p, 1, generator=gen),
-                "shoestring": lambda p=probs: sample_categorical(p, gen),
+                "shoestring": lambda p=probs: shoestring(p),
             },
             rounds,
         )

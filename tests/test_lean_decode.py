@@ -28,10 +28,20 @@ from _helpers import char_tokenizer
 from shoestring.engine import Engine, EngineOptions, Sampling, make_cache
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention
-from shoestring.engine.sampling import SAMPLE_BLOCK, choose_next_tokens, sample_categorical
+from shoestring.engine.sampling import (
+    SAMPLE_BLOCK,
+    choose_next_tokens,
+    sample_categorical,
+    stream_uniforms,
+)
 from shoestring.models.gpt import ShoestringGPTConfig, ShoestringGPTForCausalLM
 
 VOCAB = 61
+
+
+def _uniforms(rows: int, seed: int = 0, position: int = 0) -> torch.Tensor:
+    """One number per row, as the engine draws them: row ``r`` on stream key ``r``."""
+    return stream_uniforms(seed, torch.arange(rows), torch.tensor(position))
 
 
 def _common(**kw: object) -> dict:
@@ -237,7 +247,6 @@ def test_generation_engine_same_tokens_with_and_without_lean_step(family: str) -
 def test_sampler_follows_the_distribution(vocab: int) -> None:
     """Frequencies of 20,000 draws within 4.5 standard errors of the probabilities; tokens of
     probability zero never drawn (in the padded tail of the last block too)."""
-    g = torch.Generator().manual_seed(0)
     probs = torch.zeros(vocab)
     hot = [0, 2, vocab - 3] if vocab > 5 else [0, 2, 3]
     if vocab > 5:
@@ -245,7 +254,7 @@ def test_sampler_follows_the_distribution(vocab: int) -> None:
     weights = torch.tensor([0.05, 0.4, 0.3, 0.15, 0.1][: len(hot)])
     probs[hot] = weights / weights.sum()
     n = 20_000
-    draws = sample_categorical(probs.repeat(n, 1), g)
+    draws = sample_categorical(probs.repeat(n, 1), _uniforms(n))
     counts = torch.bincount(draws, minlength=vocab).double()
     assert counts.sum() == n
     zero = torch.ones(vocab, dtype=torch.bool)
@@ -257,10 +266,9 @@ def test_sampler_follows_the_distribution(vocab: int) -> None:
 
 
 def test_sampler_unnormalised_rows_and_tiny_probabilities() -> None:
-    g = torch.Generator().manual_seed(3)
     probs = torch.full((20_000, 2 * SAMPLE_BLOCK), 1e-9)
     probs[:, 7] = 3.0  # rows sum to ~3.000002: only the ratio matters
-    draws = sample_categorical(probs, g)
+    draws = sample_categorical(probs, _uniforms(20_000, seed=3)[:, None])  # [B, 1] taken too
     share = float((draws == 7).double().mean())
     assert share > 0.999
     # the 2047 tiny tokens hold 2047e-9/3 of the mass: never drawn in 20,000 rows (p ~ 1.4e-2)
@@ -270,19 +278,18 @@ def test_sampler_unnormalised_rows_and_tiny_probabilities() -> None:
 def test_sampler_is_seeded_and_top_k_1_is_greedy() -> None:
     logits = torch.randn(8, 3000, generator=torch.Generator().manual_seed(0))
     cfg = Sampling(temperature=0.8, top_p=0.9)
-    a = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(11))
-    b = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(11))
+    a = choose_next_tokens(logits, cfg, _uniforms(8, seed=11))
+    b = choose_next_tokens(logits, cfg, _uniforms(8, seed=11))
     assert torch.equal(a, b)
     k1 = Sampling(temperature=1.0, top_k=1)
-    assert torch.equal(
-        choose_next_tokens(logits, k1, torch.Generator().manual_seed(2)), logits.argmax(-1)
-    )
+    assert torch.equal(choose_next_tokens(logits, k1, _uniforms(8, seed=2)), logits.argmax(-1))
+    assert torch.equal(choose_next_tokens(logits, Sampling(), None), logits.argmax(-1))
     # top-p keeps only the nucleus: every draw lies inside it
     p = logits.div(0.8).softmax(-1)
     sorted_p, order = p.sort(-1, descending=True)
     inside = (sorted_p.cumsum(-1) - sorted_p) < 0.9
     for seed in range(20):
-        t = choose_next_tokens(logits, cfg, torch.Generator().manual_seed(seed))
+        t = choose_next_tokens(logits, cfg, _uniforms(8, seed=seed))
         rank = (order == t[:, None]).float().argmax(-1)
         assert inside.gather(1, rank[:, None]).all()
 

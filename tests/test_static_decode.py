@@ -3,7 +3,8 @@ dynamic engine, on a CPU where the step runs eagerly instead of as a CUDA graph.
 
 In fp32 both paths must give the same greedy tokens, finish reasons and texts for a Llama, a
 Qwen2 and the shoestring GPT (with left padding, EOS, stop strings found only at a deferred
-check, min_new_tokens, several samples per prompt); a new row bucket must capture a new step
+check, min_new_tokens, several samples per prompt), and the same sampled tokens (each row
+draws from its own stream on both); a new row bucket must capture a new step
 and a bucket seen before must not; merged LoRA must generate what peft's layers generate and
 leave every trained tensor bit-identical. Tiny random models, built locally.
 """
@@ -192,6 +193,9 @@ def test_samples_per_prompt_share_the_prefill_and_follow_the_seed() -> None:
     a = static(model, PROMPTS[:2], c)
     b = static(model, PROMPTS[:2], c)
     assert len(a) == 6 and [r.token_ids for r in a] == [r.token_ids for r in b]
+    # each row samples from its own stream on both backends: the dynamic loop's tokens
+    same(dynamic(model, PROMPTS[:2], c), a)
+    assert len({tuple(r.token_ids) for r in a[:3]}) > 1  # the samples are not all alike
     assert [r.prompt_tokens for r in a] == [len(TOK(PROMPTS[i // 3]).input_ids) for i in range(6)]
     other = static(model, PROMPTS[:2], dataclasses.replace(c, seed=1))
     assert [r.token_ids for r in other] != [r.token_ids for r in a]
@@ -461,6 +465,7 @@ def test_open_rows_move_to_a_smaller_bucket_with_the_same_results(family, eos_id
     monkeypatch.setattr(static_decode, "DOWNSHIFT_RATIO", 10**6)
     kept = static(model, MANY, s, on)
     assert [r.token_ids for r in moved] == [r.token_ids for r in kept]
+    same(dynamic(model, MANY, s), moved)  # and the dynamic loop's, compacted as rows end
 
 
 def test_out_of_memory_in_a_capture_reaches_the_engine_which_halves_the_batch():

@@ -349,4 +349,5 @@ def _generate(
             on_result=append,
             sampling=scfg,
             prompt_ids=prompts.fit.kept_ids(),
+            streams=[p.idx for p in missing],  # a problem's own stream, resumed or not
         )

@@ -14,6 +14,12 @@ Why rounds: rank 0 alone writes ``problems.jsonl``. In each round every rank ans
 spread evenly); then rank 0 receives every rank's results and appends them in problem order.
 A rank that dies loses at most the round in flight: the job fails as a whole
 (docs/distributed.md) and a rerun, under any number of ranks, resumes from the file.
+
+Why each prompt carries a stream: a sampled answer depends on its prompt's sampling stream
+(``Engine.generate``'s ``streams``) and on nothing else in the call, so a problem answered on
+any rank, in any round, or in a resumed run samples what it samples in one uninterrupted
+process - as long as its stream is the problem's own (its ``idx``), not its place in the
+share a rank or a session happens to get.
 """
 
 from __future__ import annotations
@@ -61,11 +67,17 @@ class Plan:
 @dataclass(frozen=True)
 class Order:
     """One model's work: the fitted prompt ids to answer (none: the model is not loaded), how
-    many of them each rank takes per round, and the decoding."""
+    many of them each rank takes per round, the decoding, and each prompt's sampling stream
+    (empty: its position in ``ids``)."""
 
     ids: list[list[int]] = field(default_factory=list)
     per_rank: int = 1
     sampling: Sampling | None = None
+    streams: list[int] = field(default_factory=list)
+
+    def stream(self, j: int) -> int:
+        """Prompt ``j``'s sampling stream."""
+        return self.streams[j] if self.streams else j
 
 
 def send(message: Plan | Order, ranks: DistInfo) -> None:
@@ -96,7 +108,9 @@ def generate_in_rounds(
             local: list[GenerationResult] = []
             if mine:
                 prompts = [order.ids[start + i] for i in mine]
-                local = engine.generate(prompts, order.sampling)
+                # each prompt on its own stream: what one process samples for it
+                streams = [order.stream(start + i) for i in mine]
+                local = engine.generate(prompts, order.sampling, streams=streams)
             everything = gather_ordered(local, size, ranks, strided=True)
             if on_result is not None:
                 for k, result in enumerate(everything):
@@ -146,7 +160,9 @@ def answer_over_ranks(
     scfg, golds, rows = prompts.start(
         model, protocol, missing, cfg.max_new_tokens, cfg.batch_size, (rundir, label, session)
     )
-    order = Order(prompts.fit.kept_ids(), ROUND_BATCHES * rows, scfg)
+    # a problem's stream is its idx: the same in every round, on every rank, after a resume
+    streams = [p.idx for p in missing]
+    order = Order(prompts.fit.kept_ids(), ROUND_BATCHES * rows, scfg, streams)
     send(order, ranks)
 
     def judge(i: int, res: GenerationResult) -> None:  # i: the problem's place in `missing`

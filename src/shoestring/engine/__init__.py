@@ -17,9 +17,10 @@ cache), and it owns the decode loop so it can:
 * on CUDA, replay a captured decode step over a fixed-shape cache (the static backend).
 
 Greedy decoding in fp32 reproduces ``model.generate(do_sample=False)`` token for token (the
-tests check it for Llama and GPT-2), so speed never costs correctness. Sampling uses one
-``torch.Generator`` seeded per call, so a seed gives the same samples for the same prompts,
-options and batch size.
+tests check it for Llama and GPT-2), so speed never costs correctness. Sampling draws each
+row's numbers from a counter-based stream of (seed, the prompt's stream, the sample, the token
+position), so a seed gives a prompt the same samples whatever else shares the call, the batch
+size, the backend or the number of ranks.
 
 The one entry point is :class:`Engine`: ``Engine(model, tokenizer, EngineOptions(...))
 .generate(prompts, Sampling(...))``. The package, one job per module, in the order a call meets

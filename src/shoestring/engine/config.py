@@ -35,7 +35,12 @@ class Sampling:
     temperature: float = opt(0.0, "softmax temperature; 0 = greedy (argmax), > 0 samples", min=0.0)
     top_k: int = opt(0, "sample only among the k most likely tokens; 0 = all", min=0)
     top_p: float = opt(1.0, "nucleus sampling: smallest set with this much mass", min=0.0, max=1.0)
-    seed: int = opt(0, "seed of the sampling generator (per call)", min=0)
+    seed: int = opt(
+        0,
+        "seed of the sampling streams: sample k of prompt i draws from (seed, stream of i, k, "
+        "position)",
+        min=0,
+    )
     stop_strings: list[str] = opt([], "stop a row once its generated text contains any of these")
     eos_token_ids: list[int] | None = opt(
         None, "token ids that end a row; None = the model's generation config + tokenizer EOS"

@@ -38,7 +38,7 @@ from shoestring.engine.model_io import (
 )
 from shoestring.engine.prefill import pad_token_id, prefill_prompts
 from shoestring.engine.rows import Rows
-from shoestring.engine.sampling import choose_next_tokens
+from shoestring.engine.sampling import choose_next_tokens, row_keys, stream_uniforms
 from shoestring.errors import UserError
 
 __all__ = ["REFILL_MIN_FRACTION", "LogitsProcessor", "decode_dynamic"]
@@ -53,11 +53,15 @@ def decode_dynamic(
     options: EngineOptions,
     ids_list: list[list[int]],
     rows: Rows,
-    generator: torch.Generator | None,
+    keys: torch.Tensor | None,
     max_rows: int | None = None,
     logits_processor: LogitsProcessor | None = None,
 ) -> list[GenerationResult]:
     """Decode every prompt of ``ids_list`` (token ids) into ``rows``; results in output order.
+
+    ``keys`` [len(rows)] int64 are the rows' sampling stream keys (:func:`~.sampling.row_keys`;
+    ``None``: prompt ``i`` of ``ids_list`` is stream ``i``): row ``o`` draws its ``t``-th token
+    at ``stream_uniforms(seed, keys[o], t)``, wherever it sits in the batch.
 
     Sets up inference mode and precision (``options.dtype``, fp32 attention for a bf16 model
     on a CPU) around :func:`_decode`. With ``options.merge_lora``, peft LoRA layers run as
@@ -76,7 +80,7 @@ def decode_dynamic(
             cpu_fp32_attention(model, options.cpu_fp32_attention) as store_dtype,
         ):
             return _decode(
-                model, options, ids_list, rows, generator, store_dtype, max_rows, logits_processor
+                model, options, ids_list, rows, keys, store_dtype, max_rows, logits_processor
             )
     except RuntimeError as exc:
         # A model that reaches the registry but also runs attention its own way may refuse
@@ -87,7 +91,7 @@ def decode_dynamic(
         with contextlib.suppress(AttributeError, TypeError):
             model._shoestring_no_fp32_attention = True
         rows.restart()  # the failed attempt may have appended a token to every row
-        return decode_dynamic(model, options, ids_list, rows, generator, max_rows, logits_processor)
+        return decode_dynamic(model, options, ids_list, rows, keys, max_rows, logits_processor)
 
 
 def _decode(
@@ -95,7 +99,7 @@ def _decode(
     options: EngineOptions,
     ids_list: list[list[int]],
     rows: Rows,
-    generator: torch.Generator | None,
+    keys: torch.Tensor | None,
     store_dtype: torch.dtype | None,
     max_rows: int | None,
     logits_processor: LogitsProcessor | None,
@@ -117,6 +121,9 @@ def _decode(
     lengths = [len(x) for x in ids_list]
     per_batch = max(1, (max_rows or len(rows)) // n)  # prompts decoded together at most
     queue = list(range(len(ids_list)))  # prompts not yet prefilled, in order
+    if keys is None:
+        keys = row_keys(range(len(ids_list)), n)
+    keys = keys.to(device)  # output index -> the row's stream key
 
     def prefill(count: int) -> _Batch:
         """Prefill the next ``count`` queued prompts (their samples share it)."""
@@ -135,6 +142,8 @@ def _decode(
         )
         # next position per row = its unpadded prompt length (left padding is not counted)
         pos = torch.tensor([lengths[i] for i in take], dtype=torch.long, device=device)
+        row_key = keys[torch.tensor(active, dtype=torch.long, device=device)]
+        made = torch.zeros(len(active), dtype=torch.long, device=device)  # tokens per row so far
         if n > 1:  # samples of one prompt share its prefill: repeat the cache rows
             repeated = repeat_cache_rows(cache, n)
             if repeated is None:
@@ -147,7 +156,7 @@ def _decode(
             logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
             pos = pos.repeat_interleave(n, dim=0)
-        return _Batch(logits, cache, mask, pos, active)
+        return _Batch(logits, cache, mask, pos, active, row_key, made)
 
     batch = prefill(per_batch)
     use_lean = options.lean_decode and is_dynamic_cache(batch.cache)
@@ -167,7 +176,9 @@ def _decode(
         if logits_processor is not None:
             generated = [len(rows.rows[o].tokens) for o in batch.active]
             logits_processor(batch.active, generated, logits)
-        next_tokens = choose_next_tokens(logits, sampling, generator)  # [rows], on device
+        # each row's own random number: its stream key and how many tokens it has so far
+        u = None if sampling.greedy else stream_uniforms(sampling.seed, batch.keys, batch.made)
+        next_tokens = choose_next_tokens(logits, sampling, u)  # [rows], on device
 
         # 2. Append it to each live row (one host sync for the whole batch); a row that ends
         #    delivers its result.
@@ -198,6 +209,8 @@ def _decode(
                 next_tokens = next_tokens.index_select(0, index)
                 batch.mask = batch.mask.index_select(0, index)
                 batch.pos = batch.pos.index_select(0, index)
+                batch.keys = batch.keys.index_select(0, index)
+                batch.made = batch.made.index_select(0, index)
                 batch.active = [batch.active[b] for b in keep]
                 alive = [True] * len(batch.active)
                 # Columns that are padding in every remaining row cost attention for nothing.
@@ -217,6 +230,7 @@ def _decode(
                 model, params, next_tokens[:, None], batch.mask, batch.pos[:, None], batch.cache
             )
         batch.pos = batch.pos + 1
+        batch.made = batch.made + 1
 
         # 5. Refill: prompts from the queue take the places of finished rows, once enough
         #    places are free for the prefill to pay (REFILL_MIN_FRACTION).
@@ -243,13 +257,17 @@ REFILL_MIN_FRACTION = 0.25
 @dataclass
 class _Batch:
     """The rows decoding together: next-token logits, KV cache, attention mask, next
-    positions and each row's output index."""
+    positions, each row's output index, and (for sampling) each row's stream key and the
+    tokens it has generated - per-row state that moves with the row when the batch is
+    compacted or refilled."""
 
     logits: torch.Tensor
     cache: Any
     mask: torch.Tensor
     pos: torch.Tensor
     active: list[int]
+    keys: torch.Tensor
+    made: torch.Tensor
 
 
 def _refill(batch: _Batch, new: _Batch) -> None:
@@ -263,6 +281,8 @@ def _refill(batch: _Batch, new: _Batch) -> None:
     batch.mask = torch.cat([_pad_mask_left(batch.mask, width), _pad_mask_left(new.mask, width)])
     batch.logits = torch.cat([batch.logits, new.logits.to(batch.logits.dtype)])
     batch.pos = torch.cat([batch.pos, new.pos])
+    batch.keys = torch.cat([batch.keys, new.keys])
+    batch.made = torch.cat([batch.made, new.made])
     batch.active = batch.active + new.active
 
 

@@ -5,9 +5,10 @@ one :class:`GenerationResult` per output, in input order.
 Why one entry point: every caller (``bench``, GRPO's rollouts and held-out evaluation,
 ``generate``, the benchmarks) needs the same things around the decode loops - prompts sorted by
 length and cut into batches that fit in memory, an out-of-memory batch halved, outputs
-delivered one by one (a benchmark appends each to a JSONL file and resumes from it), a seeded
-generator shared across batches, and the choice of backend: the static loop on CUDA for the
-models it supports (:mod:`.static_decode`), the dynamic loop otherwise (:mod:`.decode`).
+delivered one by one (a benchmark appends each to a JSONL file and resumes from it), each
+output's sampling stream (:func:`~.sampling.row_keys`) following it through all of that, and
+the choice of backend: the static loop on CUDA for the models it supports
+(:mod:`.static_decode`), the dynamic loop otherwise (:mod:`.decode`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from shoestring.engine.decode import LogitsProcessor, decode_dynamic
 from shoestring.engine.model_io import model_device
 from shoestring.engine.prefill import encode_prompts
 from shoestring.engine.rows import OnResult, OnText, Rows
+from shoestring.engine.sampling import row_keys
 from shoestring.engine.sizing import auto_batch_size
 from shoestring.engine.static_decode import decode_static, static_unsupported
 from shoestring.engine.static_runner import Capture
@@ -72,6 +74,7 @@ class Engine:
         logits_processor: LogitsProcessor | None = None,
         progress: bool = False,
         desc: str = "generate",
+        streams: Sequence[int] | None = None,
     ) -> list[GenerationResult]:
         """Generate for any number of prompts (text or token ids); results in input order,
         sample ``k`` of prompt ``i`` at ``i * num_return_sequences + k``.
@@ -87,20 +90,29 @@ class Engine:
         the next-token logits in place before each choice (a per-row rule, like a
         ``transformers`` ``LogitsProcessor``; it keeps the dynamic backend). An out-of-memory
         batch is retried at half the size, keeping the outputs already delivered.
+
+        ``streams[i]`` is prompt ``i``'s sampling stream (default: ``i``): sample ``k`` of
+        prompt ``i`` draws its ``t``-th token from ``(sampling.seed, streams[i], k, t)`` alone
+        (:func:`~.sampling.stream_uniforms`), so its tokens do not depend on the other prompts
+        of the call, their order, the batch size, refill or backend. A caller that splits one
+        call into several (ranks, rounds, a resumed run) passes each prompt's index in the
+        whole call and gets the outputs the one call gives. Greedy decoding ignores it.
         """
         sampling = (sampling or Sampling()).check()
         model, options = self.model, self.options
         n = sampling.num_return_sequences
         ids_list = encode_prompts(self.tokenizer, prompts, self.text.add_special_tokens)
+        if streams is not None and len(streams) != len(ids_list):
+            raise ValueError(f"{len(ids_list)} prompts but {len(streams)} streams")
+        # [prompts, n]: the stream key of each output (sample k of prompt i at [i, k]), which
+        # goes with the output through sorting, batching, retries and the backends
+        keys = row_keys(range(len(ids_list)) if streams is None else streams, n)
+        keys = keys.view(len(ids_list), n)
         eos = request_eos_ids(model, self.tokenizer, sampling)
         # longest first: little padding per batch, and the likeliest out-of-memory batch first
         order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
         results: list[GenerationResult | None] = [None] * (len(ids_list) * n)
         device = model_device(model)
-        # One generator for the whole call, so a seed gives the same samples batch after batch.
-        generator = (
-            None if sampling.greedy else torch.Generator(device=device).manual_seed(sampling.seed)
-        )
         sticky_cap: int | None = None  # lowered after an out-of-memory batch
         bar = progress_bar(
             total=len(results),
@@ -169,7 +181,8 @@ class Engine:
                     user([to_caller(o) for o in outs], generated, logits)
 
             try:
-                self._decode([ids_list[i] for i in chunk], n, book, generator, max_rows, processor)
+                chunk_keys = keys[chunk].reshape(-1)  # in the batch's output order
+                self._decode([ids_list[i] for i in chunk], n, book, chunk_keys, max_rows, processor)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
                 if not is_oom_error(exc) or prompts_per_batch == 1 or len(chunk) == 1:
                     raise
@@ -192,13 +205,13 @@ class Engine:
         ids_list: list[list[int]],
         n: int,
         book: Callable[[int, int], Rows],
-        generator: torch.Generator | None,
+        keys: torch.Tensor,
         max_rows: int | None,
         logits_processor: LogitsProcessor | None,
     ) -> None:
         """One batch (or, with ``max_rows``, a refilling queue) through the backend that fits;
         ``book(first, count)`` makes the rows of prompts ``first .. first + count``, ``n``
-        rows (samples) each.
+        rows (samples) each; ``keys`` are the stream keys of those rows, in the same order.
 
         The static backend decodes fixed batches of at most ``max_rows`` rows (its buckets
         shrink as rows finish, instead of taking new prompts); a ``logits_processor`` edits
@@ -214,13 +227,14 @@ class Engine:
                     f"static_cache=on cannot be used: {reason}; set static_cache=auto or off"
                 )
             rows = book(0, len(ids_list))
-            decode_dynamic(model, options, ids_list, rows, generator, max_rows, logits_processor)
+            decode_dynamic(model, options, ids_list, rows, keys, max_rows, logits_processor)
             return
         # the static backend takes no new prompts mid-call: the queue goes in fixed batches
         per_call = len(ids_list) if max_rows is None else max(1, max_rows // n)
         for first in range(0, len(ids_list), per_call):
             part = ids_list[first : first + per_call]
-            decode_static(model, options, part, book(first, len(part)), generator, self.capture)
+            part_keys = keys[first * n : (first + len(part)) * n]
+            decode_static(model, options, part, book(first, len(part)), part_keys, self.capture)
 
 
 def _renumbered(callback: OnText, to_caller: Any) -> OnText:

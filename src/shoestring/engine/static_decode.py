@@ -32,6 +32,7 @@ from shoestring.engine.lora_view import merged_lora
 from shoestring.engine.model_io import compute_dtype, forward_params, model_device
 from shoestring.engine.prefill import pad_token_id, prefill_prompts
 from shoestring.engine.rows import Rows
+from shoestring.engine.sampling import row_keys
 from shoestring.engine.static_cache import row_bucket, width_bucket
 from shoestring.engine.static_runner import (
     Capture,
@@ -84,11 +85,13 @@ def decode_static(
     options: EngineOptions,
     ids_list: list[list[int]],
     rows: Rows,
-    generator: torch.Generator | None,
+    keys: torch.Tensor | None,
     capture: Capture | None = None,
 ) -> list[GenerationResult]:
     """Decode every prompt of ``ids_list`` (token ids) into ``rows`` on the static path;
-    results in output order, the same as :func:`~.decode.decode_dynamic` gives.
+    results in output order, the same as :func:`~.decode.decode_dynamic` gives (sampled
+    ones too: ``keys`` are the rows' stream keys as there, ``None`` = prompt ``i`` is
+    stream ``i``).
 
     ``capture`` turns the step into its replay (default: a CUDA graph on CUDA with
     ``cuda_graphs``, else the step itself); tests inject one to count captures.
@@ -107,7 +110,7 @@ def decode_static(
             )
         try:
             with torch.inference_mode(), _precision(model, options.dtype):
-                return _decode(model, options, ids_list, rows, decoder, generator, capture)
+                return _decode(model, options, ids_list, rows, decoder, keys, capture)
         except Exception as exc:
             if is_oom_error(exc):  # free the buffers and graphs before the engine retries
                 engine_state(model).runners.clear()
@@ -120,7 +123,7 @@ def _decode(
     ids_list: list[list[int]],
     rows: Rows,
     decoder: Any,
-    generator: torch.Generator | None,
+    keys: torch.Tensor | None,
     capture: Capture,
 ) -> list[GenerationResult]:
     """Prefill, load the static buffers, then replay the step in chunks of
@@ -164,7 +167,10 @@ def _decode(
         return r
 
     runner = runner_for(key)
-    runner.load(layers, mask, lengths, n, generator)  # prompts (repeated n times) into buffers
+    if keys is None:
+        keys = row_keys(range(len(ids_list)), n)
+    # prompts (repeated n times) into the buffers, and each row's random numbers
+    runner.load(layers, mask, lengths, n, keys.to(device), cfg.seed)
     del cache, layers  # the dynamic cache is copied: free it before decoding
     runner.first(logits.repeat_interleave(n, dim=0) if n > 1 else logits)  # token 1 of each row
     state.prepare(runner, capture)

@@ -8,7 +8,8 @@ arithmetic - hundreds of small kernels per token, each launched from Python. A c
 launches them all at once. That needs a step with no host value in it: the token to write, the
 cache column, the positions and the step count are device tensors the step advances itself;
 the next token is chosen on the device (greedy, or an exact inverse-CDF sample from a random
-number drawn for the whole call in advance), and the step never calls ``.item()``.
+number computed for every row and step in advance, :func:`~.sampling.stream_uniforms` of the
+row's stream key and the step), and the step never calls ``.item()``.
 
 A runner belongs to one model and one shape (row bucket, cache width, sampling settings); its
 model keeps a few in a :class:`StaticEngineState` so later calls replay the graph already
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from shoestring.engine.sampling import filtered_logits
+from shoestring.engine.sampling import filtered_logits, stream_uniforms
 from shoestring.engine.static_cache import StaticKVCache
 from shoestring.util.memory import is_oom_error
 
@@ -84,7 +85,8 @@ def sample_with_uniform(logits: torch.Tensor, cfg: Any, u: torch.Tensor) -> torc
     distribution (float64) at ``u`` [B] in [0, 1).
 
     The random numbers come in as a tensor because a captured step may not draw from a host
-    generator; the inversion is exact and never returns a token of probability zero.
+    generator (and a row's numbers are its own: :func:`~.sampling.stream_uniforms`); the
+    inversion is exact and never returns a token of probability zero.
     """
     vocab = logits.shape[-1]
     logits = filtered_logits(logits, cfg)
@@ -139,7 +141,7 @@ class StaticRunner:
         self.base_mask = torch.zeros((r, t), dtype=torch.bool, device=device)
         self.cols = torch.arange(t, device=device)
         self.out = torch.zeros((r, t), dtype=torch.long, device=device)  # [rows, step] tokens
-        # one random number per (step, row), drawn per call: the graph cannot call the RNG
+        # one random number per (step, row), computed per call from the rows' stream keys
         self.uniforms = torch.zeros((t, r), dtype=torch.float64, device=device)
         self.eos_cols: torch.Tensor | None = None
         if key.min_new_tokens > 0 and key.eos:
@@ -186,11 +188,14 @@ class StaticRunner:
         prompt_mask: torch.Tensor,
         lengths: list[int],
         repeats: int,
-        generator: torch.Generator | None,
+        keys: torch.Tensor,
+        seed: int,
     ) -> int:
         """Place a prefill (per layer keys/values, the left-padded mask ``[P, W]`` and the
-        prompt lengths) into the buffers, each prompt repeated ``repeats`` times; draw the
-        call's random numbers. Returns the number of real rows."""
+        prompt lengths) into the buffers, each prompt repeated ``repeats`` times; fill in the
+        random numbers: row ``i``'s at step ``s`` is ``stream_uniforms(seed, keys[i], s)``
+        (``keys`` [P * repeats] int64, the rows' stream keys), the number the dynamic loop
+        gives the row's ``s``-th token. Returns the number of real rows."""
         rows = len(lengths) * repeats
         width = prompt_mask.shape[1]
         self.cache.load_prompts(layers, repeats)
@@ -205,14 +210,10 @@ class StaticRunner:
         self.cache.col.fill_(width)  # the first decode token goes right after the prompt
         self.step_idx.zero_()
         if not self.key.greedy:
-            self.uniforms.copy_(
-                torch.rand(
-                    self.uniforms.shape,
-                    generator=generator,
-                    dtype=torch.float64,
-                    device=self.uniforms.device,
-                )
-            )
+            steps = torch.arange(self.uniforms.shape[0], device=self.uniforms.device)
+            self.uniforms.zero_()  # padding rows: any number will do, their tokens are junk
+            # [steps, 1] x [1, rows] broadcast: every step of every real row
+            self.uniforms[:, :rows] = stream_uniforms(seed, keys[None, :rows], steps[:, None])
         return rows
 
     def first(self, logits: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ class GenerateConfig:
     temperature: float = opt(0.0, "0 = greedy; above 0 samples", min=0.0)
     top_k: int = opt(0, "sample among the k most likely tokens; 0 = all", min=0)
     top_p: float = opt(1.0, "nucleus sampling mass (1 = off)", min=0.0, max=1.0)
-    seed: int = opt(0, "seed of the sampling generator", min=0)
+    seed: int = opt(0, "seed of the sampling streams (one per prompt)", min=0)
     stop: list[str] = opt([], "stop a sequence once its generated text contains one of these")
     batch_size: int = opt(0, "rows per forward pass; 0 = auto", min=0)
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")

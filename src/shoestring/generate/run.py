@@ -13,8 +13,9 @@ the whole context are refused in one line.
 
 Under ``torchrun`` every rank loads the model and generates its share of the prompts (dealt
 round-robin); rank 0 gathers the results in prompt order, prints them and writes the one run
-directory, so ``generations.jsonl`` holds what one process writes (with greedy decoding;
-sampled text differs, as the engine draws from one generator per call).
+directory, so ``generations.jsonl`` holds what one process writes - sampled text too: each
+prompt samples on its own stream, its position in the list (``Engine.generate``'s
+``streams``), whatever rank and batch it lands in.
 """
 
 from __future__ import annotations
@@ -152,12 +153,13 @@ def _generate(
             out.write(text)
             out.flush()
 
-        local = engine.generate(ids, sampling, on_text=stream)
+        local = engine.generate(ids, sampling, on_text=stream, streams=mine)
         out.write("\n")
         out.flush()
     elif mine:
         show = not cfg.output.quiet and record is not None  # one progress bar: rank 0's
-        local = engine.generate([ids[i] for i in mine], sampling, progress=show)
+        # each prompt's stream is its place in the whole list: the samples one process draws
+        local = engine.generate([ids[i] for i in mine], sampling, progress=show, streams=mine)
     for pos, res in zip(mine, local, strict=True):
         res.index = pos  # the prompt's position in the whole list, not in this rank's share
     results = gather_ordered(local, len(ids), ranks, strided=True)

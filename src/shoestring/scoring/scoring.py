@@ -148,6 +148,7 @@ def score_model(
     options: EngineOptions | None = None,
     fewshot: Sequence[Sequence[Problem]] | None = None,
     prompt_ids: Sequence[Sequence[int]] | None = None,
+    streams: Sequence[int] | None = None,
 ) -> list[ProblemScore]:
     """Answer every question greedily under ``protocol`` and judge it against its gold answer.
 
@@ -157,7 +158,10 @@ def score_model(
     ``options`` are the engine's (``batch_size``, when set, overrides theirs).
     ``fewshot[i]`` are question ``i``'s shots under a few-shot protocol (see
     :func:`render_prompts`). ``prompt_ids`` are the prompts already rendered and fitted
-    (bench fits, counts and hashes them itself), one per question.
+    (bench fits, counts and hashes them itself), one per question. ``streams[i]`` is question
+    ``i``'s sampling stream (default: its position here); a caller that answers a subset (a
+    resumed benchmark) passes each problem's own index, so a sampled answer does not depend on
+    which other problems were still missing.
     """
     if len(questions) != len(golds):
         raise ValueError(f"{len(questions)} questions but {len(golds)} gold answers")
@@ -188,7 +192,7 @@ def score_model(
             on_result(item)
 
     engine = Engine(model, tokenizer, options)
-    engine.generate(prompts, cfg, on_result=judge, progress=progress, desc=desc)
+    engine.generate(prompts, cfg, on_result=judge, progress=progress, desc=desc, streams=streams)
     return [x for x in out if x is not None]
 
 
