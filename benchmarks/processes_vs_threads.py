@@ -3,24 +3,29 @@ threads and 2 processes x 1 thread (``torchrun --nproc_per_node=2``, ``OMP_NUM_T
 
 Why: on a many-core CPU a small batch does not keep many threads busy, while N processes each
 keep their own share busy; which one wins, and by how much, is a measurement, not a guess.
-Every layout runs the real command (``shoestring train`` or ``shoestring bench``, under
-``torchrun`` for the multi-process layouts) on the same work - train's global batch, bench's
-problems - so only how it is spread over the cores changes. The layouts run round-robin
+Every layout runs the real command (``shoestring train``, ``grpo`` or ``bench``, under
+``torchrun`` for the multi-process layouts) on the same work - train's global batch, GRPO's
+prompts x completions per step, bench's problems - so only how it is spread over the cores
+changes. The layouts run round-robin
 (``--rounds``), so a noisy shared machine slows each alike; each figure is the median.
 
-Reported per layout: seconds per train step or per bench problem (from the run's own
+Reported per layout: seconds per train or GRPO step or per bench problem (from the run's own
 records: training or generation time only, not start-up, model loading, evaluation or
 saving), tokens per second, the speed-up over 1 process x 1 thread and the scaling efficiency
 (speed-up / cores used; 100% = perfect).
 
 Shapes: ``tiny`` (for tests), ``small`` (hidden 256, 4 layers, 4 heads, intermediate 704: a
 quick run) or ``qwen0.5b`` (Qwen2.5-0.5B: hidden 896, 24 layers, 14 heads, 2 KV heads,
-intermediate 4864, vocab 151936). ``bench`` runs a random-weight Qwen2 of the shape; ``train``
-runs the shoestring GPT of its body (no KV-head grouping; its vocabulary comes from the
-prepared data).
+intermediate 4864, vocab 151936). ``bench`` and ``grpo`` run a random-weight Qwen2 of the
+shape (GRPO: LoRA r16 as docs/grpo.md's recipe - ``--lora-rank 0`` for a full fine-tune,
+whose Adam state at the 0.5B shape is 8 GB per process - fp32, sampled at temperature 1, TRL's
+default ``dapo`` loss);
+``train`` runs the shoestring GPT of its body (no KV-head grouping; its vocabulary comes from
+the prepared data).
 
     python benchmarks/processes_vs_threads.py --shape small --steps 6 --rounds 2
-    python benchmarks/processes_vs_threads.py --shape qwen0.5b --steps 4 --rounds 1
+    python benchmarks/processes_vs_threads.py --shape qwen0.5b --workloads grpo bench \
+        --steps 3 --rounds 1
 """
 
 from __future__ import annotations
@@ -213,7 +218,73 @@ class BenchWorkload:
         return Measurement(seconds / self.problems, metrics["generated_tokens"] / seconds)
 
 
-Workload = TrainWorkload | BenchWorkload
+@dataclass
+class GrpoWorkload:
+    """``shoestring grpo``: a random-weight Qwen2 of the shape, ``prompts`` GSM8K prompts x
+    ``generations`` completions of ``max_new_tokens`` per step (a random model rarely ends
+    early), whole groups dealt over the ranks; s/step from the run's ``step_seconds``
+    (generation, scoring and backward), tokens/s = completion tokens generated per second
+    of step."""
+
+    shape: dict[str, int]
+    vocab: int
+    prompts: int
+    generations: int
+    max_new_tokens: int
+    steps: int
+    lora_rank: int
+    questions: str
+    work: Path
+    unit: str = "tokens/s"
+    per: str = "step"
+
+    def prepare(self) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from grpo_vs_trl import build_model, build_tokenizer, load_questions
+
+        rows = load_questions(self.questions, max(self.prompts * self.steps, 16))
+        self.data = self.work / "prompts.jsonl"
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        self.data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tok = build_tokenizer(self.work / "model", min(self.vocab, 2048), rows)
+        build_model(self.work / "model", tok, argparse.Namespace(**self.shape, vocab=self.vocab))
+
+    def run(self, layout: Layout, name: str) -> Measurement:
+        out = self.work / name
+        sets = {
+            "model_name_or_path": self.work / "model",
+            "dataset": f"gsm8k:{self.data}",
+            "protocol": "qa",
+            "stop_strings": "[]",
+            "rewards": '["correctness"]',
+            "num_generations": self.generations,
+            # the global batch: prompts x generations per step, whatever the ranks
+            "per_device_train_batch_size": self.generations,
+            "gradient_accumulation_steps": self.prompts,
+            "max_completion_length": self.max_new_tokens,
+            "max_steps": self.steps,
+            "lora_rank": self.lora_rank,
+            "learning_rate": 1e-6,
+            "temperature": 1.0,
+            "dtype": "fp32",
+            "device": "cpu",
+            "threads": layout.threads,
+            "save_steps": 100000,
+            "log_completions_steps": 0,
+            "output_dir": out,
+        }
+        args = ["grpo", "-q", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+        run_command(shoestring_command(layout, args), layout, self.work / f"{name}.log")
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "step_seconds" in r][1:]  # the first step warms up
+        seconds = statistics.mean(r["step_seconds"] for r in steps)
+        tokens = statistics.mean(
+            r["completion_length_mean"] * self.prompts * self.generations for r in steps
+        )
+        return Measurement(seconds, tokens / seconds)
+
+
+Workload = TrainWorkload | BenchWorkload | GrpoWorkload
 
 
 def build_workloads(args: argparse.Namespace, work: Path) -> dict[str, Workload]:
@@ -221,6 +292,17 @@ def build_workloads(args: argparse.Namespace, work: Path) -> dict[str, Workload]
     makers: dict[str, Callable[[], Workload]] = {
         "train": lambda: TrainWorkload(
             shape, args.steps, args.global_batch, args.seq_len, work / "train"
+        ),
+        "grpo": lambda: GrpoWorkload(
+            shape,
+            VOCAB[args.shape],
+            args.prompts_per_step,
+            args.num_generations,
+            args.max_new_tokens,
+            args.steps,
+            args.lora_rank,
+            args.questions,
+            work / "grpo",
         ),
         "bench": lambda: BenchWorkload(
             shape,
@@ -271,14 +353,19 @@ def table(name: str, unit: str, per: str, results: dict[Layout, list[Measurement
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workloads", nargs="+", default=["train", "bench"], help="train, bench")
+    p.add_argument(
+        "--workloads", nargs="+", default=["train", "grpo", "bench"], help="train, grpo, bench"
+    )
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--steps", type=int, default=6, help="steps per run (the first is warm-up)")
     p.add_argument("--rounds", type=int, default=2, help="round-robin repetitions per layout")
     p.add_argument("--global-batch", type=int, default=8, help="sequences per step, all ranks")
     p.add_argument("--seq-len", type=int, default=128, help="train: tokens per sequence")
     p.add_argument("--problems", type=int, default=16, help="bench: problems per run")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="bench: tokens per answer")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="bench, grpo: tokens per answer")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="grpo: prompts per step")
+    p.add_argument("--num-generations", type=int, default=8, help="grpo: completions per prompt")
+    p.add_argument("--lora-rank", type=int, default=16, help="grpo: LoRA rank (0 = full)")
     p.add_argument(
         "--questions", default="gsm8k", help="bench: gsm8k, gsm8k:PATH (train split) or synthetic"
     )

@@ -70,29 +70,12 @@ def test_refusal_names_the_command_only_under_torchrun(monkeypatch: pytest.Monke
         refuse_distributed("train.trainer=hybrid")
 
 
-def test_grpo_and_progressive_refuse_torchrun_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Not split over ranks yet: N copies would train N runs into one directory, so each
-    refuses before it loads anything."""
-    from shoestring.rl import grpo, progressive
-    from shoestring.rl.config import GRPOConfig
-    from shoestring.rl.progressive_config import ProgressiveConfig
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="^grpo runs in a single process, but torchrun started 2"):
-        grpo.run(GRPOConfig(model_name_or_path=str(tmp_path / "absent")))
-    with pytest.raises(UserError, match="^progressive runs in a single process"):
-        stages = [{"name": "easy", "dataset": "synthetic:1", "max_steps": 1}]
-        progressive.run(ProgressiveConfig(model=str(tmp_path / "absent"), stages=stages))
-
-
 _COLLECTIVES = """
 import json, sys
 import torch
 from shoestring.distributed import (
-    all_gather, all_mean, all_sum, broadcast_from_main, gather_ordered, init_distributed,
-    leave_group, shard, wait_for_all,
+    all_gather, all_mean, all_sum, all_sum_grads, broadcast_from_main, gather_ordered,
+    init_distributed, leave_group, shard, wait_for_all,
 )
 info = init_distributed("cpu")
 items = [f"item{i}" for i in range(10)]  # 5 groups of 2: 3 on rank 0, 2 on rank 1
@@ -107,6 +90,13 @@ out["all_sum"] = all_sum(torch.tensor([1.0, info.rank]), info).tolist()
 out["all_mean"] = all_mean(float(info.rank), info)
 out["broadcast"] = broadcast_from_main(f"from rank {info.rank}", info)
 out["world_size"] = info.world_size
+# gradients summed over ranks, in buckets; a rank that ran no backward adds zeros
+params = [torch.nn.Parameter(torch.zeros(n)) for n in (3, 2)]
+params[0].grad = torch.full((3,), float(info.rank + 1))
+if info.rank == 0:
+    params[1].grad = torch.tensor([5.0, 7.0])
+all_sum_grads(params, info)
+out["grads"] = [p.grad.tolist() for p in params]
 with open(sys.argv[1] + f".{info.rank}.json", "w") as f:
     json.dump(out, f)
 wait_for_all(info)
@@ -133,6 +123,7 @@ def test_collectives_on_two_gloo_ranks(tmp_path: Path) -> None:
         assert got["all_mean"] == 0.5
         assert got["broadcast"] == "from rank 0"
         assert got["world_size"] == 2
+        assert got["grads"] == [[3.0, 3.0, 3.0], [5.0, 7.0]]
 
 
 _FAILING = """
@@ -179,7 +170,11 @@ def test_a_command_that_cannot_split_its_work_refuses_several_ranks(
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli_main(["compare", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "torchrun started 2" in err[0] and "train, bench, generate" in err[0]
+    assert (
+        len(err) == 1
+        and "torchrun started 2" in err[0]
+        and "train, grpo, progressive, bench, generate" in err[0]
+    )
     assert not (tmp_path / "r").exists()
 
 

@@ -163,9 +163,12 @@ def test_processes_vs_threads_benchmark_runs(capsys: pytest.CaptureFixture[str])
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    args = ["--workloads", "train", "--shape", "tiny", "--steps", "2", "--rounds", "1"]
+    args = ["--workloads", "train", "grpo", "--shape", "tiny", "--steps", "2", "--rounds", "1"]
+    args += ["--prompts-per-step", "2", "--num-generations", "2", "--max-new-tokens", "8"]
+    args += ["--questions", "synthetic"]
     assert module.main([*args, "--seq-len", "16", "--global-batch", "4"]) == 0
     out = capsys.readouterr().out
     assert any(line.startswith("host class ") for line in out.splitlines()[:3])
     for layout in ("1 process x 1 thread", "1 process x 2 threads", "2 processes x 1 thread"):
         assert f"| {layout} |" in out
+    assert "grpo: layout" in out and "train: layout" in out

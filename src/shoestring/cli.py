@@ -38,7 +38,7 @@ COMMANDS: list[str] = [
 
 #: commands that split their work over torchrun's ranks (docs/distributed.md); any other
 #: launched with several ranks is refused before it starts, instead of N copies racing
-DISTRIBUTED_COMMANDS = ("train", "bench", "generate")
+DISTRIBUTED_COMMANDS = ("train", "grpo", "progressive", "bench", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:

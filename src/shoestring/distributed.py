@@ -36,6 +36,7 @@ __all__ = [
     "all_gather",
     "all_mean",
     "all_sum",
+    "all_sum_grads",
     "broadcast_from_main",
     "gather_ordered",
     "init_distributed",
@@ -237,6 +238,41 @@ def all_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     total = t.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+#: Bytes of gradients summed per collective: big enough that a LoRA step is one call, small
+#: enough that a full fine-tune's flat copy stays a few buckets rather than a second model.
+GRAD_BUCKET_BYTES = 64 * 2**20
+
+
+def all_sum_grads(params: Sequence[torch.nn.Parameter], info: DistInfo) -> None:
+    """Replace every parameter's gradient by its sum over all ranks (in place).
+
+    This is what DDP's all-reduce does, done once after the step's backward passes: GRPO
+    computes its loss with the whole step's denominators on every rank, so the sum of the
+    ranks' gradients is the gradient one process takes on the whole batch. A rank that had no
+    rows this step (more ranks than micro-batches) contributes zeros. Gradients travel in
+    flat buckets of :data:`GRAD_BUCKET_BYTES`, one collective each.
+    """
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is None:  # this rank ran no backward through it: it adds nothing
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for p in [*params, None]:
+        if p is not None:
+            bucket.append(p.grad)
+            size += p.grad.numel() * p.grad.element_size()
+        if bucket and (p is None or size >= GRAD_BUCKET_BYTES):
+            flat = torch.cat([g.reshape(-1) for g in bucket])  # one collective per bucket
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            bucket, size = [], 0
 
 
 def all_gather(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

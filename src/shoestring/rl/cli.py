@@ -158,13 +158,15 @@ def run_grpo_cli(args: argparse.Namespace) -> int:
     cfg = grpo_cli_config(args)
     check_rewards(cfg.rewards)  # with the other config errors, before torch is imported
     # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.distributed import is_main_process
     from shoestring.rl.grpo import run
 
     try:
         path = run(cfg)
     except KeyboardInterrupt:
         return 130
-    print(path)
+    if is_main_process():  # under torchrun: once, by rank 0 (the one that wrote it)
+        print(path)
     return 0
 
 
@@ -230,11 +232,13 @@ def run_progressive_cli(args: argparse.Namespace) -> int:
         return 0
     cfg = progressive_cli_config(args)
     # deferred: torch is heavy; shoestring --help must not load it
+    from shoestring.distributed import is_main_process
     from shoestring.rl.progressive import run
 
     try:
         path = run(cfg)
     except KeyboardInterrupt:
         return 130
-    print(path)
+    if is_main_process():  # under torchrun: once, by rank 0 (the one that wrote it)
+        print(path)
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 from shoestring.config import validate
 from shoestring.data.answers import AnswerFormatError, parse_gold
+from shoestring.distributed import DistInfo, gather_ordered, rank_device, shard_positions
 from shoestring.errors import UserError
 from shoestring.models.loading import load_model_and_tokenizer
 from shoestring.rl.data import load_task
@@ -124,7 +125,9 @@ class ValidationEvaluator:
     The protocol is resolved per model from its tokenizer (``auto``: ``chat-cot`` with a chat
     template, else ``qa``), exactly as a GRPO stage resolves its own. ``records_dir``, when
     given, receives one JSONL file per evaluated model with each problem's response, every
-    extractor's answer and the verdict, so a reader can check any number.
+    extractor's answer and the verdict, so a reader can check any number. Under torchrun
+    (``ranks``) each rank answers its share of the problems on its own device and every rank
+    gets every verdict, in problem order; rank 0 writes the records.
     """
 
     def __init__(
@@ -134,9 +137,11 @@ class ValidationEvaluator:
         records_dir: Path | None = None,
         progress: bool = True,
         problems: Sequence[dict[str, Any]] | None = None,
+        ranks: DistInfo | None = None,
     ) -> None:
         validate(cfg)
         self.cfg = cfg
+        self.ranks = ranks or DistInfo()
         self.progress = progress
         self.records_dir = records_dir
         self.problems = list(problems) if problems is not None else load_validation_problems(cfg)
@@ -148,26 +153,30 @@ class ValidationEvaluator:
 
     def __call__(self, model_dir: Path, label: str) -> EvalResult:
         t0 = time.perf_counter()
+        ranks = self.ranks
         model, tokenizer, _ = load_model_and_tokenizer(
-            model_dir, device=self.cfg.device, dtype=self.cfg.dtype
+            model_dir, device=rank_device(self.cfg.device, ranks), dtype=self.cfg.dtype
         )
         # fallback qa: the corpus layout GRPO trains a template-less model on
         protocol = resolve_protocol(self.cfg.protocol, tokenizer, fallback="qa")
+        mine = shard_positions(len(self.problems), ranks)  # this rank's share (all in one)
         scores = score_model(
             model,
             tokenizer,
-            [p["question"] for p in self.problems],
-            self.golds,
+            [self.problems[i]["question"] for i in mine],
+            [self.golds[i] for i in mine],
             protocol,
             max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.batch_size,
             progress=self.progress,
             desc=f"validate {label}",
+            streams=mine,  # each problem's own stream, whichever rank answers it
         )
         del model
+        scores = gather_ordered(scores, len(self.problems), ranks)  # every verdict, in order
         out = eval_result([s.ok for s in scores], seconds=time.perf_counter() - t0)
         out.extra = {"protocol": protocol.to_dict(), "protocol_key": protocol.key()}
-        if self.records_dir is not None:
+        if self.records_dir is not None and ranks.is_main:
             with atomic_open(self.records_dir / f"{label}.jsonl") as f:
                 for s in scores:
                     f.write(json.dumps(s.record(), ensure_ascii=False) + "\n")

@@ -7,6 +7,11 @@ Where the parts are: the options in :mod:`shoestring.rl.config`, the prompts in
 in :mod:`shoestring.rl.rollout`, the model and its reference in :mod:`shoestring.rl.policy`, the
 checkpoints in :mod:`shoestring.rl.grpo_checkpoint`, the held-out accuracy in
 :mod:`shoestring.rl.heldout` and the step loop in :mod:`shoestring.rl.trainer`.
+
+Under ``torchrun`` the same call runs on every rank: rank 0 names the run directory and the
+others follow it; each rank generates, scores and back-propagates its share of every step and
+the gradients are summed, so the run is the one-process run at any number of ranks
+(docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -15,8 +20,17 @@ import dataclasses
 import time
 from pathlib import Path
 
+import torch.distributed as dist
+
 from shoestring.cli_options import read_resume_config
-from shoestring.distributed import refuse_distributed
+from shoestring.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    init_distributed,
+    launched_distributed,
+    leave_group,
+    wait_for_all,
+)
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.rewards import check_rewards
@@ -58,17 +72,46 @@ def run(cfg: GRPOConfig) -> Path:
     ``KeyboardInterrupt``; a config with ``resume`` set (:func:`shoestring.rl.config.
     resume_config`) continues it with the same result as an uninterrupted run.
     """
-    # not split over ranks yet: N copies would train N runs into one directory
-    refuse_distributed("grpo")
     quiet = cfg.quiet
     check_rewards(cfg.rewards)  # a bad reward name fails now, not after the model has loaded
-    if cfg.resume:
-        path = Path(cfg.resume)
-        # no config.json, or a run of another kind: one line naming it
-        read_resume_config(path, "grpo")
-        return GRPOTrainer(cfg, path, resume=True, echo=not quiet, progress=not quiet).run()
-    cfg = cfg.resolved()
-    path = new_run_path(cfg)
-    # config.json names the directory the run really uses
-    cfg = dataclasses.replace(cfg, output_dir=str(path))
-    return GRPOTrainer(cfg, path, echo=not quiet, progress=not quiet).run()
+    # under torchrun: join the group here, unless the caller already has (it then leaves it)
+    joined = launched_distributed() and not dist.is_initialized()
+    ranks = init_distributed(cfg.device)
+    try:
+        if cfg.resume:
+            path = Path(cfg.resume)
+            # no config.json, or a run of another kind: one line naming it
+            read_resume_config(path, "grpo")
+            trainer = GRPOTrainer(
+                cfg, path, resume=True, echo=not quiet, progress=not quiet, ranks=ranks
+            )
+        else:
+            cfg = cfg.resolved()
+            path = _agreed_run_path(cfg, ranks)
+            # config.json names the directory the run really uses
+            cfg = dataclasses.replace(cfg, output_dir=str(path))
+            trainer = GRPOTrainer(cfg, path, echo=not quiet, progress=not quiet, ranks=ranks)
+        out = trainer.run()
+        wait_for_all(ranks)  # leave together: rank 0 may still be writing model/
+        return out
+    finally:
+        if joined:
+            leave_group(ranks)
+
+
+def _agreed_run_path(cfg: GRPOConfig, ranks: DistInfo) -> Path:
+    """The new run's directory, named by rank 0 and followed by every rank; a directory rank 0
+    refuses is refused on every rank with the same line (no rank is left waiting)."""
+    if not ranks.enabled:
+        return new_run_path(cfg)
+    path, refusal = None, None
+    if ranks.is_main:
+        try:
+            path = new_run_path(cfg)
+        except UserError as exc:
+            refusal = str(exc)
+    path, refusal = broadcast_from_main((path, refusal), ranks)
+    if refusal is not None:
+        raise UserError(refusal)
+    assert path is not None
+    return path

@@ -6,6 +6,10 @@ same way, so GRPO scores under its run's protocol with the one scoring path, and
 protocol in ``summary.json``. The held-out set excludes every training question and, with
 ``eval_exclude_file``, every question of another file (e.g. a pretraining corpus); before vs
 after on the same problems is then McNemar's exact test.
+
+Under ``torchrun`` each rank answers a contiguous share of the problems (greedy, so an answer
+does not depend on which rank gives it); the verdicts are gathered in problem order and rank 0
+writes ``eval_<tag>.jsonl``, the file one process writes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.data.answers import parse_gold
+from shoestring.distributed import DistInfo, gather_ordered, shard_positions
 from shoestring.engine import EngineOptions
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig
@@ -85,10 +90,15 @@ class HeldOutEval:
         run_path: Path,
         progress: bool,
         log: Callable[[str], None],
+        ranks: DistInfo | None = None,
     ) -> dict[str, Any]:
         """Score every problem now, write one JSON line each to ``eval_<tag>.jsonl``, log the
-        result and return the accuracy summary (``correct, n, accuracy, ci_low, ci_high``)."""
-        probs = self.problems
+        result and return the accuracy summary (``correct, n, accuracy, ci_low, ci_high``).
+        Under torchrun (``ranks``) each rank scores its share and every rank gets the summary;
+        rank 0 writes the file."""
+        ranks = ranks or DistInfo()
+        mine = shard_positions(len(self.problems), ranks)  # this rank's share (all in one)
+        probs = [self.problems[i] for i in mine]
         t0 = time.perf_counter()
         scores = score_model(
             model,
@@ -101,9 +111,12 @@ class HeldOutEval:
             desc=f"eval {tag}",
             sampling=self.sampling,
             options=self.options,
+            streams=mine,  # each problem's own stream, whichever rank answers it
         )
-        text = "".join(json.dumps(s.record()) + "\n" for s in scores)
-        atomic_write_text(run_path / f"eval_{tag}.jsonl", text)
+        scores = gather_ordered(scores, len(self.problems), ranks)  # problem order, every rank
+        if ranks.is_main:
+            text = "".join(json.dumps(s.record()) + "\n" for s in scores)
+            atomic_write_text(run_path / f"eval_{tag}.jsonl", text)
         self.correct[tag] = [s.ok for s in scores]
         out = accuracy_summary(self.correct[tag])
         k, n, lo, hi = out["correct"], out["n"], out["ci_low"], out["ci_high"]

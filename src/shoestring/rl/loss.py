@@ -21,6 +21,7 @@ from shoestring.rl.loss_variants import (
 )
 
 __all__ = [
+    "SOFT_LOSS_TYPES",
     "SURROGATE_LOSS_TYPES",
     "aggregate_loss",
     "clip_counts",
@@ -32,6 +33,8 @@ __all__ = [
 #: the loss types whose per-token loss is PPO's clipped surrogate (they differ in aggregation);
 #: the others (``cispo``, ``sapo``, ``vespo``) are in ``loss_variants.py``
 SURROGATE_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+#: the loss types with no hard clip (a soft gate or weight): they report no clip fraction
+SOFT_LOSS_TYPES = ("sapo", "vespo")
 
 
 def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:

@@ -23,6 +23,12 @@ run under ``stages/<NN-name[-retryK]>/``, ``report.md`` (the ``compare`` section
 and ``progressive.png``. The trainer and the evaluator are injectable callables, so tests can
 make a stage fail on purpose; the defaults are the real GRPO API (:func:`shoestring.rl.grpo.run`)
 and :class:`~shoestring.rl.curriculum_eval.ValidationEvaluator`.
+
+Under ``torchrun`` every rank runs this loop in step: each GRPO stage is split over the ranks
+(:mod:`shoestring.rl.grpo`), each validation too (every rank gets every verdict), so every
+rank reaches the same decisions from the same state; rank 0 alone writes the run directory,
+and what only the file system knows (``state.json`` on resume, what a killed attempt left) is
+read by rank 0 and sent to the others.
 """
 
 from __future__ import annotations
@@ -35,9 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from shoestring.cli_options import read_resume_config
-from shoestring.distributed import refuse_distributed
+from shoestring.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    init_distributed,
+    launched_distributed,
+    leave_group,
+    wait_for_all,
+)
 from shoestring.errors import UserError
 from shoestring.models.loading import resolve_model_path
 from shoestring.report.finalize import command_finalizers
@@ -60,6 +74,7 @@ from shoestring.rl.progressive_state import (
 )
 from shoestring.rl.rewards import check_rewards
 from shoestring.rundir.directory import RunDir, atomic_write_json, read_json, unique_run_dir
+from shoestring.rundir.follower import RunDirFollower
 from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.rundir.trackers import Trackers
 from shoestring.runtime import resolve_device
@@ -83,21 +98,29 @@ class ProgressiveRun:
         resume: bool,
         trainer: StageTrainer,
         evaluator: Evaluator | None,
+        ranks: DistInfo | None = None,
     ) -> None:
         self.cfg = cfg
         self.path = path
         self.resume = resume
         self.trainer = trainer
-        self.echo = self.progress = not cfg.output.quiet
-        self.rd = RunDir(path, "progressive", echo=self.echo)
+        self.ranks = ranks or DistInfo()
+        main = self.ranks.is_main
+        self.echo = self.progress = not cfg.output.quiet and main
+        self.rd: RunDir | RunDirFollower = (
+            RunDir(path, "progressive", echo=self.echo)
+            if main
+            else RunDirFollower(path, "progressive")  # rank 0 writes the directory
+        )
         self.base_location, _ = resolve_model_path(cfg.model)
         self._evaluator = evaluator
         self._plot: str | None = None
+        self._verdicts: dict[str, list[bool] | None] = {}  # per-problem verdicts of this run
         self.trackers = Trackers([], path, {}, self.rd.log)  # run() opens report_to's
         resumed = resume and self.state_path.exists()
-        self.state: dict[str, Any] = (
-            read_json(self.state_path) if resumed else new_state(self.base_location)
-        )
+        # rank 0 reads the state a resumed run left; every rank starts from the same one
+        state = read_json(self.state_path) if resumed and main else new_state(self.base_location)
+        self.state: dict[str, Any] = broadcast_from_main(state, self.ranks)
 
     # -- state and evaluation
     @property
@@ -105,7 +128,8 @@ class ProgressiveRun:
         return self.path / "state.json"
 
     def _save_state(self) -> None:
-        atomic_write_json(self.state_path, self.state)
+        if self.ranks.is_main:  # every rank holds the same state; rank 0 writes it
+            atomic_write_json(self.state_path, self.state)
 
     @property
     def evaluator(self) -> Evaluator:
@@ -113,7 +137,10 @@ class ProgressiveRun:
         after checking that a resumed run still validates on the same problems)."""
         if self._evaluator is None:
             ev = ValidationEvaluator(
-                self.cfg.validation, records_dir=self.path / "evals", progress=self.progress
+                self.cfg.validation,
+                records_dir=self.path / "evals",
+                progress=self.progress,
+                ranks=self.ranks,
             )
             known = self.state.get("validation_fingerprint")
             if known and known != ev.fingerprint:
@@ -145,12 +172,18 @@ class ProgressiveRun:
         rec = {**res.to_dict(), "label": label, "model_dir": str(model_dir), "protocol_key": key}
         if res.per_problem is not None:
             rec["per_problem"] = res.per_problem
-        atomic_write_json(self.path / "evals" / f"{label}.json", rec)
+        self._verdicts[label] = res.per_problem
+        if self.ranks.is_main:
+            atomic_write_json(self.path / "evals" / f"{label}.json", rec)
         return res
 
     def _per_problem(self, label: str | None) -> list[bool] | None:
+        """A model's per-problem verdicts: this process's, or those an earlier (interrupted)
+        run of this directory recorded in ``evals/``."""
         if label is None:
             return None
+        if label in self._verdicts:
+            return self._verdicts[label]
         p = self.path / "evals" / f"{label}.json"
         return read_json(p).get("per_problem") if p.exists() else None
 
@@ -160,10 +193,12 @@ class ProgressiveRun:
         curriculum stops; the lifecycle turns Ctrl-C/SIGTERM/errors into the final status."""
         cfg = self.cfg
         finalizers = command_finalizers()  # report.md, from the final summary
+        rd = self.rd if isinstance(self.rd, RunDir) else None  # rank 0 owns the lifecycle
         if self.resume:
-            self.rd.write_config(cfg.run_dict())
+            if rd is not None:
+                rd.write_config(cfg.run_dict())
             life = RunLifecycle(
-                self.rd,
+                rd,
                 start_fields={"finished_at": None, "error": None},
                 summary=self._summary_fields,
                 close=False,
@@ -171,9 +206,13 @@ class ProgressiveRun:
             )
         else:
             life = RunLifecycle(
-                self.rd,
+                rd,
                 config=cfg.run_dict(),
-                start_fields={"run_name": self.path.name, "base_model": self.base_location},
+                start_fields={
+                    "run_name": self.path.name,
+                    "base_model": self.base_location,
+                    "world_size": self.ranks.world_size,
+                },
                 summary=self._summary_fields,
                 close=False,
                 finalizers=finalizers,
@@ -181,7 +220,8 @@ class ProgressiveRun:
         try:
             with life:
                 self._announce()
-                self.trackers = Trackers(cfg.report_to, self.path, cfg.run_dict(), self.rd.log)
+                report_to = cfg.report_to if self.ranks.is_main else []  # rank 0 reports
+                self.trackers = Trackers(report_to, self.path, cfg.run_dict(), self.rd.log)
                 try:
                     if self.state["base_eval"] is None:
                         self._base_eval()
@@ -267,7 +307,10 @@ class ProgressiveRun:
             retention_reference=self.base_location,
         )
         stage_dir = self.path / "stages" / label
-        run_dir, resume_dir = leftover_attempt(stage_dir)  # what a killed run left behind
+        # what a killed run left behind (rank 0 looks, and may remove an empty attempt)
+        run_dir, resume_dir = broadcast_from_main(
+            leftover_attempt(stage_dir) if self.ranks.is_main else (None, None), self.ranks
+        )
         gcfg.output_dir = str(stage_dir)
         gcfg.resume = "" if resume_dir is None else str(resume_dir)
         gcfg.quiet = cfg.output.quiet
@@ -377,7 +420,7 @@ class ProgressiveRun:
 
     # -- reporting
     def _draw_plot(self) -> None:
-        if not self.state.get("base_eval"):
+        if not self.state.get("base_eval") or not self.ranks.is_main:
             return
         try:
             out = self.path / "progressive.png"
@@ -467,23 +510,38 @@ def run(
     ``KeyboardInterrupt`` after saving its state when interrupted (Ctrl-C or SIGTERM).
     """
     cfg.check()
-    refuse_distributed("progressive")  # its GRPO stages are not split over ranks yet
     if cfg.resume:
         path = Path(cfg.resume)
         read_resume_config(path, "progressive")  # a run of another kind: one line naming it
         if not (path / "state.json").exists():
             raise UserError(f"{path} is not a progressive run directory (no state.json)")
-    else:
-        path = unique_run_dir(cfg.output.dir, cfg.output.name or "progressive")
     # Validate every stage's GRPO config and reward functions before spending minutes on
     # the base evaluation.
     for stage in cfg.stages:
         check_rewards(stage_grpo_config(cfg, stage, cfg.model).rewards)
-    runner = ProgressiveRun(
-        cfg,
-        path,
-        resume=bool(cfg.resume),
-        trainer=trainer or grpo.run,
-        evaluator=evaluator,
-    )
-    return runner.run()
+    # under torchrun: join the group for the whole curriculum (its GRPO stages stay in it)
+    joined = launched_distributed() and not dist.is_initialized()
+    ranks = init_distributed(cfg.validation.device)
+    try:
+        if not cfg.resume:
+            # rank 0 names the directory; the others follow it
+            path = broadcast_from_main(
+                unique_run_dir(cfg.output.dir, cfg.output.name or "progressive")
+                if ranks.is_main
+                else None,
+                ranks,
+            )
+        runner = ProgressiveRun(
+            cfg,
+            path,
+            resume=bool(cfg.resume),
+            trainer=trainer or grpo.run,
+            evaluator=evaluator,
+            ranks=ranks,
+        )
+        out = runner.run()
+        wait_for_all(ranks)  # leave together: rank 0 may still be writing
+        return out
+    finally:
+        if joined:
+            leave_group(ranks)

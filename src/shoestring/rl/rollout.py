@@ -6,6 +6,12 @@ in a :class:`Rollout` - and saved in checkpoints, so a run resumed between those
 exactly as the uninterrupted one would. :class:`RolloutGenerator` makes one: sampling with the
 batched KV-cache engine (one prefill per prompt shared by its samples, finished rows dropped),
 then the rewards, judged under the run's scoring protocol.
+
+Under ``torchrun`` each rank samples and scores a contiguous share of the step's prompts (whole
+groups), each prompt on its own sampling stream (its position in the step), so its completions
+are those one process samples; the shares are then gathered, and every rank builds the same
+whole :class:`Rollout` - the advantages (also ``scale_rewards="batch"``), the logged statistics
+and a checkpoint's buffer are the one-process ones at any number of ranks.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Any
 
 import torch
 
-from shoestring.engine import Engine, EngineOptions, Sampling
+from shoestring.distributed import DistInfo, all_sum, gather_ordered, shard_positions
+from shoestring.engine import Engine, EngineOptions, GenerationResult, Sampling
 from shoestring.engine.padding import pad_left, pad_right
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, prompt_indices
@@ -122,10 +129,19 @@ class Rollout:
         return lp.float(), ent
 
     @torch.no_grad()
-    def all_logps(self, model: Any, cfg: GRPOConfig, policy: Policy) -> torch.Tensor:
-        """Log-probs of every completion, micro-batch by micro-batch, without gradients."""
+    def all_logps(
+        self, model: Any, cfg: GRPOConfig, policy: Policy, ranks: DistInfo | None = None
+    ) -> torch.Tensor:
+        """Log-probs of every completion, micro-batch by micro-batch, without gradients; under
+        torchrun each rank computes its share of the micro-batches and every rank gets all."""
+        ranks = ranks or DistInfo()
         slices = micro_slices(self.size, cfg.per_device_train_batch_size)
-        return torch.cat([self.logps(model, s, cfg, policy.autocast())[0] for s in slices])
+        if not ranks.enabled:
+            return torch.cat([self.logps(model, s, cfg, policy.autocast())[0] for s in slices])
+        out = torch.zeros(self.completion_ids.shape, dtype=torch.float32, device=policy.device)
+        for j in shard_positions(len(slices), ranks):
+            out[slices[j]] = self.logps(model, slices[j], cfg, policy.autocast())[0]
+        return all_sum(out, ranks)  # every row is one rank's, zero on the others: exact
 
 
 class RolloutGenerator:
@@ -142,8 +158,10 @@ class RolloutGenerator:
         reward_fns: list[RewardFn],
         reward_labels: list[str],
         weights: torch.Tensor,
+        ranks: DistInfo | None = None,
     ) -> None:
         self.cfg = cfg
+        self.ranks = ranks or DistInfo()
         self.policy = policy
         self.prompts = prompts
         self.protocol = protocol
@@ -187,20 +205,25 @@ class RolloutGenerator:
             policy.tokenizer,
             EngineOptions(dtype=policy.gen_dtype),
         )
-        results = engine.generate([prompts.ids[i] for i in idx], self.sampling(gen_index))
+        # this rank's prompts (all of them in one process); a prompt's position in the step
+        # is its sampling stream, so its samples do not depend on who else generates what
+        mine = shard_positions(len(idx), self.ranks)
+        local = engine.generate(
+            [prompts.ids[idx[p]] for p in mine], self.sampling(gen_index), streams=mine
+        )
         self.rollout_weights.release()  # the bf16 copy goes before the training forward
         t1 = time.perf_counter()
-        completions = [r.text for r in results]
+        local_scores = self._score([idx[p] for p in mine], local)  # [len(mine) * g, F]
+        # every rank's groups back in step order: (g results, their g reward rows) per prompt
+        shares = [
+            (local[k * g : (k + 1) * g], local_scores[k * g : (k + 1) * g])
+            for k in range(len(mine))
+        ]
+        groups = gather_ordered(shares, len(idx), self.ranks)
+        results: list[GenerationResult] = [res for grp, _ in groups for res in grp]
+        per_func = torch.tensor([row for _, rows in groups for row in rows])  # [N, F]
         comp_ids = [list(r.token_ids) for r in results]
         truncated = torch.tensor([r.finish_reason == "length" for r in results])  # [N] bool
-        # rewards: every function sees each completion with its prompt's dataset columns
-        prompts_rep = [prompts.texts[i] for i in idx for _ in range(g)]
-        columns = {
-            c: [prompts.rows[i].get(c) for i in idx for _ in range(g)] for c in prompts.columns
-        }
-        per_func = torch.tensor(
-            score(self.reward_fns, prompts_rep, completions, comp_ids, columns)
-        ).T  # [N, F]
         adv, rewards, std_zero = compute_advantages(per_func, self.weights, g, cfg.scale_rewards)
         # prompts left-padded, completions right-padded: concatenated, each row's prompt ends
         # and its completion starts in the same column
@@ -224,14 +247,29 @@ class RolloutGenerator:
         )
         # the ratio's denominator is only needed when the batch outlives one optimizer step
         if cfg.num_iterations > 1:
-            r.old_logps = r.all_logps(model, cfg, policy)
+            r.old_logps = r.all_logps(model, cfg, policy, self.ranks)
         if cfg.beta > 0:
             with policy.reference() as ref:
-                r.ref_logps = r.all_logps(ref, cfg, policy)
+                r.ref_logps = r.all_logps(ref, cfg, policy, self.ranks)
         if was_training:
             model.train()
         t2 = time.perf_counter()
         return r, self._stats(idx, results, per_func, rewards, adv, std_zero, truncated, t0, t1, t2)
+
+    def _score(self, idx: list[int], results: list[GenerationResult]) -> list[list[float]]:
+        """Every reward function's score of each completion (rows of [completions, F]); each
+        function sees the completions with their prompts' dataset columns."""
+        g, prompts = self.cfg.num_generations, self.prompts
+        prompts_rep = [prompts.texts[i] for i in idx for _ in range(g)]
+        columns = {
+            c: [prompts.rows[i].get(c) for i in idx for _ in range(g)] for c in prompts.columns
+        }
+        completions = [r.text for r in results]
+        comp_ids = [list(r.token_ids) for r in results]
+        if not results:  # a rank with no prompts this step (more ranks than prompts)
+            return []
+        per_func = score(self.reward_fns, prompts_rep, completions, comp_ids, columns)  # [F][N]
+        return [list(row) for row in zip(*per_func, strict=True)] if per_func else []
 
     def _stats(
         self,

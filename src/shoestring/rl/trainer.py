@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from shoestring.data.input_report import MAX_REPORTS, report_capped
+from shoestring.distributed import DistInfo, broadcast_from_main, rank_device, rank_threads
 from shoestring.errors import UserError
 from shoestring.models.context import context_limit
 from shoestring.report.finalize import command_finalizers
@@ -48,6 +49,7 @@ from shoestring.rl.rollout import Rollout, RolloutGenerator
 from shoestring.rl.run_checks import announce_settings
 from shoestring.rl.update import backward_rollout
 from shoestring.rundir.directory import RunDir
+from shoestring.rundir.follower import RunDirFollower
 from shoestring.rundir.lifecycle import RunLifecycle, StepBoundaryInterrupts
 from shoestring.rundir.trackers import Trackers
 from shoestring.runtime import setup_runtime
@@ -71,12 +73,19 @@ class GRPOTrainer:
         resume: bool = False,
         echo: bool = True,
         progress: bool = True,
+        ranks: DistInfo | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_path = run_path
         self.resume = resume
-        self.progress = progress
-        self.rundir = RunDir(run_path, "grpo", echo=echo)
+        # under torchrun: every rank runs the same loop on its share; rank 0 alone writes
+        self.ranks = ranks or DistInfo()
+        self.progress = progress and self.ranks.is_main
+        self.rundir: RunDir | RunDirFollower = (
+            RunDir(run_path, "grpo", echo=echo)
+            if self.ranks.is_main
+            else RunDirFollower(run_path, "grpo")
+        )
         self.step = 0
         self.train_seconds = 0.0
         self.rollout: Rollout | None = None
@@ -109,7 +118,10 @@ class GRPOTrainer:
         cfg = self.cfg
         if not cfg.model_name_or_path:
             raise UserError("model_name_or_path is empty; pass the model to train (--model)")
-        self.runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
+        # this rank's GPU under torchrun on CUDA; ranks on one host split its cores
+        self.runtime = setup_runtime(
+            rank_device(cfg.device, self.ranks), cfg.dtype, rank_threads(cfg.threads, self.ranks)
+        )
         self.warnings += announce_settings(cfg, self.runtime, self.log)  # never a silent drop
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -169,6 +181,7 @@ class GRPOTrainer:
             contract_rewards(self.reward_names, self.protocol, self.reward_context),
             [reward_label(n) for n in self.reward_names],
             torch.tensor(reward_weights(self.reward_names, cfg.reward_weights)),
+            self.ranks,
         )
 
     # -- one optimizer step
@@ -201,7 +214,8 @@ class GRPOTrainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         # forward + backward per micro-batch; gradients accumulate over the whole rollout
-        losses = backward_rollout(self.policy, r, cfg)
+        # (under torchrun: this rank's micro-batches, then the gradients summed over ranks)
+        losses = backward_rollout(self.policy, r, cfg, self.ranks)
         grad_norm = None
         if cfg.max_grad_norm > 0:  # the norm before clipping, as TRL logs it
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
@@ -224,8 +238,11 @@ class GRPOTrainer:
         return stats
 
     # -- checkpoints and the final model
-    def save(self) -> Path:
-        """A resumable checkpoint: trained weights, optimizer, RNG, the rollout buffer."""
+    def save(self) -> Path | None:
+        """A resumable checkpoint: trained weights, optimizer, RNG, the rollout buffer (rank
+        0's to write: every rank holds the same state); None on the other ranks."""
+        if not self.ranks.is_main:
+            return None
         state: dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "time_split": dict(self.time_split),
@@ -259,6 +276,8 @@ class GRPOTrainer:
 
     def write_model(self) -> Path:
         assert self.policy is not None
+        if not self.ranks.is_main:  # every rank holds the same weights; rank 0 writes them
+            return self.rundir.model_dir
         return self.policy.write_model(self.rundir.model_dir, self.cfg.merge_lora)
 
     # -- evaluation (greedy, held-out, through the one scoring path)
@@ -298,18 +317,24 @@ class GRPOTrainer:
         if heldout is None:
             return None
         self.model.eval()
-        return heldout.run(self.model, self.tokenizer, tag, self.run_path, self.progress, self.log)
+        return heldout.run(
+            self.model, self.tokenizer, tag, self.run_path, self.progress, self.log, self.ranks
+        )
 
     def _evaluate_before(self) -> None:
         """The 'before' accuracy, or on resume the verdicts the interrupted run recorded."""
         heldout = self._heldout()
         if heldout is None:
             return
-        if (
+        # rank 0 reads what the interrupted run recorded; every rank follows its decision
+        reloaded = broadcast_from_main(
             self.resume
+            and self.ranks.is_main
             and "eval_before" in self.rundir.summary
-            and heldout.reload("before", self.run_path)
-        ):
+            and heldout.reload("before", self.run_path),
+            self.ranks,
+        )
+        if reloaded:
             return
         self.rundir.update_summary(eval_before=self.evaluate("before"))
 
@@ -354,7 +379,11 @@ class GRPOTrainer:
         finalizers = command_finalizers(model_card=True)
         with (
             RunLifecycle(
-                self.rundir, config=config, summary=self._end_fields, finalizers=finalizers
+                self.rundir if isinstance(self.rundir, RunDir) else None,  # rank 0's to own
+                config=config,
+                start_fields={"world_size": self.ranks.world_size},
+                summary=self._end_fields,
+                finalizers=finalizers,
             ),
             contextlib.ExitStack() as stack,
         ):
@@ -410,7 +439,8 @@ class GRPOTrainer:
     @contextlib.contextmanager
     def _open_trackers(self) -> Iterator[Trackers]:
         """The run's ``report_to`` trackers, closed however the run ends."""
-        trackers = Trackers(self.cfg.report_to, self.run_path, self.cfg.run_dict(), self.log)
+        report_to = self.cfg.report_to if self.ranks.is_main else []  # rank 0 reports
+        trackers = Trackers(report_to, self.run_path, self.cfg.run_dict(), self.log)
         try:
             yield trackers
         finally:
