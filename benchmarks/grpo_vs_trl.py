@@ -4,7 +4,9 @@ and settings, measured in one process and interleaved (round 1: A then B, round 
 Both trainers get the same randomly initialised Qwen2-shaped model (built here from a config:
 no download) or the same trained ``--model``, the same BPE tokenizer, the same prompt text, the
 same reward (correctness), and the same settings: generations per prompt, completion length,
-batch, gradient accumulation, beta, loss type, precision, device, threads, steps. The first
+batch, gradient accumulation, beta, loss type, precision, device, threads, steps, and with
+``--lora-rank R`` the same adapters (rank R, alpha 2R, no dropout, every linear layer but the
+head: shoestring's ``lora_rank``, TRL's ``peft_config``), as docs/grpo.md's recipe. The first
 step of every run is dropped (allocator warm-up). A step is a whole optimizer step, generation
 included, for both; the split into generation and the rest is printed for both.
 
@@ -15,6 +17,7 @@ synthetic level-2 problems as ``Question: ...\\nAnswer:`` (28-44 tokens), and sa
 
     python benchmarks/grpo_vs_trl.py --steps 8 --rounds 4
     python benchmarks/grpo_vs_trl.py --prompt-source synthetic --dtype bf16
+    python benchmarks/grpo_vs_trl.py --lora-rank 16 --steps 3 --rounds 1
 
 TRL is a benchmark dependency only (``pip install -c constraints.txt -e ".[bench]"``).
 """
@@ -186,6 +189,10 @@ def run_shoestring(
             "learning_rate=1e-5",
             'rewards=["correctness"]',
             f"dtype={args.dtype}",
+            f"lora_rank={args.lora_rank}",
+            f"lora_alpha={2 * args.lora_rank}",
+            "lora_dropout=0.0",
+            'lora_target_modules=["all-linear"]',
             "device=cpu",
             f"threads={args.threads}",
             "save_steps=100000",
@@ -254,10 +261,22 @@ def run_trl(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    peft_config = None
+    if args.lora_rank:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=2 * args.lora_rank,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[correctness_reward],
         args=cfg,
+        peft_config=peft_config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         callbacks=[Timer()],
@@ -289,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-completion-length", type=int, default=64)
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--loss-type", default="dapo")
+    p.add_argument(
+        "--lora-rank", type=int, default=0, help="LoRA rank for both trainers (0 = full fine-tune)"
+    )
     p.add_argument(
         "--dtype",
         default="auto",
@@ -400,7 +422,12 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         f"model: {described}; "
         f"{args.num_generations} generations, batch {args.batch} completions, accumulation "
         f"{args.grad_accum}, completion <= {args.max_completion_length} tokens, beta {args.beta}, "
-        f"loss {args.loss_type}, {args.dtype}, CPU, {args.threads} threads, {args.steps} steps/run",
+        f"loss {args.loss_type}, {args.dtype}, CPU, {args.threads} threads, {args.steps} steps/run"
+        + (
+            f", LoRA r{args.lora_rank} alpha {2 * args.lora_rank} on every linear layer"
+            if args.lora_rank
+            else ", full fine-tune"
+        ),
         flush=True,
     )
     print(

@@ -34,7 +34,11 @@ REL = 1e-4
 #: (name, extra settings): the loss types, LoRA and full, reference and reused batches
 CASES = [
     ("grpo-full-beta", ["loss_type=grpo", "beta=0.04", "scale_rewards=batch"]),
-    ("dr_grpo-lora", ["loss_type=dr_grpo", "lora_rank=4", "lora_alpha=8"]),
+    # every completion of the step in the samples record (rank 1's share too)
+    (
+        "dr_grpo-lora",
+        ["loss_type=dr_grpo", "lora_rank=4", "lora_alpha=8", "num_completions_to_print=12"],
+    ),
     ("dapo-lora-reuse", ["loss_type=dapo", "lora_rank=4", "lora_alpha=8", "num_iterations=2"]),
     ("dapo-full-eval", ["loss_type=dapo", "eval_problems=6"]),
 ]
@@ -83,6 +87,8 @@ REWARDS = """
 import os
 
 def letters(prompts, completions, **kwargs):
+    if "log_extra" in kwargs:  # TRL's contract: a column for the logged samples
+        kwargs["log_extra"]("chars", [len(c) for c in completions])
     return [sum(ch in "aeiou" for ch in c) / (1 + len(c)) for c in completions]
 
 CALLS = [0]
@@ -159,6 +165,12 @@ def _steps(run: Path) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, lines) if "loss" in r]
 
 
+def _samples(run: Path) -> list[dict[str, Any]]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [r for r in map(json.loads, lines) if r.get("event") == "samples"]
+    return [s for r in records for s in r["samples"]]
+
+
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= REL * max(abs(a), abs(b)) + 1e-7
 
@@ -206,6 +218,10 @@ def test_two_ranks_take_the_one_process_step(runs: dict[str, tuple[Path, Path]],
             assert _close(ra[key], rb[key]), (key, ra[key], rb[key])
         if ra.get("kl") is not None:
             assert _close(ra["kl"], rb["kl"]), (ra["kl"], rb["kl"])
+    # the logged samples, with what the reward logged (log_extra) from every rank's share
+    samples_a, samples_b = _samples(one), _samples(two)
+    assert samples_a == samples_b
+    assert all("chars" in x["extra"] for x in samples_a)
     # the steps really moved the weights, and the same way
     wa = load_file(str(one / "model" / "model.safetensors"))
     wb = load_file(str(two / "model" / "model.safetensors"))

@@ -34,6 +34,7 @@ __all__ = [
     "TIMEOUT_ENV",
     "DistInfo",
     "all_gather",
+    "all_gather_objects",
     "all_mean",
     "all_sum",
     "all_sum_grads",
@@ -213,6 +214,16 @@ def gather_ordered(
         for pos, value in zip(there, share, strict=True):
             out[pos] = value
     return out
+
+
+def all_gather_objects(value: T, info: DistInfo) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process);
+    for small records whose lengths differ by rank (what reward functions logged)."""
+    if not info.enabled:
+        return [value]
+    values: list[Any] = [None] * info.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def broadcast_from_main(value: T, info: DistInfo) -> T:

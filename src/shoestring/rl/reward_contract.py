@@ -29,6 +29,7 @@ from typing import Any
 
 from transformers import TrainerState
 
+from shoestring.distributed import DistInfo, all_gather_objects
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet
@@ -87,9 +88,22 @@ class RewardContext:
         """TRL's ``log_metric``: a scalar of this step (averaged if logged several times)."""
         self.metrics[name].append(float(value))
 
-    def drain_into(self, stats: dict[str, Any]) -> None:
+    def drain_into(self, stats: dict[str, Any], ranks: DistInfo | None = None) -> None:
         """Put what the rewards logged into a step's record: metrics under
-        ``reward_metrics``, extra columns on the logged samples (``_samples[k]["extra"]``)."""
+        ``reward_metrics``, extra columns on the logged samples (``_samples[k]["extra"]``).
+        Under torchrun (``ranks``) each rank's rewards saw its share of the step, in step
+        order: the logs of every rank are joined in rank order first, so the extra columns are
+        the whole step's and a metric is the mean over every rank's calls (as TRL averages a
+        metric over processes under ``accelerate``)."""
+        if ranks is not None and ranks.enabled:
+            shares = all_gather_objects((dict(self.metrics), dict(self.extra)), ranks)
+            self.metrics.clear()
+            self.extra.clear()
+            for metrics, extra in shares:
+                for name, values in metrics.items():
+                    self.metrics[name].extend(values)
+                for column, values in extra.items():
+                    self.extra[column].extend(values)
         metrics, extra = self.drain()
         if metrics:
             stats["reward_metrics"] = metrics

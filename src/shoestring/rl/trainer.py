@@ -197,7 +197,8 @@ class GRPOTrainer:
             # rewards see the generation batch's index, as TRL's trainer_state does
             self.reward_context.begin_step(step, step // cfg.num_iterations)
             self.rollout, stats = self.generator.generate(step // cfg.num_iterations)
-            self.reward_context.drain_into(stats)  # what rewards logged (log_metric/log_extra)
+            # what rewards logged (log_metric/log_extra), every rank's
+            self.reward_context.drain_into(stats, self.ranks)
             self._last_gen_stats = stats
         else:  # reuse the batch: its generation and scoring cost nothing this step
             stats = dict(self._last_gen_stats)
