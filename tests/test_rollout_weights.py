@@ -113,3 +113,28 @@ def test_lora_rollout_samples_with_merged_plain_layers_and_the_same_tokens(
     assert fused == [True, False]  # merged: one plain q/k/v product; unmerged: LoRA modules
     assert [r.token_ids for r in merged] == [r.token_ids for r in plain]
     assert len(lora_linear_layers(model)) == 2 * 7  # every LoRA layer is back in place
+
+
+@pytest.mark.parametrize("adapters", [1, 2])
+def test_merged_weight_is_the_base_plus_every_active_delta(adapters: int) -> None:
+    """The merged weight is ``W + scale * B @ A`` (one fused ``addmm`` for one plain fp32
+    adapter; the general sum over adapters otherwise) within fp32 rounding of peft's own
+    delta, and the trained tensors are untouched."""
+    from shoestring.engine.lora_view import _merged_linears, _plain_adapter
+
+    lcfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(_llama(), lcfg)
+    if adapters == 2:
+        peft_model.add_adapter("second", lcfg)
+        peft_model.base_model.set_adapter(["default", "second"])
+    model = peft_model.get_base_model()
+    store = _merged_linears(model)
+    for name, mod in lora_linear_layers(model):
+        w = mod.get_base_layer().weight
+        before = w.detach().clone()
+        active = [a for a in mod.active_adapters if a in mod.lora_A]
+        assert (_plain_adapter(mod, active, w) is not None) == (adapters == 1)
+        want = before + sum(mod.get_delta_weight(a) for a in active)
+        got = store.linear_for(name, mod).weight
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert torch.equal(w, before)

@@ -79,11 +79,37 @@ class MergedLinears:
             # merged already (the delta is in W) or adapters off: the base weight is the layer
             lin.weight.copy_(w)
             return lin
-        delta = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        for name_a in active:
-            delta += mod.get_delta_weight(name_a).float()
-        lin.weight.copy_(w.float() + delta)
+        with torch.no_grad():
+            plain = _plain_adapter(mod, active, w)
+            if plain is not None:
+                # one fused pass: W + scale * (B @ A) written into the merged weight, where
+                # the general path below makes several weight-sized passes
+                a_weight, b_weight, scale = plain
+                torch.addmm(w, b_weight, a_weight, alpha=scale, out=lin.weight)
+                return lin
+            delta = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+            for name_a in active:
+                delta += mod.get_delta_weight(name_a).float()
+            lin.weight.copy_(w.float() + delta)
         return lin
+
+
+def _plain_adapter(
+    mod: Any, active: list[str], w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """``(A, B, scale)`` when the layer's delta is exactly ``scale * B @ A`` in ``w``'s dtype -
+    one active adapter, not transposed (``fan_in_fan_out``), adapters stored in the base
+    weight's dtype - so :func:`torch.addmm` can merge it in one pass; else None."""
+    if len(active) != 1 or getattr(mod, "fan_in_fan_out", False):
+        return None
+    name = active[0]
+    lora_a, lora_b = mod.lora_A[name], mod.lora_B[name]
+    if type(lora_a) is not nn.Linear or type(lora_b) is not nn.Linear:
+        return None
+    a_weight, b_weight = lora_a.weight, lora_b.weight
+    if not (a_weight.dtype == b_weight.dtype == w.dtype) or a_weight.device != w.device:
+        return None
+    return a_weight, b_weight, float(mod.scaling[name])
 
 
 def _layout(t: torch.Tensor) -> tuple[Any, ...]:
