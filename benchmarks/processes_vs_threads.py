@@ -180,6 +180,21 @@ def _train_measurement(run: Path) -> Measurement:
     return Measurement(seconds / n, tokens / seconds)
 
 
+def prepare_qwen2(work: Path, shape: dict[str, int], vocab: int, questions: str, n: int) -> Path:
+    """``n`` questions as ``work/problems.jsonl`` (returned) and a random-weight Qwen2 of
+    ``shape`` with a BPE tokenizer trained on them in ``work/model`` (grpo_vs_trl's builders)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from grpo_vs_trl import build_model, build_tokenizer, load_questions
+
+    rows = load_questions(questions, n)
+    data = work / "problems.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tok = build_tokenizer(work / "model", min(vocab, 2048), rows)
+    build_model(work / "model", tok, argparse.Namespace(**shape, vocab=vocab))
+    return data
+
+
 @dataclass
 class BenchWorkload:
     """``shoestring bench``: a random-weight Qwen2 of the shape (it never emits EOS, so every
@@ -196,15 +211,7 @@ class BenchWorkload:
     per: str = "problem"
 
     def prepare(self) -> None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from grpo_vs_trl import build_model, build_tokenizer, load_questions
-
-        rows = load_questions(self.questions, self.problems)
-        self.data = self.work / "problems.jsonl"
-        self.data.parent.mkdir(parents=True, exist_ok=True)
-        self.data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tok = build_tokenizer(self.work / "model", min(self.vocab, 2048), rows)
-        build_model(self.work / "model", tok, argparse.Namespace(**self.shape, vocab=self.vocab))
+        self.data = prepare_qwen2(self.work, self.shape, self.vocab, self.questions, self.problems)
 
     def run(self, layout: Layout, name: str) -> Measurement:
         out = self.work / name
@@ -239,15 +246,8 @@ class GrpoWorkload:
     per: str = "step"
 
     def prepare(self) -> None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from grpo_vs_trl import build_model, build_tokenizer, load_questions
-
-        rows = load_questions(self.questions, max(self.prompts * self.steps, 16))
-        self.data = self.work / "prompts.jsonl"
-        self.data.parent.mkdir(parents=True, exist_ok=True)
-        self.data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tok = build_tokenizer(self.work / "model", min(self.vocab, 2048), rows)
-        build_model(self.work / "model", tok, argparse.Namespace(**self.shape, vocab=self.vocab))
+        n = max(self.prompts * self.steps, 16)
+        self.data = prepare_qwen2(self.work, self.shape, self.vocab, self.questions, n)
 
     def run(self, layout: Layout, name: str) -> Measurement:
         out = self.work / name

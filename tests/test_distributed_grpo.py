@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from _helpers import char_tokenizer
+from _helpers import char_tokenizer, save_tiny_llama
 from shoestring.cli import main as cli_main
 from test_distributed_launch import LAUNCH_TIMEOUT_S, free_port, run_launchers, torchrun_command
 
@@ -61,24 +60,7 @@ leave_group(ranks)
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("grpo-ranks") / "tiny-llama"
-    tok = char_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("grpo-ranks") / "tiny-llama", char_tokenizer())
 
 
 #: a reward that differs between a group's completions (a random model never answers right,

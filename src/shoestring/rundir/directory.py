@@ -172,7 +172,21 @@ def unique_run_dir(out: str | Path, name: str) -> Path:
     return Path(out) / f"{name}-{i}"
 
 
-class RunDir:
+class RunPaths:
+    """Where a run directory's parts are, for its writer and for the ranks that only read it."""
+
+    path: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+
+class RunDir(RunPaths):
     """Writer for one run directory; only the process that owns the run (rank 0) creates one."""
 
     def __init__(self, path: str | Path, kind: str, *, echo: bool = True) -> None:
@@ -204,14 +218,6 @@ class RunDir:
             self.log(took_over)
 
     # -- files
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
-
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_json(self.path / "config.json", config)
 

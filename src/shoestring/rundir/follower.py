@@ -13,24 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shoestring.rundir.directory import RunPaths
+
 __all__ = ["RunDirFollower"]
 
 
-class RunDirFollower:
+class RunDirFollower(RunPaths):
     """A read-only view of the run directory rank 0 writes (same attribute names as RunDir)."""
 
     def __init__(self, path: str | Path, kind: str) -> None:
         self.path = Path(path)
         self.kind = kind
         self.summary: dict[str, Any] = {}  # this rank's fields; never written to disk
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
 
     def log(self, message: str, *, echo: bool = True) -> None:
         """Rank 0 logs the run; another rank's lines would repeat its own."""
