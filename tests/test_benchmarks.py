@@ -156,3 +156,13 @@ def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.decode_steps([10, 2, 10, 2], 2, 1) == 10
     assert "decode steps: HF static batches" in out
     assert all(50 <= n <= 300 for n in bench.answer_lengths(200, 1))
+
+
+def test_linear_kernels_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every kernel is checked against float64 within fp32 rounding before it is timed."""
+    bench = _load("linear_kernels")
+    args = ["--rows", "2", "--shapes", "qkv", "o", "--seconds", "0.01", "--threads", "1"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert _names_its_host(out)
+    assert "oneDNN packed" in out and "x F.linear" in out
