@@ -295,3 +295,51 @@ def test_a_killed_rank_fails_grpo_cleanly_and_resume_finishes_the_run(
         assert ra["reward_mean"] == rb["reward_mean"]
         assert _close(ra["loss"], rb["loss"]) and _close(ra["grad_norm"], rb["grad_norm"])
     assert json.loads((cut / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_curriculum_cut_in_one_process_resumes_on_two_ranks(
+    runs: dict[str, tuple[Path, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during stage 2's second step (after its step-1 checkpoint) in one process;
+    ``--resume`` on two ranks: rank 0 reads ``state.json`` and what the attempt left, both
+    ranks resume its GRPO run from the checkpoint, and the curriculum ends as the
+    uninterrupted one did."""
+    from shoestring.rl.trainer import GRPOTrainer
+
+    one, _ = runs["progressive"]
+    base = one.parent
+    stages = tmp_path / "stages.yaml"
+    stages.write_text((base / "stages.yaml").read_text())
+    real_step = GRPOTrainer.train_step
+
+    def interrupted_once(self: GRPOTrainer) -> Any:
+        if self.run_path.name == "02-two" and self.step == 1:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.syspath_prepend(str(base))  # the reward module
+    monkeypatch.setattr(GRPOTrainer, "train_step", interrupted_once)
+    args = _progressive_args(stages, tmp_path, "cut")
+    assert cli_main([*args, "--set", "grpo.save_steps=1"]) == 130
+    monkeypatch.setattr(GRPOTrainer, "train_step", real_step)
+    cut = tmp_path / "cut"
+    assert (cut / "stages" / "02-two" / "checkpoints" / "step_1").is_dir()
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    batch = tmp_path / "cases.json"
+    batch.write_text(json.dumps([["progressive", "--resume", str(cut), "-q"]]))
+    cmd = torchrun_command("--nproc_per_node=2", f"--master_port={free_port()}", str(worker))
+    log = tmp_path / "launch.log"
+    assert run_launchers([[*cmd, str(batch), str(base)]], [log])[0] == 0, log.read_text()[-3000:]
+    sa = json.loads((one / "summary.json").read_text())
+    sb = json.loads((cut / "summary.json").read_text())
+    assert sb["status"] == "finished" and sb["world_size"] == 2
+    assert [r["status"] for r in sa["stages"]] == [r["status"] for r in sb["stages"]]
+    for r in sa["stages"]:
+        ea = json.loads((one / "evals" / f"{r['label']}.json").read_text())
+        eb = json.loads((cut / "evals" / f"{r['label']}.json").read_text())
+        assert ea["per_problem"] == eb["per_problem"], r["label"]
+    resumed = _steps(cut / "stages" / "02-two")
+    assert [x["step"] for x in resumed] == [1, 2]
+    whole = _steps(one / "stages" / "02-two")
+    assert [x["reward_mean"] for x in whole] == [x["reward_mean"] for x in resumed]

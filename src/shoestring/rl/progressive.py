@@ -199,7 +199,11 @@ class ProgressiveRun:
                 rd.write_config(cfg.run_dict())
             life = RunLifecycle(
                 rd,
-                start_fields={"finished_at": None, "error": None},
+                start_fields={
+                    "finished_at": None,
+                    "error": None,
+                    "world_size": self.ranks.world_size,  # this session's ranks
+                },
                 summary=self._summary_fields,
                 close=False,
                 finalizers=finalizers,
