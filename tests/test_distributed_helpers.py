@@ -74,9 +74,10 @@ _COLLECTIVES = """
 import json, sys
 import torch
 from shoestring.distributed import (
-    all_gather, all_mean, all_sum, all_sum_grads, broadcast_from_main, gather_ordered,
-    init_distributed, leave_group, shard, wait_for_all,
+    all_gather, all_mean, all_sum, all_sum_grads, broadcast_from_main, decided_by_main,
+    gather_ordered, init_distributed, leave_group, shard, wait_for_all,
 )
+from shoestring.errors import UserError
 info = init_distributed("cpu")
 items = [f"item{i}" for i in range(10)]  # 5 groups of 2: 3 on rank 0, 2 on rank 1
 out = {}
@@ -97,6 +98,14 @@ if info.rank == 0:
     params[1].grad = torch.tensor([5.0, 7.0])
 all_sum_grads(params, info)
 out["grads"] = [p.grad.tolist() for p in params]
+# rank 0 decides (or refuses) for every rank
+out["decided"] = decided_by_main(lambda: f"rank {info.rank}", info)
+def refuse():
+    raise UserError(f"refused by rank {info.rank}")
+try:
+    decided_by_main(refuse, info)
+except UserError as exc:
+    out["refusal"] = str(exc)
 with open(sys.argv[1] + f".{info.rank}.json", "w") as f:
     json.dump(out, f)
 wait_for_all(info)
@@ -124,6 +133,7 @@ def test_collectives_on_two_gloo_ranks(tmp_path: Path) -> None:
         assert got["broadcast"] == "from rank 0"
         assert got["world_size"] == 2
         assert got["grads"] == [[3.0, 3.0, 3.0], [5.0, 7.0]]
+        assert got["decided"] == "rank 0" and got["refusal"] == "refused by rank 0"
 
 
 _FAILING = """

@@ -17,8 +17,9 @@ on another code path) fails every collective after ``SHOESTRING_DIST_TIMEOUT`` s
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ __all__ = [
     "all_sum",
     "all_sum_grads",
     "broadcast_from_main",
+    "command_group",
+    "decided_by_main",
     "gather_ordered",
     "init_distributed",
     "is_main_process",
@@ -140,6 +143,41 @@ def init_distributed(device_name: str) -> DistInfo:
             backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_seconds())
         )
     return DistInfo(world, rank, local)
+
+
+@contextlib.contextmanager
+def command_group(device_name: str) -> Iterator[DistInfo]:
+    """A command's time in torchrun's process group: join it (a no-op in one process), and
+    after a run that ended well wait for every rank before leaving (rank 0 may still be
+    writing). A caller that joined already - a curriculum running GRPO stages, a script running
+    several commands in one launch - stays in the group: only the joiner leaves it, since gloo
+    cannot reliably join again through the same launcher's store."""
+    joined = launched_distributed() and not dist.is_initialized()
+    info = init_distributed(device_name)
+    try:
+        yield info
+        wait_for_all(info)
+    finally:
+        if joined:
+            leave_group(info)
+
+
+def decided_by_main(decide: Callable[[], T], info: DistInfo) -> T:
+    """``decide()`` on rank 0 and its value on every rank (a new run directory's name, what a
+    killed attempt left). A :class:`UserError` rank 0 raises is raised on every rank with the
+    same line, so no rank is left waiting for a value that never comes."""
+    if not info.enabled:
+        return decide()
+    value, refusal = None, None
+    if info.is_main:
+        try:
+            value = decide()
+        except UserError as exc:
+            refusal = str(exc)
+    value, refusal = broadcast_from_main((value, refusal), info)
+    if refusal is not None:
+        raise UserError(refusal)
+    return value  # type: ignore[return-value]
 
 
 def rank_device(device_name: str, info: DistInfo) -> str:

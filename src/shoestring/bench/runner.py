@@ -25,14 +25,7 @@ from shoestring.bench.protocol import ProtocolChoice
 from shoestring.bench.ranks import Plan, send, serve
 from shoestring.bench.results import ModelOutcome, partial_result
 from shoestring.config import run_dict
-from shoestring.distributed import (
-    DistInfo,
-    init_distributed,
-    leave_group,
-    rank_device,
-    rank_threads,
-    wait_for_all,
-)
+from shoestring.distributed import DistInfo, command_group, rank_device, rank_threads
 from shoestring.errors import UserError
 from shoestring.report.blocks import fmt
 from shoestring.report.finalize import command_finalizers
@@ -54,13 +47,8 @@ def run(cfg: BenchConfig, *, on_problem: OnProblem | None = None) -> Path:
     its share of the problems (:mod:`shoestring.bench.ranks`).
     """
     cfg.check()
-    ranks = init_distributed(cfg.device)
-    try:
-        out = _run(cfg, ranks, on_problem) if ranks.is_main else _serve(cfg, ranks)
-        wait_for_all(ranks)  # leave together: rank 0 may still be writing
-        return out
-    finally:
-        leave_group(ranks)
+    with command_group(cfg.device) as ranks:  # under torchrun: every rank runs this
+        return _run(cfg, ranks, on_problem) if ranks.is_main else _serve(cfg, ranks)
 
 
 def _runtime(cfg: BenchConfig, ranks: DistInfo) -> Runtime:

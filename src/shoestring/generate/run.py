@@ -30,13 +30,11 @@ import torch
 from shoestring.distributed import (
     DistInfo,
     broadcast_from_main,
+    command_group,
     gather_ordered,
-    init_distributed,
-    leave_group,
     rank_device,
     rank_threads,
     shard_positions,
-    wait_for_all,
 )
 from shoestring.engine import (
     Engine,
@@ -80,13 +78,8 @@ def run(cfg: GenerateConfig) -> Path:
     path, a refused pickle) is an error that leaves no directory behind."""
     cfg.check()
     sampling = _sampling(cfg)
-    ranks = init_distributed(cfg.device)
-    try:
-        path = _run(cfg, sampling, ranks)
-        wait_for_all(ranks)  # leave together: rank 0 may still be writing
-        return path
-    finally:
-        leave_group(ranks)
+    with command_group(cfg.device) as ranks:  # under torchrun: every rank runs this
+        return _run(cfg, sampling, ranks)
 
 
 def _run(cfg: GenerateConfig, sampling: Sampling, ranks: DistInfo) -> Path:

@@ -20,17 +20,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 from shoestring.cli_options import read_resume_config
-from shoestring.distributed import (
-    DistInfo,
-    broadcast_from_main,
-    init_distributed,
-    launched_distributed,
-    leave_group,
-    wait_for_all,
-)
+from shoestring.distributed import command_group, decided_by_main
 from shoestring.errors import UserError
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.rewards import check_rewards
@@ -74,10 +65,7 @@ def run(cfg: GRPOConfig) -> Path:
     """
     quiet = cfg.quiet
     check_rewards(cfg.rewards)  # a bad reward name fails now, not after the model has loaded
-    # under torchrun: join the group here, unless the caller already has (it then leaves it)
-    joined = launched_distributed() and not dist.is_initialized()
-    ranks = init_distributed(cfg.device)
-    try:
+    with command_group(cfg.device) as ranks:  # under torchrun: every rank runs this
         if cfg.resume:
             path = Path(cfg.resume)
             # no config.json, or a run of another kind: one line naming it
@@ -87,31 +75,9 @@ def run(cfg: GRPOConfig) -> Path:
             )
         else:
             cfg = cfg.resolved()
-            path = _agreed_run_path(cfg, ranks)
+            # rank 0 names (or refuses) the directory; every rank follows it
+            path = decided_by_main(lambda: new_run_path(cfg), ranks)
             # config.json names the directory the run really uses
             cfg = dataclasses.replace(cfg, output_dir=str(path))
             trainer = GRPOTrainer(cfg, path, echo=not quiet, progress=not quiet, ranks=ranks)
-        out = trainer.run()
-        wait_for_all(ranks)  # leave together: rank 0 may still be writing model/
-        return out
-    finally:
-        if joined:
-            leave_group(ranks)
-
-
-def _agreed_run_path(cfg: GRPOConfig, ranks: DistInfo) -> Path:
-    """The new run's directory, named by rank 0 and followed by every rank; a directory rank 0
-    refuses is refused on every rank with the same line (no rank is left waiting)."""
-    if not ranks.enabled:
-        return new_run_path(cfg)
-    path, refusal = None, None
-    if ranks.is_main:
-        try:
-            path = new_run_path(cfg)
-        except UserError as exc:
-            refusal = str(exc)
-    path, refusal = broadcast_from_main((path, refusal), ranks)
-    if refusal is not None:
-        raise UserError(refusal)
-    assert path is not None
-    return path
+        return trainer.run()

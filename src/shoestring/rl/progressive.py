@@ -41,17 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from shoestring.cli_options import read_resume_config
-from shoestring.distributed import (
-    DistInfo,
-    broadcast_from_main,
-    init_distributed,
-    launched_distributed,
-    leave_group,
-    wait_for_all,
-)
+from shoestring.distributed import DistInfo, command_group, decided_by_main
 from shoestring.errors import UserError
 from shoestring.models.loading import resolve_model_path
 from shoestring.report.finalize import command_finalizers
@@ -119,8 +111,10 @@ class ProgressiveRun:
         self.trackers = Trackers([], path, {}, self.rd.log)  # run() opens report_to's
         resumed = resume and self.state_path.exists()
         # rank 0 reads the state a resumed run left; every rank starts from the same one
-        state = read_json(self.state_path) if resumed and main else new_state(self.base_location)
-        self.state: dict[str, Any] = broadcast_from_main(state, self.ranks)
+        self.state: dict[str, Any] = decided_by_main(
+            lambda: read_json(self.state_path) if resumed else new_state(self.base_location),
+            self.ranks,
+        )
 
     # -- state and evaluation
     @property
@@ -312,9 +306,7 @@ class ProgressiveRun:
         )
         stage_dir = self.path / "stages" / label
         # what a killed run left behind (rank 0 looks, and may remove an empty attempt)
-        run_dir, resume_dir = broadcast_from_main(
-            leftover_attempt(stage_dir) if self.ranks.is_main else (None, None), self.ranks
-        )
+        run_dir, resume_dir = decided_by_main(lambda: leftover_attempt(stage_dir), self.ranks)
         gcfg.output_dir = str(stage_dir)
         gcfg.resume = "" if resume_dir is None else str(resume_dir)
         gcfg.quiet = cfg.output.quiet
@@ -523,17 +515,12 @@ def run(
     # the base evaluation.
     for stage in cfg.stages:
         check_rewards(stage_grpo_config(cfg, stage, cfg.model).rewards)
-    # under torchrun: join the group for the whole curriculum (its GRPO stages stay in it)
-    joined = launched_distributed() and not dist.is_initialized()
-    ranks = init_distributed(cfg.validation.device)
-    try:
+    # under torchrun: in the group for the whole curriculum (its GRPO stages stay in it)
+    with command_group(cfg.validation.device) as ranks:
         if not cfg.resume:
             # rank 0 names the directory; the others follow it
-            path = broadcast_from_main(
-                unique_run_dir(cfg.output.dir, cfg.output.name or "progressive")
-                if ranks.is_main
-                else None,
-                ranks,
+            path = decided_by_main(
+                lambda: unique_run_dir(cfg.output.dir, cfg.output.name or "progressive"), ranks
             )
         runner = ProgressiveRun(
             cfg,
@@ -543,9 +530,4 @@ def run(
             evaluator=evaluator,
             ranks=ranks,
         )
-        out = runner.run()
-        wait_for_all(ranks)  # leave together: rank 0 may still be writing
-        return out
-    finally:
-        if joined:
-            leave_group(ranks)
+        return runner.run()
