@@ -15,6 +15,7 @@ Where the pieces live: the stages file and each stage's GRPOConfig in
 :mod:`~shoestring.rl.progressive_config`, the validation set and its scoring in
 :mod:`~shoestring.rl.curriculum_eval`, ``state.json`` and the rollback rule in
 :mod:`~shoestring.rl.progressive_state`, the figure in :mod:`~shoestring.rl.progressive_plot`,
+the closing summary in :mod:`~shoestring.rl.progressive_summary`,
 the CLI in :mod:`~shoestring.rl.cli`.
 
 The run directory (kind ``progressive``) holds ``state.json`` (what resume reads),
@@ -40,8 +41,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from shoestring.cli_options import read_resume_config
 from shoestring.distributed import DistInfo, command_group, decided_by_main
 from shoestring.errors import UserError
@@ -50,7 +49,6 @@ from shoestring.report.finalize import command_finalizers
 from shoestring.rl import grpo
 from shoestring.rl.config import GRPOConfig
 from shoestring.rl.curriculum_eval import EvalResult, Evaluator, ValidationEvaluator
-from shoestring.rl.data import data_source
 from shoestring.rl.progressive_config import ProgressiveConfig, stage_grpo_config
 from shoestring.rl.progressive_plot import plot_progressive
 from shoestring.rl.progressive_state import (
@@ -64,12 +62,12 @@ from shoestring.rl.progressive_state import (
     pts,
     stage_label,
 )
+from shoestring.rl.progressive_summary import summary_fields
 from shoestring.rl.rewards import check_rewards
 from shoestring.rundir.directory import RunDir, atomic_write_json, read_json, unique_run_dir
 from shoestring.rundir.follower import RunDirFollower
 from shoestring.rundir.lifecycle import RunLifecycle
 from shoestring.rundir.trackers import Trackers
-from shoestring.runtime import resolve_device
 
 __all__ = ["ProgressiveRun", "StageTrainer", "run"]
 
@@ -424,60 +422,9 @@ class ProgressiveRun:
         except Exception as exc:  # noqa: BLE001 - a plot must never lose the run's summary
             self.rd.log(f"could not draw the plot: {type(exc).__name__}: {exc}")
 
-    def _data_sources(self) -> dict[str, Any]:
-        """The files the validation set and each stage read (``rl.data.data_source``); a
-        dataset that cannot be found records why instead of failing the summary."""
-
-        def source(spec: str, split: str) -> dict[str, Any]:
-            try:
-                return data_source(spec, split)
-            except UserError as exc:
-                return {"dataset": spec, "split": split, "path": None, "error": str(exc)}
-
-        cfg = self.cfg
-        stages = {}
-        for stage in cfg.stages:
-            dataset = stage_grpo_config(cfg, stage, cfg.model).dataset
-            stages[stage["name"]] = source(dataset, "train")
-        v = cfg.validation
-        return {"validation": source(v.dataset, v.split), "stages": stages}
-
     def _summary_fields(self) -> dict[str, Any]:
         """What summary.json adds to the lifecycle's fields at the end of the run."""
-        st, v = self.state, self.cfg.validation
-        best = st.get("best") or {}
-        return {
-            "base_eval": st.get("base_eval"),
-            "stages": st["records"],
-            "best_model_dir": best.get("model_dir"),
-            "best_label": best.get("label"),
-            "best_accuracy": best.get("accuracy"),
-            "rollbacks": st["rollbacks"],
-            "stopped_at": st.get("stopped_at"),
-            "stages_completed": st["stage_index"],
-            "stages_total": len(self.cfg.stages),
-            "validation": {
-                "dataset": v.dataset,
-                "split": v.split,
-                "n": v.n,
-                "protocol": v.protocol,
-                "fingerprint": st.get("validation_fingerprint"),
-            },
-            "data": self._data_sources(),
-            "protocol": st.get("protocol"),
-            "protocol_key": st.get("protocol_key"),
-            "threshold_points": self.cfg.threshold,
-            "significance": self.cfg.significance,
-            "warnings": list(st.get("warnings", [])),
-            "seconds_total": round(sum(r["seconds"] for r in st["records"]), 3)
-            + (st["base_eval"] or {}).get("seconds", 0.0),
-            "runtime": {
-                "device": str(resolve_device(v.device)),
-                "dtype": v.dtype,
-                "threads": torch.get_num_threads(),
-            },
-            "plot": self._plot,
-        }
+        return summary_fields(self.cfg, self.state, self._plot)
 
     def _report(self, status: str) -> None:
         """The report the lifecycle wrote (on stderr), the last log line, close."""
