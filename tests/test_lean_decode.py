@@ -111,8 +111,9 @@ def _prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, stor
 
 
 def compare_steps(model: torch.nn.Module, steps: int = 6, store=None, atol: float = 1e-5):
-    """Decode ``steps`` tokens twice from the same left-padded prefill - transformers forward
-    and lean step, each with its own cache - and compare logits at every step."""
+    """Prefill the same left-padded prompts and decode ``steps`` tokens twice - transformers
+    forward, and the lean forward (its prefill, then its steps), each with its own cache - and
+    compare logits after the prefill and at every step."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, VOCAB, (3, 7), generator=g)
     mask = torch.ones_like(ids)
@@ -123,10 +124,14 @@ def compare_steps(model: torch.nn.Module, steps: int = 6, store=None, atol: floa
     assert lean is not None
     with torch.inference_mode():
         ref_logits, ref_cache = _prefill(model, ids, mask, store)
-        _, lean_cache = _prefill(model, ids, mask, store)
+        lean_cache = make_cache(model, 16, store)
+        prompt_pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        got = lean.forward(ids, mask, prompt_pos, lean_cache)
+        assert got.dtype == torch.float32 and got.shape == ref_logits.shape
+        worst = float((got - ref_logits).abs().max())
+        assert lean_cache.get_seq_length() == ids.shape[1]
         pos = mask.sum(-1)
         nxt = ref_logits.argmax(-1)
-        worst = 0.0
         for _ in range(steps):
             mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
             ref = (
@@ -145,7 +150,7 @@ def compare_steps(model: torch.nn.Module, steps: int = 6, store=None, atol: floa
             worst = max(worst, float((got - ref).abs().max()))
             nxt = ref.argmax(-1)
             pos = pos + 1
-    assert worst <= atol, f"lean step differs from the transformers forward by {worst}"
+    assert worst <= atol, f"lean forward differs from the transformers forward by {worst}"
     return worst
 
 

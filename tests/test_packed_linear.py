@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from _helpers import char_tokenizer
-from shoestring.engine import Engine, EngineOptions, Sampling, lean_decode, packed_linear
+from shoestring.engine import (
+    Engine,
+    EngineOptions,
+    Sampling,
+    lean_decode,
+    make_cache,
+    packed_linear,
+)
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
 from shoestring.models.llama2c import llama2c_config, load_llama2c_state_dict
@@ -87,9 +94,9 @@ def _stories260k(shared_dir: Path) -> LlamaForCausalLM:
 def test_fp32_packed_greedy_tokens_equal_transformers_on_a_trained_model(
     shared_dir: Path,
 ) -> None:
-    """The fp32 policy on real weights: the packed lean step's logits stay within fp32
-    rounding noise of the model's forward, and 48 greedy tokens of 6 rows (left-padded)
-    equal transformers' batched ``generate`` token for token."""
+    """The fp32 policy on real weights: the packed lean prefill's and steps' logits stay
+    within fp32 rounding noise of the model's forward, and 48 greedy tokens of 6 rows
+    (left-padded) equal transformers' batched ``generate`` token for token."""
     model = _stories260k(shared_dir)
     lean = LeanDecoder.build(model, pack=True)
     assert lean is not None and lean.packed
@@ -110,10 +117,12 @@ def test_fp32_packed_greedy_tokens_equal_transformers_on_a_trained_model(
             pad_token_id=0,
         )[:, ids.shape[1] :]
         eos = model.config.eos_token_id
-        logits, cache = _prefill(model, ids, mask)
+        ref, ref_cache = _prefill(model, ids, mask)
+        cache = make_cache(model, steps)
+        logits = lean.forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        worst = float((logits - ref).abs().max() / ref.abs().max())
         logits[:, eos] = float("-inf")  # no EOS, as min_new_tokens does for generate
-        pos, nxt, got, worst = mask.sum(-1), logits.argmax(-1), [], 0.0
-        ref_cache = _prefill(model, ids, mask)[1]
+        pos, nxt, got = mask.sum(-1), logits.argmax(-1), []
         for _ in range(steps):
             got.append(nxt)
             mask = torch.cat([mask, mask.new_ones((6, 1))], dim=1)
@@ -146,8 +155,10 @@ def test_packed_step_is_bit_identical_to_the_unpacked_step(family: str, fuse: bo
     mask = torch.ones_like(ids)
     mask[1, :2] = 0  # left padding
     with cpu_fp32_attention(model, True) as store, torch.inference_mode():
-        logits, cache_a = _prefill(model, ids, mask, store)
-        _, cache_b = _prefill(model, ids, mask, store)
+        cache_a, cache_b = make_cache(model, 5, store), make_cache(model, 5, store)
+        prompt_pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = packed.forward(ids, mask, prompt_pos, cache_a)  # the prefill, packed or not
+        assert torch.equal(logits, plain.forward(ids, mask, prompt_pos, cache_b))
         pos, nxt = mask.sum(-1), logits.argmax(-1)
         for _ in range(5):
             mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)

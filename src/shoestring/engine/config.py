@@ -106,6 +106,11 @@ class EngineOptions:
     lean_decode: bool = opt(
         True, "Llama/Qwen2/Mistral/shoestring GPT: decode steps skip the forward's overhead"
     )
+    lean_prefill: bool = opt(
+        True,
+        "with lean_decode: prompts are prefilled through the lean step's fused (on a CPU "
+        "prepacked) weights too, not the model's own forward",
+    )
     static_cache: str = opt(
         "auto",
         "fixed-shape KV cache + replayed decode step; auto = on CUDA for models the lean "

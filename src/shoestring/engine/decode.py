@@ -125,6 +125,11 @@ def _decode(
         keys = row_keys(range(len(ids_list)), n)
     keys = keys.to(device)  # output index -> the row's stream key
 
+    # The lean forward (fused, on a CPU prepacked weights: built once per call) for the decode
+    # steps and, with lean_prefill, the prompts' prefills and refills too
+    lean = LeanDecoder.build(model) if options.lean_decode else None
+    prefill_lean = lean if options.lean_prefill else None
+
     def prefill(count: int) -> _Batch:
         """Prefill the next ``count`` queued prompts (their samples share it)."""
         take, queue[:] = queue[:count], queue[count:]
@@ -139,6 +144,7 @@ def _decode(
             pad,
             device,
             store_dtype,
+            prefill_lean,
         )
         # next position per row = its unpadded prompt length (left padding is not counted)
         pos = torch.tensor([lengths[i] for i in take], dtype=torch.long, device=device)
@@ -159,8 +165,8 @@ def _decode(
         return _Batch(logits, cache, mask, pos, active, row_key, made)
 
     batch = prefill(per_batch)
-    use_lean = options.lean_decode and is_dynamic_cache(batch.cache)
-    lean = LeanDecoder.build(model) if use_lean else None
+    if not is_dynamic_cache(batch.cache):
+        lean = None  # a cache the lean step cannot update: the model's own forward throughout
     alive = [True] * len(batch.active)  # per batch row; False = finished but still in the batch
     compact = options.compact
     min_new = sampling.min_new_tokens if eos_tensor is not None else 0

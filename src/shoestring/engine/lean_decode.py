@@ -1,6 +1,7 @@
-"""A lean one-token decode step for Llama-family models (Llama, Qwen2, Mistral) and the
-shoestring GPT's plain variants. This module is one idea: the model's decode step with nothing
-around its arithmetic that the step does not need.
+"""A lean forward for Llama-family models (Llama, Qwen2, Mistral) and the shoestring GPT's
+plain variants: the one-token decode step, and the same step over a prompt's tokens (the
+prefill). This module is one idea: the model's forward with nothing around its arithmetic that
+generation does not need.
 
 Why: a decode step multiplies one token per row by every weight of the model. On a small model
 most of the step is overhead, not arithmetic: Python and small tensors - masks rebuilt every
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shoestring.engine.packed_linear import can_pack, pack_weight, packed_linear
+from shoestring.models.attention import sdpa_mask
 from shoestring.models.rope import apply_rope, rotate_half
 
 # Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
@@ -306,19 +308,18 @@ class LeanDecoder:
     def _embed(
         self, input_ids: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Hidden states [B, 1, D] and cos/sin [B, 1, 1, d] (``None`` without RoPE)."""
-        # F.embedding, not the module: no dispatch, same lookup; [B] -> [B, 1, D]
-        h = F.embedding(input_ids[:, None], self.inner.embed_tokens.weight)
-        pos = positions[:, None]  # [B, 1]: one position per row (rows differ by padding)
+        """Hidden states [B, S, D] and cos/sin [B, S, 1, d] (``None`` without RoPE)."""
+        # F.embedding, not the module: no dispatch, same lookup; [B, S] -> [B, S, D]
+        h = F.embedding(input_ids, self.inner.embed_tokens.weight)
         if not self.gpt:
-            cos, sin = self.inner.rotary_emb(h, pos)  # [B, 1, d] in h's dtype
-            return h, (cos[:, None], sin[:, None])
+            cos, sin = self.inner.rotary_emb(h, positions)  # [B, S, d] in h's dtype
+            return h, (cos[:, :, None], sin[:, :, None])  # broadcast over heads
         if self.inner.embed_positions is not None:
-            h = h + F.embedding(pos, self.inner.embed_positions.weight)
+            h = h + F.embedding(positions, self.inner.embed_positions.weight)
         if not self.rope:
             return h, None
-        cos, sin = self.inner._rope_cos_sin(pos, h.device)  # fp32 [B, 1, 1, d]
-        return h, (cos, sin)
+        cos, sin = self.inner._rope_cos_sin(positions, h.device)  # fp32 [B, 1, S, d]
+        return h, (cos.transpose(1, 2), sin.transpose(1, 2))
 
     def step(
         self,
@@ -330,39 +331,57 @@ class LeanDecoder:
         """Logits (fp32, [B, V]) of the next token after ``input_ids`` [B] at ``positions``
         [B]; ``mask`` [B, T] covers the cache plus this token (1 = attend). Appends this
         token's keys and values to ``cache`` (a transformers ``Cache``)."""
-        b = input_ids.shape[0]
+        return self.forward(input_ids[:, None], mask, positions[:, None], cache)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """Logits (fp32, [B, V]) of the token after the last of ``input_ids`` [B, S] at
+        ``positions`` [B, S]; ``mask`` [B, T] covers the cache plus these S tokens. Appends
+        their keys and values to ``cache``. S = 1 is a decode step; S > 1 is a prefill (or a
+        refill's), which gains the same fused, prepacked products: the model's own forward
+        would multiply a prompt's few hundred rows by the unpacked weights."""
+        b, s = input_ids.shape
         hq, hkv, d, dv = self.n_heads, self.n_kv, self.head_dim, self.v_head_dim
         h, rope = self._embed(input_ids, positions)
-        attn_mask = mask[:, None, None, :].bool()  # [B, 1, 1, T], shared by every layer
-        # the same mask as an additive fp32 bias, for the CPU's single-query attention
-        bias = mask_bias(attn_mask) if input_ids.device.type == "cpu" else None
+        bias = None
+        if s == 1:
+            attn_mask = mask[:, None, None, :].bool()  # [B, 1, 1, T], shared by every layer
+            # the same mask as an additive fp32 bias, for the CPU's single-query attention
+            bias = mask_bias(attn_mask) if input_ids.device.type == "cpu" else None
+        else:  # causal over cache + input, padding masked; the forward's own rule
+            attn_mask, _ = sdpa_mask(mask, s, mask.shape[1] - s, mask.device)  # [B, 1, S, T]
         for i, layer in enumerate(self.layers):
             x = layer.norm1(h)
-            # q/k as [B, 1, heads, d]; RoPE on both with one rotation where they are adjacent
+            # q/k as [B, S, heads, d]; RoPE on both with one rotation where they are adjacent
             # columns of the fused product (dtypes as the model's own forward gets them)
             y = layer.qkv.fused(x)
             if y is not None:
                 # fused columns: [q heads | k heads | v heads]; q and k rotate as one tensor
-                qk = y[..., : (hq + hkv) * d].view(b, 1, hq + hkv, d)
+                qk = y[..., : (hq + hkv) * d].view(b, s, hq + hkv, d)
                 v = y[..., (hq + hkv) * d :]
                 if rope is not None:
                     qk = self._rotate(qk, rope)
                 q, k = qk.split([hq, hkv], dim=2)
             else:
                 q, k, v = layer.qkv(x)
-                q, k = q.view(b, 1, hq, d), k.view(b, 1, hkv, d)
+                q, k = q.view(b, s, hq, d), k.view(b, s, hkv, d)
                 if rope is not None:
                     q, k = self._rotate(q, rope), self._rotate(k, rope)
-            # [B, 1, heads, d] -> [B, heads, 1, d]: the cache and SDPA want heads first
+            # [B, S, heads, d] -> [B, heads, S, d]: the cache and SDPA want heads first
             keys, values = cache.update(
-                k.transpose(1, 2), v.view(b, 1, hkv, dv).transpose(1, 2), i
-            )  # [B, hkv, T, d], this token's column included
+                k.transpose(1, 2), v.view(b, s, hkv, dv).transpose(1, 2), i
+            )  # [B, hkv, T, d], these tokens' columns included
             out = self._attend(q.transpose(1, 2), keys, values, attn_mask, bias, layer.scaling)
-            # [B, hq, 1, dv] -> [B, 1, hq*dv]; back to the activations' dtype (fp32 cache)
-            h = h + layer.o(out.transpose(1, 2).reshape(b, 1, hq * dv).to(x.dtype))[0]
+            # [B, hq, S, dv] -> [B, S, hq*dv]; back to the activations' dtype (fp32 cache)
+            h = h + layer.o(out.transpose(1, 2).reshape(b, s, hq * dv).to(x.dtype))[0]
             h = h + layer.mlp(layer.norm2(h))
-        h = self.final_norm(h)
-        return self.head(h[:, -1])[0].float()  # [B, D] -> [B, V], fp32 for sampling
+        h = self.final_norm(h[:, -1])  # only the last position's logits are wanted
+        return self.head(h)[0].float()  # [B, D] -> [B, V], fp32 for sampling
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
@@ -379,7 +398,7 @@ class LeanDecoder:
         bias: torch.Tensor | None,
         scale: float,
     ) -> torch.Tensor:
-        """Attention of the one new query [B, hq, 1, d] over the cache, in the cache's dtype
+        """Attention of the new queries [B, hq, S, d] over the cache, in the cache's dtype
         (fp32 for the CPU's fp32 cache of a bf16 model, as the engine's registered attention
         does); the GPT upcasts bf16 attention on a CPU to fp32, as its forward does. On a CPU
         (``bias`` given) it is :func:`single_query_attention`, in fp32."""

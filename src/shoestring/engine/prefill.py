@@ -9,14 +9,17 @@ right-aligned preallocated cache, which skips most of that padding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from shoestring.engine.cache import PreallocatedLayer, cache_layers, make_cache
+from shoestring.engine.cache import PreallocatedLayer, cache_layers, is_dynamic_cache, make_cache
 from shoestring.engine.config import EngineOptions, Prompt
 from shoestring.engine.model_io import forward_last_logits
 from shoestring.engine.padding import pad_left, positions_from_mask
+
+if TYPE_CHECKING:
+    from shoestring.engine.lean_decode import LeanDecoder
 
 __all__ = [
     "PREFILL_GROUP_MIN_TOKENS",
@@ -98,10 +101,12 @@ def prefill_prompts(
     pad: int,
     device: torch.device,
     store_dtype: torch.dtype | None,
+    lean: LeanDecoder | None = None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor]:
     """Run the prompts through the model; returns last-position logits, the cache and the
     attention mask, rows in input order. ``room`` is the decode columns a preallocated cache
-    reserves past the prompts.
+    reserves past the prompts. With ``lean``, the prompts go through its forward (fused,
+    prepacked weights) wherever the cache is one it can update; else the model's own.
 
     With a preallocated cache the prompts are prefilled in groups of similar length and
     placed into one right-aligned cache; otherwise (or when the model builds its cache some
@@ -109,14 +114,31 @@ def prefill_prompts(
     """
     groups = prefill_groups([len(x) for x in ids_list]) if options.group_prefill else []
     if options.preallocate and len(groups) > 1:
-        grouped = _grouped_prefill(model, params, ids_list, groups, room, pad, device, store_dtype)
+        grouped = _grouped_prefill(
+            model, params, ids_list, groups, room, pad, device, store_dtype, lean
+        )
         if grouped is not None:
             return grouped
     ids, mask = pad_left(ids_list, pad)
     ids, mask = ids.to(device), mask.to(device)
     cache = make_cache(model, room, store_dtype) if options.preallocate else None
-    logits, cache = forward_last_logits(model, params, ids, mask, positions_from_mask(mask), cache)
+    logits, cache = _forward(model, params, ids, mask, cache, lean)
     return logits, cache, mask
+
+
+def _forward(
+    model: Any,
+    params: set[str],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    cache: Any,
+    lean: LeanDecoder | None,
+) -> tuple[torch.Tensor, Any]:
+    """Last-position logits and the cache after one prefill pass of left-padded ``ids``."""
+    positions = positions_from_mask(mask)
+    if lean is not None and cache is not None and is_dynamic_cache(cache):
+        return lean.forward(ids, mask, positions, cache), cache
+    return forward_last_logits(model, params, ids, mask, positions, cache)
 
 
 def _grouped_prefill(
@@ -128,6 +150,7 @@ def _grouped_prefill(
     pad: int,
     device: torch.device,
     store_dtype: torch.dtype | None,
+    lean: LeanDecoder | None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
     """Prefill each group into its own small cache and place its rows into one merged,
     right-aligned preallocated cache; ``None`` when a cache is not made of
@@ -141,8 +164,8 @@ def _grouped_prefill(
     for g in groups:
         ids, mask = pad_left([ids_list[i] for i in g], pad)
         ids, mask = ids.to(device), mask.to(device)
-        part_logits, part = forward_last_logits(  # room 0: this cache only carries the prompts
-            model, params, ids, mask, positions_from_mask(mask), make_cache(model, 0, store_dtype)
+        part_logits, part = _forward(  # room 0: this cache only carries the prompts
+            model, params, ids, mask, make_cache(model, 0, store_dtype), lean
         )
         part_layers = cache_layers(part) or []
         if len(part_layers) != len(layers) or not all(
