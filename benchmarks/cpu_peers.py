@@ -10,7 +10,10 @@ downloaded), which never choose EOS, so every engine is told how many tokens eac
 shoestring and HF through a logits processor that forces EOS as token number ``n`` (the rule of
 ``generate_vs_hf.py``), vLLM with ``max_tokens=n, ignore_eos=True``, llama.cpp by stopping at
 ``n``. Each gives ``n`` tokens per answer; identity with shoestring is checked on the first
-``n - 1`` (the forced EOS is not a model choice).
+``n - 1`` (the forced EOS is not a model choice). Every engine is loaded as a server keeps it:
+vLLM compiles and packs at start-up, llama.cpp maps its file, and shoestring keeps one engine
+per batch size whose prepacked weights (``EngineOptions.keep_packed``) are made by its warm-up
+call - all of it start-up, reported apart.
 
 The model is Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14/2 heads, intermediate 4864,
 vocabulary 151,936, tied), Qwen2 architecture, random weights (seed 0), saved once as a
@@ -178,12 +181,21 @@ class Engine:
         from transformers import AutoModelForCausalLM
 
         from generate_vs_hf import run_hf, run_shoestring
+        from shoestring.engine import Engine, EngineOptions
 
         torch.set_num_threads(self.threads)
         self.model = AutoModelForCausalLM.from_pretrained(d / "model", dtype=torch.float32)
         self.model.eval()
-        self.runner = run_shoestring if self.name == "shoestring" else run_hf
-        self.runner(self.model, [[1, 2, 3], [4, 5]], [4, 3], 2, self.eos)  # warm-up
+        self.engines: dict[int, Any] = {}
+        if self.name == "hf":
+            self.runner = run_hf
+        else:  # loaded once per batch size, as a server keeps it: its packed weights kept
+            self.engines = {
+                b: Engine(self.model, None, EngineOptions(batch_size=b)) for b in (1, MAX_BATCH)
+            }
+            self.runner = lambda m, p, n, b, eos: run_shoestring(m, p, n, b, eos, self.engines[b])
+        for b in self.engines or (2,):  # warm-up (for shoestring: packs each engine's weights)
+            self.runner(self.model, [[1, 2, 3], [4, 5]], [4, 3], b, self.eos)
 
     # -- vLLM's CPU backend
     def _load_vllm(self, d: Path) -> None:

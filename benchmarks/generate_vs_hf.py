@@ -175,17 +175,23 @@ def run_hf(
 
 
 def run_shoestring(
-    model: Any, prompts: list[list[int]], lengths: list[int], batch: int, eos: int
+    model: Any,
+    prompts: list[list[int]],
+    lengths: list[int],
+    batch: int,
+    eos: int,
+    engine: Engine | None = None,
 ) -> list[list[int]]:
     """The engine with its defaults (continuous batching, lean decode step, fp32 attention
-    cache on a CPU); the rule as its ``logits_processor``."""
+    cache on a CPU); the rule as its ``logits_processor``. A fresh engine per call (its
+    weights packed inside the timed call) unless a loaded ``engine`` is given."""
 
     def forced(outs: list[int], generated: list[int], logits: torch.Tensor) -> None:
         for b, (o, g) in enumerate(zip(outs, generated, strict=True)):
             force_length(logits, b, g, lengths[o], eos)
 
     cfg = Sampling(max_new_tokens=max(lengths), eos_token_ids=[eos])
-    engine = Engine(model, None, EngineOptions(batch_size=batch))
+    engine = engine or Engine(model, None, EngineOptions(batch_size=batch))
     res = engine.generate(prompts, cfg, logits_processor=forced)
     return [r.token_ids for r in res]
 

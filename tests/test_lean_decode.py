@@ -325,3 +325,73 @@ def test_single_query_attention_equals_sdpa(dtype: torch.dtype, heads: tuple[int
     )
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.to(dtype), sdpa_native, atol=tol, rtol=tol)
+
+
+# ----------------------------------------------------------------------------- kept decoder
+
+
+def _count_builds(monkeypatch) -> list[int]:
+    built: list[int] = []
+    real = LeanDecoder.build
+
+    def counting(m, fuse=None, pack=None):  # type: ignore[no-untyped-def]
+        built.append(1)
+        return real(m, fuse, pack)
+
+    monkeypatch.setattr(LeanDecoder, "build", counting)
+    return built
+
+
+def test_engine_keeps_its_lean_forward_while_the_weights_are_unchanged(monkeypatch) -> None:
+    """One build for many calls with the same weights; any change to a weight (in place, as
+    an optimizer step; replaced, as a reload) builds anew and gives a fresh engine's tokens;
+    keep_packed=False builds every call."""
+    tok = char_tokenizer()
+    model = make("qwen2", vocab_size=len(tok))
+    prompts = ["Question: 2+2?", "Hi", "a b c d e f g h"]
+    cfg = Sampling(max_new_tokens=8, eos_token_ids=[])
+    built = _count_builds(monkeypatch)
+    engine = Engine(model, tok, EngineOptions(batch_size=2))
+    first = [r.token_ids for r in engine.generate(prompts, cfg)]
+    assert [r.token_ids for r in engine.generate(prompts, cfg)] == first
+    assert len(built) == 1
+
+    def fresh() -> list[list[int]]:
+        return [r.token_ids for r in Engine(model, tok).generate(prompts, cfg)]
+
+    with torch.no_grad():  # an optimizer-like in-place update
+        model.model.layers[0].mlp.up_proj.weight.mul_(-1.5)
+    changed = [r.token_ids for r in engine.generate(prompts, cfg)]
+    assert len(built) == 2 and changed == fresh() and changed != first
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    engine.generate(prompts, cfg)
+    assert len(built) == 4  # the reload built anew
+
+    built.clear()
+    once = Engine(model, tok, EngineOptions(batch_size=2, keep_packed=False))
+    once.generate(prompts, cfg)
+    once.generate(prompts, cfg)
+    assert len(built) == 2
+
+
+def test_kept_lean_forward_follows_lora_adapters_that_train(monkeypatch) -> None:
+    """peft LoRA rolled out with merged weights: an adapter update between calls must reach
+    the next call (the merged copy is rewritten in place), never a stale packed copy."""
+    peft = pytest.importorskip("peft")
+    tok = char_tokenizer()
+    model = make("qwen2", vocab_size=len(tok))
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    pm = peft.get_peft_model(model, cfg)
+    prompts = ["Question: 2+2?", "Hi"]
+    sampling = Sampling(max_new_tokens=8, eos_token_ids=[])
+    built = _count_builds(monkeypatch)
+    engine = Engine(pm, tok, EngineOptions(batch_size=2))
+    before = [r.token_ids for r in engine.generate(prompts, sampling)]
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    after = [r.token_ids for r in engine.generate(prompts, sampling)]
+    want = [r.token_ids for r in Engine(pm, tok).generate(prompts, sampling)]
+    assert after == want and after != before
+    assert len(built) == 3

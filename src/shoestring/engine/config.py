@@ -111,6 +111,12 @@ class EngineOptions:
         "with lean_decode: prompts are prefilled through the lean step's fused (on a CPU "
         "prepacked) weights too, not the model's own forward",
     )
+    keep_packed: bool = opt(
+        True,
+        "keep the lean step's fused/packed weights between generate calls while the model's "
+        "weights are unchanged (costs their memory between calls; off for a model that trains "
+        "between calls)",
+    )
     static_cache: str = opt(
         "auto",
         "fixed-shape KV cache + replayed decode step; auto = on CUDA for models the lean "

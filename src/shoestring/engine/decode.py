@@ -28,7 +28,7 @@ from shoestring.engine.cache import (
 )
 from shoestring.engine.config import EngineOptions, GenerationResult
 from shoestring.engine.cpu_attention import cpu_fp32_attention
-from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.engine.lean_decode import KeptDecoder, LeanDecoder
 from shoestring.engine.lora_view import merged_lora
 from shoestring.engine.model_io import (
     compute_dtype,
@@ -56,6 +56,7 @@ def decode_dynamic(
     keys: torch.Tensor | None,
     max_rows: int | None = None,
     logits_processor: LogitsProcessor | None = None,
+    kept: KeptDecoder | None = None,
 ) -> list[GenerationResult]:
     """Decode every prompt of ``ids_list`` (token ids) into ``rows``; results in output order.
 
@@ -68,7 +69,9 @@ def decode_dynamic(
     plain linear layers with merged weights (:mod:`.lora_view`), as on the static backend: one
     product per layer instead of three, which the lean step fuses and prepacks like any plain
     layer (a CPU rollout of the LoRA recipe). With ``max_rows``, at most that many rows decode
-    together and the other prompts join (in the given order) as rows finish.
+    together and the other prompts join (in the given order) as rows finish. ``kept`` (the
+    engine's, with ``options.keep_packed``) reuses the previous call's lean forward when the
+    weights have not changed.
     """
     store_dtype = None
     merging = merged_lora(model) if options.merge_lora else contextlib.nullcontext(0)
@@ -80,7 +83,7 @@ def decode_dynamic(
             cpu_fp32_attention(model, options.cpu_fp32_attention) as store_dtype,
         ):
             return _decode(
-                model, options, ids_list, rows, keys, store_dtype, max_rows, logits_processor
+                model, options, ids_list, rows, keys, store_dtype, max_rows, logits_processor, kept
             )
     except RuntimeError as exc:
         # A model that reaches the registry but also runs attention its own way may refuse
@@ -91,7 +94,9 @@ def decode_dynamic(
         with contextlib.suppress(AttributeError, TypeError):
             model._shoestring_no_fp32_attention = True
         rows.restart()  # the failed attempt may have appended a token to every row
-        return decode_dynamic(model, options, ids_list, rows, keys, max_rows, logits_processor)
+        return decode_dynamic(
+            model, options, ids_list, rows, keys, max_rows, logits_processor, kept
+        )
 
 
 def _decode(
@@ -103,6 +108,7 @@ def _decode(
     store_dtype: torch.dtype | None,
     max_rows: int | None,
     logits_processor: LogitsProcessor | None,
+    kept: KeptDecoder | None,
 ) -> list[GenerationResult]:
     """Prefill and decode until every row has finished.
 
@@ -127,7 +133,9 @@ def _decode(
 
     # The lean forward (fused, on a CPU prepacked weights: built once per call) for the decode
     # steps and, with lean_prefill, the prompts' prefills and refills too
-    lean = LeanDecoder.build(model) if options.lean_decode else None
+    lean = None
+    if options.lean_decode:
+        lean = kept.get(model) if kept is not None else LeanDecoder.build(model)
     prefill_lean = lean if options.lean_prefill else None
 
     def prefill(count: int) -> _Batch:

@@ -27,6 +27,7 @@ from shoestring.engine.config import (
     TextOptions,
 )
 from shoestring.engine.decode import LogitsProcessor, decode_dynamic
+from shoestring.engine.lean_decode import KeptDecoder
 from shoestring.engine.model_io import model_device
 from shoestring.engine.prefill import encode_prompts
 from shoestring.engine.rows import OnResult, OnText, Rows
@@ -63,6 +64,8 @@ class Engine:
         self.options = (options or EngineOptions()).check()
         self.text = (text or TextOptions()).check()
         self.capture = capture
+        # the lean forward (its packed weights) from the last call, reused while unchanged
+        self._kept = KeptDecoder()
 
     def generate(
         self,
@@ -227,7 +230,8 @@ class Engine:
                     f"static_cache=on cannot be used: {reason}; set static_cache=auto or off"
                 )
             rows = book(0, len(ids_list))
-            decode_dynamic(model, options, ids_list, rows, keys, max_rows, logits_processor)
+            kept = self._kept if options.keep_packed else None
+            decode_dynamic(model, options, ids_list, rows, keys, max_rows, logits_processor, kept)
             return
         # the static backend takes no new prompts mid-call: the queue goes in fixed batches
         per_call = len(ids_list) if max_rows is None else max(1, max_rows // n)
