@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_vs_hf import DTYPE_HELP, QWEN25_05B, build_model  # noqa: E402 - a sibling script
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import make_cache  # noqa: E402
-from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention  # noqa: E402
+from shoestring.engine.cpu_attention import mask_bias, single_query_attention
+from shoestring.engine.lean_decode import LeanDecoder  # noqa: E402
 from shoestring.host import describe_host  # noqa: E402
 from shoestring.runtime import resolve_dtype  # noqa: E402
 

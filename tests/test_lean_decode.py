@@ -25,9 +25,11 @@ from transformers import (
 )
 
 from _helpers import char_tokenizer
-from shoestring.engine import Engine, EngineOptions, Sampling, make_cache
-from shoestring.engine.cpu_attention import cpu_fp32_attention
-from shoestring.engine.lean_decode import LeanDecoder, mask_bias, single_query_attention
+from shoestring.engine import Engine, EngineOptions, Sampling, make_cache, prefill
+from shoestring.engine.cache import cache_layers
+from shoestring.engine.cpu_attention import cpu_fp32_attention, mask_bias, single_query_attention
+from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.engine.model_io import forward_params
 from shoestring.engine.sampling import (
     SAMPLE_BLOCK,
     choose_next_tokens,
@@ -395,3 +397,53 @@ def test_kept_lean_forward_follows_lora_adapters_that_train(monkeypatch) -> None
     want = [r.token_ids for r in Engine(pm, tok).generate(prompts, sampling)]
     assert after == want and after != before
     assert len(built) == 3
+
+
+# ----------------------------------------------------------------------------- unpadded prefill
+
+
+@pytest.mark.parametrize("family", ["llama_bias_rope", "qwen2", "gpt_baseline", "gpt_bias_vdim"])
+@pytest.mark.parametrize("chunk_tokens", [512, 9])  # one pass; several (a prompt alone too)
+def test_unpadded_prefill_equals_the_models_padded_forward(
+    family: str, chunk_tokens: int, monkeypatch
+) -> None:
+    """The lean prefill runs prompts end to end without padding, in chunks; its logits, the
+    cache it fills (every real column of every row) and the decode steps after it match the
+    model's own padded prefill."""
+    monkeypatch.setattr(prefill, "SEQUENCE_CHUNK_TOKENS", chunk_tokens)
+    assert prefill.sequence_chunks([7, 3, 12, 1, 5]) == (
+        [[0, 1, 2, 3, 4]] if chunk_tokens == 512 else [[0], [1], [2], [3, 4]]
+    )
+    _compare_prefills(make(family), atol=1e-5)
+
+
+def test_unpadded_prefill_of_a_bf16_model_with_the_fp32_cache() -> None:
+    model = make("qwen2").to(torch.bfloat16)
+    with cpu_fp32_attention(model, True) as store:
+        _compare_prefills(model, store=store, atol=0.05)
+
+
+def _compare_prefills(model: torch.nn.Module, store=None, atol: float = 1e-5) -> None:
+    g = torch.Generator().manual_seed(2)
+    ids_list = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 3, 12, 1, 5)]
+    lean = LeanDecoder.build(model)
+    assert lean is not None
+    options, params = EngineOptions(), forward_params(model)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        ref = prefill.prefill_prompts(model, params, ids_list, options, 4, 0, cpu, store)
+        got = prefill.prefill_prompts(model, params, ids_list, options, 4, 0, cpu, store, lean)
+        assert torch.equal(got[2], ref[2])  # the same left-padded mask
+        real = ref[2].bool()[:, None, :, None]  # [B, 1, T, 1]: the columns that hold tokens
+        worst = float((got[0] - ref[0]).abs().max())
+        for a, b in zip(cache_layers(got[1]), cache_layers(ref[1]), strict=True):
+            assert a.keys.dtype == b.keys.dtype and a.keys.shape == b.keys.shape
+            for x, y in ((a.keys, b.keys), (a.values, b.values)):
+                worst = max(worst, float(((x - y).float() * real).abs().max()))
+        mask, pos, nxt = ref[2], ref[2].sum(-1), ref[0].argmax(-1)
+        for _ in range(3):  # decode on from each cache
+            mask = torch.cat([mask, mask.new_ones((len(ids_list), 1))], dim=1)
+            a, b = lean.step(nxt, mask, pos, got[1]), lean.step(nxt, mask, pos, ref[1])
+            worst = max(worst, float((a - b).abs().max()))
+            nxt, pos = b.argmax(-1), pos + 1
+    assert worst <= atol, f"unpadded prefill differs from the padded forward by {worst}"

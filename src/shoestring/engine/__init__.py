@@ -38,12 +38,14 @@ them:
 * :mod:`.static_decode` - the CUDA backend: a fixed-shape cache (:mod:`.static_cache`), a
   captured, replayed step (:mod:`.static_runner`), stop checks every few steps, LoRA merged
   for the call (:mod:`.lora_view`);
-* :mod:`.prefill` - tokenising, padding and (grouped) prefill of the prompts;
+* :mod:`.prefill` - tokenising, padding and prefill of the prompts (unpadded through the lean
+  forward, else grouped by length);
 * :mod:`.cache` - the preallocated KV cache and row compaction / padding trimming;
 * :mod:`.stops` - EOS ids, stop strings and incrementally decoded text;
 * :mod:`.sampling` - choosing the next token (greedy, or an exact sample);
-* :mod:`.lean_decode` and :mod:`.packed_linear` - the fast decode step and its weight packing;
-* :mod:`.cpu_attention` - fp32 attention for a bf16 model on a CPU;
+* :mod:`.lean_decode` and :mod:`.packed_linear` - the fast forward (decode step and prefill)
+  and its weight packing; :mod:`.kept_decoder` keeps it between calls;
+* :mod:`.cpu_attention` - fp32 attention for a bf16 model on a CPU, single-query attention;
 * :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass.
 """
 

@@ -1,9 +1,10 @@
-"""fp32 attention for a bf16/fp16 model on a CPU: an attention function registered with
-transformers that attends in the KV cache's dtype, and the context that switches a model to it.
+"""Attention on a CPU: fp32 attention for a bf16/fp16 model (an attention function registered
+with transformers that attends in the KV cache's dtype, and the context that switches a model
+to it), and the lean decode step's single-query attention.
 
 Why: PyTorch's CPU flash-attention kernel is several times slower in bf16 than in fp32 for one
 query token, so a bf16 decode step spends most of its time there; the weights' matmuls stay in
-bf16, where bf16 is fast.
+bf16, where bf16 is fast. For one query even fp32 SDPA pays for blocking it does not need.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from shoestring.engine.model_io import model_device, model_dtype
 
-__all__ = ["cpu_fp32_attention"]
+__all__ = ["cpu_fp32_attention", "mask_bias", "single_query_attention"]
 
 _CPU_ATTENTION = "shoestring_cpu_fp32_sdpa"
 _cpu_attention_registered: bool | None = None
@@ -95,3 +96,36 @@ def cpu_fp32_attention(model: Any, enabled: bool) -> Iterator[torch.dtype | None
         yield torch.float32
     finally:
         config._attn_implementation = "sdpa"
+
+
+def mask_bias(attn_mask: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask (True = attend) as an additive fp32 bias (0 or -inf)."""
+    bias = torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device)
+    return bias.masked_fill_(~attn_mask, float("-inf"))
+
+
+def single_query_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of one query token per row over the whole cache, as plain fp32
+    matmul-softmax-matmul: ``q`` [B, hq, 1, d], ``keys``/``values`` [B, hkv, T, d] (grouped
+    heads: query head ``i`` reads kv head ``i // (hq / hkv)``, as ``enable_gqa``), ``bias``
+    [B, 1, 1, T] additive (0 or -inf); returns fp32 [B, hq, 1, dv].
+
+    Why not ``scaled_dot_product_attention``: PyTorch's CPU flash kernel is built for many
+    queries; for one it pays its blocking for nothing, and in bf16 it is several times slower
+    still. With the query heads of a group as the rows of one matmul this is faster than SDPA
+    in fp32 and far faster than SDPA in bf16 (``benchmarks/decode_step.py`` measures both;
+    figures in docs/generate.md)."""
+    b, hq, _, d = q.shape
+    hkv, t = keys.shape[1], keys.shape[2]
+    qg = q.reshape(b, hkv, hq // hkv, d).float()  # the query heads that share a kv head
+    scores = torch.matmul(qg, keys.float().transpose(-1, -2))  # [B, hkv, g, T]
+    scores.mul_(scale).add_(bias.view(b, 1, 1, t))  # in place: one [B, hkv, g, T] buffer
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, values.float())  # [B, hkv, g, dv]
+    return out.view(b, hq, 1, values.shape[-1])

@@ -28,7 +28,8 @@ from shoestring.engine.cache import (
 )
 from shoestring.engine.config import EngineOptions, GenerationResult
 from shoestring.engine.cpu_attention import cpu_fp32_attention
-from shoestring.engine.lean_decode import KeptDecoder, LeanDecoder
+from shoestring.engine.kept_decoder import KeptDecoder
+from shoestring.engine.lean_decode import LeanDecoder
 from shoestring.engine.lora_view import merged_lora
 from shoestring.engine.model_io import (
     compute_dtype,

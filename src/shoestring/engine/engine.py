@@ -27,7 +27,7 @@ from shoestring.engine.config import (
     TextOptions,
 )
 from shoestring.engine.decode import LogitsProcessor, decode_dynamic
-from shoestring.engine.lean_decode import KeptDecoder
+from shoestring.engine.kept_decoder import KeptDecoder
 from shoestring.engine.model_io import model_device
 from shoestring.engine.prefill import encode_prompts
 from shoestring.engine.rows import OnResult, OnText, Rows

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shoestring.engine.cpu_attention import mask_bias, single_query_attention
 from shoestring.engine.packed_linear import can_pack, pack_weight, packed_linear
 from shoestring.models.attention import sdpa_mask
 from shoestring.models.rope import apply_rope, rotate_half
@@ -345,8 +346,7 @@ class LeanDecoder:
         their keys and values to ``cache``. S = 1 is a decode step; S > 1 is a prefill (or a
         refill's), which gains the same fused, prepacked products: the model's own forward
         would multiply a prompt's few hundred rows by the unpacked weights."""
-        b, s = input_ids.shape
-        hq, hkv, d, dv = self.n_heads, self.n_kv, self.head_dim, self.v_head_dim
+        s = input_ids.shape[1]
         h, rope = self._embed(input_ids, positions)
         bias = None
         if s == 1:
@@ -355,6 +355,67 @@ class LeanDecoder:
             bias = mask_bias(attn_mask) if input_ids.device.type == "cpu" else None
         else:  # causal over cache + input, padding masked; the forward's own rule
             attn_mask, _ = sdpa_mask(mask, s, mask.shape[1] - s, mask.device)  # [B, 1, S, T]
+
+        def attend(
+            i: int, layer: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        ) -> torch.Tensor:
+            keys, values = cache.update(k, v, i)  # [B, hkv, T, d], these tokens' included
+            return self._attend(q, keys, values, attn_mask, bias, layer.scaling)
+
+        h = self._layers(h, rope, attend)
+        h = self.final_norm(h[:, -1])  # only the last position's logits are wanted
+        return self.head(h)[0].float()  # [B, D] -> [B, V], fp32 for sampling
+
+    def prefill_sequences(
+        self,
+        ids_list: list[list[int]],
+        place: Callable[[int, int, torch.Tensor, torch.Tensor], None],
+        store_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Logits (fp32, [N, V]) of the token after each of ``ids_list``'s N prompts, run as
+        one sequence of all their tokens: no padding, and every product as tall as the
+        prompts together. Attention stays within each prompt (causal), and ``place(layer,
+        prompt, keys, values)`` receives each prompt's keys and values [1, hkv, len, d] per
+        layer, for the caller to write into its cache (``store_dtype``: the cache's dtype,
+        which attention reads them in, as the model's forward reads its cache)."""
+        lengths = [len(x) for x in ids_list]
+        ids = torch.tensor([t for x in ids_list for t in x], dtype=torch.long)
+        positions = torch.cat([torch.arange(n) for n in lengths])  # each prompt from 0
+        device = self.inner.embed_tokens.weight.device
+        h, rope = self._embed(ids.to(device)[None], positions.to(device)[None])  # [1, N, D]
+        ends = torch.tensor(lengths).cumsum(0).tolist()
+        starts = [e - n for e, n in zip(ends, lengths, strict=True)]
+        causal = {n: torch.ones(n, n, dtype=torch.bool, device=device).tril() for n in lengths}
+
+        def attend(
+            i: int, layer: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        ) -> torch.Tensor:
+            outs = []
+            for j, (a, e) in enumerate(zip(starts, ends, strict=True)):
+                ks, vs = k[:, :, a:e], v[:, :, a:e]
+                place(i, j, ks, vs)
+                if store_dtype is not None:
+                    ks, vs = ks.to(store_dtype), vs.to(store_dtype)
+                mask = causal[e - a][None, None]  # [1, 1, len, len]
+                outs.append(self._attend(q[:, :, a:e], ks, vs, mask, None, layer.scaling))
+            return torch.cat(outs, dim=2)  # [1, hq, N, dv]
+
+        h = self._layers(h, rope, attend)
+        last = torch.tensor([e - 1 for e in ends], device=device)
+        h = self.final_norm(h[0].index_select(0, last))  # [N prompts, D]
+        return self.head(h)[0].float()
+
+    def _layers(
+        self,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attend: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        """Every decoder layer over hidden states ``h`` [B, S, D]; ``attend(layer index,
+        layer, q, k, v)`` (each [B, heads, S, d], k/v rotated) stores the keys and values
+        where the caller keeps them and returns the attention output [B, hq, S, dv]."""
+        b, s = h.shape[:2]
+        hq, hkv, d, dv = self.n_heads, self.n_kv, self.head_dim, self.v_head_dim
         for i, layer in enumerate(self.layers):
             x = layer.norm1(h)
             # q/k as [B, S, heads, d]; RoPE on both with one rotation where they are adjacent
@@ -373,15 +434,17 @@ class LeanDecoder:
                 if rope is not None:
                     q, k = self._rotate(q, rope), self._rotate(k, rope)
             # [B, S, heads, d] -> [B, heads, S, d]: the cache and SDPA want heads first
-            keys, values = cache.update(
-                k.transpose(1, 2), v.view(b, s, hkv, dv).transpose(1, 2), i
-            )  # [B, hkv, T, d], these tokens' columns included
-            out = self._attend(q.transpose(1, 2), keys, values, attn_mask, bias, layer.scaling)
+            out = attend(
+                i,
+                layer,
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.view(b, s, hkv, dv).transpose(1, 2),
+            )
             # [B, hq, S, dv] -> [B, S, hq*dv]; back to the activations' dtype (fp32 cache)
             h = h + layer.o(out.transpose(1, 2).reshape(b, s, hq * dv).to(x.dtype))[0]
             h = h + layer.mlp(layer.norm2(h))
-        h = self.final_norm(h[:, -1])  # only the last position's logits are wanted
-        return self.head(h)[0].float()  # [B, D] -> [B, V], fp32 for sampling
+        return h
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
@@ -422,80 +485,8 @@ class LeanDecoder:
             )
 
 
-class KeptDecoder:
-    """One model's lean forward, kept from one generation call to the next while nothing it
-    was built from has changed.
-
-    Why: building it packs a copy of every weight (0.7 s for Qwen2.5-0.5B's shape in fp32 on a
-    2-core AVX2 host), paid again by every call; an engine that serves many calls with the same
-    weights - a notebook, a server, a benchmark's rounds - packs once, as vLLM and llama.cpp
-    do at load time. The price is that copy's memory between calls, so an engine whose model
-    trains between calls (GRPO's rollouts) does not keep it (``EngineOptions.keep_packed``).
-    Any change rebuilds it: another module in the tree, a weight replaced, reloaded, cast or
-    moved, or updated in place (an optimizer step bumps the tensor's version counter).
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._decoder: LeanDecoder | None = None
-
-    def get(self, model: Any) -> LeanDecoder | None:
-        key = _built_from(model)
-        if key != self._key:
-            self._key, self._decoder = None, None  # drop the stale copy before packing anew
-            self._decoder = LeanDecoder.build(model)
-            self._key = key
-        return self._decoder
-
-
-def _built_from(model: Any) -> tuple[Any, ...]:
-    """What a decoder built now would be built from: every module by identity, every weight
-    and buffer by storage, in-place version, shape and dtype."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return (
-        tuple(id(m) for m in model.modules()),
-        tuple((t.data_ptr(), t._version, t.shape, t.dtype, t.device) for t in tensors),
-    )
-
-
-def mask_bias(attn_mask: torch.Tensor) -> torch.Tensor:
-    """A boolean attention mask (True = attend) as an additive fp32 bias (0 or -inf)."""
-    bias = torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device)
-    return bias.masked_fill_(~attn_mask, float("-inf"))
-
-
-def single_query_attention(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    bias: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """Attention of one query token per row over the whole cache, as plain fp32
-    matmul-softmax-matmul: ``q`` [B, hq, 1, d], ``keys``/``values`` [B, hkv, T, d] (grouped
-    heads: query head ``i`` reads kv head ``i // (hq / hkv)``, as ``enable_gqa``), ``bias``
-    [B, 1, 1, T] additive (0 or -inf); returns fp32 [B, hq, 1, dv].
-
-    Why not ``scaled_dot_product_attention``: PyTorch's CPU flash kernel is built for many
-    queries; for one it pays its blocking for nothing, and in bf16 it is several times slower
-    still. With the query heads of a group as the rows of one matmul this is faster than SDPA
-    in fp32 and far faster than SDPA in bf16 (``benchmarks/decode_step.py`` measures both;
-    figures in docs/generate.md)."""
-    b, hq, _, d = q.shape
-    hkv, t = keys.shape[1], keys.shape[2]
-    qg = q.reshape(b, hkv, hq // hkv, d).float()  # the query heads that share a kv head
-    scores = torch.matmul(qg, keys.float().transpose(-1, -2))  # [B, hkv, g, T]
-    scores.mul_(scale).add_(bias.view(b, 1, 1, t))  # in place: one [B, hkv, g, T] buffer
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, values.float())  # [B, hkv, g, dv]
-    return out.view(b, hq, 1, values.shape[-1])
-
-
 __all__ = [
     "FUSE_MAX_BYTES",
     "SUPPORTED",
-    "KeptDecoder",
     "LeanDecoder",
-    "mask_bias",
-    "single_query_attention",
 ]

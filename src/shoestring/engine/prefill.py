@@ -1,9 +1,12 @@
-"""From prompts to the first decode step: tokenise the prompts, left-pad them, and run them
-through the model once (the prefill), in groups of similar length where the cache allows it.
+"""From prompts to the first decode step: tokenise the prompts, and run them through the model
+once (the prefill) into one left-padded, right-aligned cache.
 
-Why grouped: GSM8K prompts run from 33 to 112 tokens, so one padded prefill computes 44%
-padding. Prompts of similar length are prefilled together and their cache rows placed into one
-right-aligned preallocated cache, which skips most of that padding.
+Why not one padded pass: GSM8K prompts run from 33 to 112 tokens, so one padded prefill
+computes 44% padding. Through the lean forward (the models it supports) the prompts are not
+padded at all: chunks of whole prompts run end to end as one sequence, attention kept within
+each prompt, and each prompt's keys and values are placed into its row of the cache. Through
+the model's own forward, prompts of similar length are prefilled together in groups, which
+skips most of the padding.
 """
 
 from __future__ import annotations
@@ -24,16 +27,21 @@ if TYPE_CHECKING:
 __all__ = [
     "PREFILL_GROUP_MIN_TOKENS",
     "PREFILL_GROUP_RATIO",
+    "SEQUENCE_CHUNK_TOKENS",
     "encode_prompts",
     "pad_token_id",
     "prefill_groups",
     "prefill_prompts",
+    "sequence_chunks",
 ]
 
 # Grouped prefill: a prompt joins the current group if it is at least this fraction of the
 # group's longest prompt, or while the group holds fewer tokens than the minimum.
 PREFILL_GROUP_RATIO = 0.8
 PREFILL_GROUP_MIN_TOKENS = 256
+# Prefill through the lean forward: prompts run unpadded, end to end, this many tokens a pass
+# (the avx2 host's packed fp32 products are near their full rate from a few hundred rows)
+SEQUENCE_CHUNK_TOKENS = 512
 
 
 def encode_prompts(
@@ -112,6 +120,10 @@ def prefill_prompts(
     placed into one right-aligned cache; otherwise (or when the model builds its cache some
     other way) all prompts go through one padded forward pass.
     """
+    if lean is not None and options.group_prefill and options.preallocate and len(ids_list) > 1:
+        packed = _sequences_prefill(lean, model, ids_list, room, pad, device, store_dtype)
+        if packed is not None:
+            return packed
     groups = prefill_groups([len(x) for x in ids_list]) if options.group_prefill else []
     if options.preallocate and len(groups) > 1:
         grouped = _grouped_prefill(
@@ -139,6 +151,59 @@ def _forward(
     if lean is not None and cache is not None and is_dynamic_cache(cache):
         return lean.forward(ids, mask, positions, cache), cache
     return forward_last_logits(model, params, ids, mask, positions, cache)
+
+
+def sequence_chunks(lengths: Sequence[int], max_tokens: int | None = None) -> list[list[int]]:
+    """Consecutive prompts in chunks of at most ``max_tokens`` tokens (a longer prompt alone):
+    the rows of one lean prefill pass, tall enough for the matmul's full rate, small enough
+    that its activations stay in cache and memory."""
+    max_tokens = SEQUENCE_CHUNK_TOKENS if max_tokens is None else max_tokens
+    chunks: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(lengths):
+        if chunks and total + n <= max_tokens:
+            chunks[-1].append(i)
+            total += n
+        else:
+            chunks.append([i])
+            total = n
+    return chunks
+
+
+def _sequences_prefill(
+    lean: LeanDecoder,
+    model: Any,
+    ids_list: list[list[int]],
+    room: int,
+    pad: int,
+    device: torch.device,
+    store_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
+    """Prefill without padding: chunks of whole prompts run as one sequence each through the
+    lean forward (:meth:`~.lean_decode.LeanDecoder.prefill_sequences`), every prompt's keys and
+    values placed into its row of one right-aligned preallocated cache; ``None`` when the
+    cache is not made of :class:`PreallocatedLayer`."""
+    merged = make_cache(model, room, store_dtype)
+    layers = cache_layers(merged) if merged is not None else None
+    if not layers or not all(isinstance(layer, PreallocatedLayer) for layer in layers):
+        return None
+    width = max(len(x) for x in ids_list)
+    logits: torch.Tensor | None = None
+    for chunk in sequence_chunks([len(x) for x in ids_list]):
+        rows = [torch.tensor([r], device=device) for r in chunk]  # cache row of prompt j
+
+        def place(
+            layer: int, j: int, keys: torch.Tensor, values: torch.Tensor, rows: Any = rows
+        ) -> None:
+            layers[layer].place(rows[j], keys, values, len(ids_list), width)
+
+        part = lean.prefill_sequences([ids_list[r] for r in chunk], place, store_dtype)
+        if logits is None:
+            logits = part.new_empty((len(ids_list), part.shape[-1]))
+        logits[torch.tensor(chunk, device=device)] = part
+    _ids, mask = pad_left(ids_list, pad)  # the merged cache's mask: every prompt, left-padded
+    assert logits is not None
+    return logits, merged, mask.to(device)
 
 
 def _grouped_prefill(
