@@ -23,6 +23,7 @@ for (generated answers), so a static batch's padding steps cost it time but add 
 RSS is each run's own (the mark is reset before it).
 
     python benchmarks/generate_vs_hf.py --rounds 2
+    python benchmarks/generate_vs_hf.py --rounds 2 --variant lean_prefill=false  # an A/B too
     python benchmarks/generate_vs_hf.py --hidden 256 --intermediate 704 --layers 4 --heads 4 \\
         --kv-heads 2 --vocab 32000 --variable-prompts 64 --rounds 1
 """
@@ -196,6 +197,32 @@ def run_shoestring(
     return [r.token_ids for r in res]
 
 
+def engine_options(spec: str) -> dict[str, Any]:
+    """``KEY=VALUE[,KEY=VALUE]`` as EngineOptions fields (true/false, numbers, else text)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, text = item.partition("=")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            with contextlib.suppress(ValueError):
+                value = float(text) if "." in text else int(text)
+        out[key.strip()] = value
+    EngineOptions(**out).check()  # an unknown field or a bad value stops here, in one line
+    return out
+
+
+def variant_runner(options: dict[str, Any]) -> Any:
+    """``run_shoestring`` with a fresh engine of these options per call (as the default)."""
+
+    def run(model: Any, prompts: Any, lengths: Any, batch: int, eos: int) -> list[list[int]]:
+        engine = Engine(model, None, EngineOptions(batch_size=batch, **options))
+        return run_shoestring(model, prompts, lengths, batch, eos, engine)
+
+    return run
+
+
 def _fresh_peak() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # give freed pages back to the OS
@@ -221,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="after the timed rounds, one more run per engine that times its parts "
         "(prefill, decode steps, cache copies, token choice, the rest)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="one more shoestring run per round with these EngineOptions (e.g. "
+        "lean_prefill=false), interleaved with the others and compared with the default",
     )
     add_shape_options(p, **QWEN25_05B)
     args = p.parse_args(argv)
@@ -280,12 +315,15 @@ def main(argv: list[str] | None = None) -> int:
             f"time the schedule alone allows {static / max(engine, 1):.2f}x",
             flush=True,
         )
-        times: dict[str, list[float]] = {"shoestring": [], "hf": []}
-        peaks: dict[str, list[float]] = {"shoestring": [], "hf": []}
-        outs: dict[str, list[list[int]]] = {}
         runners = {"shoestring": run_shoestring, "hf": run_hf}
+        for spec in args.variant:
+            runners[f"shoestring[{spec}]"] = variant_runner(engine_options(spec))
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        peaks: dict[str, list[float]] = {name: [] for name in runners}
+        outs: dict[str, list[list[int]]] = {}
         for rnd in range(args.rounds):
-            for name in ("shoestring", "hf") if rnd % 2 == 0 else ("hf", "shoestring"):
+            names = list(runners) if rnd % 2 == 0 else list(runners)[::-1]
+            for name in names:
                 _fresh_peak()
                 base = current_rss_bytes()
                 t0 = time.perf_counter()
@@ -316,10 +354,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{max(peaks['hf']):.2f} GiB; identical answers {same}/{n} "
             f"({args.dtype}: the engines' kernels differ, so greedy paths may part)"
         )
+        for name in list(runners)[2:]:  # the variants against the default engine
+            med = statistics.median(times[name])
+            same_v = sum(a == b for a, b in zip(outs["shoestring"], outs[name], strict=True))
+            print(
+                f"  {name}: {tokens / med:.1f} tok/s; the default is {med / ss:.2f}x as fast "
+                f"(median), peak RSS {max(peaks[name]):.2f} GiB; answers identical to the "
+                f"default {same_v}/{n}"
+            )
         if args.split:  # where each engine's time goes (not part of the ratio above)
-            for name in ("shoestring", "hf"):
+            for name in runners:
                 timers = Timers()
-                with split_timers(name, model, timers):
+                with split_timers("hf" if name == "hf" else "shoestring", model, timers):
                     t0 = time.perf_counter()
                     runners[name](model, prompts, lengths, args.batch, eos)
                     print_split(name, timers, time.perf_counter() - t0, tokens)

@@ -137,14 +137,24 @@ def test_generate_vs_hf_runs(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--rounds", "1", "--threads", "1", "--dtype", "fp32", "--batch", "3"]
     args += ["--variable-prompts", "7", "--fixed-prompts", "3", "--fixed-tokens", "5"]
     args += ["--min-answer", "5", "--max-answer", "30", "--split"]
+    args += ["--variant", "lean_prefill=false,refill=false"]
     assert bench.main(args + TINY_SHAPE) == 0
     out = capsys.readouterr().out
     assert "[variable] 7 prompts" in out and "[fixed] 3 prompts" in out
     assert _names_its_host(out)
     # the split run times each engine's parts; a fixed-length run wastes no rows on either side
     splits = [line for line in out.splitlines() if line.strip().startswith("split ")]
-    assert len(splits) == 4 and all("decode step" in line for line in splits)
-    assert all("100% of the rows computed" in line for line in splits[2:])
+    assert len(splits) == 6 and all("decode step" in line for line in splits)
+    assert all("100% of the rows computed" in line for line in splits[3:])
+    # the variant ran in every round and gave the default's answers (fp32, same kernels)
+    assert out.count("shoestring[lean_prefill=false,refill=false]:") == 2
+    assert "answers identical to the default 7/7" in out
+    assert bench.engine_options("lean_prefill=false,batch_size=4") == {
+        "lean_prefill": False,
+        "batch_size": 4,
+    }
+    with pytest.raises(TypeError):
+        bench.engine_options("no_such_option=1")
     from shoestring.engine import lean_decode
 
     assert lean_decode.LeanDecoder.step.__name__ == "step"  # the wrappers were taken off

@@ -256,7 +256,8 @@ class _Layer:
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
             gate, up = self.up(x)  # one fused product split in two where allowed
-            return self.down(F.silu(gate) * up)[0]
+            # in place on silu's fresh output: one activation-sized buffer, not two (same bits)
+            return self.down(F.silu(gate).mul_(up))[0]
         return self.down(F.gelu(self.up(x)[0]))[0]
 
 
