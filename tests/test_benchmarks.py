@@ -5,6 +5,7 @@ Timings are printed, never asserted."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -176,3 +177,30 @@ def test_linear_kernels_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert _names_its_host(out)
     assert "oneDNN packed" in out and "x F.linear" in out
+
+
+def test_cpu_peers_prepare_run_and_compare(tmp_path: Path, capsys) -> None:
+    """prepare writes a tiny model, its GGUF files and the workloads; compare runs shoestring
+    and HF in their own processes on a fixed workload and the prefill alone, and they agree
+    token for token in fp32."""
+    pytest.importorskip("gguf")
+    bench = _load("cpu_peers")
+    d = tmp_path / "peers"
+    args = ["prepare", "--dir", str(d), "--variable-prompts", "4", "--fixed-prompts", "3"]
+    args += ["--b1-prompts", "1", "--fixed-tokens", "4", "--min-answer", "3"]
+    assert bench.main(args + ["--max-answer", "6", *TINY_SHAPE]) == 0
+    assert (d / "model-f16.gguf").is_file() and (d / "model-f32.gguf").is_file()
+    meta = json.loads((d / "workloads.json").read_text())
+    assert meta["shape"]["hidden"] == 32 and len(meta["workloads"]["fixed-b16"]["prompts"]) == 3
+    prefill = bench.workload(meta, bench.PREFILL)
+    assert prefill["lengths"] == [1, 1, 1]
+    assert prefill["prompts"] == meta["workloads"]["fixed-b16"]["prompts"]
+    capsys.readouterr()
+    args = ["compare", "--dir", str(d), "--engines", "hf,shoestring,vllm", "--threads", "1"]
+    assert bench.main(args + ["--workloads", f"fixed-b16,{bench.PREFILL}"]) == 0
+    out = capsys.readouterr().out
+    assert _names_its_host(out)
+    assert "left out (no --vllm-python / --llama-python given): vllm" in out
+    assert "fixed-b16     vs hf" in out and "identical answers 3/3" in out
+    assert "prompt tok/s" in out and "(one token: nothing to compare)" in out
+    assert "FAILED" not in out
