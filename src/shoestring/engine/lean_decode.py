@@ -386,7 +386,6 @@ class LeanDecoder:
         h, rope = self._embed(ids.to(device)[None], positions.to(device)[None])  # [1, N, D]
         ends = torch.tensor(lengths).cumsum(0).tolist()
         starts = [e - n for e, n in zip(ends, lengths, strict=True)]
-        causal = {n: torch.ones(n, n, dtype=torch.bool, device=device).tril() for n in lengths}
 
         def attend(
             i: int, layer: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -397,8 +396,8 @@ class LeanDecoder:
                 place(i, j, ks, vs)
                 if store_dtype is not None:
                     ks, vs = ks.to(store_dtype), vs.to(store_dtype)
-                mask = causal[e - a][None, None]  # [1, 1, len, len]
-                outs.append(self._attend(q[:, :, a:e], ks, vs, mask, None, layer.scaling))
+                # no mask: causal within the prompt, which has no padding
+                outs.append(self._attend(q[:, :, a:e], ks, vs, None, None, layer.scaling))
             return torch.cat(outs, dim=2)  # [1, hq, N, dv]
 
         h = self._layers(h, rope, attend)
@@ -458,14 +457,15 @@ class LeanDecoder:
         q: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        attn_mask: torch.Tensor,
+        attn_mask: torch.Tensor | None,
         bias: torch.Tensor | None,
         scale: float,
     ) -> torch.Tensor:
         """Attention of the new queries [B, hq, S, d] over the cache, in the cache's dtype
         (fp32 for the CPU's fp32 cache of a bf16 model, as the engine's registered attention
         does); the GPT upcasts bf16 attention on a CPU to fp32, as its forward does. On a CPU
-        (``bias`` given) it is :func:`single_query_attention`, in fp32."""
+        (``bias`` given) it is :func:`single_query_attention`, in fp32. Without a mask it is
+        causal over S queries and S keys (one unpadded prompt: SDPA's own causal kernel)."""
         if bias is not None:
             out = single_query_attention(q, keys, values, bias, scale)
             return out if self.gpt else out.to(keys.dtype)
@@ -481,6 +481,7 @@ class LeanDecoder:
                 keys,
                 values,
                 attn_mask=attn_mask,
+                is_causal=attn_mask is None,
                 scale=scale,
                 enable_gqa=keys.shape[1] != q.shape[1],  # fewer kv heads: no repeat copy
             )
