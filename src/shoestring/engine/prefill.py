@@ -116,7 +116,8 @@ def prefill_prompts(
     reserves past the prompts. With ``lean``, the prompts go through its forward (fused,
     prepacked weights) wherever the cache is one it can update; else the model's own.
 
-    With a preallocated cache the prompts are prefilled in groups of similar length and
+    With a preallocated cache the prompts are prefilled without padding through ``lean``
+    (chunks of whole prompts), or else in groups of similar length through the model, and
     placed into one right-aligned cache; otherwise (or when the model builds its cache some
     other way) all prompts go through one padded forward pass.
     """
