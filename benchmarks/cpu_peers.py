@@ -196,7 +196,8 @@ class Engine:
             self.runner = run_hf
         else:  # loaded once per batch size, as a server keeps it: its packed weights kept
             self.engines = {
-                b: Engine(self.model, None, EngineOptions(batch_size=b)) for b in (1, MAX_BATCH)
+                b: Engine(self.model, None, EngineOptions(batch_size=b, keep_packed=True))
+                for b in (1, MAX_BATCH)
             }
             self.runner = lambda m, p, n, b, eos: run_shoestring(m, p, n, b, eos, self.engines[b])
         for b in self.engines or (2,):  # warm-up (for shoestring: packs each engine's weights)

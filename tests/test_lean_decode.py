@@ -345,15 +345,15 @@ def _count_builds(monkeypatch) -> list[int]:
 
 
 def test_engine_keeps_its_lean_forward_while_the_weights_are_unchanged(monkeypatch) -> None:
-    """One build for many calls with the same weights; any change to a weight (in place, as
-    an optimizer step; replaced, as a reload) builds anew and gives a fresh engine's tokens;
-    keep_packed=False builds every call."""
+    """With keep_packed, one build for many calls with the same weights; a tracked change to
+    a weight (in place, as an optimizer step; replaced, as a reload) builds anew and gives a
+    fresh engine's tokens. The default (off) builds every call."""
     tok = char_tokenizer()
     model = make("qwen2", vocab_size=len(tok))
     prompts = ["Question: 2+2?", "Hi", "a b c d e f g h"]
     cfg = Sampling(max_new_tokens=8, eos_token_ids=[])
     built = _count_builds(monkeypatch)
-    engine = Engine(model, tok, EngineOptions(batch_size=2))
+    engine = Engine(model, tok, EngineOptions(batch_size=2, keep_packed=True))
     first = [r.token_ids for r in engine.generate(prompts, cfg)]
     assert [r.token_ids for r in engine.generate(prompts, cfg)] == first
     assert len(built) == 1
@@ -370,7 +370,7 @@ def test_engine_keeps_its_lean_forward_while_the_weights_are_unchanged(monkeypat
     assert len(built) == 4  # the reload built anew
 
     built.clear()
-    once = Engine(model, tok, EngineOptions(batch_size=2, keep_packed=False))
+    once = Engine(model, tok, EngineOptions(batch_size=2))
     once.generate(prompts, cfg)
     once.generate(prompts, cfg)
     assert len(built) == 2
@@ -387,7 +387,7 @@ def test_kept_lean_forward_follows_lora_adapters_that_train(monkeypatch) -> None
     prompts = ["Question: 2+2?", "Hi"]
     sampling = Sampling(max_new_tokens=8, eos_token_ids=[])
     built = _count_builds(monkeypatch)
-    engine = Engine(pm, tok, EngineOptions(batch_size=2))
+    engine = Engine(pm, tok, EngineOptions(batch_size=2, keep_packed=True))
     before = [r.token_ids for r in engine.generate(prompts, sampling)]
     with torch.no_grad():
         for name, p in pm.named_parameters():
@@ -447,3 +447,18 @@ def _compare_prefills(model: torch.nn.Module, store=None, atol: float = 1e-5) ->
             worst = max(worst, float((a - b).abs().max()))
             nxt, pos = b.argmax(-1), pos + 1
     assert worst <= atol, f"unpadded prefill differs from the padded forward by {worst}"
+
+
+def test_default_engine_sees_weights_written_through_data() -> None:
+    """A write through ``.data`` (peft's in-place merge, hand-written EMA) bumps no version
+    counter, so only an engine that rebuilds every call - the default - is sure to see it."""
+    tok = char_tokenizer()
+    model = make("qwen2", vocab_size=len(tok))
+    prompts = ["Question: 2+2?", "Hi"]
+    cfg = Sampling(max_new_tokens=8, eos_token_ids=[])
+    engine = Engine(model, tok, EngineOptions(batch_size=2))
+    before = [r.token_ids for r in engine.generate(prompts, cfg)]
+    model.model.layers[0].mlp.up_proj.weight.data.mul_(-1.5)  # no version bump
+    after = [r.token_ids for r in engine.generate(prompts, cfg)]
+    assert after != before
+    assert after == [r.token_ids for r in Engine(model, tok).generate(prompts, cfg)]

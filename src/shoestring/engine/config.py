@@ -112,10 +112,10 @@ class EngineOptions:
         "prepacked) weights too, not the model's own forward",
     )
     keep_packed: bool = opt(
-        True,
+        False,
         "keep the lean step's fused/packed weights between generate calls while the model's "
-        "weights are unchanged (costs their memory between calls; off for a model that trains "
-        "between calls)",
+        "weights are unchanged, as a server with fixed weights would (costs their memory "
+        "between calls; a write through .data is not seen)",
     )
     static_cache: str = opt(
         "auto",

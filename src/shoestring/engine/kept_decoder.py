@@ -15,11 +15,14 @@ class KeptDecoder:
 
     Why: building it packs a copy of every weight (0.7 s for Qwen2.5-0.5B's shape in fp32 on a
     2-core AVX2 host), paid again by every call; an engine that serves many calls with the same
-    weights - a notebook, a server, a benchmark's rounds - packs once, as vLLM and llama.cpp
-    do at load time. The price is that copy's memory between calls, so an engine whose model
-    trains between calls (GRPO's rollouts) does not keep it (``EngineOptions.keep_packed``).
-    Any change rebuilds it: another module in the tree, a weight replaced, reloaded, cast or
-    moved, or updated in place (an optimizer step bumps the tensor's version counter).
+    weights - a server, a notebook, a benchmark's rounds - packs once, as vLLM and llama.cpp
+    do at load time. It is opt-in (``EngineOptions.keep_packed``): the copy's memory stays
+    between calls, and one kind of change escapes it. Any tracked change rebuilds it: another
+    module in the tree, a weight replaced, reloaded, cast or moved, or updated in place through
+    the tensor (an optimizer step bumps its version counter). A write through ``.data`` (as
+    peft's in-place ``merge()`` does) bumps nothing and would leave the kept copy stale, and
+    fingerprinting every weight's contents per call would cost a read of all of them - so the
+    default rebuilds every call, and only a caller that knows its weights are fixed keeps it.
     """
 
     def __init__(self) -> None:

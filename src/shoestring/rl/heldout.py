@@ -76,7 +76,7 @@ class HeldOutEval:
         )
         self.protocol = protocol
         sampling = sampling_for(protocol, cfg.max_completion_length)
-        self.options = EngineOptions(dtype=gen_dtype, keep_packed=False)  # trained between
+        self.options = EngineOptions(dtype=gen_dtype)
         if cfg.stop_strings is not None:  # an explicit setting overrides the protocol's
             sampling = dataclasses.replace(sampling, stop_strings=list(cfg.stop_strings))
         self.sampling = sampling

@@ -203,7 +203,7 @@ class RolloutGenerator:
         engine = Engine(
             self.rollout_weights.model_for(policy),
             policy.tokenizer,
-            EngineOptions(dtype=policy.gen_dtype, keep_packed=False),  # trains next: no copy kept
+            EngineOptions(dtype=policy.gen_dtype),
         )
         # this rank's prompts (all of them in one process); a prompt's position in the step
         # is its sampling stream, so its samples do not depend on who else generates what
