@@ -127,9 +127,7 @@ def prefill_prompts(
             return packed
     groups = prefill_groups([len(x) for x in ids_list]) if options.group_prefill else []
     if options.preallocate and len(groups) > 1:
-        grouped = _grouped_prefill(
-            model, params, ids_list, groups, room, pad, device, store_dtype, lean
-        )
+        grouped = _grouped_prefill(model, params, ids_list, groups, room, pad, device, store_dtype)
         if grouped is not None:
             return grouped
     ids, mask = pad_left(ids_list, pad)
@@ -216,7 +214,6 @@ def _grouped_prefill(
     pad: int,
     device: torch.device,
     store_dtype: torch.dtype | None,
-    lean: LeanDecoder | None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
     """Prefill each group into its own small cache and place its rows into one merged,
     right-aligned preallocated cache; ``None`` when a cache is not made of
@@ -230,8 +227,8 @@ def _grouped_prefill(
     for g in groups:
         ids, mask = pad_left([ids_list[i] for i in g], pad)
         ids, mask = ids.to(device), mask.to(device)
-        part_logits, part = _forward(  # room 0: this cache only carries the prompts
-            model, params, ids, mask, make_cache(model, 0, store_dtype), lean
+        part_logits, part = forward_last_logits(  # room 0: this cache only carries the prompts
+            model, params, ids, mask, positions_from_mask(mask), make_cache(model, 0, store_dtype)
         )
         part_layers = cache_layers(part) or []
         if len(part_layers) != len(layers) or not all(
