@@ -22,7 +22,7 @@ from shoestring.data.gsm8k import (
     load_fewshot_pool,
     load_gsm8k,
 )
-from shoestring.data.input_report import MAX_REPORTS, report_capped
+from shoestring.data.input_report import report_capped, skipped_fields
 
 __all__ = ["ProblemSet", "load_problems"]
 
@@ -53,8 +53,7 @@ class ProblemSet:
             "subset_seed": cfg.subset_seed,
             "n_selected": len(self.problems),
             "idx": [p.idx for p in self.problems],
-            "skipped_lines": self.skipped[:MAX_REPORTS],
-            "n_skipped_lines": len(self.skipped),
+            **skipped_fields(self.skipped),
         }
 
 

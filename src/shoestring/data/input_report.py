@@ -128,6 +128,12 @@ def refuse_binary(path: str | Path, what: str = "text") -> None:
         )
 
 
+def skipped_fields(skipped: list[str]) -> dict[str, Any]:
+    """summary.json's record of skipped input lines: the first :data:`MAX_REPORTS` and the
+    count (``bench`` and ``grpo`` write it under their data keys)."""
+    return {"skipped_lines": skipped[:MAX_REPORTS], "n_skipped_lines": len(skipped)}
+
+
 def report_capped(
     problems: list[str], emit: Callable[[str], None], what: str = "bad line(s)"
 ) -> None:

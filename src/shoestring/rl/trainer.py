@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from shoestring.data.input_report import MAX_REPORTS, report_capped
+from shoestring.data.input_report import report_capped, skipped_fields
 from shoestring.distributed import DistInfo, broadcast_from_main, rank_device, rank_threads
 from shoestring.errors import UserError
 from shoestring.models.context import context_limit
@@ -302,15 +302,7 @@ class GRPOTrainer:
         report_capped(skipped, lambda msg: self.log(f"{key}: skipped {msg}"))
         self.warnings.append(f"{len(skipped)} malformed line(s) of {spec} skipped")
         known = self.rundir.summary.get(key) or {}  # the data source recorded before
-        self.rundir.update_summary(
-            **{
-                key: {
-                    **known,
-                    "skipped_lines": skipped[:MAX_REPORTS],
-                    "n_skipped_lines": len(skipped),
-                }
-            }
-        )
+        self.rundir.update_summary(**{key: {**known, **skipped_fields(skipped)}})
 
     def evaluate(self, tag: str) -> dict[str, Any] | None:
         """Held-out accuracy now (``eval_<tag>.jsonl`` per problem), or None when off."""
