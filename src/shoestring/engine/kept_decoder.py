@@ -13,8 +13,8 @@ class KeptDecoder:
     """One model's lean forward, kept from one generation call to the next while nothing it
     was built from has changed.
 
-    Why: building it packs a copy of every weight (0.7 s for Qwen2.5-0.5B's shape in fp32 on a
-    2-core AVX2 host), paid again by every call; an engine that serves many calls with the same
+    Why: building it packs a copy of every weight (2 GB for Qwen2.5-0.5B's shape in fp32),
+    paid again by every call; an engine that serves many calls with the same
     weights - a server, a notebook, a benchmark's rounds - packs once, as vLLM and llama.cpp
     do at load time. It is opt-in (``EngineOptions.keep_packed``): the copy's memory stays
     between calls, and one kind of change escapes it. Any tracked change rebuilds it: another
