@@ -10,7 +10,8 @@ bf16 where the CPU has bf16 dot products, else fp32 -, real 151,936-entry tied v
    plain ``F.linear`` calls on the same shapes and dtypes (q/k/v, o, gate/up, down per layer,
    and the head), and where the engine packs, the
    same products prepacked and its step without packing. The ratio step/matmuls is what
-   everything around the matmuls costs.
+   everything around the matmuls costs. Where the engine packs fp32 weights for shoestring's
+   AVX2 kernel (the ``avx2`` host class), its step with oneDNN's packing is timed too.
 2. **single-query attention**: the engine's plain fp32 matmul-softmax-matmul against SDPA in
    fp32 and in bf16, for all layers of one step.
 3. **profile**: ``torch.profiler`` over a few lean steps, operators by self CPU time, grouped
@@ -44,6 +45,8 @@ from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import make_cache  # noqa: E402
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
 from shoestring.engine.lean_decode import LeanDecoder  # noqa: E402
+from shoestring.engine.packed_linear import fp32_kernel  # noqa: E402
+from shoestring.engine.sgemm_avx2 import PROFILER_NAME  # noqa: E402
 from shoestring.host import describe_host  # noqa: E402
 from shoestring.runtime import resolve_dtype  # noqa: E402
 
@@ -119,11 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     lean = LeanDecoder.build(model)  # the engine's choice: prepacked weights where it can
     unpacked = LeanDecoder.build(model, pack=False)
     assert lean is not None and unpacked is not None
-    print(f"engine step: weights {'prepacked (oneDNN)' if lean.packed else 'F.linear'}")
+    kernel = "oneDNN" if wdtype != torch.float32 or fp32_kernel() == "onednn" else "AVX2 kernel"
+    print(f"engine step: weights {f'prepacked ({kernel})' if lean.packed else 'F.linear'}")
+    # where the engine takes shoestring's AVX2 kernel, oneDNN's packing is timed next to it
+    other = None
+    if lean.packed and kernel != "oneDNN":
+        other = LeanDecoder.build(model, kernel="onednn")
+        assert other is not None
 
     def lean_step() -> None:
         with torch.inference_mode():
             lean.step(next_ids, mask, pos, lean_cache)
+        crop_one(lean_cache)
+
+    def other_step() -> None:
+        assert other is not None
+        with torch.inference_mode():
+            other.step(next_ids, mask, pos, lean_cache)
         crop_one(lean_cache)
 
     def unpacked_step() -> None:
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 lean.head(x[:, -1])
 
         fns["packed matmuls"] = packed_matmuls
+    if other is not None:
+        fns["oneDNN"] = other_step
     t1 = interleaved(fns, args.rounds)
     flops = 2 * b * sum(p.numel() for n, p in model.named_parameters() if "norm" not in n)
     flops -= 2 * b * model.model.embed_tokens.weight.numel() * (0 if cfg.tie_word_embeddings else 1)
@@ -194,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             f"its matmuls prepacked {t1['packed matmuls'] * 1e3:.1f} ms "
             f"({flops / t1['packed matmuls'] / 1e9:.0f} GFLOP/s); step / prepacked matmuls "
             f"{t1['lean'] / t1['packed matmuls']:.2f}x",
+            flush=True,
+        )
+    if "oneDNN" in t1:
+        print(
+            f"  {kernel}: engine step {t1['lean'] * 1e3:.1f} ms against {t1['oneDNN'] * 1e3:.1f} "
+            f"ms with oneDNN's prepacked weights ({t1['oneDNN'] / t1['lean']:.2f}x)",
             flush=True,
         )
     # what bounds it: the host's read rate (the weights are read once per step) and matmul rate
@@ -258,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(e.self_cpu_time_total for e in events)
     groups = {"weight matmuls": 0.0, "attention (bmm, softmax)": 0.0, "other": 0.0}
     for e in events:
-        if e.key in ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"):
+        if e.key in ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise", PROFILER_NAME):
             groups["weight matmuls"] += e.self_cpu_time_total
         elif e.key in ("aten::bmm", "aten::_softmax"):
             groups["attention (bmm, softmax)"] += e.self_cpu_time_total

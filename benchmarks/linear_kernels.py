@@ -8,7 +8,10 @@ all exact fp32 (no bf16 or TF32 behind fp32's back):
 - ``F.linear``: what a model's own forward runs (MKL's sgemm on x86);
 - ``oneDNN packed``: the weight reordered once (``torch.ops.mkldnn._reorder_linear_weight``)
   and multiplied with ``torch.ops.mkldnn._linear_pointwise`` - what the engine's lean step
-  uses for fp32 weights of 64 MiB or more (``engine/packed_linear.py``);
+  uses for fp32 weights of 64 MiB or more on other host classes (``engine/packed_linear.py``);
+- ``shoestring AVX2``: shoestring's own kernel for AVX2+FMA hosts (``engine/sgemm_avx2.py``),
+  weights packed once into panels of six rows - what the engine uses on the ``avx2`` host class
+  (listed where it builds: an x86-64 CPU with AVX2 and FMA, and a C compiler);
 - ``MKL packed``: MKL's packed sgemm (``torch.ops.mkl._mkl_reorder_linear_weight`` and
   ``_mkl_linear``), what ``torch.compile`` with freezing runs for fp32 linear layers;
 - ``inductor``: ``torch.compile(mode="max-autotune")`` with freezing, which also generates
@@ -72,6 +75,12 @@ def kernels(w: object, rows: int, inductor: bool) -> dict[str, Callable[[object]
     out["oneDNN packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
         x, packed, None, "none", [None], ""
     )
+    from shoestring.engine import sgemm_avx2
+    from shoestring.engine.packed_linear import avx2_kernel_available
+
+    if avx2_kernel_available():  # shoestring's own, where it builds and meets the fp32 policy
+        own = sgemm_avx2.pack(w)
+        out["shoestring AVX2"] = lambda x: sgemm_avx2.linear(x, own, w.shape[0], None)
     if hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
         mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
         out["MKL packed"] = lambda x: torch.ops.mkl._mkl_linear(x, mkl, w, None, rows)

@@ -1,7 +1,8 @@
-"""Prepacked oneDNN weights in the CPU's decode step and their exactness policy: bf16 products
-bit-identical to ``F.linear``; fp32 products within fp32 rounding of it, packed only for weights
-past the caches, with greedy tokens identical to transformers' ``generate`` on a trained model
-(stories260K); used only where they fit in memory, and invisible in the engine's output."""
+"""Prepacked weights in the CPU's decode step and their exactness policy: bf16 products (oneDNN)
+bit-identical to ``F.linear``; fp32 products (oneDNN's, or shoestring's AVX2 kernel) within fp32
+rounding of it, packed only for weights past the caches, with greedy tokens identical to
+transformers' ``generate`` on a trained model (stories260K); the fp32 kernel chosen by host
+class; used only where they fit in memory, and invisible in the engine's output."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shoestring.engine import (
     lean_decode,
     make_cache,
     packed_linear,
+    sgemm_avx2,
 )
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
@@ -32,6 +34,18 @@ needs_packing = pytest.mark.skipif(
 needs_fp32_packing = pytest.mark.skipif(
     not packed_linear.packing_available(torch.float32), reason="no fp32 oneDNN packing here"
 )
+needs_avx2_kernel = pytest.mark.skipif(
+    not sgemm_avx2.available(), reason=f"no AVX2 kernel here: {sgemm_avx2.build_error()}"
+)
+# the fp32 kernels that can run here
+FP32_KERNELS = [
+    k
+    for k, ok in (
+        ("onednn", packed_linear.packing_available(torch.float32)),
+        ("avx2", packed_linear.avx2_kernel_available()),
+    )
+    if ok
+]
 
 
 @needs_packing
@@ -79,6 +93,78 @@ def test_packed_fp32_product_is_within_fp32_rounding(rows: int) -> None:
     assert not packed_linear.within_fp32_rounding(low, F.linear(x, w, b), xb, wb)
 
 
+@needs_avx2_kernel
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize(("out", "k"), [(1, 1), (7, 3), (50, 42), (130, 97)])
+def test_avx2_kernel_is_within_fp32_rounding_on_every_path(rows: int, out: int, k: int) -> None:
+    """Every path of the AVX2 kernel (up to 4 rows: the full-width one; up to 8; blocks of 16
+    and a partial last block), output counts that leave a panel partly empty, reduction
+    lengths with and without the 4-wide tail, with and without a bias, against float64."""
+    g = torch.Generator().manual_seed(rows * 1000 + out)
+    w, b = torch.randn(out, k, generator=g), torch.randn(out, generator=g)
+    x = torch.randn(rows, 1, k, generator=g)  # [B, S=1, k]: a decode step's shape
+    packed = sgemm_avx2.pack(w)
+    for bias in (b, None):
+        got = sgemm_avx2.linear(x, packed, out, bias)
+        assert got.shape == (rows, 1, out) and got.dtype == torch.float32
+        ones = torch.ones(rows, 1, 1)
+        bb = bias if bias is not None else torch.zeros(out)
+        xb, wb = torch.cat([x, ones], dim=-1), torch.cat([w, bb[:, None]], dim=1)
+        assert packed_linear.within_fp32_rounding(got, F.linear(x, w, bias), xb, wb)
+    # and the policy would catch a wrong product: another weight's output is far outside it
+    if rows and k > 1:
+        wrong = sgemm_avx2.linear(x, sgemm_avx2.pack(w.roll(1, dims=1)), out, None)
+        assert not packed_linear.within_fp32_rounding(wrong, F.linear(x, w), x, w)
+
+
+def test_fp32_kernel_is_chosen_by_host_class(monkeypatch) -> None:
+    """auto takes the AVX2 kernel on the avx2 class only (where it was measured), oneDNN's on
+    the others; an explicit choice is kept, and an AVX2 kernel that cannot run is an error
+    that says why and what to pick instead."""
+    avx2_ok = packed_linear.avx2_kernel_available()
+    monkeypatch.setattr(packed_linear, "host_class", lambda: "avx2")
+    assert packed_linear.fp32_kernel() == ("avx2" if avx2_ok else "onednn")
+    for other in ("avx512", "avx512-bf16", "amx", "generic"):
+        monkeypatch.setattr(packed_linear, "host_class", lambda other=other: other)
+        assert packed_linear.fp32_kernel("auto") == "onednn"
+        assert packed_linear.fp32_kernel("onednn") == "onednn"
+    with pytest.raises(ValueError, match="fp32_kernel must be one of"):
+        packed_linear.fp32_kernel("mkl")
+    monkeypatch.setattr(packed_linear, "avx2_kernel_available", lambda: False)
+    monkeypatch.setattr(packed_linear, "host_class", lambda: "avx2")
+    assert packed_linear.fp32_kernel() == "onednn"  # auto falls back
+    with pytest.raises(RuntimeError, match="fp32_kernel=auto or onednn"):
+        packed_linear.fp32_kernel("avx2")
+    w = torch.zeros(4, 4)
+    assert packed_linear.pack_weight(w, "onednn").kernel == "onednn"
+    if packed_linear.packing_available():  # bf16 is always oneDNN's
+        assert packed_linear.pack_weight(w.bfloat16(), "auto").kernel == "onednn"
+
+
+def test_avx2_kernel_build_is_all_or_nothing(monkeypatch, tmp_path: Path) -> None:
+    """A compiler that fails leaves no library (and no temporary file) in the cache and says
+    why; one that works leaves exactly the library, which then loads."""
+    monkeypatch.setenv("SHOESTRING_KERNEL_CACHE", str(tmp_path))
+    if not {"avx2", "fma"} <= sgemm_avx2.cpu_flags():
+        lib, why = sgemm_avx2._build()
+        assert lib is None and "AVX2" in str(why)
+        return
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    lib, why = sgemm_avx2._build()
+    assert lib is None and why is not None and why.startswith("false failed")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    lib, why = sgemm_avx2._build()
+    assert lib is None and "could not build" in str(why)
+    assert list(tmp_path.iterdir()) == []
+    if not sgemm_avx2.available():
+        pytest.skip(f"no working C compiler here: {sgemm_avx2.build_error()}")
+    monkeypatch.delenv("CC")
+    lib, why = sgemm_avx2._build()
+    assert lib is not None and why is None
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+
+
 def _stories260k(shared_dir: Path) -> LlamaForCausalLM:
     """The trained stories260K Llama from llama2.c's checkpoint, fp32 (weights only)."""
     path = shared_dir / "models" / "stories260K" / "stories260K.bin"
@@ -90,16 +176,18 @@ def _stories260k(shared_dir: Path) -> LlamaForCausalLM:
     return model.eval()
 
 
-@needs_fp32_packing
+@pytest.mark.parametrize("kernel", FP32_KERNELS)
 def test_fp32_packed_greedy_tokens_equal_transformers_on_a_trained_model(
-    shared_dir: Path,
+    shared_dir: Path, kernel: str
 ) -> None:
-    """The fp32 policy on real weights: the packed lean prefill's and steps' logits stay
-    within fp32 rounding noise of the model's forward, and 48 greedy tokens of 6 rows
-    (left-padded) equal transformers' batched ``generate`` token for token."""
+    """The fp32 policy on real weights, for each fp32 kernel: the packed lean prefill's and
+    steps' logits stay within fp32 rounding noise of the model's forward, and 48 greedy
+    tokens of 6 rows (left-padded) equal transformers' batched ``generate`` token for token."""
     model = _stories260k(shared_dir)
-    lean = LeanDecoder.build(model, pack=True)
+    lean = LeanDecoder.build(model, pack=True, kernel=kernel)
     assert lean is not None and lean.packed
+    assert lean.layers[0].qkv.packed is not None
+    assert lean.layers[0].qkv.packed.kernel == kernel
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (6, 5), generator=g)
     ids[:, 0] = 1  # BOS, as the model was trained

@@ -117,6 +117,12 @@ class EngineOptions:
         "weights are unchanged, as a server with fixed weights would (costs their memory "
         "between calls; a write through .data is not seen)",
     )
+    fp32_kernel: str = opt(
+        "auto",
+        "fp32 weights on a CPU are packed for this product: avx2 = shoestring's own AVX2+FMA "
+        "kernel, onednn = oneDNN's; auto = avx2 on the avx2 host class, onednn elsewhere",
+        choices=("auto", "onednn", "avx2"),
+    )
     static_cache: str = opt(
         "auto",
         "fixed-shape KV cache + replayed decode step; auto = on CUDA for models the lean "

@@ -136,7 +136,10 @@ def _decode(
     # steps and, with lean_prefill, the prompts' prefills and refills too
     lean = None
     if options.lean_decode:
-        lean = kept.get(model) if kept is not None else LeanDecoder.build(model)
+        kernel = options.fp32_kernel
+        lean = (
+            kept.get(model, kernel) if kept is not None else LeanDecoder.build(model, kernel=kernel)
+        )
     prefill_lean = lean if options.lean_prefill else None
 
     def prefill(count: int) -> _Batch:

@@ -29,11 +29,11 @@ class KeptDecoder:
         self._key: tuple[Any, ...] | None = None
         self._decoder: LeanDecoder | None = None
 
-    def get(self, model: Any) -> LeanDecoder | None:
-        key = _built_from(model)
+    def get(self, model: Any, kernel: str = "auto") -> LeanDecoder | None:
+        key = (kernel, *_built_from(model))
         if key != self._key:
             self._key, self._decoder = None, None  # drop the stale copy before packing anew
-            self._decoder = LeanDecoder.build(model)
+            self._decoder = LeanDecoder.build(model, kernel=kernel)
             self._key = key
         return self._decoder
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
-from shoestring.engine.packed_linear import can_pack, pack_weight, packed_linear
+from shoestring.engine.packed_linear import PackedWeight, can_pack, pack_weight, packed_linear
 from shoestring.models.attention import sdpa_mask
 from shoestring.models.rope import apply_rope, rotate_half
 
@@ -64,12 +64,14 @@ class _Proj:
     weight is multiplied in oneDNN's prepacked layout (:mod:`~shoestring.engine.packed_linear`:
     bit-identical in bf16, within fp32 rounding in fp32)."""
 
-    def __init__(self, mods: list[Any], fuse: bool, pack: bool = False) -> None:
+    def __init__(
+        self, mods: list[Any], fuse: bool, pack: bool = False, kernel: str = "auto"
+    ) -> None:
         self.mods = mods
         self.sizes = [m.out_features for m in mods]
         self.weight: torch.Tensor | None = None  # the plain or concatenated weight
         self.bias: torch.Tensor | None = None
-        self.packed: torch.Tensor | None = None  # the same, prepacked (then ``weight`` is None)
+        self.packed: PackedWeight | None = None  # the same, prepacked (then ``weight`` is None)
         plain = all(_plain_linear(m) for m in mods)
         # packing copies the weights anyway, so packed parts are always concatenated
         if not plain or not (len(mods) == 1 or fuse or pack):
@@ -86,7 +88,7 @@ class _Proj:
                 ]
             )
         if pack:
-            self.packed = pack_weight(weight)
+            self.packed = pack_weight(weight, kernel)
         else:
             self.weight = weight
 
@@ -233,21 +235,21 @@ def _plain_weights(model: Any) -> list[torch.Tensor]:
 
 
 class _Layer:
-    def __init__(self, layer: Any, gpt: bool, fuse: bool, pack: bool) -> None:
+    def __init__(self, layer: Any, gpt: bool, fuse: bool, pack: bool, kernel: str) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         make_norm = _gpt_norm if gpt else _llama_norm
         n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
         assert n1 is not None and n2 is not None  # checked by _supported
         self.norm1, self.norm2 = n1, n2
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack)
-        self.o = _Proj([attn.o_proj], False, pack)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack, kernel)
+        self.o = _Proj([attn.o_proj], False, pack, kernel)
         self.swiglu = not gpt or mlp.kind == "swiglu"
         if self.swiglu:
-            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack)
-            self.down = _Proj([mlp.down_proj], False, pack)
+            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack, kernel)
+            self.down = _Proj([mlp.down_proj], False, pack, kernel)
         else:  # the GPT's GELU MLP: fc -> GELU -> proj
-            self.up = _Proj([mlp.fc], False, pack)
-            self.down = _Proj([mlp.proj], False, pack)
+            self.up = _Proj([mlp.fc], False, pack, kernel)
+            self.down = _Proj([mlp.proj], False, pack, kernel)
         if gpt:
             self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
         else:
@@ -265,7 +267,7 @@ class LeanDecoder:
     """One-token forward of a supported model; build with :meth:`build` per generation call
     (fused weights are copies of the weights at that moment)."""
 
-    def __init__(self, model: Any, fuse: bool, pack: bool = False) -> None:
+    def __init__(self, model: Any, fuse: bool, pack: bool = False, kernel: str = "auto") -> None:
         self.model = model
         self.gpt = type(model).__name__ == SHOESTRING_GPT
         inner = model.model
@@ -285,27 +287,32 @@ class LeanDecoder:
             norm = _llama_norm(inner.norm)
         assert norm is not None
         self.final_norm = norm
-        self.layers = [_Layer(layer, self.gpt, fuse, pack) for layer in inner.layers]
+        self.layers = [_Layer(layer, self.gpt, fuse, pack, kernel) for layer in inner.layers]
         self.fused = fuse
         self.packed = pack
-        self.head = _Proj([model.lm_head], False, pack)
+        self.head = _Proj([model.lm_head], False, pack, kernel)
 
     @classmethod
     def build(
-        cls, model: Any, fuse: bool | None = None, pack: bool | None = None
+        cls,
+        model: Any,
+        fuse: bool | None = None,
+        pack: bool | None = None,
+        kernel: str = "auto",
     ) -> LeanDecoder | None:
         """A decoder for ``model``, or ``None`` where only the model's own forward is right.
 
         ``pack`` (default: where :func:`~shoestring.engine.packed_linear.can_pack` allows it,
         i.e. bf16 weights, or fp32 weights too big for the caches, on a CPU with memory to
-        spare) multiplies prepacked weights."""
+        spare) multiplies prepacked weights; ``kernel`` picks the fp32 kernel
+        (:func:`~shoestring.engine.packed_linear.fp32_kernel`)."""
         if _supported(model) is not None:
             return None
         if fuse is None:
             fuse = _fused_bytes(model) <= FUSE_MAX_BYTES
         if pack is None:
-            pack = can_pack(_plain_weights(model))
-        return cls(model, fuse, pack)
+            pack = can_pack(_plain_weights(model), kernel)
+        return cls(model, fuse, pack, kernel)
 
     def _embed(
         self, input_ids: torch.Tensor, positions: torch.Tensor

@@ -1,4 +1,5 @@
-"""Linear layers with weights prepacked for oneDNN, for the CPU's decode step (bf16 and fp32).
+"""Linear layers with weights prepacked for a CPU kernel, for the decode step and prefill (bf16
+and fp32).
 
 Why: a decode step multiplies a few rows (one token per sequence) by every weight of the model.
 On a CPU, ``F.linear`` on bf16 weights goes through oneDNN, which first reorders the weight into
@@ -10,10 +11,15 @@ multiplying with the packed weight (``torch.ops.mkldnn._linear_pointwise``, the 
 ``benchmarks/decode_profile.py`` measures both against each other; docs/generate.md has the
 figures per host class.
 
+fp32 weights have a second kernel: shoestring's own for AVX2+FMA (:mod:`.sgemm_avx2`), faster
+than oneDNN's at every row count a decode step or prefill runs on the ``avx2`` host class
+(``benchmarks/linear_kernels.py``). ``auto`` (:func:`fp32_kernel`) takes it on that class only,
+where it was measured; ``fp32_kernel="avx2"``/``"onednn"`` picks one anywhere.
+
 The exactness policy, per dtype (a probe checks it before packing is used at all):
 
 * **bf16**: the packed product is bit-identical to ``F.linear`` (the same oneDNN kernel).
-* **fp32**: the packed product sums in another order than MKL, so it is not bit-identical; it
+* **fp32**: either packed product sums in another order than MKL, so it is not bit-identical; it
   must be a correct fp32 evaluation of the same sums - within the rounding bound of any
   summation order, ``2 * K * eps * (|x| @ |w|^T)`` for ``K`` terms (:func:`within_fp32_rounding`)
   - which rules out a kernel computing in bf16 or TF32 behind fp32's back. Greedy tokens stay
@@ -29,14 +35,22 @@ packing is skipped when the host has less than that to spare.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import psutil
 import torch
 import torch.nn.functional as F
 
+from shoestring.engine import sgemm_avx2
+from shoestring.host import host_class
+
 __all__ = [
+    "FP32_KERNELS",
     "FP32_MIN_BYTES",
+    "PackedWeight",
+    "avx2_kernel_available",
     "can_pack",
+    "fp32_kernel",
     "pack_weight",
     "packed_linear",
     "packing_available",
@@ -51,6 +65,18 @@ MEMORY_MARGIN_BYTES = 2**30
 # product is as fast, and the model's own forward stays bit-identical to the engine's step.
 FP32_MIN_BYTES = 64 * 2**20
 PACKABLE = (torch.bfloat16, torch.float32)
+# Which product fp32 weights are packed for: auto = shoestring's AVX2 kernel on the avx2 host
+# class (where it was measured faster), oneDNN's elsewhere
+FP32_KERNELS = ("auto", "onednn", "avx2")
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight [out, in] in one kernel's packed layout."""
+
+    data: torch.Tensor
+    out_features: int
+    kernel: str  # "onednn" or "avx2"
 
 
 def within_fp32_rounding(
@@ -80,7 +106,8 @@ def packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
         gen = torch.Generator().manual_seed(0)
         w = torch.randn(48, 40, generator=gen).to(dtype)
         b = torch.randn(48, generator=gen).to(dtype)
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT)
+        data = torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT)
+        packed = PackedWeight(data, w.shape[0], "onednn")
         for rows in (1, 3, ROWS_HINT, 37):  # below, at and above the hint, odd sizes too
             x = torch.randn(rows, 1, 40, generator=gen).to(dtype)
             got, want = packed_linear(x, packed, b), F.linear(x, w, b)
@@ -96,14 +123,59 @@ def packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
         return False
 
 
-def can_pack(weights: list[torch.Tensor]) -> bool:
+@functools.cache
+def avx2_kernel_available() -> bool:
+    """True where shoestring's AVX2 kernel builds here and meets the fp32 policy against
+    ``F.linear`` on a probe: every row-count path (one row, up to 8, up to 16, several blocks),
+    an output count that is not a whole number of panels, a bias, and a reduction length
+    whose tail the one-row path adds apart."""
+    if not sgemm_avx2.available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(50, 42, generator=gen), torch.randn(50, generator=gen)
+    packed = sgemm_avx2.pack(w)
+    for rows in (1, 2, 8, 9, 16, 37):
+        x = torch.randn(rows, 1, 42, generator=gen)
+        got = sgemm_avx2.linear(x, packed, 50, b)
+        xb = torch.cat([x, torch.ones(rows, 1, 1)], dim=-1)
+        want = F.linear(x, w, b)
+        if not within_fp32_rounding(got, want, xb, torch.cat([w, b[:, None]], dim=1)):
+            return False
+    return True
+
+
+def fp32_kernel(choice: str = "auto") -> str:
+    """The kernel fp32 weights are packed for: ``choice`` (one of :data:`FP32_KERNELS`) with
+    ``auto`` resolved - the AVX2 kernel on the ``avx2`` host class where it builds and meets
+    the policy, else oneDNN's. Asking for ``avx2`` where it cannot run is an error."""
+    if choice not in FP32_KERNELS:
+        raise ValueError(f"fp32_kernel must be one of {FP32_KERNELS}, not {choice!r}")
+    if choice == "avx2":
+        if not avx2_kernel_available():
+            why = sgemm_avx2.build_error() or "it does not meet the fp32 policy on this CPU"
+            raise RuntimeError(
+                f"fp32_kernel=avx2 was asked for, but shoestring's AVX2 kernel cannot run here: "
+                f"{why}. Use fp32_kernel=auto or onednn."
+            )
+        return "avx2"
+    if choice == "auto" and host_class() == "avx2" and avx2_kernel_available():
+        return "avx2"
+    return "onednn"
+
+
+def can_pack(weights: list[torch.Tensor], kernel: str = "auto") -> bool:
     """Whether these weights (all bf16, or all fp32 and at least :data:`FP32_MIN_BYTES`, on a
-    CPU) should be packed: the ops meet the dtype's policy here and the copy fits in the memory
-    available now with a margin."""
+    CPU) should be packed: the ops (for fp32, those of ``kernel``) meet the dtype's policy here
+    and the copy fits in the memory available now with a margin."""
     if not weights or any(w.device.type != "cpu" for w in weights):
         return False
     dtypes = {w.dtype for w in weights}
-    if len(dtypes) != 1 or not packing_available(dtype := dtypes.pop()):
+    if len(dtypes) != 1:
+        return False
+    dtype = dtypes.pop()
+    if dtype == torch.float32 and fp32_kernel(kernel) == "avx2":
+        pass  # fp32_kernel checked the AVX2 kernel's policy
+    elif not packing_available(dtype):
         return False
     size = sum(w.numel() * w.element_size() for w in weights)
     if dtype == torch.float32 and size < FP32_MIN_BYTES:
@@ -111,12 +183,19 @@ def can_pack(weights: list[torch.Tensor]) -> bool:
     return psutil.virtual_memory().available > size + MEMORY_MARGIN_BYTES
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The weight [out, in] reordered into oneDNN's blocked layout (a copy)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ROWS_HINT)
+def pack_weight(weight: torch.Tensor, kernel: str = "auto") -> PackedWeight:
+    """The weight [out, in] in its kernel's layout (a copy): fp32 for :func:`fp32_kernel`'s
+    choice, bf16 for oneDNN's blocked layout."""
+    out = weight.shape[0]
+    if weight.dtype == torch.float32 and fp32_kernel(kernel) == "avx2":
+        return PackedWeight(sgemm_avx2.pack(weight), out, "avx2")
+    data = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ROWS_HINT)
+    return PackedWeight(data, out, "onednn")
 
 
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with the weight from :func:`pack_weight`."""
+    if packed.kernel == "avx2":
+        return sgemm_avx2.linear(x, packed.data, packed.out_features, bias)
     # "none", [None], "": no fused post-op (the pointwise op's activation slot is unused)
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [None], "")
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed.data, bias, "none", [None], "")

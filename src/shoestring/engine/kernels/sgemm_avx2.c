@@ -1,0 +1,204 @@
+/* fp32 y = x W^T (+ bias) for the CPU decode step and prefill on AVX2+FMA hosts.
+ *
+ * Why by hand: on AVX2-only CPUs the kernels torch offers run a decode step's products (16
+ * rows against a weight of thousands) far below the host's fp32 rate - oneDNN's prepacked
+ * product, the fastest of them, at about 60% of it. This kernel streams each weight once per
+ * product and keeps its panel in registers against all rows at once; benchmarks/linear_kernels.py
+ * measures it against every torch kernel, docs/generate.md has the figures per host class.
+ *
+ * Layout: the weight [n, k] is packed once into panels of R = 6 output rows, interleaved along
+ * k: wp[p][kk][r] = W[p*R + r][kk] (zero padded past n). One panel is 6 rows x k of the
+ * weight, read start to end by one thread.
+ *
+ * Exactness: every output is one fp32 sum over k with fused multiply-adds, in another order than
+ * MKL's or oneDNN's - within the rounding bound of any summation order, which is the policy the
+ * Python side checks before this kernel is used (engine/packed_linear.py).
+ *
+ * Threads: OpenMP over panels, in the process's OpenMP runtime (torch's libgomp, by soname).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define R 6        /* weight rows per panel */
+#define GROUP 8    /* panels one thread runs against every block of rows (a cache-sized group) */
+#ifndef FEW
+#define FEW 4      /* up to this many rows take the full-width path (panel_few), at most 4 */
+#endif
+
+/* Pack W [n, k] (row-major) into panels; wp holds ceil(n / R) * k * R floats. */
+void sgemm_avx2_pack(const float* w, float* wp, int64_t n, int64_t k, int threads) {
+  int64_t np = (n + R - 1) / R;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t p = 0; p < np; p++) {
+    float* dst = wp + p * k * R;
+    for (int r = 0; r < R; r++) {
+      int64_t o = p * R + r;
+      for (int64_t kk = 0; kk < k; kk++) dst[kk * R + r] = o < n ? w[o * k + kk] : 0.0f;
+    }
+  }
+}
+
+/* 16 rows (x transposed: xt[kk][16]) against one panel -> out[r][16] */
+static inline void panel16(const float* xt, const float* wp, int64_t k, float* out) {
+  __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(),
+         a11 = _mm256_setzero_ps(), a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(),
+         a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps(), a40 = _mm256_setzero_ps(),
+         a41 = _mm256_setzero_ps(), a50 = _mm256_setzero_ps(), a51 = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; kk++) {
+    __m256 xa = _mm256_load_ps(xt + kk * 16), xb = _mm256_load_ps(xt + kk * 16 + 8);
+    const float* w = wp + kk * R;
+    __m256 b;
+    b = _mm256_broadcast_ss(w + 0);
+    a00 = _mm256_fmadd_ps(b, xa, a00);
+    a01 = _mm256_fmadd_ps(b, xb, a01);
+    b = _mm256_broadcast_ss(w + 1);
+    a10 = _mm256_fmadd_ps(b, xa, a10);
+    a11 = _mm256_fmadd_ps(b, xb, a11);
+    b = _mm256_broadcast_ss(w + 2);
+    a20 = _mm256_fmadd_ps(b, xa, a20);
+    a21 = _mm256_fmadd_ps(b, xb, a21);
+    b = _mm256_broadcast_ss(w + 3);
+    a30 = _mm256_fmadd_ps(b, xa, a30);
+    a31 = _mm256_fmadd_ps(b, xb, a31);
+    b = _mm256_broadcast_ss(w + 4);
+    a40 = _mm256_fmadd_ps(b, xa, a40);
+    a41 = _mm256_fmadd_ps(b, xb, a41);
+    b = _mm256_broadcast_ss(w + 5);
+    a50 = _mm256_fmadd_ps(b, xa, a50);
+    a51 = _mm256_fmadd_ps(b, xb, a51);
+  }
+  _mm256_store_ps(out + 0, a00);
+  _mm256_store_ps(out + 8, a01);
+  _mm256_store_ps(out + 16, a10);
+  _mm256_store_ps(out + 24, a11);
+  _mm256_store_ps(out + 32, a20);
+  _mm256_store_ps(out + 40, a21);
+  _mm256_store_ps(out + 48, a30);
+  _mm256_store_ps(out + 56, a31);
+  _mm256_store_ps(out + 64, a40);
+  _mm256_store_ps(out + 72, a41);
+  _mm256_store_ps(out + 80, a50);
+  _mm256_store_ps(out + 88, a51);
+}
+
+/* 8 rows (xt[kk][8]) against one panel -> out[r][8] */
+static inline void panel8(const float* xt, const float* wp, int64_t k, float* out) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps(), a4 = _mm256_setzero_ps(), a5 = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; kk++) {
+    __m256 xa = _mm256_load_ps(xt + kk * 8);
+    const float* w = wp + kk * R;
+    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 0), xa, a0);
+    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 1), xa, a1);
+    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 2), xa, a2);
+    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 3), xa, a3);
+    a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4), xa, a4);
+    a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 5), xa, a5);
+  }
+  _mm256_store_ps(out + 0, a0);
+  _mm256_store_ps(out + 8, a1);
+  _mm256_store_ps(out + 16, a2);
+  _mm256_store_ps(out + 24, a3);
+  _mm256_store_ps(out + 32, a4);
+  _mm256_store_ps(out + 40, a5);
+}
+
+/* A few rows (M <= 4) against one panel, the weight read at full vector width: xe[i][kk*R + r]
+ * = x[i][kk] (each row expanded to the panel's interleaving, xs floats apart), so 24 floats of
+ * the panel (4 k's x 6 rows) meet 24 of each row's xe with three FMAs; lane f of the 24 belongs
+ * to weight row f % 6. -> out[i][r] */
+static inline __attribute__((always_inline)) void panel_few(const float* xe, int64_t xs,
+                                                             const float* wp, int64_t k,
+                                                             const int M, float* out) {
+  __m256 acc[4][3];
+  for (int i = 0; i < M; i++) acc[i][0] = acc[i][1] = acc[i][2] = _mm256_setzero_ps();
+  int64_t n4 = (k / 4) * 4 * R, f = 0;
+  for (; f < n4; f += 24) {
+    __m256 w0 = _mm256_loadu_ps(wp + f), w1 = _mm256_loadu_ps(wp + f + 8),
+           w2 = _mm256_loadu_ps(wp + f + 16);
+    for (int i = 0; i < M; i++) {
+      const float* e = xe + i * xs + f;
+      acc[i][0] = _mm256_fmadd_ps(w0, _mm256_load_ps(e), acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(w1, _mm256_load_ps(e + 8), acc[i][1]);
+      acc[i][2] = _mm256_fmadd_ps(w2, _mm256_load_ps(e + 16), acc[i][2]);
+    }
+  }
+  for (int i = 0; i < M; i++) {
+    float lanes[24] __attribute__((aligned(32)));
+    _mm256_store_ps(lanes, acc[i][0]);
+    _mm256_store_ps(lanes + 8, acc[i][1]);
+    _mm256_store_ps(lanes + 16, acc[i][2]);
+    float* o = out + i * R;
+    for (int r = 0; r < R; r++) o[r] = lanes[r] + lanes[r + 6] + lanes[r + 12] + lanes[r + 18];
+    for (int64_t g = f; g < k * R; g++) o[g % R] += wp[g] * xe[i * xs + g]; /* k % 4 tail */
+  }
+}
+
+static void few_rows(const float* xe, int64_t xs, const float* wp, int64_t k, int m, float* out) {
+  switch (m) { /* constant row counts: the accumulators stay in registers */
+    case 1: panel_few(xe, xs, wp, k, 1, out); break;
+    case 2: panel_few(xe, xs, wp, k, 2, out); break;
+    case 3: panel_few(xe, xs, wp, k, 3, out); break;
+    default: panel_few(xe, xs, wp, k, 4, out); break;
+  }
+}
+
+/* y [m, n] = x [m, k] W^T + bias (bias may be NULL); rows of x and y contiguous. Returns 0, or
+ * -1 when the scratch buffer cannot be allocated (nothing written to y). */
+int sgemm_avx2_linear(const float* x, const float* wp, const float* bias, float* y, int64_t m,
+                      int64_t n, int64_t k, int threads) {
+  int64_t np = (n + R - 1) / R;
+  if (m <= FEW) { /* a few rows: the weight streamed at full width (batch-1 decoding) */
+    int64_t xs = ((k * R + 7) / 8) * 8; /* floats per expanded row, 32-byte aligned */
+    float* xe = (float*)aligned_alloc(32, m * xs * 4);
+    if (!xe) return -1;
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t kk = 0; kk < k; kk++)
+        for (int r = 0; r < R; r++) xe[i * xs + kk * R + r] = x[i * k + kk];
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t p = 0; p < np; p++) {
+      float out[4 * R];
+      few_rows(xe, xs, wp + p * k * R, k, (int)m, out);
+      for (int64_t i = 0; i < m; i++)
+        for (int r = 0; r < R && p * R + r < n; r++)
+          y[i * n + p * R + r] = out[i * R + r] + (bias ? bias[p * R + r] : 0.0f);
+    }
+    free(xe);
+    return 0;
+  }
+  /* rows in blocks of mb (8 for up to 8 rows, else 16), each block transposed: xt[blk][kk][mb] */
+  int64_t mb = m <= 8 ? 8 : 16, blocks = (m + mb - 1) / mb;
+  float* xt = (float*)aligned_alloc(32, ((blocks * k * mb * 4 + 31) / 32) * 32);
+  if (!xt) return -1;
+  memset(xt, 0, blocks * k * mb * 4);
+  for (int64_t i = 0; i < m; i++) {
+    float* d = xt + (i / mb) * k * mb + (i % mb);
+    const float* s = x + i * k;
+    for (int64_t kk = 0; kk < k; kk++) d[kk * mb] = s[kk];
+  }
+  int64_t groups = (np + GROUP - 1) / GROUP;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t g = 0; g < groups; g++) {
+    float out[R * 16] __attribute__((aligned(32)));
+    /* a group of panels stays in cache while every block of rows passes over it */
+    for (int64_t blk = 0; blk < blocks; blk++) {
+      const float* xb = xt + blk * k * mb;
+      int64_t m0 = blk * mb, rows = m - m0 < mb ? m - m0 : mb;
+      for (int64_t p = g * GROUP; p < (g + 1) * GROUP && p < np; p++) {
+        if (mb == 16)
+          panel16(xb, wp + p * k * R, k, out);
+        else
+          panel8(xb, wp + p * k * R, k, out);
+        for (int r = 0; r < R && p * R + r < n; r++) {
+          int64_t o = p * R + r;
+          float b = bias ? bias[o] : 0.0f;
+          for (int64_t i = 0; i < rows; i++) y[(m0 + i) * n + o] = out[r * mb + i] + b;
+        }
+      }
+    }
+  }
+  free(xt);
+  return 0;
+}
