@@ -95,11 +95,12 @@ def test_packed_fp32_product_is_within_fp32_rounding(rows: int) -> None:
 
 @needs_avx2_kernel
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 40])
-@pytest.mark.parametrize(("out", "k"), [(1, 1), (7, 3), (50, 42), (130, 97)])
+@pytest.mark.parametrize(("out", "k"), [(1, 1), (7, 3), (50, 42), (130, 97), (13, 1100)])
 def test_avx2_kernel_is_within_fp32_rounding_on_every_path(rows: int, out: int, k: int) -> None:
     """Every path of the AVX2 kernel (up to 4 rows: the full-width one; up to 8; blocks of 16
     and a partial last block), output counts that leave a panel partly empty, reduction
-    lengths with and without the 4-wide tail, with and without a bias, against float64."""
+    lengths with and without the 4-wide tail and past one chunk (1100: two whole chunks of
+    512 and a partial one), with and without a bias, against float64."""
     g = torch.Generator().manual_seed(rows * 1000 + out)
     w, b = torch.randn(out, k, generator=g), torch.randn(out, generator=g)
     x = torch.randn(rows, 1, k, generator=g)  # [B, S=1, k]: a decode step's shape

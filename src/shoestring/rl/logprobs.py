@@ -21,6 +21,8 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from shoestring.engine import forward_params
+from shoestring.engine.packed_linear import packed_linear
+from shoestring.rl.frozen_products import packed_head
 
 __all__ = [
     "completion_logps",
@@ -71,7 +73,11 @@ class _HeadLogps(torch.autograd.Function):
         # needs_input_grad is (hidden, weight, ...): reversed -> (head trains, hidden trains)
         train_head, train_hidden = ctx.needs_input_grad[0:2][::-1]
         frozen_grad = train_hidden and not train_head  # LoRA: only dL/dhidden is needed
-        logits = hidden.to(compute_dtype) @ w.t()  # [N, V], compute dtype
+        packed = packed_head(weight) if compute_dtype == torch.float32 else None
+        if packed is not None:  # a frozen fp32 head, packed for the run (rl/frozen_products.py)
+            logits = packed_linear(hidden.float(), packed, None)  # [N, V]
+        else:
+            logits = hidden.to(compute_dtype) @ w.t()  # [N, V], compute dtype
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         ents = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
         lses = torch.empty(n, dtype=torch.float32, device=hidden.device)

@@ -20,6 +20,7 @@ import torch
 
 from shoestring.distributed import DistInfo, all_sum, all_sum_grads, shard_positions
 from shoestring.rl.config import GRPOConfig
+from shoestring.rl.frozen_products import frozen_products
 from shoestring.rl.loss import SOFT_LOSS_TYPES, aggregate_loss, clip_counts, per_token_loss
 from shoestring.rl.loss_variants import LossVariant
 from shoestring.rl.policy import Policy
@@ -57,45 +58,46 @@ def backward_rollout(
     slices = micro_slices(r.size, cfg.per_device_train_batch_size)
     mine = [slices[j] for j in shard_positions(len(slices), ranks)]  # this rank's share
     tot_loss = kl_sum = ent_sum = clip_sum = clip_n = n_tok = n_gen = 0.0
-    for s in mine:
-        mask = r.completion_mask[s]
-        logps, ent = r.logps(model, s, cfg, policy.autocast(), want_entropy=True)
-        # on-policy (num_iterations == 1) the old log-probs are the current ones, detached
-        old = logps.detach() if r.old_logps is None else r.old_logps[s]
-        ref = None if r.ref_logps is None else r.ref_logps[s]
-        tl, clipped, kl = per_token_loss(
-            logps,
-            old,
-            r.advantages[s],
-            cfg.epsilon_low,
-            cfg.upper_epsilon,
-            cfg.beta,
-            ref,
-            mask=mask,
-            variant=variant,
-        )
-        loss = aggregate_loss(
-            tl,
-            mask,
-            cfg.loss_type,
-            max_completion_length=cfg.max_completion_length,
-            accumulation_steps=len(slices),  # the step's micro-batches, on every rank
-            step_tokens=step_tokens,
-        )
-        loss.backward()  # per micro-batch: its graph is freed before the next forward
-        tot_loss += float(loss.detach())  # the pieces are pre-scaled: their sum is the loss
-        m = mask.float()  # KL and clip statistics count the tokens the loss counts
-        n_tok += float(m.sum())
-        if clipped is not None:
-            n_clipped, n_counted = clip_counts(clipped, mask)
-            clip_sum += n_clipped
-            clip_n += n_counted
-        if ent is not None:  # over every generated token, masked from the loss or not
-            gm = r.gen_mask[s].float()
-            ent_sum += float((ent.detach() * gm).sum())
-            n_gen += float(gm.sum())
-        if kl is not None:
-            kl_sum += float((kl.detach() * m).sum())
+    with frozen_products(model):  # a LoRA policy's frozen weights: packed fp32 products
+        for s in mine:
+            mask = r.completion_mask[s]
+            logps, ent = r.logps(model, s, cfg, policy.autocast(), want_entropy=True)
+            # on-policy (num_iterations == 1) the old log-probs are the current ones, detached
+            old = logps.detach() if r.old_logps is None else r.old_logps[s]
+            ref = None if r.ref_logps is None else r.ref_logps[s]
+            tl, clipped, kl = per_token_loss(
+                logps,
+                old,
+                r.advantages[s],
+                cfg.epsilon_low,
+                cfg.upper_epsilon,
+                cfg.beta,
+                ref,
+                mask=mask,
+                variant=variant,
+            )
+            loss = aggregate_loss(
+                tl,
+                mask,
+                cfg.loss_type,
+                max_completion_length=cfg.max_completion_length,
+                accumulation_steps=len(slices),  # the step's micro-batches, on every rank
+                step_tokens=step_tokens,
+            )
+            loss.backward()  # per micro-batch: its graph is freed before the next forward
+            tot_loss += float(loss.detach())  # the pieces are pre-scaled: their sum is the loss
+            m = mask.float()  # KL and clip statistics count the tokens the loss counts
+            n_tok += float(m.sum())
+            if clipped is not None:
+                n_clipped, n_counted = clip_counts(clipped, mask)
+                clip_sum += n_clipped
+                clip_n += n_counted
+            if ent is not None:  # over every generated token, masked from the loss or not
+                gm = r.gen_mask[s].float()
+                ent_sum += float((ent.detach() * gm).sum())
+                n_gen += float(gm.sum())
+            if kl is not None:
+                kl_sum += float((kl.detach() * m).sum())
     hard_clip = variant.loss_type not in SOFT_LOSS_TYPES  # whether the loss clips at all
     ret = policy.retention_term()  # one term per step, not per micro-batch
     retention = None

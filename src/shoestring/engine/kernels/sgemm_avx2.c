@@ -23,6 +23,10 @@
 
 #define R 6        /* weight rows per panel */
 #define GROUP 8    /* panels one thread runs against every block of rows (a cache-sized group) */
+#ifndef KCHUNK
+#define KCHUNK 512      /* reduction chunk of long products (prefill, training) */
+#endif
+#define KCHUNK_MIN 1024 /* reductions up to this long run in one chunk */
 #ifndef FEW
 #define FEW 4      /* up to this many rows take the full-width path (panel_few), at most 4 */
 #endif
@@ -33,9 +37,12 @@ void sgemm_avx2_pack(const float* w, float* wp, int64_t n, int64_t k, int thread
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t p = 0; p < np; p++) {
     float* dst = wp + p * k * R;
-    for (int r = 0; r < R; r++) {
-      int64_t o = p * R + r;
-      for (int64_t kk = 0; kk < k; kk++) dst[kk * R + r] = o < n ? w[o * k + kk] : 0.0f;
+    int rows = n - p * R < R ? (int)(n - p * R) : R;
+    const float* src = w + p * R * k;
+    /* written in order (six rows read side by side): the copy runs at memory speed */
+    for (int64_t kk = 0; kk < k; kk++, dst += R) {
+      for (int r = 0; r < rows; r++) dst[r] = src[r * k + kk];
+      for (int r = rows; r < R; r++) dst[r] = 0.0f;
     }
   }
 }
@@ -172,29 +179,45 @@ int sgemm_avx2_linear(const float* x, const float* wp, const float* bias, float*
   int64_t mb = m <= 8 ? 8 : 16, blocks = (m + mb - 1) / mb;
   float* xt = (float*)aligned_alloc(32, ((blocks * k * mb * 4 + 31) / 32) * 32);
   if (!xt) return -1;
-  memset(xt, 0, blocks * k * mb * 4);
-  for (int64_t i = 0; i < m; i++) {
-    float* d = xt + (i / mb) * k * mb + (i % mb);
-    const float* s = x + i * k;
-    for (int64_t kk = 0; kk < k; kk++) d[kk * mb] = s[kk];
+  /* transposed block by block in parallel (a prefill's x is megabytes); rows past m are 0 */
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t blk = 0; blk < blocks; blk++) {
+    float* d = xt + blk * k * mb;
+    int64_t m0 = blk * mb, rows = m - m0 < mb ? m - m0 : mb;
+    for (int64_t kk = 0; kk < k; kk++) {
+      for (int64_t i = 0; i < rows; i++) d[kk * mb + i] = x[(m0 + i) * k + kk];
+      for (int64_t i = rows; i < mb; i++) d[kk * mb + i] = 0.0f;
+    }
   }
   int64_t groups = (np + GROUP - 1) / GROUP;
+  /* long reductions in chunks: a group's panels and a block's rows, one chunk of k each, stay
+   * in cache; the chunks' partial sums add up in y, in order */
+  int64_t kc = k <= KCHUNK_MIN ? k : KCHUNK;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t g = 0; g < groups; g++) {
     float out[R * 16] __attribute__((aligned(32)));
-    /* a group of panels stays in cache while every block of rows passes over it */
-    for (int64_t blk = 0; blk < blocks; blk++) {
-      const float* xb = xt + blk * k * mb;
-      int64_t m0 = blk * mb, rows = m - m0 < mb ? m - m0 : mb;
-      for (int64_t p = g * GROUP; p < (g + 1) * GROUP && p < np; p++) {
-        if (mb == 16)
-          panel16(xb, wp + p * k * R, k, out);
-        else
-          panel8(xb, wp + p * k * R, k, out);
-        for (int r = 0; r < R && p * R + r < n; r++) {
-          int64_t o = p * R + r;
-          float b = bias ? bias[o] : 0.0f;
-          for (int64_t i = 0; i < rows; i++) y[(m0 + i) * n + o] = out[r * mb + i] + b;
+    for (int64_t k0 = 0; k0 < k; k0 += kc) {
+      int64_t klen = k - k0 < kc ? k - k0 : kc;
+      /* a group of panels stays in cache while every block of rows passes over it */
+      for (int64_t blk = 0; blk < blocks; blk++) {
+        const float* xb = xt + blk * k * mb + k0 * mb;
+        int64_t m0 = blk * mb, rows = m - m0 < mb ? m - m0 : mb;
+        for (int64_t p = g * GROUP; p < (g + 1) * GROUP && p < np; p++) {
+          const float* wb = wp + p * k * R + k0 * R;
+          if (mb == 16)
+            panel16(xb, wb, klen, out);
+          else
+            panel8(xb, wb, klen, out);
+          for (int r = 0; r < R && p * R + r < n; r++) {
+            int64_t o = p * R + r;
+            float* yo = y + m0 * n + o;
+            if (k0 == 0) {
+              float b = bias ? bias[o] : 0.0f;
+              for (int64_t i = 0; i < rows; i++) yo[i * n] = out[r * mb + i] + b;
+            } else {
+              for (int64_t i = 0; i < rows; i++) yo[i * n] += out[r * mb + i];
+            }
+          }
         }
       }
     }
