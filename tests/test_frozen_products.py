@@ -60,7 +60,13 @@ def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, d
     return float(loss), grads
 
 
-def test_frozen_products_give_the_same_loss_and_gradients(on_any_host: None) -> None:
+@pytest.mark.parametrize("max_reduction", [1024, 40])
+def test_frozen_products_give_the_same_loss_and_gradients(
+    on_any_host: None, monkeypatch: pytest.MonkeyPatch, max_reduction: int
+) -> None:
+    """1024: every backward through a packed transpose; 40: the tiny model's longer
+    reductions (its MLP and head) through MKL's mm, as gate/up's at a real shape."""
+    monkeypatch.setattr(fp, "TRANSPOSED_MAX_REDUCTION", max_reduction)
     model = _lora_policy()
     ids = torch.randint(3, VOCAB, (3, 11), generator=torch.Generator().manual_seed(0))
     want_loss, want = _loss_and_grads(model, ids)
@@ -111,6 +117,19 @@ def test_transposes_are_packed_only_when_a_backward_needs_them(on_any_host: None
     transposed = {name for name, t in model._shoestring_frozen_packs.packs if t}
     assert names and not transposed  # no backward: no transpose packed
     assert any("lm_head" in n for n in names)  # the chunked head's logits took the packed head
+    _loss_and_grads(model, ids)  # outside: nothing more packed
+    with fp.frozen_products(model):
+        _loss_and_grads(model, ids)
+    transposed = {name for name, t in model._shoestring_frozen_packs.packs if t}
+    eligible = {
+        name
+        for name, m in model.named_modules()
+        if fp._frozen(m) and m.out_features <= fp.TRANSPOSED_MAX_REDUCTION
+    }  # long reductions stay MKL's: never packed
+    # a backward packs the transposes it runs: all but layer 0's q/k/v, whose input (the
+    # frozen embeddings) needs no gradient, so autograd never runs their backward
+    first = {n for n in eligible if ".layers.0.self_attn." in n and "o_proj" not in n}
+    assert first and transposed == eligible - first
 
 
 def test_a_full_fine_tune_and_other_dtypes_are_left_alone(on_any_host: None) -> None:

@@ -4,7 +4,8 @@ the training pass.
 Why: in a LoRA run the base weights (and a tied head) never change, and a GRPO step's training
 pass multiplies a few hundred rows - a prompt and its group's completions - by every one of them
 twice: ``x W^T`` forward and ``g W`` for the input's gradient backward (a frozen weight needs no
-gradient of its own). On the ``avx2`` host class shoestring's packed fp32 kernel
+gradient of its own; ``g W`` takes the packed transpose where the kernel is faster there,
+:data:`TRANSPOSED_MAX_REDUCTION`). On the ``avx2`` host class shoestring's packed fp32 kernel
 (:mod:`shoestring.engine.sgemm_avx2`) runs such products well ahead of ``F.linear``'s MKL sgemm
 (``benchmarks/linear_kernels.py --rows 512``), and frozen weights can be packed once per run
 instead of once per step. So, inside :func:`frozen_products`, every frozen fp32 ``nn.Linear``
@@ -48,25 +49,37 @@ __all__ = ["FrozenPacks", "frozen_products", "packed_head"]
 _ACTIVE: dict[int, tuple[FrozenPacks, str]] = {}
 
 
+# The input's gradient g W goes through the packed W^T where its reduction (W's output
+# features) is at most this long - where the kernel beats MKL's mm (q/k/v, o, down at
+# Qwen2.5-0.5B's shape); gate/up's 4864-long reductions stay MKL's, and their transposes'
+# memory is not spent. Measured with benchmarks/linear_kernels.py at a training pass's rows.
+TRANSPOSED_MAX_REDUCTION = 1024
+
+
 class _FrozenLinear(torch.autograd.Function):
     """``F.linear(x, W, b)`` for a frozen ``W`` (and ``b``): the forward through ``W``'s packed
     copy, the input's gradient ``g W`` through the packed ``W^T`` (packed at the first
-    backward); no gradient for ``W``."""
+    backward) or MKL's ``mm``; no gradient for ``W``."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
+        weight: torch.Tensor,
         packed: PackedWeight,
-        transposed: Callable[[], PackedWeight],
+        transposed: Callable[[], PackedWeight] | None,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        ctx.transposed = transposed
+        ctx.transposed, ctx.weight = transposed, weight
         return packed_linear(x, packed, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        return packed_linear(grad.contiguous(), ctx.transposed(), None), None, None, None
+        if ctx.transposed is None:
+            grad_x = grad @ ctx.weight
+        else:
+            grad_x = packed_linear(grad.contiguous(), ctx.transposed(), None)
+        return grad_x, None, None, None, None
 
 
 class FrozenPacks:
@@ -125,11 +138,14 @@ def _hooked_forward(m: nn.Linear, store: FrozenPacks, name: str) -> Callable[...
     def transposed() -> PackedWeight:
         return store.get(name, m.weight, transposed=True)
 
+    use_transposed = m.out_features <= TRANSPOSED_MAX_REDUCTION
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return F.linear(x, m.weight, m.bias)  # another dtype: the layer's own product
         packed = store.get(name, m.weight, transposed=False)
-        return _FrozenLinear.apply(x, packed, transposed, m.bias)
+        back = transposed if use_transposed else None
+        return _FrozenLinear.apply(x, m.weight, packed, back, m.bias)
 
     return forward
 

@@ -190,9 +190,10 @@ int sgemm_avx2_linear(const float* x, const float* wp, const float* bias, float*
     }
   }
   int64_t groups = (np + GROUP - 1) / GROUP;
-  /* long reductions in chunks: a group's panels and a block's rows, one chunk of k each, stay
-   * in cache; the chunks' partial sums add up in y, in order */
-  int64_t kc = k <= KCHUNK_MIN ? k : KCHUNK;
+  /* several blocks of rows against long reductions: in chunks of k, so that a group's panels
+   * and a block's rows, one chunk each, stay in cache; the chunks' partial sums add up in y, in
+   * order. One block (a decode step) gains nothing from it and runs whole. */
+  int64_t kc = k <= KCHUNK_MIN || blocks == 1 ? k : KCHUNK;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t g = 0; g < groups; g++) {
     float out[R * 16] __attribute__((aligned(32)));
