@@ -26,6 +26,7 @@ rounding. The host line says the class (CPU flags) every figure belongs to.
 
     python benchmarks/linear_kernels.py --rows 1 16 64 512
     python benchmarks/linear_kernels.py --rows 16 --inductor
+    python benchmarks/linear_kernels.py --rows 512 --shapes qkv_t o_t gate_up_t down_t
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ SHAPES = {
     "down": (896, 4864),
     "head": (151936, 896),
 }
+#: the same weights transposed: the products ``g W`` of a training pass's backward (the input's
+#: gradient), as a LoRA run's frozen weights multiply them (``rl/frozen_products.py``)
+TRANSPOSED = {f"{name}_t": (k, n) for name, (n, k) in SHAPES.items() if name != "head"}
+DEFAULT_SHAPES = list(SHAPES)
+SHAPES |= TRANSPOSED
 
 
 def timed(fn: Callable[[], object], seconds: float) -> float:
@@ -101,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="timing per kernel and shape")
     p.add_argument("--inductor", action="store_true", help="also torch.compile (max-autotune)")
     p.add_argument(
-        "--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="products to time"
+        "--shapes",
+        nargs="+",
+        default=DEFAULT_SHAPES,
+        choices=list(SHAPES),
+        help="products to time (the *_t ones: a backward's g W)",
     )
     args = p.parse_args(argv)
 
