@@ -41,7 +41,10 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from shoestring.engine import sgemm_avx2
+from shoestring.engine.sgemm_avx2 import available as avx2_built
+from shoestring.engine.sgemm_avx2 import build_error as avx2_build_error
+from shoestring.engine.sgemm_avx2 import linear as avx2_linear
+from shoestring.engine.sgemm_avx2 import pack as avx2_pack
 from shoestring.host import host_class
 
 __all__ = [
@@ -129,14 +132,14 @@ def avx2_kernel_available() -> bool:
     ``F.linear`` on a probe: every row-count path (one row, up to 8, up to 16, several blocks),
     an output count that is not a whole number of panels, a bias, and a reduction length
     whose tail the one-row path adds apart."""
-    if not sgemm_avx2.available():
+    if not avx2_built():
         return False
     gen = torch.Generator().manual_seed(0)
     w, b = torch.randn(50, 42, generator=gen), torch.randn(50, generator=gen)
-    packed = sgemm_avx2.pack(w)
+    packed = avx2_pack(w)
     for rows in (1, 2, 8, 9, 16, 37):
         x = torch.randn(rows, 1, 42, generator=gen)
-        got = sgemm_avx2.linear(x, packed, 50, b)
+        got = avx2_linear(x, packed, 50, b)
         xb = torch.cat([x, torch.ones(rows, 1, 1)], dim=-1)
         want = F.linear(x, w, b)
         if not within_fp32_rounding(got, want, xb, torch.cat([w, b[:, None]], dim=1)):
@@ -152,7 +155,7 @@ def fp32_kernel(choice: str = "auto") -> str:
         raise ValueError(f"fp32_kernel must be one of {FP32_KERNELS}, not {choice!r}")
     if choice == "avx2":
         if not avx2_kernel_available():
-            why = sgemm_avx2.build_error() or "it does not meet the fp32 policy on this CPU"
+            why = avx2_build_error() or "it does not meet the fp32 policy on this CPU"
             raise RuntimeError(
                 f"fp32_kernel=avx2 was asked for, but shoestring's AVX2 kernel cannot run here: "
                 f"{why}. Use fp32_kernel=auto or onednn."
@@ -188,7 +191,7 @@ def pack_weight(weight: torch.Tensor, kernel: str = "auto") -> PackedWeight:
     choice, bf16 for oneDNN's blocked layout."""
     out = weight.shape[0]
     if weight.dtype == torch.float32 and fp32_kernel(kernel) == "avx2":
-        return PackedWeight(sgemm_avx2.pack(weight), out, "avx2")
+        return PackedWeight(avx2_pack(weight), out, "avx2")
     data = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ROWS_HINT)
     return PackedWeight(data, out, "onednn")
 
@@ -196,6 +199,6 @@ def pack_weight(weight: torch.Tensor, kernel: str = "auto") -> PackedWeight:
 def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with the weight from :func:`pack_weight`."""
     if packed.kernel == "avx2":
-        return sgemm_avx2.linear(x, packed.data, packed.out_features, bias)
+        return avx2_linear(x, packed.data, packed.out_features, bias)
     # "none", [None], "": no fused post-op (the pointwise op's activation slot is unused)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed.data, bias, "none", [None], "")
