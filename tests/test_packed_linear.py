@@ -267,14 +267,14 @@ def test_engine_gives_the_same_tokens_with_and_without_packing(monkeypatch) -> N
     built: list[bool] = []
     real_build = LeanDecoder.build
 
-    def recording(m, fuse=None, pack=None):  # type: ignore[no-untyped-def]
-        lean = real_build(m, fuse, pack)
+    def recording(m, fuse=None, pack=None, kernel="auto"):  # type: ignore[no-untyped-def]
+        lean = real_build(m, fuse, pack, kernel)
         built.append(bool(lean and lean.packed))
         return lean
 
     monkeypatch.setattr(LeanDecoder, "build", recording)
     packed = [r.token_ids for r in engine.generate(prompts, cfg)]
-    monkeypatch.setattr(lean_decode, "can_pack", lambda weights: False)
+    monkeypatch.setattr(lean_decode, "can_pack", lambda weights, kernel="auto": False)
     plain = [r.token_ids for r in engine.generate(prompts, cfg)]
     assert built == [True, False]  # the engine packed the first time, not the second
     assert packed == plain
