@@ -13,15 +13,16 @@ the transformers forward, interleaved; the figures are in docs/generate.md.
 
 :class:`LeanDecoder` runs the same arithmetic with less around it: the model's own weights
 (q/k/v and gate/up concatenated into one product each when the copy is small; weights on a CPU
-prepacked for oneDNN, :mod:`~shoestring.engine.packed_linear`, under its exactness policy), one
+prepacked for oneDNN or shoestring's AVX2 kernel, :mod:`~shoestring.engine.packed_linear`,
+under its exactness policy), one
 attention mask per step for all layers, the model's own rotary embedding, and the engine's KV
 cache updated through its public ``update``. Anything it does not recognise - another
-architecture, sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks, wrapped
-embeddings - makes :meth:`LeanDecoder.build` return ``None`` and the engine uses the model's
-own forward; a linear layer it cannot read (peft LoRA, quantised) is called as its own module.
-The tests check its logits against the model's forward for each supported family and variant,
-with and without biases, grouped heads, RoPE scaling, bf16 with the CPU's fp32 cache, autocast,
-and peft LoRA layers.
+architecture, sliding-window layers, the GPT's low-rank or decoupled-RoPE attention, hooks,
+wrapped embeddings (:mod:`.lean_support` decides) - makes :meth:`LeanDecoder.build` return
+``None`` and the engine uses the model's own forward; a linear layer it cannot read (peft LoRA,
+quantised) is called as its own module. The tests check its logits against the model's forward
+for each supported family and variant, with and without biases, grouped heads, RoPE scaling,
+bf16 with the CPU's fp32 cache, autocast, and peft LoRA layers.
 """
 
 from __future__ import annotations
@@ -32,27 +33,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
-from shoestring.engine.packed_linear import PackedWeight, can_pack, pack_weight, packed_linear
+from shoestring.engine.lean_support import (
+    SHOESTRING_GPT,
+    gpt_norm,
+    llama_norm,
+    plain_linear,
+    unsupported,
+)
+from shoestring.engine.packed_linear import (
+    PackedWeight,
+    can_pack,
+    fp32_kernel,
+    pack_weight,
+    packed_linear,
+)
 from shoestring.models.attention import sdpa_mask
 from shoestring.models.rope import apply_rope, rotate_half
 
-# Architectures whose decoder layer is exactly: x + o(attn(rope(q, k), v)) of rmsnorm(x), then
-# x + down(silu(gate) * up) of rmsnorm(x), with HF's rotate-half RoPE.
-LLAMA_FAMILY = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
-SHOESTRING_GPT = "ShoestringGPTForCausalLM"
-SUPPORTED = LLAMA_FAMILY | {SHOESTRING_GPT}
 # Concatenating q/k/v (and gate/up) costs a copy of those weights per generation call; above
 # this size the products are large enough that one fused launch saves nothing measurable.
 FUSE_MAX_BYTES = 128 * 2**20
-
-Norm = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _plain_linear(m: Any) -> bool:
-    return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
 
 
 class _Proj:
@@ -61,18 +63,16 @@ class _Proj:
     Fused (one concatenated weight) when every part is a plain ``nn.Linear`` and the copy is
     allowed; otherwise each part is called as its own module (peft LoRA layers, quantised
     layers), which is exactly what the model's forward does. With ``pack``, a plain or fused
-    weight is multiplied in oneDNN's prepacked layout (:mod:`~shoestring.engine.packed_linear`:
+    weight is multiplied prepacked for its kernel (:mod:`~shoestring.engine.packed_linear`:
     bit-identical in bf16, within fp32 rounding in fp32)."""
 
-    def __init__(
-        self, mods: list[Any], fuse: bool, pack: bool = False, kernel: str = "auto"
-    ) -> None:
+    def __init__(self, mods: list[Any], fuse: bool, pack: bool, kernel: str) -> None:
         self.mods = mods
         self.sizes = [m.out_features for m in mods]
         self.weight: torch.Tensor | None = None  # the plain or concatenated weight
         self.bias: torch.Tensor | None = None
         self.packed: PackedWeight | None = None  # the same, prepacked (then ``weight`` is None)
-        plain = all(_plain_linear(m) for m in mods)
+        plain = all(plain_linear(m) for m in mods)
         # packing copies the weights anyway, so packed parts are always concatenated
         if not plain or not (len(mods) == 1 or fuse or pack):
             return
@@ -116,104 +116,6 @@ class _Proj:
         return self._linear(x)
 
 
-def _hooked(m: Any) -> bool:
-    return bool(
-        getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks
-    )
-
-
-# ----------------------------------------------------------------------------- Llama family
-
-_RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
-
-
-def _llama_norm(m: Any) -> Norm | None:
-    """A transformers RMSNorm's own ``forward`` (called without module dispatch), or ``None``
-    if this module is something else."""
-    if type(m).__name__ not in _RMS_NORMS:
-        return None
-    return m.forward
-
-
-def _llama_unsupported(model: Any) -> str | None:
-    cfg = model.config
-    inner = model.model
-    if getattr(cfg, "hidden_act", None) != "silu":
-        return f"activation {getattr(cfg, 'hidden_act', None)}"
-    if (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
-        return "pretraining_tp > 1"
-    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-        return "sliding-window layers"
-    if getattr(cfg, "sliding_window", None) and type(model).__name__ == "MistralForCausalLM":
-        return "sliding window"
-    if getattr(cfg, "_attn_implementation", "sdpa") not in (
-        "sdpa",
-        "eager",
-        "shoestring_cpu_fp32_sdpa",
-    ):
-        return f"attention implementation {cfg._attn_implementation}"
-    if _llama_norm(inner.norm) is None:
-        return "final norm"
-    for layer in inner.layers:
-        if getattr(layer.self_attn, "sliding_window", None):
-            return "sliding-window attention"
-        if _llama_norm(layer.input_layernorm) is None:
-            return "layer norm"
-        if _llama_norm(layer.post_attention_layernorm) is None:
-            return "layer norm"
-        if not all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
-            return "MLP layout"
-    return None
-
-
-# ----------------------------------------------------------------------------- shoestring GPT
-
-
-def _gpt_norm(m: Any) -> Norm | None:
-    """The GPT's LayerNorm or ShoestringRMSNorm ``forward``, or ``None`` for anything else."""
-    if type(m) is nn.LayerNorm or type(m).__name__ == "ShoestringRMSNorm":
-        return m.forward
-    return None
-
-
-def _gpt_unsupported(model: Any) -> str | None:
-    cfg = model.config
-    if cfg.q_lora_rank or cfg.kv_lora_rank:
-        return "low-rank q/kv projections"
-    if cfg.qk_rope_head_dim:
-        return "decoupled RoPE"
-    inner = model.model
-    if _gpt_norm(inner.norm) is None:
-        return "final norm"
-    for layer in inner.layers:
-        if _gpt_norm(layer.input_layernorm) is None:
-            return "layer norm"
-        if _gpt_norm(layer.post_attention_layernorm) is None:
-            return "layer norm"
-        mlp = layer.mlp
-        if mlp.kind == "gelu" and (
-            type(mlp.act) is not nn.GELU or getattr(mlp.act, "approximate", "none") != "none"
-        ):
-            return "GELU variant"
-    return None
-
-
-def _supported(model: Any) -> str | None:
-    """``None`` when the lean step reproduces this model's forward, else the reason not."""
-    name = type(model).__name__
-    if name not in SUPPORTED:
-        return f"architecture {name}"
-    cfg = getattr(model, "config", None)
-    inner = getattr(model, "model", None)
-    if cfg is None or inner is None or not hasattr(inner, "layers"):
-        return "no decoder layers"
-    if any(_hooked(m) for m in model.modules()):
-        return "module hooks (offloading, instrumentation, input grads)"
-    if type(inner.embed_tokens) is not nn.Embedding or not _plain_linear(model.lm_head):
-        return "wrapped embedding or output layer"
-    return _gpt_unsupported(model) if name == SHOESTRING_GPT else _llama_unsupported(model)
-
-
 def _fused_bytes(model: Any) -> int:
     total = 0
     for layer in model.model.layers:
@@ -222,7 +124,7 @@ def _fused_bytes(model: Any) -> int:
         if hasattr(m, "gate_proj"):
             groups.append((m.gate_proj, m.up_proj))
         for mods in groups:
-            if all(_plain_linear(x) for x in mods):
+            if all(plain_linear(x) for x in mods):
                 total += sum(x.weight.numel() * x.weight.element_size() for x in mods)
     return total
 
@@ -230,14 +132,14 @@ def _fused_bytes(model: Any) -> int:
 def _plain_weights(model: Any) -> list[torch.Tensor]:
     """The weights the lean step multiplies through ``F.linear``: every plain linear layer of
     the decoder layers, and the output head."""
-    out = [m.weight for layer in model.model.layers for m in layer.modules() if _plain_linear(m)]
+    out = [m.weight for layer in model.model.layers for m in layer.modules() if plain_linear(m)]
     return [*out, model.lm_head.weight]
 
 
 class _Layer:
     def __init__(self, layer: Any, gpt: bool, fuse: bool, pack: bool, kernel: str) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        make_norm = _gpt_norm if gpt else _llama_norm
+        make_norm = gpt_norm if gpt else llama_norm
         n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
         assert n1 is not None and n2 is not None  # checked by _supported
         self.norm1, self.norm2 = n1, n2
@@ -277,14 +179,14 @@ class LeanDecoder:
             self.n_heads = self.n_kv = int(cfg.n_heads)
             self.head_dim, self.v_head_dim = int(cfg.head_dim), int(cfg.value_head_dim)
             self.rope = cfg.position == "rope"
-            norm = _gpt_norm(inner.norm)
+            norm = gpt_norm(inner.norm)
         else:
             attn0 = inner.layers[0].self_attn
             self.n_heads = int(cfg.num_attention_heads)
             self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
             self.head_dim = self.v_head_dim = int(attn0.head_dim)
             self.rope = True
-            norm = _llama_norm(inner.norm)
+            norm = llama_norm(inner.norm)
         assert norm is not None
         self.final_norm = norm
         self.layers = [_Layer(layer, self.gpt, fuse, pack, kernel) for layer in inner.layers]
@@ -306,10 +208,12 @@ class LeanDecoder:
         i.e. bf16 weights, or fp32 weights too big for the caches, on a CPU with memory to
         spare) multiplies prepacked weights; ``kernel`` picks the fp32 kernel
         (:func:`~shoestring.engine.packed_linear.fp32_kernel`)."""
-        if _supported(model) is not None:
+        if unsupported(model) is not None:
             return None
         if fuse is None:
             fuse = _fused_bytes(model) <= FUSE_MAX_BYTES
+        if kernel == "auto":  # read the host class once, not once per weight
+            kernel = fp32_kernel()
         if pack is None:
             pack = can_pack(_plain_weights(model), kernel)
         return cls(model, fuse, pack, kernel)
@@ -496,6 +400,5 @@ class LeanDecoder:
 
 __all__ = [
     "FUSE_MAX_BYTES",
-    "SUPPORTED",
     "LeanDecoder",
 ]

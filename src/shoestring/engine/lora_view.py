@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shoestring.engine.model_io import KeptOnModel
+
 __all__ = ["MergedLinears", "lora_linear_layers", "merged_lora"]
 
 
@@ -48,21 +50,12 @@ def lora_linear_layers(model: nn.Module) -> list[tuple[str, Any]]:
     return [(name, m) for name, m in model.named_modules() if _mergeable(m)]
 
 
-class MergedLinears:
-    """The merged ``nn.Linear`` of each LoRA layer, kept between calls (see the module doc).
-
-    A deep copy of the model gets an empty one: the copies are cheap to rebuild and must not
-    share storage with the original's.
-    """
+class MergedLinears(KeptOnModel):
+    """The merged ``nn.Linear`` of each LoRA layer, kept between calls (see the module doc);
+    a deep copy of the model gets an empty one."""
 
     def __init__(self) -> None:
         self.by_name: dict[str, nn.Linear] = {}
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> MergedLinears:
-        return MergedLinears()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"by_name": {}}
 
     def linear_for(self, name: str, mod: Any) -> nn.Linear:
         """The merged layer standing in for ``mod``, its weight refreshed from the adapters."""
@@ -117,11 +110,7 @@ def _layout(t: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _merged_linears(model: Any) -> MergedLinears:
-    found = getattr(model, "_shoestring_merged_lora", None)
-    if found is None:
-        found = MergedLinears()
-        model._shoestring_merged_lora = found
-    return found
+    return MergedLinears.on(model, "_shoestring_merged_lora")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -18,12 +18,35 @@ from shoestring.config import ConfigError
 from shoestring.runtime import DTYPE_NAMES
 
 __all__ = [
+    "KeptOnModel",
     "compute_dtype",
     "forward_last_logits",
     "forward_params",
     "model_device",
     "model_dtype",
 ]
+
+
+class KeptOnModel:
+    """Derived state kept on a model between calls (merged or packed weight copies): found or
+    made with :meth:`on`. A deep copy or pickle of the model gets an empty one: such copies
+    are cheap to rebuild and must neither share storage with the original's nor double the
+    copy's memory."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return type(self)()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return type(self)().__dict__
+
+    @classmethod
+    def on(cls, model: Any, attr: str) -> Self:
+        """The one kept on ``model`` as ``attr``, made there if it has none yet."""
+        found = getattr(model, attr, None)
+        if not isinstance(found, cls):
+            found = cls()
+            setattr(model, attr, found)
+        return found
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shoestring.engine.model_io import KeptOnModel
 from shoestring.engine.packed_linear import (
     FP32_MIN_BYTES,
     MEMORY_MARGIN_BYTES,
@@ -50,9 +51,10 @@ _ACTIVE: dict[int, tuple[FrozenPacks, str]] = {}
 
 
 # The input's gradient g W goes through the packed W^T where its reduction (W's output
-# features) is at most this long - where the kernel beats MKL's mm (q/k/v, o, down at
-# Qwen2.5-0.5B's shape); gate/up's 4864-long reductions stay MKL's, and their transposes'
-# memory is not spent. Measured with benchmarks/linear_kernels.py at a training pass's rows.
+# features) is at most this long: at Qwen2.5-0.5B's shape down gains there and q/k/v and o are
+# about even with MKL's mm; gate/up's 4864-long reductions are slower through the kernel, so
+# they stay MKL's and their transposes' memory is not spent. Measured with
+# benchmarks/linear_kernels.py --shapes *_t at a training pass's rows.
 TRANSPOSED_MAX_REDUCTION = 1024
 
 
@@ -82,23 +84,17 @@ class _FrozenLinear(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
-class FrozenPacks:
+class FrozenPacks(KeptOnModel):
     """The packed copies of a model's frozen weights (and of their transposes), kept on the
     model between steps and made at their first use: a head multiplied only by the chunked
     head's logits never packs its transpose.
 
     Each is keyed by its weight's storage, in-place version and shape, and packed anew when
     that changes (a reload, a cast). A deep copy of the model (``write_model``'s merge) gets
-    an empty one: the packs are cheap to rebuild and must not double the copy's memory."""
+    an empty one."""
 
     def __init__(self) -> None:
         self.packs: dict[tuple[str, bool], tuple[tuple[Any, ...], PackedWeight]] = {}
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenPacks:
-        return FrozenPacks()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"packs": {}}
 
     def get(self, name: str, weight: torch.Tensor, transposed: bool) -> PackedWeight:
         """``weight`` [out, in] (or its transpose) packed for the AVX2 kernel."""
@@ -122,14 +118,6 @@ def _frozen(m: Any) -> bool:
     if m.weight.dtype != torch.float32 or m.weight.device.type != "cpu":
         return False
     return not (m._forward_hooks or m._forward_pre_hooks)
-
-
-def _store(model: Any) -> FrozenPacks:
-    found = getattr(model, "_shoestring_frozen_packs", None)
-    if not isinstance(found, FrozenPacks):
-        found = FrozenPacks()
-        model._shoestring_frozen_packs = found
-    return found
 
 
 def _hooked_forward(m: nn.Linear, store: FrozenPacks, name: str) -> Callable[..., torch.Tensor]:
@@ -166,7 +154,7 @@ def frozen_products(model: Any) -> Iterator[int]:
     ):
         yield 0
         return
-    store = _store(model)
+    store = FrozenPacks.on(model, "_shoestring_frozen_packs")
     try:
         for name, m in layers:
             m.forward = _hooked_forward(m, store, name)  # type: ignore[method-assign]
