@@ -52,7 +52,8 @@ SHAPES = {
     "head": (151936, 896),
 }
 #: the same weights transposed: the products ``g W`` of a training pass's backward (the input's
-#: gradient), as a LoRA run's frozen weights multiply them (``rl/frozen_products.py``)
+#: gradient), as a LoRA run's frozen weights multiply them (``rl/frozen_products.py``); their
+#: "F.linear" row is ``g @ W`` with the layer's own weight, what autograd runs
 TRANSPOSED = {f"{name}_t": (k, n) for name, (n, k) in SHAPES.items() if name != "head"}
 DEFAULT_SHAPES = list(SHAPES)
 SHAPES |= TRANSPOSED
@@ -71,12 +72,17 @@ def timed(fn: Callable[[], object], seconds: float) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def kernels(w: object, rows: int, inductor: bool) -> dict[str, Callable[[object], object]]:
+def kernels(
+    w: object, rows: int, inductor: bool, transposed: bool = False
+) -> dict[str, Callable[[object], object]]:
     """Every candidate's ``x -> x @ w.T`` for weight ``w`` (prepared here, once)."""
     import torch
     import torch.nn.functional as F
 
     out: dict[str, Callable[[object], object]] = {"F.linear": lambda x: F.linear(x, w)}
+    if transposed:  # a backward's g W: autograd multiplies by the layer's own [out, in] weight
+        layer_weight = w.t().contiguous()
+        out["F.linear"] = lambda x: x @ layer_weight
     packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
     out["oneDNN packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
         x, packed, None, "none", [None], ""
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             flops += 2.0 * rows * w.shape[0] * w.shape[1]
             want = x.double() @ w.double().T
             with torch.no_grad():  # (inductor cannot freeze inference tensors)
-                for kname, fn in kernels(w, rows, args.inductor).items():
+                for kname, fn in kernels(w, rows, args.inductor, name in TRANSPOSED).items():
                     got = fn(x)
                     if not within_fp32_rounding(got, want, x, w):
                         raise SystemExit(
