@@ -112,6 +112,46 @@ static inline void panel8(const float* xt, const float* wp, int64_t k, float* ou
   _mm256_store_ps(out + 40, a5);
 }
 
+/* 8 rows against two panels at once -> out0[r][8], out1[r][8]: twelve accumulators, as many as
+ * panel16 keeps, hide the FMA latency that one panel's six leave exposed (each accumulator's
+ * next FMA waits for its last; with six of them the two FMA units idle part of the time). */
+static inline void panel8x2(const float* xt, const float* wp0, const float* wp1, int64_t k,
+                            float* out0, float* out1) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps(), a4 = _mm256_setzero_ps(), a5 = _mm256_setzero_ps(),
+         c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps(),
+         c3 = _mm256_setzero_ps(), c4 = _mm256_setzero_ps(), c5 = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; kk++) {
+    __m256 xa = _mm256_load_ps(xt + kk * 8);
+    const float* w = wp0 + kk * R;
+    const float* v = wp1 + kk * R;
+    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 0), xa, a0);
+    c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 0), xa, c0);
+    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 1), xa, a1);
+    c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 1), xa, c1);
+    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 2), xa, a2);
+    c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 2), xa, c2);
+    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 3), xa, a3);
+    c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 3), xa, c3);
+    a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4), xa, a4);
+    c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 4), xa, c4);
+    a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 5), xa, a5);
+    c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 5), xa, c5);
+  }
+  _mm256_store_ps(out0 + 0, a0);
+  _mm256_store_ps(out0 + 8, a1);
+  _mm256_store_ps(out0 + 16, a2);
+  _mm256_store_ps(out0 + 24, a3);
+  _mm256_store_ps(out0 + 32, a4);
+  _mm256_store_ps(out0 + 40, a5);
+  _mm256_store_ps(out1 + 0, c0);
+  _mm256_store_ps(out1 + 8, c1);
+  _mm256_store_ps(out1 + 16, c2);
+  _mm256_store_ps(out1 + 24, c3);
+  _mm256_store_ps(out1 + 32, c4);
+  _mm256_store_ps(out1 + 40, c5);
+}
+
 /* A few rows (M <= 4) against one panel, the weight read at full vector width: xe[i][kk*R + r]
  * = x[i][kk] (each row expanded to the panel's interleaving, xs floats apart), so 24 floats of
  * the panel (4 k's x 6 rows) meet 24 of each row's xe with three FMAs; lane f of the 24 belongs
@@ -196,20 +236,27 @@ int sgemm_avx2_linear(const float* x, const float* wp, const float* bias, float*
   int64_t kc = k <= KCHUNK_MIN || blocks == 1 ? k : KCHUNK;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t g = 0; g < groups; g++) {
-    float out[R * 16] __attribute__((aligned(32)));
+    float out[2 * R * 16] __attribute__((aligned(32)));
+    int64_t p_end = (g + 1) * GROUP < np ? (g + 1) * GROUP : np;
     for (int64_t k0 = 0; k0 < k; k0 += kc) {
       int64_t klen = k - k0 < kc ? k - k0 : kc;
       /* a group of panels stays in cache while every block of rows passes over it */
       for (int64_t blk = 0; blk < blocks; blk++) {
         const float* xb = xt + blk * k * mb + k0 * mb;
         int64_t m0 = blk * mb, rows = m - m0 < mb ? m - m0 : mb;
-        for (int64_t p = g * GROUP; p < (g + 1) * GROUP && p < np; p++) {
+        /* 16 rows: one panel at a time; 8 rows: two (panel8x2), the group's odd last alone */
+        for (int64_t p = g * GROUP; p < p_end; p += (mb == 8 && p + 1 < p_end) ? 2 : 1) {
           const float* wb = wp + p * k * R + k0 * R;
-          if (mb == 16)
+          int64_t panels = 1;
+          if (mb == 16) {
             panel16(xb, wb, klen, out);
-          else
+          } else if (p + 1 < p_end) {
+            panel8x2(xb, wb, wb + k * R, klen, out, out + R * 8);
+            panels = 2;
+          } else {
             panel8(xb, wb, klen, out);
-          for (int r = 0; r < R && p * R + r < n; r++) {
+          }
+          for (int r = 0; r < panels * R && p * R + r < n; r++) {
             int64_t o = p * R + r;
             float* yo = y + m0 * n + o;
             if (k0 == 0) {
