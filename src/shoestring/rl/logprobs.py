@@ -81,22 +81,32 @@ class _HeadLogps(torch.autograd.Function):
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         ents = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
         lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        # two fp32 [chunk, V] buffers for every chunk: z - max and its exp. Fresh ones per
+        # chunk cost more than the arithmetic (each is tens of MB of new pages to fault in)
+        rows = min(chunk, n)
+        shifted = torch.empty(rows, logits.shape[1], dtype=torch.float32, device=hidden.device)
+        exps = torch.empty_like(shifted)
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
-            z = logits[a:b].float()  # [chunk, V] fp32: the only fp32 vocabulary-wide tensor
-            # .float() of fp32 logits is the logits themselves: divide to get a copy anyway
-            if temperature != 1.0 or logits.dtype == torch.float32:
-                z = z / temperature  # a copy: the logits stay as they are
-            lse = torch.logsumexp(z, dim=-1)  # [chunk]: log of the softmax's denominator
+            z, e = shifted[: b - a], exps[: b - a]
+            z.copy_(logits[a:b])  # fp32: the logits stay as they are (backward reads them)
+            if temperature != 1.0:
+                z.div_(temperature)
+            z_target = z.gather(1, targets[a:b, None]).squeeze(1)
+            top = z.amax(dim=-1)  # [chunk]
+            z.sub_(top[:, None])  # z - max: exp cannot overflow
+            torch.exp(z, out=e)
+            total = e.sum(dim=-1)  # the softmax's denominator over exp(max)
+            lse = top + total.log()  # [chunk]: logsumexp of z
             lses[a:b] = lse  # kept for backward: softmax = exp(z - lse) without a new reduction
-            logps[a:b] = z.gather(1, targets[a:b, None]).squeeze(1) - lse  # log p(target)
-            if want_entropy or frozen_grad:
-                log_p = z.sub_(lse[:, None])  # in place on the fp32 copy: z is not used again
-                probs = log_p.exp()
-                if want_entropy:
-                    ents[a:b] = -(probs * log_p).sum(-1)  # = lse - sum p * z
-                if frozen_grad:
-                    logits[a:b] = probs  # the logits are not needed again
+            logps[a:b] = z_target - lse  # log p(target)
+            if want_entropy:
+                # H = lse - sum p z = log(total) - sum e (z - max) / total; one pass, no temp
+                dot = torch.bmm(e[:, None, :], z[:, :, None]).view(-1)
+                ents[a:b] = total.log() - dot / total
+            if frozen_grad:  # the softmax, into the logits (not needed again)
+                e.div_(total[:, None])
+                logits[a:b] = e
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         ctx.train_head = train_head
@@ -118,14 +128,16 @@ class _HeadLogps(torch.autograd.Function):
         temp = ctx.temperature
         for a in range(0, logits.shape[0], ctx.chunk):
             b = min(a + ctx.chunk, logits.shape[0])
-            z = logits[a:b].float()
-            if temp != 1.0 or logits.dtype == torch.float32:
-                z = z / temp
+            # fp32 logits are worked on in place (not needed after this); others in an fp32 copy
+            z = logits[a:b] if logits.dtype == torch.float32 else logits[a:b].float()
+            if temp != 1.0:
+                z.div_(temp)
             # d logp / d logits = (onehot - softmax) / T, times each token's upstream grad
             gc = g[a:b, None] / temp
             grad = z.sub_(lses[a:b, None]).exp_().mul_(-gc)  # -softmax * g / T, in place
             grad.scatter_add_(1, targets[a:b, None], gc)  # + onehot(target) * g / T
-            logits[a:b] = grad  # in place: the logits become the logits' gradient
+            if grad.data_ptr() != logits[a:b].data_ptr():
+                logits[a:b] = grad  # the logits become the logits' gradient
         # [N, V] @ [V, d] -> [N, d]: the hidden states' gradient
         grad_h = (logits @ w).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         # the head's gradient block by block of the vocabulary, written straight into the
