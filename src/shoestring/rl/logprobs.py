@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
@@ -193,6 +194,24 @@ def _decoder_and_head(model: Any) -> tuple[Any, torch.Tensor] | None:
     return decoder, head.weight
 
 
+def _token_inputs(decoder: Any, head: torch.Tensor, ids: torch.Tensor) -> dict[str, Any]:
+    """The decoder's token inputs: ``input_ids``, or - where the embedding is the trained head
+    itself (tied) - the embedded tokens with a sparse gradient.
+
+    Why: an embedding's backward builds a dense [vocab, d] gradient that is zero but for the
+    rows of these few hundred tokens (545 MB at Qwen2's vocabulary in fp32), once per decoder
+    call, and adds it to the head's. The head's own gradient is dense anyway, so the tied
+    weight's gradient is the same sum with the embedding's rows added as a sparse tensor."""
+    emb = getattr(decoder, "embed_tokens", None)
+    if type(emb) is not nn.Embedding or emb.weight is not head or not head.requires_grad:
+        return {"input_ids": ids}
+    if emb.max_norm is not None or emb.scale_grad_by_freq or emb._forward_pre_hooks:
+        return {"input_ids": ids}
+    if emb._forward_hooks:
+        return {"input_ids": ids}
+    return {"inputs_embeds": F.embedding(ids, head, emb.padding_idx, sparse=True)}
+
+
 def selective_logps_and_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -241,7 +260,7 @@ def completion_logps(
     if split is not None:  # the head chunk by chunk: no [B, C, V] logits
         decoder, weight = split
         hidden = decoder(
-            input_ids=ids,
+            **_token_inputs(decoder, weight, ids),
             attention_mask=mask,
             # left padding: a row's positions count its real tokens (pads clamp to 0)
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
@@ -348,7 +367,7 @@ def _grouped_head_logps(
     :func:`head_logps`: the prompt once per group, its cache repeated, the head chunked."""
     decoder, weight = split
     out = decoder(
-        input_ids=prompt_ids,
+        **_token_inputs(decoder, weight, prompt_ids),
         attention_mask=prompt_mask,
         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
         past_key_values=DynamicCache(),
@@ -362,7 +381,7 @@ def _grouped_head_logps(
         pmask = prompt_mask.repeat_interleave(g, dim=0)
         start = pmask.sum(-1, keepdim=True)
         rest = decoder(
-            input_ids=completion_ids[:, :-1],
+            **_token_inputs(decoder, weight, completion_ids[:, :-1]),
             attention_mask=torch.cat([pmask, completion_mask[:, :-1]], dim=1),
             position_ids=start + torch.arange(c - 1, device=pmask.device)[None],
             past_key_values=cache,
