@@ -26,7 +26,10 @@
 #ifndef KCHUNK
 #define KCHUNK 512      /* reduction chunk of long products (prefill, training) */
 #endif
-#define KCHUNK_MIN 1024 /* reductions up to this long run in one chunk */
+#define KCHUNK_MIN 1024
+#ifndef PF
+#define PF 512 /* floats ahead of its reads a panel prefetches its weights (8 and 16 rows) */
+#endif /* reductions up to this long run in one chunk */
 #ifndef FEW
 #define FEW 4      /* up to this many rows take the full-width path (panel_few), at most 4 */
 #endif
@@ -47,6 +50,15 @@ void sgemm_avx2_pack(const float* w, float* wp, int64_t n, int64_t k, int thread
   }
 }
 
+/* The weights stream from memory once per product; the hardware prefetcher alone leaves the
+ * decode step well short of the memory's read rate, so each panel asks for what it reads PF
+ * floats ahead: 48 floats (8 steps of k, three cache lines) at a time. */
+static inline void prefetch48(const float* p) {
+  _mm_prefetch((const char*)p, _MM_HINT_T0);
+  _mm_prefetch((const char*)(p + 16), _MM_HINT_T0);
+  _mm_prefetch((const char*)(p + 32), _MM_HINT_T0);
+}
+
 /* 16 rows (x transposed: xt[kk][16]) against one panel -> out[r][16] */
 static inline void panel16(const float* xt, const float* wp, int64_t k, float* out) {
   __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(),
@@ -56,6 +68,7 @@ static inline void panel16(const float* xt, const float* wp, int64_t k, float* o
   for (int64_t kk = 0; kk < k; kk++) {
     __m256 xa = _mm256_load_ps(xt + kk * 16), xb = _mm256_load_ps(xt + kk * 16 + 8);
     const float* w = wp + kk * R;
+    if ((kk & 7) == 0) prefetch48(w + PF);
     __m256 b;
     b = _mm256_broadcast_ss(w + 0);
     a00 = _mm256_fmadd_ps(b, xa, a00);
@@ -125,6 +138,10 @@ static inline void panel8x2(const float* xt, const float* wp0, const float* wp1,
     __m256 xa = _mm256_load_ps(xt + kk * 8);
     const float* w = wp0 + kk * R;
     const float* v = wp1 + kk * R;
+    if ((kk & 7) == 0) {
+      prefetch48(w + PF);
+      prefetch48(v + PF);
+    }
     a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 0), xa, a0);
     c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 0), xa, c0);
     a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 1), xa, a1);
