@@ -137,7 +137,7 @@ class _HeadLogps(torch.autograd.Function):
             gc = g[a:b, None] / temp
             grad = z.sub_(lses[a:b, None]).exp_().mul_(-gc)  # -softmax * g / T, in place
             grad.scatter_add_(1, targets[a:b, None], gc)  # + onehot(target) * g / T
-            if grad.data_ptr() != logits[a:b].data_ptr():
+            if logits.dtype != torch.float32:  # fp32: grad is the logits' own storage
                 logits[a:b] = grad  # the logits become the logits' gradient
         # [N, V] @ [V, d] -> [N, d]: the hidden states' gradient
         grad_h = (logits @ w).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
@@ -203,11 +203,13 @@ def _token_inputs(decoder: Any, head: torch.Tensor, ids: torch.Tensor) -> dict[s
     call, and adds it to the head's. The head's own gradient is dense anyway, so the tied
     weight's gradient is the same sum with the embedding's rows added as a sparse tensor."""
     emb = getattr(decoder, "embed_tokens", None)
-    if type(emb) is not nn.Embedding or emb.weight is not head or not head.requires_grad:
-        return {"input_ids": ids}
-    if emb.max_norm is not None or emb.scale_grad_by_freq or emb._forward_pre_hooks:
-        return {"input_ids": ids}
-    if emb._forward_hooks:
+    plain = (
+        type(emb) is nn.Embedding
+        and emb.max_norm is None
+        and not emb.scale_grad_by_freq
+        and not (emb._forward_hooks or emb._forward_pre_hooks)
+    )
+    if not (plain and emb.weight is head and head.requires_grad):
         return {"input_ids": ids}
     return {"inputs_embeds": F.embedding(ids, head, emb.padding_idx, sparse=True)}
 

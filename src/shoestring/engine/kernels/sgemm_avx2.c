@@ -59,6 +59,17 @@ static inline void prefetch48(const float* p) {
   _mm_prefetch((const char*)(p + 32), _MM_HINT_T0);
 }
 
+/* A panel's six accumulators, one per weight row, to out[r * stride] */
+static inline void store6(float* out, int stride, __m256 a0, __m256 a1, __m256 a2, __m256 a3,
+                          __m256 a4, __m256 a5) {
+  _mm256_store_ps(out + 0 * stride, a0);
+  _mm256_store_ps(out + 1 * stride, a1);
+  _mm256_store_ps(out + 2 * stride, a2);
+  _mm256_store_ps(out + 3 * stride, a3);
+  _mm256_store_ps(out + 4 * stride, a4);
+  _mm256_store_ps(out + 5 * stride, a5);
+}
+
 /* 16 rows (x transposed: xt[kk][16]) against one panel -> out[r][16] */
 static inline void panel16(const float* xt, const float* wp, int64_t k, float* out) {
   __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(),
@@ -89,18 +100,8 @@ static inline void panel16(const float* xt, const float* wp, int64_t k, float* o
     a50 = _mm256_fmadd_ps(b, xa, a50);
     a51 = _mm256_fmadd_ps(b, xb, a51);
   }
-  _mm256_store_ps(out + 0, a00);
-  _mm256_store_ps(out + 8, a01);
-  _mm256_store_ps(out + 16, a10);
-  _mm256_store_ps(out + 24, a11);
-  _mm256_store_ps(out + 32, a20);
-  _mm256_store_ps(out + 40, a21);
-  _mm256_store_ps(out + 48, a30);
-  _mm256_store_ps(out + 56, a31);
-  _mm256_store_ps(out + 64, a40);
-  _mm256_store_ps(out + 72, a41);
-  _mm256_store_ps(out + 80, a50);
-  _mm256_store_ps(out + 88, a51);
+  store6(out, 16, a00, a10, a20, a30, a40, a50);     /* rows 0-7 of each weight row */
+  store6(out + 8, 16, a01, a11, a21, a31, a41, a51); /* rows 8-15 */
 }
 
 /* 8 rows (xt[kk][8]) against one panel -> out[r][8] */
@@ -117,12 +118,7 @@ static inline void panel8(const float* xt, const float* wp, int64_t k, float* ou
     a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4), xa, a4);
     a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 5), xa, a5);
   }
-  _mm256_store_ps(out + 0, a0);
-  _mm256_store_ps(out + 8, a1);
-  _mm256_store_ps(out + 16, a2);
-  _mm256_store_ps(out + 24, a3);
-  _mm256_store_ps(out + 32, a4);
-  _mm256_store_ps(out + 40, a5);
+  store6(out, 8, a0, a1, a2, a3, a4, a5);
 }
 
 /* 8 rows against two panels at once -> out0[r][8], out1[r][8]: twelve accumulators, as many as
@@ -155,18 +151,8 @@ static inline void panel8x2(const float* xt, const float* wp0, const float* wp1,
     a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 5), xa, a5);
     c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + 5), xa, c5);
   }
-  _mm256_store_ps(out0 + 0, a0);
-  _mm256_store_ps(out0 + 8, a1);
-  _mm256_store_ps(out0 + 16, a2);
-  _mm256_store_ps(out0 + 24, a3);
-  _mm256_store_ps(out0 + 32, a4);
-  _mm256_store_ps(out0 + 40, a5);
-  _mm256_store_ps(out1 + 0, c0);
-  _mm256_store_ps(out1 + 8, c1);
-  _mm256_store_ps(out1 + 16, c2);
-  _mm256_store_ps(out1 + 24, c3);
-  _mm256_store_ps(out1 + 32, c4);
-  _mm256_store_ps(out1 + 40, c5);
+  store6(out0, 8, a0, a1, a2, a3, a4, a5);
+  store6(out1, 8, c0, c1, c2, c3, c4, c5);
 }
 
 /* A few rows (M <= 4) against one panel, the weight read at full vector width: xe[i][kk*R + r]
