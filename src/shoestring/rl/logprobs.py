@@ -196,12 +196,15 @@ def _decoder_and_head(model: Any) -> tuple[Any, torch.Tensor] | None:
 
 def _token_inputs(decoder: Any, head: torch.Tensor, ids: torch.Tensor) -> dict[str, Any]:
     """The decoder's token inputs: ``input_ids``, or - where the embedding is the trained head
-    itself (tied) - the embedded tokens with a sparse gradient.
+    itself (tied) - the embedded tokens, whose gradient rows are added into the head's.
 
     Why: an embedding's backward builds a dense [vocab, d] gradient that is zero but for the
     rows of these few hundred tokens (545 MB at Qwen2's vocabulary in fp32), once per decoder
-    call, and adds it to the head's. The head's own gradient is dense anyway, so the tied
-    weight's gradient is the same sum with the embedding's rows added as a sparse tensor."""
+    call, and adds it to the head's. A sparse gradient (``sparse=True``) avoids the zeros, but
+    autograd still sums a dense and a sparse gradient of one tensor out of place: a fresh
+    545 MB copy per decoder call. So the tokens are looked up in a detached alias of the
+    weight, and once the alias's sparse gradient is complete it is added in place into the
+    weight's own (:func:`_add_rows_into`): the same sum, touching only those rows."""
     emb = getattr(decoder, "embed_tokens", None)
     plain = (
         type(emb) is nn.Embedding
@@ -211,7 +214,27 @@ def _token_inputs(decoder: Any, head: torch.Tensor, ids: torch.Tensor) -> dict[s
     )
     if not (plain and emb.weight is head and head.requires_grad):
         return {"input_ids": ids}
-    return {"inputs_embeds": F.embedding(ids, head, emb.padding_idx, sparse=True)}
+    alias = head.detach().requires_grad_(True)  # the same storage, a leaf of its own
+    alias.register_post_accumulate_grad_hook(_add_rows_into(head))
+    return {"inputs_embeds": F.embedding(ids, alias, emb.padding_idx, sparse=True)}
+
+
+def _add_rows_into(weight: torch.Tensor) -> Any:
+    """A post-accumulate hook for an alias of ``weight``: moves the alias's (sparse) gradient
+    into ``weight.grad`` in place. Autograd has by then accumulated the head's dense gradient
+    (its backward runs first); where it has not, the rows start ``weight.grad`` and the dense
+    gradient is added to them in place when it comes."""
+
+    def add(alias: torch.Tensor) -> None:
+        rows, alias.grad = alias.grad, None
+        if rows is None:
+            return
+        if weight.grad is None:
+            weight.grad = rows.to_dense()
+        else:
+            weight.grad.add_(rows)
+
+    return add
 
 
 def selective_logps_and_entropy(
