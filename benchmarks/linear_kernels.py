@@ -52,7 +52,7 @@ SHAPES = {
     "head": (151936, 896),
 }
 #: the same weights transposed: the products ``g W`` of a training pass's backward (the input's
-#: gradient), as a LoRA run's frozen weights multiply them (``rl/frozen_products.py``); their
+#: gradient), as a LoRA run's frozen weights multiply them (``rl/packed_products.py``); their
 #: "F.linear" row is ``g @ W`` with the layer's own weight, what autograd runs
 TRANSPOSED = {f"{name}_t": (k, n) for name, (n, k) in SHAPES.items() if name != "head"}
 DEFAULT_SHAPES = list(SHAPES)

@@ -1,6 +1,6 @@
 """GRPO's chunked head: log-probs, entropies and gradients equal the full computation.
 
-``rl.logprobs.head_logps`` never builds the [tokens, vocab] logits in fp32 (a trained head
+``rl.head_logps.head_logps`` never builds the [tokens, vocab] logits in fp32 (a trained head
 keeps them chunk by chunk in the compute dtype, a frozen head keeps nothing vocabulary-wide);
 these tests hold it to ``selective_logps_and_entropy`` over the full logits, alone and inside
 ``completion_logps``/``grouped_completion_logps`` on a real model.
@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from shoestring.rl.head_logps import head_logps
 from shoestring.rl.logprobs import (
     completion_logps,
     grouped_completion_logps,
-    head_logps,
     selective_logps_and_entropy,
 )
 
@@ -25,9 +25,9 @@ from shoestring.rl.logprobs import (
 def test_head_logps_equal_full_logits(
     train_head: bool, temperature: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shoestring.rl import logprobs
+    from shoestring.rl import head_logps as module
 
-    monkeypatch.setattr(logprobs, "HEAD_GRAD_VOCAB_BLOCK", 16)  # 50 rows: 4 uneven blocks
+    monkeypatch.setattr(module, "HEAD_GRAD_VOCAB_BLOCK", 16)  # 50 rows: 4 uneven blocks
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(3, 7, 16, generator=gen, dtype=torch.float64).float()
     weight = torch.randn(50, 16, generator=gen).mul(0.5)

@@ -36,6 +36,7 @@ from shoestring.engine.sizing import auto_batch_size
 from shoestring.engine.static_decode import decode_static, static_unsupported
 from shoestring.engine.static_runner import Capture
 from shoestring.engine.stops import request_eos_ids
+from shoestring.engine.weight_packs import WeightPacks
 from shoestring.errors import UserError
 from shoestring.util.memory import is_oom_error
 from shoestring.util.progress import progress_bar
@@ -47,7 +48,9 @@ class Engine:
     """Batched KV-cache generation for one model and tokenizer.
 
     ``text`` says how text prompts are tokenised and answers decoded; ``capture`` replaces
-    the static backend's step capture (tests count captures with it).
+    the static backend's step capture (tests count captures with it); ``packs`` are packed
+    copies of the model's weights that the caller keeps and multiplies through too (a GRPO
+    full fine-tune's training pass): the lean step packs through them (:mod:`.weight_packs`).
     """
 
     def __init__(
@@ -58,14 +61,16 @@ class Engine:
         *,
         text: TextOptions | None = None,
         capture: Capture | None = None,
+        packs: WeightPacks | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.options = (options or EngineOptions()).check()
         self.text = (text or TextOptions()).check()
         self.capture = capture
-        # the lean forward (its packed weights) from the last call, reused while unchanged
-        self._kept = KeptDecoder()
+        # the lean forward (its packed weights) from the last call, reused while unchanged;
+        # with the caller's kept packed copies, rebuilt from them
+        self._kept = KeptDecoder(packs)
 
     def generate(
         self,
@@ -230,7 +235,7 @@ class Engine:
                     f"static_cache=on cannot be used: {reason}; set static_cache=auto or off"
                 )
             rows = book(0, len(ids_list))
-            kept = self._kept if options.keep_packed else None
+            kept = self._kept if options.keep_packed or self._kept.packs is not None else None
             decode_dynamic(model, options, ids_list, rows, keys, max_rows, logits_processor, kept)
             return
         # the static backend takes no new prompts mid-call: the queue goes in fixed batches

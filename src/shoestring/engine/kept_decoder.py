@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.engine.weight_packs import WeightPacks
 
 __all__ = ["KeptDecoder"]
 
@@ -23,9 +24,15 @@ class KeptDecoder:
     peft's in-place ``merge()`` does) bumps nothing and would leave the kept copy stale, and
     fingerprinting every weight's contents per call would cost a read of all of them - so the
     default rebuilds every call, and only a caller that knows its weights are fixed keeps it.
+
+    With a caller's ``packs`` (:class:`~.weight_packs.WeightPacks`: a trainer whose weights
+    change in place every step, and which multiplies through the same packed copies itself),
+    a rebuild takes its packed weights from them: unchanged ones as they are, changed ones
+    repacked in place.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, packs: WeightPacks | None = None) -> None:
+        self.packs = packs
         self._key: tuple[Any, ...] | None = None
         self._decoder: LeanDecoder | None = None
 
@@ -33,7 +40,7 @@ class KeptDecoder:
         key = (kernel, *_built_from(model))
         if key != self._key:
             self._key, self._decoder = None, None  # drop the stale copy before packing anew
-            self._decoder = LeanDecoder.build(model, kernel=kernel)
+            self._decoder = LeanDecoder.build(model, kernel=kernel, packs=self.packs)
             self._key = key
         return self._decoder
 

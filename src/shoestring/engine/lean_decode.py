@@ -49,6 +49,7 @@ from shoestring.engine.packed_linear import (
     pack_weight,
     packed_linear,
 )
+from shoestring.engine.weight_packs import WeightPacks
 from shoestring.models.attention import sdpa_mask
 from shoestring.models.rope import apply_rope, rotate_half
 
@@ -64,15 +65,28 @@ class _Proj:
     allowed; otherwise each part is called as its own module (peft LoRA layers, quantised
     layers), which is exactly what the model's forward does. With ``pack``, a plain or fused
     weight is multiplied prepacked for its kernel (:mod:`~shoestring.engine.packed_linear`:
-    bit-identical in bf16, within fp32 rounding in fp32)."""
+    bit-identical in bf16, within fp32 rounding in fp32). With a caller's kept ``packs``
+    (:class:`~.weight_packs.WeightPacks`, AVX2 fp32), each part is multiplied through its own
+    kept copy instead: the copies the caller's training pass multiplies through too."""
 
-    def __init__(self, mods: list[Any], fuse: bool, pack: bool, kernel: str) -> None:
+    def __init__(
+        self,
+        mods: list[Any],
+        fuse: bool,
+        pack: bool,
+        kernel: str,
+        packs: WeightPacks | None = None,
+    ) -> None:
         self.mods = mods
         self.sizes = [m.out_features for m in mods]
         self.weight: torch.Tensor | None = None  # the plain or concatenated weight
         self.bias: torch.Tensor | None = None
         self.packed: PackedWeight | None = None  # the same, prepacked (then ``weight`` is None)
+        self.parts: list[PackedWeight] = []  # one kept copy per part (then nothing fused)
         plain = all(plain_linear(m) for m in mods)
+        if plain and pack and packs is not None and kernel == "avx2":
+            self.parts = [packs.get(m.weight) for m in mods]
+            return
         # packing copies the weights anyway, so packed parts are always concatenated
         if not plain or not (len(mods) == 1 or fuse or pack):
             return
@@ -104,6 +118,8 @@ class _Proj:
         return F.linear(x, self.weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.parts:
+            return [packed_linear(x, p, m.bias) for p, m in zip(self.parts, self.mods, strict=True)]
         if self.single:
             y = self._linear(x)
             return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
@@ -137,21 +153,23 @@ def _plain_weights(model: Any) -> list[torch.Tensor]:
 
 
 class _Layer:
-    def __init__(self, layer: Any, gpt: bool, fuse: bool, pack: bool, kernel: str) -> None:
+    def __init__(
+        self, layer: Any, gpt: bool, fuse: bool, pack: bool, kernel: str, packs: WeightPacks | None
+    ) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         make_norm = gpt_norm if gpt else llama_norm
         n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
         assert n1 is not None and n2 is not None  # checked by _supported
         self.norm1, self.norm2 = n1, n2
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack, kernel)
-        self.o = _Proj([attn.o_proj], False, pack, kernel)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack, kernel, packs)
+        self.o = _Proj([attn.o_proj], False, pack, kernel, packs)
         self.swiglu = not gpt or mlp.kind == "swiglu"
         if self.swiglu:
-            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack, kernel)
-            self.down = _Proj([mlp.down_proj], False, pack, kernel)
+            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack, kernel, packs)
+            self.down = _Proj([mlp.down_proj], False, pack, kernel, packs)
         else:  # the GPT's GELU MLP: fc -> GELU -> proj
-            self.up = _Proj([mlp.fc], False, pack, kernel)
-            self.down = _Proj([mlp.proj], False, pack, kernel)
+            self.up = _Proj([mlp.fc], False, pack, kernel, packs)
+            self.down = _Proj([mlp.proj], False, pack, kernel, packs)
         if gpt:
             self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
         else:
@@ -169,7 +187,14 @@ class LeanDecoder:
     """One-token forward of a supported model; build with :meth:`build` per generation call
     (fused weights are copies of the weights at that moment)."""
 
-    def __init__(self, model: Any, fuse: bool, pack: bool = False, kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        model: Any,
+        fuse: bool,
+        pack: bool = False,
+        kernel: str = "auto",
+        packs: WeightPacks | None = None,
+    ) -> None:
         self.model = model
         self.gpt = type(model).__name__ == SHOESTRING_GPT
         inner = model.model
@@ -189,10 +214,10 @@ class LeanDecoder:
             norm = llama_norm(inner.norm)
         assert norm is not None
         self.final_norm = norm
-        self.layers = [_Layer(layer, self.gpt, fuse, pack, kernel) for layer in inner.layers]
+        self.layers = [_Layer(layer, self.gpt, fuse, pack, kernel, packs) for layer in inner.layers]
         self.fused = fuse
         self.packed = pack
-        self.head = _Proj([model.lm_head], False, pack, kernel)
+        self.head = _Proj([model.lm_head], False, pack, kernel, packs)
 
     @classmethod
     def build(
@@ -201,13 +226,16 @@ class LeanDecoder:
         fuse: bool | None = None,
         pack: bool | None = None,
         kernel: str = "auto",
+        packs: WeightPacks | None = None,
     ) -> LeanDecoder | None:
         """A decoder for ``model``, or ``None`` where only the model's own forward is right.
 
         ``pack`` (default: where :func:`~shoestring.engine.packed_linear.can_pack` allows it,
         i.e. bf16 weights, or fp32 weights too big for the caches, on a CPU with memory to
         spare) multiplies prepacked weights; ``kernel`` picks the fp32 kernel
-        (:func:`~shoestring.engine.packed_linear.fp32_kernel`)."""
+        (:func:`~shoestring.engine.packed_linear.fp32_kernel`); ``packs``, the caller's kept
+        copies (:class:`~.weight_packs.WeightPacks`), are used where the weights are packed
+        for the AVX2 kernel, instead of copies made for this decoder."""
         if unsupported(model) is not None:
             return None
         if fuse is None:
@@ -216,7 +244,7 @@ class LeanDecoder:
             kernel = fp32_kernel()
         if pack is None:
             pack = can_pack(_plain_weights(model), kernel)
-        return cls(model, fuse, pack, kernel)
+        return cls(model, fuse, pack, kernel, packs)
 
     def _embed(
         self, input_ids: torch.Tensor, positions: torch.Tensor

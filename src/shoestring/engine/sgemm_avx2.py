@@ -118,14 +118,19 @@ def build_error() -> str | None:
     return _library()[1]
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """The fp32 weight [n, k] in the kernel's panels: a flat copy of ceil(n / 6) * 6 * k."""
+def pack(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The fp32 weight [n, k] in the kernel's panels: a flat copy of ceil(n / 6) * 6 * k,
+    written into ``out`` where given (a weight updated in place repacks into the buffer it
+    had: no fresh pages to fault in)."""
     lib = _library()[0]
     assert lib is not None, "check available() first"
     w = weight.detach().contiguous()
     n, k = w.shape
-    panels = -(-n // ROWS_PER_PANEL)
-    out = torch.empty(panels * ROWS_PER_PANEL * k, dtype=torch.float32)
+    size = -(-n // ROWS_PER_PANEL) * ROWS_PER_PANEL * k
+    if out is None:
+        out = torch.empty(size, dtype=torch.float32)
+    elif out.shape != (size,) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"pack: out must be a contiguous fp32 [{size}], not {tuple(out.shape)}")
     lib.sgemm_avx2_pack(w.data_ptr(), out.data_ptr(), n, k, torch.get_num_threads())
     return out
 

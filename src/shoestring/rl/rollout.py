@@ -29,6 +29,7 @@ from shoestring.rl.config import GRPOConfig
 from shoestring.rl.data import PromptSet, prompt_indices
 from shoestring.rl.logprobs import completion_logps, grouped_completion_logps
 from shoestring.rl.loss import compute_advantages, nanstd
+from shoestring.rl.packed_products import rollout_packs
 from shoestring.rl.policy import Policy
 from shoestring.rl.rewards import RewardFn, score
 from shoestring.rl.rollout_weights import RolloutWeights
@@ -200,10 +201,14 @@ class RolloutGenerator:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
+        sampler = self.rollout_weights.model_for(policy)
         engine = Engine(
-            self.rollout_weights.model_for(policy),
+            sampler,
             policy.tokenizer,
             EngineOptions(dtype=policy.gen_dtype),
+            # a full fine-tune's packed weights: packed (in place) here, read by the training
+            # pass after (rl/packed_products.py)
+            packs=rollout_packs(sampler) if sampler is model else None,
         )
         # this rank's prompts (all of them in one process); a prompt's position in the step
         # is its sampling stream, so its samples do not depend on who else generates what

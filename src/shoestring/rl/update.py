@@ -20,9 +20,9 @@ import torch
 
 from shoestring.distributed import DistInfo, all_sum, all_sum_grads, shard_positions
 from shoestring.rl.config import GRPOConfig
-from shoestring.rl.frozen_products import frozen_products
 from shoestring.rl.loss import SOFT_LOSS_TYPES, aggregate_loss, clip_counts, per_token_loss
 from shoestring.rl.loss_variants import LossVariant
+from shoestring.rl.packed_products import packed_products
 from shoestring.rl.policy import Policy
 from shoestring.rl.rollout import Rollout, micro_slices
 
@@ -58,7 +58,7 @@ def backward_rollout(
     slices = micro_slices(r.size, cfg.per_device_train_batch_size)
     mine = [slices[j] for j in shard_positions(len(slices), ranks)]  # this rank's share
     tot_loss = kl_sum = ent_sum = clip_sum = clip_n = n_tok = n_gen = 0.0
-    with frozen_products(model):  # a LoRA policy's frozen weights: packed fp32 products
+    with packed_products(model):  # fp32 weights on an avx2 host: the packed kernel's products
         for s in mine:
             mask = r.completion_mask[s]
             logps, ent = r.logps(model, s, cfg, policy.autocast(), want_entropy=True)
