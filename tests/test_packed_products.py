@@ -225,3 +225,31 @@ def test_the_rollout_packs_through_the_store_the_training_pass_reads(on_any_host
     with fp.packed_products(model):
         _full_loss_and_grads(model, ids)
     assert {k: e.packed for k, e in store.packs.items()} == made  # the same copies, none new
+
+
+def test_trained_gradients_accumulate_over_grouped_micro_batches(on_any_host: None) -> None:
+    """Two micro-batches, each a grouped forward (the prompt once, then its completions:
+    every weight used twice per backward): the gradients equal F.linear's sums."""
+    from shoestring.rl.logprobs import grouped_completion_logps
+
+    model = make("qwen2").train()
+    gen = torch.Generator().manual_seed(7)
+    batches = []
+    for _ in range(2):
+        p = torch.randint(3, VOCAB, (1, 6), generator=gen)
+        c = torch.randint(3, VOCAB, (3, 5), generator=gen)
+        batches.append((p, torch.ones_like(p), c, torch.ones_like(c)))
+
+    def step() -> dict:
+        model.zero_grad()
+        for p, pm, c, cm in batches:
+            lp, _ = grouped_completion_logps(model, p, pm, c, cm, 3)
+            lp.mean().backward()
+        return {n: q.grad.clone() for n, q in model.named_parameters()}
+
+    want = step()
+    with fp.packed_products(model) as switched:
+        assert switched > 0
+        got = step()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
