@@ -199,6 +199,8 @@ def test_an_in_place_step_repacks_into_the_same_buffer(on_any_host: None) -> Non
     old = store.get(layer.weight)
     layer.weight = torch.nn.Parameter(layer.weight.detach().clone())
     assert store.get(layer.weight) is not old
+    with pytest.raises(ValueError, match="fp32"):  # the kernel is fp32 only
+        store.get(layer.weight.detach().to(torch.bfloat16))
 
 
 def test_the_rollout_packs_through_the_store_the_training_pass_reads(on_any_host: None) -> None:

@@ -84,7 +84,8 @@ class _Proj:
         self.packed: PackedWeight | None = None  # the same, prepacked (then ``weight`` is None)
         self.parts: list[PackedWeight] = []  # one kept copy per part (then nothing fused)
         plain = all(plain_linear(m) for m in mods)
-        if plain and pack and packs is not None and kernel == "avx2":
+        fp32 = all(m.weight.dtype == torch.float32 for m in mods)
+        if plain and fp32 and pack and packs is not None and kernel == "avx2":
             self.parts = [packs.get(m.weight) for m in mods]
             return
         # packing copies the weights anyway, so packed parts are always concatenated

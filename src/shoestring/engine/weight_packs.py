@@ -48,7 +48,10 @@ class WeightPacks(KeptOnModel):
         self.packs: dict[tuple[int, bool], _Entry] = {}
 
     def get(self, weight: torch.Tensor, transposed: bool = False) -> PackedWeight:
-        """``weight`` [out, in] (or its transpose) packed for the AVX2 kernel as it is now."""
+        """``weight`` [out, in] (or its transpose), fp32, packed for the AVX2 kernel as it is
+        now."""
+        if weight.dtype != torch.float32:
+            raise ValueError(f"WeightPacks packs fp32 weights (AVX2 kernel), not {weight.dtype}")
         key = (id(weight), transposed)
         entry = self.packs.get(key)
         shape = tuple(weight.shape)
