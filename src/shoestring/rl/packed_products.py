@@ -133,11 +133,6 @@ def _frozen(m: Any) -> bool:
     return m.bias is None or not m.bias.requires_grad
 
 
-def _trained(m: Any) -> bool:
-    """A plain fp32 linear layer whose weight trains (a full fine-tune's)."""
-    return _plain_fp32(m) and m.weight.requires_grad
-
-
 def _hooked_forward(m: nn.Linear, store: WeightPacks) -> Callable[..., torch.Tensor]:
     """``m``'s forward through its packed copies."""
     frozen = _frozen(m)
@@ -174,28 +169,24 @@ def _applies(layers: list[nn.Linear], copies: int, model: Any) -> bool:
     )
 
 
-def _layers(model: Any) -> tuple[list[nn.Linear], list[nn.Linear]]:
-    """The frozen and the trained plain fp32 linear layers of ``model`` (a tied weight once)."""
-    frozen, trained, seen = [], [], set()
-    for m in model.modules():
-        if id(m) in seen or not _plain_fp32(m):
-            continue
-        seen.add(id(m))
-        if _frozen(m):
-            frozen.append(m)
-        elif _trained(m):
-            trained.append(m)
-    return frozen, trained
+def _switched(model: Any) -> tuple[list[nn.Linear], list[nn.Linear]]:
+    """The frozen and the trained linear layers of ``model`` that multiply through packed
+    copies (each list empty where :func:`_applies` says no). Trained weights only in a full
+    fine-tune: a LoRA run's trained adapters are thin products, left to MKL."""
+    plain = [m for m in model.modules() if _plain_fp32(m)]  # each module once
+    frozen = [m for m in plain if _frozen(m)]
+    trained = [m for m in plain if m.weight.requires_grad]
+    use_frozen = frozen if _applies(frozen, 2, model) else []
+    use_trained = trained if not frozen and _applies(trained, 1, model) else []
+    return use_frozen, use_trained
 
 
 def rollout_packs(model: Any) -> WeightPacks | None:
     """The store the rollout's engine should pack ``model``'s weights through - the one the
     training pass reads - where a full fine-tune's trained weights take the packed kernel
     (:func:`packed_products`), else ``None`` (the engine packs for itself)."""
-    frozen, trained = _layers(model)
-    if frozen or not _applies(trained, 1, model):
-        return None
-    return WeightPacks.on(model, WeightPacks.ATTR)
+    _, trained = _switched(model)
+    return WeightPacks.on(model, WeightPacks.ATTR) if trained else None
 
 
 @contextlib.contextmanager
@@ -206,11 +197,8 @@ def packed_products(model: Any) -> Iterator[int]:
     the chunked head. Yields how many layers were switched (0 where the kernel does not
     apply: see the module doc). Outside: the model as it was; the packed copies stay on it
     for the next step."""
-    frozen, trained = _layers(model)
-    # trained weights only in a full fine-tune: a LoRA run's adapters are thin products
-    use_frozen = _applies(frozen, 2, model)
-    use_trained = not frozen and _applies(trained, 1, model)
-    layers = [*(frozen if use_frozen else []), *(trained if use_trained else [])]
+    frozen, trained = _switched(model)
+    layers = [*frozen, *trained]
     if not layers:
         yield 0
         return

@@ -26,10 +26,10 @@
 #ifndef KCHUNK
 #define KCHUNK 512      /* reduction chunk of long products (prefill, training) */
 #endif
-#define KCHUNK_MIN 1024
+#define KCHUNK_MIN 1024 /* reductions up to this long run in one chunk */
 #ifndef PF
 #define PF 512 /* floats ahead of its reads a panel prefetches its weights (8 and 16 rows) */
-#endif /* reductions up to this long run in one chunk */
+#endif
 #ifndef FEW
 #define FEW 4      /* up to this many rows take the full-width path (panel_few), at most 4 */
 #endif
