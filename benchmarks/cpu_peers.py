@@ -17,9 +17,12 @@ call - all of it start-up, reported apart.
 
 The model is Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14/2 heads, intermediate 4864,
 vocabulary 151,936, tied), Qwen2 architecture, random weights (seed 0), saved once as a
-Hugging Face directory in fp32 (what HF, shoestring and vLLM load) and as GGUF files in f32
-and f16 (what llama.cpp loads; written here with the ``gguf`` package under llama.cpp's
-``qwen2`` names - Qwen2 uses NeoX RoPE, so no row permutation).
+Hugging Face directory in fp32 (what HF, shoestring and vLLM load) and as GGUF files in f32,
+f16 and bf16 (what llama.cpp loads; written here with the ``gguf`` package under llama.cpp's
+``qwen2`` names - Qwen2 uses NeoX RoPE, so no row permutation). ``prepare --bf16-values``
+rounds the random weights to bf16 values first, as a bf16 checkpoint (Qwen2.5's) is: every
+engine then runs the same weights exactly - fp32 loads them losslessly, and so does the bf16
+GGUF - where the f16 file rounds them.
 
 Three steps, the first and last in shoestring's environment:
 
@@ -49,7 +52,8 @@ WORKLOADS = ("fixed-b1", "fixed-b16", "variable-b16")
 # Asked for by name only: fixed-b16's prompts with one token each, i.e. the prefill alone
 # (the time to the first token), to split an engine's time into prefill and decoding
 PREFILL = "prefill-b16"
-ENGINES = ("shoestring", "hf", "vllm", "llama.cpp-f16", "llama.cpp-f32")
+ENGINES = ("shoestring", "hf", "vllm", "llama.cpp-f16", "llama.cpp-f32", "llama.cpp-bf16")
+LLAMA_CPP = tuple(e for e in ENGINES if e.startswith("llama.cpp"))
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -62,13 +66,13 @@ def prepare(args: argparse.Namespace) -> int:
     import torch
 
     from bench_throughput import build_tokenizer, load_questions  # sibling scripts
-    from generate_vs_hf import answer_lengths, build_model
+    from generate_vs_hf import answer_lengths, build_model, weights_note
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     shape_keys = ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab")
     shape_of = {k: getattr(args, k) for k in shape_keys}
-    shape = argparse.Namespace(**shape_of, dtype="fp32")
+    shape = argparse.Namespace(**shape_of, dtype="fp32", bf16_values=args.bf16_values)
     tok = build_tokenizer(min(8000, args.vocab))
     eos = int(tok.eos_token_id)
     model = build_model(shape, eos)
@@ -88,12 +92,17 @@ def prepare(args: argparse.Namespace) -> int:
             w["lengths"] = [args.fixed_tokens] * n
         else:
             w["lengths"] = answer_lengths(n, 0, args.min_answer, args.max_answer)
-    meta = {"eos": eos, "source": source, "shape": shape_of, "workloads": work}
+    meta = {"eos": eos, "source": source, "shape": shape_of, "weights": weights_note(shape)}
+    meta["workloads"] = work
     (out / "workloads.json").write_text(json.dumps(meta), encoding="utf-8")
-    for dtype in ("f32", "f16"):
+    for engine in LLAMA_CPP:
+        dtype = engine.split("-")[-1]
         write_qwen2_gguf(model, model_dir, out / f"model-{dtype}.gguf", dtype)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"prepared {out}: {n_params / 1e6:.0f}M parameters, prompts from {source}")
+    print(
+        f"prepared {out}: {n_params / 1e6:.0f}M parameters ({weights_note(shape)}), prompts "
+        f"from {source}"
+    )
     del torch
     return 0
 
@@ -119,7 +128,11 @@ def write_qwen2_gguf(model: Any, model_dir: Path, path: Path, dtype: str) -> Non
         norm_eps=c.rms_norm_eps,
         rope_theta=c.rope_parameters["rope_theta"],
     )
-    ftype = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    }[dtype]
     w.add_file_type(int(ftype))
     add_gguf_tokenizer(w, gguf, model_dir, c.vocab_size)
     names = {
@@ -139,8 +152,13 @@ def write_qwen2_gguf(model: Any, model_dir: Path, path: Path, dtype: str) -> Non
 
     def add(name: str, t: Any) -> None:
         a = t.detach().float().numpy()
-        # llama.cpp keeps 1-D tensors (norms, biases) in f32 whatever the file type
-        w.add_tensor(name, a.astype(np.float16 if dtype == "f16" and a.ndim > 1 else np.float32))
+        if a.ndim == 1 or dtype == "f32":  # llama.cpp keeps 1-D tensors (norms, biases) in f32
+            w.add_tensor(name, a)
+        elif dtype == "f16":
+            w.add_tensor(name, a.astype(np.float16))
+        else:  # bf16: gguf's rounding to nearest (exact for weights that are bf16 values)
+            bf16 = gguf.GGMLQuantizationType.BF16
+            w.add_tensor(name, gguf.quants.quantize(a, bf16), raw_dtype=bf16)
 
     state = model.state_dict()
     add("token_embd.weight", state["model.embed_tokens.weight"])
@@ -342,13 +360,15 @@ def compare(args: argparse.Namespace) -> int:
     if args.vllm_python:
         pythons["vllm"] = args.vllm_python
     if args.llama_python:
-        pythons["llama.cpp-f16"] = pythons["llama.cpp-f32"] = args.llama_python
+        pythons |= dict.fromkeys(LLAMA_CPP, args.llama_python)
     asked = [e for e in args.engines.split(",") if e]
     engines = [e for e in asked if e in pythons]
     workloads = [w for w in args.workloads.split(",") if w]
     from shoestring.host import describe_host  # this (shoestring's) environment
 
     print(describe_host(), flush=True)  # the host class every figure belongs to
+    meta = json.loads((Path(args.dir) / "workloads.json").read_text(encoding="utf-8"))
+    print(f"weights: {meta.get('weights', 'random init')}", flush=True)
     print(f"threads: {args.threads} per engine; workloads: {', '.join(workloads)}", flush=True)
     if len(engines) < len(asked):
         left = [e for e in asked if e not in pythons]
@@ -406,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--max-answer", type=int, default=300)
     if argv[:1] == ["prepare"]:  # shoestring's environment only (the peers' have no torch)
         sys.path.insert(0, str(HERE))
-        from generate_vs_hf import QWEN25_05B  # sibling scripts
+        from generate_vs_hf import QWEN25_05B, add_bf16_values_option  # sibling scripts
         from grpo_vs_trl import add_shape_options
 
         add_shape_options(pp, **QWEN25_05B)  # Qwen2.5-0.5B's shape unless told otherwise
+        add_bf16_values_option(pp)
     pr = sub.add_parser("run", help="one engine on one workload (in the engine's environment)")
     pr.add_argument("--dir", required=True)
     pr.add_argument("--engine", choices=ENGINES, required=True)

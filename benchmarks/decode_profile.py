@@ -40,12 +40,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate_vs_hf import DTYPE_HELP, QWEN25_05B, build_model  # noqa: E402 - a sibling script
+from generate_vs_hf import (  # noqa: E402 - a sibling script
+    DTYPE_HELP,
+    QWEN25_05B,
+    add_bf16_values_option,
+    build_model,
+    weights_note,
+)
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import make_cache  # noqa: E402
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
 from shoestring.engine.lean_decode import LeanDecoder  # noqa: E402
-from shoestring.engine.packed_linear import fp32_kernel  # noqa: E402
+from shoestring.engine.packed_linear import BF16_COPIES_MAX_ROWS, fp32_kernel  # noqa: E402
 from shoestring.engine.sgemm_avx2 import PROFILER_NAME  # noqa: E402
 from shoestring.host import describe_host  # noqa: E402
 from shoestring.runtime import resolve_dtype  # noqa: E402
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--read-mib", type=int, default=1024, help="size of the memory-read probe")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=DTYPE_HELP)
     add_shape_options(p, **QWEN25_05B)
+    add_bf16_values_option(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))
@@ -107,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, {args.threads} threads; Qwen2 hidden {args.hidden}, "
         f"{args.layers} layers, heads {hq}/{hkv}, intermediate {args.intermediate}, vocab "
-        f"{args.vocab}, {args.dtype} weights; {b} rows, {t} cached tokens; medians of "
-        f"{args.rounds} interleaved rounds",
+        f"{args.vocab}, {args.dtype} weights ({weights_note(args)}); {b} rows, {t} cached "
+        f"tokens; medians of {args.rounds} interleaved rounds",
         flush=True,
     )
 
@@ -119,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     cache_store = torch.float32 if wdtype != torch.float32 else wdtype
     lean_cache = filled_cache(model, b, t, cache_store, pre=True)
     hf_cache = filled_cache(model, b, t, wdtype, pre=False)
-    lean = LeanDecoder.build(model)  # the engine's choice: prepacked weights where it can
+    # the engine's choice: prepacked weights where it can, bf16 copies of bf16-valued weights
+    # for a few rows
+    lean = LeanDecoder.build(model, bf16_copies=b <= BF16_COPIES_MAX_ROWS)
     unpacked = LeanDecoder.build(model, pack=False)
     assert lean is not None and unpacked is not None
     kernel = "oneDNN" if wdtype != torch.float32 or fp32_kernel() == "onednn" else "AVX2 kernel"
@@ -129,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if lean.packed and kernel != "oneDNN":
         other = LeanDecoder.build(model, kernel="onednn")
         assert other is not None
+    # bf16 copies taken: the same kernel with fp32 copies is timed too
+    full_copies = None
+    head_copy = lean.head.packed
+    if kernel != "oneDNN" and head_copy is not None and head_copy.data.dtype == torch.bfloat16:
+        full_copies = LeanDecoder.build(model, bf16_copies=False)
+        assert full_copies is not None
+        print("engine step: its copies of the bf16-valued weights in bf16 (half the bytes)")
 
     def lean_step() -> None:
         with torch.inference_mode():
@@ -139,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         assert other is not None
         with torch.inference_mode():
             other.step(next_ids, mask, pos, lean_cache)
+        crop_one(lean_cache)
+
+    def full_copies_step() -> None:
+        assert full_copies is not None
+        with torch.inference_mode():
+            full_copies.step(next_ids, mask, pos, lean_cache)
         crop_one(lean_cache)
 
     def unpacked_step() -> None:
@@ -187,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         fns["packed matmuls"] = packed_matmuls
     if other is not None:
         fns["oneDNN"] = other_step
+    if full_copies is not None:
+        fns["fp32 copies"] = full_copies_step
     t1 = interleaved(fns, args.rounds)
     flops = 2 * b * sum(p.numel() for n, p in model.named_parameters() if "norm" not in n)
     flops -= 2 * b * model.model.embed_tokens.weight.numel() * (0 if cfg.tie_word_embeddings else 1)
@@ -217,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {kernel}: engine step {t1['lean'] * 1e3:.1f} ms against {t1['oneDNN'] * 1e3:.1f} "
             f"ms with oneDNN's prepacked weights ({t1['oneDNN'] / t1['lean']:.2f}x)",
+            flush=True,
+        )
+    if "fp32 copies" in t1:
+        print(
+            f"  bf16 copies of the bf16-valued weights: engine step {t1['lean'] * 1e3:.1f} ms "
+            f"against {t1['fp32 copies'] * 1e3:.1f} ms with fp32 copies "
+            f"({t1['fp32 copies'] / t1['lean']:.2f}x; the same products bit for bit)",
             flush=True,
         )
     # what bounds it: the host's read rate (the weights are read once per step) and matmul rate

@@ -132,7 +132,28 @@ def build_model(args: argparse.Namespace, eos: int) -> Any:
         pad_token_id=eos,
     )
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    return Qwen2ForCausalLM(cfg).to(dtype).eval()
+    model = Qwen2ForCausalLM(cfg)
+    if getattr(args, "bf16_values", False):  # as a bf16 checkpoint loads: bf16 values in fp32
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+    return model.to(dtype).eval()
+
+
+def add_bf16_values_option(p: argparse.ArgumentParser) -> None:
+    """``--bf16-values``: the random weights rounded to bf16 values and kept in fp32 - what a
+    bf16 checkpoint (Qwen2.5's, most models') is once loaded in fp32 - for every engine."""
+    p.add_argument(
+        "--bf16-values",
+        action="store_true",
+        help="round the random weights to bf16 values, kept in fp32 (as a bf16 checkpoint such "
+        "as Qwen2.5's loads in fp32), for every engine alike",
+    )
+
+
+def weights_note(args: argparse.Namespace) -> str:
+    """How the benchmark's weights were made, for its model line."""
+    return "random init, every value a bf16 value" if args.bf16_values else "random init"
 
 
 def run_hf(
@@ -258,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "lean_prefill=false), interleaved with the others and compared with the default",
     )
     add_shape_options(p, **QWEN25_05B)
+    add_bf16_values_option(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.dtype = resolve_dtype(args.dtype, torch.device("cpu"))  # both engines: the best here
@@ -275,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args, eos)
     n_params = sum(x.numel() for x in model.parameters())
     print(
-        f"model: Qwen2 random init, hidden {args.hidden}, {args.layers} layers, heads "
+        f"model: Qwen2 {weights_note(args)}, hidden {args.hidden}, {args.layers} layers, heads "
         f"{args.heads}/{args.kv_heads}, intermediate {args.intermediate}, vocab {args.vocab} "
         f"(tokenizer {len(tok)}), {n_params / 1e6:.0f}M parameters, {args.dtype}; "
         f"{args.threads} threads; batch {args.batch} for both engines",

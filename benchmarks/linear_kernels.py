@@ -12,6 +12,10 @@ all exact fp32 (no bf16 or TF32 behind fp32's back):
 - ``shoestring AVX2``: shoestring's own kernel for AVX2+FMA hosts (``engine/sgemm_avx2.py``),
   weights packed once into panels of six rows - what the engine uses on the ``avx2`` host class
   (listed where it builds: an x86-64 CPU with AVX2 and FMA, and a C compiler);
+- ``shoestring AVX2, bf16 copy``: the same kernel reading a packed copy in bf16, for weights
+  whose fp32 values are all bf16 values - a bf16 checkpoint loaded in fp32, as most are
+  shipped (``--bf16-values`` rounds the random weights so; every kernel then gets those
+  weights). Its products equal the fp32 copy's bit for bit, from half the bytes;
 - ``MKL packed``: MKL's packed sgemm (``torch.ops.mkl._mkl_reorder_linear_weight`` and
   ``_mkl_linear``), what ``torch.compile`` with freezing runs for fp32 linear layers;
 - ``inductor``: ``torch.compile(mode="max-autotune")`` with freezing, which also generates
@@ -27,6 +31,7 @@ rounding. The host line says the class (CPU flags) every figure belongs to.
     python benchmarks/linear_kernels.py --rows 1 16 64 512
     python benchmarks/linear_kernels.py --rows 16 --inductor
     python benchmarks/linear_kernels.py --rows 512 --shapes qkv_t o_t gate_up_t down_t
+    python benchmarks/linear_kernels.py --rows 1 8 16 --bf16-values
 """
 
 from __future__ import annotations
@@ -88,11 +93,16 @@ def kernels(
         x, packed, None, "none", [None], ""
     )
     from shoestring.engine import sgemm_avx2
-    from shoestring.engine.packed_linear import avx2_kernel_available
+    from shoestring.engine.packed_linear import avx2_kernel_available, bf16_storage_available
 
     if avx2_kernel_available():  # shoestring's own, where it builds and meets the fp32 policy
         own = sgemm_avx2.pack(w)
         out["shoestring AVX2"] = lambda x: sgemm_avx2.linear(x, own, w.shape[0], None)
+        if sgemm_avx2.is_bf16_valued(w) and bf16_storage_available():
+            half = sgemm_avx2.pack(w, bf16=True)
+            out["shoestring AVX2, bf16 copy"] = lambda x: sgemm_avx2.linear(
+                x, half, w.shape[0], None
+            )
     if hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
         mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
         out["MKL packed"] = lambda x: torch.ops.mkl._mkl_linear(x, mkl, w, None, rows)
@@ -112,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="0 = the host's physical cores")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per kernel and shape")
     p.add_argument("--inductor", action="store_true", help="also torch.compile (max-autotune)")
+    p.add_argument(
+        "--bf16-values",
+        action="store_true",
+        help="weights rounded to bf16 values (a bf16 checkpoint in fp32), for every kernel; "
+        "adds shoestring's bf16 copy",
+    )
     p.add_argument(
         "--shapes",
         nargs="+",
@@ -133,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_host(torch.device("cpu")), flush=True)
     gen = torch.Generator().manual_seed(0)
     weights = {k: torch.randn(SHAPES[k], generator=gen) * 0.02 for k in args.shapes}
+    if args.bf16_values:
+        weights = {k: w.to(torch.bfloat16).float() for k, w in weights.items()}
+    print(f"weights: fp32{', every value a bf16 value' if args.bf16_values else ''}")
     for rows in args.rows:
         totals: dict[str, float] = {}
         flops = 0.0
@@ -150,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds = timed(lambda fn=fn, x=x: fn(x), args.seconds)
                     totals[kname] = totals.get(kname, 0.0) + seconds
                     print(
-                        f"  rows {rows:4d} {name:8s} {kname:14s} {seconds * 1e3:8.3f} ms "
+                        f"  rows {rows:4d} {name:8s} {kname:26s} {seconds * 1e3:8.3f} ms "
                         f"{2 * rows * w.numel() / seconds / 1e9:7.1f} GFLOP/s",
                         flush=True,
                     )
@@ -158,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rows {rows}: {' + '.join(weights)}, {flops / 1e9:.2f} GFLOP")
         for kname, seconds in totals.items():
             print(
-                f"  {kname:14s} {seconds * 1e3:8.2f} ms  {flops / seconds / 1e9:7.1f} GFLOP/s  "
+                f"  {kname:26s} {seconds * 1e3:8.2f} ms  {flops / seconds / 1e9:7.1f} GFLOP/s  "
                 f"{base / seconds:5.2f}x F.linear"
             )
         print(flush=True)

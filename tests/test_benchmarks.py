@@ -115,6 +115,13 @@ def test_decode_profile_measures_packed_fp32(
     out = capsys.readouterr().out
     assert "fp32 weights" in out and "engine step: weights prepacked" in out
     assert "prepacked weights: engine step" in out
+    # weights that are bf16 values, one row: the AVX2 kernel's copies are bf16, timed against
+    # fp32 ones
+    assert bench.main([*args, "--dtype", "fp32", "--bf16-values", "--rows", "1", *TINY_SHAPE]) == 0
+    out = capsys.readouterr().out
+    assert "every value a bf16 value" in out
+    halves = packed_linear.fp32_kernel() == "avx2" and packed_linear.bf16_storage_available()
+    assert ("bf16 copies of the bf16-valued weights: engine step" in out) == halves
 
 
 def test_refill_threshold_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,6 +184,10 @@ def test_linear_kernels_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert _names_its_host(out)
     assert "oneDNN packed" in out and "x F.linear" in out
+    assert bench.main([*args, "--bf16-values"]) == 0  # checked within fp32 rounding as well
+    out = capsys.readouterr().out
+    assert "every value a bf16 value" in out
+    assert ("shoestring AVX2, bf16 copy" in out) == packed_linear.bf16_storage_available()
 
 
 def test_cpu_peers_prepare_run_and_compare(tmp_path: Path, capsys) -> None:
@@ -188,9 +199,22 @@ def test_cpu_peers_prepare_run_and_compare(tmp_path: Path, capsys) -> None:
     d = tmp_path / "peers"
     args = ["prepare", "--dir", str(d), "--variable-prompts", "4", "--fixed-prompts", "3"]
     args += ["--b1-prompts", "1", "--fixed-tokens", "4", "--min-answer", "3"]
-    assert bench.main(args + ["--max-answer", "6", *TINY_SHAPE]) == 0
-    assert (d / "model-f16.gguf").is_file() and (d / "model-f32.gguf").is_file()
+    assert bench.main(args + ["--max-answer", "6", "--bf16-values", *TINY_SHAPE]) == 0
+    assert all((d / f"model-{t}.gguf").is_file() for t in ("f32", "f16", "bf16"))
     meta = json.loads((d / "workloads.json").read_text())
+    assert meta["weights"] == "random init, every value a bf16 value"
+    # the bf16 file holds the model's weights exactly (they are bf16 values): read one back
+    import gguf
+    from safetensors.torch import load_file
+
+    state = load_file(d / "model" / "model.safetensors")
+    want = state["model.layers.0.mlp.down_proj.weight"]
+    assert torch.equal(want, want.bfloat16().float())
+    tensors = {t.name: t for t in gguf.GGUFReader(d / "model-bf16.gguf").tensors}
+    raw = tensors["blk.0.ffn_down.weight"]
+    assert raw.tensor_type == gguf.GGMLQuantizationType.BF16
+    bits = torch.from_numpy(raw.data.copy().view("uint16").astype("int32")) << 16
+    assert torch.equal(bits.view(torch.float32).reshape(want.shape), want)
     assert meta["shape"]["hidden"] == 32 and len(meta["workloads"]["fixed-b16"]["prompts"]) == 3
     prefill = bench.workload(meta, bench.PREFILL)
     assert prefill["lengths"] == [1, 1, 1]

@@ -336,9 +336,9 @@ def _count_builds(monkeypatch) -> list[int]:
     built: list[int] = []
     real = LeanDecoder.build
 
-    def counting(m, fuse=None, pack=None, kernel="auto", packs=None):  # type: ignore[no-untyped-def]
+    def counting(m, fuse=None, pack=None, kernel="auto", **kw):  # type: ignore[no-untyped-def]
         built.append(1)
-        return real(m, fuse, pack, kernel, packs)
+        return real(m, fuse, pack, kernel, **kw)
 
     monkeypatch.setattr(LeanDecoder, "build", counting)
     return built

@@ -267,8 +267,8 @@ def test_engine_gives_the_same_tokens_with_and_without_packing(monkeypatch) -> N
     built: list[bool] = []
     real_build = LeanDecoder.build
 
-    def recording(m, fuse=None, pack=None, kernel="auto"):  # type: ignore[no-untyped-def]
-        lean = real_build(m, fuse, pack, kernel)
+    def recording(m, fuse=None, pack=None, kernel="auto", **kw):  # type: ignore[no-untyped-def]
+        lean = real_build(m, fuse, pack, kernel, **kw)
         built.append(bool(lean and lean.packed))
         return lean
 

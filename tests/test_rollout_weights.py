@@ -102,8 +102,8 @@ def test_lora_rollout_samples_with_merged_plain_layers_and_the_same_tokens(
     fused: list[bool] = []
     real_build = LeanDecoder.build
 
-    def recording(m, fuse=None, pack=None, kernel="auto"):  # type: ignore[no-untyped-def]
-        lean = real_build(m, fuse, pack, kernel)
+    def recording(m, fuse=None, pack=None, kernel="auto", **kw):  # type: ignore[no-untyped-def]
+        lean = real_build(m, fuse, pack, kernel, **kw)
         fused.append(bool(lean and lean.layers[0].qkv.single))
         return lean
 

@@ -37,6 +37,7 @@ from shoestring.engine.model_io import (
     forward_params,
     model_device,
 )
+from shoestring.engine.packed_linear import BF16_COPIES_MAX_ROWS
 from shoestring.engine.prefill import pad_token_id, prefill_prompts
 from shoestring.engine.rows import Rows
 from shoestring.engine.sampling import choose_next_tokens, row_keys, stream_uniforms
@@ -137,8 +138,15 @@ def _decode(
     lean = None
     if options.lean_decode:
         kernel = options.fp32_kernel
+        # bf16 copies of bf16-valued fp32 weights where the steps are bound by reading them:
+        # few rows at once - batches that small, or (for a decoder built for this call alone)
+        # so few prompts; a kept decoder goes by its batch size, not rebuilt for each call's
+        halves_rows = per_batch if kept is not None else min(per_batch, len(ids_list))
+        halves = halves_rows * n <= BF16_COPIES_MAX_ROWS
         lean = (
-            kept.get(model, kernel) if kept is not None else LeanDecoder.build(model, kernel=kernel)
+            kept.get(model, kernel, halves)
+            if kept is not None
+            else LeanDecoder.build(model, kernel=kernel, bf16_copies=halves)
         )
     prefill_lean = lean if options.lean_prefill else None
 

@@ -36,11 +36,15 @@ class KeptDecoder:
         self._key: tuple[Any, ...] | None = None
         self._decoder: LeanDecoder | None = None
 
-    def get(self, model: Any, kernel: str = "auto") -> LeanDecoder | None:
-        key = (kernel, *_built_from(model))
+    def get(
+        self, model: Any, kernel: str = "auto", bf16_copies: bool = False
+    ) -> LeanDecoder | None:
+        key = (kernel, bf16_copies, *_built_from(model))
         if key != self._key:
             self._key, self._decoder = None, None  # drop the stale copy before packing anew
-            self._decoder = LeanDecoder.build(model, kernel=kernel, packs=self.packs)
+            self._decoder = LeanDecoder.build(
+                model, kernel=kernel, packs=self.packs, bf16_copies=bf16_copies
+            )
             self._key = key
         return self._decoder
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,6 +59,18 @@ from shoestring.models.rope import apply_rope, rotate_half
 FUSE_MAX_BYTES = 128 * 2**20
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """How a decoder multiplies its weights: prepacked (``pack``) for ``kernel``; through a
+    caller's kept copies (``packs``) where given; fp32 weights that are all bf16 values copied
+    in bf16 for the AVX2 kernel (``bf16_copies``: lossless, half the bytes)."""
+
+    pack: bool
+    kernel: str
+    packs: WeightPacks | None = None
+    bf16_copies: bool = False
+
+
 class _Proj:
     """One or more linear layers applied to the same input, their outputs split back apart.
 
@@ -69,14 +82,8 @@ class _Proj:
     (:class:`~.weight_packs.WeightPacks`, AVX2 fp32), each part is multiplied through its own
     kept copy instead: the copies the caller's training pass multiplies through too."""
 
-    def __init__(
-        self,
-        mods: list[Any],
-        fuse: bool,
-        pack: bool,
-        kernel: str,
-        packs: WeightPacks | None = None,
-    ) -> None:
+    def __init__(self, mods: list[Any], fuse: bool, how: _Packing) -> None:
+        pack, kernel, packs = how.pack, how.kernel, how.packs
         self.mods = mods
         self.sizes = [m.out_features for m in mods]
         self.weight: torch.Tensor | None = None  # the plain or concatenated weight
@@ -103,7 +110,7 @@ class _Proj:
                 ]
             )
         if pack:
-            self.packed = pack_weight(weight, kernel)
+            self.packed = pack_weight(weight, kernel, how.bf16_copies)
         else:
             self.weight = weight
 
@@ -154,23 +161,21 @@ def _plain_weights(model: Any) -> list[torch.Tensor]:
 
 
 class _Layer:
-    def __init__(
-        self, layer: Any, gpt: bool, fuse: bool, pack: bool, kernel: str, packs: WeightPacks | None
-    ) -> None:
+    def __init__(self, layer: Any, gpt: bool, fuse: bool, how: _Packing) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         make_norm = gpt_norm if gpt else llama_norm
         n1, n2 = make_norm(layer.input_layernorm), make_norm(layer.post_attention_layernorm)
         assert n1 is not None and n2 is not None  # checked by _supported
         self.norm1, self.norm2 = n1, n2
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, pack, kernel, packs)
-        self.o = _Proj([attn.o_proj], False, pack, kernel, packs)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], fuse, how)
+        self.o = _Proj([attn.o_proj], False, how)
         self.swiglu = not gpt or mlp.kind == "swiglu"
         if self.swiglu:
-            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, pack, kernel, packs)
-            self.down = _Proj([mlp.down_proj], False, pack, kernel, packs)
+            self.up = _Proj([mlp.gate_proj, mlp.up_proj], fuse, how)
+            self.down = _Proj([mlp.down_proj], False, how)
         else:  # the GPT's GELU MLP: fc -> GELU -> proj
-            self.up = _Proj([mlp.fc], False, pack, kernel, packs)
-            self.down = _Proj([mlp.proj], False, pack, kernel, packs)
+            self.up = _Proj([mlp.fc], False, how)
+            self.down = _Proj([mlp.proj], False, how)
         if gpt:
             self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
         else:
@@ -195,8 +200,10 @@ class LeanDecoder:
         pack: bool = False,
         kernel: str = "auto",
         packs: WeightPacks | None = None,
+        bf16_copies: bool = False,
     ) -> None:
         self.model = model
+        how = _Packing(pack, kernel, packs, bf16_copies)
         self.gpt = type(model).__name__ == SHOESTRING_GPT
         inner = model.model
         self.inner = inner
@@ -215,10 +222,10 @@ class LeanDecoder:
             norm = llama_norm(inner.norm)
         assert norm is not None
         self.final_norm = norm
-        self.layers = [_Layer(layer, self.gpt, fuse, pack, kernel, packs) for layer in inner.layers]
+        self.layers = [_Layer(layer, self.gpt, fuse, how) for layer in inner.layers]
         self.fused = fuse
         self.packed = pack
-        self.head = _Proj([model.lm_head], False, pack, kernel, packs)
+        self.head = _Proj([model.lm_head], False, how)
 
     @classmethod
     def build(
@@ -228,6 +235,7 @@ class LeanDecoder:
         pack: bool | None = None,
         kernel: str = "auto",
         packs: WeightPacks | None = None,
+        bf16_copies: bool = False,
     ) -> LeanDecoder | None:
         """A decoder for ``model``, or ``None`` where only the model's own forward is right.
 
@@ -236,7 +244,10 @@ class LeanDecoder:
         spare) multiplies prepacked weights; ``kernel`` picks the fp32 kernel
         (:func:`~shoestring.engine.packed_linear.fp32_kernel`); ``packs``, the caller's kept
         copies (:class:`~.weight_packs.WeightPacks`), are used where the weights are packed
-        for the AVX2 kernel, instead of copies made for this decoder."""
+        for the AVX2 kernel, instead of copies made for this decoder; ``bf16_copies`` stores
+        the AVX2 kernel's copy of an fp32 weight whose values are all bf16 values in bf16 - the
+        same products bit for bit from half the bytes, faster where a step has few rows
+        (:data:`~.packed_linear.BF16_COPIES_MAX_ROWS`)."""
         if unsupported(model) is not None:
             return None
         if fuse is None:
@@ -245,7 +256,7 @@ class LeanDecoder:
             kernel = fp32_kernel()
         if pack is None:
             pack = can_pack(_plain_weights(model), kernel)
-        return cls(model, fuse, pack, kernel, packs)
+        return cls(model, fuse, pack, kernel, packs, bf16_copies)
 
     def _embed(
         self, input_ids: torch.Tensor, positions: torch.Tensor

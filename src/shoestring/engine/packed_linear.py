@@ -14,7 +14,13 @@ figures per host class.
 fp32 weights have a second kernel: shoestring's own for AVX2+FMA (:mod:`.sgemm_avx2`), faster
 than oneDNN's at every row count a decode step or prefill runs on the ``avx2`` host class
 (``benchmarks/linear_kernels.py``). ``auto`` (:func:`fp32_kernel`) takes it on that class only,
-where it was measured; ``fp32_kernel="avx2"``/``"onednn"`` picks one anywhere.
+where it was measured; ``fp32_kernel="avx2"``/``"onednn"`` picks one anywhere. For a decoder
+of a few rows (:data:`BF16_COPIES_MAX_ROWS`: batch-1 generation) a weight whose fp32 values are
+all bf16 values (a bf16 checkpoint loaded in fp32, as most are shipped) is packed for it in
+bf16: the same products bit for bit (:func:`bf16_storage_available` checks that on a probe)
+from half the bytes, which is what a step of so few rows waits for; with more rows the step is
+bound by its multiply-adds, and widening the weights back to fp32 costs more than it saves
+(``benchmarks/linear_kernels.py --bf16-values``).
 
 The exactness policy, per dtype (a probe checks it before packing is used at all):
 
@@ -43,6 +49,7 @@ import torch.nn.functional as F
 
 from shoestring.engine.sgemm_avx2 import available as avx2_built
 from shoestring.engine.sgemm_avx2 import build_error as avx2_build_error
+from shoestring.engine.sgemm_avx2 import is_bf16_valued
 from shoestring.engine.sgemm_avx2 import linear as avx2_linear
 from shoestring.engine.sgemm_avx2 import pack as avx2_pack
 from shoestring.host import host_class
@@ -51,7 +58,9 @@ __all__ = [
     "FP32_KERNELS",
     "FP32_MIN_BYTES",
     "PackedWeight",
+    "BF16_COPIES_MAX_ROWS",
     "avx2_kernel_available",
+    "bf16_storage_available",
     "can_pack",
     "fp32_kernel",
     "pack_weight",
@@ -71,6 +80,10 @@ PACKABLE = (torch.bfloat16, torch.float32)
 # Which product fp32 weights are packed for: auto = shoestring's AVX2 kernel on the avx2 host
 # class (where it was measured faster), oneDNN's elsewhere
 FP32_KERNELS = ("auto", "onednn", "avx2")
+# Decoders of at most this many rows take bf16 copies of bf16-valued fp32 weights: the AVX2
+# kernel's few-row path (rows read at full vector width) streams the weights, and widens each
+# loaded vector for free; more rows are bound by multiply-adds (same value as the C kernel's FEW)
+BF16_COPIES_MAX_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,11 @@ class PackedWeight:
     data: torch.Tensor
     out_features: int
     kernel: str  # "onednn" or "avx2"
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the copy holds."""
+        return self.data.numel() * self.data.element_size()
 
 
 def within_fp32_rounding(
@@ -147,6 +165,24 @@ def avx2_kernel_available() -> bool:
     return True
 
 
+@functools.cache
+def bf16_storage_available() -> bool:
+    """True where the AVX2 kernel's build for bf16-stored weights loads and gives, for weights
+    that are all bf16 values, the fp32 build's products bit for bit on a probe (every
+    row-count path, a partial panel, a bias, a reduction tail)."""
+    if not avx2_kernel_available() or not avx2_built(bf16=True):
+        return False
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(50, 42, generator=gen).to(torch.bfloat16).float()
+    b = torch.randn(50, generator=gen)
+    full, half = avx2_pack(w), avx2_pack(w, bf16=True)
+    for rows in (1, 2, 8, 9, 16, 37):
+        x = torch.randn(rows, 42, generator=gen)
+        if not torch.equal(avx2_linear(x, half, 50, b), avx2_linear(x, full, 50, b)):
+            return False
+    return True
+
+
 def fp32_kernel(choice: str = "auto") -> str:
     """The kernel fp32 weights are packed for: ``choice`` (one of :data:`FP32_KERNELS`) with
     ``auto`` resolved - the AVX2 kernel on the ``avx2`` host class where it builds and meets
@@ -186,12 +222,17 @@ def can_pack(weights: list[torch.Tensor], kernel: str = "auto") -> bool:
     return psutil.virtual_memory().available > size + MEMORY_MARGIN_BYTES
 
 
-def pack_weight(weight: torch.Tensor, kernel: str = "auto") -> PackedWeight:
+def pack_weight(
+    weight: torch.Tensor, kernel: str = "auto", bf16_if_exact: bool = False
+) -> PackedWeight:
     """The weight [out, in] in its kernel's layout (a copy): fp32 for :func:`fp32_kernel`'s
-    choice, bf16 for oneDNN's blocked layout."""
+    choice, bf16 for oneDNN's blocked layout. With ``bf16_if_exact`` an fp32 weight packed for
+    the AVX2 kernel whose values are all bf16 values is stored in bf16 (lossless; see
+    :data:`BF16_COPIES_MAX_ROWS` for when that is faster)."""
     out = weight.shape[0]
     if weight.dtype == torch.float32 and fp32_kernel(kernel) == "avx2":
-        return PackedWeight(avx2_pack(weight), out, "avx2")
+        half = bf16_if_exact and bf16_storage_available() and is_bf16_valued(weight)
+        return PackedWeight(avx2_pack(weight, bf16=half), out, "avx2")
     data = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ROWS_HINT)
     return PackedWeight(data, out, "onednn")
 

@@ -9,6 +9,11 @@ against every torch kernel at the step's shapes (figures per host class in docs/
 It is a C file compiled at run time rather than a torch extension: a plain shared library
 builds in about a second with no torch headers, and needs nothing but ``cc``.
 
+The same source compiled with ``-DWEIGHTS_BF16`` reads its packed copy in bf16 (``pack(...,
+bf16=True)``): for weights that are all bf16 values - the upcast of a bf16 checkpoint - the
+products are the fp32 build's bit for bit, from half the bytes (the decode step reads every
+weight once per token, so a memory-bound step takes about half the time).
+
 Where it cannot be built (no compiler, not x86-64, a build error) :func:`available` is False
 and callers keep oneDNN's product; the reason is logged once. The build goes to a temporary
 file renamed into place, so a cache never holds half a library.
@@ -26,12 +31,21 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
 from shoestring.host import cpu_flags
 
-__all__ = ["PROFILER_NAME", "ROWS_PER_PANEL", "available", "build_error", "linear", "pack"]
+__all__ = [
+    "PROFILER_NAME",
+    "ROWS_PER_PANEL",
+    "available",
+    "build_error",
+    "is_bf16_valued",
+    "linear",
+    "pack",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +72,17 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _build() -> tuple[ctypes.CDLL | None, str | None]:
-    """The loaded library, or ``None`` and why not."""
+class _Kernel(NamedTuple):
+    """A loaded build's two entry points (the library kept alive with them)."""
+
+    lib: ctypes.CDLL
+    pack: Any
+    linear: Any
+
+
+def _build(bf16: bool = False) -> tuple[_Kernel | None, str | None]:
+    """The loaded library (``bf16``: the build that reads bf16-stored weights), or ``None``
+    and why not."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"not an x86-64 CPU ({platform.machine()})"
     flags = cpu_flags()
@@ -69,8 +92,9 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
     if cc is None:
         return None, "no C compiler (cc/gcc; set CC)"
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((cc, *FLAGS)).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"sgemm_avx2-{key}.so"
+    flags = (*FLAGS, "-DWEIGHTS_BF16") if bf16 else FLAGS
+    key = hashlib.sha256(source + " ".join((cc, *flags)).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"sgemm_avx2{'_bf16' if bf16 else ''}-{key}.so"
     if not out.is_file():
         tmp: str | None = None
         try:
@@ -78,7 +102,7 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
             os.close(fd)
             proc = subprocess.run(
-                [cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+                [cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
             )
             if proc.returncode != 0:
                 return None, f"{cc} failed: {proc.stderr.strip()[-500:]}"
@@ -93,24 +117,25 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
         lib = ctypes.CDLL(str(out))
     except OSError as err:
         return None, f"could not load {out}: {err}"
-    lib.sgemm_avx2_pack.argtypes = [_P, _P, _I64, _I64, _INT]
-    lib.sgemm_avx2_pack.restype = None
-    lib.sgemm_avx2_linear.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
-    lib.sgemm_avx2_linear.restype = _INT
-    return lib, None
+    prefix = "sgemm_avx2_bf16" if bf16 else "sgemm_avx2"
+    pack_fn, linear_fn = getattr(lib, f"{prefix}_pack"), getattr(lib, f"{prefix}_linear")
+    pack_fn.argtypes, pack_fn.restype = [_P, _P, _I64, _I64, _INT], None
+    linear_fn.argtypes, linear_fn.restype = [_P, _P, _P, _P, _I64, _I64, _I64, _INT], _INT
+    return _Kernel(lib, pack_fn, linear_fn), None
 
 
 @functools.cache
-def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    lib, why = _build()
+def _library(bf16: bool = False) -> tuple[_Kernel | None, str | None]:
+    lib, why = _build(bf16)
     if lib is None:
         log.info("shoestring's AVX2 fp32 kernel is not used: %s", why)
     return lib, why
 
 
-def available() -> bool:
-    """Whether the kernel is built and loadable on this CPU."""
-    return _library()[0] is not None
+def available(bf16: bool = False) -> bool:
+    """Whether the kernel (``bf16``: its build for bf16-stored weights) is built and loadable
+    on this CPU."""
+    return _library(bf16)[0] is not None
 
 
 def build_error() -> str | None:
@@ -118,20 +143,35 @@ def build_error() -> str | None:
     return _library()[1]
 
 
-def pack(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def is_bf16_valued(weight: torch.Tensor) -> bool:
+    """Whether every value of the fp32 ``weight`` is a bf16 value (its low 16 bits zero), so
+    that a bf16 copy of it loses nothing: true of any bf16 checkpoint loaded in fp32."""
+    bits = weight.detach().contiguous().view(torch.int32)
+    return not bool(torch.any(torch.bitwise_and(bits, 0xFFFF)))
+
+
+def pack(weight: torch.Tensor, out: torch.Tensor | None = None, bf16: bool = False) -> torch.Tensor:
     """The fp32 weight [n, k] in the kernel's panels: a flat copy of ceil(n / 6) * 6 * k,
     written into ``out`` where given (a weight updated in place repacks into the buffer it
-    had: no fresh pages to fault in)."""
-    lib = _library()[0]
+    had: no fresh pages to fault in). ``bf16``: the copy holds bf16 values, for a weight whose
+    values all are (:func:`is_bf16_valued`; anything else is an error - it would round)."""
+    lib = _library(bf16)[0]
     assert lib is not None, "check available() first"
     w = weight.detach().contiguous()
+    if bf16:
+        if not is_bf16_valued(w):
+            raise ValueError("pack(bf16=True): the weight has values a bf16 copy would round")
+        w = w.to(torch.bfloat16)  # exact: each value is its fp32 bits' top half
+    dtype = torch.bfloat16 if bf16 else torch.float32
     n, k = w.shape
     size = -(-n // ROWS_PER_PANEL) * ROWS_PER_PANEL * k
     if out is None:
-        out = torch.empty(size, dtype=torch.float32)
-    elif out.shape != (size,) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(f"pack: out must be a contiguous fp32 [{size}], not {tuple(out.shape)}")
-    lib.sgemm_avx2_pack(w.data_ptr(), out.data_ptr(), n, k, torch.get_num_threads())
+        out = torch.empty(size, dtype=dtype)
+    elif out.shape != (size,) or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(
+            f"pack: out must be a contiguous {dtype} [{size}], not {out.dtype} {tuple(out.shape)}"
+        )
+    lib.pack(w.data_ptr(), out.data_ptr(), n, k, torch.get_num_threads())
     return out
 
 
@@ -139,8 +179,8 @@ def linear(
     x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for fp32 ``x`` [..., k], with the weight from :func:`pack`
-    (``n`` output features)."""
-    lib = _library()[0]
+    (``n`` output features; fp32 or bf16-stored, by the copy's dtype)."""
+    lib = _library(packed.dtype == torch.bfloat16)[0]
     assert lib is not None, "check available() first"
     k = x.shape[-1]
     flat = x.reshape(-1, k).contiguous()
@@ -161,9 +201,9 @@ def linear(
     )
     if torch.autograd._profiler_enabled():  # a named range, or torch's profiler sees nothing
         with torch.profiler.record_function(PROFILER_NAME):
-            status = lib.sgemm_avx2_linear(*args)
+            status = lib.linear(*args)
     else:
-        status = lib.sgemm_avx2_linear(*args)
+        status = lib.linear(*args)
     if status != 0:
         raise MemoryError(f"the AVX2 kernel could not allocate its {m} x {k} scratch buffer")
     return y

@@ -66,7 +66,7 @@ class WeightPacks(KeptOnModel):
             entry.version = weight._version
             return entry.packed
         self._drop_dead()
-        packed = pack_weight(source, "avx2")
+        packed = pack_weight(source, "avx2")  # fp32: a changed weight repacks into it
         self.packs[key] = _Entry(weakref.ref(weight), weight._version, shape, packed)
         return packed
 
@@ -77,4 +77,4 @@ class WeightPacks(KeptOnModel):
 
     def nbytes(self) -> int:
         """The memory the kept copies hold."""
-        return sum(e.packed.data.numel() * 4 for e in self.packs.values())  # fp32
+        return sum(e.packed.nbytes for e in self.packs.values())
