@@ -55,10 +55,10 @@ from shoestring.engine.sgemm_avx2 import pack as avx2_pack
 from shoestring.host import host_class
 
 __all__ = [
+    "BF16_COPIES_MAX_ROWS",
     "FP32_KERNELS",
     "FP32_MIN_BYTES",
     "PackedWeight",
-    "BF16_COPIES_MAX_ROWS",
     "avx2_kernel_available",
     "bf16_storage_available",
     "can_pack",
