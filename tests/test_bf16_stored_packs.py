@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from _helpers import char_tokenizer
-from shoestring.engine import Engine, EngineOptions, Sampling, make_cache, packed_linear, sgemm_avx2
-from shoestring.engine.cpu_attention import cpu_fp32_attention
+from shoestring.engine import Engine, EngineOptions, Sampling, packed_linear, sgemm_avx2
 from shoestring.engine.lean_decode import LeanDecoder
 from shoestring.engine.weight_packs import WeightPacks
-from test_lean_decode import VOCAB, make
+from test_lean_decode import make
+from test_packed_linear import assert_same_prefill_and_steps
 
 needs_bf16_storage = pytest.mark.skipif(
     not packed_linear.bf16_storage_available(),
@@ -92,21 +92,7 @@ def test_lean_step_of_a_bf16_checkpoint_equals_the_fp32_copys_step() -> None:
     for lean, dtype in ((half, torch.bfloat16), (full, torch.float32)):
         assert lean.layers[0].qkv.packed is not None
         assert lean.layers[0].qkv.packed.data.dtype == dtype
-    g = torch.Generator().manual_seed(5)
-    ids = torch.randint(3, VOCAB, (3, 6), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0  # left padding
-    with cpu_fp32_attention(model, True) as store, torch.inference_mode():
-        cache_a, cache_b = make_cache(model, 5, store), make_cache(model, 5, store)
-        prompt_pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = half.forward(ids, mask, prompt_pos, cache_a)
-        assert torch.equal(logits, full.forward(ids, mask, prompt_pos, cache_b))
-        pos, nxt = mask.sum(-1), logits.argmax(-1)
-        for _ in range(5):
-            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
-            a, b = half.step(nxt, mask, pos, cache_a), full.step(nxt, mask, pos, cache_b)
-            assert torch.equal(a, b)
-            nxt, pos = a.argmax(-1), pos + 1
+    assert_same_prefill_and_steps(model, half, full, seed=5)
 
 
 @needs_bf16_storage

@@ -239,22 +239,29 @@ def test_packed_step_is_bit_identical_to_the_unpacked_step(family: str, fuse: bo
     plain = LeanDecoder.build(model, fuse=fuse, pack=False)
     assert packed is not None and plain is not None and packed.packed and not plain.packed
     assert all(x.packed is not None for x in (packed.layers[0].qkv, packed.layers[0].up))
-    g = torch.Generator().manual_seed(3)
+    assert_same_prefill_and_steps(model, packed, plain, seed=3)
+
+
+def assert_same_prefill_and_steps(
+    model: torch.nn.Module, a: LeanDecoder, b: LeanDecoder, seed: int
+) -> None:
+    """Two lean decoders of ``model`` give the same prefill logits and the same five greedy
+    steps after it, bit for bit (three rows, one left-padded)."""
+    g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (3, 6), generator=g)
     mask = torch.ones_like(ids)
     mask[1, :2] = 0  # left padding
     with cpu_fp32_attention(model, True) as store, torch.inference_mode():
         cache_a, cache_b = make_cache(model, 5, store), make_cache(model, 5, store)
         prompt_pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = packed.forward(ids, mask, prompt_pos, cache_a)  # the prefill, packed or not
-        assert torch.equal(logits, plain.forward(ids, mask, prompt_pos, cache_b))
+        logits = a.forward(ids, mask, prompt_pos, cache_a)  # the prefill
+        assert torch.equal(logits, b.forward(ids, mask, prompt_pos, cache_b))
         pos, nxt = mask.sum(-1), logits.argmax(-1)
         for _ in range(5):
             mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
-            a = packed.step(nxt, mask, pos, cache_a)
-            b = plain.step(nxt, mask, pos, cache_b)
-            assert torch.equal(a, b)
-            nxt, pos = a.argmax(-1), pos + 1
+            step_a, step_b = a.step(nxt, mask, pos, cache_a), b.step(nxt, mask, pos, cache_b)
+            assert torch.equal(step_a, step_b)
+            nxt, pos = step_a.argmax(-1), pos + 1
 
 
 @needs_packing
