@@ -15,9 +15,11 @@ from shoestring.engine.weight_packs import WeightPacks
 from test_lean_decode import make
 from test_packed_linear import assert_same_prefill_and_steps
 
+# where the bf16 build loads, every test runs (a build that fails its probe fails them, it does
+# not skip them)
 needs_bf16_storage = pytest.mark.skipif(
-    not packed_linear.bf16_storage_available(),
-    reason=f"no AVX2 kernel with bf16-stored weights here: {sgemm_avx2.build_error()}",
+    not (packed_linear.avx2_kernel_available() and sgemm_avx2.available(bf16=True)),
+    reason=f"no AVX2 kernel with bf16-stored weights here: {sgemm_avx2.build_error(bf16=True)}",
 )
 
 
@@ -35,6 +37,13 @@ def test_bf16_values_are_told_apart_from_other_fp32_values() -> None:
     nudged[3, 2] = torch.nextafter(nudged[3, 2], torch.tensor(float("inf")))  # one ulp of fp32
     assert not sgemm_avx2.is_bf16_valued(nudged)
     assert not sgemm_avx2.is_bf16_valued(torch.tensor([0.1]))
+
+
+@needs_bf16_storage
+def test_bf16_build_passes_its_probe_wherever_it_loads() -> None:
+    """The probe the engine checks before taking bf16 copies holds here: were it to fail,
+    the engine would silently keep fp32 copies, and this says so."""
+    assert packed_linear.bf16_storage_available()
 
 
 @needs_bf16_storage

@@ -138,9 +138,9 @@ def available(bf16: bool = False) -> bool:
     return _library(bf16)[0] is not None
 
 
-def build_error() -> str | None:
+def build_error(bf16: bool = False) -> str | None:
     """Why :func:`available` is False (``None`` when it is True)."""
-    return _library()[1]
+    return _library(bf16)[1]
 
 
 def is_bf16_valued(weight: torch.Tensor) -> bool:
