@@ -177,18 +177,32 @@ def _stories260k(shared_dir: Path) -> LlamaForCausalLM:
     return model.eval()
 
 
-@pytest.mark.parametrize("kernel", FP32_KERNELS)
+# each fp32 kernel; and the AVX2 kernel's bf16 copies of the same model rounded to bf16 values
+TRAINED_CASES = [(k, False) for k in FP32_KERNELS]
+if "avx2" in FP32_KERNELS and packed_linear.bf16_storage_available():
+    TRAINED_CASES.append(("avx2", True))
+
+
+@pytest.mark.parametrize(("kernel", "bf16_values"), TRAINED_CASES)
 def test_fp32_packed_greedy_tokens_equal_transformers_on_a_trained_model(
-    shared_dir: Path, kernel: str
+    shared_dir: Path, kernel: str, bf16_values: bool
 ) -> None:
     """The fp32 policy on real weights, for each fp32 kernel: the packed lean prefill's and
     steps' logits stay within fp32 rounding noise of the model's forward, and 48 greedy
-    tokens of 6 rows (left-padded) equal transformers' batched ``generate`` token for token."""
+    tokens of 6 rows (left-padded) equal transformers' batched ``generate`` token for token.
+    With ``bf16_values`` the trained weights are first rounded to bf16 values (a bf16
+    checkpoint, as most ship) and the AVX2 kernel reads its copies in bf16."""
     model = _stories260k(shared_dir)
-    lean = LeanDecoder.build(model, pack=True, kernel=kernel)
+    if bf16_values:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+    lean = LeanDecoder.build(model, pack=True, kernel=kernel, bf16_copies=bf16_values)
     assert lean is not None and lean.packed
     assert lean.layers[0].qkv.packed is not None
     assert lean.layers[0].qkv.packed.kernel == kernel
+    copy_dtype = torch.bfloat16 if bf16_values else torch.float32
+    assert kernel != "avx2" or lean.layers[0].qkv.packed.data.dtype == copy_dtype
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (6, 5), generator=g)
     ids[:, 0] = 1  # BOS, as the model was trained
