@@ -49,9 +49,9 @@ import torch.nn.functional as F
 
 from shoestring.engine.sgemm_avx2 import available as avx2_built
 from shoestring.engine.sgemm_avx2 import build_error as avx2_build_error
-from shoestring.engine.sgemm_avx2 import is_bf16_valued
 from shoestring.engine.sgemm_avx2 import linear as avx2_linear
 from shoestring.engine.sgemm_avx2 import pack as avx2_pack
+from shoestring.engine.sgemm_avx2 import pack_bf16_where_exact as avx2_pack_bf16_where_exact
 from shoestring.host import host_class
 
 __all__ = [
@@ -231,8 +231,9 @@ def pack_weight(
     :data:`BF16_COPIES_MAX_ROWS` for when that is faster)."""
     out = weight.shape[0]
     if weight.dtype == torch.float32 and fp32_kernel(kernel) == "avx2":
-        half = bf16_if_exact and bf16_storage_available() and is_bf16_valued(weight)
-        return PackedWeight(avx2_pack(weight, bf16=half), out, "avx2")
+        if bf16_if_exact and bf16_storage_available():
+            return PackedWeight(avx2_pack_bf16_where_exact(weight), out, "avx2")
+        return PackedWeight(avx2_pack(weight), out, "avx2")
     data = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ROWS_HINT)
     return PackedWeight(data, out, "onednn")
 

@@ -45,6 +45,7 @@ __all__ = [
     "is_bf16_valued",
     "linear",
     "pack",
+    "pack_bf16_where_exact",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,24 @@ def pack(weight: torch.Tensor, out: torch.Tensor | None = None, bf16: bool = Fal
     written into ``out`` where given (a weight updated in place repacks into the buffer it
     had: no fresh pages to fault in). ``bf16``: the copy holds bf16 values, for a weight whose
     values all are (:func:`is_bf16_valued`; anything else is an error - it would round)."""
+    w = weight.detach().contiguous()
+    if bf16 and not is_bf16_valued(w):
+        raise ValueError("pack(bf16=True): the weight has values a bf16 copy would round")
+    return _pack(w, out, bf16)
+
+
+def pack_bf16_where_exact(weight: torch.Tensor) -> torch.Tensor:
+    """:func:`pack`'s copy of ``weight`` in bf16 where that loses nothing
+    (:func:`is_bf16_valued`), else in fp32 - with one pass of the check."""
+    w = weight.detach().contiguous()
+    return _pack(w, None, is_bf16_valued(w))
+
+
+def _pack(w: torch.Tensor, out: torch.Tensor | None, bf16: bool) -> torch.Tensor:
+    """:func:`pack` of a contiguous fp32 ``w`` whose values, for ``bf16``, are bf16 values."""
     lib = _library(bf16)[0]
     assert lib is not None, "check available() first"
-    w = weight.detach().contiguous()
     if bf16:
-        if not is_bf16_valued(w):
-            raise ValueError("pack(bf16=True): the weight has values a bf16 copy would round")
         w = w.to(torch.bfloat16)  # exact: each value is its fp32 bits' top half
     dtype = torch.bfloat16 if bf16 else torch.float32
     n, k = w.shape
