@@ -11,11 +11,14 @@ bf16 where the CPU has bf16 dot products, else fp32 -, real 151,936-entry tied v
    and the head), and where the engine packs, the
    same products prepacked and its step without packing. The ratio step/matmuls is what
    everything around the matmuls costs. Where the engine packs fp32 weights for shoestring's
-   AVX2 kernel (the ``avx2`` host class), its step with oneDNN's packing is timed too.
+   AVX2 kernel (the ``avx2`` host class), its step with oneDNN's packing is timed too; where
+   its work between products runs in C (``engine/decode_glue.py``), its step with torch
+   operations instead.
 2. **single-query attention**: the engine's plain fp32 matmul-softmax-matmul against SDPA in
    fp32 and in bf16, for all layers of one step.
 3. **profile**: ``torch.profiler`` over a few lean steps, operators by self CPU time, grouped
-   into weight matmuls (``mm``/``addmm``), attention (``bmm``, softmax) and the rest.
+   into weight matmuls (``mm``/``addmm``, the AVX2 kernel), attention (``bmm``, softmax; or the
+   glued call, which also rotates this token's keys and writes the cache) and the rest.
 
 The cache is filled with random keys and values (no prefill: at this shape a 16 x 128 prefill
 costs seconds and changes nothing here) and cropped back after every step, so every timed
@@ -50,6 +53,7 @@ from generate_vs_hf import (  # noqa: E402 - a sibling script
 from grpo_vs_trl import add_shape_options  # noqa: E402
 from shoestring.engine import make_cache  # noqa: E402
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
+from shoestring.engine.decode_glue import ATTEND_PROFILER_NAME  # noqa: E402
 from shoestring.engine.lean_decode import LeanDecoder  # noqa: E402
 from shoestring.engine.packed_linear import BF16_COPIES_MAX_ROWS, fp32_kernel  # noqa: E402
 from shoestring.engine.sgemm_avx2 import PROFILER_NAME  # noqa: E402
@@ -146,6 +150,19 @@ def main(argv: list[str] | None = None) -> int:
         assert full_copies is not None
         print("engine step: its copies of the bf16-valued weights in bf16 (half the bytes)")
 
+    # the work between products in C (decode_glue): the same decoder with torch operations
+    torch_ops = None
+    if lean.glue:
+        torch_ops = LeanDecoder.build(model, bf16_copies=b <= BF16_COPIES_MAX_ROWS, glue=False)
+        assert torch_ops is not None
+        print("engine step: its work between products in C (decode_glue)")
+
+    def torch_ops_step() -> None:
+        assert torch_ops is not None
+        with torch.inference_mode():
+            torch_ops.step(next_ids, mask, pos, lean_cache)
+        crop_one(lean_cache)
+
     def lean_step() -> None:
         with torch.inference_mode():
             lean.step(next_ids, mask, pos, lean_cache)
@@ -211,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         fns["oneDNN"] = other_step
     if full_copies is not None:
         fns["fp32 copies"] = full_copies_step
+    if torch_ops is not None:
+        fns["torch ops"] = torch_ops_step
     t1 = interleaved(fns, args.rounds)
     flops = 2 * b * sum(p.numel() for n, p in model.named_parameters() if "norm" not in n)
     flops -= 2 * b * model.model.embed_tokens.weight.numel() * (0 if cfg.tie_word_embeddings else 1)
@@ -248,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  bf16 copies of the bf16-valued weights: engine step {t1['lean'] * 1e3:.1f} ms "
             f"against {t1['fp32 copies'] * 1e3:.1f} ms with fp32 copies "
             f"({t1['fp32 copies'] / t1['lean']:.2f}x; the same products bit for bit)",
+            flush=True,
+        )
+    if "torch ops" in t1:
+        print(
+            f"  work between products in C: engine step {t1['lean'] * 1e3:.1f} ms against "
+            f"{t1['torch ops'] * 1e3:.1f} ms with torch operations "
+            f"({t1['torch ops'] / t1['lean']:.2f}x)",
             flush=True,
         )
     # what bounds it: the host's read rate (the weights are read once per step) and matmul rate
@@ -310,12 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             lean_step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    groups = {"weight matmuls": 0.0, "attention (bmm, softmax)": 0.0, "other": 0.0}
+    groups = {"weight matmuls": 0.0, "attention": 0.0, "other": 0.0}
     for e in events:
         if e.key in ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise", PROFILER_NAME):
             groups["weight matmuls"] += e.self_cpu_time_total
-        elif e.key in ("aten::bmm", "aten::_softmax"):
-            groups["attention (bmm, softmax)"] += e.self_cpu_time_total
+        elif e.key in ("aten::bmm", "aten::_softmax", ATTEND_PROFILER_NAME):
+            groups["attention"] += e.self_cpu_time_total
         else:
             groups["other"] += e.self_cpu_time_total
     print(f"\nprofile of {args.profile_steps} engine steps (self CPU time):")

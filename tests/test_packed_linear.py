@@ -18,6 +18,7 @@ from shoestring.engine import (
     Engine,
     EngineOptions,
     Sampling,
+    decode_glue,
     lean_decode,
     make_cache,
     packed_linear,
@@ -25,6 +26,7 @@ from shoestring.engine import (
 )
 from shoestring.engine.cpu_attention import cpu_fp32_attention
 from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.host import cpu_flags
 from shoestring.models.llama2c import llama2c_config, load_llama2c_state_dict
 from test_lean_decode import VOCAB, _prefill, make
 
@@ -146,7 +148,7 @@ def test_avx2_kernel_build_is_all_or_nothing(monkeypatch, tmp_path: Path) -> Non
     """A compiler that fails leaves no library (and no temporary file) in the cache and says
     why; one that works leaves exactly the library, which then loads."""
     monkeypatch.setenv("SHOESTRING_KERNEL_CACHE", str(tmp_path))
-    if not {"avx2", "fma"} <= sgemm_avx2.cpu_flags():
+    if not {"avx2", "fma"} <= cpu_flags():
         lib, why = sgemm_avx2._build()
         assert lib is None and "AVX2" in str(why)
         return
@@ -199,6 +201,7 @@ def test_fp32_packed_greedy_tokens_equal_transformers_on_a_trained_model(
                 p.copy_(p.to(torch.bfloat16).float())
     lean = LeanDecoder.build(model, pack=True, kernel=kernel, bf16_copies=bf16_values)
     assert lean is not None and lean.packed
+    assert lean.glue == decode_glue.available()  # the steps' work between products in C too
     assert lean.layers[0].qkv.packed is not None
     assert lean.layers[0].qkv.packed.kernel == kernel
     copy_dtype = torch.bfloat16 if bf16_values else torch.float32

@@ -44,7 +44,9 @@ them:
 * :mod:`.stops` - EOS ids, stop strings and incrementally decoded text;
 * :mod:`.sampling` - choosing the next token (greedy, or an exact sample);
 * :mod:`.lean_decode` and :mod:`.packed_linear` - the fast forward (decode step and prefill)
-  and its weight packing; :mod:`.kept_decoder` keeps it between calls;
+  and its weight packing; :mod:`.kept_decoder` keeps it between calls; on AVX2 CPUs
+  :mod:`.sgemm_avx2` multiplies and :mod:`.decode_glue` does a decode step's work between the
+  products, both C files built by :mod:`.kernel_build`;
 * :mod:`.cpu_attention` - fp32 attention for a bf16 model on a CPU, single-query attention;
 * :mod:`.model_io` - the model's device, dtype, forward signature and one forward pass.
 """

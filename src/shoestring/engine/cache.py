@@ -85,6 +85,19 @@ if DynamicLayer is not None:
             self._views()
             return self.keys, self.values
 
+        def append_column(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+            """Room for one more position per row, counted as filled: the key and value
+            buffers [B, H, capacity, d] and the column the caller writes this token's keys
+            and values into itself (the fused decode step writes them in place, no copy)."""
+            assert self._kbuf is not None and self._vbuf is not None, "prefill first"
+            need = self._len + 1
+            if need > self._kbuf.shape[-2]:
+                self._grow(self._kbuf, self._vbuf, need)
+            assert self._kbuf is not None and self._vbuf is not None
+            self._len = need
+            self._views()
+            return self._kbuf, self._vbuf, need - 1
+
         def _grow(self, k: torch.Tensor, v: torch.Tensor, need: int) -> None:
             old = 0 if self._kbuf is None else self._kbuf.shape[-2]
             cap = max(need + self.reserve, 2 * old)  # doubling: amortised O(1) per token

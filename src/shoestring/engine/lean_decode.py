@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import shoestring.engine.decode_glue as decode_glue
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
 from shoestring.engine.lean_support import (
     SHOESTRING_GPT,
@@ -180,6 +181,18 @@ class _Layer:
             self.scaling = float(attn.qk_head_dim) ** -0.5  # SDPA's default, as the GPT uses
         else:
             self.scaling = float(attn.scaling)  # the model's own (may differ from 1/sqrt(d))
+        # the RMSNorms' weights and epsilons, for the glued step (decode_glue)
+        norms = () if gpt else (layer.input_layernorm, layer.post_attention_layernorm)
+        self.rms = [(m.weight, float(m.variance_epsilon)) for m in norms]
+        # the glued step's conditions on a layer: fp32 RMSNorms, fused q/k/v and gate/up
+        self.gluable = (
+            not gpt
+            and len(self.qkv.sizes) == 3
+            and self.qkv.single
+            and self.up.single
+            and len(self.up.sizes) == 2
+            and all(w.dtype == torch.float32 for w, _ in self.rms)
+        )
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -201,6 +214,7 @@ class LeanDecoder:
         kernel: str = "auto",
         packs: WeightPacks | None = None,
         bf16_copies: bool = False,
+        glue: bool = True,
     ) -> None:
         self.model = model
         how = _Packing(pack, kernel, packs, bf16_copies)
@@ -226,6 +240,20 @@ class LeanDecoder:
         self.fused = fuse
         self.packed = pack
         self.head = _Proj([model.lm_head], False, how)
+        # a CPU decode step's work between products in C (decode_glue), where it all fits
+        self.glue = (
+            glue
+            and not self.gpt
+            and all(layer.gluable for layer in self.layers)
+            and inner.norm.weight.dtype == torch.float32
+            and int(cfg.hidden_size) % 8 == 0
+            and int(cfg.intermediate_size) % 8 == 0
+            and self.head_dim % 8 == 0
+            and self.head_dim <= decode_glue.MAX_HEAD_DIM
+            and self.n_heads % self.n_kv == 0
+            and self.n_heads // self.n_kv <= decode_glue.MAX_GROUP
+            and decode_glue.available()
+        )
 
     @classmethod
     def build(
@@ -236,6 +264,7 @@ class LeanDecoder:
         kernel: str = "auto",
         packs: WeightPacks | None = None,
         bf16_copies: bool = False,
+        glue: bool = True,
     ) -> LeanDecoder | None:
         """A decoder for ``model``, or ``None`` where only the model's own forward is right.
 
@@ -247,7 +276,8 @@ class LeanDecoder:
         for the AVX2 kernel, instead of copies made for this decoder; ``bf16_copies`` stores
         the AVX2 kernel's copy of an fp32 weight whose values are all bf16 values in bf16 - the
         same products bit for bit from half the bytes, faster where a step has few rows
-        (:data:`~.packed_linear.BF16_COPIES_MAX_ROWS`)."""
+        (:data:`~.packed_linear.BF16_COPIES_MAX_ROWS`); ``glue`` runs a CPU decode step's
+        work between its products in C (:mod:`.decode_glue`) where the model allows it."""
         if unsupported(model) is not None:
             return None
         if fuse is None:
@@ -256,7 +286,7 @@ class LeanDecoder:
             kernel = fp32_kernel()
         if pack is None:
             pack = can_pack(_plain_weights(model), kernel)
-        return cls(model, fuse, pack, kernel, packs, bf16_copies)
+        return cls(model, fuse, pack, kernel, packs, bf16_copies, glue)
 
     def _embed(
         self, input_ids: torch.Tensor, positions: torch.Tensor
@@ -305,6 +335,9 @@ class LeanDecoder:
             attn_mask = mask[:, None, None, :].bool()  # [B, 1, 1, T], shared by every layer
             # the same mask as an additive fp32 bias, for the CPU's single-query attention
             bias = mask_bias(attn_mask) if input_ids.device.type == "cpu" else None
+            if bias is not None and self._glued(h, cache):
+                assert rope is not None
+                return self.head(self._glued_layers(h, rope, bias, cache))[0].float()
         else:  # causal over cache + input, padding masked; the forward's own rule
             attn_mask, _ = sdpa_mask(mask, s, mask.shape[1] - s, mask.device)  # [B, 1, S, T]
 
@@ -396,6 +429,44 @@ class LeanDecoder:
             h = h + layer.o(out.transpose(1, 2).reshape(b, s, hq * dv).to(x.dtype))[0]
             h = h + layer.mlp(layer.norm2(h))
         return h
+
+    def _glued(self, h: torch.Tensor, cache: Any) -> bool:
+        """Whether this decode step runs its work between products in C: a model it fits
+        (``self.glue``), fp32 activations outside autocast, the engine's fp32 cache."""
+        return (
+            self.glue
+            and h.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and decode_glue.cache_ready(cache)
+        )
+
+    def _glued_layers(
+        self,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        bias: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """:meth:`_layers` and the final norm for one token per row, with the work between
+        products in C (:mod:`.decode_glue`); returns the final norm's output [B, D]."""
+        b = h.shape[0]
+        h = h.view(b, -1)  # [B, 1, D] -> [B, D]: the residual stream, updated in place
+        cos, sin = (c.reshape(b, -1).contiguous() for c in rope)  # [B, 1, 1, d] -> [B, d]
+        bias = bias.view(b, -1)  # [B, 1, 1, T] -> [B, T]
+        heads = (self.n_heads, self.n_kv, self.head_dim)
+        delta = None  # the previous layer's MLP output, added to h by the next norm
+        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+            (w1, eps1), (w2, eps2) = layer.rms
+            x = decode_glue.add_rmsnorm(h, delta, w1, eps1)
+            qkv = layer.qkv.fused(x)  # [B, (hq + 2 hkv) d], biases added
+            assert qkv is not None  # gluable: fused
+            out = decode_glue.attend(qkv, cos, sin, layer_cache, bias, heads, layer.scaling)
+            x = decode_glue.add_rmsnorm(h, layer.o(out)[0], w2, eps2)  # h += attention
+            gate_up = layer.up.fused(x)  # [B, 2 I]
+            assert gate_up is not None
+            delta = layer.down(decode_glue.silu_mul(gate_up))[0]
+        norm = self.inner.norm
+        return decode_glue.add_rmsnorm(h, delta, norm.weight, float(norm.variance_epsilon))
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope

@@ -6,8 +6,7 @@ few rows, and the fastest kernel torch offers there (oneDNN's prepacked product)
 about 60% of the host's fp32 rate. The C kernel keeps a panel of six weight rows against all of
 a step's rows at once and streams each weight once; ``benchmarks/linear_kernels.py`` times it
 against every torch kernel at the step's shapes (figures per host class in docs/generate.md).
-It is a C file compiled at run time rather than a torch extension: a plain shared library
-builds in about a second with no torch headers, and needs nothing but ``cc``.
+It is a C file compiled at run time (:mod:`.kernel_build`: no torch headers, nothing but ``cc``).
 
 The same source compiled with ``-DWEIGHTS_BF16`` reads its packed copy in bf16 (``pack(...,
 bf16=True)``): for weights that are all bf16 values - the upcast of a bf16 checkpoint - the
@@ -15,27 +14,19 @@ products are the fp32 build's bit for bit, from half the bytes (the decode step 
 weight once per token, so a memory-bound step takes about half the time).
 
 Where it cannot be built (no compiler, not x86-64, a build error) :func:`available` is False
-and callers keep oneDNN's product; the reason is logged once. The build goes to a temporary
-file renamed into place, so a cache never holds half a library.
+and callers keep oneDNN's product; the reason is logged once.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from shoestring.host import cpu_flags
+from shoestring.engine.kernel_build import KERNELS, build_library
 
 __all__ = [
     "PROFILER_NAME",
@@ -50,27 +41,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "sgemm_avx2.c"
-# -fopenmp links libgomp by soname: inside a torch process that is torch's own runtime
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+SOURCE = KERNELS / "sgemm_avx2.c"
 # the kernel's calls as torch's profiler lists them
 PROFILER_NAME = "shoestring::sgemm_avx2"
 # weight rows per packed panel (R in the C source)
 ROWS_PER_PANEL = 6
+
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-
-
-def _cache_dir() -> Path:
-    """Where built kernels live: ``$SHOESTRING_KERNEL_CACHE``, else the user's cache dir."""
-    explicit = os.environ.get("SHOESTRING_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "shoestring" / "kernels"
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 class _Kernel(NamedTuple):
@@ -84,42 +61,11 @@ class _Kernel(NamedTuple):
 def _build(bf16: bool = False) -> tuple[_Kernel | None, str | None]:
     """The loaded library (``bf16``: the build that reads bf16-stored weights), or ``None``
     and why not."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None, f"not an x86-64 CPU ({platform.machine()})"
-    flags = cpu_flags()
-    if not {"avx2", "fma"} <= flags:
-        return None, "the CPU lacks AVX2/FMA"
-    cc = _compiler()
-    if cc is None:
-        return None, "no C compiler (cc/gcc; set CC)"
-    source = SOURCE.read_bytes()
-    flags = (*FLAGS, "-DWEIGHTS_BF16") if bf16 else FLAGS
-    key = hashlib.sha256(source + " ".join((cc, *flags)).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"sgemm_avx2{'_bf16' if bf16 else ''}-{key}.so"
-    if not out.is_file():
-        tmp: str | None = None
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-            os.close(fd)
-            proc = subprocess.run(
-                [cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
-            )
-            if proc.returncode != 0:
-                return None, f"{cc} failed: {proc.stderr.strip()[-500:]}"
-            os.replace(tmp, out)  # atomic: another process sees the whole library or none
-            tmp = None
-        except (OSError, subprocess.SubprocessError) as err:
-            return None, f"could not build {out}: {err}"
-        finally:
-            if tmp is not None:  # a failed build leaves nothing behind
-                Path(tmp).unlink(missing_ok=True)
-    try:
-        lib = ctypes.CDLL(str(out))
-    except OSError as err:
-        return None, f"could not load {out}: {err}"
-    prefix = "sgemm_avx2_bf16" if bf16 else "sgemm_avx2"
-    pack_fn, linear_fn = getattr(lib, f"{prefix}_pack"), getattr(lib, f"{prefix}_linear")
+    name = "sgemm_avx2_bf16" if bf16 else "sgemm_avx2"
+    lib, why = build_library(SOURCE, name, ("WEIGHTS_BF16",) if bf16 else ())
+    if lib is None:
+        return None, why
+    pack_fn, linear_fn = getattr(lib, f"{name}_pack"), getattr(lib, f"{name}_linear")
     pack_fn.argtypes, pack_fn.restype = [_P, _P, _I64, _I64, _INT], None
     linear_fn.argtypes, linear_fn.restype = [_P, _P, _P, _P, _I64, _I64, _I64, _INT], _INT
     return _Kernel(lib, pack_fn, linear_fn), None

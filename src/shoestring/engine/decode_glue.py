@@ -1,0 +1,181 @@
+"""The fp32 work of a CPU decode step between its weight products, in three C calls per layer
+(``kernels/decode_glue.c``, built by :mod:`.kernel_build`): RMSNorm after the residual add,
+RoPE + the KV-cache write + single-query attention, and SiLU(gate) * up.
+
+Why: at batch 1 a Llama-family decode step on a CPU spends about a fifth of its time outside its
+products, in some forty small torch operations per layer - each a dispatch, an allocation and
+a Python call around microseconds of arithmetic. :class:`~.lean_decode.LeanDecoder` calls these
+instead where every condition holds (:func:`cache_ready`, and its own checks at build);
+``benchmarks/decode_profile.py`` times the step with and without them (figures per host class
+in docs/generate.md). Results agree with the model's forward within fp32 rounding: the same
+operations per element, sums in another order, a polynomial exp within a few ulp.
+
+Where the library cannot be built (no compiler, not an AVX2+FMA x86-64 CPU) :func:`available`
+is False and the decoder keeps its torch operations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from typing import Any, NamedTuple
+
+import torch
+
+from shoestring.engine.cache import PreallocatedLayer
+from shoestring.engine.kernel_build import KERNELS, build_library
+
+__all__ = [
+    "ATTEND_PROFILER_NAME",
+    "MAX_GROUP",
+    "MAX_HEAD_DIM",
+    "add_rmsnorm",
+    "attend",
+    "available",
+    "build_error",
+    "cache_ready",
+    "silu_mul",
+]
+
+log = logging.getLogger(__name__)
+
+SOURCE = KERNELS / "decode_glue.c"
+# the C file's limits (MAX_HEAD_DIM, MAX_GROUP): a head's width and query heads per kv head
+MAX_HEAD_DIM = 256
+MAX_GROUP = 64
+# the calls as torch's profiler lists them (RoPE, the cache write and attention; the others)
+ATTEND_PROFILER_NAME = "shoestring::glue_attend"
+_NAMES = {"add_rmsnorm": "shoestring::glue_rmsnorm", "silu_mul": "shoestring::glue_silu_mul"}
+_NAMES["attend"] = ATTEND_PROFILER_NAME
+
+_P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+class _Glue(NamedTuple):
+    """The loaded library's three entry points (the library kept alive with them)."""
+
+    lib: ctypes.CDLL
+    add_rmsnorm: Any
+    silu_mul: Any
+    attend: Any
+
+
+@functools.cache
+def _library() -> tuple[_Glue | None, str | None]:
+    lib, why = build_library(SOURCE, "decode_glue")
+    if lib is None:
+        log.info("the fused decode-step functions are not used: %s", why)
+        return None, why
+    norm, silu, att = lib.glue_add_rmsnorm, lib.glue_silu_mul, lib.glue_attend
+    norm.argtypes, norm.restype = [_P, _P, _P, _P, _I64, _I64, _F], None
+    silu.argtypes, silu.restype = [_P, _P, _I64, _I64], None
+    att.argtypes = [_P, _P, _P, _P, _I64, _I64, _P, _I64, _I64, _I64, _P, _P, _P]
+    att.argtypes += [_I64, _I64, _I64, _I64, _F, _INT]
+    att.restype = None
+    return _Glue(lib, norm, silu, att), None
+
+
+def available() -> bool:
+    """Whether the library is built and loadable on this CPU."""
+    return _library()[0] is not None
+
+
+def build_error() -> str | None:
+    """Why :func:`available` is False (``None`` when it is True)."""
+    return _library()[1]
+
+
+def _call(name: str, *args: Any) -> None:
+    """The library's function ``name`` on ``args``; a named range for torch's profiler when it
+    records (it sees nothing of a ctypes call otherwise)."""
+    glue = _library()[0]
+    assert glue is not None, "check available() first"
+    fn = getattr(glue, name)
+    if torch.autograd._profiler_enabled():
+        with torch.profiler.record_function(_NAMES[name]):
+            fn(*args)
+    else:
+        fn(*args)
+
+
+def add_rmsnorm(
+    h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """``h += delta`` in place (where given: the residual add), then transformers' RMSNorm of
+    ``h`` with ``weight``, as a new tensor; ``h``/``delta`` contiguous fp32 [B, D]."""
+    out = torch.empty_like(h)
+    rows, dim = h.shape
+    ptr = delta.data_ptr() if delta is not None else None
+    _call("add_rmsnorm", h.data_ptr(), ptr, weight.data_ptr(), out.data_ptr(), rows, dim, eps)
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of the fused product's rows ``[gate | up]`` (contiguous fp32)."""
+    rows, width = gate_up.shape[0], gate_up.shape[1] // 2
+    out = gate_up.new_empty((rows, width))
+    _call("silu_mul", gate_up.data_ptr(), out.data_ptr(), rows, width)
+    return out
+
+
+def cache_ready(cache: Any) -> bool:
+    """Whether ``cache`` is the engine's preallocated fp32 cache, filled by a prefill, with
+    each position's keys and values contiguous: what :func:`attend` writes into."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return False
+    for layer in layers:
+        if type(layer) is not PreallocatedLayer or layer._kbuf is None or layer._vbuf is None:
+            return False
+        for buf in (layer._kbuf, layer._vbuf):
+            if buf.dtype != torch.float32 or buf.stride(3) != 1 or buf.stride(2) != buf.shape[3]:
+                return False
+    return True
+
+
+def attend(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    layer: Any,
+    bias: torch.Tensor,
+    heads: tuple[int, int, int],
+    scale: float,
+) -> torch.Tensor:
+    """One decode step's attention for every row: this token's q | k | v heads (``qkv``
+    [B, (hq + 2 hkv) d], contiguous fp32) rotated by ``cos``/``sin`` [B, d] (rotate-half
+    RoPE), its keys and values appended to the cache ``layer`` (a :class:`PreallocatedLayer`
+    that :func:`cache_ready` accepted), and softmax(q k^T * scale + bias) v over the cache
+    with ``bias`` [B, T] (0 or -inf, T the cache's length with this token); ``heads`` = (hq,
+    hkv, d). Returns [B, hq d], heads side by side as the o projection reads them."""
+    hq, hkv, d = heads
+    kbuf, vbuf, col = layer.append_column()
+    rows, n = qkv.shape[0], col + 1
+    assert bias.shape == (rows, n), f"mask covers {tuple(bias.shape)}, cache {rows} x {n}"
+    threads = torch.get_num_threads()
+    out = qkv.new_empty((rows, hq * d))
+    scratch = qkv.new_empty((threads * (hq // hkv) * n,))
+    _call(
+        "attend",
+        qkv.data_ptr(),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        kbuf.data_ptr(),
+        kbuf.stride(0),
+        kbuf.stride(1),
+        vbuf.data_ptr(),
+        vbuf.stride(0),
+        vbuf.stride(1),
+        col,
+        bias.data_ptr(),
+        out.data_ptr(),
+        scratch.data_ptr(),
+        rows,
+        hq,
+        hkv,
+        d,
+        scale,
+        threads,
+    )
+    return out
