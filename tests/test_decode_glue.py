@@ -105,15 +105,21 @@ def test_where_the_glue_does_not_apply_the_step_uses_torch_operations(
     assert not LeanDecoder.build(model).glue  # type: ignore[union-attr]
 
 
-def test_silu_mul_is_torchs_within_rounding_over_the_whole_range() -> None:
+@pytest.mark.parametrize("width", [4000, 4003])
+def test_silu_mul_is_torchs_within_rounding_over_the_whole_range(width: int) -> None:
     """The polynomial exp behind SiLU: within a few ulp of torch's, from e^-100 (0 for both)
-    to e^100 (inf: silu(-100) is -0), rows of any width that is a multiple of 8."""
+    to e^100 (inf: silu(-100) is -0), on the halves of one product's rows and on separate
+    tensors alike, a width that is a multiple of 8 and one that is not."""
     g = torch.Generator().manual_seed(0)
-    gate = torch.cat([torch.linspace(-100, 100, 4000), torch.randn(4000, generator=g) * 5])
-    gu = torch.cat([gate.view(2, -1), torch.randn(2, 4000, generator=g)], dim=1).contiguous()
-    got = decode_glue.silu_mul(gu)
-    want = F.silu(gu[:, :4000]) * gu[:, 4000:]
+    n = width // 2
+    gate = torch.cat([torch.linspace(-100, 100, n), torch.randn(width - n, generator=g) * 5])
+    gu = torch.cat([gate.view(1, -1), torch.randn(1, width, generator=g)], dim=1)
+    gu = torch.cat([gu, gu.flip(1)]).contiguous()  # two rows
+    got = decode_glue.silu_mul(gu[:, :width], gu[:, width:])  # halves of one product's rows
+    want = F.silu(gu[:, :width]) * gu[:, width:]
     torch.testing.assert_close(got, want, atol=1e-30, rtol=4e-7)
+    separate = decode_glue.silu_mul(gu[:, :width].clone(), gu[:, width:].clone())
+    assert torch.equal(separate, got)
 
 
 @pytest.mark.parametrize(("rows", "cached", "heads"), [(1, 5, (4, 4, 8)), (4, 300, (14, 2, 64))])
@@ -140,7 +146,8 @@ def test_attention_is_sdpas_and_never_reads_masked_positions(
     angles = torch.randn(rows, d // 2, generator=g)
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     bias = mask_bias(mask)
-    out = decode_glue.attend(qkv, cos, sin, layer, bias, heads, 0.125)
+    parts = qkv.split([hq * d, hkv * d, hkv * d], dim=1)  # columns of one product's rows
+    out = decode_glue.attend(*parts, cos, sin, layer, bias, heads, 0.125)
 
     def rope(x: torch.Tensor) -> torch.Tensor:  # x [rows, heads, d]
         rotated = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], dim=-1)
@@ -158,12 +165,32 @@ def test_attention_is_sdpas_and_never_reads_masked_positions(
     assert float(out.abs().max()) < 100  # nothing of the 1e4 padding leaked in
 
 
-def test_rmsnorm_adds_the_residual_in_place() -> None:
+@pytest.mark.parametrize("dim", [896, 899])
+def test_rmsnorm_adds_the_residual_in_place(dim: int) -> None:
     g = torch.Generator().manual_seed(2)
-    h, delta = torch.randn(3, 896, generator=g), torch.randn(3, 896, generator=g)
-    weight = torch.randn(896, generator=g)
+    h, delta = torch.randn(3, dim, generator=g), torch.randn(3, dim, generator=g)
+    weight = torch.randn(dim, generator=g)
     want_h = h + delta
     want = weight * (want_h * torch.rsqrt(want_h.pow(2).mean(-1, keepdim=True) + 1e-6))
     out = decode_glue.add_rmsnorm(h, delta, weight, 1e-6)
     torch.testing.assert_close(h, want_h, atol=0, rtol=0)
     torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
+    alone = decode_glue.add_rmsnorm(want_h.clone(), None, weight, 1e-6)  # no residual add
+    assert torch.equal(alone, out)
+
+
+def test_lora_layers_run_as_modules_through_the_glued_step(glued_steps: dict[str, int]) -> None:
+    """Products the decoder cannot fuse (peft LoRA layers, called as their modules) give q, k, v
+    and gate, up as separate outputs: the glued step reads them as they are."""
+    peft = pytest.importorskip("peft")
+    model = make("qwen2", **WIDE)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    pm = peft.get_peft_model(model, cfg)
+    for name, p in pm.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapters change the output
+            p.data.normal_(0, 0.3)
+    base = pm.get_base_model().eval()
+    lean = LeanDecoder.build(base)
+    assert lean is not None and lean.glue and not lean.layers[0].qkv.single
+    compare_steps(base)
+    assert glued_steps["n"] == 6

@@ -69,8 +69,9 @@ def _library() -> tuple[_Glue | None, str | None]:
         return None, why
     norm, silu, att = lib.glue_add_rmsnorm, lib.glue_silu_mul, lib.glue_attend
     norm.argtypes, norm.restype = [_P, _P, _P, _P, _I64, _I64, _F], None
-    silu.argtypes, silu.restype = [_P, _P, _I64, _I64], None
-    att.argtypes = [_P, _P, _P, _P, _I64, _I64, _P, _I64, _I64, _I64, _P, _P, _P]
+    silu.argtypes, silu.restype = [_P, _I64, _P, _I64, _P, _I64, _I64], None
+    att.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _I64, _I64, _P, _I64, _I64, _I64]
+    att.argtypes += [_P, _P, _P]
     att.argtypes += [_I64, _I64, _I64, _I64, _F, _INT]
     att.restype = None
     return _Glue(lib, norm, silu, att), None
@@ -111,11 +112,20 @@ def add_rmsnorm(
     return out
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` of the fused product's rows ``[gate | up]`` (contiguous fp32)."""
-    rows, width = gate_up.shape[0], gate_up.shape[1] // 2
-    out = gate_up.new_empty((rows, width))
-    _call("silu_mul", gate_up.data_ptr(), out.data_ptr(), rows, width)
+def _row_stride(x: torch.Tensor) -> int:
+    """Floats between ``x``'s rows: a [B, n] fp32 tensor whose rows are contiguous (a
+    product's output or a column slice of one)."""
+    assert x.dtype == torch.float32 and x.dim() == 2 and x.stride(1) == 1, (x.dtype, x.stride())
+    return x.stride(0)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for [B, I] fp32 rows: the fused gate/up product's halves or two
+    products' outputs."""
+    rows, width = gate.shape
+    out = gate.new_empty((rows, width))
+    gs, us = _row_stride(gate), _row_stride(up)
+    _call("silu_mul", gate.data_ptr(), gs, up.data_ptr(), us, out.data_ptr(), rows, width)
     return out
 
 
@@ -135,7 +145,9 @@ def cache_ready(cache: Any) -> bool:
 
 
 def attend(
-    qkv: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     layer: Any,
@@ -143,22 +155,29 @@ def attend(
     heads: tuple[int, int, int],
     scale: float,
 ) -> torch.Tensor:
-    """One decode step's attention for every row: this token's q | k | v heads (``qkv``
-    [B, (hq + 2 hkv) d], contiguous fp32) rotated by ``cos``/``sin`` [B, d] (rotate-half
-    RoPE), its keys and values appended to the cache ``layer`` (a :class:`PreallocatedLayer`
-    that :func:`cache_ready` accepted), and softmax(q k^T * scale + bias) v over the cache
-    with ``bias`` [B, T] (0 or -inf, T the cache's length with this token); ``heads`` = (hq,
-    hkv, d). Returns [B, hq d], heads side by side as the o projection reads them."""
+    """One decode step's attention for every row: this token's heads (``q`` [B, hq d], ``k``
+    and ``v`` [B, hkv d], fp32, rows contiguous: the fused product's columns or three
+    products' outputs) rotated by ``cos``/``sin`` [B, d] (rotate-half RoPE), its keys and
+    values appended to the cache ``layer`` (a :class:`PreallocatedLayer` that
+    :func:`cache_ready` accepted), and softmax(q k^T * scale + bias) v over the cache with
+    ``bias`` [B, T] (0 or -inf, T the cache's length with this token); ``heads`` = (hq, hkv,
+    d). Returns [B, hq d], heads side by side as the o projection reads them."""
     hq, hkv, d = heads
+    strides = (_row_stride(q), _row_stride(k), _row_stride(v))
     kbuf, vbuf, col = layer.append_column()
-    rows, n = qkv.shape[0], col + 1
+    rows, n = q.shape[0], col + 1
     assert bias.shape == (rows, n), f"mask covers {tuple(bias.shape)}, cache {rows} x {n}"
     threads = torch.get_num_threads()
-    out = qkv.new_empty((rows, hq * d))
-    scratch = qkv.new_empty((threads * (hq // hkv) * n,))
+    out = q.new_empty((rows, hq * d))
+    scratch = q.new_empty((threads * (hq // hkv) * n,))
     _call(
         "attend",
-        qkv.data_ptr(),
+        q.data_ptr(),
+        strides[0],
+        k.data_ptr(),
+        strides[1],
+        v.data_ptr(),
+        strides[2],
         cos.data_ptr(),
         sin.data_ptr(),
         kbuf.data_ptr(),

@@ -57,41 +57,60 @@ static inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/* For each of `rows` rows of width `dim` (a multiple of 8): h += delta where delta is given
- * (the residual add), then out = w * (h / sqrt(mean(h^2) + eps)) - transformers' RMSNorm. */
+/* For each of `rows` rows of width `dim`: h += delta where delta is given (the residual add),
+ * then out = w * (h / sqrt(mean(h^2) + eps)) - transformers' RMSNorm. */
 void glue_add_rmsnorm(float* h, const float* delta, const float* w, float* out, int64_t rows,
                       int64_t dim, float eps) {
+  const int64_t vec = dim - dim % 8; /* the rest one element at a time */
   for (int64_t r = 0; r < rows; r++) {
     float* x = h + r * dim;
+    const float* dr = delta ? delta + r * dim : NULL;
     __m256 ss = _mm256_setzero_ps();
-    for (int64_t i = 0; i < dim; i += 8) {
+    for (int64_t i = 0; i < vec; i += 8) {
       __m256 v = _mm256_loadu_ps(x + i);
-      if (delta) {
-        v = _mm256_add_ps(v, _mm256_loadu_ps(delta + r * dim + i));
+      if (dr) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(dr + i));
         _mm256_storeu_ps(x + i, v);
       }
       ss = _mm256_fmadd_ps(v, v, ss);
     }
-    float inv = 1.0f / sqrtf(hsum8(ss) / (float)dim + eps);
+    float sum = hsum8(ss);
+    for (int64_t i = vec; i < dim; i++) {
+      if (dr) x[i] += dr[i];
+      sum += x[i] * x[i];
+    }
+    float inv = 1.0f / sqrtf(sum / (float)dim + eps);
     __m256 vinv = _mm256_set1_ps(inv);
-    for (int64_t i = 0; i < dim; i += 8) {
+    for (int64_t i = 0; i < vec; i += 8) {
       __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv);
       _mm256_storeu_ps(out + r * dim + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), v));
     }
+    for (int64_t i = vec; i < dim; i++) out[r * dim + i] = w[i] * (x[i] * inv);
   }
 }
 
-/* out[r] = silu(g) * u for each row of gu = [g | u] (each `width` wide, a multiple of 8). */
-void glue_silu_mul(const float* gu, float* out, int64_t rows, int64_t width) {
-  const __m256 one = _mm256_set1_ps(1.0f);
+/* silu(x) * u for 8 lanes: x / (1 + e^-x) * u */
+static inline __m256 silu_mul8(__m256 x, __m256 u) {
+  __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+  return _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+/* out[r] = silu(gate[r]) * up[r] for each row of `width` (rows gs and us floats apart): the
+ * fused gate/up product's two halves, or two products' outputs. */
+void glue_silu_mul(const float* gate, int64_t gs, const float* up, int64_t us, float* out,
+                   int64_t rows, int64_t width) {
+  const int64_t vec = width - width % 8;
   for (int64_t r = 0; r < rows; r++) {
-    const float* g = gu + r * 2 * width;
-    const float* u = g + width;
-    for (int64_t i = 0; i < width; i += 8) {
-      __m256 x = _mm256_loadu_ps(g + i);
-      __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-      __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e)); /* silu: x / (1 + e^-x) */
-      _mm256_storeu_ps(out + r * width + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+    const float* g = gate + r * gs;
+    const float* u = up + r * us;
+    float* o = out + r * width;
+    for (int64_t i = 0; i < vec; i += 8)
+      _mm256_storeu_ps(o + i, silu_mul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (vec < width) { /* the tail, through the same exp */
+      float gt[8] = {0}, ut[8] = {0}, ot[8];
+      for (int64_t i = vec; i < width; i++) gt[i - vec] = g[i], ut[i - vec] = u[i];
+      _mm256_storeu_ps(ot, silu_mul8(_mm256_loadu_ps(gt), _mm256_loadu_ps(ut)));
+      for (int64_t i = vec; i < width; i++) o[i] = ot[i - vec];
     }
   }
 }
@@ -118,31 +137,33 @@ static inline void rope(const float* x, const float* cos, const float* sin, floa
   }
 }
 
-/* One decode step's attention, every row and head. qkv [rows, (hq + 2 hkv) d] holds this
- * token's q | k | v heads (biases added); cos, sin [rows, d]. Each row's k (rotated) and v are
+/* One decode step's attention, every row and head. q [rows, hq d], k and v [rows, hkv d] hold
+ * this token's heads (biases added; rows qs, ks, vs floats apart: the fused q/k/v product's
+ * columns, or three products' outputs); cos, sin [rows, d]. Each row's k (rotated) and v are
  * written into the cache at column t (k at kc + row * ks0 + head * ks1 + t * d, v likewise
  * with vs0, vs1), then each query head attends over columns 0..t of its kv head (query head i
  * reads kv head i / (hq / hkv)) with scores q.k * scale + bias (bias [rows, t + 1]: 0 or
  * -inf); out [rows, hq d]. scratch: threads * (hq / hkv) * (t + 1) floats. */
-void glue_attend(const float* qkv, const float* cos, const float* sin, float* kc, int64_t ks0,
+void glue_attend(const float* q_in, int64_t qs, const float* k_in, int64_t ks,
+                 const float* v_in, int64_t vs, const float* cos, const float* sin, float* kc,
+                 int64_t ks0,
                  int64_t ks1, float* vc, int64_t vs0, int64_t vs1, int64_t t, const float* bias,
                  float* out, float* scratch, int64_t rows, int64_t hq, int64_t hkv, int64_t d,
                  float scale, int threads) {
-  const int64_t g = hq / hkv, width = (hq + 2 * hkv) * d, n = t + 1;
+  const int64_t g = hq / hkv, n = t + 1;
   const int64_t work = rows * hq * n * d;
 #pragma omp parallel for schedule(static) num_threads(threads) if (work >= PARALLEL_MIN_WORK)
   for (int64_t item = 0; item < rows * hkv; item++) {
     const int64_t r = item / hkv, kvh = item % hkv;
-    const float* row = qkv + r * width;
     const float* cr = cos + r * d;
     const float* sr = sin + r * d;
     float* kh = kc + r * ks0 + kvh * ks1;
     float* vh = vc + r * vs0 + kvh * vs1;
-    rope(row + (hq + kvh) * d, cr, sr, kh + t * d, d); /* this token's key, rotated, cached */
-    const float* v = row + (hq + hkv + kvh) * d;
+    rope(k_in + r * ks + kvh * d, cr, sr, kh + t * d, d); /* this token's key, rotated, cached */
+    const float* v = v_in + r * vs + kvh * d;
     for (int64_t i = 0; i < d; i++) vh[t * d + i] = v[i];
     float q[MAX_GROUP][MAX_HEAD_DIM] __attribute__((aligned(32)));
-    for (int64_t j = 0; j < g; j++) rope(row + (kvh * g + j) * d, cr, sr, q[j], d);
+    for (int64_t j = 0; j < g; j++) rope(q_in + r * qs + (kvh * g + j) * d, cr, sr, q[j], d);
     float* s = scratch + (int64_t)omp_get_thread_num() * g * n; /* [g][n] scores */
     const float* b = bias + r * n;
     for (int64_t p = 0; p < n; p++) { /* each cached key once, against the group's queries */
