@@ -105,6 +105,7 @@ def add_rmsnorm(
 ) -> torch.Tensor:
     """``h += delta`` in place (where given: the residual add), then transformers' RMSNorm of
     ``h`` with ``weight``, as a new tensor; ``h``/``delta`` contiguous fp32 [B, D]."""
+    assert h.is_contiguous() and (delta is None or delta.is_contiguous())
     out = torch.empty_like(h)
     rows, dim = h.shape
     ptr = delta.data_ptr() if delta is not None else None
