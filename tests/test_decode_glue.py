@@ -12,7 +12,7 @@ from transformers.cache_utils import DynamicCache
 from shoestring.engine import decode_glue, make_cache
 from shoestring.engine.cpu_attention import mask_bias, single_query_attention
 from shoestring.engine.lean_decode import LeanDecoder
-from test_lean_decode import VOCAB, compare_steps, make
+from test_lean_decode import VOCAB, compare_steps, make, with_lora
 
 pytestmark = pytest.mark.skipif(
     not decode_glue.available(), reason=f"no decode glue here: {decode_glue.build_error()}"
@@ -182,14 +182,7 @@ def test_rmsnorm_adds_the_residual_in_place(dim: int) -> None:
 def test_lora_layers_run_as_modules_through_the_glued_step(glued_steps: dict[str, int]) -> None:
     """Products the decoder cannot fuse (peft LoRA layers, called as their modules) give q, k, v
     and gate, up as separate outputs: the glued step reads them as they are."""
-    peft = pytest.importorskip("peft")
-    model = make("qwen2", **WIDE)
-    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
-    pm = peft.get_peft_model(model, cfg)
-    for name, p in pm.named_parameters():
-        if "lora_B" in name:  # B starts at zero: make the adapters change the output
-            p.data.normal_(0, 0.3)
-    base = pm.get_base_model().eval()
+    base = with_lora(make("qwen2", **WIDE)).get_base_model().eval()
     lean = LeanDecoder.build(base)
     assert lean is not None and lean.glue and not lean.layers[0].qkv.single
     compare_steps(base)

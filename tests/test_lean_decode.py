@@ -10,6 +10,8 @@ token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,14 +193,20 @@ def test_bf16_autocast() -> None:
         compare_steps(model, atol=0.05)
 
 
-def test_lora_layers_are_run_as_modules() -> None:
+def with_lora(model: torch.nn.Module) -> Any:
+    """``model`` with peft LoRA adapters (r4) on every linear layer, their B matrices
+    non-zero so that the adapters change the output."""
     peft = pytest.importorskip("peft")
-    model = make("qwen2")
     cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
     pm = peft.get_peft_model(model, cfg)
     for name, p in pm.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapters change the output
             p.data.normal_(0, 0.3)
+    return pm
+
+
+def test_lora_layers_are_run_as_modules() -> None:
+    pm = with_lora(make("qwen2"))
     base = pm.get_base_model().eval()
     lean = LeanDecoder.build(base)
     assert lean is not None and not lean.layers[0].qkv.single  # LoRA parts not fused
