@@ -35,6 +35,7 @@ __all__ = [
     "available",
     "build_error",
     "cache_ready",
+    "decode_layers",
     "silu_mul",
 ]
 
@@ -199,3 +200,34 @@ def attend(
         threads,
     )
     return out
+
+
+def decode_layers(
+    layers: list[Any],
+    final_norm: Any,
+    h: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    bias: torch.Tensor,
+    cache: Any,
+    heads: tuple[int, int, int],
+) -> torch.Tensor:
+    """Every decoder layer of a decode step (one token per row), then the final RMSNorm
+    (``final_norm``, the model's module): the lean decoder's ``layers`` multiply (each with
+    ``rms`` - its two norms' weights and epsilons -, ``qkv``, ``o``, ``up``, ``down`` and
+    ``scaling``), these functions do the rest. ``h`` [B, 1, D] fp32 (updated in place: the
+    residual stream), ``rope`` cos/sin [B, 1, 1, d], ``bias`` [B, 1, 1, T] (0 or -inf),
+    ``cache`` accepted by :func:`cache_ready`. Returns the final norm's output [B, D]."""
+    b = h.shape[0]
+    h = h.view(b, -1)  # [B, 1, D] -> [B, D]
+    cos, sin = (c.reshape(b, -1).contiguous() for c in rope)  # [B, 1, 1, d] -> [B, d]
+    bias = bias.view(b, -1)  # [B, 1, 1, T] -> [B, T]
+    delta = None  # the previous layer's MLP output, added to h by the next norm
+    for layer, layer_cache in zip(layers, cache.layers, strict=True):
+        (w1, eps1), (w2, eps2) = layer.rms
+        x = add_rmsnorm(h, delta, w1, eps1)
+        q, k, v = layer.qkv(x)  # [B, heads * d] each, biases added
+        out = attend(q, k, v, cos, sin, layer_cache, bias, heads, layer.scaling)
+        x = add_rmsnorm(h, layer.o(out)[0], w2, eps2)  # h += attention
+        gate, up = layer.up(x)  # [B, I] each
+        delta = layer.down(silu_mul(gate, up))[0]
+    return add_rmsnorm(h, delta, final_norm.weight, float(final_norm.variance_epsilon))

@@ -440,23 +440,9 @@ class LeanDecoder:
         cache: Any,
     ) -> torch.Tensor:
         """:meth:`_layers` and the final norm for one token per row, with the work between
-        products in C (:mod:`.decode_glue`); returns the final norm's output [B, D]."""
-        b = h.shape[0]
-        h = h.view(b, -1)  # [B, 1, D] -> [B, D]: the residual stream, updated in place
-        cos, sin = (c.reshape(b, -1).contiguous() for c in rope)  # [B, 1, 1, d] -> [B, d]
-        bias = bias.view(b, -1)  # [B, 1, 1, T] -> [B, T]
+        products in C (:func:`.decode_glue.decode_layers`); the final norm's output [B, D]."""
         heads = (self.n_heads, self.n_kv, self.head_dim)
-        delta = None  # the previous layer's MLP output, added to h by the next norm
-        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
-            (w1, eps1), (w2, eps2) = layer.rms
-            x = decode_glue.add_rmsnorm(h, delta, w1, eps1)
-            q, k, v = layer.qkv(x)  # [B, heads * d] each, biases added
-            out = decode_glue.attend(q, k, v, cos, sin, layer_cache, bias, heads, layer.scaling)
-            x = decode_glue.add_rmsnorm(h, layer.o(out)[0], w2, eps2)  # h += attention
-            gate, up = layer.up(x)  # [B, I] each
-            delta = layer.down(decode_glue.silu_mul(gate, up))[0]
-        norm = self.inner.norm
-        return decode_glue.add_rmsnorm(h, delta, norm.weight, float(norm.variance_epsilon))
+        return decode_glue.decode_layers(self.layers, self.inner.norm, h, rope, bias, cache, heads)
 
     def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
