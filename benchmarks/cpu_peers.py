@@ -44,6 +44,7 @@ left out, and the output says so. Every engine stays in memory for the whole com
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -394,13 +395,15 @@ class EngineProcess:
         if self.failure:
             return None
         assert self.proc.stdin is not None
-        self.proc.stdin.write(work + "\n")
-        self.proc.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # died since its last answer: _line says why
+            self.proc.stdin.write(work + "\n")
+            self.proc.stdin.flush()
         return self._line("RESULT ")
 
     def close(self) -> None:
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         self.proc.wait()
         self.log.close()
 

@@ -235,3 +235,10 @@ def test_cpu_peers_prepare_run_and_compare(tmp_path: Path, capsys) -> None:
     assert "changed between rounds" not in out
     assert "prompt tok/s" in out and "(one token: nothing to compare)" in out
     assert "FAILED" not in out
+    if importlib.util.find_spec("vllm") is None:  # an engine whose environment lacks it fails
+        args = ["compare", "--dir", str(d), "--engines", "vllm,hf", "--threads", "1"]
+        args += ["--rounds", "1", "--pause", "0", "--vllm-python", sys.executable]
+        assert bench.main(args + ["--workloads", bench.PREFILL]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"vllm +FAILED \(exit 1: .*No module named 'vllm'", out)
+        assert re.search(r"prefill-b16 +hf +\d", out)  # the other engine still ran
