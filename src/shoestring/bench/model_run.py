@@ -182,7 +182,11 @@ def run_model(
             atomic_write_json(state_path(out, label), state)
             _log_loaded(rundir, label, info, used, len(done), len(missing))
             if missing:
-                n_session = len(state["sessions"])  # this session's number, on every line
+                # this session's number, on every line: past every session recorded, and past
+                # every line's - a process ended before its cleanup (a job's rank killed from
+                # outside) leaves its lines but no session in state.json
+                on_lines = (int(r.get("session", -1)) for r in done.values())
+                n_session = max(len(state["sessions"]), 1 + max(on_lines, default=-1))
                 prompts = bench_prompts(
                     model,
                     tokenizer,
