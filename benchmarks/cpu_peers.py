@@ -36,9 +36,8 @@ turns on each workload, ``--rounds`` times (3 by default), in an order that rota
 a shared host's speed drifts with its neighbours' load over minutes, so a ratio is taken between
 runs close in time, and printed as its median over rounds with the range. It prints tokens/s,
 shoestring's ratio to each engine and identical answers. Engines whose Python is not given are
-left out, and the output says so. Every engine stays in memory for the whole comparison (about
-19 GB for all six at Qwen2.5-0.5B's shape, most of it vLLM's KV cache and the three GGUF files):
-``--engines`` picks fewer on a smaller host.
+left out, and the output says so. Every engine stays in memory for the whole comparison (each
+its weights, vLLM its 4 GiB KV cache besides): ``--engines`` picks fewer on a smaller host.
 """
 
 from __future__ import annotations
