@@ -15,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from shoestring.engine import packed_linear
 from shoestring.engine.lean_decode import LeanDecoder
+from shoestring.engine.lora_view import merged_lora
 from shoestring.engine.weight_packs import WeightPacks
 from shoestring.rl import packed_products as fp
 from shoestring.rl.head_logps import head_logps
@@ -206,11 +207,10 @@ def test_an_in_place_step_repacks_into_the_same_buffer(on_any_host: None) -> Non
 def test_the_rollout_packs_through_the_store_the_training_pass_reads(on_any_host: None) -> None:
     """A full fine-tune's rollout decodes through the kept copies (one per layer, the head's
     too) with the model's own logits within fp32 rounding; the training pass that follows
-    packs nothing new. A LoRA policy's rollout packs for itself."""
+    packs nothing new."""
     model = make("qwen2").train()
     store = fp.rollout_packs(model)
     assert store is not None and store is getattr(model, WeightPacks.ATTR)
-    assert fp.rollout_packs(_lora_policy()) is None
     lean = LeanDecoder.build(model, pack=True, kernel="avx2", packs=store)
     assert lean is not None
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -227,6 +227,47 @@ def test_the_rollout_packs_through_the_store_the_training_pass_reads(on_any_host
     with fp.packed_products(model):
         _full_loss_and_grads(model, ids)
     assert {k: e.packed for k, e in store.packs.items()} == made  # the same copies, none new
+
+
+def _lora_rollout_logits(model: torch.nn.Module, store: WeightPacks, ids: torch.Tensor):
+    """The last position's logits of a rollout's lean forward over ``model`` with its adapters
+    merged (as the engine decodes a LoRA policy), packed through ``store``."""
+    from transformers.cache_utils import DynamicCache
+
+    with merged_lora(model) as merged, torch.no_grad():
+        assert merged > 0
+        lean = LeanDecoder.build(model.get_base_model(), pack=True, kernel="avx2", packs=store)
+        assert lean is not None
+        pos = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
+        return lean.forward(ids, torch.ones_like(ids), pos, DynamicCache())
+
+
+def test_a_lora_rollout_repacks_its_merged_weights_into_the_same_buffers(
+    on_any_host: None,
+) -> None:
+    """A LoRA policy's rollout decodes its merged weights through the training pass's store:
+    the model's own logits within fp32 rounding, the frozen head's copy the training pass's
+    own, and after an optimizer step on the adapters the next rollout's copies repacked into
+    the buffers the last one filled, with the new adapters' logits."""
+    model = _lora_policy().train()
+    store = fp.rollout_packs(model)
+    assert store is not None and store is getattr(model, WeightPacks.ATTR)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits[:, -1].float()
+    torch.testing.assert_close(_lora_rollout_logits(model, store, ids), want, rtol=1e-4, atol=1e-5)
+    with fp.packed_products(model):
+        _loss_and_grads(model, ids)  # the training pass: frozen base copies, the head's
+        head = fp.packed_head(_head(model))
+    rollout_head = store.packs[(id(_head(model)), False)].packed
+    assert head is rollout_head  # one copy of the frozen head for both
+    buffers = {k: e.packed.data.data_ptr() for k, e in store.packs.items()}
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
+    with torch.no_grad():
+        want = model(input_ids=ids).logits[:, -1].float()
+    got = _lora_rollout_logits(model, store, ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the stepped adapters'
+    assert {k: e.packed.data.data_ptr() for k, e in store.packs.items()} == buffers
 
 
 def test_trained_gradients_accumulate_over_grouped_micro_batches(on_any_host: None) -> None:

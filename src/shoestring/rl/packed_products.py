@@ -183,10 +183,17 @@ def _switched(model: Any) -> tuple[list[nn.Linear], list[nn.Linear]]:
 
 def rollout_packs(model: Any) -> WeightPacks | None:
     """The store the rollout's engine should pack ``model``'s weights through - the one the
-    training pass reads - where a full fine-tune's trained weights take the packed kernel
-    (:func:`packed_products`), else ``None`` (the engine packs for itself)."""
-    _, trained = _switched(model)
-    return WeightPacks.on(model, WeightPacks.ATTR) if trained else None
+    training pass reads - where the training pass multiplies through packed copies
+    (:func:`packed_products`), else ``None`` (the engine packs for itself).
+
+    A full fine-tune's rollout packs the trained weights the training pass then reads. A LoRA
+    run's rollout multiplies merged weights (:mod:`~shoestring.engine.lora_view`), kept on the
+    model and refreshed in place each rollout: through the store their packed copies are
+    kept too and repacked into the same buffers, where a copy packed for each rollout is a
+    fresh allocation of their size whose pages must first be faulted in; the frozen head's
+    packed copy is the training pass's own."""
+    frozen, trained = _switched(model)
+    return WeightPacks.on(model, WeightPacks.ATTR) if frozen or trained else None
 
 
 @contextlib.contextmanager

@@ -206,8 +206,9 @@ class RolloutGenerator:
             sampler,
             policy.tokenizer,
             EngineOptions(dtype=policy.gen_dtype),
-            # a full fine-tune's packed weights: packed (in place) here, read by the training
-            # pass after (rl/packed_products.py)
+            # the packed copies the training pass keeps (rl/packed_products.py): a full
+            # fine-tune's weights packed (in place) here and read by the training pass after;
+            # a LoRA run's merged weights repacked into the buffers of the last rollout
             packs=rollout_packs(sampler) if sampler is model else None,
         )
         # this rank's prompts (all of them in one process); a prompt's position in the step
