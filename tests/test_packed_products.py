@@ -145,6 +145,29 @@ def test_other_dtypes_are_left_alone(on_any_host: None) -> None:
     assert fp.rollout_packs(lora) is None
 
 
+def test_only_their_own_kept_copies_count_as_room_for_packed_weights(
+    on_any_host: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory check for the frozen weights' two copies counts their copies already kept
+    as available, and not the store's other copies (a LoRA rollout's merged weights)."""
+    from types import SimpleNamespace
+
+    model = _lora_policy()
+    frozen, _ = fp._switched(model)
+    assert frozen
+    size = sum(m.weight.numel() * m.weight.element_size() for m in frozen)
+    short = 2 * size + fp.MEMORY_MARGIN_BYTES - 1  # one byte short of both copies
+    monkeypatch.setattr(fp.psutil, "virtual_memory", lambda: SimpleNamespace(available=short))
+    assert not fp._applies(frozen, 2, model)
+    store = WeightPacks.on(model, WeightPacks.ATTR)
+    other = torch.randn(size // 4 // 64 + 1, 64)  # another weight, as large as all of them
+    store.get(other)
+    assert store.nbytes() >= size and store.nbytes([m.weight for m in frozen]) == 0
+    assert not fp._applies(frozen, 2, model)  # no room made by another weight's copy
+    store.get(frozen[0].weight)
+    assert fp._applies(frozen, 2, model)  # a copy of their own is room they need no more
+
+
 def _full_loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, dict]:
     """A full fine-tune's loss through the model's own layers and the chunked (tied) head, and
     every parameter's gradient."""

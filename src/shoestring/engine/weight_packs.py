@@ -75,6 +75,12 @@ class WeightPacks(KeptOnModel):
         for key in [k for k, e in self.packs.items() if e.ref() is None]:
             del self.packs[key]
 
-    def nbytes(self) -> int:
-        """The memory the kept copies hold."""
-        return sum(e.packed.nbytes for e in self.packs.values())
+    def nbytes(self, weights: list[torch.Tensor] | None = None) -> int:
+        """The memory the kept copies hold: all of them, or those of ``weights`` (both
+        orientations)."""
+        ids = None if weights is None else {id(w) for w in weights}
+        return sum(
+            e.packed.nbytes
+            for (i, _), e in self.packs.items()
+            if ids is None or (i in ids and e.ref() is not None)
+        )

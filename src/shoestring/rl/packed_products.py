@@ -156,11 +156,13 @@ def _hooked_forward(m: nn.Linear, store: WeightPacks) -> Callable[..., torch.Ten
 
 def _applies(layers: list[nn.Linear], copies: int, model: Any) -> bool:
     """The kernel runs here, the weights are past the caches, and ``copies`` packed copies of
-    them fit in the memory available with a margin (the copies already kept on ``model``
-    count as available: they are the same copies)."""
+    them fit in the memory available with a margin (their copies already kept on ``model``
+    count as available: they are the same copies; the store's others - a LoRA rollout's
+    merged weights - do not)."""
     size = sum(m.weight.numel() * m.weight.element_size() for m in layers)
     kept = getattr(model, WeightPacks.ATTR, None)
-    free = psutil.virtual_memory().available + (kept.nbytes() if kept is not None else 0)
+    reused = kept.nbytes([m.weight for m in layers]) if kept is not None else 0
+    free = psutil.virtual_memory().available + reused
     return (
         bool(layers)
         and fp32_kernel() == "avx2"
