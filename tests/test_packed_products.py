@@ -77,6 +77,8 @@ def test_frozen_weights_give_the_same_loss_and_gradients(
     with fp.packed_products(model) as switched:
         assert switched > 0
         assert fp.packed_head(_head(model)) is not None
+        lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+        assert lora and all("forward" in m.__dict__ for m in lora)  # adapters added in place
         got_loss, got = _loss_and_grads(model, ids)
     assert abs(got_loss - want_loss) <= 1e-5 * abs(want_loss)
     assert got.keys() == want.keys() and len(got) > 0
@@ -86,6 +88,20 @@ def test_frozen_weights_give_the_same_loss_and_gradients(
     assert not any("forward" in m.__dict__ for m in model.modules())
     assert fp.packed_head(_head(model)) is None
     assert _loss_and_grads(model, ids)[0] == want_loss  # F.linear's bits again
+
+
+def test_adapters_with_dropout_keep_pefts_forward(on_any_host: None) -> None:
+    """Only a plain adapter (no dropout, one adapter, not merged) is added in place: with
+    dropout the LoRA layers run peft's own forward over the packed base."""
+    model = get_peft_model(
+        make("qwen2"),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1),
+    )
+    frozen, _ = fp._switched(model)
+    assert frozen and fp._lora_layers(model, frozen) == []
+    with fp.packed_products(model) as switched:
+        assert switched > 0
+        assert not any("forward" in m.__dict__ for m in model.modules() if hasattr(m, "lora_A"))
 
 
 def test_packed_copies_are_kept_refreshed_and_not_copied(on_any_host: None) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from shoestring.engine.model_io import KeptOnModel
 
-__all__ = ["MergedLinears", "lora_linear_layers", "merged_lora"]
+__all__ = ["MergedLinears", "lora_linear_layers", "merged_lora", "plain_adapter"]
 
 
 def _mergeable(mod: Any) -> bool:
@@ -85,6 +85,21 @@ class MergedLinears(KeptOnModel):
                 delta += mod.get_delta_weight(name_a).float()
             lin.weight.copy_(w.float() + delta)
         return lin
+
+
+def plain_adapter(mod: Any) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """``(A, B, scale)`` of a peft LoRA layer whose output is exactly ``base(x) + scale * x A^T
+    B^T`` with one plain adapter (see :func:`_plain_adapter`) - mergeable, not merged,
+    adapters on, no variant (DoRA and the like) and no dropout - else None."""
+    if not _mergeable(mod) or mod.merged or getattr(mod, "disable_adapters", False):
+        return None
+    active = [a for a in mod.active_adapters if a in mod.lora_A]
+    if len(active) != 1 or active[0] in getattr(mod, "lora_variant", {}):
+        return None
+    dropout = mod.lora_dropout[active[0]]
+    if not (type(dropout) is nn.Identity or (isinstance(dropout, nn.Dropout) and dropout.p == 0)):
+        return None
+    return _plain_adapter(mod, active, mod.get_base_layer().weight)
 
 
 def _plain_adapter(

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shoestring.engine.lora_view import plain_adapter
 from shoestring.engine.packed_linear import (
     FP32_MIN_BYTES,
     MEMORY_MARGIN_BYTES,
@@ -154,6 +155,46 @@ def _hooked_forward(m: nn.Linear, store: WeightPacks) -> Callable[..., torch.Ten
     return forward
 
 
+def _fused_lora_forward(mod: Any) -> Callable[..., torch.Tensor]:
+    """``mod``'s (a plain peft LoRA layer's) forward with the adapter's product added into
+    the base product's output in place - ``y += scale * (x A^T) B^T`` in one ``addmm_`` -
+    where peft's makes ``(x A^T) B^T``, scales it and adds it out of place: two fresh
+    activation-sized tensors and passes per layer forward, and the scale's pass again
+    backward (``addmm``'s backward scales the adapters' small gradients instead). The base
+    layer's forward is whatever it is (its packed copy inside :func:`packed_products`), and
+    anything peft's forward handles otherwise (its extra arguments, adapters switched) goes
+    to peft's."""
+    peft_forward = type(mod).forward
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        plain = None if args or kwargs else plain_adapter(mod)
+        if plain is None or x.dtype != torch.float32:
+            return peft_forward(mod, x, *args, **kwargs)
+        a_weight, b_weight, scale = plain
+        rows = x.reshape(-1, x.shape[-1])  # [N, in]: 2-D, so the in-place add is on no view
+        y = mod.get_base_layer()(rows)  # [N, out]
+        if y.dtype != torch.float32:  # the base layer's own product in another dtype
+            return peft_forward(mod, x, *args, **kwargs)
+        u = F.linear(rows, a_weight)  # [N, r]: the thin product
+        y.addmm_(u, b_weight.t(), alpha=scale)  # y += scale * u B^T, in place
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    return forward
+
+
+def _lora_layers(model: Any, frozen: list[nn.Linear]) -> list[Any]:
+    """The plain peft LoRA layers of ``model`` whose base layer multiplies through its packed
+    copy: those whose adapter :func:`_fused_lora_forward` adds in place."""
+    bases = {id(m) for m in frozen}
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "get_base_layer")
+        and id(m.get_base_layer()) in bases
+        and plain_adapter(m) is not None
+    ]
+
+
 def _applies(layers: list[nn.Linear], copies: int, model: Any) -> bool:
     """The kernel runs here, the weights are past the caches, and ``copies`` packed copies of
     them fit in the memory available with a margin (their copies already kept on ``model``
@@ -212,15 +253,20 @@ def packed_products(model: Any) -> Iterator[int]:
         yield 0
         return
     store = WeightPacks.on(model, WeightPacks.ATTR)
+    lora = _lora_layers(model, frozen)
     try:
         for m in layers:
             m.forward = _hooked_forward(m, store)  # type: ignore[method-assign]
             _ACTIVE[id(m.weight)] = store
+        for m in lora:
+            m.forward = _fused_lora_forward(m)
         yield len(layers)
     finally:
         for m in layers:
             m.__dict__.pop("forward", None)  # back to the class's forward
             _ACTIVE.pop(id(m.weight), None)
+        for m in lora:
+            m.__dict__.pop("forward", None)  # peft's forward again
 
 
 def packed_head(weight: torch.Tensor) -> PackedWeight | None:
