@@ -18,6 +18,12 @@ the model's :class:`~shoestring.engine.weight_packs.WeightPacks`:
   products (``g W``, ``g^T x``) stay MKL's, as ``F.linear``'s backward computes them. The
   optimizer's in-place step then makes the next rollout repack into the same buffers.
 
+- a LoRA run's rollout packs its merged weights (:mod:`~shoestring.engine.lora_view`) through
+  the same store (:func:`rollout_packs`): kept, and repacked in place at each rollout;
+- a plain LoRA layer over a packed base adds its adapter's product into the base product's
+  output in place (:func:`_fused_lora_forward`), where peft's forward makes fresh
+  activation-sized tensors to scale and add it.
+
 :func:`packed_head` hands the chunked head (``rl/head_logps.py``) the packed head for its logits
 (its backward, a reduction over the 151,936-entry vocabulary, stays MKL's).
 
