@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shoestring.engine.lora_view import plain_adapter
+from shoestring.engine.lora_view import lora_linear_layers, plain_adapter
 from shoestring.engine.packed_linear import (
     FP32_MIN_BYTES,
     MEMORY_MARGIN_BYTES,
@@ -174,13 +174,12 @@ def _fused_lora_forward(mod: Any) -> Callable[..., torch.Tensor]:
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         plain = None if args or kwargs else plain_adapter(mod)
-        if plain is None or x.dtype != torch.float32:
+        # another dtype (autocast included) is the base layer's own product: peft's forward
+        if plain is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return peft_forward(mod, x, *args, **kwargs)
         a_weight, b_weight, scale = plain
         rows = x.reshape(-1, x.shape[-1])  # [N, in]: 2-D, so the in-place add is on no view
-        y = mod.get_base_layer()(rows)  # [N, out]
-        if y.dtype != torch.float32:  # the base layer's own product in another dtype
-            return peft_forward(mod, x, *args, **kwargs)
+        y = mod.get_base_layer()(rows)  # [N, out], fp32
         u = F.linear(rows, a_weight)  # [N, r]: the thin product
         y.addmm_(u, b_weight.t(), alpha=scale)  # y += scale * u B^T, in place
         return y.view(*x.shape[:-1], y.shape[-1])
@@ -194,10 +193,8 @@ def _lora_layers(model: Any, frozen: list[nn.Linear]) -> list[Any]:
     bases = {id(m) for m in frozen}
     return [
         m
-        for m in model.modules()
-        if hasattr(m, "get_base_layer")
-        and id(m.get_base_layer()) in bases
-        and plain_adapter(m) is not None
+        for _, m in lora_linear_layers(model)
+        if id(m.get_base_layer()) in bases and plain_adapter(m) is not None
     ]
 
 
